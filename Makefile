@@ -1,0 +1,27 @@
+# `make test` and `make demo` set up .venv from nothing (torch pinned by constraints.txt).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m labelsmooth targets --labels 0 2 3 --classes 4 --smoothing 0.1
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_cross_entropy.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,45 @@
+"""labelsmooth: label smoothing for PyTorch done right — exact, fused, distributed and measured.
+
+The public API (see the README for a tour):
+
+* targets: :func:`smooth_targets`, :func:`smooth_probabilities`, :func:`mixup_targets`,
+  :func:`binary_targets`, :func:`entropy_floor`, :func:`smoothing_coefficients`;
+* losses: :func:`cross_entropy`, :func:`cross_entropy_with_stats`,
+  :func:`binary_cross_entropy_with_logits` and the modules :class:`CrossEntropyLoss`,
+  :class:`BCEWithLogitsLoss`;
+* :mod:`labelsmooth.calibration`: calibration metrics, meters, temperature scaling, plots.
+"""
+
+from labelsmooth.functional import (
+    CrossEntropyStats,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    cross_entropy_with_stats,
+)
+from labelsmooth.losses import BCEWithLogitsLoss, CrossEntropyLoss
+from labelsmooth.targets import (
+    binary_targets,
+    entropy_floor,
+    mixup_targets,
+    smooth_probabilities,
+    smooth_targets,
+    smoothing_coefficients,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "CrossEntropyStats",
+    "__version__",
+    "binary_cross_entropy_with_logits",
+    "binary_targets",
+    "cross_entropy",
+    "cross_entropy_with_stats",
+    "entropy_floor",
+    "mixup_targets",
+    "smooth_probabilities",
+    "smooth_targets",
+    "smoothing_coefficients",
+]
