@@ -7,6 +7,7 @@ normaliser) lives here, once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -202,6 +203,167 @@ def _reduce(
     return total / denom if reduction == "mean" else total
 
 
+@dataclass(frozen=True)
+class LossOptions:
+    """Validated loss options shared by every entry point (cross_entropy, linear, distributed)."""
+
+    ignore_index: int
+    reduction: str
+    label_smoothing: float
+    spread: str
+    prior: torch.Tensor | None
+    weight_mode: str
+    z_loss: float
+    softcap: float | None
+    impl: str
+    inplace_backward: bool
+    validate: bool | None
+
+
+def check_options(
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    spread: str = "all",
+    prior: torch.Tensor | None = None,
+    weight_mode: str = "torch",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    impl: str = "auto",
+    inplace_backward: bool = False,
+    validate: bool | None = None,
+) -> LossOptions:
+    """Check every option that needs no tensor data; raise ValueError/TypeError otherwise."""
+    if not isinstance(inplace_backward, bool):
+        raise V.fail("inplace_backward", "a bool", inplace_backward, TypeError)
+    if validate is not None and not isinstance(validate, bool):
+        raise V.fail("validate", "None, True or False", validate, TypeError)
+    if prior is not None:
+        V.check_floating("prior", V.check_tensor("prior", prior))
+    return LossOptions(
+        ignore_index=V.check_ignore_index(ignore_index),
+        reduction=V.check_choice("reduction", reduction, V.REDUCTIONS),
+        label_smoothing=V.check_smoothing(label_smoothing),
+        spread=V.check_choice("spread", spread, V.SPREADS),
+        prior=prior,
+        weight_mode=V.check_choice("weight_mode", weight_mode, V.WEIGHT_MODES),
+        z_loss=V.check_nonnegative("z_loss", z_loss),
+        softcap=V.check_softcap(softcap),
+        impl=V.check_choice("impl", impl, ops.IMPLS),
+        inplace_backward=inplace_backward,
+        validate=validate,
+    )
+
+
+@dataclass
+class IndexPlan:
+    r"""Per-row coefficients of the index-target loss (see :mod:`labelsmooth.ops` for the contract).
+
+    Attributes:
+        y: (R,) int64 safe target indices (ignored rows point at class 0 with zero coefficients).
+        valid: (R,) bool, False for ignored rows.
+        w_y: (R,) weight of each row's target class (1 without weights, 0 when ignored).
+        ct, cs, cz: the ops' target, smoothing and z-loss coefficients (``cz`` None without z-loss).
+        s, s_uniform: the smoothing shares, a (K,) vector or a uniform float.
+        denom: the ``mean`` normaliser, :math:`\sum_n w_{y_n}` (0-d).
+    """
+
+    y: torch.Tensor
+    valid: torch.Tensor
+    w_y: torch.Tensor
+    ct: torch.Tensor
+    cs: torch.Tensor
+    cz: torch.Tensor | None
+    s: torch.Tensor | None
+    s_uniform: float
+    denom: torch.Tensor
+
+
+def plan_index(
+    target: torch.Tensor,
+    num_classes: int,
+    opts: LossOptions,
+    weight: torch.Tensor | None,
+    *,
+    device: torch.device,
+    acc: torch.dtype,
+    check_values: bool,
+    w_y: torch.Tensor | None = None,
+) -> IndexPlan:
+    """Fold the convention, class weights and ignore mask into per-row coefficients.
+
+    Args:
+        target: (R,) integer class indices (already flattened).
+        num_classes: K, the full number of classes (the global vocabulary when sharded).
+        opts: validated options.
+        weight: (K,) class weights or None. Under vocabulary sharding pass the local shard here
+            and the gathered target weights as ``w_y``.
+        device, acc: where and in which dtype the coefficients live.
+        check_values: check that indices lie in [0, K) (reads values).
+        w_y: (R,) weights of each row's target class when they cannot be gathered locally.
+    """
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
+    a, b = smoothing_coefficients(
+        num_classes, opts.label_smoothing, spread=opts.spread, prior=opts.prior,
+        check_values=check_values or (opts.prior is not None and opts.prior.device.type == "cpu"),
+    )
+    y = target.to(device=device, dtype=torch.long)
+    valid = y != opts.ignore_index
+    if check_values and y.numel() > 0:
+        bad = valid & ((y < 0) | (y >= num_classes))
+        if bool(bad.any()):
+            raise V.fail("target", f"class indices in [0, {num_classes}) or ignore_index="
+                         f"{opts.ignore_index}", int(y[bad][0]))
+    y_safe = torch.where(valid, y, torch.zeros_like(y))
+    validf = valid.to(acc)
+    w = weight.detach().to(device=device, dtype=acc) if weight is not None else None
+    if isinstance(b, torch.Tensor):
+        b = b.to(device=device, dtype=acc)
+        if w is not None and b.shape != w.shape:  # sharded weight: use the matching prior shard
+            raise V.fail("prior", f"of the weight's length {w.shape[0]}", b.shape[0])
+    if w_y is None:
+        w_y = w[y_safe] * validf if w is not None else validf
+    else:
+        w_y = w_y.to(acc) * validf
+    ct = a * w_y
+    if opts.weight_mode == "torch":
+        cs = validf
+        if w is not None:
+            # PyTorch: the smoothing mass of class c is weighted by w_c (pytorch#104776).
+            b = b * w
+    else:
+        cs = w_y
+    s, s_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
+    cz = opts.z_loss * w_y if opts.z_loss > 0.0 else None  # weighted and normalised like the loss
+    return IndexPlan(y_safe, valid, w_y, ct, cs, cz, s, s_uniform, w_y.sum())
+
+
+def finish_index(
+    loss_rows: torch.Tensor,
+    lse: torch.Tensor,
+    x_y: torch.Tensor | None,
+    plan: IndexPlan,
+    opts: LossOptions,
+    out_shape: tuple[int, ...],
+    out_dtype: torch.dtype,
+    stats: bool,
+) -> CrossEntropyStats:
+    """Apply the reduction once, outside the per-row work; optionally the logging statistics.
+
+    ``x_y`` is the (soft-capped) target logit per row, needed only when ``stats`` is True.
+    """
+    loss = _reduce(loss_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
+    if not stats:
+        return CrossEntropyStats(loss, loss, loss, lse)
+    with torch.no_grad():
+        nll_rows = (lse - x_y.to(lse.dtype)) * plan.w_y
+        z_rows = plan.cz * lse.square() if plan.cz is not None else torch.zeros_like(lse)
+        nll = _reduce(nll_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
+        zl = _reduce(z_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
+    return CrossEntropyStats(loss, nll, zl, lse.reshape(out_shape))
+
+
 def _cross_entropy(
     input, target, weight, ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
     z_loss, softcap, impl, inplace_backward, validate, *, stats: bool,
@@ -211,34 +373,20 @@ def _cross_entropy(
     target = V.check_tensor("target", target)
     if input.dim() < 1:
         raise V.fail("input", "a tensor of shape (C), (N, C) or (N, C, d1, ..., dk)", tuple(input.shape))
-    reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
-    eps = V.check_smoothing(label_smoothing)
-    weight_mode = V.check_choice("weight_mode", weight_mode, V.WEIGHT_MODES)
-    ignore_index = V.check_ignore_index(ignore_index)
-    z = V.check_nonnegative("z_loss", z_loss)
-    softcap = V.check_softcap(softcap)
-    if not isinstance(inplace_backward, bool):
-        raise V.fail("inplace_backward", "a bool", inplace_backward, TypeError)
+    opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
+                         z_loss, softcap, impl, inplace_backward, validate)
     num_classes = input.shape[1] if input.dim() >= 2 else input.shape[0]
     if weight is not None:
         weight = V.check_class_vector("weight", weight, num_classes)
     check_values = V.should_check_values(validate, input, target)
-    a, b = smoothing_coefficients(
-        num_classes, eps, spread=spread, prior=prior,
-        check_values=check_values or (prior is not None and prior.device.type == "cpu"),
-    )
-    op = ops.resolve(impl, input.device)
+    op = ops.resolve(opts.impl, input.device)
     x = _rows(input, num_classes)
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-    if isinstance(b, torch.Tensor):
-        b = b.to(device=input.device, dtype=acc)
-    w = weight.detach().to(device=input.device, dtype=acc) if weight is not None else None
 
     if target.shape == input.shape:
-        return _prob_target(op, input, target, x, w, a, b, eps, ignore_index, reduction, weight_mode,
-                            z, softcap, inplace_backward, acc, num_classes, stats)
+        return _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values, stats)
 
-    # 2. Index targets: shape and dtype first, then (optionally) values.
+    # 2. Index targets: dtype and shape first, then (optionally) values.
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise V.fail("target", "an integer tensor of class indices (or probabilities shaped like "
                      f"input {tuple(input.shape)})", target.dtype, TypeError)
@@ -246,77 +394,59 @@ def _cross_entropy(
     if tuple(target.shape) != expected:
         raise V.fail("target", f"of shape {expected} to match input {tuple(input.shape)}",
                      tuple(target.shape))
-    y = target.reshape(-1).to(device=input.device, dtype=torch.long)
-    valid = y != ignore_index
-    if check_values and y.numel() > 0:
-        bad = valid & ((y < 0) | (y >= num_classes))
-        if bool(bad.any()):
-            raise V.fail("target", f"class indices in [0, {num_classes}) or ignore_index="
-                         f"{ignore_index}", int(y[bad][0]))
-    y_safe = torch.where(valid, y, torch.zeros_like(y))
-    validf = valid.to(acc)
-
-    # 3. Fold weights, ignore mask and the convention into per-row coefficients (see ops docs).
-    w_y = w[y_safe] * validf if w is not None else validf
-    ct = a * w_y
-    if weight_mode == "torch":
-        cs = validf
-        if w is not None:
-            b = b * w  # PyTorch: the smoothing mass of class c is weighted by w_c
-    else:
-        cs = w_y
-    s, s_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
-    cz = z * w_y if z > 0.0 else None  # z-loss weighted and normalised like the loss
-    loss_rows, lse = op.index_rows(x, y_safe, ct, cs, s, s_uniform, cz, softcap, inplace_backward)
-
-    out_shape = tuple(target.shape)
-    denom = w_y.sum()
-    loss = _reduce(loss_rows, reduction, denom, out_shape).to(input.dtype)
-    if not stats:
-        return CrossEntropyStats(loss, loss, loss, lse)
-    with torch.no_grad():
-        x_y = x.gather(1, y_safe[:, None])[:, 0].to(acc)
-        if softcap is not None:
-            x_y = softcap * torch.tanh(x_y / softcap)
-        nll_rows = (lse - x_y) * w_y
-        z_rows = cz * lse.square() if cz is not None else torch.zeros_like(lse)
-        nll = _reduce(nll_rows, reduction, denom, out_shape).to(input.dtype)
-        zl = _reduce(z_rows, reduction, denom, out_shape).to(input.dtype)
-    return CrossEntropyStats(loss, nll, zl, lse.reshape(out_shape))
+    plan = plan_index(target.reshape(-1), num_classes, opts, weight, device=input.device, acc=acc,
+                      check_values=check_values)
+    loss_rows, lse = op.index_rows(x, plan.y, plan.ct, plan.cs, plan.s, plan.s_uniform, plan.cz,
+                                   opts.softcap, opts.inplace_backward)
+    x_y = None
+    if stats:
+        with torch.no_grad():
+            x_y = x.gather(1, plan.y[:, None])[:, 0].to(acc)
+            if opts.softcap is not None:
+                x_y = opts.softcap * torch.tanh(x_y / opts.softcap)
+    return finish_index(loss_rows, lse, x_y, plan, opts, tuple(target.shape), input.dtype, stats)
 
 
-def _prob_target(op, input, target, x, w, a, b, eps, ignore_index, reduction, weight_mode, z, softcap,
-                 inplace_backward, acc, num_classes, stats) -> CrossEntropyStats:
+def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values,
+                 stats) -> CrossEntropyStats:
     if not target.is_floating_point():
         raise V.fail("target", "a floating tensor of class probabilities when shaped like input",
                      target.dtype, TypeError)
-    if ignore_index >= 0:
+    if opts.ignore_index >= 0:
         raise V.fail("ignore_index", "negative (ignore_index is not supported for probability "
-                     "targets)", ignore_index)
+                     "targets)", opts.ignore_index)
+    a, b = smoothing_coefficients(
+        num_classes, opts.label_smoothing, spread=opts.spread, prior=opts.prior,
+        check_values=check_values or (opts.prior is not None and opts.prior.device.type == "cpu"),
+    )
+    if isinstance(b, torch.Tensor):
+        b = b.to(device=input.device, dtype=acc)
+    w = weight.detach().to(device=input.device, dtype=acc) if weight is not None else None
     t = _rows(target, num_classes)
     rows = x.shape[0]
-    if weight_mode == "torch":
+    if opts.weight_mode == "torch":
         rs = torch.ones(rows, dtype=acc, device=input.device)
         w_op, denom = w, float(rows)
     else:
         rs = (t.detach().to(acc) @ w) if w is not None else torch.ones(rows, dtype=acc, device=input.device)
         w_op, denom = None, rs.sum()
     b_vec, b_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
-    cz = z * rs if z > 0.0 else None  # z-loss weighted and normalised like the loss
-    loss_rows, lse = op.prob_rows(x, t, w_op, a, b_vec, b_uniform, rs, cz, softcap, inplace_backward)
+    cz = opts.z_loss * rs if opts.z_loss > 0.0 else None  # weighted and normalised like the loss
+    loss_rows, lse = op.prob_rows(x, t, w_op, a, b_vec, b_uniform, rs, cz, opts.softcap,
+                                  opts.inplace_backward)
     out_shape = tuple(input.shape[:1] + input.shape[2:]) if input.dim() >= 2 else ()
-    loss = _reduce(loss_rows, reduction, denom, out_shape).to(input.dtype)
+    loss = _reduce(loss_rows, opts.reduction, denom, out_shape).to(input.dtype)
     if not stats:
         return CrossEntropyStats(loss, loss, loss, lse)
     with torch.no_grad():
         xf = x.to(acc)
-        if softcap is not None:
-            xf = softcap * torch.tanh(xf / softcap)
+        if opts.softcap is not None:
+            xf = opts.softcap * torch.tanh(xf / opts.softcap)
         tq = t.to(acc) * w_op if w_op is not None else t.to(acc)
         nll_rows = rs * (lse * tq.sum(-1) - (tq * xf).sum(-1))
         z_rows = cz * lse.square() if cz is not None else torch.zeros_like(lse)
-        nll = _reduce(nll_rows, reduction, denom, out_shape).to(input.dtype)
-        zl = _reduce(z_rows, reduction, denom, out_shape).to(input.dtype)
+        nll = _reduce(nll_rows, opts.reduction, denom, out_shape).to(input.dtype)
+        zl = _reduce(z_rows, opts.reduction, denom, out_shape).to(input.dtype)
     return CrossEntropyStats(loss, nll, zl, lse.reshape(out_shape))
 
 

@@ -1,0 +1,90 @@
+"""Shared test helpers: an independent dense float64 oracle and the tolerance rule.
+
+Tolerance rule (apple/ml-cross-entropy's): against a float64 ground truth, an implementation's error
+must be no larger than PyTorch's own error in the same dtype plus a small absolute tolerance.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import labelsmooth as ls
+
+# Absolute slack added to torch's own error, per dtype (float64: exactness up to rounding).
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def dense_reference(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    spread: str = "all",
+    prior: torch.Tensor | None = None,
+    weight_mode: str = "torch",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """The literal formula in float64 with materialised smoothed targets (index targets only).
+
+    torch mode:  l = -sum_c w_c q_c log p_c ; target mode: l = -w_y sum_c q_c log p_c ;
+    z-loss: + z * w_y * lse^2 ; mean divides by sum of w_y over non-ignored elements.
+    Independent of labelsmooth's coefficient plan: only smooth_targets is shared.
+    """
+    x = input.detach().double()
+    k = x.shape[1] if x.dim() >= 2 else x.shape[0]
+    x = x.unsqueeze(0) if x.dim() == 1 else x.movedim(1, -1).reshape(-1, k)
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    y = target.reshape(-1).long()
+    valid = y != ignore_index
+    y0 = torch.where(valid, y, 0)
+    q = ls.smooth_targets(y0, k, label_smoothing, spread=spread,
+                          prior=None if prior is None else prior.double()).double()
+    logp = torch.log_softmax(x, -1)
+    lse = torch.logsumexp(x, -1)
+    w = torch.ones(k, dtype=torch.float64) if weight is None else weight.double()
+    w_y = w[y0] * valid
+    if weight_mode == "torch":
+        rows = -(w * q * logp).sum(-1) * valid
+    else:
+        rows = -(q * logp).sum(-1) * w_y
+    rows = rows + z_loss * w_y * lse**2
+    if reduction == "none":
+        return rows.reshape(target.shape)
+    if reduction == "sum":
+        return rows.sum()
+    return rows.sum() / w_y.sum()
+
+
+def assert_no_worse_than(
+    ours: torch.Tensor, peer: torch.Tensor, truth: torch.Tensor, tol: float, what: str = "value",
+) -> None:
+    """Element-wise |ours − truth| ≤ |peer − truth| + tol·max(1, |truth|); NaNs must agree."""
+    ours, peer, truth = ours.detach().double(), peer.detach().double(), truth.detach().double()
+    assert ours.shape == truth.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(truth.shape)}"
+    nan = truth.isnan()
+    assert torch.equal(ours.isnan(), nan), f"{what}: NaN pattern differs from ground truth"
+    err = (ours - truth).abs().masked_fill(nan, 0)
+    allowed = (peer - truth).abs().masked_fill(nan, 0).nan_to_num(0) + tol * truth.abs().clamp_min(1).masked_fill(nan, 1)
+    bad = err > allowed
+    if bad.any():
+        i = int(torch.argmax((err - allowed).flatten()))
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} elements worse than the peer by more than "
+            f"{tol:g}; worst at flat index {i}: ours={float(ours.flatten()[i])!r} "
+            f"peer={float(peer.flatten()[i])!r} truth={float(truth.flatten()[i])!r}"
+        )
+
+
+def torch_loss_and_grad(x: torch.Tensor, target: torch.Tensor, grad_out: torch.Tensor, fn=None, **kw):
+    """(loss, d loss/d x) for ``fn`` (default: torch's F.cross_entropy) on a fresh leaf copy of x."""
+    fn = fn or F.cross_entropy
+    leaf = x.detach().clone().requires_grad_()
+    out = fn(leaf, target, **kw)
+    (g,) = torch.autograd.grad(out, leaf, grad_out.to(out.dtype))
+    return out.detach(), g
