@@ -7,6 +7,7 @@ would read tensor data (a host-device sync on CUDA) are only run where `should_c
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -22,14 +23,22 @@ def fail(arg: str, expected: str, got: Any, exc: type[Exception] = ValueError) -
 
 
 def check_choice(arg: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
+    """A string option: one of ``choices`` (a TypeError for non-strings, else a ValueError)."""
+    if not isinstance(value, str):
+        raise fail(arg, f"one of {choices}", value, TypeError)
+    if value not in choices:
         raise fail(arg, f"one of {choices}", value)
     return value
 
 
+def _is_real(value: Any) -> bool:
+    # Python and NumPy scalars are accepted (as PyTorch does); bools and tensors are not.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_smoothing(value: Any, arg: str = "label_smoothing") -> float:
     """A smoothing factor is a real number in [0, 1] (1 = the uniform/prior target)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_real(value):
         raise fail(arg, "a float in [0, 1]", value, TypeError)
     value = float(value)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
@@ -38,7 +47,8 @@ def check_smoothing(value: Any, arg: str = "label_smoothing") -> float:
 
 
 def check_nonnegative(arg: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A finite real number ≥ 0 (e.g. the z-loss coefficient)."""
+    if not _is_real(value):
         raise fail(arg, "a non-negative float", value, TypeError)
     value = float(value)
     if math.isnan(value) or value < 0.0 or math.isinf(value):
@@ -47,9 +57,10 @@ def check_nonnegative(arg: str, value: Any) -> float:
 
 
 def check_softcap(value: Any) -> float | None:
+    """None (no cap) or a finite real number > 0."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _is_real(value):
         raise fail("softcap", "None or a positive float", value, TypeError)
     value = float(value)
     if not (value > 0.0 and math.isfinite(value)):
@@ -58,12 +69,14 @@ def check_softcap(value: Any) -> float | None:
 
 
 def check_tensor(arg: str, value: Any) -> torch.Tensor:
+    """Any ``torch.Tensor`` (a TypeError otherwise, naming the type received)."""
     if not isinstance(value, torch.Tensor):
         raise fail(arg, "a torch.Tensor", type(value).__name__, TypeError)
     return value
 
 
 def check_floating(arg: str, value: torch.Tensor) -> torch.Tensor:
+    """A tensor of a floating dtype (float16/bfloat16/float32/float64)."""
     if not value.is_floating_point():
         raise fail(arg, "a floating-point tensor", value.dtype, TypeError)
     return value
@@ -78,22 +91,28 @@ def check_class_vector(arg: str, value: Any, num_classes: int) -> torch.Tensor:
 
 
 def check_prior(prior: Any, num_classes: int, *, check_values: bool) -> torch.Tensor:
-    """A prior is a probability distribution over the classes."""
+    """A prior is a probability distribution over the classes.
+
+    The sum may miss 1 by rounding: the slack is 1e-4 or K ulps of the prior's dtype, whichever is
+    larger (a float16 prior of thirds sums to 0.99976).
+    """
     prior = check_class_vector("prior", prior, num_classes)
     if check_values:
         p = prior.detach().double()
         if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
             raise fail("prior", "a distribution (finite, non-negative entries)", prior.tolist())
         total = float(p.sum())
-        if abs(total - 1.0) > 1e-4:
+        slack = max(1e-4, num_classes * torch.finfo(prior.dtype).eps)
+        if not abs(total - 1.0) <= slack:
             raise fail("prior", f"a distribution summing to 1 (sum is {total:.6g})", prior.tolist())
     return prior
 
 
 def check_ignore_index(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An integer (Python or NumPy); any value, including ones outside [0, C)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise fail("ignore_index", "an int", value, TypeError)
-    return value
+    return int(value)
 
 
 def should_check_values(validate: bool | None, *tensors: torch.Tensor) -> bool:

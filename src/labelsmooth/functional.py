@@ -306,7 +306,7 @@ def plan_index(
         raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
     a, b = smoothing_coefficients(
         num_classes, opts.label_smoothing, spread=opts.spread, prior=opts.prior,
-        check_values=check_values or (opts.prior is not None and opts.prior.device.type == "cpu"),
+        check_values=_check_prior_values(opts, check_values),
     )
     y = target.to(device=device, dtype=torch.long)
     valid = y != opts.ignore_index
@@ -339,6 +339,14 @@ def plan_index(
     return IndexPlan(y_safe, valid, w_y, ct, cs, cz, s, s_uniform, w_y.sum())
 
 
+def _check_prior_values(opts: LossOptions, check_values: bool) -> bool:
+    # A prior on the CPU is read without a device sync, so the default (validate=None) checks it
+    # even for CUDA inputs; validate=False skips every value check.
+    if check_values:
+        return True
+    return opts.validate is None and opts.prior is not None and opts.prior.device.type == "cpu"
+
+
 def finish_index(
     loss_rows: torch.Tensor,
     lse: torch.Tensor,
@@ -353,11 +361,15 @@ def finish_index(
 
     ``x_y`` is the (soft-capped) target logit per row, needed only when ``stats`` is True.
     """
+    # Ignored rows carry zero coefficients, but 0·inf is NaN when their (padding) logits hold ±inf
+    # at the placeholder class; PyTorch leaves them out, so zero them by selection (no sync).
+    loss_rows = torch.where(plan.valid, loss_rows, torch.zeros((), dtype=loss_rows.dtype,
+                                                               device=loss_rows.device))
     loss = _reduce(loss_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
     if not stats:
         return CrossEntropyStats(loss, loss, loss, lse)
     with torch.no_grad():
-        nll_rows = (lse - x_y.to(lse.dtype)) * plan.w_y
+        nll_rows = torch.where(plan.valid, (lse - x_y.to(lse.dtype)) * plan.w_y, 0.0)
         z_rows = plan.cz * lse.square() if plan.cz is not None else torch.zeros_like(lse)
         nll = _reduce(nll_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
         zl = _reduce(z_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
@@ -376,6 +388,9 @@ def _cross_entropy(
     opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                          z_loss, softcap, impl, inplace_backward, validate)
     num_classes = input.shape[1] if input.dim() >= 2 else input.shape[0]
+    if num_classes < 1:
+        raise V.fail("input", "a tensor with at least one class (class dimension C >= 1)",
+                     tuple(input.shape))
     if weight is not None:
         weight = V.check_class_vector("weight", weight, num_classes)
     check_values = V.should_check_values(validate, input, target)
@@ -387,7 +402,10 @@ def _cross_entropy(
         return _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values, stats)
 
     # 2. Index targets: dtype and shape first, then (optionally) values.
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+    if target.is_floating_point():
+        raise V.fail("target", f"class probabilities of the input's shape {tuple(input.shape)} "
+                     "(or integer class indices)", tuple(target.shape))
+    if target.is_complex() or target.dtype == torch.bool:
         raise V.fail("target", "an integer tensor of class indices (or probabilities shaped like "
                      f"input {tuple(input.shape)})", target.dtype, TypeError)
     expected = tuple(input.shape[:1] + input.shape[2:]) if input.dim() >= 2 else ()
@@ -417,7 +435,7 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
                      "targets)", opts.ignore_index)
     a, b = smoothing_coefficients(
         num_classes, opts.label_smoothing, spread=opts.spread, prior=opts.prior,
-        check_values=check_values or (opts.prior is not None and opts.prior.device.type == "cpu"),
+        check_values=_check_prior_values(opts, check_values),
     )
     if isinstance(b, torch.Tensor):
         b = b.to(device=input.device, dtype=acc)
@@ -490,6 +508,17 @@ def binary_cross_entropy_with_logits(
     if target.shape != input.shape:
         raise V.fail("target", f"of the input's shape {tuple(input.shape)}", tuple(target.shape))
     reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
+    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+        if value is None:
+            continue
+        V.check_floating(name, V.check_tensor(name, value))
+        try:
+            shape = torch.broadcast_shapes(value.shape, input.shape)
+        except RuntimeError:
+            shape = None
+        if shape != input.shape:
+            raise V.fail(name, f"a tensor broadcastable to the input's shape {tuple(input.shape)}",
+                         tuple(value.shape))
     smoothed = binary_targets(target, label_smoothing)
     return F.binary_cross_entropy_with_logits(
         input, smoothed, weight, reduction=reduction, pos_weight=pos_weight

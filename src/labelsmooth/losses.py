@@ -10,7 +10,9 @@ from labelsmooth.functional import (
     Impl,
     Reduction,
     WeightMode,
+    _check_prior_values,
     binary_cross_entropy_with_logits,
+    check_options,
     cross_entropy,
 )
 from labelsmooth.targets import Spread, smoothing_coefficients
@@ -50,21 +52,32 @@ class CrossEntropyLoss(nn.Module):
         validate: bool | None = None,
     ) -> None:
         super().__init__()
-        self.ignore_index = V.check_ignore_index(ignore_index)
-        self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
-        self.label_smoothing = V.check_smoothing(label_smoothing)
-        self.spread = V.check_choice("spread", spread, V.SPREADS)
-        self.weight_mode = V.check_choice("weight_mode", weight_mode, V.WEIGHT_MODES)
-        self.z_loss = V.check_nonnegative("z_loss", z_loss)
-        self.softcap = V.check_softcap(softcap)
-        self.impl = impl
-        self.inplace_backward = inplace_backward
-        self.validate = validate
+        # Check every hyper-parameter now, so a bad configuration fails where it is written.
+        opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
+                             z_loss, softcap, impl, inplace_backward, validate)
         if weight is not None:
             weight = V.check_floating("weight", V.check_tensor("weight", weight))
+            if weight.dim() != 1:
+                raise V.fail("weight", "a 1-D tensor (one entry per class)", tuple(weight.shape))
         if prior is not None:
-            smoothing_coefficients(prior.shape[0] if prior.dim() == 1 else -1, self.label_smoothing,
-                                   spread=self.spread, prior=prior)
+            if prior.dim() != 1:
+                raise V.fail("prior", "a 1-D tensor (one entry per class)", tuple(prior.shape))
+            # spread/prior compatibility and, on the CPU unless validate=False, a distribution.
+            smoothing_coefficients(prior.shape[0], opts.label_smoothing, spread=opts.spread,
+                                   prior=prior, check_values=_check_prior_values(opts, opts.validate is True),
+                                   arg="label_smoothing")
+        if weight is not None and prior is not None and weight.shape != prior.shape:
+            raise V.fail("prior", f"of the weight's length {weight.shape[0]}", prior.shape[0])
+        self.ignore_index = opts.ignore_index
+        self.reduction = opts.reduction
+        self.label_smoothing = opts.label_smoothing
+        self.spread = opts.spread
+        self.weight_mode = opts.weight_mode
+        self.z_loss = opts.z_loss
+        self.softcap = opts.softcap
+        self.impl = opts.impl
+        self.inplace_backward = opts.inplace_backward
+        self.validate = opts.validate
         self.register_buffer("weight", weight)
         self.register_buffer("prior", prior)
 
@@ -104,6 +117,9 @@ class BCEWithLogitsLoss(nn.Module):
         super().__init__()
         self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
         self.label_smoothing = V.check_smoothing(label_smoothing)
+        for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+            if value is not None:
+                V.check_floating(name, V.check_tensor(name, value))
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
 

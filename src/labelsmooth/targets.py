@@ -22,6 +22,7 @@ They are one family: ``others`` with ε equals ``all`` with ε·K/(K−1).
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import torch
@@ -48,6 +49,7 @@ def smoothing_coefficients(
     spread: Spread = "all",
     prior: torch.Tensor | None = None,
     check_values: bool = True,
+    arg: str = "smoothing",
 ) -> tuple[float, float | torch.Tensor]:
     r"""Coefficients ``(a, b)`` of the smoothed target :math:`q = a\,t + b`.
 
@@ -59,6 +61,7 @@ def smoothing_coefficients(
         prior: optional length-K distribution replacing the uniform share: :math:`b = \varepsilon p`.
             Only with ``spread="all"``.
         check_values: check that ``prior`` is a distribution (reads its values).
+        arg: the name under which ``smoothing`` is reported in errors.
 
     Returns:
         ``a`` as a float and ``b`` as a float (uniform share) or a (K,) tensor (prior).
@@ -70,17 +73,20 @@ def smoothing_coefficients(
         >>> round(a, 6), round(b, 6)
         (0.6, 0.1)
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise V.fail("num_classes", "a positive int", num_classes, TypeError)
+    num_classes = int(num_classes)
+    if num_classes < 1:
         raise V.fail("num_classes", "a positive int", num_classes)
-    eps = V.check_smoothing(smoothing, "smoothing")
+    eps = V.check_smoothing(smoothing, arg)
     spread = V.check_choice("spread", spread, V.SPREADS)
     if spread == "others":
         if prior is not None:
             raise V.fail("prior", 'None when spread="others" (a prior replaces the uniform share of '
                          'spread="all")', "a tensor")
         if num_classes < 2:
-            raise V.fail("num_classes", 'at least 2 with spread="others" (mass goes to the K-1 '
-                         "other classes)", num_classes)
+            raise V.fail("spread", f'"all" with {num_classes} class (spread="others" puts the mass on '
+                         "the K-1 other classes, so it needs at least 2 classes)", spread)
         share = eps / (num_classes - 1)
         return 1.0 - eps - share, share
     if prior is not None:
@@ -89,11 +95,13 @@ def smoothing_coefficients(
     return 1.0 - eps, eps / num_classes
 
 
-def _check_index_target(target: torch.Tensor, num_classes: int, arg: str = "target") -> torch.Tensor:
+def _check_index_target(
+    target: torch.Tensor, num_classes: int, arg: str = "target", validate: bool | None = None,
+) -> torch.Tensor:
     target = V.check_tensor(arg, target)
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise V.fail(arg, "an integer tensor of class indices", target.dtype, TypeError)
-    if V.should_check_values(None, target) and target.numel() > 0:
+    if V.should_check_values(validate, target) and target.numel() > 0:
         bad = (target < 0) | (target >= num_classes)
         if bool(bad.any()):
             raise V.fail(arg, f"class indices in [0, {num_classes})", int(target[bad][0]))
@@ -129,6 +137,7 @@ def smooth_targets(
     *,
     spread: Spread = "all",
     prior: torch.Tensor | None = None,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Turn class indices into smoothed target distributions.
 
@@ -145,6 +154,8 @@ def smooth_targets(
         smoothing: ε in [0, 1].
         spread: ``"all"`` (ε/K to every class) or ``"others"`` (ε/(K−1) to every other class).
         prior: optional length-K distribution; ε·prior replaces the uniform share.
+        validate: check that indices lie in [0, K): ``None`` on CPU only (no host-device sync on
+            accelerators), ``True`` always, ``False`` never.
 
     Returns:
         float32 tensor of shape ``target.shape + (K,)`` (the prior's dtype if it is float64).
@@ -161,8 +172,8 @@ def smooth_targets(
         >>> smooth_targets(torch.tensor([1]), 2, 0.1, spread="others")
         tensor([[0.1000, 0.9000]])
     """
-    target = _check_index_target(target, num_classes)
     a, b = smoothing_coefficients(num_classes, smoothing, spread=spread, prior=prior)
+    target = _check_index_target(target, num_classes, validate=validate)
     dtype = torch.float64 if isinstance(b, torch.Tensor) and b.dtype == torch.float64 else torch.float32
     onehot = torch.nn.functional.one_hot(target, num_classes).to(dtype)
     if isinstance(b, torch.Tensor):
@@ -204,6 +215,7 @@ def mixup_targets(
         tensor([[0.5900, 0.3100, 0.1000]])
     """
     lam = V.check_smoothing(lam, "lam")
+    smoothing_coefficients(num_classes, smoothing, spread=spread, prior=prior)
     target_a = _check_index_target(target_a, num_classes, "target_a")
     target_b = _check_index_target(target_b, num_classes, "target_b")
     if target_a.shape != target_b.shape:
