@@ -1,0 +1,257 @@
+r"""Chunked per-row primitives of the fused engine, in plain PyTorch (no compiler needed).
+
+Both primitives walk the ``(R, K)`` logits in blocks of at most :data:`CHUNK_ELEMS` elements (a
+few rows at a time, and column blocks of :data:`MAX_COLS` when a row alone is wider), so every
+temporary lives in a small reusable workspace that stays in cache: the log-probabilities, the
+smoothed targets and the exponentials are never materialised at full size.
+
+Numerics: float64 logits accumulate in float64, every other dtype in float32; low-precision logits
+are read in their own dtype and converted one block at a time.
+
+These functions are the shared building blocks of the single-device loss, the fused linear loss
+and the vocabulary-parallel loss; their names and semantics are fixed (see :mod:`.fused`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Elements per block (rows × columns): 4 MiB of float32, cache-resident on the reference machine.
+CHUNK_ELEMS = 1 << 20
+#: Column block width when a single row is wider than this (online merge of the statistics).
+MAX_COLS = 1 << 18
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype: float64 stays float64, everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def block_shape(rows: int, cols: int, chunk_elems: int | None = None) -> tuple[int, int]:
+    """(rows per block, columns per block) for an (rows, cols) matrix."""
+    budget = CHUNK_ELEMS if chunk_elems is None else chunk_elems
+    bc = min(max(cols, 1), MAX_COLS)
+    br = max(1, min(max(rows, 1), budget // bc))
+    return br, bc
+
+
+def _softcapped(v: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return v if softcap is None else softcap * torch.tanh(v / softcap)
+
+
+def _safe_index(y: torch.Tensor, target_mask: torch.Tensor | None) -> torch.Tensor:
+    y = y.to(torch.long)
+    if target_mask is None:
+        return y
+    return torch.where(target_mask, y, torch.zeros_like(y))
+
+
+def _load(xb: torch.Tensor, acc: torch.dtype, ws: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """The block in the accumulation dtype (soft-capped), in ``ws`` unless it can be a view."""
+    if softcap is not None:
+        torch.div(xb, softcap, out=ws)
+        ws.tanh_().mul_(softcap)
+        return ws
+    if xb.dtype == acc:
+        return xb
+    ws.copy_(xb)
+    return ws
+
+
+def row_partials(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    s: torch.Tensor | None,
+    s_uniform: float,
+    softcap: float | None,
+    target_mask: torch.Tensor | None = None,
+    *,
+    chunk_elems: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Per-row statistics of the (soft-capped) logits in chunked passes.
+
+    For each row :math:`n` of ``x`` (R, K), with :math:`x'` the soft-capped logits
+    (:math:`c\tanh(x/c)` when ``softcap=c``, else :math:`x`):
+
+    .. math::
+
+        m_n = \max_c x'_{n,c}, \quad \mathrm{sumexp}_n = \sum_c e^{x'_{n,c} - m_n}, \quad
+        x_{y,n} = x'_{n, y_n}\,[\mathrm{mask}_n], \quad sx_n = \sum_c s_c\, x'_{n,c}
+
+    so that :math:`\mathrm{lse}_n = m_n + \log \mathrm{sumexp}_n`.
+
+    Args:
+        x: (R, K) logits, any floating dtype and strides.
+        y: (R,) integer target columns; must be valid where ``target_mask`` is True, ignored elsewhere.
+        s: (K,) smoothing shares, or None for the uniform share ``s_uniform`` (0 = no term, sx = 0).
+        s_uniform: the uniform share when ``s`` is None.
+        softcap: soft-capping constant c, or None.
+        target_mask: (R,) bool, None meaning all True; rows where False get ``x_y = 0``.
+        chunk_elems: elements per block (default :data:`CHUNK_ELEMS`).
+
+    Returns:
+        ``(m, sumexp, x_y, sx)``, each (R,) in the accumulation dtype.
+
+    Examples:
+        >>> x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 3.0, 3.0]])
+        >>> m, se, xy, sx = row_partials(x, torch.tensor([2, 0]), None, 0.5, None)
+        >>> m, xy, sx
+        (tensor([2., 3.]), tensor([2., 3.]), tensor([1.5000, 4.5000]))
+        >>> torch.allclose(m + se.log(), torch.logsumexp(x, 1))
+        True
+    """
+    rows, cols = x.shape
+    acc = acc_dtype(x.dtype)
+    dev = x.device
+    ys = _safe_index(y, target_mask)
+    x_y = _softcapped(x.gather(1, ys[:, None])[:, 0].to(acc), softcap)
+    if target_mask is not None:
+        x_y = torch.where(target_mask, x_y, torch.zeros_like(x_y))
+    m = torch.empty(rows, dtype=acc, device=dev)
+    sumexp = torch.empty(rows, dtype=acc, device=dev)
+    want_sx = s is not None or s_uniform != 0.0
+    sx = torch.zeros(rows, dtype=acc, device=dev)
+    if rows == 0:
+        return m, sumexp, x_y, sx
+    if s is not None:
+        s = s.to(device=dev, dtype=acc)
+    br, bc = block_shape(rows, cols, chunk_elems)
+    need_copy = softcap is not None or x.dtype != acc
+    ws_x = torch.empty(br, bc, dtype=acc, device=dev) if need_copy else None
+    ws_e = torch.empty(br, bc, dtype=acc, device=dev)
+    for r0 in range(0, rows, br):
+        r1 = min(rows, r0 + br)
+        for c0 in range(0, max(cols, 1), bc):
+            c1 = min(cols, c0 + bc)
+            xb = x[r0:r1, c0:c1]
+            xf = _load(xb, acc, ws_x[: r1 - r0, : c1 - c0], softcap) if need_copy else xb
+            mb = xf.amax(1) if c1 > c0 else torch.full((r1 - r0,), -torch.inf, dtype=acc, device=dev)
+            e = ws_e[: r1 - r0, : c1 - c0]
+            torch.sub(xf, mb[:, None], out=e)
+            seb = e.exp_().sum(1)
+            if want_sx:
+                sxb = xf @ s[c0:c1] if s is not None else xf.sum(1)
+                sx[r0:r1] += sxb
+            if c0 == 0:
+                m[r0:r1] = mb
+                sumexp[r0:r1] = seb
+            else:
+                # Online merge of (max, sum of exp) across column blocks; an all −inf prefix
+                # contributes nothing (guard the −inf − −inf = nan case).
+                mo = m[r0:r1]
+                mn = torch.maximum(mo, mb)
+                finite = torch.isfinite(mn)
+                ref = torch.where(finite, mn, torch.zeros_like(mn))
+                sumexp[r0:r1] = (sumexp[r0:r1] * torch.exp(mo - ref).where(finite, 1.0)
+                                 + seb * torch.exp(mb - ref).where(finite, 1.0))
+                m[r0:r1] = mn
+    if s is None and want_sx:
+        sx.mul_(s_uniform)
+    return m, sumexp, x_y, sx
+
+
+def grad_rows(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lse: torch.Tensor,
+    coef_p: torch.Tensor,
+    ct: torch.Tensor,
+    cs: torch.Tensor,
+    s: torch.Tensor | None,
+    s_uniform: float,
+    softcap: float | None,
+    grad: torch.Tensor,
+    target_mask: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    *,
+    chunk_elems: int | None = None,
+) -> torch.Tensor:
+    r"""Write :math:`\partial \mathrm{loss}/\partial x` row block by row block.
+
+    .. math::
+
+        \mathrm{out}_{n,j} = g_n\,\big(cp_n\, p_{n,j} - ct_n\,[j = y_n \wedge \mathrm{mask}_n]
+            - cs_n\, s_j\big)\, \frac{\partial x'_{n,j}}{\partial x_{n,j}},
+        \qquad p_{n,j} = e^{x'_{n,j} - \mathrm{lse}_n}
+
+    with :math:`x'` the soft-capped logits (derivative :math:`1 - \tanh^2(x/c)`), ``cp`` =
+    ``coef_p`` (the caller folds :math:`ct + cs\,S + 2\,cz\,\mathrm{lse}` with S the sum of all
+    shares, global when the vocabulary is sharded) and ``g`` = ``grad``. The target column is
+    computed in the accumulation dtype from the original logit and rounded once, so confident
+    rows (:math:`p_y \to 1`) keep their precision.
+
+    Args:
+        x: (R, K) logits. lse, coef_p, ct, cs, grad: (R,) in the accumulation dtype.
+        y, s, s_uniform, softcap, target_mask: as in :func:`row_partials`.
+        out: destination (R, K) in ``x.dtype``; allocated when None; may be ``x`` itself.
+
+    Returns:
+        ``out``.
+
+    Examples:
+        >>> x = torch.tensor([[0.0, 1.0, 2.0]], requires_grad=True)
+        >>> y, eps = torch.tensor([2]), 0.3
+        >>> torch.nn.functional.cross_entropy(x, y, label_smoothing=eps).backward()
+        >>> lse = torch.logsumexp(x.detach(), 1)
+        >>> one = torch.ones(1)
+        >>> g = grad_rows(x.detach(), y, lse, one, (1 - eps) * one, one, None, eps / 3, None, one)
+        >>> torch.allclose(g, x.grad)
+        True
+    """
+    rows, cols = x.shape
+    acc = acc_dtype(x.dtype)
+    dev = x.device
+    if out is None:
+        out = torch.empty((rows, cols), dtype=x.dtype, device=dev)
+    if rows == 0:
+        return out
+    ys = _safe_index(y, target_mask)
+    lse, coef_p, ct, cs, grad = (v.to(acc) for v in (lse, coef_p, ct, cs, grad))
+    if s is not None:
+        s = s.to(device=dev, dtype=acc)
+    smoothing = s is not None or s_uniform != 0.0
+    # The target column, from the original logit (read before ``out`` may overwrite it).
+    xy = x.gather(1, ys[:, None])[:, 0].to(acc)
+    dy = None
+    if softcap is not None:
+        t = torch.tanh(xy / softcap)
+        xy, dy = softcap * t, 1 - t * t
+    tgt = ct if target_mask is None else torch.where(target_mask, ct, torch.zeros_like(ct))
+    gy = coef_p * torch.exp(xy - lse) - tgt
+    if smoothing:
+        gy = gy - cs * (s[ys] if s is not None else s_uniform)
+    gy = gy * grad if dy is None else gy * grad * dy
+    a = (grad * coef_p)[:, None]
+    b = grad * cs
+    bu = (b * s_uniform)[:, None] if s is None and smoothing else None
+
+    br, bc = block_shape(rows, cols, chunk_elems)
+    direct = softcap is None and out.dtype == acc  # compute straight into ``out``
+    ws = torch.empty(br, bc, dtype=acc, device=dev) if not direct else None
+    ws_t = torch.empty(br, bc, dtype=acc, device=dev) if softcap is not None else None
+    for r0 in range(0, rows, br):
+        r1 = min(rows, r0 + br)
+        for c0 in range(0, cols, bc):
+            c1 = min(cols, c0 + bc)
+            xb, ob = x[r0:r1, c0:c1], out[r0:r1, c0:c1]
+            w = ob if direct else ws[: r1 - r0, : c1 - c0]
+            if softcap is not None:
+                t = ws_t[: r1 - r0, : c1 - c0]
+                torch.div(xb, softcap, out=t)
+                t.tanh_()
+                torch.mul(t, softcap, out=w)
+                w.sub_(lse[r0:r1, None])
+            else:
+                torch.sub(xb, lse[r0:r1, None], out=w)
+            w.exp_().mul_(a[r0:r1])
+            if s is not None:
+                w.addr_(b[r0:r1], s[c0:c1], alpha=-1)
+            elif bu is not None:
+                w.sub_(bu[r0:r1])
+            if softcap is not None:
+                # chain rule: × (1 − tanh²), with t overwritten by −t² + 1
+                w.mul_(t.square_().neg_().add_(1))
+            if not direct:
+                ob.copy_(w)
+    out.scatter_(1, ys[:, None], gy.to(out.dtype)[:, None])
+    return out

@@ -1,0 +1,403 @@
+r"""Fused, memory-lean label-smoothed cross-entropy for CPU (``impl="fused"``).
+
+Implements the per-row contract of :mod:`labelsmooth.ops` without materialising log-probabilities,
+one-hot or smoothed targets:
+
+* **forward** — one chunked pass (:func:`row_partials`) gives per row the max, the sum of
+  exponentials, the target logit and the (share-weighted) logit sum; the loss is
+  :math:`ct(\mathrm{lse} - x_y) + cs(S\,\mathrm{lse} - \sum_c s_c x_c) + cz\,\mathrm{lse}^2`.
+* **backward** — the gradient :math:`g_n\,(cp_n p_{n,j} - ct_n[j=y_n] - cs_n s_j)` is recomputed
+  from the saved logits and lse block by block (:func:`grad_rows`), so the forward keeps nothing
+  but (R,) vectors. The reduction is applied outside (:mod:`labelsmooth.functional`), so the
+  backward receives the per-row upstream gradient and works for every reduction.
+* **in place** (``inplace_backward=True``) — the backward writes the gradient into the logits'
+  own storage: forward + backward need no memory of the logits' size.
+
+The ops are registered with :mod:`torch.library` (``labelsmooth::fused_index_fwd`` …) with fake
+implementations and autograd formulas, so ``torch.compile(fullgraph=True)`` traces a model calling
+the loss without graph breaks. Nothing here reads a tensor value on the host.
+
+In-place safety. Overwriting the logits is safe for autograd because the write goes through a
+custom op that declares the mutation, which bumps the logits' version counter: any other autograd
+node that saved the logits (a second loss, a metric computed with grad, ``retain_graph`` reuse)
+raises "modified by an inplace operation" instead of reading the gradient. Passing overwritten
+logits to a labelsmooth loss again raises :class:`RuntimeError`. What cannot be caught: plain reads
+of the logits after ``backward()`` outside autograd (``logits.argmax(-1)`` for an accuracy
+metric, ``logits.detach()`` copies taken before backward and read after): they see the gradient.
+Take such metrics before ``backward()`` or leave ``inplace_backward`` off. A non-contiguous
+logits view (e.g. the class-last view of an (N, C, d...) input, which functional.py copies
+anyway) is never written in place: the gradient goes to fresh memory.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from labelsmooth.ops._fused_chunks import (  # noqa: F401  (re-exported primitives)
+    CHUNK_ELEMS,
+    MAX_COLS,
+    acc_dtype,
+    block_shape,
+    grad_rows,
+    row_partials,
+)
+
+__all__ = ["grad_rows", "index_rows", "is_available", "prob_rows", "row_partials"]
+
+
+def is_available(device: torch.device) -> bool:
+    """The chunked engine is plain PyTorch: available on every device (tuned for CPU)."""
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Tracking of logits whose storage now holds a gradient.
+
+_CONSUMED: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _mark_consumed(t: Tensor) -> None:
+    for v in (t, t._base):
+        if v is not None:
+            _CONSUMED[id(v)] = (weakref.ref(v), v._version)
+    if len(_CONSUMED) > 256:  # drop dead entries
+        for k in [k for k, (r, _) in _CONSUMED.items() if r() is None]:
+            del _CONSUMED[k]
+
+
+def _check_not_consumed(x: Tensor) -> None:
+    for v in (x, x._base):
+        if v is None:
+            continue
+        hit = _CONSUMED.get(id(v))
+        if hit is not None and hit[0]() is v and v._version == hit[1]:
+            raise RuntimeError(
+                "Expected `input` to hold logits, but got a tensor whose memory was overwritten by "
+                "the gradient of an earlier labelsmooth loss with inplace_backward=True. Compute "
+                "what needs the logits before backward(), or pass inplace_backward=False."
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Index targets.
+
+
+def _shares_sum(s: Optional[Tensor], s_uniform: float, k: int, acc: torch.dtype) -> Tensor | float:
+    return s.to(acc).sum() if s is not None else s_uniform * k
+
+
+def _index_coef_p(ct: Tensor, cs: Tensor, cz: Optional[Tensor], lse: Tensor, big_s) -> Tensor:
+    coef = ct + cs * big_s
+    if cz is not None:
+        coef = coef + 2 * cz * lse
+    return coef
+
+
+@torch.library.custom_op("labelsmooth::fused_index_fwd", mutates_args=())
+def _index_fwd(
+    x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
+    cz: Optional[Tensor], softcap: Optional[float], inplace: bool,
+) -> tuple[Tensor, Tensor]:
+    acc = acc_dtype(x.dtype)
+    m, sumexp, x_y, sx = row_partials(x, y, s, s_uniform, softcap)
+    lse = m + sumexp.log()
+    loss = ct * (lse - x_y)
+    if s is not None or s_uniform != 0.0:
+        loss = loss + cs * (_shares_sum(s, s_uniform, x.shape[1], acc) * lse - sx)
+    if cz is not None:
+        loss = loss + cz * lse.square()
+    return loss, lse
+
+
+@_index_fwd.register_fake
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, inplace):
+    acc = acc_dtype(x.dtype)
+    return x.new_empty(x.shape[:1], dtype=acc), x.new_empty(x.shape[:1], dtype=acc)
+
+
+def _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, out):
+    acc = acc_dtype(x.dtype)
+    coef_p = _index_coef_p(ct, cs, cz, lse, _shares_sum(s, s_uniform, x.shape[1], acc))
+    return grad_rows(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad.to(acc), out=out)
+
+
+@torch.library.custom_op("labelsmooth::fused_index_bwd", mutates_args=())
+def _index_bwd(
+    grad: Tensor, x: Tensor, y: Tensor, lse: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor],
+    s_uniform: float, cz: Optional[Tensor], softcap: Optional[float],
+) -> Tensor:
+    return _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, None)
+
+
+@_index_bwd.register_fake
+def _(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("labelsmooth::fused_index_bwd_", mutates_args=("x",))
+def _index_bwd_inplace(
+    grad: Tensor, x: Tensor, y: Tensor, lse: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor],
+    s_uniform: float, cz: Optional[Tensor], softcap: Optional[float],
+) -> None:
+    _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, x)
+
+
+@_index_bwd_inplace.register_fake
+def _(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap):
+    return None
+
+
+def _index_setup(ctx, inputs, output):
+    x, y, ct, cs, s, s_uniform, cz, softcap, inplace = inputs
+    _, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(x, y, lse, ct, cs, s, cz)
+    ctx.s_uniform, ctx.softcap = s_uniform, softcap
+    ctx.inplace = inplace and x.is_contiguous()
+
+
+def _index_backward(ctx, grad_loss, grad_lse):
+    x, y, lse, ct, cs, s, cz = ctx.saved_tensors
+    if ctx.inplace:
+        torch.ops.labelsmooth.fused_index_bwd_(grad_loss, x, y, lse, ct, cs, s, ctx.s_uniform,
+                                               cz, ctx.softcap)
+        if not torch.compiler.is_compiling():
+            _mark_consumed(x)
+        gx = x
+    else:
+        gx = torch.ops.labelsmooth.fused_index_bwd(grad_loss, x, y, lse, ct, cs, s, ctx.s_uniform,
+                                                   cz, ctx.softcap)
+    return gx, None, None, None, None, None, None, None, None
+
+
+_index_fwd.register_autograd(_index_backward, setup_context=_index_setup)
+
+
+def index_rows(
+    x: Tensor,
+    y: Tensor,
+    ct: Tensor,
+    cs: Tensor,
+    s: Tensor | None,
+    s_uniform: float,
+    cz: Tensor | None,
+    softcap: float | None,
+    inplace_backward: bool = False,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-row smoothed cross-entropy for index targets (contract: :mod:`labelsmooth.ops`).
+
+    .. math::
+
+        \ell_n = ct_n(\mathrm{lse}_n - x_{n,y_n}) + cs_n\Big(S\,\mathrm{lse}_n - \sum_c s_c x_{n,c}\Big)
+                 + cz_n\,\mathrm{lse}_n^2
+
+    PyTorch equivalent (``ct = 1-ε``, ``cs = 1``, ``s_uniform = ε/K``):
+    ``F.cross_entropy(x, y, label_smoothing=ε, reduction="none")``.
+
+    Examples:
+        >>> x = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+        >>> y, one = torch.tensor([0, 1]), torch.ones(2)
+        >>> loss, lse = index_rows(x, y, 0.9 * one, one, None, 0.1 / 3, None, None)
+        >>> loss
+        tensor([0.3365, 0.5477])
+        >>> torch.nn.functional.cross_entropy(x, y, label_smoothing=0.1, reduction="none")
+        tensor([0.3365, 0.5477])
+    """
+    _check_not_consumed(x)
+    return _index_fwd(x, y, ct, cs, s, float(s_uniform), cz, softcap, bool(inplace_backward))
+
+
+# --------------------------------------------------------------------------------------------
+# Probability targets.
+
+
+def _prob_sums(x, t, w, a, b, b_uniform, softcap, chunk_elems=None):
+    """Per row Q = Σ_c q_c and Σ_c q_c x'_c with q = w (a t + b), chunked."""
+    rows, cols = x.shape
+    acc = acc_dtype(x.dtype)
+    big_q = torch.zeros(rows, dtype=acc, device=x.device)
+    qx = torch.zeros(rows, dtype=acc, device=x.device)
+    wv = w.to(acc) if w is not None else None
+    bv = b.to(acc) if b is not None else None
+    br, bc = block_shape(rows, cols, chunk_elems)
+    for r0 in range(0, rows, br):
+        r1 = min(rows, r0 + br)
+        for c0 in range(0, cols, bc):
+            c1 = min(cols, c0 + bc)
+            q = t[r0:r1, c0:c1].to(acc) * a
+            q = q + (bv[c0:c1] if bv is not None else b_uniform)
+            if wv is not None:
+                q = q * wv[c0:c1]
+            xf = x[r0:r1, c0:c1].to(acc)
+            if softcap is not None:
+                xf = softcap * torch.tanh(xf / softcap)
+            big_q[r0:r1] += q.sum(1)
+            qx[r0:r1] += (q * xf).sum(1)
+    return big_q, qx
+
+
+@torch.library.custom_op("labelsmooth::fused_prob_fwd", mutates_args=())
+def _prob_fwd(
+    x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
+    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], inplace: bool,
+) -> tuple[Tensor, Tensor]:
+    m, sumexp, _, _ = row_partials(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
+                                   None, 0.0, softcap)
+    lse = m + sumexp.log()
+    big_q, qx = _prob_sums(x, t, w, a, b, b_uniform, softcap)
+    loss = rs * (big_q * lse - qx)
+    if cz is not None:
+        loss = loss + cz * lse.square()
+    return loss, lse
+
+
+@_prob_fwd.register_fake
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace):
+    acc = acc_dtype(x.dtype)
+    return x.new_empty(x.shape[:1], dtype=acc), x.new_empty(x.shape[:1], dtype=acc)
+
+
+def _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t, out, want_dx=True):
+    """(dx, dt): dx = g (cp p − rs q) x'′, cp = rs Q + 2 cz lse; dt = g rs a w (lse − x')."""
+    rows, cols = x.shape
+    acc = acc_dtype(x.dtype)
+    grad = grad.to(acc)
+    big_q, _ = _prob_sums(x, t, w, a, b, b_uniform, None) if cols else (torch.zeros_like(lse), None)
+    coef = rs * big_q
+    if cz is not None:
+        coef = coef + 2 * cz * lse
+    gp = (grad * coef)[:, None]
+    gq = (grad * rs)[:, None]
+    if out is None and want_dx:
+        out = torch.empty((rows, cols), dtype=x.dtype, device=x.device)
+    dt = torch.empty(t.shape, dtype=t.dtype, device=t.device) if need_t else None
+    wv = w.to(acc) if w is not None else None
+    bv = b.to(acc) if b is not None else None
+    br, bc = block_shape(rows, cols)
+    for r0 in range(0, rows, br):
+        r1 = min(rows, r0 + br)
+        for c0 in range(0, cols, bc):
+            c1 = min(cols, c0 + bc)
+            xf = x[r0:r1, c0:c1].to(acc)
+            d = None
+            if softcap is not None:
+                th = torch.tanh(xf / softcap)
+                xf, d = softcap * th, 1 - th * th
+            tq = t[r0:r1, c0:c1].to(acc) * a
+            q = tq + (bv[c0:c1] if bv is not None else b_uniform)
+            if wv is not None:
+                q = q * wv[c0:c1]
+            if dt is not None:
+                dtb = gq[r0:r1] * a * (lse[r0:r1, None] - xf)
+                if wv is not None:
+                    dtb = dtb * wv[c0:c1]
+                dt[r0:r1, c0:c1] = dtb
+            if out is None:
+                continue
+            g = gp[r0:r1] * torch.exp(xf - lse[r0:r1, None]) - gq[r0:r1] * q
+            if d is not None:
+                g = g * d
+            out[r0:r1, c0:c1] = g
+    return out, dt
+
+
+@torch.library.custom_op("labelsmooth::fused_prob_bwd", mutates_args=())
+def _prob_bwd(
+    grad: Tensor, x: Tensor, t: Tensor, lse: Tensor, w: Optional[Tensor], a: float,
+    b: Optional[Tensor], b_uniform: float, rs: Tensor, cz: Optional[Tensor],
+    softcap: Optional[float], need_t: bool,
+) -> tuple[Tensor, Tensor]:
+    dx, dt = _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t, None)
+    return dx, (dt if dt is not None else t.new_empty(0))
+
+
+@_prob_bwd.register_fake
+def _(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t):
+    dt = torch.empty_like(t, memory_format=torch.contiguous_format) if need_t else t.new_empty(0)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), dt
+
+
+@torch.library.custom_op("labelsmooth::fused_prob_bwd_", mutates_args=("x",))
+def _prob_bwd_inplace(
+    grad: Tensor, x: Tensor, t: Tensor, lse: Tensor, w: Optional[Tensor], a: float,
+    b: Optional[Tensor], b_uniform: float, rs: Tensor, cz: Optional[Tensor],
+    softcap: Optional[float], need_t: bool,
+) -> Tensor:
+    # the target gradient needs the original logits: compute it first, then overwrite x
+    dt = None
+    if need_t:
+        _, dt = _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, True, None,
+                           want_dx=False)
+    _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, False, x)
+    return dt if dt is not None else t.new_empty(0)
+
+
+@_prob_bwd_inplace.register_fake
+def _(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t):
+    return torch.empty_like(t, memory_format=torch.contiguous_format) if need_t else t.new_empty(0)
+
+
+def _prob_setup(ctx, inputs, output):
+    x, t, w, a, b, b_uniform, rs, cz, softcap, inplace = inputs
+    _, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(x, t, lse, w, b, rs, cz)
+    ctx.a, ctx.b_uniform, ctx.softcap = a, b_uniform, softcap
+    ctx.inplace = inplace and x.is_contiguous()
+
+
+def _prob_backward(ctx, grad_loss, grad_lse):
+    x, t, lse, w, b, rs, cz = ctx.saved_tensors
+    need_t = bool(ctx.needs_input_grad[1])
+    args = (grad_loss, x, t, lse, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t)
+    if ctx.inplace:
+        dt = torch.ops.labelsmooth.fused_prob_bwd_(*args)
+        if not torch.compiler.is_compiling():
+            _mark_consumed(x)
+        dx = x
+    else:
+        dx, dt = torch.ops.labelsmooth.fused_prob_bwd(*args)
+    return dx, (dt if need_t else None), None, None, None, None, None, None, None, None
+
+
+_prob_fwd.register_autograd(_prob_backward, setup_context=_prob_setup)
+
+
+def prob_rows(
+    x: Tensor,
+    t: Tensor,
+    w: Tensor | None,
+    a: float,
+    b: Tensor | None,
+    b_uniform: float,
+    rs: Tensor,
+    cz: Tensor | None,
+    softcap: float | None,
+    inplace_backward: bool = False,
+) -> tuple[Tensor, Tensor]:
+    r"""Per-row smoothed cross-entropy for probability targets (contract: :mod:`labelsmooth.ops`).
+
+    .. math::
+
+        q_{n,c} = w_c(a\,t_{n,c} + b_c), \qquad
+        \ell_n = rs_n \Big(\mathrm{lse}_n \sum_c q_{n,c} - \sum_c q_{n,c} x_{n,c}\Big)
+                 + cz_n\,\mathrm{lse}_n^2
+
+    PyTorch equivalent (``a = 1-ε``, ``b_uniform = ε/K``, ``rs = 1``):
+    ``F.cross_entropy(x, t, label_smoothing=ε, reduction="none")``.
+
+    Examples:
+        >>> x = torch.tensor([[2.0, 0.0, -1.0]])
+        >>> t = torch.tensor([[0.7, 0.3, 0.0]])
+        >>> prob_rows(x, t, None, 0.9, None, 0.1 / 3, torch.ones(1), None, None)[0]
+        tensor([0.8765])
+        >>> torch.nn.functional.cross_entropy(x, t, label_smoothing=0.1, reduction="none")
+        tensor([0.8765])
+    """
+    _check_not_consumed(x)
+    return _prob_fwd(x, t, w, float(a), b, float(b_uniform), rs, cz, softcap,
+                     bool(inplace_backward))
