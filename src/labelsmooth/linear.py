@@ -1,0 +1,218 @@
+r"""Fused linear + label-smoothed cross-entropy: the loss of ``hidden @ weight.T + bias`` without its logits.
+
+The implementation (chunking, memory budget, when gradients are computed) is in
+:mod:`labelsmooth.ops.linear_ce`; this module validates arguments and exposes the public API.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from labelsmooth import _validation as V
+from labelsmooth.functional import Impl, Reduction, WeightMode, check_options, plan_index
+from labelsmooth.ops import linear_ce
+from labelsmooth.targets import Spread
+
+__all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    class_weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+    spread: Spread = "all",
+    prior: torch.Tensor | None = None,
+    weight_mode: WeightMode = "torch",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    impl: Impl = "auto",
+    validate: bool | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+) -> torch.Tensor:
+    r"""Label-smoothed cross-entropy of a linear projection, computed chunk by chunk.
+
+    Equals ``labelsmooth.cross_entropy(hidden @ weight.T + bias, target, class_weight, …)`` — loss
+    and gradients with respect to ``hidden``, ``weight`` and ``bias`` — but the (tokens × V)
+    logits are never held: at most one chunk of them exists at a time (see
+    :mod:`labelsmooth.ops.linear_ce` for how the chunk is chosen from the memory budget). With
+    :math:`x_n = W h_n + b` and the smoothed target :math:`q = a\,e_y + b'`
+    (:func:`labelsmooth.smoothing_coefficients`), each token contributes
+
+    .. math::
+
+        \ell_n = a\,w_{y_n}(\mathrm{lse}(x_n) - x_{n,y_n})
+                 + \sum_c b'_c\,w_c\,(\mathrm{lse}(x_n) - x_{n,c}) + z\,w_{y_n}\,\mathrm{lse}(x_n)^2
+
+    (``weight_mode="torch"``; ``"target"`` scales the whole row by :math:`w_{y_n}` instead), and
+    ``mean`` divides by :math:`\sum_n w_{y_n}` over non-ignored tokens (all ignored: NaN loss and
+    zero gradients, as in PyTorch).
+
+    PyTorch equivalent (without ``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``):
+    ``F.cross_entropy(F.linear(hidden, weight, bias).flatten(0, -2), target.flatten(),
+    class_weight, ignore_index=ignore_index, label_smoothing=label_smoothing)``.
+
+    Args:
+        hidden: (*, H) hidden states; any leading dimensions (e.g. batch, sequence), float32,
+            bfloat16, float16 or float64.
+        weight: (V, H) projection (the output embedding), same dtype and device as ``hidden``.
+        target: (*) class indices, the leading shape of ``hidden``.
+        bias: optional (V,) bias.
+        class_weight: optional (V,) class weights (PyTorch's ``weight`` of the loss).
+        ignore_index, reduction, label_smoothing, spread, prior, weight_mode, z_loss, softcap,
+            validate: as in :func:`labelsmooth.cross_entropy`.
+        impl: per-chunk row engine: ``"auto"`` (Triton on CUDA when available, else the fused CPU
+            engine), ``"fused"``, ``"triton"`` or ``"reference"`` (plain PyTorch, chunked).
+        chunk_size: tokens per chunk (overrides the budget's choice).
+        memory_budget: bytes allowed for one chunk of logits (default 64 MiB on CPU, 128 MiB on
+            CUDA); when not even :data:`labelsmooth.ops.linear_ce.MIN_ROWS` full rows fit, the
+            vocabulary is split too.
+
+    Returns:
+        The loss in ``hidden``'s dtype: a scalar for ``mean``/``sum``, else ``target``'s shape.
+
+    Raises:
+        TypeError: non-tensor or non-floating inputs, non-integer targets, bad option types.
+        ValueError: shape, dtype or device mismatches, out-of-range targets, bad option values.
+
+    Examples:
+        >>> h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> w = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-1.0, 1.0]])
+        >>> y = torch.tensor([0, 1, 2])
+        >>> linear_cross_entropy(h, w, y, label_smoothing=0.1)
+        tensor(1.1798)
+        >>> torch.nn.functional.cross_entropy(h @ w.T, y, label_smoothing=0.1)
+        tensor(1.1798)
+    """
+    return _linear_cross_entropy(
+        hidden, weight, target, bias, class_weight=class_weight, ignore_index=ignore_index,
+        reduction=reduction, label_smoothing=label_smoothing, spread=spread, prior=prior,
+        weight_mode=weight_mode, z_loss=z_loss, softcap=softcap, impl=impl, validate=validate,
+        chunk_size=chunk_size, memory_budget=memory_budget,
+    )
+
+
+def _linear_cross_entropy(
+    hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction="mean",
+    label_smoothing=0.0, spread="all", prior=None, weight_mode="torch", z_loss=0.0, softcap=None,
+    impl="auto", validate=None, chunk_size=None, memory_budget=None, grad_in_forward=True,
+) -> torch.Tensor:
+    # ``grad_in_forward=False`` always recomputes the logits in backward (measured in the benchmark).
+    hidden = V.check_floating("hidden", V.check_tensor("hidden", hidden))
+    weight = V.check_floating("weight", V.check_tensor("weight", weight))
+    target = V.check_tensor("target", target)
+    if hidden.dim() < 1:
+        raise V.fail("hidden", "a tensor of shape (*, H)", tuple(hidden.shape))
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise V.fail("weight", f"a (V, {hidden.shape[-1]}) tensor to match hidden "
+                     f"{tuple(hidden.shape)}", tuple(weight.shape))
+    if weight.dtype != hidden.dtype or weight.device != hidden.device:
+        raise V.fail("weight", f"of hidden's dtype {hidden.dtype} and device {hidden.device}",
+                     f"{weight.dtype} on {weight.device}")
+    vocab = weight.shape[0]
+    if bias is not None:
+        bias = V.check_floating("bias", V.check_tensor("bias", bias))
+        if bias.shape != (vocab,) or bias.dtype != hidden.dtype or bias.device != hidden.device:
+            raise V.fail("bias", f"a ({vocab},) tensor of dtype {hidden.dtype} on {hidden.device}",
+                         f"{tuple(bias.shape)} {bias.dtype} on {bias.device}")
+    if tuple(target.shape) != tuple(hidden.shape[:-1]):
+        raise V.fail("target", f"of shape {tuple(hidden.shape[:-1])} (hidden's leading "
+                     "dimensions)", tuple(target.shape))
+    opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
+                         z_loss, softcap, impl, False, validate)
+    linear_ce.check_chunking(chunk_size, memory_budget)
+    if class_weight is not None:
+        class_weight = V.check_class_vector("class_weight", class_weight, vocab)
+    if not isinstance(grad_in_forward, bool):
+        raise V.fail("grad_in_forward", "a bool", grad_in_forward, TypeError)
+    check_values = V.should_check_values(validate, hidden, target)
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    plan = plan_index(target.reshape(-1), vocab, opts, class_weight, device=hidden.device, acc=acc,
+                      check_values=check_values)
+    h = hidden.reshape(-1, hidden.shape[-1])
+    return linear_ce.linear_index_loss(
+        h, weight, bias, plan, opts, tuple(target.shape), chunk_size=chunk_size,
+        memory_budget=memory_budget, grad_in_forward=grad_in_forward,
+    )
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """Module form of :func:`linear_cross_entropy`: ``loss_fn(hidden, weight, target, bias=None)``.
+
+    The projection stays a parameter of the model (e.g. the tied output embedding); the module holds
+    the loss configuration, with ``class_weight`` and ``prior`` as buffers that follow ``.to()``.
+
+    Examples:
+        >>> loss_fn = LinearCrossEntropyLoss(label_smoothing=0.1)
+        >>> h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> w = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-1.0, 1.0]])
+        >>> loss_fn(h, w, torch.tensor([0, 1, 2]))
+        tensor(1.1798)
+    """
+
+    class_weight: torch.Tensor | None
+    prior: torch.Tensor | None
+
+    def __init__(
+        self,
+        class_weight: torch.Tensor | None = None,
+        ignore_index: int = -100,
+        reduction: Reduction = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        spread: Spread = "all",
+        prior: torch.Tensor | None = None,
+        weight_mode: WeightMode = "torch",
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        impl: Impl = "auto",
+        validate: bool | None = None,
+        chunk_size: int | None = None,
+        memory_budget: int | None = None,
+    ) -> None:
+        super().__init__()
+        # Fail where the configuration is written, not at the first forward.
+        opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
+                             z_loss, softcap, impl, False, validate)
+        linear_ce.check_chunking(chunk_size, memory_budget)
+        if class_weight is not None:
+            class_weight = V.check_floating("class_weight", V.check_tensor("class_weight", class_weight))
+            if class_weight.dim() != 1:
+                raise V.fail("class_weight", "a 1-D tensor (one entry per class)",
+                             tuple(class_weight.shape))
+        self.ignore_index = opts.ignore_index
+        self.reduction = opts.reduction
+        self.label_smoothing = opts.label_smoothing
+        self.spread = opts.spread
+        self.weight_mode = opts.weight_mode
+        self.z_loss = opts.z_loss
+        self.softcap = opts.softcap
+        self.impl = opts.impl
+        self.validate = opts.validate
+        self.chunk_size = chunk_size
+        self.memory_budget = memory_budget
+        self.register_buffer("class_weight", class_weight)
+        self.register_buffer("prior", prior)
+
+    def forward(self, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        return linear_cross_entropy(
+            hidden, weight, target, bias, class_weight=self.class_weight,
+            ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, spread=self.spread, prior=self.prior,
+            weight_mode=self.weight_mode, z_loss=self.z_loss, softcap=self.softcap, impl=self.impl,
+            validate=self.validate, chunk_size=self.chunk_size, memory_budget=self.memory_budget,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"label_smoothing={self.label_smoothing}, spread={self.spread!r}, "
+                f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
+                f"impl={self.impl!r}, chunk_size={self.chunk_size}, "
+                f"memory_budget={self.memory_budget}")

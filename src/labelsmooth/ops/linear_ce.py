@@ -1,0 +1,410 @@
+r"""Chunked fused linear + label-smoothed cross-entropy: the (tokens × vocabulary) logits never exist.
+
+For hidden states :math:`h` (N, H), a projection :math:`W` (V, H) and an optional bias :math:`b`,
+the loss of :func:`labelsmooth.cross_entropy` on the logits :math:`x = hW^\top + b` is computed
+token chunk by token chunk (and, when one chunk of full rows would not fit the memory budget,
+vocabulary block by vocabulary block), so at most one chunk of logits is alive at any time:
+
+* statistics: ``x_c = h_c W^T + b`` then the per-row partials (max, Σexp, target logit,
+  :math:`\sum_c s_c x_c`) of :func:`labelsmooth.ops.fused.row_partials`, merged online across
+  vocabulary blocks, give :math:`\mathrm{lse}` and the per-row loss (the per-row coefficients
+  ``ct, cs, cz, s`` come from :func:`labelsmooth.functional.plan_index`, the reduction from
+  :func:`labelsmooth.functional.finish_index`, so no formula is written twice);
+* gradient: :func:`labelsmooth.ops.fused.grad_rows` writes
+  :math:`g_n\,\partial\ell_n/\partial x` over the logits chunk in place, then three matmuls
+  accumulate :math:`\partial h_c = G W`, :math:`\partial W \mathrel{+}= G^\top h_c` (in float32, or
+  float64 for float64 inputs) and :math:`\partial b \mathrel{+}= \sum_n G_n`.
+
+On CUDA with Triton (``impl="triton"``, the default there) the per-chunk row work is the Triton
+kernel of :mod:`labelsmooth.ops.triton_ce` with an in-place backward, driven through the op
+contract of :mod:`labelsmooth.ops`; the same contract path serves ``impl="reference"`` (the
+plain-PyTorch oracle, chunked). Those paths chunk over tokens only.
+
+**When the gradient is computed.** With ``reduction="mean"`` or ``"sum"`` the upstream gradient is
+a scalar, so the gradients are computed during the forward (3 matmuls in all) and the backward
+only scales them by ``grad_output`` — in place, no sync, no extra memory. With
+``reduction="none"`` the per-row upstream gradient must be folded in before the sum over tokens
+inside :math:`G^\top h`, so the forward keeps only ``lse`` (one float per row) and the backward
+recomputes each chunk of logits (4 matmuls in all); ``grad_in_forward=False`` selects that path
+for every reduction. A second backward through the same graph (``retain_graph=True``) also takes
+the recompute path, because the first one handed its buffers to autograd.
+
+**Memory budget.** ``memory_budget`` bytes bound the logits chunk: a chunk holds
+``rows × cols`` logits of ``bytes_per_logit`` bytes (the input dtype's size for the fused and Triton
+paths, whose gradient overwrites the chunk; 12 more for the reference op's float32 temporaries).
+``rows = budget // (V · bytes_per_logit)`` rounded down to a multiple of 8; if that is below
+:data:`MIN_ROWS`, the chunk is :data:`MIN_ROWS` rows by as many vocabulary columns as fit (a
+multiple of 128), at the price of recomputing each logits block once more (4 matmuls instead of 3).
+Defaults: :data:`DEFAULT_MEMORY_BUDGET` (64 MiB, CPU) and :data:`DEFAULT_MEMORY_BUDGET_CUDA`
+(128 MiB). ``chunk_size`` overrides the rows per chunk (then the vocabulary is split only if a
+``memory_budget`` is also given). Beyond the chunk, the extra memory is the float32 accumulator of
+the weight's gradient when the weight is not float32 (the gradient itself otherwise), one
+``(rows, H)`` float32 accumulator when the vocabulary is split, and O(N) per-row vectors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+from labelsmooth import _validation as V
+from labelsmooth import ops
+from labelsmooth.functional import IndexPlan, LossOptions, finish_index
+
+MiB = 1 << 20
+#: Default bytes for one chunk of logits on the CPU and other non-CUDA devices.
+DEFAULT_MEMORY_BUDGET = 64 * MiB
+#: Default bytes for one chunk of logits on CUDA.
+DEFAULT_MEMORY_BUDGET_CUDA = 128 * MiB
+#: Fewest rows per chunk before the vocabulary is split instead (small matmuls are inefficient).
+MIN_ROWS = 64
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _row_engine(impl: str, device: torch.device) -> tuple[str, ModuleType]:
+    """("fused", primitives module) or ("op", op module honouring the per-row contract)."""
+    if impl == "auto":
+        impl = "triton" if device.type == "cuda" and ops._available("triton", device) else "fused"
+    if impl == "fused":
+        try:
+            return "fused", importlib.import_module("labelsmooth.ops.fused")
+        except ImportError:  # pragma: no cover - the fused engine ships with the package
+            return "op", ops.resolve("reference", device)
+    return "op", ops.resolve(impl, device)
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How the (N, V) logits are walked: ``rows`` tokens × ``cols`` vocabulary entries at a time."""
+
+    rows: int
+    cols: int
+    bytes_per_logit: int
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes of one chunk of logits."""
+        return self.rows * self.cols * self.bytes_per_logit
+
+
+def plan_chunks(
+    n: int,
+    vocab: int,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    *,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    engine: str = "fused",
+) -> ChunkPlan:
+    """Choose the chunk shape from the memory budget (see the module docstring).
+
+    Examples:
+        >>> plan_chunks(4096, 32000, torch.float32)   # 64 MiB / (32000 · 4 B) = 524 → 520 rows
+        ChunkPlan(rows=520, cols=32000, bytes_per_logit=4)
+        >>> plan_chunks(100, 32000, torch.float32, chunk_size=48)
+        ChunkPlan(rows=48, cols=32000, bytes_per_logit=4)
+        >>> plan_chunks(4096, 1_000_000, torch.float32, memory_budget=64 * MiB)  # split the vocabulary
+        ChunkPlan(rows=64, cols=262144, bytes_per_logit=4)
+    """
+    device = torch.device(device)
+    bpl = torch.empty((), dtype=dtype).element_size() + (12 if engine == "reference" else 0)
+    vocab = max(int(vocab), 1)
+    n = max(int(n), 1)
+    if chunk_size is not None:
+        rows = min(n, chunk_size)
+        if memory_budget is None:
+            return ChunkPlan(rows, vocab, bpl)
+        cols = memory_budget // (rows * bpl)
+        return ChunkPlan(rows, _round_cols(cols, vocab, engine), bpl)
+    budget = memory_budget
+    if budget is None:
+        budget = DEFAULT_MEMORY_BUDGET_CUDA if device.type == "cuda" else DEFAULT_MEMORY_BUDGET
+    rows = budget // (vocab * bpl)
+    if rows >= min(n, MIN_ROWS) or engine != "fused":
+        rows = max(1, min(n, rows))
+        if rows < n and rows >= 8:
+            rows -= rows % 8  # matmul-friendly
+        return ChunkPlan(rows, vocab, bpl)
+    rows = min(n, MIN_ROWS)
+    return ChunkPlan(rows, _round_cols(budget // (rows * bpl), vocab, engine), bpl)
+
+
+def _round_cols(cols: int, vocab: int, engine: str) -> int:
+    if engine != "fused" or cols >= vocab:
+        return vocab
+    return max(1, cols - cols % 128 if cols >= 128 else cols)
+
+
+# ----------------------------------------------------------------------------------------------
+# The chunk loop
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Grads:
+    """Gradient destinations (None where not wanted), filled chunk by chunk."""
+
+    dh: torch.Tensor | None
+    dw: torch.Tensor | None  # float32 (float64) accumulator
+    db: torch.Tensor | None  # float32 (float64) accumulator
+
+
+def _logits(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+            out: torch.Tensor) -> torch.Tensor:
+    if b is None:
+        return torch.mm(hc, w.t(), out=out)
+    return torch.addmm(b, hc, w.t(), out=out)
+
+
+def _accumulate(g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor, grads: _Grads,
+                rsl: slice, csl: slice, dh_acc: torch.Tensor | None, dw_cols: int) -> None:
+    """dh[rows] (+)= g W[cols];  dW[cols] += gᵀ h_c;  db[cols] += Σ_n g  (g in the logits dtype)."""
+    if grads.dh is not None:
+        if dh_acc is None:
+            torch.mm(g, w[csl], out=grads.dh[rsl])
+        else:
+            dh_acc += torch.mm(g, w[csl])
+    if grads.dw is not None:
+        dw = grads.dw[csl]
+        if g.dtype == dw.dtype:
+            dw.addmm_(g.t(), hc)
+        else:
+            # Low precision: one matmul per block of vocabulary rows (a bounded temporary),
+            # accumulated across token chunks in float32 (pitfall: half-precision dW drifts).
+            for c0 in range(0, g.shape[1], dw_cols):
+                c1 = min(g.shape[1], c0 + dw_cols)
+                dw[c0:c1] += torch.mm(g[:, c0:c1].t(), hc)
+    if grads.db is not None:
+        grads.db[csl] += g.sum(0, dtype=grads.db.dtype)
+
+
+def run_chunks(
+    engine: tuple[str, ModuleType],
+    h: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    plan: IndexPlan,
+    opts: LossOptions,
+    chunks: ChunkPlan,
+    *,
+    row_scale: torch.Tensor | None = None,
+    grads: _Grads | None = None,
+    lse_known: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Walk the logits chunk by chunk; return the per-row ``(loss, lse)`` in the accumulation dtype.
+
+    With ``grads`` given, also write :math:`\\mathrm{row\\_scale}_n\\,\\partial\\ell_n/\\partial x`
+    through the three matmuls into ``grads``. With ``lse_known`` (a recomputing backward) the
+    statistics pass is skipped and the returned loss is meaningless.
+    """
+    kind, mod = engine
+    n, _ = h.shape
+    vocab = w.shape[0]
+    acc = _acc(h.dtype)
+    loss = torch.zeros(n, dtype=acc, device=h.device)
+    lse = torch.empty(n, dtype=acc, device=h.device) if lse_known is None else lse_known
+    if n == 0:
+        return loss, lse
+    big_s = plan.s.sum() if plan.s is not None else plan.s_uniform * vocab
+    rows, cols = chunks.rows, chunks.cols
+    buf = torch.empty(rows * cols if kind == "fused" else 0, dtype=h.dtype, device=h.device)
+    split = cols < vocab
+    dw_cols = max(1, (DEFAULT_MEMORY_BUDGET // 4) // max(1, h.shape[1] * h.element_size()))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        rsl = slice(r0, r1)
+        hc = h[rsl]
+        y, ct, cs = plan.y[rsl], plan.ct[rsl], plan.cs[rsl]
+        cz = plan.cz[rsl] if plan.cz is not None else None
+        if kind == "op":
+            # A fresh chunk each time: an in-place backward marks its logits as consumed.
+            x = _logits(hc, w, b, torch.empty(r1 - r0, vocab, dtype=h.dtype, device=h.device))
+            if grads is None:
+                lr, ls = mod.index_rows(x, y, ct, cs, plan.s, plan.s_uniform, cz, opts.softcap, False)
+            else:
+                with torch.enable_grad():
+                    x.requires_grad_(True)
+                    lr, ls = mod.index_rows(x, y, ct, cs, plan.s, plan.s_uniform, cz,
+                                            opts.softcap, True)
+                    (g,) = torch.autograd.grad(lr, x, row_scale[rsl].to(lr.dtype))
+                _accumulate(g, hc, w, grads, rsl, slice(0, vocab), None, dw_cols)
+                lr = lr.detach()
+            loss[rsl], lse[rsl] = lr, ls
+            continue
+        # The fused primitives, one vocabulary block at a time.
+        blocks = [(c0, min(vocab, c0 + cols)) for c0 in range(0, vocab, cols)]
+        if lse_known is None:
+            m = se = xy = sx = None
+            keep = None
+            for c0, c1 in blocks:
+                x = _logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
+                            buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+                s_blk = plan.s[c0:c1] if plan.s is not None else None
+                mask = (y >= c0) & (y < c1) if split else None
+                pm, pse, pxy, psx = mod.row_partials(x, y - c0 if split else y, s_blk,
+                                                     plan.s_uniform, opts.softcap, mask)
+                if m is None:
+                    m, se, xy, sx = pm, pse, pxy, psx
+                else:  # online merge of (max, Σexp) across vocabulary blocks
+                    mn = torch.maximum(m, pm)
+                    ref = torch.where(torch.isfinite(mn), mn, torch.zeros_like(mn))
+                    se = se * torch.exp(m - ref) + pse * torch.exp(pm - ref)
+                    m, xy, sx = mn, xy + pxy, sx + psx
+                keep = x
+            lse_c = m + torch.log(se)
+            lr = ct * (lse_c - xy)
+            if plan.s is not None or plan.s_uniform != 0.0:
+                lr = lr + cs * (big_s * lse_c - sx)
+            if cz is not None:
+                lr = lr + cz * lse_c.square()
+            loss[rsl], lse[rsl] = lr, lse_c
+        else:
+            lse_c, keep = lse_known[rsl], None
+        if grads is None:
+            continue
+        coef_p = ct + cs * big_s
+        if cz is not None:
+            coef_p = coef_p + 2 * cz * lse_c
+        dh_acc = torch.zeros(r1 - r0, h.shape[1], dtype=acc, device=h.device) \
+            if split and grads.dh is not None else None
+        for c0, c1 in blocks:
+            if keep is not None and not split:
+                x = keep  # the single block's logits are still in the buffer
+            else:
+                x = _logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
+                            buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+            s_blk = plan.s[c0:c1] if plan.s is not None else None
+            mask = (y >= c0) & (y < c1) if split else None
+            g = mod.grad_rows(x, y - c0 if split else y, lse_c, coef_p, ct, cs, s_blk,
+                              plan.s_uniform, opts.softcap, row_scale[rsl], mask, out=x)
+            _accumulate(g, hc, w, grads, rsl, slice(c0, c1), dh_acc, dw_cols)
+        if dh_acc is not None:
+            grads.dh[rsl] = dh_acc
+    return loss, lse
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd
+# ----------------------------------------------------------------------------------------------
+
+def _reduced(loss_rows, lse, plan, opts, out_shape, out_dtype):
+    return finish_index(loss_rows, lse, None, plan, opts, out_shape, out_dtype, False).loss
+
+
+def _reduction_scale(plan: IndexPlan, opts: LossOptions, n: int, acc: torch.dtype,
+                     out_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """d(reduced loss)/d(row loss), taken from ``finish_index`` itself (the normaliser lives there).
+
+    Ignored rows get 0, so a batch in which every token is ignored has zero gradients (as in
+    PyTorch) instead of 0·∞.
+    """
+    with torch.enable_grad():
+        r = torch.zeros(n, dtype=acc, device=device, requires_grad=True)
+        out = _reduced(r, r.detach(), plan, opts, out_shape, acc)
+        (d,) = torch.autograd.grad(out, r)
+    return torch.where(plan.valid, d, torch.zeros_like(d))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w, b, engine, plan, opts, chunks, out_shape, out_dtype, grad_in_forward):
+        needs = ctx.needs_input_grad[:3]
+        acc = _acc(h.dtype)
+        n = h.shape[0]
+        ctx.engine, ctx.plan, ctx.opts, ctx.chunks = engine, plan, opts, chunks
+        ctx.out_shape, ctx.acc = out_shape, acc
+        ctx.grads = None
+        if grad_in_forward and opts.reduction != "none":
+            scale = _reduction_scale(plan, opts, n, acc, out_shape, h.device)
+            grads = _Grads(
+                torch.empty_like(h) if needs[0] else None,
+                torch.zeros(w.shape, dtype=acc, device=w.device) if needs[1] else None,
+                torch.zeros(w.shape[0], dtype=acc, device=w.device) if needs[2] else None,
+            )
+            loss_rows, lse = run_chunks(engine, h, w, b, plan, opts, chunks, row_scale=scale,
+                                        grads=grads)
+            ctx.grads = grads
+        else:
+            loss_rows, lse = run_chunks(engine, h, w, b, plan, opts, chunks)
+        ctx.save_for_backward(h, w, b, lse)
+        return _reduced(loss_rows, lse, plan, opts, out_shape, out_dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        h, w, b, lse = ctx.saved_tensors
+        grads, ctx.grads = ctx.grads, None  # hand the buffers to autograd exactly once
+        if grads is None:
+            # Recompute: the upstream gradient (per row for "none") is folded in before GᵀH.
+            needs = ctx.needs_input_grad[:3]
+            n = h.shape[0]
+            if ctx.opts.reduction == "none":
+                scale = grad_out.reshape(-1).to(ctx.acc) * ctx.plan.valid
+            else:
+                scale = _reduction_scale(ctx.plan, ctx.opts, n, ctx.acc, ctx.out_shape, h.device)
+                scale = scale * grad_out.to(ctx.acc)
+            grads = _Grads(
+                torch.empty_like(h) if needs[0] else None,
+                torch.zeros(w.shape, dtype=ctx.acc, device=w.device) if needs[1] else None,
+                torch.zeros(w.shape[0], dtype=ctx.acc, device=w.device) if needs[2] else None,
+            )
+            known = lse if ctx.engine[0] == "fused" else None
+            run_chunks(ctx.engine, h, w, b, ctx.plan, ctx.opts, ctx.chunks, row_scale=scale,
+                       grads=grads, lse_known=known)
+        else:
+            # Gradients were computed in forward for a unit upstream gradient: scale in place.
+            g = grad_out.reshape(())
+            for t in (grads.dh, grads.dw, grads.db):
+                if t is not None:
+                    t.mul_(g.to(t.dtype))
+        dh = grads.dh
+        dw = grads.dw.to(w.dtype) if grads.dw is not None else None
+        db = grads.db.to(b.dtype) if grads.db is not None else None
+        return dh, dw, db, None, None, None, None, None, None, None
+
+
+def linear_index_loss(
+    h: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    plan: IndexPlan,
+    opts: LossOptions,
+    out_shape: tuple[int, ...],
+    *,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    grad_in_forward: bool = True,
+) -> torch.Tensor:
+    """The reduced loss of ``cross_entropy(h @ w.T + b, …)`` for a validated plan (2-D ``h``).
+
+    Differentiable with respect to ``h``, ``w`` and ``b``; see the module docstring for the
+    chunking and for ``grad_in_forward``.
+    """
+    engine = _row_engine(opts.impl, h.device)
+    name = "fused" if engine[0] == "fused" else engine[1].__name__.rsplit(".", 1)[-1]
+    chunks = plan_chunks(h.shape[0], w.shape[0], h.dtype, h.device, chunk_size=chunk_size,
+                         memory_budget=memory_budget, engine=name)
+    tensors = [t for t in (h, w, b) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _LinearCrossEntropy.apply(h, w, b, engine, plan, opts, chunks, out_shape, h.dtype,
+                                         grad_in_forward)
+    loss_rows, lse = run_chunks(engine, h.detach(), w.detach(),
+                                b.detach() if b is not None else None, plan, opts, chunks)
+    return _reduced(loss_rows, lse, plan, opts, out_shape, h.dtype)
+
+
+def check_chunking(chunk_size: object, memory_budget: object) -> None:
+    """``chunk_size`` and ``memory_budget`` are None or positive ints."""
+    for arg, value in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise V.fail(arg, "None or a positive int", value, TypeError)
+        if value < 1:
+            raise V.fail(arg, "None or a positive int", value)
