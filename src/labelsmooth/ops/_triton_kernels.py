@@ -1,0 +1,246 @@
+r"""Triton kernels behind :mod:`labelsmooth.ops.triton_ce` (imported lazily: needs ``triton``).
+
+One program per row of the (R, K) logits. Every kernel walks its row in ``BLOCK``-wide chunks,
+loads the logits in their own dtype and does all arithmetic in float32.
+
+* ``_index_fwd`` / ``_prob_fwd`` — the statistics pass, one read of the logits: online softmax
+  (running max ``m`` and running sum ``d`` of :math:`e^{x-m}`, rescaled when the max grows), the
+  target logit, and the smoothing sum :math:`\sum_c s_c (x_c - x_\mathrm{ref})` (shifted by a
+  logit of the row so the fp32 sum does not cancel against ``S·lse``). Writes the per-row loss and
+  ``lse`` (and, for probability targets, :math:`Q=\sum_c q_c`), nothing K-wide.
+* ``_index_bwd`` / ``_prob_bwd`` — the gradient pass: re-reads the row, recomputes
+  :math:`p = e^{x - \mathrm{lse}}` from the saved ``lse``, scales by the per-row upstream gradient
+  and writes the gradient (into a fresh buffer, or over the logits themselves when in place: each
+  element is read before it is written by the same lane). The target column's
+  :math:`-ct` is folded in while still in float32, before rounding to the output dtype
+  (Liger-Kernel #1268). Rows whose coefficients times the upstream gradient are all zero (ignored
+  rows) read nothing and write zeros.
+
+Row offsets are int64 (``program_id`` cast before multiplying by the row stride), so tensors with
+more than 2**31 elements index correctly. Variants are specialised by ``tl.constexpr`` flags:
+``SMOOTH`` (0: no smoothing term, 1: uniform share, 2: a (K,) share vector), ``HAS_Z`` (z-loss),
+``SOFTCAP``, and for probability targets ``HAS_W``/``HAS_B``/``NEED_DT``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _tanh(u):
+    # tanh from exp (no libdevice, so the same code runs under TRITON_INTERPRET=1): the closed
+    # form loses relative precision near 0, where a short odd Taylor series is exact to fp32.
+    a = tl.abs(u)
+    e = tl.exp(-2.0 * a)
+    big = (1.0 - e) / (1.0 + e)
+    u2 = a * a
+    small = a * (1.0 + u2 * (-0.3333333333333333 + u2 * (0.13333333333333333
+                 + u2 * (-0.05396825396825397 + u2 * 0.021869488536155203))))
+    r = tl.where(a < 0.125, small, big)
+    return tl.where(u < 0.0, -r, r)
+
+
+@triton.jit
+def _index_fwd(
+    x_ptr, stride_xr, stride_xc,
+    y_ptr, ct_ptr, cs_ptr, cz_ptr, s_ptr, s_sum_ptr,
+    loss_ptr, lse_ptr,
+    K, s_uniform, softcap,
+    SMOOTH: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xr
+    y = tl.load(y_ptr + row)
+    x_y = tl.load(x_row + y * stride_xc).to(tl.float32)
+    if SOFTCAP:
+        x_y = softcap * _tanh(x_y / softcap)
+    m = float("-inf")
+    d = 0.0
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=mask,
+                     other=float("-inf")).to(tl.float32)
+        if SOFTCAP:  # cap the real lanes only; the padding stays -inf
+            xb = tl.where(mask, softcap * _tanh(tl.where(mask, xb, 0.0) / softcap),
+                          float("-inf"))
+        m_new = tl.maximum(m, tl.max(xb, 0))
+        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(xb - m_new), 0)
+        m = m_new
+        if SMOOTH == 1:
+            acc += tl.where(mask, xb - x_y, 0.0)
+        if SMOOTH == 2:
+            sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            acc += sv * tl.where(mask, xb - x_y, 0.0)
+    lse = m + tl.log(d)
+    ct = tl.load(ct_ptr + row)
+    loss = ct * (lse - x_y)
+    if SMOOTH == 1:
+        cs = tl.load(cs_ptr + row)
+        loss += cs * s_uniform * (K * (lse - x_y) - tl.sum(acc, 0))
+    if SMOOTH == 2:
+        cs = tl.load(cs_ptr + row)
+        s_sum = tl.load(s_sum_ptr).to(tl.float32)
+        loss += cs * (s_sum * (lse - x_y) - tl.sum(acc, 0))
+    if HAS_Z:
+        loss += tl.load(cz_ptr + row) * lse * lse
+    tl.store(loss_ptr + row, loss)
+    tl.store(lse_ptr + row, lse)
+
+
+@triton.jit
+def _index_bwd(
+    x_ptr, stride_xr, stride_xc,
+    dx_ptr, stride_dr, stride_dc,
+    y_ptr, ct_ptr, cs_ptr, cz_ptr, s_ptr, s_sum_ptr, lse_ptr, g_ptr,
+    K, s_uniform, softcap,
+    SMOOTH: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xr
+    dx_row = dx_ptr + row * stride_dr
+    g = tl.load(g_ptr + row)
+    lse = tl.load(lse_ptr + row)
+    y = tl.load(y_ptr + row)
+    gct = g * tl.load(ct_ptr + row)
+    gcs = g * tl.load(cs_ptr + row)
+    coef = gct  # the factor of p_j: g·(ct + cs·S + 2·cz·lse)
+    active = gct != 0.0
+    if SMOOTH == 1:
+        coef += gcs * s_uniform * K
+        active = active | (gcs != 0.0)
+    if SMOOTH == 2:
+        coef += gcs * tl.load(s_sum_ptr).to(tl.float32)
+        active = active | (gcs != 0.0)
+    if HAS_Z:
+        gz = g * tl.load(cz_ptr + row)
+        coef += 2.0 * gz * lse
+        active = active | (gz != 0.0)
+    # Inactive rows (ignored targets) load nothing (a zero-length load bound): their gradient
+    # is exactly zero.
+    k_load = tl.where(active, K, 0)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=cols < k_load,
+                     other=0.0).to(tl.float32)
+        if SOFTCAP:
+            th = _tanh(xb / softcap)
+            xb = softcap * th
+        grad = coef * tl.exp(xb - lse)
+        grad -= tl.where(cols == y, gct, 0.0)  # in fp32, before rounding
+        if SMOOTH == 1:
+            grad -= gcs * s_uniform
+        if SMOOTH == 2:
+            grad -= gcs * tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        if SOFTCAP:
+            grad *= 1.0 - th * th
+        grad = tl.where(active, grad, 0.0)
+        tl.store(dx_row + cols.to(tl.int64) * stride_dc, grad.to(dx_ptr.dtype.element_ty),
+                 mask=mask)
+
+
+@triton.jit
+def _prob_fwd(
+    x_ptr, stride_xr, stride_xc,
+    t_ptr, stride_tr, stride_tc,
+    w_ptr, b_ptr, rs_ptr, cz_ptr,
+    loss_ptr, lse_ptr, qsum_ptr,
+    K, a, b_uniform, softcap,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xr
+    t_row = t_ptr + row * stride_tr
+    # Shift of the weighted sum Σ q_c x_c: the row's first logit (keeps Q·lse − Σ q x from
+    # cancelling when every logit carries a large common offset).
+    x0 = tl.load(x_row).to(tl.float32)
+    if SOFTCAP:
+        x0 = softcap * _tanh(x0 / softcap)
+    m = float("-inf")
+    d = 0.0
+    acc_q = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_qx = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        c64 = cols.to(tl.int64)
+        xb = tl.load(x_row + c64 * stride_xc, mask=mask, other=float("-inf")).to(tl.float32)
+        if SOFTCAP:  # cap the real lanes only; the padding stays -inf
+            xb = tl.where(mask, softcap * _tanh(tl.where(mask, xb, 0.0) / softcap),
+                          float("-inf"))
+        m_new = tl.maximum(m, tl.max(xb, 0))
+        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(xb - m_new), 0)
+        m = m_new
+        tb = tl.load(t_row + c64 * stride_tc, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            q = a * tb + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        else:
+            q = a * tb + b_uniform
+        if HAS_W:
+            q = q * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        q = tl.where(mask, q, 0.0)
+        acc_q += q
+        acc_qx += q * tl.where(mask, xb - x0, 0.0)
+    lse = m + tl.log(d)
+    qsum = tl.sum(acc_q, 0)
+    loss = tl.load(rs_ptr + row) * (qsum * (lse - x0) - tl.sum(acc_qx, 0))
+    if HAS_Z:
+        loss += tl.load(cz_ptr + row) * lse * lse
+    tl.store(loss_ptr + row, loss)
+    tl.store(lse_ptr + row, lse)
+    tl.store(qsum_ptr + row, qsum)
+
+
+@triton.jit
+def _prob_bwd(
+    x_ptr, stride_xr, stride_xc,
+    t_ptr, stride_tr, stride_tc,
+    dx_ptr, stride_dr, stride_dc,
+    dt_ptr, stride_er, stride_ec,
+    w_ptr, b_ptr, rs_ptr, cz_ptr, lse_ptr, qsum_ptr, g_ptr,
+    K, a, b_uniform, softcap,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr,
+    NEED_DT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # dℓ/dx_j = g·[rs·(Q p_j − q_j) + 2 cz lse p_j]·softcap'(x_j);  dℓ/dt_j = g·rs·a·w_j·(lse − x_j)
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xr
+    t_row = t_ptr + row * stride_tr
+    dx_row = dx_ptr + row * stride_dr
+    g = tl.load(g_ptr + row)
+    lse = tl.load(lse_ptr + row)
+    grs = g * tl.load(rs_ptr + row)
+    coef = grs * tl.load(qsum_ptr + row)
+    if HAS_Z:
+        coef += 2.0 * g * tl.load(cz_ptr + row) * lse
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        c64 = cols.to(tl.int64)
+        xb = tl.load(x_row + c64 * stride_xc, mask=mask, other=0.0).to(tl.float32)
+        if SOFTCAP:
+            th = _tanh(xb / softcap)
+            xb = softcap * th
+        tb = tl.load(t_row + c64 * stride_tc, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            q = a * tb + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        else:
+            q = a * tb + b_uniform
+        if HAS_W:
+            wb = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            q = q * wb
+        grad = coef * tl.exp(xb - lse) - grs * q
+        if SOFTCAP:
+            grad *= 1.0 - th * th
+        tl.store(dx_row + c64 * stride_dc, grad.to(dx_ptr.dtype.element_ty), mask=mask)
+        if NEED_DT:
+            dt = grs * a * (lse - xb)
+            if HAS_W:
+                dt = dt * wb
+            tl.store(dt_ptr + row * stride_er + c64 * stride_ec, dt.to(dt_ptr.dtype.element_ty),
+                     mask=mask)

@@ -1,0 +1,357 @@
+r"""Triton implementation of the per-row label-smoothed cross-entropy (``impl="triton"``).
+
+Same contract as :mod:`labelsmooth.ops.reference` (see :mod:`labelsmooth.ops`), computed by the
+two-pass kernels of :mod:`labelsmooth.ops._triton_kernels`:
+
+* forward — one read of the logits: online softmax, target logit and the smoothing sum, in
+  float32; saves only the (R,) ``lse`` (plus :math:`Q=\sum_c q_c` for probability targets);
+* backward — one more read: :math:`p` recomputed from ``lse``, the gradient scaled by the per-row
+  upstream gradient and written once (the reduction's normaliser arrives inside that gradient:
+  reductions happen outside, in :mod:`labelsmooth.functional`).
+
+With ``inplace_backward=True`` the backward writes the gradient over the logits' own memory and
+returns that tensor as the gradient, so the loss needs no memory beyond (R,) vectors. The write
+goes through a ``torch.library`` op declared as mutating the logits, which bumps their version
+counter: any other autograd node that saved the logits (or a second backward through this loss)
+then fails with PyTorch's "modified by an inplace operation" error instead of silently reading
+gradients. Afterwards the logits tensor holds the gradient.
+
+Dtypes: float32, bfloat16 and float16 logits are read as is and accumulated in float32; the
+gradient is written in the logits' dtype. float64 logits are not run by the kernels: they fall back
+to :mod:`labelsmooth.ops.reference` (float64 throughout, never in place).
+
+The ops are registered as ``labelsmooth::triton_index_fwd``, ``labelsmooth::triton_index_bwd``,
+``labelsmooth::triton_index_bwd_inplace`` and the ``triton_prob_*`` counterparts, with fake
+(meta) implementations and autograd formulas, so ``torch.compile(fullgraph=True)`` traces through
+them and, with no host synchronisation anywhere, CUDA graphs can capture them. Triton itself is
+imported only when a kernel is launched; this module imports without it.
+
+On CPU tensors the kernels run under Triton's interpreter, which is available only when the
+environment variable ``TRITON_INTERPRET=1`` was set before the first import of triton (CI tests).
+"""
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from labelsmooth.ops import reference
+
+__all__ = ["index_rows", "is_available", "prob_rows"]
+
+# Widest chunk of a row one program handles per loop iteration (a power of two). Tests lower it
+# to exercise the loop and the masked tail on small rows.
+MAX_BLOCK = 8192
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def is_available(device: torch.device | str) -> bool:
+    """Whether the Triton kernels can run on ``device``.
+
+    True for CUDA devices when triton imports; True for CPU only when ``TRITON_INTERPRET=1`` is
+    set (Triton's interpreter) and triton imports; False otherwise.
+
+    Examples:
+        >>> is_available("meta")
+        False
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and _triton_importable()
+    if dev.type == "cpu":
+        return os.environ.get("TRITON_INTERPRET") == "1" and _triton_importable()
+    return False
+
+
+def _kernels():
+    from labelsmooth.ops import _triton_kernels
+
+    return _triton_kernels
+
+
+def _launch_cfg(k: int) -> tuple[int, int]:
+    """(BLOCK, num_warps): a power-of-two chunk ≤ MAX_BLOCK, ~16 fp32 values per thread."""
+    block = max(16, min(1 << max(k - 1, 0).bit_length(), MAX_BLOCK))
+    return block, max(1, min(16, block // 512))
+
+
+def _acc(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# Index targets
+# --------------------------------------------------------------------------------------------
+
+def _smooth_mode(s: Optional[Tensor], s_uniform: float) -> int:
+    if s is not None:
+        return 2
+    return 1 if s_uniform != 0.0 else 0
+
+
+@torch.library.custom_op("labelsmooth::triton_index_fwd", mutates_args=())
+def _index_fwd(
+    x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
+    cz: Optional[Tensor], softcap: Optional[float], inplace_backward: bool,
+) -> tuple[Tensor, Tensor]:
+    r, k = x.shape
+    loss = torch.empty(r, dtype=torch.float32, device=x.device)
+    lse = torch.empty(r, dtype=torch.float32, device=x.device)
+    if r == 0:
+        return loss, lse
+    block, warps = _launch_cfg(k)
+    ct, cs = ct.contiguous(), cs.contiguous()
+    s_sum = s.sum(dtype=torch.float32) if s is not None else ct
+    _kernels()._index_fwd[(r,)](
+        x, x.stride(0), x.stride(1),
+        y.contiguous(), ct, cs, cz.contiguous() if cz is not None else ct,
+        s.contiguous() if s is not None else ct, s_sum,
+        loss, lse,
+        k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
+        SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
+        BLOCK=block, num_warps=warps,
+    )
+    return loss, lse
+
+
+@_index_fwd.register_fake
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward):
+    r = x.shape[0]
+    return x.new_empty(r, dtype=torch.float32), x.new_empty(r, dtype=torch.float32)
+
+
+def _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, lse, g) -> None:
+    r, k = x.shape
+    if r == 0:
+        return
+    block, warps = _launch_cfg(k)
+    ct, cs = ct.contiguous(), cs.contiguous()
+    s_sum = s.sum(dtype=torch.float32) if s is not None else ct
+    _kernels()._index_bwd[(r,)](
+        x, x.stride(0), x.stride(1),
+        dx, dx.stride(0), dx.stride(1),
+        y.contiguous(), ct, cs, cz.contiguous() if cz is not None else ct,
+        s.contiguous() if s is not None else ct, s_sum, lse.contiguous(),
+        g.to(torch.float32).contiguous(),
+        k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
+        SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
+        BLOCK=block, num_warps=warps,
+    )
+
+
+@torch.library.custom_op("labelsmooth::triton_index_bwd", mutates_args=())
+def _index_bwd(
+    x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
+    cz: Optional[Tensor], softcap: Optional[float], lse: Tensor, g: Tensor,
+) -> Tensor:
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, lse, g)
+    return dx
+
+
+@_index_bwd.register_fake
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, lse, g):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("labelsmooth::triton_index_bwd_inplace", mutates_args=("x",))
+def _index_bwd_inplace(
+    x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
+    cz: Optional[Tensor], softcap: Optional[float], lse: Tensor, g: Tensor,
+) -> None:
+    _index_bwd_launch(x, x, y, ct, cs, s, s_uniform, cz, softcap, lse, g)
+
+
+@_index_bwd_inplace.register_fake
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, lse, g):
+    return None
+
+
+def _index_setup(ctx, inputs, output) -> None:
+    x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward = inputs
+    ctx.save_for_backward(x, y, ct, cs, s, cz, output[1])
+    ctx.s_uniform, ctx.softcap, ctx.inplace = s_uniform, softcap, inplace_backward
+    ctx.mark_non_differentiable(output[1])
+
+
+def _index_backward(ctx, g_loss, g_lse):
+    x, y, ct, cs, s, cz, lse = ctx.saved_tensors
+    args = (y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap, lse, g_loss)
+    if ctx.inplace:
+        _index_bwd_inplace(x, *args)
+        dx = x
+    else:
+        dx = _index_bwd(x, *args)
+    return dx, None, None, None, None, None, None, None, None
+
+
+_index_fwd.register_autograd(_index_backward, setup_context=_index_setup)
+
+
+def index_rows(
+    x: Tensor,
+    y: Tensor,
+    ct: Tensor,
+    cs: Tensor,
+    s: Optional[Tensor],
+    s_uniform: float,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
+    inplace_backward: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per-row loss and lse for index targets (contract in :mod:`labelsmooth.ops`)."""
+    if x.dtype == torch.float64:
+        return reference.index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)
+    return _index_fwd(x, y, ct.to(torch.float32), cs.to(torch.float32),
+                      s.to(torch.float32) if s is not None else None, float(s_uniform),
+                      cz.to(torch.float32) if cz is not None else None,
+                      None if softcap is None else float(softcap), bool(inplace_backward))
+
+
+# --------------------------------------------------------------------------------------------
+# Probability targets
+# --------------------------------------------------------------------------------------------
+
+@torch.library.custom_op("labelsmooth::triton_prob_fwd", mutates_args=())
+def _prob_fwd(
+    x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
+    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], inplace_backward: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r, k = x.shape
+    loss = torch.empty(r, dtype=torch.float32, device=x.device)
+    lse = torch.empty(r, dtype=torch.float32, device=x.device)
+    qsum = torch.empty(r, dtype=torch.float32, device=x.device)
+    if r == 0:
+        return loss, lse, qsum
+    block, warps = _launch_cfg(k)
+    rs = rs.contiguous()
+    _kernels()._prob_fwd[(r,)](
+        x, x.stride(0), x.stride(1),
+        t, t.stride(0), t.stride(1),
+        w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
+        rs, cz.contiguous() if cz is not None else rs,
+        loss, lse, qsum,
+        k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
+        HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
+        SOFTCAP=softcap is not None, BLOCK=block, num_warps=warps,
+    )
+    return loss, lse, qsum
+
+
+@_prob_fwd.register_fake
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward):
+    r = x.shape[0]
+    return tuple(x.new_empty(r, dtype=torch.float32) for _ in range(3))
+
+
+def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g) -> None:
+    r, k = x.shape
+    if r == 0:
+        return
+    block, warps = _launch_cfg(k)
+    rs = rs.contiguous()
+    dt_arg = dt if dt is not None else dx
+    _kernels()._prob_bwd[(r,)](
+        x, x.stride(0), x.stride(1),
+        t, t.stride(0), t.stride(1),
+        dx, dx.stride(0), dx.stride(1),
+        dt_arg, dt_arg.stride(0), dt_arg.stride(1),
+        w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
+        rs, cz.contiguous() if cz is not None else rs, lse.contiguous(), qsum.contiguous(),
+        g.to(torch.float32).contiguous(),
+        k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
+        HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
+        SOFTCAP=softcap is not None, NEED_DT=dt is not None, BLOCK=block, num_warps=warps,
+    )
+
+
+@torch.library.custom_op("labelsmooth::triton_prob_bwd", mutates_args=())
+def _prob_bwd(
+    x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
+    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], lse: Tensor, qsum: Tensor,
+    g: Tensor, need_dt: bool,
+) -> tuple[Tensor, Tensor]:
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dt = (torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt
+          else t.new_empty(0, 0))
+    _prob_bwd_launch(dx, dt if need_dt else None, x, t, w, a, b, b_uniform, rs, cz, softcap,
+                     lse, qsum, g)
+    return dx, dt
+
+
+@_prob_bwd.register_fake
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g, need_dt):
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
+    dt = torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt else t.new_empty(0, 0)
+    return dx, dt
+
+
+@torch.library.custom_op("labelsmooth::triton_prob_bwd_inplace", mutates_args=("x",))
+def _prob_bwd_inplace(
+    x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
+    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], lse: Tensor, qsum: Tensor,
+    g: Tensor, need_dt: bool,
+) -> Tensor:
+    dt = (torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt
+          else t.new_empty(0, 0))
+    _prob_bwd_launch(x, dt if need_dt else None, x, t, w, a, b, b_uniform, rs, cz, softcap,
+                     lse, qsum, g)
+    return dt
+
+
+@_prob_bwd_inplace.register_fake
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g, need_dt):
+    return torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt else t.new_empty(0, 0)
+
+
+def _prob_setup(ctx, inputs, output) -> None:
+    x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward = inputs
+    ctx.save_for_backward(x, t, w, b, rs, cz, output[1], output[2])
+    ctx.a, ctx.b_uniform, ctx.softcap, ctx.inplace = a, b_uniform, softcap, inplace_backward
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _prob_backward(ctx, g_loss, g_lse, g_qsum):
+    x, t, w, b, rs, cz, lse, qsum = ctx.saved_tensors
+    need_dt = ctx.needs_input_grad[1]
+    args = (t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, lse, qsum, g_loss, need_dt)
+    if ctx.inplace:
+        dt = _prob_bwd_inplace(x, *args)
+        dx = x
+    else:
+        dx, dt = _prob_bwd(x, *args)
+    return dx, (dt if need_dt else None), None, None, None, None, None, None, None, None
+
+
+_prob_fwd.register_autograd(_prob_backward, setup_context=_prob_setup)
+
+
+def prob_rows(
+    x: Tensor,
+    t: Tensor,
+    w: Optional[Tensor],
+    a: float,
+    b: Optional[Tensor],
+    b_uniform: float,
+    rs: Tensor,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
+    inplace_backward: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per-row loss and lse for probability targets (contract in :mod:`labelsmooth.ops`)."""
+    if x.dtype == torch.float64:
+        return reference.prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward)
+    f32 = torch.float32
+    loss, lse, _ = _prob_fwd(
+        x, t, w.to(f32) if w is not None else None, float(a), b.to(f32) if b is not None else None,
+        float(b_uniform), rs.to(f32), cz.to(f32) if cz is not None else None,
+        None if softcap is None else float(softcap), bool(inplace_backward))
+    return loss, lse
