@@ -33,3 +33,11 @@ __all__ = [
     "rms_calibration_error",
     "smooth_calibration_error",
 ]
+
+from labelsmooth.calibration.temperature import (  # noqa: E402
+    TemperatureFit,
+    apply_temperature,
+    fit_temperature,
+)
+
+__all__ += ["TemperatureFit", "apply_temperature", "fit_temperature"]
