@@ -1,0 +1,299 @@
+"""Fused linear + label-smoothed cross-entropy: parity with the unfused path, chunking, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TOL, assert_no_worse_than, dense_reference
+
+import labelsmooth as ls
+from labelsmooth.linear import LinearCrossEntropyLoss, _linear_cross_entropy, linear_cross_entropy
+from labelsmooth.ops import linear_ce
+
+N, H, V = 37, 8, 50  # 37 tokens: not a multiple of any chunk size used below
+
+
+def _inputs(dtype=torch.float64, n=N, h=H, v=V, ignore_every=5, scale=0.5):
+    g = torch.Generator().manual_seed(1234)
+    hid = torch.randn(n, h, generator=g, dtype=torch.float64)
+    w = torch.randn(v, h, generator=g, dtype=torch.float64) * scale
+    b = torch.randn(v, generator=g, dtype=torch.float64) * 0.1
+    y = torch.randint(0, v, (n,), generator=g)
+    if ignore_every:
+        y[::ignore_every] = -100
+    cw = torch.rand(v, generator=g, dtype=torch.float64) + 0.2
+    prior = torch.rand(v, generator=g, dtype=torch.float64)
+    prior = prior / prior.sum()
+    return hid.to(dtype), w.to(dtype), b.to(dtype), y, cw.to(dtype), prior.to(dtype)
+
+
+def _loss_and_grads(fn, hid, w, b, grad_out_seed=7):
+    """(loss, dh, dW, db) for a random upstream gradient (never exactly 1)."""
+    leaves = [t.detach().clone().requires_grad_() for t in (hid, w, b)]
+    out = fn(*leaves)
+    g = torch.Generator().manual_seed(grad_out_seed)
+    go = (torch.rand(out.shape, generator=g, dtype=torch.float64) + 0.5).to(out.dtype)
+    grads = torch.autograd.grad(out, leaves, go)
+    return (out.detach(), *grads)
+
+
+OPTIONS = [
+    dict(),
+    dict(label_smoothing=0.1),
+    dict(label_smoothing=0.2, class_weight=True),
+    dict(label_smoothing=0.2, class_weight=True, weight_mode="target"),
+    dict(label_smoothing=0.3, spread="others"),
+    dict(label_smoothing=0.25, prior=True),
+    dict(label_smoothing=0.1, prior=True, class_weight=True),
+    dict(label_smoothing=0.1, z_loss=1e-2),
+    dict(label_smoothing=0.1, softcap=2.0, z_loss=1e-3, class_weight=True),
+    dict(label_smoothing=1.0),
+]
+CHUNKING = [
+    dict(chunk_size=8),                            # tokens only; 37 = 4·8 + 5
+    dict(chunk_size=6, memory_budget=6 * 16 * 8),  # 16-wide vocabulary blocks: 50 = 3·16 + 2
+    dict(impl="reference", chunk_size=10),         # the op contract path
+    dict(chunk_size=8, grad_in_forward=False),     # always recompute in backward
+]
+
+
+# Every option × reduction, each with one chunking (rotated), and every chunking for the richest
+# option: the full cross product would add nothing but time.
+CASES = [(o, r, CHUNKING[(i * 3 + j) % len(CHUNKING)])
+         for i, o in enumerate(OPTIONS) for j, r in enumerate(("mean", "sum", "none"))]
+CASES += [(OPTIONS[8], r, c) for r in ("mean", "none") for c in CHUNKING]
+
+
+def _case_id(case):
+    o, r, c = case
+    return "-".join([*(o or ["plain"]), r, *(f"{k}{v}" for k, v in c.items())])
+
+
+@pytest.mark.parametrize("opt, reduction, chunking", CASES, ids=[_case_id(c) for c in CASES])
+def test_parity_float64_every_option(opt, reduction, chunking):
+    hid, w, b, y, cw, prior = _inputs()
+    kw = dict(opt, reduction=reduction)
+    cwv = cw if kw.pop("class_weight", False) else None
+    kw["prior"] = prior if kw.pop("prior", False) else None
+
+    def unfused(h_, w_, b_):
+        return ls.cross_entropy(h_ @ w_.T + b_, y, cwv, **kw)
+
+    def fused(h_, w_, b_):
+        return _linear_cross_entropy(h_, w_, y, b_, class_weight=cwv, **kw, **chunking)
+
+    ref = _loss_and_grads(unfused, hid, w, b)
+    ours = _loss_and_grads(fused, hid, w, b)
+    for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
+        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-12, msg=what)
+    # The independent dense oracle agrees on the value (its smoothed targets are built in float32).
+    dense = dense_reference(hid @ w.T + b, y, cwv, **kw)
+    torch.testing.assert_close(ours[0], dense, rtol=1e-6, atol=1e-7)
+
+
+def test_hand_computed_value():
+    # Two classes, one token: logits x = W h = (1, 0); ε = 0.2 puts 0.9 on class 0, 0.1 on class 1.
+    hid = torch.tensor([[1.0, 2.0]])
+    w = torch.tensor([[1.0, 0.0], [-2.0, 1.0]])
+    lse = math.log(math.e + 1.0)
+    expected = 0.9 * (lse - 1.0) + 0.1 * (lse - 0.0)
+    out = linear_cross_entropy(hid, w, torch.tensor([0]), label_smoothing=0.2)
+    assert abs(out.item() - expected) < 1e-6
+    # ∂ℓ/∂x = p − q, so ∂ℓ/∂b = p − q and ∂ℓ/∂h = Wᵀ(p − q).
+    b = torch.zeros(2, requires_grad=True)
+    linear_cross_entropy(hid, w, torch.tensor([0]), b, label_smoothing=0.2).backward()
+    p0 = math.e / (math.e + 1.0)
+    assert torch.allclose(b.grad, torch.tensor([p0 - 0.9, (1 - p0) - 0.1]), atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_matches_torch_float32_with_weights_and_ignore(reduction):
+    hid, w, b, y, cw, _ = _inputs(torch.float32, n=45, v=70)
+    truth_in = [t.double() for t in (hid, w, b)]
+
+    def torch_fn(h_, w_, b_):
+        return F.cross_entropy(F.linear(h_, w_, b_), y, cw.to(h_.dtype), reduction=reduction,
+                               label_smoothing=0.1)
+
+    truth = _loss_and_grads(torch_fn, *truth_in)
+    peer = _loss_and_grads(torch_fn, hid, w, b)
+    ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(
+        h_, w_, y, b_, class_weight=cw, reduction=reduction, label_smoothing=0.1, chunk_size=16),
+        hid, w, b)
+    for what, o, p, t in zip(("loss", "dh", "dW", "db"), ours, peer, truth):
+        assert o.dtype == torch.float32
+        assert_no_worse_than(o, p, t, TOL[torch.float32], what)
+
+
+@pytest.mark.parametrize("chunking", [dict(chunk_size=4), dict(chunk_size=16, memory_budget=16 * 128 * 2)])
+def test_bfloat16_no_worse_than_torch(chunking):
+    # 96 tokens in chunks of 4: the weight gradient sums 24 chunk products, in float32.
+    hid, w, b, y, cw, _ = _inputs(torch.bfloat16, n=96, h=32, v=300, ignore_every=7, scale=0.3)
+    truth_in = [t.double() for t in (hid, w, b)]
+
+    def torch_fn(h_, w_, b_):
+        return F.cross_entropy(F.linear(h_, w_, b_), y, label_smoothing=0.1)
+
+    truth = _loss_and_grads(torch_fn, *truth_in)
+    peer = _loss_and_grads(torch_fn, hid, w, b)
+    ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(
+        h_, w_, y, b_, label_smoothing=0.1, **chunking), hid, w, b)
+    for what, o, p, t in zip(("loss", "dh", "dW", "db"), ours, peer, truth):
+        assert o.dtype == torch.bfloat16
+        assert_no_worse_than(o, p, t, TOL[torch.bfloat16], what)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_every_token_ignored(reduction):
+    hid, w, b, _, cw, _ = _inputs(torch.float32)
+    y = torch.full((N,), -100)
+    for cwv in (None, cw):
+        def torch_fn(h_, w_, b_):
+            return F.cross_entropy(F.linear(h_, w_, b_), y, cwv, reduction=reduction,
+                                   label_smoothing=0.1)
+        peer = _loss_and_grads(torch_fn, hid, w, b)
+        ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(
+            h_, w_, y, b_, class_weight=cwv, reduction=reduction, label_smoothing=0.1,
+            chunk_size=8), hid, w, b)
+        if reduction == "mean":
+            assert ours[0].isnan() and peer[0].isnan()
+        else:
+            assert torch.equal(ours[0], torch.zeros_like(ours[0]))
+        for g, pg in zip(ours[1:], peer[1:]):
+            assert torch.equal(g, torch.zeros_like(g)) and torch.equal(pg, torch.zeros_like(pg))
+
+
+def test_leading_dimensions_like_torch():
+    hid, w, b, y, _, _ = _inputs(torch.float64, n=24)
+    h3, y3 = hid.reshape(2, 3, 4, H), y.reshape(2, 3, 4)
+    out = linear_cross_entropy(h3, w, y3, b, reduction="none", label_smoothing=0.1, chunk_size=5)
+    expected = F.cross_entropy(F.linear(h3, w, b).movedim(-1, 1), y3, reduction="none",
+                               label_smoothing=0.1)
+    assert out.shape == (2, 3, 4)
+    torch.testing.assert_close(out, expected)
+    # A single token: hidden (H,), target 0-d.
+    one = linear_cross_entropy(hid[1], w, y[1], b, label_smoothing=0.1)
+    torch.testing.assert_close(one, F.cross_entropy(F.linear(hid[1], w, b), y[1], label_smoothing=0.1))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("chunking", [dict(chunk_size=3), dict(chunk_size=2, memory_budget=2 * 4 * 8),
+                                      dict(chunk_size=3, grad_in_forward=False)])
+def test_gradcheck_float64(reduction, chunking):
+    hid, w, b, y, cw, _ = _inputs(torch.float64, n=7, h=3, v=9, ignore_every=3)
+    leaves = [t.clone().requires_grad_() for t in (hid, w, b)]
+
+    def fn(h_, w_, b_):
+        return _linear_cross_entropy(h_, w_, y, b_, class_weight=cw, reduction=reduction,
+                                     label_smoothing=0.2, z_loss=0.05, softcap=3.0, **chunking)
+
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_chunks_never_exceed_the_budget(monkeypatch):
+    seen = []
+    real = linear_ce._logits
+
+    def spy(hc, w, b, out):
+        seen.append(out.numel())
+        return real(hc, w, b, out)
+
+    monkeypatch.setattr(linear_ce, "_logits", spy)
+    hid, w, b, y, _, _ = _inputs(torch.float32, n=100, v=300)
+    budget = 4096 * 4  # 4096 float32 logits: 64 rows × 64 columns of 300
+    chunks = linear_ce.plan_chunks(100, 300, torch.float32, memory_budget=budget)
+    assert chunks.rows == linear_ce.MIN_ROWS and chunks.cols == 64 and chunks.chunk_bytes <= budget
+    hl, wl, bl = (t.clone().requires_grad_() for t in (hid, w, b))
+    out = linear_cross_entropy(hl, wl, y, bl, label_smoothing=0.1, memory_budget=budget)
+    out.backward()
+    assert seen and max(seen) <= budget // 4
+    ref = _loss_and_grads(lambda h_, w_, b_: F.cross_entropy(F.linear(h_, w_, b_), y,
+                                                             label_smoothing=0.1), hid, w, b)
+    torch.testing.assert_close(out.detach(), ref[0])
+
+
+def test_plan_chunks_arithmetic():
+    # Full rows fit: rows = budget // (V · bytes), rounded down to a multiple of 8.
+    p = linear_ce.plan_chunks(4096, 32000, torch.float32, memory_budget=64 * 2**20)
+    assert (p.rows, p.cols) == (520, 32000) and p.chunk_bytes <= 64 * 2**20
+    p = linear_ce.plan_chunks(8192, 128256, torch.bfloat16, "cuda")
+    assert (p.rows, p.cols) == (520, 128256) and p.chunk_bytes <= linear_ce.DEFAULT_MEMORY_BUDGET_CUDA
+    # Fewer tokens than a chunk: one chunk.
+    assert linear_ce.plan_chunks(10, 100, torch.float32).rows == 10
+
+
+def test_second_backward_recomputes():
+    hid, w, b, y, _, _ = _inputs(torch.float64)
+    leaves = [t.clone().requires_grad_() for t in (hid, w, b)]
+    out = linear_cross_entropy(*leaves[:2], y, leaves[2], label_smoothing=0.1, chunk_size=8)
+    first = torch.autograd.grad(out, leaves, retain_graph=True)
+    second = torch.autograd.grad(out, leaves, torch.tensor(2.0, dtype=torch.float64))
+    for g1, g2 in zip(first, second):
+        torch.testing.assert_close(g2, 2 * g1)
+
+
+def test_no_grad_and_partial_requires_grad():
+    hid, w, b, y, _, _ = _inputs(torch.float64)
+    full = ls.cross_entropy(hid @ w.T + b, y, label_smoothing=0.1)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hid, w, y, b, label_smoothing=0.1), full)
+    wl = w.clone().requires_grad_()  # only the weight is trained (frozen trunk, no bias grad)
+    out = linear_cross_entropy(hid, wl, y, b, label_smoothing=0.1, chunk_size=8)
+    out.backward()
+    wr = w.clone().requires_grad_()
+    ls.cross_entropy(hid @ wr.T + b, y, label_smoothing=0.1).backward()
+    torch.testing.assert_close(wl.grad, wr.grad)
+
+
+def test_module_matches_function():
+    hid, w, b, y, cw, _ = _inputs(torch.float64)
+    mod = LinearCrossEntropyLoss(cw, label_smoothing=0.1, z_loss=1e-3, chunk_size=8)
+    torch.testing.assert_close(
+        mod(hid, w, y, b),
+        linear_cross_entropy(hid, w, y, b, class_weight=cw, label_smoothing=0.1, z_loss=1e-3))
+    assert "chunk_size=8" in repr(mod)
+    assert ls.LinearCrossEntropyLoss is LinearCrossEntropyLoss if hasattr(ls, "LinearCrossEntropyLoss") else True
+
+
+def test_triton_engine_per_chunk():
+    pytest.importorskip("triton")
+    from labelsmooth.ops import triton_ce
+
+    if not triton_ce.is_available(torch.device("cpu")):
+        pytest.skip("Triton interpreter not enabled")
+    hid, w, b, y, cw, _ = _inputs(torch.float32, n=20, v=40)
+    kw = dict(class_weight=cw, label_smoothing=0.1, z_loss=1e-3)
+    ref = _loss_and_grads(lambda h_, w_, b_: ls.cross_entropy(h_ @ w_.T + b_, y, cw, label_smoothing=0.1,
+                                                              z_loss=1e-3), hid, w, b)
+    ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(h_, w_, y, b_, impl="triton",
+                                                                   chunk_size=8, **kw), hid, w, b)
+    for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-6, msg=what)
+
+
+@pytest.mark.parametrize("bad, err, name", [
+    (dict(weight=torch.zeros(5, 3)), ValueError, "weight"),
+    (dict(weight=torch.zeros(5, 4, dtype=torch.float64)), ValueError, "weight"),
+    (dict(target=torch.zeros(3, dtype=torch.long)), ValueError, "target"),
+    (dict(target=torch.zeros(2)), TypeError, "target"),
+    (dict(bias=torch.zeros(4)), ValueError, "bias"),
+    (dict(class_weight=torch.ones(4)), ValueError, "class_weight"),
+    (dict(chunk_size=0), ValueError, "chunk_size"),
+    (dict(memory_budget=1.5), TypeError, "memory_budget"),
+    (dict(reduction="avg"), ValueError, "reduction"),
+    (dict(hidden=torch.zeros(2, 4, dtype=torch.long)), TypeError, "hidden"),
+])
+def test_errors_name_the_argument(bad, err, name):
+    args = dict(hidden=torch.zeros(2, 4), weight=torch.zeros(5, 4), target=torch.zeros(2, dtype=torch.long))
+    kw = {k: bad.pop(k) for k in list(bad) if k in args}
+    args.update(kw)
+    with pytest.raises(err, match=f"`{name}`"):
+        linear_cross_entropy(args["hidden"], args["weight"], args["target"], **bad)
+
+
+def test_out_of_range_target_is_rejected_on_cpu():
+    with pytest.raises(ValueError, match="`target`"):
+        linear_cross_entropy(torch.zeros(2, 4), torch.zeros(5, 4), torch.tensor([0, 5]))
