@@ -595,7 +595,7 @@ def negative_log_likelihood(
     else:
         p, y = _prepare(x, labels, False)
         logp = p.log()
-    return -logp.gather(1, y[:, None]).mean().to(torch.float64)
+    return -logp.gather(1, y[:, None]).to(torch.float64).mean()
 
 
 def brier_score(probs: torch.Tensor, labels: torch.Tensor, *, from_logits: bool = False) -> torch.Tensor:
@@ -661,20 +661,39 @@ def bootstrap_ci(
     """
     if not callable(metric):
         raise TypeError(f"metric must be callable, got {type(metric).__name__}")
+    _check_bootstrap_args(n_resamples, alpha, seed)
+    p, y = _prepare(probs, labels, bool(metric_kwargs.pop("from_logits", False)))
+    estimate = float(metric(p, y, **metric_kwargs))
+    low, high = _percentile_bootstrap(
+        lambda idx: float(metric(p[idx], y[idx], **metric_kwargs)),
+        p.shape[0], p.device, n_resamples, alpha, seed,
+    )
+    return BootstrapCI(estimate, low, high)
+
+
+def _check_bootstrap_args(n_resamples: Any, alpha: Any, seed: Any) -> None:
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
         raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
-    if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
-    p, y = _prepare(probs, labels, bool(metric_kwargs.pop("from_logits", False)))
-    estimate = float(metric(p, y, **metric_kwargs))
-    n = p.shape[0]
+
+
+def _percentile_bootstrap(
+    stat: Callable[[torch.Tensor], float],
+    n: int,
+    device: torch.device,
+    n_resamples: int,
+    alpha: float,
+    seed: int,
+) -> tuple[float, float]:
+    """Percentile interval of ``stat(idx)`` over seeded resamples ``idx`` of ``range(n)``."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     values = torch.empty(n_resamples, dtype=torch.float64)
     for b in range(n_resamples):
-        idx = torch.randint(0, n, (n,), generator=gen).to(p.device)
-        values[b] = float(metric(p[idx], y[idx], **metric_kwargs))
+        idx = torch.randint(0, n, (n,), generator=gen).to(device)
+        values[b] = stat(idx)
     q = torch.tensor([alpha / 2.0, 1.0 - alpha / 2.0], dtype=torch.float64)
     low, high = torch.quantile(values, q).tolist()
-    return BootstrapCI(estimate, low, high)
+    return low, high

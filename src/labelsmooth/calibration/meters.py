@@ -1,0 +1,484 @@
+"""Streaming calibration meters that merge and all-reduce across ``torch.distributed`` ranks.
+
+* :class:`BinnedCalibrationMeter` keeps only per-bin sums -- ``O(bins)`` for the top-label
+  metrics plus ``O(bins x classes)`` for the class-wise ECE -- so its memory does not grow with the
+  number of samples.  Everything binned with fixed edges is a function of these sums (ECE, MCE,
+  RMS, debiased L2, the signed gap, class-wise ECE), and so are accuracy, NLL and Brier; the meter
+  computes exactly what the one-shot functions compute on the concatenated data (the same code
+  turns sums into metrics; only the float64 summation order differs).
+* :class:`SampleCalibrationMeter` keeps ``(confidence, correct)`` per sample (and optionally the
+  probabilities) for the estimators that need every sample: equal-mass bins, smooth ECE and the
+  bootstrap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from labelsmooth.calibration.metrics import (
+    BootstrapCI,
+    _as_tensor,
+    _bin_stats,
+    _ce_from_stats,
+    _check_bootstrap_args,
+    _check_n_bins,
+    _classwise_from_stats,
+    _classwise_stats,
+    _confidence_correct,
+    _debiased_sq_from_stats,
+    _gap_from_stats,
+    _mass_bins,
+    _percentile_bootstrap,
+    _prepare,
+    _smece,
+    _width_bins,
+    bootstrap_ci,
+)
+
+__all__ = ["BinnedCalibrationMeter", "SampleCalibrationMeter"]
+
+
+def _dist():
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "all_reduce needs an initialised torch.distributed process group "
+            "(call torch.distributed.init_process_group first)"
+        )
+    return dist
+
+
+def _comm_device(group: Any) -> torch.device:
+    """Device on which the group's backend can communicate (CUDA for NCCL, else CPU)."""
+    dist = _dist()
+    backend = str(dist.get_backend(group))
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _log_probs_true(x: torch.Tensor, labels: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    if from_logits:
+        logits = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        logp = torch.log_softmax(logits, dim=-1)
+    else:
+        logp = x.log()
+    return logp.gather(1, labels[:, None]).squeeze(1)
+
+
+class BinnedCalibrationMeter:
+    """Fixed-bin streaming calibration meter with ``O(n_bins x num_classes)`` state.
+
+    State (float64): per equal-width bin the count, the sum of confidences and the number of
+    correct predictions; the sums of per-sample NLL and Brier score; and, when ``num_classes``
+    is given, per class and bin the count, the sum of ``p_k`` and the number of samples of class
+    ``k`` (for the class-wise ECE).  The state lives on the device of the first batch.
+
+    Args:
+        n_bins: number of equal-width bins (Guo convention, see :mod:`.metrics`).
+        num_classes: number of classes; enables ``classwise_ece`` and checks batch shapes.
+        from_logits: batches passed to :meth:`update` are logits.
+
+    Example:
+        >>> meter = BinnedCalibrationMeter(n_bins=10)
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> labels = torch.tensor([0, 1, 1])
+        >>> meter.update(probs[:2], labels[:2])
+        >>> meter.update(probs[2:], labels[2:])
+        >>> round(meter.compute()["ece"].item(), 4), int(meter.compute()["n"])
+        (0.3333, 3)
+    """
+
+    def __init__(self, n_bins: int = 15, num_classes: int | None = None, *, from_logits: bool = False):
+        self.n_bins = _check_n_bins(n_bins)
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+        ):
+            raise ValueError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
+        if not isinstance(from_logits, bool):
+            raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
+        self.num_classes = num_classes
+        self.from_logits = from_logits
+        self._state: dict[str, torch.Tensor] | None = None
+
+    # -- state -------------------------------------------------------------------------------
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        m = self.n_bins
+        shapes: dict[str, tuple[int, ...]] = {
+            "counts": (m,),
+            "sum_conf": (m,),
+            "sum_correct": (m,),
+            "sum_nll": (),
+            "sum_brier": (),
+        }
+        if self.num_classes is not None:
+            km = (self.num_classes, m)
+            shapes.update({"cw_counts": km, "cw_sum_p": km, "cw_sum_y": km})
+        return shapes
+
+    def _zeros(self, device: torch.device) -> dict[str, torch.Tensor]:
+        return {
+            k: torch.zeros(s, dtype=torch.float64, device=device) for k, s in self._shapes().items()
+        }
+
+    def reset(self) -> None:
+        """Forget all samples."""
+        self._state = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """A copy of the state tensors (empty dict before the first update)."""
+        return {} if self._state is None else {k: v.clone() for k, v in self._state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state produced by :meth:`state_dict` of a meter with the same configuration."""
+        shapes = self._shapes()
+        if not state:
+            self._state = None
+            return
+        if set(state) != set(shapes):
+            raise ValueError(f"state keys must be {sorted(shapes)}, got {sorted(state)}")
+        for k, s in shapes.items():
+            if tuple(state[k].shape) != s:
+                raise ValueError(f"state[{k!r}] must have shape {s}, got {tuple(state[k].shape)}")
+        self._state = {k: v.detach().to(torch.float64).clone() for k, v in state.items()}
+
+    @property
+    def state_numel(self) -> int:
+        """Number of float64 values in the state: independent of the number of samples."""
+        return sum(int(torch.Size(s).numel()) for s in self._shapes().values())
+
+    # -- accumulation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of ``(N, K)`` probabilities (or logits) and ``(N,)`` labels."""
+        p, y = _prepare(probs, labels, self.from_logits)
+        if self.num_classes is not None and p.shape[1] != self.num_classes:
+            raise ValueError(
+                f"probs must have num_classes = {self.num_classes} columns, got {p.shape[1]}"
+            )
+        if self._state is None:
+            self._state = self._zeros(p.device)
+        st = self._state
+        conf, correct = _confidence_correct(p, y)
+        counts, s_conf, s_corr = _bin_stats(_width_bins(conf, self.n_bins), conf, correct, self.n_bins)
+        st["counts"] += counts.to(st["counts"].device)
+        st["sum_conf"] += s_conf.to(st["counts"].device)
+        st["sum_correct"] += s_corr.to(st["counts"].device)
+        logp = _log_probs_true(_as_tensor(probs, "probs") if self.from_logits else p, y, self.from_logits)
+        st["sum_nll"] -= logp.to(torch.float64).sum().to(st["counts"].device)
+        p64 = p.to(torch.float64)
+        onehot = torch.zeros_like(p64).scatter_(1, y[:, None], 1.0)
+        st["sum_brier"] += ((p64 - onehot) ** 2).sum().to(st["counts"].device)
+        if self.num_classes is not None:
+            c, sp, sy = _classwise_stats(p, y, self.n_bins)
+            st["cw_counts"] += c.to(st["counts"].device)
+            st["cw_sum_p"] += sp.to(st["counts"].device)
+            st["cw_sum_y"] += sy.to(st["counts"].device)
+
+    def _check_compatible(self, other: Any) -> None:
+        if not isinstance(other, BinnedCalibrationMeter):
+            raise TypeError(f"other must be a BinnedCalibrationMeter, got {type(other).__name__}")
+        if (other.n_bins, other.num_classes) != (self.n_bins, self.num_classes):
+            raise ValueError(
+                "meters must share n_bins and num_classes, got "
+                f"({self.n_bins}, {self.num_classes}) and ({other.n_bins}, {other.num_classes})"
+            )
+
+    def merge(self, other: "BinnedCalibrationMeter") -> "BinnedCalibrationMeter":
+        """Add ``other``'s samples to this meter (in place); returns ``self``."""
+        self._check_compatible(other)
+        if other._state is None:
+            return self
+        if self._state is None:
+            self._state = {k: v.clone() for k, v in other._state.items()}
+            return self
+        for k, v in other._state.items():
+            self._state[k] += v.to(self._state[k].device)
+        return self
+
+    def all_reduce(self, group: Any = None) -> "BinnedCalibrationMeter":
+        """Sum the state over all ranks of ``group`` (every rank must call it); returns ``self``.
+
+        All state tensors travel in one flat float64 buffer, so this is a single collective.
+        Counts are integers below 2**53, so they reduce exactly.
+        """
+        dist = _dist()
+        device = self._state["counts"].device if self._state is not None else _comm_device(group)
+        if self._state is None:
+            self._state = self._zeros(device)
+        comm = _comm_device(group)
+        keys = list(self._shapes())
+        flat = torch.cat([self._state[k].reshape(-1) for k in keys]).to(comm)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        flat = flat.to(device)
+        offset = 0
+        for k in keys:
+            n = self._state[k].numel()
+            self._state[k] = flat[offset : offset + n].view_as(self._state[k]).clone()
+            offset += n
+        return self
+
+    # -- results -----------------------------------------------------------------------------
+    def compute(self) -> dict[str, torch.Tensor]:
+        """All metrics of the samples seen so far (0-d float64 tensors unless stated).
+
+        Keys: ``n``; ``ece``, ``mce``, ``rms_ce`` (plug-in L2), ``debiased_ce`` (debiased L2),
+        ``debiased_ce_squared`` (unclipped), ``gap`` (mean confidence - accuracy), ``accuracy``,
+        ``nll``, ``brier``; ``classwise_ece`` when ``num_classes`` is set; and per-bin ``(n_bins,)``
+        tensors ``bin_counts`` (int64), ``bin_confidence``, ``bin_accuracy``, ``bin_gap`` (NaN for
+        empty bins).  Each value equals the corresponding function of
+        :mod:`labelsmooth.calibration.metrics` applied to all samples at once.
+        """
+        if self._state is None or float(self._state["counts"].sum()) == 0:
+            raise ValueError("compute() needs at least one sample; call update() first")
+        st = self._state
+        stats = (st["counts"], st["sum_conf"], st["sum_correct"])
+        n = st["counts"].sum()
+        gap = _gap_from_stats(*stats)
+        sq = _debiased_sq_from_stats(*stats)
+        out = {
+            "n": n,
+            "ece": _ce_from_stats(*stats, "l1"),
+            "mce": _ce_from_stats(*stats, "max"),
+            "rms_ce": _ce_from_stats(*stats, "l2"),
+            "debiased_ce": sq.clamp_min(0.0).sqrt(),
+            "debiased_ce_squared": sq,
+            "gap": gap.overall,
+            "accuracy": st["sum_correct"].sum() / n,
+            "nll": st["sum_nll"] / n,
+            "brier": st["sum_brier"] / n,
+            "bin_counts": gap.counts,
+            "bin_confidence": gap.confidence,
+            "bin_accuracy": gap.accuracy,
+            "bin_gap": gap.per_bin,
+        }
+        if self.num_classes is not None:
+            out["classwise_ece"] = _classwise_from_stats(
+                st["cw_counts"], st["cw_sum_p"], st["cw_sum_y"]
+            )
+        return out
+
+    def __repr__(self) -> str:
+        n = 0 if self._state is None else int(self._state["counts"].sum())
+        return (
+            f"BinnedCalibrationMeter(n_bins={self.n_bins}, num_classes={self.num_classes}, "
+            f"from_logits={self.from_logits}, n={n})"
+        )
+
+
+_SAMPLE_METRICS = ("ece", "mce", "rms_ce", "debiased_ce", "adaptive_ece", "smooth_ece", "gap", "accuracy")
+
+
+class SampleCalibrationMeter:
+    """Streaming meter that keeps ``(confidence, correct)`` per sample (``O(N)`` memory).
+
+    For the estimators that need every sample: equal-mass (adaptive) ECE, smooth ECE and
+    bootstrap intervals.  With ``keep_probs=True`` it also keeps the full probabilities and
+    labels, so :meth:`bootstrap_ci` accepts any metric function.
+
+    Args:
+        n_bins: bins for the binned metrics in :meth:`compute`.
+        from_logits: batches passed to :meth:`update` are logits.
+        keep_probs: also keep the ``(N, K)`` probabilities and the labels.
+
+    Example:
+        >>> meter = SampleCalibrationMeter(n_bins=2)
+        >>> meter.update(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]))
+        >>> meter.update(torch.tensor([[0.3, 0.7], [0.2, 0.8]]), torch.tensor([1, 0]))
+        >>> round(meter.compute()["adaptive_ece"].item(), 4)
+        0.25
+    """
+
+    def __init__(self, n_bins: int = 15, *, from_logits: bool = False, keep_probs: bool = False):
+        self.n_bins = _check_n_bins(n_bins)
+        for name, v in (("from_logits", from_logits), ("keep_probs", keep_probs)):
+            if not isinstance(v, bool):
+                raise TypeError(f"{name} must be a bool, got {v!r}")
+        self.from_logits = from_logits
+        self.keep_probs = keep_probs
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all samples."""
+        self._conf: list[torch.Tensor] = []
+        self._correct: list[torch.Tensor] = []
+        self._probs: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of ``(N, K)`` probabilities (or logits) and ``(N,)`` labels."""
+        p, y = _prepare(probs, labels, self.from_logits)
+        conf, correct = _confidence_correct(p, y)
+        self._conf.append(conf.to(torch.float64))
+        self._correct.append(correct.to(torch.float64))
+        if self.keep_probs:
+            if self._probs and self._probs[0].shape[1] != p.shape[1]:
+                raise ValueError(
+                    f"probs must keep {self._probs[0].shape[1]} columns, got {p.shape[1]}"
+                )
+            self._probs.append(p.to(torch.float64))
+            self._labels.append(y)
+
+    def __len__(self) -> int:
+        return sum(c.shape[0] for c in self._conf)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenated ``(confidence, correct)`` float64 tensors of shape ``(N,)``."""
+        if not self._conf:
+            raise ValueError("no samples yet; call update() first")
+        self._conf = [torch.cat(self._conf)]
+        self._correct = [torch.cat(self._correct)]
+        return self._conf[0], self._correct[0]
+
+    def probs_labels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenated ``(probs, labels)``; needs ``keep_probs=True``."""
+        if not self.keep_probs:
+            raise ValueError("probs_labels() needs SampleCalibrationMeter(keep_probs=True)")
+        if not self._probs:
+            raise ValueError("no samples yet; call update() first")
+        self._probs = [torch.cat(self._probs)]
+        self._labels = [torch.cat(self._labels)]
+        return self._probs[0], self._labels[0]
+
+    def _metric(self, name: str, conf: torch.Tensor, correct: torch.Tensor) -> float:
+        m = self.n_bins
+        if name in ("ece", "mce", "rms_ce", "debiased_ce"):
+            stats = _bin_stats(_width_bins(conf, m), conf, correct, m)
+            if name == "debiased_ce":
+                return float(_debiased_sq_from_stats(*stats).clamp_min(0.0).sqrt())
+            norm = {"ece": "l1", "mce": "max", "rms_ce": "l2"}[name]
+            return float(_ce_from_stats(*stats, norm))
+        if name == "adaptive_ece":
+            stats = _bin_stats(_mass_bins(conf, correct, m), conf, correct, m)
+            return float(_ce_from_stats(*stats, "l1"))
+        if name == "smooth_ece":
+            return _smece(conf, correct, None)[0]
+        if name == "gap":
+            return float(conf.mean() - correct.mean())
+        if name == "accuracy":
+            return float(correct.mean())
+        raise ValueError(f"metric must be one of {_SAMPLE_METRICS} or a callable, got {name!r}")
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Metrics of all samples (0-d float64 tensors).
+
+        Keys: ``n``, ``ece``, ``mce``, ``rms_ce``, ``debiased_ce``, ``adaptive_ece``,
+        ``smooth_ece``, ``smooth_bandwidth``, ``gap``, ``accuracy``; plus ``classwise_ece``,
+        ``nll`` and ``brier`` when ``keep_probs=True``.
+        """
+        conf, correct = self.tensors()
+        out = {"n": torch.tensor(float(conf.shape[0]), dtype=torch.float64)}
+        for name in _SAMPLE_METRICS:
+            if name != "smooth_ece":
+                out[name] = torch.tensor(self._metric(name, conf, correct), dtype=torch.float64)
+        sm, bw = _smece(conf, correct, None)
+        out["smooth_ece"] = torch.tensor(sm, dtype=torch.float64)
+        out["smooth_bandwidth"] = torch.tensor(bw, dtype=torch.float64)
+        if self.keep_probs:
+            from labelsmooth.calibration import metrics as M
+
+            p, y = self.probs_labels()
+            out["classwise_ece"] = M.classwise_calibration_error(p, y, self.n_bins).cpu()
+            out["nll"] = M.negative_log_likelihood(p, y).cpu()
+            out["brier"] = M.brier_score(p, y).cpu()
+        return out
+
+    def bootstrap_ci(
+        self,
+        metric: str | Callable[..., Any] = "ece",
+        *,
+        n_resamples: int = 1000,
+        alpha: float = 0.05,
+        seed: int = 0,
+        **metric_kwargs: Any,
+    ) -> BootstrapCI:
+        """Seeded percentile bootstrap interval.
+
+        ``metric`` is a name among ``ece, mce, rms_ce, debiased_ce, adaptive_ece, smooth_ece, gap,
+        accuracy`` (computed from ``(confidence, correct)`` with this meter's ``n_bins``), or, with
+        ``keep_probs=True``, any ``metric(probs, labels, **metric_kwargs)`` function, in which case
+        this is :func:`~labelsmooth.calibration.bootstrap_ci` on the kept data.  Named metrics
+        resample with the same generator stream, so they give the same interval as the function.
+        """
+        _check_bootstrap_args(n_resamples, alpha, seed)
+        if callable(metric):
+            p, y = self.probs_labels()
+            return bootstrap_ci(
+                metric, p, y, n_resamples=n_resamples, alpha=alpha, seed=seed, **metric_kwargs
+            )
+        if metric_kwargs:
+            raise TypeError(f"named metrics take no keyword arguments, got {sorted(metric_kwargs)}")
+        conf, correct = self.tensors()
+        self._metric(metric, conf[:1], correct[:1])  # validates the name early
+        estimate = self._metric(metric, conf, correct)
+        low, high = _percentile_bootstrap(
+            lambda idx: self._metric(metric, conf[idx], correct[idx]),
+            conf.shape[0], conf.device, n_resamples, alpha, seed,
+        )
+        return BootstrapCI(estimate, low, high)
+
+    def merge(self, other: "SampleCalibrationMeter") -> "SampleCalibrationMeter":
+        """Append ``other``'s samples (in place); returns ``self``."""
+        if not isinstance(other, SampleCalibrationMeter):
+            raise TypeError(f"other must be a SampleCalibrationMeter, got {type(other).__name__}")
+        if self.keep_probs and not other.keep_probs and len(other):
+            raise ValueError("cannot merge a meter without probabilities into one with keep_probs=True")
+        self._conf.extend(other._conf)
+        self._correct.extend(other._correct)
+        if self.keep_probs:
+            self._probs.extend(other._probs)
+            self._labels.extend(other._labels)
+        return self
+
+    def all_reduce(self, group: Any = None) -> "SampleCalibrationMeter":
+        """Gather every rank's samples onto every rank, in rank order (all ranks must call it)."""
+        dist = _dist()
+        comm = _comm_device(group)
+        world = dist.get_world_size(group)
+        n_local = len(self)
+        columns = [
+            torch.cat(self._conf) if self._conf else torch.zeros(0, dtype=torch.float64),
+            torch.cat(self._correct) if self._correct else torch.zeros(0, dtype=torch.float64),
+        ]
+        k = 0
+        if self.keep_probs:
+            # Every rank must agree on K; a rank without samples reports 0 and takes the max.
+            k = self._probs[0].shape[1] if self._probs else 0
+        meta = torch.tensor([n_local, k], dtype=torch.int64, device=comm)
+        metas = [torch.zeros_like(meta) for _ in range(world)]
+        dist.all_gather(metas, meta, group=group)
+        sizes = [int(m[0]) for m in metas]
+        k = max(int(m[1]) for m in metas)
+        if self.keep_probs:
+            probs = torch.cat(self._probs) if self._probs else torch.zeros(0, k, dtype=torch.float64)
+            labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
+            columns += [labels.to(torch.float64)] + [probs[:, j] for j in range(k)]
+        device = columns[0].device
+        width = len(columns)
+        local = torch.stack([c.to(device) for c in columns], dim=1) if n_local else torch.zeros(
+            0, width, dtype=torch.float64, device=device
+        )
+        cap = max(sizes)
+        padded = torch.zeros(cap, width, dtype=torch.float64, device=comm)
+        padded[:n_local] = local.to(comm)
+        gathered = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded, group=group)
+        rows = torch.cat([g[:s] for g, s in zip(gathered, sizes)]).to(device)
+        self.reset()
+        if rows.shape[0]:
+            self._conf = [rows[:, 0].contiguous()]
+            self._correct = [rows[:, 1].contiguous()]
+            if self.keep_probs:
+                self._labels = [rows[:, 2].round().long()]
+                self._probs = [rows[:, 3:].contiguous()]
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"SampleCalibrationMeter(n_bins={self.n_bins}, from_logits={self.from_logits}, "
+            f"keep_probs={self.keep_probs}, n={len(self)})"
+        )
