@@ -138,6 +138,7 @@ def smooth_targets(
     spread: Spread = "all",
     prior: torch.Tensor | None = None,
     validate: bool | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Turn class indices into smoothed target distributions.
 
@@ -156,9 +157,10 @@ def smooth_targets(
         prior: optional length-K distribution; ε·prior replaces the uniform share.
         validate: check that indices lie in [0, K): ``None`` on CPU only (no host-device sync on
             accelerators), ``True`` always, ``False`` never.
+        dtype: floating dtype of the result; by default float32 (float64 if the prior is float64).
 
     Returns:
-        float32 tensor of shape ``target.shape + (K,)`` (the prior's dtype if it is float64).
+        A tensor of shape ``target.shape + (K,)`` whose rows sum to 1.
 
     Raises:
         TypeError: ``target`` is not an integer tensor.
@@ -174,7 +176,10 @@ def smooth_targets(
     """
     a, b = smoothing_coefficients(num_classes, smoothing, spread=spread, prior=prior)
     target = _check_index_target(target, num_classes, validate=validate)
-    dtype = torch.float64 if isinstance(b, torch.Tensor) and b.dtype == torch.float64 else torch.float32
+    if dtype is None:
+        dtype = torch.float64 if isinstance(b, torch.Tensor) and b.dtype == torch.float64 else torch.float32
+    elif not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise V.fail("dtype", "None or a floating torch.dtype", dtype, TypeError)
     onehot = torch.nn.functional.one_hot(target, num_classes).to(dtype)
     if isinstance(b, torch.Tensor):
         b = b.to(device=target.device, dtype=dtype)
