@@ -43,6 +43,15 @@ def _tanh(u):
 
 
 @triton.jit
+def _round_bf16(v):
+    # fp32 → nearest bf16 value (ties to even), still held in fp32. Only used under the
+    # interpreter, whose fp32→bf16 cast truncates; GPUs' cast already rounds to nearest.
+    bits = v.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _index_fwd(
     x_ptr, stride_xr, stride_xc,
     y_ptr, ct_ptr, cs_ptr, cz_ptr, s_ptr, s_sum_ptr,
@@ -76,17 +85,20 @@ def _index_fwd(
             sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             acc += sv * tl.where(mask, xb - x_y, 0.0)
     lse = m + tl.log(d)
+    # A zero coefficient drops its term even when the term is not finite (an ignored row whose
+    # placeholder target logit is -inf), so masked padding rows never turn the loss into NaN.
     ct = tl.load(ct_ptr + row)
-    loss = ct * (lse - x_y)
+    loss = tl.where(ct != 0.0, ct * (lse - x_y), 0.0)
     if SMOOTH == 1:
         cs = tl.load(cs_ptr + row)
-        loss += cs * s_uniform * (K * (lse - x_y) - tl.sum(acc, 0))
+        loss += tl.where(cs != 0.0, cs * s_uniform * (K * (lse - x_y) - tl.sum(acc, 0)), 0.0)
     if SMOOTH == 2:
         cs = tl.load(cs_ptr + row)
         s_sum = tl.load(s_sum_ptr).to(tl.float32)
-        loss += cs * (s_sum * (lse - x_y) - tl.sum(acc, 0))
+        loss += tl.where(cs != 0.0, cs * (s_sum * (lse - x_y) - tl.sum(acc, 0)), 0.0)
     if HAS_Z:
-        loss += tl.load(cz_ptr + row) * lse * lse
+        cz = tl.load(cz_ptr + row)
+        loss += tl.where(cz != 0.0, cz * lse * lse, 0.0)
     tl.store(loss_ptr + row, loss)
     tl.store(lse_ptr + row, lse)
 
@@ -98,6 +110,7 @@ def _index_bwd(
     y_ptr, ct_ptr, cs_ptr, cz_ptr, s_ptr, s_sum_ptr, lse_ptr, g_ptr,
     K, s_uniform, softcap,
     SMOOTH: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
@@ -139,6 +152,8 @@ def _index_bwd(
         if SOFTCAP:
             grad *= 1.0 - th * th
         grad = tl.where(active, grad, 0.0)
+        if ROUND_BF16:
+            grad = _round_bf16(grad)
         tl.store(dx_row + cols.to(tl.int64) * stride_dc, grad.to(dx_ptr.dtype.element_ty),
                  mask=mask)
 
@@ -205,7 +220,8 @@ def _prob_bwd(
     w_ptr, b_ptr, rs_ptr, cz_ptr, lse_ptr, qsum_ptr, g_ptr,
     K, a, b_uniform, softcap,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr,
-    NEED_DT: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_DT: tl.constexpr, BLOCK: tl.constexpr, ROUND_BF16: tl.constexpr,
+    ROUND_BF16_DT: tl.constexpr,
 ):
     # dℓ/dx_j = g·[rs·(Q p_j − q_j) + 2 cz lse p_j]·softcap'(x_j);  dℓ/dt_j = g·rs·a·w_j·(lse − x_j)
     row = tl.program_id(0).to(tl.int64)
@@ -237,10 +253,14 @@ def _prob_bwd(
         grad = coef * tl.exp(xb - lse) - grs * q
         if SOFTCAP:
             grad *= 1.0 - th * th
+        if ROUND_BF16:
+            grad = _round_bf16(grad)
         tl.store(dx_row + c64 * stride_dc, grad.to(dx_ptr.dtype.element_ty), mask=mask)
         if NEED_DT:
             dt = grs * a * (lse - xb)
             if HAS_W:
                 dt = dt * wb
+            if ROUND_BF16_DT:
+                dt = _round_bf16(dt)
             tl.store(dt_ptr + row * stride_er + c64 * stride_ec, dt.to(dt_ptr.dtype.element_ty),
                      mask=mask)

@@ -83,8 +83,24 @@ def _launch_cfg(k: int) -> tuple[int, int]:
     return block, max(1, min(16, block // 512))
 
 
-def _acc(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _round_bf16(dx: Tensor) -> bool:
+    """Round bf16 gradients explicitly under the interpreter, whose fp32→bf16 cast truncates."""
+    return dx.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _mark_consumed(x: Tensor) -> None:
+    # Shared with the fused engine: a labelsmooth loss refuses logits overwritten by a gradient.
+    if not torch.compiler.is_compiling():
+        from labelsmooth.ops import fused
+
+        fused._mark_consumed(x)
+
+
+def _check_not_consumed(x: Tensor) -> None:
+    if not torch.compiler.is_compiling():
+        from labelsmooth.ops import fused
+
+        fused._check_not_consumed(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +159,7 @@ def _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, lse, g) -> No
         g.to(torch.float32).contiguous(),
         k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
         SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
-        BLOCK=block, num_warps=warps,
+        BLOCK=block, ROUND_BF16=_round_bf16(dx), num_warps=warps,
     )
 
 
@@ -178,7 +194,8 @@ def _(x, y, ct, cs, s, s_uniform, cz, softcap, lse, g):
 def _index_setup(ctx, inputs, output) -> None:
     x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward = inputs
     ctx.save_for_backward(x, y, ct, cs, s, cz, output[1])
-    ctx.s_uniform, ctx.softcap, ctx.inplace = s_uniform, softcap, inplace_backward
+    ctx.s_uniform, ctx.softcap = s_uniform, softcap
+    ctx.inplace = inplace_backward and x.is_contiguous()  # never write through overlapping views
     ctx.mark_non_differentiable(output[1])
 
 
@@ -187,6 +204,7 @@ def _index_backward(ctx, g_loss, g_lse):
     args = (y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap, lse, g_loss)
     if ctx.inplace:
         _index_bwd_inplace(x, *args)
+        _mark_consumed(x)
         dx = x
     else:
         dx = _index_bwd(x, *args)
@@ -208,6 +226,7 @@ def index_rows(
     inplace_backward: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Per-row loss and lse for index targets (contract in :mod:`labelsmooth.ops`)."""
+    _check_not_consumed(x)
     if x.dtype == torch.float64:
         return reference.index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)
     return _index_fwd(x, y, ct.to(torch.float32), cs.to(torch.float32),
@@ -269,7 +288,8 @@ def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsu
         g.to(torch.float32).contiguous(),
         k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
         HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
-        SOFTCAP=softcap is not None, NEED_DT=dt is not None, BLOCK=block, num_warps=warps,
+        SOFTCAP=softcap is not None, NEED_DT=dt is not None, BLOCK=block,
+        ROUND_BF16=_round_bf16(dx), ROUND_BF16_DT=_round_bf16(dt_arg), num_warps=warps,
     )
 
 
@@ -315,7 +335,8 @@ def _(x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g, need_dt):
 def _prob_setup(ctx, inputs, output) -> None:
     x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward = inputs
     ctx.save_for_backward(x, t, w, b, rs, cz, output[1], output[2])
-    ctx.a, ctx.b_uniform, ctx.softcap, ctx.inplace = a, b_uniform, softcap, inplace_backward
+    ctx.a, ctx.b_uniform, ctx.softcap = a, b_uniform, softcap
+    ctx.inplace = inplace_backward and x.is_contiguous()
     ctx.mark_non_differentiable(output[1], output[2])
 
 
@@ -325,6 +346,7 @@ def _prob_backward(ctx, g_loss, g_lse, g_qsum):
     args = (t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, lse, qsum, g_loss, need_dt)
     if ctx.inplace:
         dt = _prob_bwd_inplace(x, *args)
+        _mark_consumed(x)
         dx = x
     else:
         dx, dt = _prob_bwd(x, *args)
@@ -347,6 +369,7 @@ def prob_rows(
     inplace_backward: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Per-row loss and lse for probability targets (contract in :mod:`labelsmooth.ops`)."""
+    _check_not_consumed(x)
     if x.dtype == torch.float64:
         return reference.prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward)
     f32 = torch.float32

@@ -1,0 +1,624 @@
+"""impl="triton": the Triton kernels against the reference op, float64 truth and PyTorch.
+
+Without a GPU the kernels run on CPU tensors under Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 when there is no CUDA device), ~0.5 µs per element and pass, so the shapes are
+small and deliberately unaligned (3×7, 5×1000, 17×4099) and ``MAX_BLOCK`` is lowered where a row
+must span several loop iterations with a masked tail. Tests marked ``gpu`` run the same parity
+on CUDA, plus torch.compile, CUDA-graph capture and 64-bit offsets; they skip without a GPU.
+
+Tolerance rule (tests/helpers.py): against float64 truth computed from the same rounded inputs,
+our error may exceed the peer's (the reference op, or PyTorch, in the same dtype) by at most a
+small tolerance, for the loss and for the gradient under a random upstream gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("triton")
+
+import labelsmooth as ls  # noqa: E402
+from labelsmooth import ops  # noqa: E402
+from labelsmooth.ops import reference, triton_ce  # noqa: E402
+from tests.helpers import TOL, assert_no_worse_than, torch_loss_and_grad  # noqa: E402
+
+CPU = torch.device("cpu")
+HAS_CUDA = torch.cuda.is_available()
+
+if not HAS_CUDA and not triton_ce.is_available(CPU):
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+DEV = torch.device("cuda") if HAS_CUDA else CPU
+gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (GPU-only Triton checks)")
+
+# fp32 gradient tolerance: gradients are O(1/R) numbers, far below the loss-scale TOL.
+GRAD_TOL32 = 2e-6
+
+
+@pytest.fixture
+def small_block(monkeypatch):
+    """Force several loop iterations and a masked tail per row."""
+    monkeypatch.setattr(triton_ce, "MAX_BLOCK", 256)
+
+
+def _logits(r, k, dtype, scale=3.0, device=DEV):
+    return (torch.randn(r, k, dtype=torch.float64) * scale).to(dtype).to(device)
+
+
+def _target(r, k, ignore=True, device=DEV):
+    y = torch.randint(0, k, (r,))
+    if ignore and r > 1:
+        y[1::4] = -100
+    return y.to(device)
+
+
+def _upstream(r, reduction, device=DEV):
+    shape = (r,) if reduction == "none" else ()
+    return (torch.rand(shape, dtype=torch.float64) + 0.5).to(device)
+
+
+def _options(name, k, device=DEV):
+    w = (torch.rand(k, dtype=torch.float64) * 2 + 0.1).to(device)
+    prior = torch.softmax(torch.randn(k, dtype=torch.float64), 0).to(device)
+    return {
+        "plain": dict(),
+        "eps": dict(label_smoothing=0.1),
+        "others": dict(label_smoothing=0.2, spread="others"),
+        "prior": dict(label_smoothing=0.3, prior=prior),
+        "w-torch-sum": dict(label_smoothing=0.1, weight=w, reduction="sum"),
+        "w-target-prior": dict(label_smoothing=0.2, weight=w, weight_mode="target", prior=prior),
+        "zloss": dict(label_smoothing=0.1, z_loss=1e-2, weight=w),
+        "softcap": dict(label_smoothing=0.1, softcap=4.0, z_loss=1e-3),
+        "none-eps1": dict(label_smoothing=1.0, reduction="none"),
+    }[name]
+
+
+OPTION_NAMES = ["plain", "eps", "others", "prior", "w-torch-sum", "w-target-prior", "zloss",
+                "softcap", "none-eps1"]
+
+
+def _cast(kw, dtype):
+    """Class vectors in the logits' dtype (as a user would pass them)."""
+    return {k: (v.to(dtype) if isinstance(v, torch.Tensor) and k == "weight" else v)
+            for k, v in kw.items()}
+
+
+def _three_way(x, target, reduction, kw, impl="triton"):
+    """(ours, peer=reference in x's dtype, truth=reference in float64) as (loss, grad) pairs."""
+    g = _upstream(x.shape[0], reduction, x.device)
+    kw = dict(kw, reduction=reduction)
+    fn = ls.cross_entropy
+    t64 = target.double() if target.is_floating_point() else target
+    truth = torch_loss_and_grad(x.double(), t64, g, fn=fn, impl="reference",
+                                **{k: (v.double() if isinstance(v, torch.Tensor) else v)
+                                   for k, v in kw.items()})
+    peer = torch_loss_and_grad(x, target, g, fn=fn, impl="reference", **kw)
+    ours = torch_loss_and_grad(x, target, g, fn=fn, impl=impl, **kw)
+    return ours, peer, truth
+
+
+def _check(ours, peer, truth, dtype, grad_tol=None):
+    assert ours[0].dtype == peer[0].dtype == dtype and ours[1].dtype == dtype
+    assert_no_worse_than(ours[0], peer[0], truth[0], TOL[dtype], "loss")
+    assert_no_worse_than(ours[1], peer[1], truth[1],
+                         grad_tol if grad_tol is not None else TOL[dtype], "grad")
+
+
+# --- availability and registration ---------------------------------------------------------------
+
+
+def test_is_available_rules(monkeypatch):
+    assert triton_ce.is_available("meta") is False
+    if not HAS_CUDA:
+        assert triton_ce.is_available(CPU) is True  # TRITON_INTERPRET=1 from conftest
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        assert triton_ce.is_available(CPU) is False
+        monkeypatch.setitem(sys.modules, "triton", None)  # "not installed"
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert triton_ce.is_available(CPU) is False
+    else:
+        assert triton_ce.is_available(torch.device("cuda")) is True
+        assert ops.resolve("auto", torch.device("cuda")) is triton_ce
+
+
+def test_dispatcher_resolves_triton():
+    assert ops.resolve("triton", DEV) is triton_ce
+
+
+def test_import_without_triton_and_without_interpreter():
+    """`import labelsmooth` and the module itself import where triton cannot (lazy import)."""
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import labelsmooth, torch\n"
+            "from labelsmooth.ops import triton_ce\n"
+            "print(triton_ce.is_available('cpu'), "
+            "labelsmooth.ops.resolve('auto', torch.device('cpu')).__name__)")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "False"
+    assert "triton" not in out.stdout.split()[1]
+
+
+def test_ops_are_registered_apart_from_the_fused_engine():
+    names = ["triton_index_fwd", "triton_index_bwd", "triton_index_bwd_inplace", "triton_prob_fwd",
+             "triton_prob_bwd", "triton_prob_bwd_inplace"]
+    for n in names:
+        assert hasattr(torch.ops.labelsmooth, n), n
+    for n in ("triton_index_bwd_inplace", "triton_prob_bwd_inplace"):
+        arg = getattr(torch.ops.labelsmooth, n).default._schema.arguments[0]
+        assert arg.name == "x" and arg.alias_info.is_write  # declared: autograd bumps the version
+
+
+# --- hand values -----------------------------------------------------------------------------------
+
+
+def test_hand_value_uniform_logits():
+    # Uniform logits over K=4: lse − x_c = log 4 for every class, whatever the smoothing.
+    x = torch.zeros(2, 4, device=DEV, requires_grad=True)
+    y = torch.tensor([1, 3], device=DEV)
+    loss = ls.cross_entropy(x, y, label_smoothing=0.2, impl="triton")
+    assert math.isclose(float(loss.detach()), math.log(4), rel_tol=1e-6)
+    loss.backward()
+    # dℓ/dx_j = (p_j − q_j)/N with p = 1/4, q_y = 0.8 + 0.05, q_other = 0.05.
+    expect = torch.full((2, 4), (0.25 - 0.05) / 2, device=DEV)
+    expect[0, 1] = expect[1, 3] = (0.25 - 0.85) / 2
+    torch.testing.assert_close(x.grad, expect, rtol=0, atol=1e-7)
+
+
+# --- parity: index targets, every option, unaligned shapes -----------------------------------------
+
+
+@pytest.mark.parametrize("name", OPTION_NAMES)
+@pytest.mark.parametrize("shape", [(3, 7), (5, 1000)], ids=["3x7", "5x1000"])
+def test_index_parity_float32(name, shape, small_block):
+    r, k = shape
+    kw = _options(name, k)
+    red = kw.pop("reduction", "mean")
+    x, y = _logits(r, k, torch.float32), _target(r, k)
+    _check(*_three_way(x, y, red, kw), torch.float32, GRAD_TOL32)
+
+
+@pytest.mark.parametrize("name", ["eps", "w-target-prior", "softcap", "none-eps1"])
+def test_index_parity_17x4099(name):
+    kw = _options(name, 4099)
+    red = kw.pop("reduction", "mean")
+    x, y = _logits(17, 4099, torch.float32), _target(17, 4099)
+    _check(*_three_way(x, y, red, kw), torch.float32, GRAD_TOL32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("name", ["eps", "zloss", "softcap", "w-target-prior"])
+def test_index_parity_half_precision(dtype, name, small_block):
+    kw = _cast(_options(name, 1000), dtype)
+    red = kw.pop("reduction", "none")  # per-row random upstream gradient
+    x, y = _logits(5, 1000, dtype), _target(5, 1000)
+    _check(*_three_way(x, y, red, kw), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_index_against_torch(dtype, reduction):
+    """Against PyTorch's own result in the same dtype (its error is the allowance)."""
+    r, k = 6, 517
+    x, y = _logits(r, k, dtype), _target(r, k)
+    w = (torch.rand(k, dtype=torch.float64) + 0.5).to(dtype).to(DEV)
+    g = _upstream(r, reduction)
+    kw = dict(weight=w, label_smoothing=0.1, reduction=reduction)
+    truth = torch_loss_and_grad(x.double(), y, g, weight=w.double(), label_smoothing=0.1,
+                                reduction=reduction)
+    peer = torch_loss_and_grad(x, y, g, **kw)
+    ours = torch_loss_and_grad(x, y, g, fn=ls.cross_entropy, impl="triton", **kw)
+    _check(ours, peer, truth, dtype)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_confident_bf16_target_column_gradient(eps):
+    """p_y → 1: the target column's p_y − 1 + … is formed in fp32 before rounding (Liger #1268)."""
+    r, k = 32, 1000
+    x = torch.randn(r, k, dtype=torch.float64)
+    y = torch.randint(0, k, (r,))
+    x[torch.arange(r), y] += torch.linspace(3.0, 12.0, r, dtype=torch.float64)  # p_y ≈ 0.2 … 0.99+
+    x = x.to(torch.bfloat16).to(DEV)
+    y = y.to(DEV)
+    g = torch.ones((), dtype=torch.float64, device=DEV)
+    truth = torch_loss_and_grad(x.double(), y, g, label_smoothing=eps)[1]
+    peer = torch_loss_and_grad(x, y, g, label_smoothing=eps)[1]
+    ours = torch_loss_and_grad(x, y, g, fn=ls.cross_entropy, impl="triton",
+                               label_smoothing=eps)[1]
+    rows = torch.arange(r, device=DEV)
+    t_truth, t_peer, t_ours = (v[rows, y].double() for v in (truth, peer, ours))
+    err_ours = (t_ours - t_truth).abs()
+    err_peer = (t_peer - t_truth).abs()
+    # Only the final rounding to bf16 (half an ulp, 2**-9 relative) plus fp32 noise remains.
+    assert (err_ours <= 2.0 ** -8 * t_truth.abs()).all(), (err_ours / t_truth.abs()).max()
+    assert err_ours.max() <= err_peer.max()
+    assert_no_worse_than(ours, peer, truth, 2.0 ** -8 / r, "grad")
+
+
+# --- ignored rows ------------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the NaN row, interpreted
+def test_ignored_rows_have_exactly_zero_gradient_and_loss():
+    r, k = 9, 37
+    x, y = _logits(r, k, torch.float32), _target(r, k)
+    x[1, :] = float("nan")  # an ignored row is never read in the backward …
+    x[1, 0] = -math.inf  # … and its placeholder target logit may be -inf
+    xx = x.clone().requires_grad_()
+    loss = ls.cross_entropy(xx, y, reduction="none", label_smoothing=0.1, z_loss=1e-3,
+                            impl="triton")
+    loss.sum().backward()
+    ignored = y == -100
+    assert (loss[ignored] == 0).all() and torch.isfinite(loss[~ignored]).all()
+    assert (xx.grad[ignored] == 0).all()
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_all_ignored_batch(reduction):
+    r, k = 4, 11
+    x = _logits(r, k, torch.float32)
+    y = torch.full((r,), -100, device=DEV)
+    kw = dict(label_smoothing=0.1)
+    ours, peer, truth = _three_way(x, y, reduction, kw)
+    ref = torch_loss_and_grad(x, y, _upstream(r, reduction), reduction=reduction, **kw)
+    assert torch.equal(ours[0].isnan(), ref[0].isnan())  # mean: NaN like PyTorch; else zeros
+    _check(ours, peer, truth, torch.float32, GRAD_TOL32)
+    if reduction != "mean":
+        assert not ours[0].any() and not ours[1].any()
+
+
+# --- layouts, empty input, float64 -----------------------------------------------------------------
+
+
+def test_non_contiguous_logits():
+    k = 29
+    views = {
+        "strided rows": _logits(12, k, torch.float32)[::2],
+        "strided cols": _logits(6, 2 * k, torch.float32)[:, ::2],
+        "transposed": _logits(k, 6, torch.float32).t(),
+    }
+    y = _target(6, k)
+    for name, v in views.items():
+        assert not v.is_contiguous(), name
+        ours, peer, truth = _three_way(v, y, "none", dict(label_smoothing=0.1))
+        _check(ours, peer, truth, torch.float32, GRAD_TOL32)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 7, device=DEV, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long, device=DEV)
+    loss = ls.cross_entropy(x, y, reduction="sum", label_smoothing=0.1, impl="triton")
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and x.grad.shape == (0, 7)
+
+
+def test_float64_falls_back_to_the_reference():
+    x, y = _logits(4, 9, torch.float64), _target(4, 9, ignore=False)
+    args = (y, torch.full((4,), 0.9, dtype=torch.float64, device=DEV),
+            torch.ones(4, dtype=torch.float64, device=DEV), None, 0.1 / 9, None, 2.0)
+    ours = triton_ce.index_rows(x, *args, inplace_backward=True)
+    ref = reference.index_rows(x, *args)
+    assert ours[0].dtype == torch.float64
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+
+# --- in-place gradient --------------------------------------------------------------------------------
+
+
+def _mlp_head(r, k, dtype=torch.float32):
+    h = torch.randn(r, 8, device=DEV, requires_grad=True)
+    w = torch.randn(8, k, device=DEV, dtype=torch.float64).to(dtype).requires_grad_()
+    return h, w
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_inplace_matches_out_of_place_and_overwrites_the_logits(dtype):
+    r, k = 6, 45
+    h, w = _mlp_head(r, k, dtype)
+    y = _target(r, k)
+    kw = dict(label_smoothing=0.1, z_loss=1e-3, softcap=6.0, impl="triton")
+    grads = {}
+    for inplace in (False, True):
+        h.grad = w.grad = None
+        x = h.to(dtype) @ w  # mm saves its inputs, not its output: in place is safe here
+        v0 = x._version
+        loss = ls.cross_entropy(x, y, inplace_backward=inplace, **kw)
+        x_copy = x.detach().clone()
+        loss.backward()
+        grads[inplace] = (h.grad.clone(), w.grad.clone(), x.detach().clone(), x_copy, v0,
+                          x._version)
+    h0, w0, x_after0, x_before0, _, v_after0 = grads[False]
+    h1, w1, x_after1, x_before1, v_before1, v_after1 = grads[True]
+    assert torch.equal(h0, h1) and torch.equal(w0, w1)
+    assert torch.equal(x_after0, x_before0) and v_after0 == 0  # untouched out of place
+    assert v_after1 > v_before1  # the write is visible to autograd
+    # The logits' storage now holds d loss / d logits: compare with the out-of-place gradient.
+    xx = x_before1.clone().requires_grad_()
+    ls.cross_entropy(xx, y, **kw).backward()
+    assert torch.equal(x_after1, xx.grad)
+
+
+def test_inplace_misuse_raises_instead_of_reading_gradients():
+    r, k = 4, 13
+    z = torch.randn(r, k, device=DEV, requires_grad=True)
+    y = _target(r, k, ignore=False)
+    x = z.exp()  # exp saves its output: its backward would read the gradient
+    loss = ls.cross_entropy(x, y, impl="triton", inplace_backward=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_inplace_second_backward_raises():
+    z = torch.randn(4, 13, device=DEV, requires_grad=True)
+    x = z * 1.0
+    loss = ls.cross_entropy(x, _target(4, 13), impl="triton", inplace_backward=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_overwritten_logits_are_refused_by_a_second_loss():
+    z = torch.randn(4, 13, device=DEV, requires_grad=True)
+    x = z * 1.0
+    ls.cross_entropy(x, _target(4, 13), impl="triton", inplace_backward=True).backward()
+    with pytest.raises(RuntimeError, match="overwritten by the gradient"):
+        ls.cross_entropy(x, _target(4, 13), impl="triton")
+
+
+def test_inplace_on_a_non_contiguous_view_writes_fresh_memory():
+    leaf = _logits(10, 6, torch.float32).t().clone().requires_grad_()  # (6, 10), strided
+    x = leaf * 1.0  # elementwise ops keep the strided layout
+    assert not x.is_contiguous()
+    y = _target(6, 10)
+    before, v0 = x.detach().clone(), x._version
+    ls.cross_entropy(x, y, impl="triton", inplace_backward=True, label_smoothing=0.1).backward()
+    assert torch.equal(x.detach(), before) and x._version == v0
+    ref = torch_loss_and_grad(before, y, torch.ones((), device=DEV), fn=ls.cross_entropy,
+                              impl="reference", label_smoothing=0.1)
+    torch.testing.assert_close(leaf.grad, ref[1], rtol=1e-5, atol=1e-7)
+
+
+# --- probability targets --------------------------------------------------------------------------------
+
+
+def _prob_options(name, k):
+    w = (torch.rand(k, dtype=torch.float64) + 0.5).to(DEV)
+    prior = torch.softmax(torch.randn(k, dtype=torch.float64), 0).to(DEV)
+    return {
+        "plain": dict(),
+        "eps-w": dict(label_smoothing=0.1, weight=w),
+        "target-mode": dict(label_smoothing=0.2, weight=w, weight_mode="target", prior=prior),
+        "softcap-z": dict(label_smoothing=0.1, softcap=3.0, z_loss=1e-2, spread="others"),
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["plain", "eps-w", "target-mode", "softcap-z"])
+@pytest.mark.parametrize("shape", [(3, 7), (5, 1000)], ids=["3x7", "5x1000"])
+def test_prob_parity_float32(name, shape, small_block):
+    r, k = shape
+    x = _logits(r, k, torch.float32)
+    t = torch.softmax(torch.randn(r, k, dtype=torch.float64) * 2, 1).float().to(DEV)
+    _check(*_three_way(x, t, "none", _prob_options(name, k)), torch.float32, GRAD_TOL32)
+
+
+def test_prob_target_gradient_and_inplace(small_block):
+    """Gradients reach trainable targets (distillation); in place they match out of place."""
+    r, k = 4, 300
+    x0 = _logits(r, k, torch.float32)
+    t0 = torch.softmax(torch.randn(r, k, dtype=torch.float64), 1).float().to(DEV)
+    w = (torch.rand(k, dtype=torch.float64) + 0.5).float().to(DEV)
+    g = torch.rand(r, device=DEV) + 0.5
+    kw = dict(weight=w, label_smoothing=0.1, softcap=5.0, reduction="none")
+    results = {}
+    for impl, inplace in (("reference", False), ("triton", False), ("triton", True)):
+        x = (x0 * 1.0).requires_grad_()  # a leaf copy per run
+        t = t0.clone().requires_grad_()
+        xi = x * 1.0
+        loss = ls.cross_entropy(xi, t, impl=impl, inplace_backward=inplace, **kw)
+        loss.backward(g)
+        results[(impl, inplace)] = (loss.detach(), x.grad, t.grad, xi._version)
+    ref, out, inp = results[("reference", False)], results[("triton", False)], results[("triton", True)]
+    for a, b in ((out, ref), (inp, ref)):
+        torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a[2], b[2], rtol=1e-5, atol=1e-6)
+    assert torch.equal(out[1], inp[1]) and inp[3] > 0 and out[3] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_prob_against_torch_half_precision(dtype):
+    r, k = 5, 333
+    x = _logits(r, k, dtype)
+    t = torch.softmax(torch.randn(r, k, dtype=torch.float64) * 2, 1).to(dtype).to(DEV)
+    g = _upstream(r, "none")
+    truth = torch_loss_and_grad(x.double(), t.double(), g, label_smoothing=0.1, reduction="none")
+    peer = torch_loss_and_grad(x, t, g, label_smoothing=0.1, reduction="none")
+    ours = torch_loss_and_grad(x, t, g, fn=ls.cross_entropy, impl="triton", label_smoothing=0.1,
+                               reduction="none")
+    _check(ours, peer, truth, dtype)
+
+
+# --- torch.library: fake implementations, compile --------------------------------------------------
+
+
+def _index_args(r=5, k=37, dtype=torch.float32):
+    x = _logits(r, k, dtype).requires_grad_()
+    y = _target(r, k, ignore=False)
+    f = dict(dtype=torch.float32, device=DEV)
+    return (x, y, torch.full((r,), 0.9, **f), torch.ones(r, **f), None, 0.1 / k,
+            torch.full((r,), 1e-3, **f), 4.0, False)
+
+
+def test_opcheck_index_forward():
+    torch.library.opcheck(torch.ops.labelsmooth.triton_index_fwd.default, _index_args(),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_opcheck_prob_forward():
+    r, k = 3, 11
+    x = _logits(r, k, torch.float32).requires_grad_()
+    t = torch.softmax(torch.randn(r, k, device=DEV), 1)
+    args = (x, t, None, 0.9, None, 0.1 / k, torch.ones(r, device=DEV), None, None, False)
+    torch.library.opcheck(torch.ops.labelsmooth.triton_prob_fwd.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def _op_level_loss(inplace):
+    def fn(x, y, ct, cs, cz):
+        xx = x * 2.0  # an intermediate, so the in-place write has a non-leaf to overwrite
+        loss, _ = triton_ce.index_rows(xx, y, ct, cs, None, 0.1 / x.shape[1], cz, 4.0, inplace)
+        return loss.sum() / x.shape[0]
+    return fn
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_compile_fullgraph_op_level(inplace):
+    """Dynamo + AOTAutograd trace the ops (fake impls, autograd formula, declared mutation)."""
+    backend = "inductor" if HAS_CUDA else "aot_eager"  # inductor's CPU codegen is slow to build
+    x, y, ct, cs, _, _, cz, _, _ = _index_args()
+    compiled = torch.compile(_op_level_loss(inplace), fullgraph=True, backend=backend)
+    loss = compiled(x, y, ct, cs, cz)
+    (g,) = torch.autograd.grad(loss, x)
+    loss_e = _op_level_loss(False)(x, y, ct, cs, cz)
+    (g_e,) = torch.autograd.grad(loss_e, x)
+    torch.testing.assert_close(loss, loss_e)
+    torch.testing.assert_close(g, g_e)
+
+
+# --- GPU only -------------------------------------------------------------------------------------------
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("name", OPTION_NAMES)
+def test_gpu_index_parity_large_vocab(dtype, name):
+    r, k = 64, 32003  # unaligned, several 8192-wide chunks
+    kw = _cast(_options(name, k), dtype)
+    red = kw.pop("reduction", "none")
+    x, y = _logits(r, k, dtype), _target(r, k)
+    tol = GRAD_TOL32 if dtype == torch.float32 else None
+    _check(*_three_way(x, y, red, kw), dtype, tol)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_gpu_confident_bf16_at_32k(eps):
+    r, k = 256, 32000
+    x = torch.randn(r, k, device=DEV, dtype=torch.float64)
+    y = torch.randint(0, k, (r,), device=DEV)
+    x[torch.arange(r, device=DEV), y] += torch.linspace(3.0, 20.0, r, device=DEV,
+                                                        dtype=torch.float64)
+    x = x.to(torch.bfloat16)
+    g = torch.ones((), dtype=torch.float64, device=DEV)
+    truth = torch_loss_and_grad(x.double(), y, g, label_smoothing=eps)[1]
+    peer = torch_loss_and_grad(x, y, g, label_smoothing=eps)[1]
+    ours = torch_loss_and_grad(x, y, g, fn=ls.cross_entropy, impl="triton", label_smoothing=eps)[1]
+    rows = torch.arange(r, device=DEV)
+    t_truth, t_peer, t_ours = (v[rows, y].double() for v in (truth, peer, ours))
+    err_ours, err_peer = (t_ours - t_truth).abs(), (t_peer - t_truth).abs()
+    assert (err_ours <= 2.0 ** -8 * t_truth.abs()).all()
+    assert err_ours.max() <= err_peer.max()
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["plain", "eps-w", "target-mode", "softcap-z"])
+def test_gpu_prob_parity(name):
+    r, k = 32, 32003
+    x = _logits(r, k, torch.float32)
+    t = torch.softmax(torch.randn(r, k, device=DEV) * 2, 1)
+    _check(*_three_way(x, t, "none", _prob_options(name, k)), torch.float32, GRAD_TOL32)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("inplace", [False, True])
+def test_gpu_cuda_graph_capture_of_forward_and_backward(inplace):
+    """Public API, eager: no host sync anywhere, so forward + backward capture into a CUDA graph."""
+    r, k = 128, 32000
+    src = torch.randn(r, k, device=DEV, dtype=torch.bfloat16)
+    y = torch.randint(0, k, (r,), device=DEV)
+    y[::7] = -100
+
+    def step():
+        x = src * 1.0  # fresh logits each replay (in place overwrites them)
+        loss = ls.cross_entropy(x, y, label_smoothing=0.1, z_loss=1e-4, impl="triton",
+                                inplace_backward=inplace)
+        loss.backward()
+        return loss
+
+    src.requires_grad_()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            src.grad = None
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    src.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step()
+    with torch.no_grad():
+        src.copy_(torch.randn_like(src))
+    graph.replay()
+    torch.cuda.synchronize()
+    expect = torch_loss_and_grad(src.detach(), y, torch.ones((), device=DEV), fn=ls.cross_entropy,
+                                 impl="reference", label_smoothing=0.1, z_loss=1e-4)
+    torch.testing.assert_close(static_loss.float(), expect[0].float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(src.grad.float(), expect[1].float(), rtol=2e-2, atol=1e-6)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("inplace", [False, True])
+def test_gpu_compile_fullgraph_reduce_overhead(inplace):
+    """torch.compile(fullgraph=True) with CUDA graphs (mode="reduce-overhead") at the op level."""
+    x, y, ct, cs, _, _, cz, _, _ = _index_args(64, 32000, torch.bfloat16)
+    compiled = torch.compile(_op_level_loss(inplace), fullgraph=True, mode="reduce-overhead")
+    for _ in range(3):  # record, then replay
+        loss = compiled(x, y, ct, cs, cz)
+        (g,) = torch.autograd.grad(loss, x)
+    loss_e = _op_level_loss(False)(x, y, ct, cs, cz)
+    (g_e,) = torch.autograd.grad(loss_e, x)
+    torch.testing.assert_close(loss, loss_e)
+    torch.testing.assert_close(g, g_e)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_64bit_offsets():
+    """More than 2**31 elements: the last rows must be addressed correctly (int64 offsets)."""
+    k = 65536
+    r = 2 ** 31 // k + 3
+    if torch.cuda.get_device_properties(0).total_memory < 3 * r * k * 2:
+        pytest.skip("needs ~13 GB of GPU memory")
+    x = torch.empty(r, k, device=DEV, dtype=torch.bfloat16)
+    x[:-4].zero_()
+    x[-4:] = torch.randn(4, k, device=DEV, dtype=torch.bfloat16) * 3
+    y = torch.randint(0, k, (r,), device=DEV)
+    xr = x.requires_grad_()
+    loss = ls.cross_entropy(xr * 1.0, y, reduction="none", label_smoothing=0.1, impl="triton",
+                            inplace_backward=True)
+    tail = torch_loss_and_grad(x.detach()[-4:], y[-4:], torch.ones(4, device=DEV),
+                               fn=ls.cross_entropy, impl="reference", reduction="none",
+                               label_smoothing=0.1)
+    torch.testing.assert_close(loss[-4:].float(), tail[0].float(), rtol=1e-2, atol=1e-2)
+    assert torch.allclose(loss[:-4].float(), torch.tensor(math.log(k), device=DEV), rtol=1e-2)
+    g = torch.zeros(r, device=DEV, dtype=torch.bfloat16)
+    g[-4:] = 1
+    loss.backward(g)
+    torch.testing.assert_close(xr.grad[-4:].float(), tail[1].float(), rtol=2e-2, atol=1e-6)
