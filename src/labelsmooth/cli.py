@@ -1,0 +1,372 @@
+"""The ``labelsmooth`` command: ``sweep`` (train across smoothing factors and report) and
+``targets`` (print smoothed target distributions).
+
+Configuration precedence for ``sweep``: built-in defaults < ``--config`` file (TOML, or YAML when
+pyyaml is installed) < flags given on the command line. The resolved configuration is saved
+with the results (``config.json`` and ``results.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+__all__ = ["SWEEP_DEFAULTS", "build_parser", "main", "resolve_sweep_config"]
+
+#: Defaults of ``labelsmooth sweep`` (the documented demo: MNIST-1D, 5 factors × 3 seeds).
+SWEEP_DEFAULTS: dict[str, Any] = {
+    "dataset": "mnist1d",
+    "model": "mlp",
+    "smoothing": [0.0, 0.05, 0.1, 0.2, 0.5],
+    "spread": "all",
+    "seeds": 3,
+    "epochs": 40,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "schedule": "constant",
+    "out": "labelsmooth-sweep",
+    "device": "cpu",
+    "threads": 1,
+    "n_bins": 15,
+    "n_bootstrap": 1000,
+    "split_seed": 0,
+    "label_column": "label",
+    "proj_classes": [0, 1, 2],
+    "progress": True,
+    "report": True,
+}
+
+_DATASET_HELP = "'mnist1d', 'digits', or a path to a .npz (x, y[, x_test, y_test]) or .csv file"
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"smoothing must be in [0, 1], got {text}")
+    return v
+
+
+def _pos_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _pos_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (``sweep`` and ``targets`` subcommands)."""
+    p = argparse.ArgumentParser(
+        prog="labelsmooth",
+        description="Label smoothing for PyTorch: measure what smoothing does, print smoothed targets.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="{sweep,targets}")
+    sub.required = True
+
+    s = sub.add_parser(
+        "sweep", formatter_class=_Formatter,
+        help="train one model per smoothing factor × seed and write a report",
+        description=(
+            "Train the same model at each smoothing factor and seed, then write results.json, "
+            "results.csv, report.md and a self-contained report.html to --out.\n"
+            "Settings come from the defaults, then --config (TOML/YAML), then the flags given.\n"
+            "Re-running the same command resumes: finished runs are skipped."),
+    )
+    # default=SUPPRESS: only flags the user typed appear in the namespace, so they can override
+    # the config file while everything else falls back to it and then to SWEEP_DEFAULTS.
+    S = argparse.SUPPRESS
+    d = SWEEP_DEFAULTS
+    s.add_argument("--config", default=S, metavar="FILE", help="TOML or YAML file with any of the settings below (keys as the flags, '-' or '_')")
+    s.add_argument("--dataset", default=S, help=_DATASET_HELP + f" (default {d['dataset']})")
+    s.add_argument("--label-column", dest="label_column", default=S, help=f"label column of a CSV dataset (default {d['label_column']})")
+    s.add_argument("--model", default=S, choices=("mlp", "cnn"), help=f"built-in model (default {d['model']})")
+    s.add_argument("--smoothing", default=S, nargs="+", type=_unit_float, metavar="EPS",
+                   help="smoothing factors in [0, 1] (default 0 0.05 0.1 0.2 0.5)")
+    s.add_argument("--spread", default=S, choices=("all", "others"),
+                   help="smoothing mass over all K classes (ε/K, PyTorch) or the K-1 others (default all)")
+    s.add_argument("--seeds", default=S, type=_pos_int, metavar="N", help=f"seeds per factor (0..N-1; default {d['seeds']})")
+    s.add_argument("--epochs", default=S, type=_pos_int, help=f"training epochs (default {d['epochs']})")
+    s.add_argument("--batch-size", dest="batch_size", default=S, type=_pos_int, help=f"batch size (default {d['batch_size']})")
+    s.add_argument("--lr", default=S, type=_pos_float, help=f"Adam learning rate (default {d['lr']})")
+    s.add_argument("--weight-decay", dest="weight_decay", default=S, type=_nonneg_float, help="Adam weight decay (default 0)")
+    s.add_argument("--schedule", default=S, choices=("constant", "cosine"), help="learning-rate schedule (default constant)")
+    s.add_argument("--out", default=S, metavar="DIR", help=f"output directory (default ./{d['out']})")
+    s.add_argument("--device", default=S, help="torch device, e.g. cpu or cuda (default cpu)")
+    s.add_argument("--threads", default=S, type=_pos_int, help="torch CPU threads (default 1: the models are tiny)")
+    s.add_argument("--n-bins", dest="n_bins", default=S, type=_pos_int, help="ECE bins (default 15)")
+    s.add_argument("--n-bootstrap", dest="n_bootstrap", default=S, type=_nonneg_int, help="bootstrap resamples for CIs, 0 = none (default 1000)")
+    s.add_argument("--split-seed", dest="split_seed", default=S, type=_nonneg_int, help="seed of the train/val/cal/test split (default 0)")
+    s.add_argument("--proj-classes", dest="proj_classes", default=S, nargs=3, type=_nonneg_int, metavar="C",
+                   help="three classes for the penultimate-layer picture (default 0 1 2)")
+    s.add_argument("--no-progress", dest="progress", default=S, action="store_false", help="no progress bars")
+    s.add_argument("--no-report", dest="report", default=S, action="store_false", help="skip report.md/.html and figures")
+
+    t = sub.add_parser(
+        "targets", formatter_class=_Formatter,
+        help="print smoothed target distributions",
+        description="Print the smoothed target distribution of each label (labelsmooth.smooth_targets).",
+    )
+    t.add_argument("--labels", nargs="+", type=int, required=True, metavar="Y", help="class indices")
+    t.add_argument("--classes", type=int, required=True, metavar="K", help="number of classes")
+    t.add_argument("--smoothing", type=_unit_float, default=0.1, metavar="EPS", help="smoothing factor in [0, 1]")
+    t.add_argument("--spread", choices=("all", "others"), default="all",
+                   help="'all': target 1-ε+ε/K, others ε/K; 'others': target 1-ε, others ε/(K-1)")
+    t.add_argument("--prior", nargs="+", type=float, default=None, metavar="P",
+                   help="K non-negative weights summing to 1 that replace the uniform share")
+    t.add_argument("--decimals", type=_nonneg_int, default=4, help="decimals printed")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# config files
+# ---------------------------------------------------------------------------------------------
+def _load_config_file(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise ValueError("reading TOML configs on Python 3.10 needs the tomli package") from None
+        with open(path, "rb") as fh:
+            try:
+                data = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"config file {path!r} is not valid TOML: {e}") from None
+    elif ext in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"config file {path!r} is YAML, which needs pyyaml (pip install pyyaml); "
+                             "or use a .toml file") from None
+        with open(path) as fh:
+            try:
+                data = yaml.safe_load(fh)
+            except yaml.YAMLError as e:
+                raise ValueError(f"config file {path!r} is not valid YAML: {e}") from None
+        data = {} if data is None else data
+    else:
+        raise ValueError(f"config file {path!r} must end in .toml, .yaml or .yml")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path!r} must hold a table/mapping of settings, got {type(data).__name__}")
+    # A [sweep] table is accepted too, so one file can hold settings for several commands.
+    if "sweep" in data and isinstance(data["sweep"], dict):
+        data = data["sweep"]
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _check_value(key: str, value: Any) -> Any:
+    """Validate one configuration value (from a file: argparse has not seen it)."""
+    d = SWEEP_DEFAULTS[key]
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"config: {key} must be {expected}, got {value!r}")
+
+    if key == "smoothing":
+        vals = value if isinstance(value, list) else [value]
+        out = []
+        for v in vals:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or not 0.0 <= v <= 1.0:
+                raise ValueError(f"config: smoothing factors must be numbers in [0, 1], got {v!r}")
+            out.append(float(v))
+        if not out:
+            raise bad("a non-empty list of numbers in [0, 1]")
+        return out
+    if key == "proj_classes":
+        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+            raise bad("a list of 3 class indices")
+        return value
+    if isinstance(d, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(d, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        lowest = 0 if key in ("n_bootstrap", "split_seed") else 1
+        if value < lowest:
+            raise bad(f"an integer >= {lowest}")
+        return value
+    if isinstance(d, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a number")
+        if (key == "lr" and value <= 0) or value < 0:
+            raise bad("a positive number" if key == "lr" else "a number >= 0")
+        return float(value)
+    if not isinstance(value, str):
+        raise bad("a string")
+    choices = {"model": ("mlp", "cnn"), "spread": ("all", "others"), "schedule": ("constant", "cosine")}
+    if key in choices and value not in choices[key]:
+        raise bad(f"one of {choices[key]}")
+    return value
+
+
+def resolve_sweep_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge defaults < ``--config`` file < explicit flags into one validated dict.
+
+    Raises:
+        ValueError: unreadable config file, unknown keys, or a bad value in it.
+    """
+    explicit = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    cfg = dict(SWEEP_DEFAULTS)
+    config_path = getattr(args, "config", None)
+    if config_path is not None:
+        from_file = _load_config_file(config_path)
+        unknown = sorted(set(from_file) - set(SWEEP_DEFAULTS))
+        if unknown:
+            raise ValueError(f"config file {config_path!r}: unknown setting(s) {unknown}; "
+                             f"known: {sorted(SWEEP_DEFAULTS)}")
+        for k, v in from_file.items():
+            cfg[k] = _check_value(k, v)
+    cfg.update(explicit)
+    cfg["config"] = os.path.abspath(config_path) if config_path else None
+    cfg["sources"] = {k: ("flag" if k in explicit else "config" if config_path and k in from_file
+                          else "default") for k in SWEEP_DEFAULTS}
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# subcommands
+# ---------------------------------------------------------------------------------------------
+def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        cfg = resolve_sweep_config(args)
+    except ValueError as e:
+        parser.error(str(e))
+    from labelsmooth.experiments import load_dataset, sweep
+    from labelsmooth.experiments.train import TrainSettings
+
+    try:
+        data = load_dataset(cfg["dataset"], split_seed=cfg["split_seed"], label_column=cfg["label_column"])
+        settings = TrainSettings(
+            epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
+            weight_decay=cfg["weight_decay"], schedule=cfg["schedule"], spread=cfg["spread"],
+            device=cfg["device"], n_bins=cfg["n_bins"], n_bootstrap=cfg["n_bootstrap"],
+            proj_classes=tuple(cfg["proj_classes"]),
+        )
+        import torch
+
+        torch.device(cfg["device"])
+    except (ValueError, RuntimeError) as e:
+        parser.error(str(e))
+    except ImportError as e:
+        print(f"labelsmooth sweep: {e}", file=sys.stderr)
+        return 1
+    extra = {k: cfg[k] for k in ("out", "threads", "config", "label_column", "progress", "report")}
+    extra["sources"] = cfg["sources"]
+    extra["command"] = "labelsmooth " + " ".join(sys.argv[1:]) if sys.argv else "labelsmooth sweep"
+    t0 = time.perf_counter()
+    try:
+        res = sweep(data=data, smoothing=cfg["smoothing"], seeds=cfg["seeds"], model=cfg["model"],
+                    settings=settings, out=cfg["out"], split_seed=cfg["split_seed"],
+                    threads=cfg["threads"], progress=cfg["progress"], report=cfg["report"],
+                    extra_config=extra)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are kept in {os.path.join(cfg['out'], 'runs')}; "
+              "re-run the same command to resume", file=sys.stderr)
+        return 130
+    except ValueError as e:
+        print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - t0
+    print(f"{len(res.runs)} runs in {cfg['out']} ({elapsed:.1f} s this invocation)")
+    for name in ("results.json", "results.csv", "report.md", "report.html"):
+        if name in res.paths:
+            print(f"  {name:13s} {res.paths[name]}")
+    return 0
+
+
+def _cmd_targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    import labelsmooth
+
+    if args.classes < 2:
+        parser.error(f"--classes must be >= 2, got {args.classes}")
+    bad = [y for y in args.labels if not 0 <= y < args.classes]
+    if bad:
+        parser.error(f"--labels must be in [0, {args.classes - 1}] for --classes {args.classes}, got {bad}")
+    prior = None
+    if args.prior is not None:
+        if len(args.prior) != args.classes:
+            parser.error(f"--prior needs {args.classes} values (one per class), got {len(args.prior)}")
+        prior = torch.tensor(args.prior, dtype=torch.float32)
+    try:
+        q = labelsmooth.smooth_targets(torch.tensor(args.labels), args.classes, args.smoothing,
+                                       spread=args.spread, prior=prior)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    nd = args.decimals
+    width = max(nd + 3, len(f"class {args.classes - 1}")) + 2
+    label_w = max(5, max(len(str(y)) for y in args.labels))
+    desc = f"smoothing={args.smoothing:g}, spread={args.spread}, K={args.classes}"
+    if prior is not None:
+        desc += ", prior=[" + ", ".join(f"{p:g}" for p in args.prior) + "]"
+    print(desc)
+    print(f"{'label':>{label_w}} " + "".join(f"{'class ' + str(k):>{width}}" for k in range(args.classes)))
+    for y, row in zip(args.labels, q.tolist()):
+        print(f"{y:>{label_w}} " + "".join(f"{v:>{width}.{nd}f}" for v in row))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``labelsmooth`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    if args.command == "sweep":
+        return _cmd_sweep(args, sub)
+    return _cmd_targets(args, sub)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

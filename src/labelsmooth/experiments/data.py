@@ -1,0 +1,337 @@
+"""Datasets for the smoothing sweep: built in (MNIST-1D, scikit-learn digits) or the user's own.
+
+Every dataset ends up as a :class:`Splits`: four disjoint parts — ``train`` (fit the weights),
+``val`` (per-epoch validation metrics), ``cal`` (fit the temperature for temperature scaling) and
+``test`` (the reported numbers). The split is drawn once from ``split_seed`` and is the same for
+every smoothing factor and every training seed, so the runs differ only in what they should.
+
+Nothing here downloads: MNIST-1D is generated with ``mnist1d.data.make_dataset`` (offline,
+deterministic) and digits ships with scikit-learn. Both are optional extras imported lazily.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+__all__ = ["BUILTIN_DATASETS", "Splits", "load_dataset", "make_splits"]
+
+#: Names accepted by :func:`load_dataset` besides paths to ``.npz`` / ``.csv`` files.
+BUILTIN_DATASETS = ("mnist1d", "digits")
+
+_SPLIT_NAMES = ("train", "val", "cal", "test")
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train / validation / calibration / test tensors of one dataset.
+
+    Features are float32 of shape ``(N, *feature_shape)``; labels are int64 in ``[0, num_classes)``.
+    """
+
+    name: str
+    num_classes: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_cal: torch.Tensor
+    y_cal: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """Shape of one example's features."""
+        return tuple(self.x_train.shape[1:])
+
+    def sizes(self) -> dict[str, int]:
+        """Number of examples in each split.
+
+        Example:
+            >>> s = make_splits(torch.randn(20, 3), torch.arange(20) % 2, fractions=(0.5, 0.2, 0.1, 0.2))
+            >>> s.sizes()
+            {'train': 10, 'val': 4, 'cal': 2, 'test': 4}
+        """
+        return {k: int(getattr(self, f"y_{k}").shape[0]) for k in _SPLIT_NAMES}
+
+
+def _check_labels(y: np.ndarray, source: str) -> tuple[np.ndarray, int]:
+    """Map labels to 0..K-1 (sorted unique values) and insist on at least two classes."""
+    if y.ndim != 1:
+        raise ValueError(f"labels from {source} must be 1-D, got shape {tuple(y.shape)}")
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"labels from {source} have {len(classes)} distinct value(s) "
+            f"({classes.tolist()}); a classifier needs at least 2"
+        )
+    if np.issubdtype(y.dtype, np.integer) and classes.min() >= 0:
+        # Integer labels keep their meaning (class k stays class k) when they look like indices.
+        return y.astype(np.int64), int(classes.max()) + 1
+    return codes.astype(np.int64), len(classes)
+
+
+def make_splits(
+    x: Any,
+    y: Any,
+    *,
+    x_test: Any = None,
+    y_test: Any = None,
+    fractions: tuple[float, float, float, float] = (0.6, 0.1, 0.1, 0.2),
+    split_seed: int = 0,
+    standardize: bool = True,
+    name: str = "custom",
+    num_classes: int | None = None,
+) -> Splits:
+    """Split arrays into train / val / cal / test (a seeded permutation) and wrap them in Splits.
+
+    Args:
+        x: features, ``(N, ...)``, anything ``numpy.asarray`` accepts.
+        y: labels, ``(N,)``; integers ``>= 0`` are kept as class indices, anything else
+            (strings, negative numbers) is mapped to ``0..K-1`` in sorted order.
+        x_test, y_test: an existing test set; then ``x, y`` are split into train / val / cal only,
+            in proportion to the first three ``fractions``.
+        fractions: shares of train, val, cal and test (must sum to 1; the last is ignored when
+            a test set is given).
+        split_seed: seed of the permutation; the same seed gives the same split.
+        standardize: centre and scale every feature with the training split's mean and std.
+        name: a label for reports.
+        num_classes: override the class count (otherwise ``max label + 1``).
+
+    Returns:
+        The :class:`Splits`.
+
+    Example:
+        >>> s = make_splits(torch.randn(50, 4), torch.arange(50) % 3, split_seed=1)
+        >>> s.num_classes, s.sizes()
+        (3, {'train': 30, 'val': 5, 'cal': 5, 'test': 10})
+    """
+    xa = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x)
+    ya = np.asarray(y.numpy() if isinstance(y, torch.Tensor) else y)
+    if len(fractions) != 4 or any(f < 0 for f in fractions):
+        raise ValueError(f"fractions must be 4 non-negative shares (train, val, cal, test), got {fractions!r}")
+    if xa.ndim < 2 or xa.shape[0] != ya.shape[0]:
+        raise ValueError(
+            f"x must be (N, features...) with N matching y; got x {tuple(xa.shape)}, y {tuple(ya.shape)}"
+        )
+    if not np.issubdtype(xa.dtype, np.number):
+        raise ValueError(f"features of {name} must be numeric, got dtype {xa.dtype}")
+    has_test = x_test is not None or y_test is not None
+    if has_test:
+        if x_test is None or y_test is None:
+            raise ValueError("give both x_test and y_test, or neither")
+        xt = np.asarray(x_test.numpy() if isinstance(x_test, torch.Tensor) else x_test)
+        yt = np.asarray(y_test.numpy() if isinstance(y_test, torch.Tensor) else y_test)
+        if xt.shape[1:] != xa.shape[1:] or xt.shape[0] != yt.shape[0]:
+            raise ValueError(
+                f"x_test {tuple(xt.shape)} / y_test {tuple(yt.shape)} do not match x {tuple(xa.shape)}"
+            )
+        all_y, k = _check_labels(np.concatenate([ya, yt]), name)
+        ya, yt = all_y[: len(ya)], all_y[len(ya):]
+        shares = np.asarray(fractions[:3], dtype=float)
+    else:
+        ya, k = _check_labels(ya, name)
+        shares = np.asarray(fractions, dtype=float)
+    if not np.isclose(np.sum(fractions), 1.0) or shares.sum() <= 0:
+        raise ValueError(f"fractions must sum to 1, got {fractions!r}")
+    shares = shares / shares.sum()
+    n = xa.shape[0]
+    perm = np.random.default_rng(split_seed).permutation(n)
+    bounds = np.floor(np.cumsum(shares) * n + 1e-9).astype(int)
+    bounds[-1] = n
+    parts = np.split(perm, bounds[:-1])
+    if any(len(p) == 0 for p in parts):
+        raise ValueError(
+            f"{name}: {n} examples are too few for the split fractions {fractions!r} "
+            f"(sizes {[len(p) for p in parts]})"
+        )
+    xs = [xa[p] for p in parts]
+    ys = [ya[p] for p in parts]
+    if has_test:
+        xs.append(xt)
+        ys.append(yt)
+    xs = [v.astype(np.float32) for v in xs]
+    if standardize:
+        mu = xs[0].mean(axis=0, keepdims=True)
+        sd = xs[0].std(axis=0, keepdims=True)
+        sd = np.where(sd > 1e-8, sd, 1.0)  # constant features (e.g. digits' border pixels) stay 0
+        xs = [(v - mu) / sd for v in xs]
+    if num_classes is not None:
+        if num_classes < k:
+            raise ValueError(f"num_classes={num_classes} but labels go up to {k - 1}")
+        k = num_classes
+    tensors: dict[str, torch.Tensor] = {}
+    for split, xv, yv in zip(_SPLIT_NAMES, xs, ys):
+        tensors[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(xv))
+        tensors[f"y_{split}"] = torch.from_numpy(np.ascontiguousarray(yv)).long()
+    return Splits(name=name, num_classes=int(k), **tensors)
+
+
+def _mnist1d(split_seed: int) -> Splits:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "dataset 'mnist1d' needs the mnist1d package: pip install 'labelsmooth[experiments]'"
+        ) from e
+    # make_dataset reseeds numpy's global RNG; keep the caller's state intact.
+    state = np.random.get_state()
+    try:
+        d = make_dataset(get_dataset_args())  # generated offline; get_dataset() would download
+    finally:
+        np.random.set_state(state)
+    # The canonical 4000/1000 train/test split; the 4000 are split again into train/val/cal.
+    return make_splits(
+        d["x"], d["y"], x_test=d["x_test"], y_test=d["y_test"], fractions=(0.7, 0.15, 0.15, 0.0),
+        split_seed=split_seed, standardize=False, name="mnist1d",
+    )
+
+
+def _digits(split_seed: int) -> Splits:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover
+        raise ImportError(
+            "dataset 'digits' needs scikit-learn: pip install 'labelsmooth[experiments]'"
+        ) from e
+    d = load_digits()
+    return make_splits(d.data, d.target, split_seed=split_seed, name="digits")
+
+
+def _load_npz(path: str, split_seed: int, fractions: tuple[float, float, float, float]) -> Splits:
+    with np.load(path, allow_pickle=False) as f:
+        keys = set(f.files)
+        xk = next((k for k in ("x", "X", "features", "data") if k in keys), None)
+        yk = next((k for k in ("y", "labels", "label", "target", "targets") if k in keys), None)
+        if xk is None or yk is None:
+            raise ValueError(
+                f"{path}: an .npz dataset needs arrays 'x' (features) and 'y' (labels); "
+                f"found {sorted(keys)}"
+            )
+        x, y = f[xk], f[yk]
+        xt = next((f[k] for k in ("x_test", "X_test") if k in keys), None)
+        yt = next((f[k] for k in ("y_test", "labels_test") if k in keys), None)
+    return make_splits(x, y, x_test=xt, y_test=yt, fractions=fractions, split_seed=split_seed,
+                       name=os.path.basename(path))
+
+
+def _load_csv(path: str, label_column: str, split_seed: int,
+              fractions: tuple[float, float, float, float]) -> Splits:
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise ValueError(f"{path}: the CSV file is empty")
+    header = [h.strip() for h in rows[0]]
+    if label_column not in header:
+        raise ValueError(
+            f"{path}: no label column {label_column!r} in the CSV header {header}; "
+            f"name it with --label-column"
+        )
+    j = header.index(label_column)
+    body = [r for r in rows[1:] if any(c.strip() for c in r)]
+    if not body:
+        raise ValueError(f"{path}: the CSV file has a header but no rows")
+    feats, labels = [], []
+    for i, r in enumerate(body, start=2):
+        if len(r) != len(header):
+            raise ValueError(f"{path}, line {i}: {len(r)} fields, the header has {len(header)}")
+        try:
+            feats.append([float(c) for n, c in enumerate(r) if n != j])
+        except ValueError as e:
+            raise ValueError(f"{path}, line {i}: non-numeric feature ({e})") from None
+        labels.append(r[j].strip())
+    if len(header) < 2:
+        raise ValueError(f"{path}: the CSV has only the label column, no features")
+    lab = np.asarray(labels)
+    try:  # numeric labels stay numbers (so "2" is class 2), others are categories
+        as_int = lab.astype(np.int64)
+        if np.array_equal(as_int.astype(str), lab):
+            lab = as_int
+    except ValueError:
+        pass
+    return make_splits(np.asarray(feats, dtype=np.float32), lab, fractions=fractions,
+                       split_seed=split_seed, name=os.path.basename(path))
+
+
+def load_dataset(
+    name: str,
+    *,
+    split_seed: int = 0,
+    label_column: str = "label",
+    fractions: tuple[float, float, float, float] = (0.6, 0.1, 0.1, 0.2),
+) -> Splits:
+    """Load a built-in dataset by name, or the user's own from a ``.npz`` / ``.csv`` path.
+
+    * ``"mnist1d"``: MNIST-1D (4000 + 1000 signals of length 40, 10 classes), generated offline;
+      its 1000 test signals are the test split and the 4000 others are split 70/15/15 into
+      train / val / cal.
+    * ``"digits"``: scikit-learn's 8×8 digits (1797 × 64, 10 classes), standardised.
+    * ``*.npz``: arrays ``x`` and ``y`` (optionally ``x_test`` and ``y_test``).
+    * ``*.csv``: a header row; the column ``label_column`` holds the labels, every other column a
+      numeric feature.
+
+    User data is split by ``fractions`` (train, val, cal, test) and standardised with the
+    training split's statistics.
+
+    Raises:
+        ValueError: unknown name, missing file or label column, fewer than two classes.
+
+    Example:
+        >>> load_dataset("imagenet")
+        Traceback (most recent call last):
+        ...
+        ValueError: dataset must be one of ('mnist1d', 'digits') or a path to a .npz/.csv file, got 'imagenet'
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"dataset must be a name or a path, got {type(name).__name__}")
+    name = os.fspath(name)
+    key = name.lower()
+    if key == "mnist1d":
+        return _mnist1d(split_seed)
+    if key == "digits":
+        return _digits(split_seed)
+    ext = os.path.splitext(key)[1]
+    if ext in (".npz", ".csv"):
+        if not os.path.isfile(name):
+            raise ValueError(f"dataset file {name!r} does not exist")
+        if ext == ".npz":
+            return _load_npz(name, split_seed, fractions)
+        return _load_csv(name, label_column, split_seed, fractions)
+    raise ValueError(
+        f"dataset must be one of {BUILTIN_DATASETS} or a path to a .npz/.csv file, got {name!r}"
+    )
+
+
+def as_splits(data: Any, *, split_seed: int = 0, label_column: str = "label") -> Splits:
+    """Coerce what the sweep API accepts into :class:`Splits`.
+
+    ``data`` may be a :class:`Splits`, a dataset name or path (see :func:`load_dataset`), a
+    tuple ``(x, y)`` or ``(x, y, x_test, y_test)``, or a mapping with keys ``x``, ``y`` and
+    optionally ``x_test``, ``y_test``.
+
+    Example:
+        >>> as_splits((torch.randn(40, 2), torch.arange(40) % 2)).sizes()["train"]
+        24
+    """
+    if isinstance(data, Splits):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_dataset(data, split_seed=split_seed, label_column=label_column)
+    if isinstance(data, Mapping):
+        if "x" not in data or "y" not in data:
+            raise ValueError(f"a data mapping needs keys 'x' and 'y', got {sorted(data)}")
+        return make_splits(data["x"], data["y"], x_test=data.get("x_test"),
+                           y_test=data.get("y_test"), split_seed=split_seed)
+    if isinstance(data, tuple) and len(data) in (2, 4):
+        return make_splits(*data[:2], x_test=data[2] if len(data) == 4 else None,
+                           y_test=data[3] if len(data) == 4 else None, split_seed=split_seed)
+    raise TypeError(
+        "data must be Splits, a dataset name or path, (x, y), (x, y, x_test, y_test) or a "
+        f"mapping with 'x' and 'y'; got {type(data).__name__}"
+    )

@@ -1,0 +1,197 @@
+"""Small models that train in seconds on a CPU, and a hook to read any model's penultimate layer.
+
+The sweep's picture of Müller et al. (2019) needs the activations that enter the last linear
+layer and that layer's weight rows (the class templates). :func:`penultimate` finds them for any
+model whose output comes from an ``nn.Linear`` — the built-in models and most user models.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["BUILTIN_MODELS", "CNN1d", "MLP", "build_model", "penultimate"]
+
+#: Names accepted by :func:`build_model`.
+BUILTIN_MODELS = ("mlp", "cnn")
+
+
+class MLP(nn.Module):
+    """Multi-layer perceptron on flattened features: ``Linear → ReLU`` blocks, then a linear head.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> MLP(40, 10, hidden=(8,))(torch.randn(3, 40)).shape
+        torch.Size([3, 10])
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (256, 256)):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class CNN1d(nn.Module):
+    """A small 1-D convolutional net for signals of shape ``(N, L)`` or ``(N, C, L)``.
+
+    Three convolutions (the last two with stride 2), then a hidden linear layer and the head.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> CNN1d(40, 10, channels=4)(torch.randn(3, 40)).shape
+        torch.Size([3, 10])
+    """
+
+    def __init__(self, length: int, num_classes: int, channels: int = 32, hidden: int = 128,
+                 in_channels: int = 1):
+        super().__init__()
+        self.in_channels = in_channels
+        self.conv = nn.Sequential(
+            nn.Conv1d(in_channels, channels, 5, padding=2), nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        out_len = math.ceil(math.ceil(length / 2) / 2)
+        self.body = nn.Sequential(nn.Linear(channels * out_len, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(1)
+        return self.head(self.body(self.conv(x)))
+
+
+def build_model(name: str, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build a built-in model for features of ``feature_shape`` and ``num_classes`` outputs.
+
+    ``"mlp"``: two hidden layers of 256 (ReLU). ``"cnn"``: :class:`CNN1d` (features are read as
+    a 1-D signal: ``(L,)`` or ``(C, L)``).
+
+    Example:
+        >>> type(build_model("mlp", (64,), 10)).__name__
+        'MLP'
+    """
+    if not isinstance(name, str) or name.lower() not in BUILTIN_MODELS:
+        raise ValueError(f"model must be one of {BUILTIN_MODELS}, got {name!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    name = name.lower()
+    if name == "mlp":
+        return MLP(math.prod(feature_shape), num_classes)
+    if len(feature_shape) == 1:
+        return CNN1d(feature_shape[0], num_classes)
+    if len(feature_shape) == 2:
+        return CNN1d(feature_shape[1], num_classes, in_channels=feature_shape[0])
+    raise ValueError(f"model 'cnn' needs 1-D signals (L,) or (C, L), got feature shape {feature_shape}")
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    if last is None:
+        raise ValueError(
+            f"{type(model).__name__} has no nn.Linear layer; the penultimate-layer picture needs "
+            "the model's output to come from one"
+        )
+    return last
+
+
+@torch.no_grad()
+def penultimate(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``model`` on ``x`` and return ``(features, logits, weight, bias)`` of its last Linear.
+
+    ``features`` are the inputs of the last ``nn.Linear`` (registration order) captured with a
+    forward hook; ``weight`` rows are the class templates of Müller et al. (2019). The model's
+    own output is returned as ``logits``; it must equal ``features @ weight.T + bias``, which is
+    checked so that a model whose last Linear is not its head fails loudly.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> m = MLP(5, 3, hidden=(4,)).eval()
+        >>> f, z, w, b = penultimate(m, torch.randn(2, 5))
+        >>> f.shape, torch.allclose(z, f @ w.T + b)
+        (torch.Size([2, 4]), True)
+    """
+    lin = _last_linear(model)
+    feats: list[torch.Tensor] = []
+    handle = lin.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach()))
+    try:
+        logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    finally:
+        handle.remove()
+    f = torch.cat(feats).reshape(logits.shape[0], -1)
+    w = lin.weight.detach()
+    b = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype,
+                                                                    device=w.device)
+    if f.shape[1] != w.shape[1] or not torch.allclose(f @ w.T + b, logits, rtol=1e-3, atol=1e-3):
+        raise ValueError(
+            f"the last nn.Linear of {type(model).__name__} is not its output layer; the "
+            "penultimate-layer picture needs logits = last_linear(features)"
+        )
+    return f, logits, w, b
+
+
+def projection_basis(templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal basis of the plane through three class templates, and its origin.
+
+    ``templates`` is ``(3, D)`` (weight rows with the bias appended). Returns ``(origin, basis)``
+    with ``origin`` the templates' centroid and ``basis`` ``(D, 2)`` orthonormal columns spanning
+    ``t1 - t0`` and ``t2 - t0``. Projecting ``(x - origin) @ basis`` gives 2-D coordinates.
+
+    Example:
+        >>> t = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+        >>> o, B = projection_basis(t)
+        >>> torch.allclose(B.T @ B, torch.eye(2, dtype=B.dtype))
+        True
+    """
+    if templates.dim() != 2 or templates.shape[0] != 3:
+        raise ValueError(f"templates must be (3, D), got {tuple(templates.shape)}")
+    t = templates.double()
+    origin = t.mean(0)
+    q, _ = torch.linalg.qr(torch.stack([t[1] - t[0], t[2] - t[0]], dim=1))
+    return origin, q
+
+
+def project_activations(
+    features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, classes: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Müller et al. (2019) Fig. 1 coordinates: activations on the plane of three templates.
+
+    Each activation gets a trailing 1 and each template ``w_k`` its bias ``b_k`` (so the logit is
+    ``⟨[x, 1], [w_k, b_k]⟩``); both are projected onto the plane through the three templates.
+    Returns ``(points (N, 2), template_points (3, 2))``.
+
+    Example:
+        >>> f = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+        >>> p, t = project_activations(f, w, torch.zeros(3), (0, 1, 2))
+        >>> p.shape, t.shape
+        (torch.Size([2, 2]), torch.Size([3, 2]))
+    """
+    idx = list(classes)
+    tpl = torch.cat([weight[idx], bias[idx, None]], dim=1)
+    origin, basis = projection_basis(tpl)
+    xa = torch.cat([features, torch.ones(features.shape[0], 1, dtype=features.dtype,
+                                         device=features.device)], dim=1).double()
+    pts = (xa - origin) @ basis
+    tpts = (tpl.double() - origin) @ basis
+    return pts.float(), tpts.float()
+
+
+ModelFn = Callable[[], nn.Module]

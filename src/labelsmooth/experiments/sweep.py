@@ -1,0 +1,435 @@
+"""Train the same model at every smoothing factor × seed, save each run atomically, summarise.
+
+Layout of the output directory::
+
+    out/
+      config.json            the resolved configuration of the sweep
+      runs/eps0.1_seed0.json one finished run (written last, atomically: its presence = done)
+      runs/eps0.1_seed0.npz  its test logits and penultimate-layer projection
+      results.json           all runs + mean ± std per factor
+      results.csv            a row per run, then mean and std rows per factor
+      report.md, report.html, *.png   (see :mod:`labelsmooth.experiments.report`)
+
+Re-running with the same configuration skips finished runs; Ctrl-C loses only the run in
+progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import inspect
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from labelsmooth.experiments.data import Splits, as_splits
+from labelsmooth.experiments.models import build_model
+from labelsmooth.experiments.train import TrainSettings, train_run
+
+__all__ = ["DEFAULT_SMOOTHING", "SweepResult", "flatten_run", "load_runs", "summarize", "sweep"]
+
+#: Smoothing factors of the default sweep.
+DEFAULT_SMOOTHING = (0.0, 0.05, 0.1, 0.2, 0.5)
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` returns.
+
+    Attributes:
+        config: the resolved configuration (JSON-serialisable).
+        runs: one record per finished run (see :func:`labelsmooth.experiments.train.train_run`).
+        rows: the flat per-run metrics (one dict per run, the rows of ``results.csv``).
+        summary: mean and std over seeds per smoothing factor.
+        arrays: per run key, the saved arrays (test logits, projections).
+        out: the output directory, or None when nothing was written.
+        paths: the files written (name → path).
+        complete: False when the sweep was interrupted.
+    """
+
+    config: dict[str, Any]
+    runs: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    out: str | None = None
+    paths: dict[str, str] = field(default_factory=dict)
+    complete: bool = True
+
+
+def run_key(smoothing: float, seed: int) -> str:
+    """File stem of one run, e.g. ``eps0.05_seed2``.
+
+    Example:
+        >>> run_key(0.05, 2), run_key(0.0, 0)
+        ('eps0.05_seed2', 'eps0_seed0')
+    """
+    return f"eps{smoothing:g}_seed{seed}"
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Write to a temporary file in the same directory, then rename over ``path``."""
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    _atomic_write(path, buf.getvalue())
+
+
+def _data_fingerprint(splits: Splits) -> str:
+    h = hashlib.sha256()
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_cal", "y_cal", "x_test", "y_test"):
+        h.update(getattr(splits, name).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def flatten_run(record: dict[str, Any]) -> dict[str, Any]:
+    """The flat row of ``results.csv`` for one run record.
+
+    Example:
+        >>> rec = {"smoothing": 0.1, "seed": 0, "entropy_floor": 0.5, "temperature": 0.9,
+        ...        "train_seconds": 1.0, "test": {"ece": 0.02}, "temperature_scaled": {"ece": 0.01},
+        ...        "history": [{"epoch": 1, "train_loss": 0.7, "val_nll": 1.0}]}
+        >>> flatten_run(rec)["ts_ece"], flatten_run(rec)["final_train_loss"]
+        (0.01, 0.7)
+    """
+    row: dict[str, Any] = {"smoothing": record["smoothing"], "seed": record["seed"]}
+    for k, v in record["test"].items():
+        row[f"test_{k}"] = v
+    row["temperature"] = record["temperature"]
+    for k, v in record["temperature_scaled"].items():
+        row[f"ts_{k}"] = v
+    last = record["history"][-1]
+    for k, v in last.items():
+        if k not in ("epoch", "entropy_floor"):
+            row[f"final_{k}"] = v
+    row["entropy_floor"] = record["entropy_floor"]
+    for part in ("train", "test"):
+        if f"cluster_spread_{part}" in record:
+            row[f"cluster_spread_{part}"] = record[f"cluster_spread_{part}"]
+    row["train_seconds"] = record["train_seconds"]
+    return row
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std (ddof=1; 0 for one seed) of every metric, per smoothing factor.
+
+    Returns one dict per factor, sorted by factor, with ``smoothing``, ``n_seeds`` and
+    ``<metric>_mean`` / ``<metric>_std``.
+
+    Example:
+        >>> s = summarize([{"smoothing": 0.1, "seed": 0, "test_ece": 0.02},
+        ...                {"smoothing": 0.1, "seed": 1, "test_ece": 0.04}])
+        >>> s[0]["n_seeds"], round(s[0]["test_ece_mean"], 3), round(s[0]["test_ece_std"], 4)
+        (2, 0.03, 0.0141)
+    """
+    by: dict[float, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(float(r["smoothing"]), []).append(r)
+    out = []
+    for eps in sorted(by):
+        group = by[eps]
+        entry: dict[str, Any] = {"smoothing": eps, "n_seeds": len(group)}
+        keys = [k for k in group[0] if k not in ("smoothing", "seed")]
+        for k in keys:
+            vals = np.array([g[k] for g in group if g.get(k) is not None], dtype=float)
+            if vals.size == 0:
+                continue
+            entry[f"{k}_mean"] = float(vals.mean())
+            entry[f"{k}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def write_csv(path: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]]) -> None:
+    """A row per run (``kind=run``), then a ``mean`` and a ``std`` row per factor."""
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols and k not in ("smoothing", "seed")]
+    header = ["kind", "smoothing", "seed", *cols]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+
+    def fmt(v: Any) -> Any:
+        return f"{v:.6g}" if isinstance(v, float) else v
+
+    for r in rows:
+        w.writerow(["run", fmt(r["smoothing"]), r["seed"], *[fmt(r.get(c, "")) for c in cols]])
+    for s in summary:
+        for stat in ("mean", "std"):
+            w.writerow([stat, fmt(s["smoothing"]), f"n={s['n_seeds']}",
+                        *[fmt(s.get(f"{c}_{stat}", "")) for c in cols]])
+    _atomic_write(path, buf.getvalue().encode())
+
+
+def load_runs(out: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
+    """Read every finished run (records and arrays) from ``out/runs``."""
+    runs_dir = os.path.join(out, "runs")
+    records, arrays = [], {}
+    if not os.path.isdir(runs_dir):
+        return records, arrays
+    for name in sorted(os.listdir(runs_dir)):
+        if not name.endswith(".json") or name.startswith("."):
+            continue
+        with open(os.path.join(runs_dir, name)) as fh:
+            rec = json.load(fh)
+        records.append(rec)
+        npz = os.path.join(runs_dir, name[:-5] + ".npz")
+        if os.path.exists(npz):
+            with np.load(npz) as f:
+                arrays[name[:-5]] = {k: f[k] for k in f.files}
+    records.sort(key=lambda r: (r["smoothing"], r["seed"]))
+    return records, arrays
+
+
+def _resolve_model_fn(model_fn: Any, model: str, splits: Splits) -> tuple[Callable[[], nn.Module], str]:
+    if model_fn is None:
+        build_model(model, splits.feature_shape, splits.num_classes)  # validate the name early
+        return (lambda: build_model(model, splits.feature_shape, splits.num_classes)), model
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
+    name = getattr(model_fn, "__qualname__", type(model_fn).__name__)
+    try:
+        required = [p for p in inspect.signature(model_fn).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):  # builtins without a signature
+        required = []
+    if len(required) == 2:
+        return (lambda: model_fn(splits.feature_shape, splits.num_classes)), name
+    if required:
+        raise TypeError(
+            f"model_fn must take no arguments or (feature_shape, num_classes); {name} takes "
+            f"{[p.name for p in required]}"
+        )
+    return model_fn, name
+
+
+def _check_smoothing_list(smoothing: Any) -> list[float]:
+    if isinstance(smoothing, (int, float)):
+        smoothing = [smoothing]
+    vals = []
+    for s in smoothing:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) \
+                or not 0.0 <= s <= 1.0:
+            raise ValueError(f"smoothing factors must be numbers in [0, 1], got {s!r}")
+        vals.append(float(s))
+    if not vals:
+        raise ValueError("smoothing must list at least one factor")
+    return sorted(set(vals))
+
+
+def _seed_list(seeds: int | Iterable[int]) -> list[int]:
+    if isinstance(seeds, bool):
+        raise TypeError(f"seeds must be a count or a list of ints, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"seeds must be a count >= 1, got {seeds}")
+        return list(range(seeds))
+    out = [int(s) for s in seeds]
+    if not out:
+        raise ValueError("seeds must name at least one seed")
+    return out
+
+
+def sweep(
+    model_fn: Callable[..., nn.Module] | None = None,
+    data: Any = "mnist1d",
+    smoothing: Sequence[float] = DEFAULT_SMOOTHING,
+    *,
+    seeds: int | Sequence[int] = 3,
+    model: str = "mlp",
+    settings: TrainSettings | None = None,
+    out: str | os.PathLike[str] | None = None,
+    split_seed: int = 0,
+    threads: int | None = None,
+    progress: bool = True,
+    report: bool = True,
+    extra_config: dict[str, Any] | None = None,
+    **settings_kwargs: Any,
+) -> SweepResult:
+    """Train one model per smoothing factor × seed and measure what smoothing did.
+
+    Args:
+        model_fn: a callable returning a fresh ``nn.Module`` (logits from a final ``nn.Linear``),
+            either with no arguments or as ``model_fn(feature_shape, num_classes)``. None builds
+            the built-in ``model``.
+        data: a dataset name (``"mnist1d"``, ``"digits"``), a ``.npz``/``.csv`` path, a
+            :class:`~labelsmooth.experiments.data.Splits`, ``(x, y)``, ``(x, y, x_test, y_test)``
+            or a mapping with those keys.
+        smoothing: the factors ε to try (each in ``[0, 1]``).
+        seeds: a count (seeds ``0..n-1``) or an explicit list.
+        model: the built-in model name when ``model_fn`` is None (``"mlp"`` or ``"cnn"``).
+        settings: training settings; or pass them as keywords (``epochs=…``, ``lr=…``).
+        out: output directory. With it, every run is saved as it finishes, finished runs are
+            skipped on a re-run, and ``results.*`` plus the report are written. None keeps
+            everything in memory.
+        split_seed: seed of the train/val/cal/test split (fixed across runs).
+        threads: ``torch.set_num_threads`` during the sweep (restored afterwards); None keeps
+            the current setting.
+        progress: show tqdm progress bars (if tqdm is installed).
+        report: write ``report.md``/``report.html`` and figures (needs matplotlib and ``out``).
+        extra_config: more entries for the saved configuration (e.g. the CLI's own).
+
+    Returns:
+        A :class:`SweepResult`. On Ctrl-C the finished runs are kept (on disk and in the partial
+        ``results.*``) and ``KeyboardInterrupt`` is re-raised.
+
+    Example:
+        >>> data = (torch.randn(80, 6), torch.arange(80) % 2)
+        >>> res = sweep(data=data, smoothing=[0.0, 0.1], seeds=1, epochs=2, n_bootstrap=0,
+        ...             progress=False, report=False)
+        >>> [(r["smoothing"], r["seed"]) for r in res.rows]
+        [(0.0, 0), (0.1, 0)]
+    """
+    factors = _check_smoothing_list(smoothing)
+    seed_list = _seed_list(seeds)
+    if settings is None:
+        settings = TrainSettings(**settings_kwargs)
+    elif settings_kwargs:
+        raise TypeError(f"pass either settings or keywords, not both ({sorted(settings_kwargs)})")
+    splits = as_splits(data, split_seed=split_seed)
+    build, model_name = _resolve_model_fn(model_fn, model, splits)
+    config: dict[str, Any] = {
+        "dataset": splits.name,
+        "model": model_name,
+        "smoothing": factors,
+        "seeds": seed_list,
+        "split_seed": split_seed,
+        "splits": splits.sizes(),
+        "num_classes": splits.num_classes,
+        "feature_shape": list(splits.feature_shape),
+        "data_fingerprint": _data_fingerprint(splits),
+        **settings.as_dict(),
+        **(extra_config or {}),
+    }
+    # Runs are reusable when everything that shapes one run matches: the data, the model and the
+    # training settings — not the list of factors or seeds (adding some reuses what is there),
+    # nor threads, paths or progress bars.
+    identity_keys = ["dataset", "model", "split_seed", "splits", "num_classes", "feature_shape",
+                     "data_fingerprint", *settings.as_dict()]
+    run_identity = {k: config[k] for k in identity_keys}
+    fingerprint = hashlib.sha256(json.dumps(run_identity, sort_keys=True, default=str)
+                                 .encode()).hexdigest()[:16]
+    config["fingerprint"] = fingerprint
+
+    out_dir = os.fspath(out) if out is not None else None
+    runs_dir = None
+    if out_dir is not None:
+        runs_dir = os.path.join(out_dir, "runs")
+        os.makedirs(runs_dir, exist_ok=True)
+        write_json(os.path.join(out_dir, "config.json"), config)
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        torch.set_num_threads(threads)
+
+    records: dict[str, dict[str, Any]] = {}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    todo: list[tuple[float, int]] = []
+    # Seeds outer, factors inner: after an interruption every factor has the same seeds.
+    for seed in seed_list:
+        for eps in factors:
+            key = run_key(eps, seed)
+            path = os.path.join(runs_dir, key + ".json") if runs_dir else None
+            if path and os.path.exists(path):
+                with open(path) as fh:
+                    rec = json.load(fh)
+                if rec.get("fingerprint") != fingerprint:
+                    raise ValueError(
+                        f"{out_dir} holds run {key} from a different configuration "
+                        f"(fingerprint {rec.get('fingerprint')} != {fingerprint}); "
+                        "choose another output directory or delete its runs/ folder"
+                    )
+                records[key] = rec
+                npz = path[:-5] + ".npz"
+                if os.path.exists(npz):
+                    with np.load(npz) as f:
+                        arrays[key] = {k: f[k] for k in f.files}
+            else:
+                todo.append((eps, seed))
+
+    bar_cls = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm as bar_cls
+        except ImportError:  # progress bars are an optional extra
+            bar_cls = None
+    complete = True
+    outer = bar_cls(total=len(todo), desc="runs", unit="run") if bar_cls and todo else None
+    try:
+        for eps, seed in todo:
+            key = run_key(eps, seed)
+            if outer is not None:
+                outer.set_description(f"ε={eps:g} seed={seed}")
+            inner = (bar_cls(total=settings.epochs, desc="epochs", unit="ep", leave=False)
+                     if bar_cls else None)
+            try:
+                rec, arr = train_run(build, splits, eps, seed, settings, progress=inner)
+            finally:
+                if inner is not None:
+                    inner.close()
+            rec["fingerprint"] = fingerprint
+            rec["key"] = key
+            if runs_dir:
+                _write_npz(os.path.join(runs_dir, key + ".npz"), arr)
+                write_json(os.path.join(runs_dir, key + ".json"), rec)  # written last: "done"
+            records[key] = rec
+            arrays[key] = arr
+            if outer is not None:
+                outer.update(1)
+    except KeyboardInterrupt:
+        complete = False
+        raise
+    finally:
+        if outer is not None:
+            outer.close()
+        torch.set_num_threads(old_threads)
+        ordered = sorted(records.values(), key=lambda r: (r["smoothing"], r["seed"]))
+        rows = [flatten_run(r) for r in ordered]
+        summary = summarize(rows)
+        config["complete"] = complete
+        result = SweepResult(config=config, runs=ordered, rows=rows, summary=summary,
+                             arrays=arrays, out=out_dir, complete=complete)
+        if out_dir is not None and ordered:
+            result.paths["results.json"] = os.path.join(out_dir, "results.json")
+            write_json(result.paths["results.json"],
+                       {"config": config, "summary": summary, "runs": ordered})
+            result.paths["results.csv"] = os.path.join(out_dir, "results.csv")
+            write_csv(result.paths["results.csv"], rows, summary)
+    if report and out_dir is not None and rows:
+        from labelsmooth.experiments.report import write_report
+
+        result.paths.update(write_report(result))
+    return result

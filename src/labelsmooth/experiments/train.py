@@ -1,0 +1,302 @@
+"""One training run at one smoothing factor and one seed, and its evaluation.
+
+A run trains with :func:`labelsmooth.cross_entropy_with_stats` (the smoothed loss for the
+gradient, the hard-label NLL for the log), logs per epoch the smoothed training loss, the
+hard-label training NLL, the entropy floor ``H(q')`` below which the smoothed loss cannot fall,
+and validation metrics; then evaluates on the test split (accuracy, NLL, Brier, ECE with a
+bootstrap CI, smooth ECE, the signed gap mean confidence − accuracy) and again after temperature
+scaling fitted on the calibration split.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+import labelsmooth
+from labelsmooth import calibration as cal
+from labelsmooth.experiments.data import Splits
+from labelsmooth.experiments.models import penultimate, project_activations
+
+__all__ = ["TrainSettings", "evaluate_logits", "train_run"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything about a run except the smoothing factor and the seed.
+
+    Attributes:
+        epochs: passes over the training split.
+        batch_size: examples per step.
+        lr: Adam learning rate.
+        weight_decay: Adam (L2) weight decay.
+        schedule: ``"constant"`` or ``"cosine"`` (cosine decay of the learning rate to 0).
+        spread: where the smoothing mass goes, ``"all"`` (ε/K, PyTorch's convention) or
+            ``"others"`` (ε/(K−1)); see :func:`labelsmooth.smooth_targets`.
+        device: torch device for training.
+        n_bins: ECE bins (15, as in Guo et al. and Müller et al.).
+        n_bootstrap: bootstrap resamples for the confidence intervals (0 turns them off).
+        proj_classes: the three classes of the penultimate-layer picture.
+        proj_points: at most this many examples per class in that picture.
+    """
+
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    spread: str = "all"
+    device: str = "cpu"
+    n_bins: int = 15
+    n_bootstrap: int = 1000
+    proj_classes: tuple[int, int, int] = (0, 1, 2)
+    proj_points: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
+            raise ValueError(f"n_bootstrap must be an int >= 0, got {self.n_bootstrap!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.spread not in ("all", "others"):
+            raise ValueError(f"spread must be 'all' or 'others', got {self.spread!r}")
+        if len(set(self.proj_classes)) != 3:
+            raise ValueError(f"proj_classes must be 3 distinct classes, got {self.proj_classes!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["proj_classes"] = list(self.proj_classes)
+        return d
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 2048) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch].to(device)).float().cpu()
+                      for i in range(0, x.shape[0], batch)])
+
+
+def _gap(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
+    return cal.calibration_gap(probs, labels, n_bins).overall
+
+
+def evaluate_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    n_bins: int = 15,
+    n_bootstrap: int = 0,
+    seed: int = 0,
+    smooth: bool = True,
+) -> dict[str, float]:
+    """Accuracy, NLL, Brier, ECE, smooth ECE, signed gap and mean confidence of ``logits``.
+
+    With ``n_bootstrap > 0`` also the percentile bootstrap 95% interval (``<metric>_low`` and
+    ``<metric>_high``) of ECE, NLL, accuracy and the gap, from
+    :func:`labelsmooth.calibration.bootstrap_ci` with the given seed.
+
+    Example:
+        >>> z = torch.tensor([[3.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0]])
+        >>> m = evaluate_logits(z, torch.tensor([0, 1, 1, 1]), n_bins=10, smooth=False)
+        >>> m["accuracy"], round(m["gap"], 4)
+        (0.75, 0.1113)
+    """
+    probs = torch.softmax(logits.double(), dim=-1)
+    out = {
+        "accuracy": float(cal.accuracy(probs, labels)),
+        "nll": float(cal.negative_log_likelihood(logits.double(), labels, from_logits=True)),
+        "brier": float(cal.brier_score(probs, labels)),
+        "ece": float(cal.expected_calibration_error(probs, labels, n_bins)),
+        "gap": float(_gap(probs, labels, n_bins)),
+        "confidence": float(probs.max(dim=-1).values.mean()),
+    }
+    if smooth:
+        out["smooth_ece"] = float(cal.smooth_calibration_error(probs, labels))
+    if n_bootstrap:
+        metrics: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
+            "ece": (cal.expected_calibration_error, {"n_bins": n_bins}),
+            "nll": (cal.negative_log_likelihood, {}),
+            "accuracy": (cal.accuracy, {}),
+            "gap": (_gap, {"n_bins": n_bins}),
+        }
+        for name, (fn, kw) in metrics.items():
+            ci = cal.bootstrap_ci(fn, probs, labels, n_resamples=n_bootstrap, seed=seed, **kw)
+            out[f"{name}_low"], out[f"{name}_high"] = ci.low, ci.high
+    return out
+
+
+def cluster_spread(points: np.ndarray, labels: np.ndarray) -> float:
+    """Within-class RMS distance to the class centroid over the mean distance between centroids.
+
+    A scale-free number for the penultimate-layer picture: smaller means tighter, better
+    separated clusters (Müller et al. 2019 describe smoothing as producing tight, equidistant
+    clusters on the training set).
+
+    Example:
+        >>> pts = np.array([[0.0, 0.0], [0.0, 2.0], [10.0, 0.0], [10.0, 2.0]])
+        >>> cluster_spread(pts, np.array([0, 0, 1, 1]))
+        0.1
+    """
+    classes = np.unique(labels)
+    cents = np.stack([points[labels == c].mean(0) for c in classes])
+    within = np.sqrt(np.mean([np.sum((points[labels == c] - cents[i]) ** 2, axis=1).mean()
+                              for i, c in enumerate(classes)]))
+    pair = [np.linalg.norm(cents[i] - cents[j]) for i in range(len(classes))
+            for j in range(i + 1, len(classes))]
+    return float(within / np.mean(pair))
+
+
+def _projection(model: nn.Module, splits: Splits, classes: tuple[int, int, int], per_class: int,
+                device: torch.device) -> dict[str, np.ndarray]:
+    """Penultimate activations of three classes on the plane of their templates (train and test)."""
+    arrays: dict[str, np.ndarray] = {}
+    for part in ("train", "test"):
+        x, y = getattr(splits, f"x_{part}"), getattr(splits, f"y_{part}")
+        # The first `per_class` examples of each class: a fixed, seed-independent choice.
+        keep = torch.cat([torch.nonzero(y == c).flatten()[:per_class] for c in classes])
+        f, _, w, b = penultimate(model, x[keep].to(device))
+        pts, tpts = project_activations(f.cpu(), w.cpu(), b.cpu(), classes)
+        arrays[f"proj_{part}"] = pts.numpy()
+        arrays[f"proj_{part}_labels"] = y[keep].numpy()
+        arrays["proj_templates"] = tpts.numpy()
+    return arrays
+
+
+def train_run(
+    model_fn: Callable[[], nn.Module],
+    splits: Splits,
+    smoothing: float,
+    seed: int,
+    settings: TrainSettings = TrainSettings(),
+    *,
+    progress: Any = None,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Train ``model_fn()`` with label smoothing ``smoothing`` and seed ``seed``, then evaluate.
+
+    Determinism: ``torch.manual_seed(seed)`` is set right before ``model_fn()`` (so the
+    initialisation depends on the seed only) and the batch order comes from a generator seeded
+    with ``seed``. With the same thread count and device, the same call gives the same numbers.
+
+    Args:
+        model_fn: zero-argument callable returning a fresh ``nn.Module`` whose output is logits
+            ``(N, K)`` from a final ``nn.Linear``.
+        splits: the data (see :func:`labelsmooth.experiments.data.load_dataset`).
+        smoothing: the label-smoothing factor ε in ``[0, 1]``.
+        seed: the training seed.
+        settings: epochs, optimiser and evaluation settings.
+        progress: a ``tqdm``-like object with ``update()`` and ``set_postfix()`` ticked once per
+            epoch, or None.
+
+    Returns:
+        ``(record, arrays)``: ``record`` is JSON-serialisable (settings, per-epoch ``history``,
+        ``test`` and ``temperature_scaled`` metrics, ``temperature``, timing); ``arrays`` holds
+        the test logits and labels and the penultimate-layer projection for the report.
+
+    Example:
+        >>> from labelsmooth.experiments.data import make_splits
+        >>> from labelsmooth.experiments.models import MLP
+        >>> data = make_splits(torch.randn(60, 4), torch.arange(60) % 3)
+        >>> rec, arr = train_run(lambda: MLP(4, 3, hidden=(8,)), data, 0.1, 0,
+        ...                      TrainSettings(epochs=2, n_bootstrap=0))
+        >>> len(rec["history"]), arr["test_logits"].shape
+        (2, (12, 3))
+    """
+    smoothing = float(smoothing)
+    if not 0.0 <= smoothing <= 1.0:
+        raise ValueError(f"smoothing must be in [0, 1], got {smoothing!r}")
+    device = torch.device(settings.device)
+    k = splits.num_classes
+    torch.manual_seed(seed)
+    model = model_fn().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.epochs)
+             if settings.schedule == "cosine" else None)
+    gen = torch.Generator().manual_seed(seed)
+    floor = float(labelsmooth.entropy_floor(k, smoothing, spread=settings.spread)) + 0.0  # no -0.0
+    x_tr, y_tr = splits.x_train.to(device), splits.y_train.to(device)
+    n = x_tr.shape[0]
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for epoch in range(settings.epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen).to(device)
+        # Sums stay on the device; one host read per epoch, none per step.
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        for i in range(0, n, settings.batch_size):
+            idx = order[i:i + settings.batch_size]
+            logits = model(x_tr[idx])
+            yb = y_tr[idx]
+            stats = labelsmooth.cross_entropy_with_stats(
+                logits, yb, label_smoothing=smoothing, spread=settings.spread)
+            opt.zero_grad(set_to_none=True)
+            stats.loss.backward()
+            opt.step()
+            m = idx.shape[0]
+            sums += torch.stack([stats.loss.detach().double() * m, stats.nll.double() * m,
+                                 (logits.detach().argmax(-1) == yb).sum().double()])
+        if sched is not None:
+            sched.step()
+        loss_sum, nll_sum, correct = (sums / n).tolist()
+        model.eval()
+        val = evaluate_logits(_logits(model, splits.x_val, device), splits.y_val,
+                              n_bins=settings.n_bins, smooth=False)
+        history.append({
+            "epoch": epoch + 1,
+            "train_loss": loss_sum,
+            "train_nll": nll_sum,
+            "train_accuracy": correct,
+            "entropy_floor": floor,
+            **{f"val_{key}": v for key, v in val.items()},
+        })
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_sum:.3f}", val_acc=f"{val['accuracy']:.3f}",
+                                 refresh=False)
+    train_seconds = time.perf_counter() - t0
+
+    model.eval()
+    test_logits = _logits(model, splits.x_test, device)
+    test = evaluate_logits(test_logits, splits.y_test, n_bins=settings.n_bins,
+                           n_bootstrap=settings.n_bootstrap, seed=seed)
+    cal_logits = _logits(model, splits.x_cal, device)
+    fit = cal.fit_temperature(cal_logits, splits.y_cal, n_bins=settings.n_bins)
+    ts_logits = cal.apply_temperature(test_logits, fit.temperature)
+    ts = evaluate_logits(ts_logits, splits.y_test, n_bins=settings.n_bins,
+                         n_bootstrap=settings.n_bootstrap, seed=seed)
+    record: dict[str, Any] = {
+        "smoothing": smoothing,
+        "seed": int(seed),
+        "num_classes": k,
+        "settings": settings.as_dict(),
+        "entropy_floor": floor,
+        "history": history,
+        "test": test,
+        "temperature": fit.temperature,
+        "temperature_scaled": ts,
+        "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - t0 - train_seconds,
+    }
+    arrays = {"test_logits": test_logits.numpy(), "test_labels": splits.y_test.numpy()}
+    classes = tuple(c for c in settings.proj_classes if c < k)
+    if len(classes) == 3:
+        try:
+            proj = _projection(model, splits, classes, settings.proj_points, device)  # type: ignore[arg-type]
+            arrays.update(proj)
+            for part in ("train", "test"):
+                record[f"cluster_spread_{part}"] = cluster_spread(proj[f"proj_{part}"],
+                                                                  proj[f"proj_{part}_labels"])
+        except ValueError as e:  # a user model without a final Linear: no picture, say why
+            record["projection_error"] = str(e)
+    return record, arrays

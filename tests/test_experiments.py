@@ -1,0 +1,338 @@
+"""The sweep: data splits, one run, resume, interruption, determinism, projection, verdict."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import labelsmooth
+from labelsmooth.experiments import (
+    MLP,
+    TrainSettings,
+    evaluate_logits,
+    load_dataset,
+    make_splits,
+    sweep,
+    train_run,
+)
+from labelsmooth.experiments.models import penultimate, project_activations
+from labelsmooth.experiments.report import verdict
+from labelsmooth.experiments.train import cluster_spread
+
+# The module (the package attribute `sweep` is the function).
+sweep_mod = importlib.import_module("labelsmooth.experiments.sweep")
+
+FAST = dict(epochs=2, n_bootstrap=0, batch_size=32)
+
+
+def _toy(n: int = 120, k: int = 3, d: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % k
+    x = torch.randn(n, d, generator=g) + 2.0 * F.one_hot(y, d).float()
+    return x, y
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+def test_make_splits_partitions_every_example_once():
+    x = torch.arange(100, dtype=torch.float32)[:, None].repeat(1, 2)
+    s = make_splits(x, torch.arange(100) % 4, split_seed=3, standardize=False)
+    assert s.sizes() == {"train": 60, "val": 10, "cal": 10, "test": 20}
+    seen = torch.cat([s.x_train[:, 0], s.x_val[:, 0], s.x_cal[:, 0], s.x_test[:, 0]])
+    assert sorted(seen.tolist()) == list(range(100))
+    # labels travel with their rows
+    for part in ("train", "val", "cal", "test"):
+        xs, ys = getattr(s, f"x_{part}"), getattr(s, f"y_{part}")
+        assert torch.equal(xs[:, 0].long() % 4, ys)
+    again = make_splits(x, torch.arange(100) % 4, split_seed=3, standardize=False)
+    assert torch.equal(again.x_test, s.x_test)
+    other = make_splits(x, torch.arange(100) % 4, split_seed=4, standardize=False)
+    assert not torch.equal(other.x_test, s.x_test)
+
+
+def test_make_splits_standardizes_with_train_statistics():
+    x, y = _toy(200)
+    s = make_splits(x * 5 + 3, y)
+    assert torch.allclose(s.x_train.mean(0), torch.zeros(6), atol=1e-5)
+    assert torch.allclose(s.x_train.std(0, unbiased=False), torch.ones(6), atol=1e-4)
+    assert s.x_test.mean().abs() < 0.5  # same transform, not re-fitted
+
+
+def test_mnist1d_builtin_is_offline_and_split():
+    s = load_dataset("mnist1d")
+    assert s.num_classes == 10 and s.feature_shape == (40,)
+    assert s.sizes() == {"train": 2800, "val": 600, "cal": 600, "test": 1000}
+    assert set(s.y_train.unique().tolist()) == set(range(10))
+
+
+def test_csv_dataset_with_string_labels(tmp_path):
+    p = tmp_path / "d.csv"
+    rows = ["f1,f2,species"] + [f"{i},{i % 3},{'abc'[i % 3]}" for i in range(60)]
+    p.write_text("\n".join(rows) + "\n")
+    s = load_dataset(str(p), label_column="species")
+    assert s.num_classes == 3 and s.feature_shape == (2,)
+    assert sum(s.sizes().values()) == 60
+
+
+def test_npz_dataset_keeps_its_test_split(tmp_path):
+    x, y = _toy(90)
+    p = tmp_path / "d.npz"
+    np.savez(p, x=x.numpy(), y=y.numpy(), x_test=x[:7].numpy(), y_test=y[:7].numpy())
+    s = load_dataset(str(p))
+    assert s.sizes()["test"] == 7
+    assert sum(s.sizes().values()) == 97
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("a,b\n1,2\n3,4\n", "no label column 'label'"),
+        ("a,label\n1,0\n2,0\n3,0\n", "at least 2"),
+        ("a,label\nx,0\n2,1\n", "non-numeric feature"),
+    ],
+)
+def test_bad_csv_messages(tmp_path, content, match):
+    p = tmp_path / "bad.csv"
+    p.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        load_dataset(str(p))
+
+
+def test_unknown_dataset_and_missing_file():
+    with pytest.raises(ValueError, match="must be one of .*'mnist1d'.* got 'cifar'"):
+        load_dataset("cifar")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_dataset("/nonexistent/x.csv")
+
+
+# --------------------------------------------------------------------------------------------
+# one run
+# --------------------------------------------------------------------------------------------
+def test_evaluate_logits_matches_independent_formulas():
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(50, 4, generator=g) * 2
+    y = torch.randint(0, 4, (50,), generator=g)
+    m = evaluate_logits(z, y, smooth=False)
+    p = z.double().softmax(-1)
+    conf, pred = p.max(-1)
+    acc = (pred == y).double().mean()
+    assert m["accuracy"] == pytest.approx(float(acc))
+    assert m["nll"] == pytest.approx(float(F.cross_entropy(z.double(), y)), rel=1e-6)
+    assert m["gap"] == pytest.approx(float(conf.mean() - acc), abs=1e-9)
+    assert m["brier"] == pytest.approx(float(((p - F.one_hot(y, 4)) ** 2).sum(-1).mean()), rel=1e-6)
+
+
+def test_train_run_logs_losses_and_entropy_floor():
+    data = make_splits(*_toy(150))
+    rec, arr = train_run(lambda: MLP(6, 3, hidden=(16,)), data, 0.2, 0, TrainSettings(**FAST))
+    floor = float(labelsmooth.entropy_floor(3, 0.2))
+    assert len(rec["history"]) == 2
+    for h in rec["history"]:
+        assert h["entropy_floor"] == pytest.approx(floor)
+        assert h["train_loss"] >= floor  # the smoothed loss cannot go below H(q')
+        assert {"train_nll", "val_nll", "val_ece", "val_gap", "val_accuracy"} <= set(h)
+    assert set(rec["test"]) >= {"accuracy", "nll", "brier", "ece", "smooth_ece", "gap"}
+    assert rec["temperature"] > 0
+    assert arr["test_logits"].shape == (data.sizes()["test"], 3)
+    assert arr["proj_train"].shape[1] == 2
+
+
+def test_train_run_without_smoothing_logs_equal_loss_and_nll():
+    data = make_splits(*_toy(100))
+    rec, _ = train_run(lambda: MLP(6, 3, hidden=(8,)), data, 0.0, 1, TrainSettings(**FAST))
+    for h in rec["history"]:
+        assert h["train_loss"] == pytest.approx(h["train_nll"], rel=1e-6)
+        assert h["entropy_floor"] == 0.0
+
+
+def test_train_run_is_deterministic_for_a_seed():
+    data = make_splits(*_toy(100))
+    fn = lambda: MLP(6, 3, hidden=(8,))  # noqa: E731
+    a, arr_a = train_run(fn, data, 0.1, 7, TrainSettings(**FAST))
+    b, arr_b = train_run(fn, data, 0.1, 7, TrainSettings(**FAST))
+    c, arr_c = train_run(fn, data, 0.1, 8, TrainSettings(**FAST))
+    assert a["history"] == b["history"] and a["test"] == b["test"]
+    assert np.array_equal(arr_a["test_logits"], arr_b["test_logits"])
+    assert not np.array_equal(arr_a["test_logits"], arr_c["test_logits"])
+
+
+def test_train_run_rejects_bad_smoothing():
+    data = make_splits(*_toy(60))
+    with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\], got 1.5"):
+        train_run(lambda: MLP(6, 3), data, 1.5, 0, TrainSettings(**FAST))
+
+
+def test_settings_validation_names_the_argument():
+    with pytest.raises(ValueError, match="epochs must be a positive int, got 0"):
+        TrainSettings(epochs=0)
+    with pytest.raises(ValueError, match="spread must be 'all' or 'others'"):
+        TrainSettings(spread="uniform")
+
+
+# --------------------------------------------------------------------------------------------
+# sweep: resume, interruption, API forms
+# --------------------------------------------------------------------------------------------
+def _counting(monkeypatch, fail_on: int | None = None):
+    calls = []
+    real = sweep_mod.train_run
+
+    def wrapped(*args, **kwargs):
+        calls.append((args[2], args[3]))
+        if fail_on is not None and len(calls) == fail_on:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "train_run", wrapped)
+    return calls
+
+
+def test_sweep_resumes_and_skips_finished_runs(tmp_path, monkeypatch):
+    data = make_splits(*_toy(120))
+    kw = dict(data=data, seeds=1, out=tmp_path, progress=False, report=False, **FAST)
+    calls = _counting(monkeypatch)
+    first = sweep(smoothing=[0.0, 0.1], **kw)
+    assert calls == [(0.0, 0), (0.1, 0)]
+    second = sweep(smoothing=[0.0, 0.1], **kw)
+    assert calls == [(0.0, 0), (0.1, 0)]  # nothing retrained
+    assert second.rows == first.rows
+    sweep(smoothing=[0.0, 0.1, 0.3], **kw)  # one new factor: only it is trained
+    assert calls[2:] == [(0.3, 0)]
+    with open(tmp_path / "results.json") as fh:
+        assert len(json.load(fh)["runs"]) == 3
+
+
+def test_sweep_refuses_runs_from_another_configuration(tmp_path):
+    data = make_splits(*_toy(120))
+    kw = dict(data=data, seeds=1, smoothing=[0.1], out=tmp_path, progress=False, report=False)
+    sweep(**kw, **FAST)
+    with pytest.raises(ValueError, match="different configuration"):
+        sweep(**kw, epochs=3, n_bootstrap=0, batch_size=32)
+
+
+def test_ctrl_c_keeps_finished_runs_and_rerun_finishes(tmp_path, monkeypatch):
+    data = make_splits(*_toy(120))
+    kw = dict(data=data, smoothing=[0.0, 0.1, 0.2], seeds=1, out=tmp_path, progress=False,
+              report=False, **FAST)
+    _counting(monkeypatch, fail_on=2)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(**kw)
+    runs = sorted(p for p in os.listdir(tmp_path / "runs") if not p.startswith("."))
+    assert runs == ["eps0_seed0.json", "eps0_seed0.npz"]  # no partial or temp file
+    with open(tmp_path / "results.json") as fh:
+        partial = json.load(fh)
+    assert partial["config"]["complete"] is False and len(partial["runs"]) == 1
+    calls = _counting(monkeypatch)
+    res = sweep(**kw)
+    assert calls == [(0.1, 0), (0.2, 0)] and res.complete and len(res.rows) == 3
+
+
+def test_sweep_accepts_a_user_model_factory_and_arrays():
+    x, y = _toy(90, k=3)
+    built = []
+
+    def factory(feature_shape, num_classes):
+        built.append((feature_shape, num_classes))
+        return torch.nn.Sequential(torch.nn.Linear(feature_shape[0], 8), torch.nn.ReLU(),
+                                   torch.nn.Linear(8, num_classes))
+
+    res = sweep(factory, (x.numpy(), y.numpy()), smoothing=[0.0, 0.2], seeds=[3], progress=False,
+                report=False, **FAST)
+    assert built == [((6,), 3), ((6,), 3)]
+    assert [(r["smoothing"], r["seed"]) for r in res.rows] == [(0.0, 3), (0.2, 3)]
+    assert res.out is None and res.paths == {}
+    assert "cluster_spread_train" in res.rows[0]  # the picture works on a user model too
+    two = sweep(factory, _toy(60, k=2), smoothing=[0.1], seeds=1, progress=False, report=False, **FAST)
+    assert "cluster_spread_train" not in two.rows[0]  # needs three classes: skipped, not an error
+
+
+@pytest.mark.parametrize("bad, match", [([0.1, 1.2], r"in \[0, 1\], got 1.2"), ([], "at least one")])
+def test_sweep_rejects_bad_factors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        sweep(data=_toy(), smoothing=bad, progress=False, report=False)
+
+
+# --------------------------------------------------------------------------------------------
+# projection and verdict
+# --------------------------------------------------------------------------------------------
+def test_projection_keeps_template_geometry():
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(5, 7, generator=g), torch.randn(5, generator=g)
+    f = torch.randn(30, 7, generator=g)
+    pts, tpl = project_activations(f, w, b, (1, 3, 4))
+    full = torch.cat([w, b[:, None]], 1)[[1, 3, 4]].double()
+    # The three templates lie in the plane, so their pairwise distances survive projection.
+    assert torch.allclose(torch.pdist(tpl.double()), torch.pdist(full), rtol=1e-4)
+    # An activation's projection is no farther from the templates' centroid than the activation.
+    xa = torch.cat([f, torch.ones(30, 1)], 1).double()
+    assert (pts.double().norm(dim=1) <= (xa - full.mean(0)).norm(dim=1) + 1e-5).all()
+
+
+def test_penultimate_finds_the_head_of_a_user_model():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x = torch.randn(6, 4)
+    f, z, w, b = penultimate(m, x)
+    assert torch.allclose(f, torch.tanh(m[0](x)))
+    assert torch.allclose(z, m(x))
+
+    class NotAHead(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.lin(x) * 2
+
+    with pytest.raises(ValueError, match="not its output layer"):
+        penultimate(NotAHead(), x)
+
+
+def test_cluster_spread_is_scale_free():
+    g = np.random.default_rng(0)
+    pts = g.normal(size=(60, 2)) + np.repeat(np.array([[0, 0], [8, 0], [0, 8]]), 20, axis=0)
+    lab = np.repeat([0, 1, 2], 20)
+    assert cluster_spread(pts * 10, lab) == pytest.approx(cluster_spread(pts, lab))
+    tight = np.repeat(np.array([[0, 0], [8, 0], [0, 8]]), 20, axis=0) + 0.1 * g.normal(size=(60, 2))
+    assert cluster_spread(tight, lab) < cluster_spread(pts, lab)
+
+
+def _summary_row(eps, ece, gap, nll, acc, loss, tr_acc=1.0, sd=0.01):
+    keys = {"test_ece": ece, "test_gap": gap, "test_nll": nll, "test_accuracy": acc,
+            "final_train_loss": loss, "final_train_accuracy": tr_acc}
+    row = {"smoothing": eps, "n_seeds": 3}
+    for k, v in keys.items():
+        row[f"{k}_mean"], row[f"{k}_std"] = v, sd
+    return row
+
+
+def test_verdict_from_numbers():
+    summary = [
+        _summary_row(0.0, 0.20, 0.20, 1.30, 0.60, 0.10),
+        _summary_row(0.1, 0.03, 0.01, 1.10, 0.61, 0.60),
+        _summary_row(0.5, 0.25, -0.25, 1.40, 0.60, 1.70),
+    ]
+    v = verdict(summary)
+    assert v["best"] == {"nll": 0.1, "ece": 0.1, "accuracy": 0.1}
+    status = {c["claim"]: c["status"] for c in v["claims"]}
+    assert status["smoothing curbs overconfidence and improves calibration"] == "held"
+    assert status["the training loss is higher with smoothing"] == "held"
+    assert status["too large a factor (0.5) underfits"] == "partly"  # flat, not less accurate
+    assert status["the factor matters (it is a hyper-parameter to choose)"] == "held"
+
+
+def test_verdict_says_when_claims_fail():
+    summary = [  # an already-calibrated baseline that smoothing makes worse
+        _summary_row(0.0, 0.02, 0.01, 0.10, 0.97, 0.05),
+        _summary_row(0.1, 0.10, -0.10, 0.20, 0.97, 0.04),
+    ]
+    status = {c["claim"]: c["status"] for c in verdict(summary)["claims"]}
+    assert status["smoothing curbs overconfidence and improves calibration"] == "did not hold"
+    assert status["the training loss is higher with smoothing"] == "did not hold"
+    assert status["too large a factor (0.5) underfits"] == "not tested"
