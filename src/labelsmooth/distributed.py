@@ -1,0 +1,806 @@
+r"""Vocabulary-parallel label-smoothed cross-entropy over :mod:`torch.distributed`.
+
+Under tensor (vocabulary) parallelism every rank of a process group holds a contiguous slice of the
+classes: ``local_logits = logits[:, v0 : v0 + K_r]``. The label-smoothed loss needs four per-row
+quantities of the *whole* row — the log-sum-exp, the target logit, the smoothing-weighted logit sum
+:math:`\sum_c s_c x_c` and (with class weights) the target class's weight — and one scalar,
+:math:`S = \sum_c s_c`. Each is a sum or a max of per-shard partials, so the forward pass
+communicates per-row vectors only (O(N), never O(N·K)):
+
+1. every rank computes, in one fused pass over its shard, its partial log-sum-exp
+   :math:`\mathrm{lse}_r`, its share of the target logit (non-zero on the owning rank only) and of
+   :math:`\sum_c s_c x_c`;
+2. one ``MAX`` all-reduce of :math:`\mathrm{lse}_r` gives the row maximum :math:`M`;
+3. one ``SUM`` all-reduce of the stacked rows
+   :math:`[e^{\mathrm{lse}_r - M},\ x_y\text{ share},\ \sum s_c x_c\text{ share},\ w_y\text{ share}]`
+   (plus the scalar :math:`S` share when the shares are not uniform) gives
+   :math:`\mathrm{lse} = M + \log\sum_r e^{\mathrm{lse}_r - M}` and the rest.
+
+Then, with the per-row coefficients :math:`c_t, c_s, c_z` of :func:`labelsmooth.functional.plan_index`,
+
+.. math::
+
+    \ell_n = c_t (\mathrm{lse} - x_y) + c_s (S\,\mathrm{lse} - \textstyle\sum_c s_c x_c)
+             + c_z\,\mathrm{lse}^2,
+    \qquad
+    \frac{\partial \ell_n}{\partial x_j} = (c_t + c_s S + 2 c_z \mathrm{lse})\,p_j
+             - c_t [j = y] - c_s s_j .
+
+The loss is the same on every rank and equals the single-process loss on the concatenated logits.
+Because the global lse and coefficients are saved, the backward pass needs **no communication**:
+each rank writes the gradient of its own slice. Every global quantity — including K itself, the
+*global* vocabulary — is reduced across ranks, which is where Megatron-LM's vocab-parallel loss
+(local K and local mean; Megatron-LM #737, #7464) and Transformer Engine's reported loss go wrong.
+
+Call the loss on every rank of the group with the same target, and back-propagate the same
+upstream gradient on every rank (``loss.backward()`` everywhere does this).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from labelsmooth import _validation as V
+from labelsmooth.functional import (
+    Reduction,
+    WeightMode,
+    _rows,
+    check_options,
+    finish_index,
+    plan_index,
+)
+from labelsmooth.targets import Spread
+
+__all__ = [
+    "copy_to_vocab_parallel",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_linear_cross_entropy",
+    "vocab_shard_range",
+]
+
+_IMPLS = ("auto", "fused", "reference")
+# Default memory budget of one chunk of float32 logits in the fused-linear variant.
+_CHUNK_BUDGET_BYTES = 32 * 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# Process group and shard layout
+# --------------------------------------------------------------------------------------------
+
+
+def _group_info(group: Any) -> tuple[Any, int, int]:
+    """(group, world size, rank); a single process when torch.distributed is not initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        if group is not None:
+            raise V.fail("group", "None when torch.distributed is not initialised", group)
+        return None, 1, 0
+    return group, dist.get_world_size(group), dist.get_rank(group)
+
+
+def vocab_shard_range(local_width: int, group: Any = None) -> tuple[int, int]:
+    """Offset of this rank's vocabulary shard and the global vocabulary size.
+
+    Shards are taken to be contiguous in rank order (rank 0 holds the first classes); the widths may
+    differ. This costs one tiny ``all_gather`` of the shard widths: call it once and pass the result
+    as ``vocab_start=`` and ``vocab_size=`` to the losses to skip it on every step.
+
+    Args:
+        local_width: the number of classes this rank holds (may be 0).
+        group: the process group the vocabulary is sharded over (default: the world).
+
+    Returns:
+        ``(vocab_start, vocab_size)``: this rank's first class and the global vocabulary size.
+
+    Examples:
+        Without an initialised process group there is one shard:
+
+        >>> vocab_shard_range(5)
+        (0, 5)
+    """
+    if isinstance(local_width, bool) or not isinstance(local_width, int) or local_width < 0:
+        raise V.fail("local_width", "a non-negative int", local_width)
+    group, world, rank = _group_info(group)
+    if world == 1:
+        return 0, local_width
+    widths = _all_gather_widths(local_width, group, world)
+    return sum(widths[:rank]), sum(widths)
+
+
+def _all_gather_widths(width: int, group: Any, world: int) -> list[int]:
+    device = _collective_device(group)
+    mine = torch.tensor([width], dtype=torch.long, device=device)
+    out = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(out, mine, group=group)
+    return [int(t) for t in out]
+
+
+def _collective_device(group: Any) -> torch.device:
+    """The device collectives of ``group`` run on: CUDA for NCCL, else CPU."""
+    backend = dist.get_backend(group)
+    if "nccl" in str(backend).lower() and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _layout(local_width: int, group: Any, world: int, rank: int, vocab_start: int | None,
+            vocab_size: int | None) -> tuple[int, int]:
+    for name, value in (("vocab_start", vocab_start), ("vocab_size", vocab_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise V.fail(name, "None or a non-negative int", value, TypeError if not isinstance(value, int) else ValueError)
+    if world == 1:
+        start = 0 if vocab_start is None else vocab_start
+        size = start + local_width if vocab_size is None else vocab_size
+    elif vocab_start is not None and vocab_size is not None:
+        start, size = vocab_start, vocab_size
+    else:
+        widths = _all_gather_widths(local_width, group, world)
+        start = sum(widths[:rank]) if vocab_start is None else vocab_start
+        size = sum(widths) if vocab_size is None else vocab_size
+    if start + local_width > size:
+        raise V.fail("vocab_start", f"at most vocab_size - local width = {size} - {local_width}",
+                     start)
+    if size < 1:
+        raise V.fail("vocab_size", "at least 1 (the global number of classes)", size)
+    return start, size
+
+
+# --------------------------------------------------------------------------------------------
+# DTensor input
+# --------------------------------------------------------------------------------------------
+
+
+def _is_dtensor(t: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - old torch
+        return False
+    return isinstance(t, DTensor)
+
+
+def _unwrap_dtensor(t: torch.Tensor, class_dim: int, arg: str) -> tuple[torch.Tensor, Any, int, int]:
+    """Local shard, process group, vocab_start and vocab_size of a class-dim-sharded DTensor."""
+    placements = t.placements
+    shard_dims = [i for i, p in enumerate(placements) if p.is_shard()]
+    others_ok = all(p.is_replicate() for i, p in enumerate(placements) if i not in shard_dims)
+    ok = (len(shard_dims) == 1 and others_ok
+          and placements[shard_dims[0]].dim % t.dim() == class_dim % t.dim())
+    if not ok:
+        raise V.fail(arg, f"a DTensor sharded on the class dimension {class_dim} over one mesh "
+                     "dimension and replicated over the others", tuple(placements))
+    mesh_dim = shard_dims[0]
+    mesh = t.device_mesh
+    n = mesh.size(mesh_dim)
+    coord = mesh.get_local_rank(mesh_dim)
+    size = t.shape[class_dim]
+    chunk = -(-size // n)  # DTensor's Shard splits like torch.chunk: ceil-sized, contiguous
+    start = min(coord * chunk, size)
+    local = t.to_local()
+    if local.shape[class_dim] != min(chunk, size - start):
+        raise V.fail(arg, "a DTensor whose shards split the classes like torch.chunk",
+                     (start, local.shape[class_dim]))
+    return local, mesh.get_group(mesh_dim), start, size
+
+
+def _replicated_local(t: Any, arg: str) -> Any:
+    if t is None or not _is_dtensor(t):
+        return t
+    if not all(p.is_replicate() for p in t.placements):
+        raise V.fail(arg, "a plain tensor or a replicated DTensor", tuple(t.placements))
+    return t.to_local()
+
+
+# --------------------------------------------------------------------------------------------
+# Per-shard engine
+# --------------------------------------------------------------------------------------------
+
+
+def _engine(impl: str, device: torch.device):
+    """The module providing ``row_partials``/``grad_rows``, or None for the reference path."""
+    impl = V.check_choice("impl", impl, _IMPLS)
+    if impl == "reference":
+        return None
+    try:
+        from labelsmooth.ops import fused
+    except ImportError:
+        fused = None
+    ok = (fused is not None and hasattr(fused, "row_partials") and hasattr(fused, "grad_rows")
+          and (not hasattr(fused, "is_available") or bool(fused.is_available(device))))
+    if ok:
+        return fused
+    if impl == "fused":
+        raise V.fail("impl", f"an implementation available on device {device.type!r}", impl)
+    return None
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _softcapped(x: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return x if softcap is None else softcap * torch.tanh(x / softcap)
+
+
+@dataclasses.dataclass
+class _Shard:
+    """Everything about this rank's slice that the forward and backward passes share."""
+
+    y: torch.Tensor            # (R,) local target index, 0 where the target is elsewhere/ignored
+    in_shard: torch.Tensor     # (R,) bool: this rank holds the row's (non-ignored) target
+    s: torch.Tensor | None     # (K_r,) local smoothing shares, or None for a uniform share
+    s_uniform: float
+    softcap: float | None
+
+
+def _partials(engine, x: torch.Tensor, sh: _Shard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row (lse_r, x_y share, Σ s·x share) of one shard, in the accumulation dtype."""
+    acc = _acc(x.dtype)
+    rows = x.shape[0]
+    if x.shape[1] == 0:  # an empty shard contributes nothing
+        z = torch.zeros(rows, dtype=acc, device=x.device)
+        return torch.full_like(z, -math.inf), z, z.clone()
+    m, se, x_y, sx = engine.row_partials(x, sh.y, sh.s, sh.s_uniform, sh.softcap,
+                                         target_mask=sh.in_shard)
+    return m.to(acc) + torch.log(se.to(acc)), x_y.to(acc), sx.to(acc)
+
+
+# --------------------------------------------------------------------------------------------
+# Collectives of the forward pass
+# --------------------------------------------------------------------------------------------
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """All-reduce SUM whose backward is the identity.
+
+    Every rank computes the same function of the sum, so d(loss)/d(own share) is the upstream
+    gradient each rank already holds: no communication is needed going back.
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        return g, None
+
+
+def _combine(lse_r: torch.Tensor, rows: list[torch.Tensor], scalars: list[torch.Tensor],
+             group: Any, world: int, differentiable: bool = False
+             ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Global lse and summed rows/scalars: one MAX and one SUM all-reduce of per-row vectors."""
+    if world == 1:
+        return lse_r, rows, scalars
+    m = lse_r.detach().clone()
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf rows stay -inf below
+    n = lse_r.shape[0]
+    flat = torch.cat([torch.stack([torch.exp(lse_r - m), *rows]).reshape(-1),
+                      *[t.reshape(1).to(lse_r.dtype) for t in scalars]])
+    if differentiable:
+        flat = _SumAcrossRanks.apply(flat, group)
+    else:
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    k = 1 + len(rows)
+    stacked = flat[: k * n].reshape(k, n)
+    lse = m + torch.log(stacked[0])
+    return lse, list(stacked[1:]), list(flat[k * n:])
+
+
+# --------------------------------------------------------------------------------------------
+# Autograd functions (fused path): backward without communication
+# --------------------------------------------------------------------------------------------
+
+
+def _row_loss(lse, x_y, sx, S, ct, cs, cz):
+    loss = ct * (lse - x_y) + cs * (S * lse - sx)
+    if cz is not None:
+        loss = loss + cz * lse.square()
+    return loss
+
+
+def _coef_p(lse, S, ct, cs, cz):
+    coef = ct + cs * S
+    if cz is not None:
+        coef = coef + 2.0 * cz * lse
+    return coef
+
+
+def _grad_shard(engine, x, sh: _Shard, lse, coef_p, ct, cs, g) -> torch.Tensor:
+    if x.shape[1] == 0:
+        return torch.zeros_like(x)
+    return engine.grad_rows(x, sh.y, lse, coef_p, ct, cs, sh.s, sh.s_uniform, sh.softcap, g,
+                            target_mask=sh.in_shard)
+
+
+class _RowsFromStats(torch.autograd.Function):
+    """Per-row loss from the global statistics; the backward writes this shard's gradient."""
+
+    @staticmethod
+    def forward(ctx, x, engine, sh, lse, x_y, sx, S, ct, cs, cz):  # type: ignore[override]
+        ctx.engine, ctx.sh = engine, sh
+        coef_p = _coef_p(lse, S, ct, cs, cz)
+        ctx.save_for_backward(x, lse, coef_p, ct, cs)
+        return _row_loss(lse, x_y, sx, S, ct, cs, cz)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        x, lse, coef_p, ct, cs = ctx.saved_tensors
+        dx = _grad_shard(ctx.engine, x, ctx.sh, lse, coef_p, ct, cs, g.contiguous())
+        return (dx,) + (None,) * 9
+
+
+# --------------------------------------------------------------------------------------------
+# The loss on sharded logits
+# --------------------------------------------------------------------------------------------
+
+
+def _check_class_shard(arg: str, t: torch.Tensor | None, width: int) -> torch.Tensor | None:
+    if t is None:
+        return None
+    if _is_dtensor(t):  # e.g. a weight sharded like the logits: its local shard is what we need
+        t = t.to_local()
+    return V.check_class_vector(arg, t, width)
+
+
+def _shard_setup(target, width, start, size, weight, prior, opts, device, acc, check_values):
+    """Plan (global coefficients) for this shard: local targets, shares and the weight shard."""
+    eps = opts.label_smoothing
+    if prior is not None and opts.spread == "others":
+        raise V.fail("prior", 'None when spread="others" (a prior replaces the uniform share of '
+                     'spread="all")', "a tensor")
+    if opts.spread == "others" and size < 2:
+        raise V.fail("vocab_size", 'at least 2 with spread="others"', size)
+    # The prior shard cannot go through plan_index's length-K check; its share is folded in below
+    # (a = 1 - ε in both the uniform and the prior case, so the coefficients are the same).
+    plan_opts = dataclasses.replace(opts, prior=None)
+    placeholder = None if weight is None else torch.zeros(target.shape[0], dtype=acc, device=device)
+    plan = plan_index(target, size, plan_opts, weight, device=device, acc=acc,
+                      check_values=check_values, w_y=placeholder)
+    s, s_uniform = plan.s, plan.s_uniform
+    if prior is not None:
+        s = eps * prior.detach().to(device=device, dtype=acc)
+        if weight is not None and opts.weight_mode == "torch":
+            s = s * weight.detach().to(device=device, dtype=acc)
+        s_uniform = 0.0
+    y_local = plan.y - start
+    in_shard = plan.valid & (y_local >= 0) & (y_local < width)
+    y_local = torch.where(in_shard, y_local, torch.zeros_like(y_local))
+    return plan, plan_opts, _Shard(y_local, in_shard, s, s_uniform, opts.softcap)
+
+
+def _prior_check(prior: torch.Tensor) -> None:
+    p = prior.detach().double()
+    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
+        raise V.fail("prior", "a distribution shard (finite, non-negative entries)", prior.tolist())
+
+
+def vocab_parallel_cross_entropy(
+    local_logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    group: Any = None,
+    vocab_start: int | None = None,
+    vocab_size: int | None = None,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+    spread: Spread = "all",
+    prior: torch.Tensor | None = None,
+    weight_mode: WeightMode = "torch",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    impl: str = "auto",
+    validate: bool | None = None,
+) -> torch.Tensor:
+    r"""Label-smoothed cross-entropy of logits sharded over the classes across a process group.
+
+    Rank r holds the classes ``[vocab_start, vocab_start + K_r)`` of every row. The result equals
+    :func:`labelsmooth.cross_entropy` on the concatenated logits (with the full ``weight`` and
+    ``prior``), on every rank; each rank's gradient is the matching slice of that loss's gradient.
+    K in every formula is the **global** vocabulary :math:`K = \sum_r K_r`: ``spread="all"`` gives
+    each class ε/K, ``spread="others"`` ε/(K−1), and for an element with target y
+
+    .. math::
+
+        \ell = a\,w_y(\mathrm{lse} - x_y) + \sum_{c=1}^{K} b_c w_c (\mathrm{lse} - x_c)
+             + z\,w_y\,\mathrm{lse}^2,\qquad
+        \mathrm{lse} = \log\sum_{r}\sum_{c \in r} e^{x_c}
+
+    (``weight_mode="torch"``; see :func:`labelsmooth.cross_entropy` for ``"target"``). The forward
+    pass does one ``MAX`` and one ``SUM`` all-reduce of per-row vectors (O(N) bytes, never O(N·K)),
+    plus one tiny ``all_gather`` of the shard widths unless ``vocab_start`` and ``vocab_size`` are
+    given; the backward pass communicates nothing.
+
+    PyTorch equivalent (one process, full logits):
+    ``F.cross_entropy(torch.cat(shards, 1), target, weight_full, ignore_index=ignore_index,
+    reduction=reduction, label_smoothing=label_smoothing)``.
+
+    Args:
+        local_logits: this rank's logits of shape (K_r), (N, K_r) or (N, K_r, d1, ..., dk), any
+            floating dtype; or a DTensor sharded on the class dimension (its mesh dimension's
+            process group and offsets are then used; ``group``/``vocab_start``/``vocab_size`` must
+            be left as None).
+        target: class indices in the **global** vocabulary, of shape (), (N) or (N, d1, ..., dk),
+            the same on every rank.
+        group: the process group the classes are sharded over (default: the world; a single
+            process when torch.distributed is not initialised).
+        vocab_start: this rank's first class. Default: shards contiguous in rank order, offsets
+            from an ``all_gather`` of the widths (see :func:`vocab_shard_range`).
+        vocab_size: the global number of classes K. Default: the sum of the shard widths.
+        weight: this rank's shard ``weight_full[vocab_start : vocab_start + K_r]`` of the class
+            weights.
+        ignore_index: target value whose elements contribute nothing.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        label_smoothing: ε in [0, 1].
+        spread: ``"all"`` (ε/K) or ``"others"`` (ε/(K−1)).
+        prior: this rank's shard of a smoothing prior; the shards must sum to 1 over all ranks.
+        weight_mode: ``"torch"`` or ``"target"``, as in :func:`labelsmooth.cross_entropy`.
+        z_loss: coefficient of :math:`z\,\mathrm{lse}^2` (the global lse).
+        softcap: soft-cap c of the logits, :math:`c\tanh(x/c)`, before everything else.
+        impl: ``"auto"`` (the fused engine of :mod:`labelsmooth.ops.fused` per shard where
+            available), ``"fused"``, or ``"reference"`` (plain PyTorch with autograd through the
+            collectives; the test oracle).
+        validate: check target values and the prior (``None``: on CPU only). The global prior sum
+            travels in the forward ``SUM`` all-reduce, so validation adds no collective.
+
+    Returns:
+        The loss in ``local_logits``' dtype, identical on every rank: a scalar for ``mean``/``sum``,
+        else the target's shape.
+
+    Raises:
+        TypeError: non-tensor or non-floating logits, non-integer targets, wrong argument types.
+        ValueError: shape mismatches, out-of-range targets, bad options, shard lengths of
+            ``weight``/``prior`` that are not this rank's width, a prior not summing to 1.
+
+    Examples:
+        Without an initialised process group this is :func:`labelsmooth.cross_entropy`:
+
+        >>> x = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+        >>> vocab_parallel_cross_entropy(x, torch.tensor([0, 1]), label_smoothing=0.1)
+        tensor(0.4421)
+        >>> torch.nn.functional.cross_entropy(x, torch.tensor([0, 1]), label_smoothing=0.1)
+        tensor(0.4421)
+    """
+    x_in = V.check_tensor("local_logits", local_logits)
+    if _is_dtensor(x_in):
+        if group is not None or vocab_start is not None or vocab_size is not None:
+            raise V.fail("group", "None (with vocab_start and vocab_size None) for DTensor logits, "
+                         "whose mesh defines the sharding", group)
+        class_dim = 1 if x_in.dim() >= 2 else 0
+        x_in, group, vocab_start, vocab_size = _unwrap_dtensor(x_in, class_dim, "local_logits")
+    x_in = V.check_floating("local_logits", x_in)
+    target = _replicated_local(V.check_tensor("target", target), "target")
+    if x_in.dim() < 1:
+        raise V.fail("local_logits", "a tensor of shape (K_r), (N, K_r) or (N, K_r, d1, ..., dk)",
+                     tuple(x_in.shape))
+    opts = check_options(ignore_index, reduction, label_smoothing, spread, None, weight_mode,
+                         z_loss, softcap, "auto", False, validate)
+    width = x_in.shape[1] if x_in.dim() >= 2 else x_in.shape[0]
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
+    expected = tuple(x_in.shape[:1] + x_in.shape[2:]) if x_in.dim() >= 2 else ()
+    if tuple(target.shape) != expected:
+        raise V.fail("target", f"of shape {expected} to match local_logits {tuple(x_in.shape)}",
+                     tuple(target.shape))
+    weight = _check_class_shard("weight", weight, width)
+    prior = _check_class_shard("prior", prior, width)
+    engine = _engine(impl, x_in.device)
+    group, world, rank = _group_info(group)
+    start, size = _layout(width, group, world, rank, vocab_start, vocab_size)
+    check_values = V.should_check_values(validate, x_in, target)
+    if prior is not None and check_values:
+        _prior_check(prior)
+
+    # (R, K_r) with classes last; explicit row count so an empty shard (K_r = 0) reshapes too
+    x = (_rows(x_in, width) if width > 0 or x_in.dim() < 3
+         else x_in.movedim(1, -1).reshape(target.numel(), 0))
+    acc = _acc(x.dtype)
+    plan, plan_opts, sh = _shard_setup(target.reshape(-1), width, start, size, weight, prior,
+                                       opts, x.device, acc, check_values)
+    out_shape = tuple(target.shape)
+
+    # Non-row scalars carried by the SUM all-reduce: S when the shares are a vector, the prior sum.
+    scalars = []
+    if sh.s is not None:
+        scalars.append(sh.s.sum())
+    if prior is not None and check_values:
+        scalars.append(prior.detach().to(device=x.device, dtype=acc).sum())
+    w_share = None
+    if weight is not None:
+        w_loc = weight.detach().to(device=x.device, dtype=acc)
+        w_share = torch.where(sh.in_shard, w_loc[sh.y] if width > 0 else
+                              torch.zeros_like(plan.w_y), torch.zeros_like(plan.w_y))
+
+    if engine is None:
+        loss_rows, lse, plan = _reference_rows(x, sh, plan, opts, plan_opts, weight, w_share, scalars,
+                                         size, target, group, world, acc, check_values, prior)
+        return finish_index(loss_rows, lse, None, plan, opts, out_shape, x_in.dtype, False).loss
+
+    with torch.no_grad():
+        lse_r, xy_r, sx_r = _partials(engine, x.detach(), sh)
+        rows = [xy_r, sx_r] + ([w_share] if w_share is not None else [])
+        lse, summed, tot = _combine(lse_r, rows, scalars, group, world)
+    x_y, sx = summed[0], summed[1]
+    S, plan = _finish_plan(sh, size, tot, prior, check_values, plan, summed, target, plan_opts,
+                           weight, x.device, acc)
+    loss_rows = _RowsFromStats.apply(x, engine, sh, lse, x_y, sx, S, plan.ct, plan.cs, plan.cz)
+    return finish_index(loss_rows, lse, None, plan, opts, out_shape, x_in.dtype, False).loss
+
+
+def _finish_plan(sh, size, tot, prior, check_values, plan, summed, target, plan_opts, weight,
+                 device, acc):
+    """Global S, the prior-sum check, and the final coefficients once w_y is known."""
+    S = tot[0] if sh.s is not None else sh.s_uniform * size
+    if prior is not None and check_values:
+        total = float(tot[-1].detach())
+        if abs(total - 1.0) > 1e-4:
+            raise V.fail("prior", f"shards of a distribution summing to 1 over all ranks (sum is "
+                         f"{total:.6g})", "a prior shard")
+    if weight is not None:
+        plan = plan_index(target.reshape(-1), size, plan_opts, weight, device=device, acc=acc,
+                          check_values=False, w_y=summed[2])
+    return S, plan
+
+
+def _reference_rows(x, sh, plan, opts, plan_opts, weight, w_share, scalars, size, target, group,
+                    world, acc, check_values, prior):
+    """Plain PyTorch per-row loss; autograd derives the gradient through the collectives."""
+    xc = _softcapped(x.to(acc), sh.softcap)
+    rows_n = xc.shape[0]
+    if xc.shape[1] == 0:
+        lse_r = torch.full((rows_n,), -math.inf, dtype=acc, device=x.device)
+        xy_r = sx_r = xc.sum(-1)
+    else:
+        lse_r = torch.logsumexp(xc, -1)
+        xy_r = xc.gather(1, sh.y[:, None])[:, 0] * sh.in_shard
+        sx_r = xc @ sh.s if sh.s is not None else sh.s_uniform * xc.sum(-1)
+    rows = [xy_r, sx_r] + ([w_share] if w_share is not None else [])
+    lse, summed, tot = _combine(lse_r, rows, scalars, group, world, differentiable=True)
+    S, plan = _finish_plan(sh, size, tot, prior, check_values, plan, summed, target, plan_opts,
+                           weight, x.device, acc)
+    loss = _row_loss(lse, summed[0], summed[1], S, plan.ct, plan.cs, plan.cz)
+    return loss, lse.detach(), plan
+
+
+# --------------------------------------------------------------------------------------------
+# The hidden-state boundary and the fused linear variant
+# --------------------------------------------------------------------------------------------
+
+
+class _CopyToVocabParallel(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        g = g.clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM, group=ctx.group)
+        return g, None
+
+
+def copy_to_vocab_parallel(hidden: torch.Tensor, group: Any = None) -> torch.Tensor:
+    r"""Identity in forward; all-reduce (sum over ranks) of the gradient in backward.
+
+    Put it between a replicated trunk and a vocabulary-sharded output layer
+    (``logits_r = copy_to_vocab_parallel(h) @ W_r.T``): each rank's logits slice only sees its
+    share of :math:`\partial L/\partial h = \sum_r (\partial L/\partial \mathrm{logits}_r) W_r`, so
+    the shares must be summed for the trunk to get the full gradient (Megatron's "copy to tensor
+    parallel region"). :func:`vocab_parallel_linear_cross_entropy` does this itself.
+
+    Examples:
+        >>> h = torch.ones(2, 3, requires_grad=True)
+        >>> copy_to_vocab_parallel(h).sum().backward()  # one process: a plain identity
+        >>> h.grad
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
+    """
+    hidden = V.check_tensor("hidden", hidden)
+    group, world, _ = _group_info(group)
+    if world == 1:
+        return hidden
+    return _CopyToVocabParallel.apply(hidden, group)
+
+
+def _chunk_rows(chunk_size: int | None, width: int) -> int:
+    if chunk_size is None:
+        return max(1, _CHUNK_BUDGET_BYTES // (4 * max(width, 1)))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise V.fail("chunk_size", "None or a positive int (rows of logits per chunk)", chunk_size)
+    return chunk_size
+
+
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    out = h @ w.t()
+    return out if b is None else out + b
+
+
+class _LinearRows(torch.autograd.Function):
+    """Per-row loss from the global statistics; the backward recomputes the logits chunk by
+    chunk, writes d(hidden) (summed over ranks) and this rank's d(weight), d(bias)."""
+
+    @staticmethod
+    def forward(ctx, h, w, b, engine, sh, lse, x_y, sx, S, ct, cs, cz, chunk, group,  # type: ignore[override]
+                world):
+        ctx.engine, ctx.sh, ctx.chunk, ctx.group, ctx.world = engine, sh, chunk, group, world
+        ctx.has_bias = b is not None
+        coef_p = _coef_p(lse, S, ct, cs, cz)
+        ctx.save_for_backward(h, w, b if b is not None else h.new_empty(0), lse, coef_p, ct, cs)
+        return _row_loss(lse, x_y, sx, S, ct, cs, cz)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        h, w, b, lse, coef_p, ct, cs = ctx.saved_tensors
+        b = b if ctx.has_bias else None
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], (
+            ctx.has_bias and ctx.needs_input_grad[2])
+        acc = _acc(h.dtype)
+        g = g.contiguous()
+        dh = torch.zeros(h.shape, dtype=acc, device=h.device) if need_h else None
+        dw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
+        db = torch.zeros(w.shape[0], dtype=acc, device=w.device) if need_b else None
+        sh = ctx.sh
+        for r0 in range(0, h.shape[0], ctx.chunk):
+            r1 = min(h.shape[0], r0 + ctx.chunk)
+            part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
+            logits = _chunk_logits(h[r0:r1], w, b)
+            gl = _grad_shard(ctx.engine, logits, part, lse[r0:r1], coef_p[r0:r1], ct[r0:r1],
+                             cs[r0:r1], g[r0:r1])
+            if need_h:
+                dh[r0:r1] = gl @ w
+            if need_w:
+                dw += (gl.t() @ h[r0:r1]).to(acc)  # accumulate over chunks in float32 or wider
+            if need_b:
+                db += gl.sum(0).to(acc)
+        if need_h and ctx.world > 1:
+            dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=ctx.group)
+        return (dh.to(h.dtype) if need_h else None, dw.to(w.dtype) if need_w else None,
+                db.to(b.dtype) if need_b else None) + (None,) * 12
+
+
+def vocab_parallel_linear_cross_entropy(
+    hidden: torch.Tensor,
+    local_weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    group: Any = None,
+    vocab_start: int | None = None,
+    vocab_size: int | None = None,
+    class_weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: Reduction = "mean",
+    label_smoothing: float = 0.0,
+    spread: Spread = "all",
+    prior: torch.Tensor | None = None,
+    weight_mode: WeightMode = "torch",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+    impl: str = "auto",
+    validate: bool | None = None,
+) -> torch.Tensor:
+    r"""Vocabulary-parallel output projection fused with the label-smoothed loss.
+
+    Rank r holds the rows ``W[vocab_start : vocab_start + K_r]`` of the output projection (and the
+    matching bias slice); ``hidden`` is the same on every rank. The result equals
+    :func:`vocab_parallel_cross_entropy` of ``hidden @ local_weight.T + bias`` — hence
+    :func:`labelsmooth.cross_entropy` of the full ``hidden @ W.T + b`` — but the local logits are
+    only ever held ``chunk_size`` rows at a time: the forward computes the per-row statistics chunk
+    by chunk (then the same one ``MAX`` and one ``SUM`` all-reduce of per-row vectors), the backward
+    recomputes each chunk's logits and turns them into gradients at once.
+
+    The gradient of ``hidden`` is summed over the ranks inside the backward (one all-reduce of an
+    (N, H) tensor, as in Megatron's column-parallel output layer); ``local_weight`` and ``bias`` get
+    their own slice's gradient, accumulated over chunks in float32 (float64 for float64 inputs).
+
+    PyTorch equivalent (one process, full weight):
+    ``F.cross_entropy(hidden @ W.T + b, target, class_weight_full, label_smoothing=ε, ...)``.
+
+    Args:
+        hidden: (..., H) hidden states, the same on every rank.
+        local_weight: (K_r, H) this rank's rows of the output projection.
+        target: class indices in the global vocabulary, shaped like ``hidden`` without its last
+            dimension.
+        bias: optional (K_r,) this rank's slice of the output bias.
+        group, vocab_start, vocab_size: as in :func:`vocab_parallel_cross_entropy`.
+        class_weight: this rank's shard of the class weights (``weight`` of
+            :func:`vocab_parallel_cross_entropy`; renamed here because ``weight`` is the projection).
+        ignore_index, reduction, label_smoothing, spread, prior, weight_mode, z_loss, softcap,
+            impl, validate: as in :func:`vocab_parallel_cross_entropy`.
+        chunk_size: rows of logits per chunk (default: as many as fit 32 MiB of float32 logits).
+
+    Returns:
+        The loss, identical on every rank, in ``hidden``'s dtype.
+
+    Examples:
+        >>> h = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+        >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> y = torch.tensor([0, 2])
+        >>> vocab_parallel_linear_cross_entropy(h, w, y, label_smoothing=0.1, chunk_size=1)
+        tensor(0.5729)
+        >>> torch.nn.functional.cross_entropy(h @ w.T, y, label_smoothing=0.1)
+        tensor(0.5729)
+    """
+    hidden = _replicated_local(V.check_tensor("hidden", hidden), "hidden")
+    hidden = V.check_floating("hidden", hidden)
+    w = V.check_tensor("local_weight", local_weight)
+    if _is_dtensor(w):
+        if group is not None or vocab_start is not None or vocab_size is not None:
+            raise V.fail("group", "None (with vocab_start and vocab_size None) for a DTensor "
+                         "weight, whose mesh defines the sharding", group)
+        w, group, vocab_start, vocab_size = _unwrap_dtensor(w, 0, "local_weight")
+    w = V.check_floating("local_weight", w)
+    if hidden.dim() < 1 or w.dim() != 2 or w.shape[1] != hidden.shape[-1]:
+        raise V.fail("local_weight", f"a 2-D (K_r, {hidden.shape[-1] if hidden.dim() else '?'}) "
+                     "tensor matching hidden's last dimension", tuple(w.shape))
+    if bias is not None:
+        bias = bias.to_local() if _is_dtensor(bias) else bias
+        bias = V.check_class_vector("bias", bias, w.shape[0])
+    target = _replicated_local(V.check_tensor("target", target), "target")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
+    if tuple(target.shape) != tuple(hidden.shape[:-1]):
+        raise V.fail("target", f"of shape {tuple(hidden.shape[:-1])} to match hidden "
+                     f"{tuple(hidden.shape)}", tuple(target.shape))
+    opts = check_options(ignore_index, reduction, label_smoothing, spread, None, weight_mode,
+                         z_loss, softcap, "auto", False, validate)
+    width = w.shape[0]
+    chunk = _chunk_rows(chunk_size, width)
+    class_weight = _check_class_shard("class_weight", class_weight, width)
+    prior = _check_class_shard("prior", prior, width)
+    engine = _engine(impl, hidden.device)
+    group, world, rank = _group_info(group)
+    start, size = _layout(width, group, world, rank, vocab_start, vocab_size)
+    check_values = V.should_check_values(validate, hidden, target)
+    if prior is not None and check_values:
+        _prior_check(prior)
+
+    h = hidden.reshape(-1, hidden.shape[-1])
+    acc = _acc(h.dtype)
+    plan, plan_opts, sh = _shard_setup(target.reshape(-1), width, start, size, class_weight, prior,
+                                       opts, h.device, acc, check_values)
+    out_shape = tuple(target.shape)
+    scalars = []
+    if sh.s is not None:
+        scalars.append(sh.s.sum())
+    if prior is not None and check_values:
+        scalars.append(prior.detach().to(device=h.device, dtype=acc).sum())
+    w_share = None
+    if class_weight is not None:
+        w_loc = class_weight.detach().to(device=h.device, dtype=acc)
+        zero = torch.zeros_like(plan.w_y)
+        w_share = torch.where(sh.in_shard, w_loc[sh.y], zero) if width > 0 else zero
+
+    if engine is None:  # reference: full local logits, autograd through the collectives
+        x = _chunk_logits(copy_to_vocab_parallel(h, group), w, bias)
+        loss_rows, lse, plan = _reference_rows(x, sh, plan, opts, plan_opts, class_weight,
+                                               w_share, scalars, size, target, group, world, acc,
+                                               check_values, prior)
+        return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss
+
+    rows_n = h.shape[0]
+    with torch.no_grad():
+        lse_r = torch.empty(rows_n, dtype=acc, device=h.device)
+        xy_r, sx_r = torch.empty_like(lse_r), torch.empty_like(lse_r)
+        for r0 in range(0, rows_n, chunk):
+            r1 = min(rows_n, r0 + chunk)
+            part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
+            lse_r[r0:r1], xy_r[r0:r1], sx_r[r0:r1] = _partials(
+                engine, _chunk_logits(h[r0:r1], w, bias), part)
+        rows = [xy_r, sx_r] + ([w_share] if w_share is not None else [])
+        lse, summed, tot = _combine(lse_r, rows, scalars, group, world)
+    S, plan = _finish_plan(sh, size, tot, prior, check_values, plan, summed, target, plan_opts,
+                           class_weight, h.device, acc)
+    loss_rows = _LinearRows.apply(h, w, bias, engine, sh, lse, summed[0], summed[1], S, plan.ct,
+                                  plan.cs, plan.cz, chunk, group, world)
+    return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss

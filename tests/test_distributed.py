@@ -1,0 +1,536 @@
+"""Vocabulary-parallel loss on real gloo process groups (127.0.0.1), against one process.
+
+Spawning a group costs ~1.5 s, so each spawn runs a whole battery of cases: the parent builds the
+cases (full logits, targets, full class weights and prior), every rank takes its slice, and the
+parent compares each rank's loss and gradient slice with the single-process
+``labelsmooth.cross_entropy`` on the full logits (the plain-PyTorch reference op, autograd-derived
+gradient) and with the dense float64 formula of ``tests/helpers.py``. Inside the workers the
+collectives of ``torch.distributed`` are wrapped to count them and their sizes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import tempfile
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import labelsmooth as ls
+from labelsmooth.distributed import (
+    copy_to_vocab_parallel,
+    vocab_parallel_cross_entropy,
+    vocab_parallel_linear_cross_entropy,
+    vocab_shard_range,
+)
+
+N, D, K, H = 7, 3, 11, 5  # rows, spatial size, global classes, hidden size
+WIDTHS = {1: [[K]], 2: [[7, 4], [3, 8]], 3: [[5, 2, 4], [6, 0, 5]]}
+# fork: the children inherit the imported modules (a spawned child spends seconds importing torch)
+START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+
+
+# --------------------------------------------------------------------------------------------
+# Spawning
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, job: str, workdir: str) -> None:
+    import faulthandler; faulthandler.enable(open(Path(workdir) / f"fault{rank}.txt", "w"))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        data = torch.load(Path(workdir) / "in.pt", weights_only=False)
+        out = JOBS[job](rank, world, data)
+        torch.save(out, Path(workdir) / f"out{rank}.pt")
+    except BaseException:
+        (Path(workdir) / f"err{rank}.txt").write_text(traceback.format_exc())
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(world: int, job: str, data) -> list:
+    """Run ``JOBS[job](rank, world, data)`` on ``world`` gloo ranks; return each rank's result."""
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(data, Path(d) / "in.pt")
+        try:
+            mp.start_processes(_entry, args=(world, _free_port(), job, d), nprocs=world, join=True,
+                               start_method=START_METHOD)
+        except Exception:  # report every rank's traceback, the first failure first
+            errs = sorted(list(Path(d).glob("err*.txt")) + list(Path(d).glob("fault*.txt")), key=lambda f: f.stat().st_mtime)
+            raise AssertionError("\n".join(f"{f.name}:\n{f.read_text()}" for f in errs)) from None
+        return [torch.load(Path(d) / f"out{r}.pt", weights_only=False) for r in range(world)]
+
+
+class _Counter:
+    """Wraps the collectives of torch.distributed and records (name, numel, op) of each call."""
+
+    NAMES = ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce_scatter",
+             "reduce_scatter_tensor", "all_to_all", "all_to_all_single", "reduce", "gather",
+             "scatter")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, str]] = []
+        for name in self.NAMES:
+            orig = getattr(dist, name)
+
+            def wrapped(*args, _orig=orig, _name=name, **kw):
+                t = args[0] if args else next(iter(kw.values()))
+                if isinstance(t, list):  # all_gather(list, tensor): count the sent tensor
+                    t = args[1] if len(args) > 1 else kw.get("tensor")
+                op = kw.get("op", args[1] if _name == "all_reduce" and len(args) > 1 else None)
+                self.calls.append((_name, t.numel(), str(op)))
+                return _orig(*args, **kw)
+
+            setattr(dist, name, wrapped)
+
+    def take(self) -> list[tuple[str, int, str]]:
+        out, self.calls = self.calls, []
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The battery of cases
+# --------------------------------------------------------------------------------------------
+
+
+def _options() -> list[dict]:
+    """Every option of the loss, alone and combined (full-length weight/prior; sliced per rank)."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.rand(K, generator=g, dtype=torch.float64) * 2 + 0.1
+    prior = torch.distributions.Dirichlet(torch.ones(K, dtype=torch.float64)).sample()
+    return [
+        dict(),
+        dict(label_smoothing=0.1),
+        dict(label_smoothing=1.0),
+        dict(label_smoothing=0.2, spread="others"),
+        dict(label_smoothing=0.3, prior=prior),
+        dict(label_smoothing=0.1, weight=w),
+        dict(label_smoothing=0.1, weight=w, weight_mode="target"),
+        dict(label_smoothing=0.2, weight=w, prior=prior),
+        dict(label_smoothing=0.2, weight=w, prior=prior, weight_mode="target", z_loss=1e-2),
+        dict(label_smoothing=0.1, weight=w, ignore=True),
+        dict(label_smoothing=0.1, ignore_index=3, ignore=True),
+        dict(label_smoothing=0.1, reduction="sum", ignore=True),
+        dict(label_smoothing=0.1, reduction="none", ignore=True),
+        dict(label_smoothing=0.1, z_loss=1e-2),
+        dict(label_smoothing=0.1, softcap=2.0, scale=4.0),
+        dict(label_smoothing=0.3, spread="others", weight=w, ignore=True, z_loss=1e-3,
+             softcap=3.0, reduction="none", scale=3.0),
+        dict(label_smoothing=0.1, weight=w, weight_mode="target", reduction="sum", softcap=1.5),
+        dict(label_smoothing=0.1, shape="spatial", weight=w, ignore=True),
+        dict(label_smoothing=0.1, shape="spatial", reduction="none", spread="others"),
+        dict(label_smoothing=0.1, shape="vector", weight=w),
+        dict(label_smoothing=0.1, ignore=True, all_ignored=True),
+    ]
+
+
+def _make_cases(world: int, dtypes=(torch.float64, torch.float32), impls=("auto",),
+                options: list[dict] | None = None) -> list[dict]:
+    g = torch.Generator().manual_seed(100 + world)
+    cases = []
+    for impl in impls:
+        for dtype in dtypes:
+            for i, opt in enumerate(options if options is not None else _options()):
+                opt = dict(opt)
+                shape = opt.pop("shape", "rows")
+                scale = opt.pop("scale", 2.0)
+                ignore = opt.pop("ignore", False)
+                all_ignored = opt.pop("all_ignored", False)
+                xshape = {"rows": (N, K), "spatial": (N, K, D), "vector": (K,)}[shape]
+                x = (torch.randn(xshape, generator=g, dtype=torch.float64) * scale).to(dtype)
+                tshape = xshape[:1] + xshape[2:] if len(xshape) > 1 else ()
+                y = torch.randint(0, K, tshape, generator=g)
+                ii = opt.get("ignore_index", -100)
+                if ignore and y.dim() > 0:
+                    y.view(-1)[::3] = ii
+                if all_ignored:
+                    y.fill_(ii)
+                for key in ("weight", "prior"):
+                    if key in opt:
+                        opt[key] = opt[key].to(dtype)
+                red_shape = tshape if opt.get("reduction") == "none" else ()
+                grad_out = torch.rand(red_shape, generator=g, dtype=torch.float64).to(dtype) + 0.5
+                widths = WIDTHS[world][i % len(WIDTHS[world])]
+                cases.append(dict(name=f"{impl}/{dtype}/{i}:{opt.keys()}", x=x, y=y, opt=opt,
+                                  impl=impl, grad_out=grad_out, widths=widths,
+                                  explicit=(i % 4 == 1)))
+    return cases
+
+
+def _job_parity(rank: int, world: int, cases: list[dict]) -> list[dict]:
+    counter = _Counter()
+    results = []
+    for c in cases:
+        widths = c["widths"]
+        start = sum(widths[:rank])
+        sl = slice(start, start + widths[rank])
+        cdim = 1 if c["x"].dim() >= 2 else 0
+        x = c["x"].narrow(cdim, sl.start, sl.stop - sl.start).clone().requires_grad_()
+        opt = dict(c["opt"])
+        for key in ("weight", "prior"):
+            if key in opt:
+                opt[key] = opt[key][sl]
+        if c["explicit"]:
+            opt.update(vocab_start=start, vocab_size=sum(widths))
+        counter.take()
+        loss = vocab_parallel_cross_entropy(x, c["y"], impl=c["impl"], **opt)
+        fwd = counter.take()
+        loss.backward(c["grad_out"])
+        bwd = counter.take()
+        results.append(dict(loss=loss.detach(), grad=x.grad, fwd=fwd, bwd=bwd))
+    return results
+
+
+def _single(c: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    x = c["x"].clone().requires_grad_()
+    loss = ls.cross_entropy(x, c["y"], impl="reference", **c["opt"])
+    loss.backward(c["grad_out"])
+    return loss.detach(), x.grad
+
+
+def _dense64(x, y, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+             spread="all", prior=None, weight_mode="torch", z_loss=0.0, softcap=None):
+    """The literal formula with a materialised float64 smoothed target (sum_c q_c = 1)."""
+    x = x.double()
+    x = x.unsqueeze(0) if x.dim() == 1 else x.movedim(1, -1).reshape(-1, K)
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    yf = y.reshape(-1)
+    valid = yf != ignore_index
+    y0 = torch.where(valid, yf, 0)
+    eps, onehot = label_smoothing, torch.nn.functional.one_hot(y0, K).double()
+    if spread == "others":
+        q = onehot * (1 - eps) + (1 - onehot) * eps / (K - 1)
+    else:
+        q = onehot * (1 - eps) + eps * (prior.double() if prior is not None else 1.0 / K)
+    w = torch.ones(K, dtype=torch.float64) if weight is None else weight.double()
+    w_y = w[y0] * valid
+    logp = torch.log_softmax(x, -1)
+    rows = -(w * q * logp).sum(-1) * valid if weight_mode == "torch" else -(q * logp).sum(-1) * w_y
+    rows = rows + z_loss * w_y * torch.logsumexp(x, -1) ** 2
+    if reduction == "none":
+        return rows.reshape(y.shape)
+    return rows.sum() / w_y.sum() if reduction == "mean" else rows.sum()
+
+
+def _close(ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
+    assert ours.dtype == ref.dtype, f"{what}: dtype {ours.dtype} != {ref.dtype}"
+    nan = ref.isnan()
+    assert torch.equal(ours.isnan(), nan), f"{what}: NaN pattern differs"
+    o, r = ours.double().masked_fill(nan, 0), ref.double().masked_fill(nan, 0)
+    err = float((o - r).abs().max()) if o.numel() else 0.0
+    if dtype == torch.float64:
+        tol = 1e-12 * max(1.0, float(r.abs().max()) if r.numel() else 1.0)
+    else:  # relative to the largest entry
+        tol = 1e-6 * (float(r.abs().max()) if r.numel() else 1.0)
+    assert err <= tol, f"{what}: max error {err:.3g} > {tol:.3g}"
+
+
+def _check_parity(world: int, cases: list[dict], results: list[list[dict]]) -> None:
+    for i, c in enumerate(cases):
+        per_rank = [results[r][i] for r in range(world)]
+        name = f"world={world} {c['name']} widths={c['widths']}"
+        ref_loss, ref_grad = _single(c)
+        # 1. the same loss, bit for bit, on every rank; equal to the single process
+        for r in range(1, world):
+            assert torch.equal(per_rank[r]["loss"].nan_to_num(7.0), per_rank[0]["loss"].nan_to_num(7.0)), name
+        _close(per_rank[0]["loss"], ref_loss, c["x"].dtype, f"{name}: loss")
+        if c["x"].dtype == torch.float64:  # and the literal float64 formula
+            _close(per_rank[0]["loss"], _dense64(c["x"], c["y"], **c["opt"]), torch.float64,
+                   f"{name}: dense float64 formula")
+        # 2. each rank's gradient is its slice of the single-process gradient
+        cdim = 1 if c["x"].dim() >= 2 else 0
+        grad = torch.cat([p["grad"] for p in per_rank], cdim)
+        _close(grad, ref_grad, c["x"].dtype, f"{name}: grad")
+        # 3. collectives: forward ≤ 3 all-reduces of per-row vectors (+ a tiny all_gather of the
+        #    widths unless vocab_start/vocab_size were given); backward: none
+        rows = c["y"].numel()
+        assert 4 * rows + 2 < rows * K  # so the size bound below excludes an (N, K) transfer
+        for p in per_rank:
+            ar = [n for name_, n, _ in p["fwd"] if name_ == "all_reduce"]
+            ag = [n for name_, n, _ in p["fwd"] if name_ == "all_gather"]
+            others = [e for e in p["fwd"] if e[0] not in ("all_reduce", "all_gather")]
+            assert not others, f"{name}: unexpected collectives {others}"
+            if world == 1:
+                assert p["fwd"] == [], f"{name}: one rank must not communicate: {p['fwd']}"
+                continue
+            assert 1 <= len(ar) <= 3, f"{name}: {len(ar)} all-reduces"
+            assert all(n <= 4 * rows + 2 for n in ar), f"{name}: all-reduce sizes {ar}, N={rows}"
+            assert ag == ([] if c["explicit"] else [1]), f"{name}: all_gathers {ag}"
+            assert p["bwd"] == [], f"{name}: backward communicated {p['bwd']}"
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_parity_with_single_process(world: int) -> None:
+    """Loss (identical on every rank) and gradient slices equal the single process, every option,
+    float64 (≤ 1e-12) and float32 (≤ 1e-6 relative), uneven (and one empty) shards; both the fused
+    engine and the reference path; counted collectives."""
+    impls = ("auto", "reference") if world > 1 else ("auto",)
+    cases = _make_cases(world, impls=impls)
+    results = _spawn(world, "parity", cases)
+    _check_parity(world, cases, results)
+
+
+# --------------------------------------------------------------------------------------------
+# Fused linear variant, DTensor, layout helper, errors raised on every rank
+# --------------------------------------------------------------------------------------------
+
+
+def _linear_cases() -> list[dict]:
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(K, generator=g, dtype=torch.float64) + 0.5
+    out = []
+    for dtype in (torch.float64, torch.float32):
+        for i, opt in enumerate([
+            dict(label_smoothing=0.1),
+            dict(label_smoothing=0.2, spread="others", class_weight=w, ignore=True, z_loss=1e-2),
+            dict(label_smoothing=0.1, softcap=2.0, reduction="none", bias=True),
+            dict(label_smoothing=0.1, class_weight=w, weight_mode="target", reduction="sum",
+                 bias=True, ignore=True),
+        ]):
+            opt = dict(opt)
+            hid = torch.randn(2, 4, H, generator=g, dtype=torch.float64).to(dtype)  # (B, T, H)
+            W = torch.randn(K, H, generator=g, dtype=torch.float64).to(dtype)
+            b = torch.randn(K, generator=g, dtype=torch.float64).to(dtype) if opt.pop("bias", False) else None
+            y = torch.randint(0, K, (2, 4), generator=g)
+            if opt.pop("ignore", False):
+                y.view(-1)[::3] = -100
+            if "class_weight" in opt:
+                opt["class_weight"] = opt["class_weight"].to(dtype)
+            red_shape = (2, 4) if opt.get("reduction") == "none" else ()
+            grad_out = (torch.rand(red_shape, generator=g, dtype=torch.float64) + 0.5).to(dtype)
+            out.append(dict(h=hid, W=W, b=b, y=y, opt=opt, grad_out=grad_out, chunk=3,
+                            impl="reference" if i == 3 else "auto"))
+    return out
+
+
+def _job_misc(rank: int, world: int, data: dict) -> dict:
+    out: dict = {}
+    # Fused linear: hidden replicated, weight and bias rows sharded; chunks of 3 rows.
+    counter = _Counter()
+    widths = data["widths"]
+    start = sum(widths[:rank])
+    sl = slice(start, start + widths[rank])
+    lin = []
+    for c in data["linear"]:
+        h = c["h"].clone().requires_grad_()
+        W = c["W"][sl].clone().requires_grad_()
+        b = c["b"][sl].clone().requires_grad_() if c["b"] is not None else None
+        opt = dict(c["opt"])
+        if "class_weight" in opt:
+            opt["class_weight"] = opt["class_weight"][sl]
+        counter.take()
+        loss = vocab_parallel_linear_cross_entropy(h, W, c["y"], b, chunk_size=c["chunk"],
+                                                   impl=c["impl"], **opt)
+        fwd = counter.take()
+        loss.backward(c["grad_out"])
+        bwd = counter.take()
+        lin.append(dict(loss=loss.detach(), gh=h.grad, gW=W.grad, gb=None if b is None else b.grad,
+                        fwd=fwd, bwd=bwd))
+    out["linear"] = lin
+
+    # DTensor logits sharded on the class dimension (torch.chunk split: uneven for K=11, 3 ranks).
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    dt = distribute_tensor(data["dx"], mesh, [Shard(1)]).requires_grad_()
+    loss = vocab_parallel_cross_entropy(dt, data["dy"], label_smoothing=0.1, z_loss=1e-3)
+    loss.backward()
+    out["dtensor"] = dict(loss=loss.detach(), grad=dt.grad.full_tensor())
+
+    # Layout helper, and a bad argument raises the same error on every rank (no hang).
+    out["range"] = vocab_shard_range(widths[rank])
+    try:
+        vocab_parallel_cross_entropy(torch.zeros(2, widths[rank]), torch.tensor([0, K]))
+        out["error"] = None
+    except ValueError as e:
+        out["error"] = str(e)
+    return out
+
+
+def test_linear_dtensor_and_layout() -> None:
+    """Fused linear variant (gradients of hidden, weight shard, bias shard) vs the full
+    projection in one process; DTensor input; vocab_shard_range; errors on every rank."""
+    world, widths = 3, [4, 5, 2]
+    g = torch.Generator().manual_seed(3)
+    data = dict(widths=widths, linear=_linear_cases(),
+                dx=torch.randn(N, K, generator=g, dtype=torch.float64) * 2,
+                dy=torch.randint(0, K, (N,), generator=g))
+    res = _spawn(world, "misc", data)
+
+    for i, c in enumerate(data["linear"]):
+        h = c["h"].clone().requires_grad_()
+        W = c["W"].clone().requires_grad_()
+        b = c["b"].clone().requires_grad_() if c["b"] is not None else None
+        logits = h @ W.T + (b if b is not None else 0)
+        opt = dict(c["opt"])
+        cw = opt.pop("class_weight", None)
+        ref = ls.cross_entropy(logits.reshape(-1, K), c["y"].reshape(-1), cw, impl="reference",
+                               **opt)
+        ref = ref.reshape(c["y"].shape) if opt.get("reduction") == "none" else ref
+        ref.backward(c["grad_out"])
+        name, dtype = f"linear case {i} ({c['impl']}, {h.dtype})", h.dtype
+        for r in range(world):
+            p = res[r]["linear"][i]
+            assert torch.equal(p["loss"], res[0]["linear"][i]["loss"]), name
+            _close(p["gh"], h.grad, dtype, f"{name}: grad hidden, rank {r}")
+            ar = [n for nm, n, _ in p["fwd"] if nm == "all_reduce"]
+            assert len(ar) <= 3 and all(n <= 4 * c["y"].numel() + 2 for n in ar), (name, p["fwd"])
+            bwd_ar = [n for nm, n, _ in p["bwd"] if nm == "all_reduce"]
+            assert bwd_ar == [h.numel()], f"{name}: backward all-reduces {bwd_ar} (hidden grad only)"
+        _close(res[0]["linear"][i]["loss"], ref.detach(), dtype, f"{name}: loss")
+        _close(torch.cat([res[r]["linear"][i]["gW"] for r in range(world)]), W.grad, dtype,
+               f"{name}: grad weight")
+        if b is not None:
+            _close(torch.cat([res[r]["linear"][i]["gb"] for r in range(world)]), b.grad, dtype,
+                   f"{name}: grad bias")
+
+    x = data["dx"].clone().requires_grad_()
+    ref = ls.cross_entropy(x, data["dy"], label_smoothing=0.1, z_loss=1e-3, impl="reference")
+    ref.backward()
+    for r in range(world):
+        _close(res[r]["dtensor"]["loss"], ref.detach(), torch.float64, f"dtensor loss rank {r}")
+        _close(res[r]["dtensor"]["grad"], x.grad, torch.float64, f"dtensor grad rank {r}")
+
+    assert [res[r]["range"] for r in range(world)] == [(0, K), (4, K), (9, K)]
+    for r in range(world):
+        assert res[r]["error"] is not None and "`target`" in res[r]["error"] and str(K) in res[r]["error"]
+
+
+# --------------------------------------------------------------------------------------------
+# DDP training step
+# --------------------------------------------------------------------------------------------
+
+
+def _model(g: torch.Generator) -> dict:
+    return dict(W1=torch.randn(H, 4, generator=g, dtype=torch.float64) * 0.5,
+                b1=torch.randn(H, generator=g, dtype=torch.float64) * 0.1,
+                W2=torch.randn(K, H, generator=g, dtype=torch.float64) * 0.5,
+                b2=torch.randn(K, generator=g, dtype=torch.float64) * 0.1)
+
+
+LOSS_KW = dict(label_smoothing=0.1, spread="others", z_loss=1e-3)
+LR = 0.5
+
+
+def _job_ddp(rank: int, world: int, data: dict) -> dict:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    tp = dist.new_group(list(range(world)))  # the vocabulary is sharded over its own group
+    widths = data["widths"]
+    start = sum(widths[:rank])
+    sl = slice(start, start + widths[rank])
+    out = {}
+    for variant in ("logits", "linear"):
+        m = data["model"]
+        trunk = torch.nn.Linear(4, H, dtype=torch.float64)
+        with torch.no_grad():
+            trunk.weight.copy_(m["W1"])
+            trunk.bias.copy_(m["b1"])
+        trunk = DDP(trunk)
+        W2 = torch.nn.Parameter(m["W2"][sl].clone())
+        b2 = torch.nn.Parameter(m["b2"][sl].clone())
+        params = list(trunk.parameters()) + [W2, b2]
+        opt = torch.optim.SGD(params, lr=LR)
+        h = torch.tanh(trunk(data["x"]))
+        if variant == "logits":
+            logits = copy_to_vocab_parallel(h, tp) @ W2.T + b2
+            loss = vocab_parallel_cross_entropy(logits, data["y"], group=tp, **LOSS_KW)
+        else:
+            loss = vocab_parallel_linear_cross_entropy(h, W2, data["y"], b2, group=tp, **LOSS_KW)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        out[variant] = dict(loss=loss.detach(), W1=trunk.module.weight.detach().clone(),
+                            b1=trunk.module.bias.detach().clone(), W2=W2.detach(), b2=b2.detach())
+    return out
+
+
+def test_ddp_training_step_matches_single_process() -> None:
+    """A DDP-wrapped trunk with a vocabulary-sharded head on 2 processes takes the same SGD step
+    as one process with the full head (logits variant and fused linear variant)."""
+    g = torch.Generator().manual_seed(11)
+    data = dict(model=_model(g), x=torch.randn(N, 4, generator=g, dtype=torch.float64),
+                y=torch.randint(0, K, (N,), generator=g), widths=[6, 5])
+    res = _spawn(2, "ddp", data)
+
+    p = {k: v.clone().requires_grad_() for k, v in data["model"].items()}
+    h = torch.tanh(data["x"] @ p["W1"].T + p["b1"])
+    loss = ls.cross_entropy(h @ p["W2"].T + p["b2"], data["y"], impl="reference", **LOSS_KW)
+    loss.backward()
+    new = {k: (v - LR * v.grad).detach() for k, v in p.items()}
+    for variant in ("logits", "linear"):
+        for r, sl in enumerate((slice(0, 6), slice(6, 11))):
+            got = res[r][variant]
+            _close(got["loss"], loss.detach(), torch.float64, f"{variant} loss rank {r}")
+            assert float((got["W1"] - p["W1"].detach()).abs().max()) > 1e-3  # the step did move
+            for k in ("W1", "b1"):
+                _close(got[k], new[k], torch.float64, f"{variant} {k} rank {r}")
+            for k in ("W2", "b2"):
+                _close(got[k], new[k][sl], torch.float64, f"{variant} {k} rank {r}")
+
+
+JOBS = {"parity": _job_parity, "misc": _job_misc, "ddp": _job_ddp}
+
+
+# --------------------------------------------------------------------------------------------
+# Without a process group (no spawn)
+# --------------------------------------------------------------------------------------------
+
+
+def test_single_process_without_init_equals_cross_entropy() -> None:
+    """Without torch.distributed initialised the loss is the plain loss (hand-checked values)."""
+    x = torch.tensor([[2.0, 0.0, -1.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0])
+    loss = vocab_parallel_cross_entropy(x, y, label_smoothing=0.3)
+    lse = torch.logsumexp(x.detach(), 1)[0]
+    q = torch.tensor([0.8, 0.1, 0.1], dtype=torch.float64)  # (1-ε) + ε/3 on the target
+    assert abs(float(loss.detach()) - float((q * (lse - x.detach()[0])).sum())) < 1e-14
+    loss.backward()
+    p = torch.softmax(x.detach(), 1)[0]
+    assert torch.allclose(x.grad[0], p - q, atol=1e-14, rtol=0)
+
+
+def test_argument_errors() -> None:
+    x = torch.randn(3, 4)
+    y = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="`impl`"):
+        vocab_parallel_cross_entropy(x, y, impl="triton")
+    with pytest.raises(ValueError, match="`weight`"):
+        vocab_parallel_cross_entropy(x, y, weight=torch.ones(5))
+    with pytest.raises(ValueError, match="`prior`"):
+        vocab_parallel_cross_entropy(x, y, label_smoothing=0.1, prior=torch.full((4,), 0.3))
+    with pytest.raises(ValueError, match="`prior`"):
+        vocab_parallel_cross_entropy(x, y, label_smoothing=0.1, spread="others",
+                                     prior=torch.full((4,), 0.25))
+    with pytest.raises(ValueError, match="`target`"):
+        vocab_parallel_cross_entropy(x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="`target`"):
+        vocab_parallel_cross_entropy(x, torch.tensor([0, 1, 4]))
+    with pytest.raises(TypeError, match="`target`"):
+        vocab_parallel_cross_entropy(x, y.float())
+    with pytest.raises(ValueError, match="`vocab_start`"):
+        vocab_parallel_cross_entropy(x, y, vocab_start=2, vocab_size=5)
+    with pytest.raises(ValueError, match="`group`"):
+        vocab_parallel_cross_entropy(x, y, group=object())
+    with pytest.raises(ValueError, match="`chunk_size`"):
+        vocab_parallel_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 2), y, chunk_size=0)
+    with pytest.raises(ValueError, match="`local_weight`"):
+        vocab_parallel_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 3), y)
