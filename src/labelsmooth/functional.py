@@ -402,13 +402,15 @@ def _cross_entropy(
         return _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values, stats)
 
     # 2. Index targets: dtype and shape first, then (optionally) values.
-    if target.is_floating_point():
-        raise V.fail("target", f"class probabilities of the input's shape {tuple(input.shape)} "
-                     "(or integer class indices)", tuple(target.shape))
-    if target.is_complex() or target.dtype == torch.bool:
-        raise V.fail("target", "an integer tensor of class indices (or probabilities shaped like "
-                     f"input {tuple(input.shape)})", target.dtype, TypeError)
     expected = tuple(input.shape[:1] + input.shape[2:]) if input.dim() >= 2 else ()
+    if target.is_floating_point() and tuple(target.shape) != expected:
+        # Neither an index target (wrong shape) nor probabilities (wrong shape): report the shape.
+        raise V.fail("target", f"class probabilities of the input's shape {tuple(input.shape)} "
+                     f"(or integer class indices of shape {expected})", tuple(target.shape))
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise V.fail("target", f"an integer tensor of class indices (a target of shape {expected} "
+                     f"holds indices; probabilities must be shaped like input {tuple(input.shape)})",
+                     target.dtype, TypeError)
     if tuple(target.shape) != expected:
         raise V.fail("target", f"of shape {expected} to match input {tuple(input.shape)}",
                      tuple(target.shape))
