@@ -295,7 +295,12 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         )
         import torch
 
-        torch.device(cfg["device"])
+        try:
+            dev = torch.device(cfg["device"])
+        except RuntimeError as e:
+            raise ValueError(f"--device {cfg['device']!r} is not a torch device ({e})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {cfg['device']}: CUDA is not available on this machine")
     except (ValueError, RuntimeError) as e:
         parser.error(str(e))
     except ImportError as e:
