@@ -72,6 +72,8 @@ def is_available(device: torch.device | str) -> bool:
 
 
 def _kernels():
+    import triton  # noqa: F401  (a clear ImportError here, not a stub failing later)
+
     from labelsmooth.ops import _triton_kernels
 
     return _triton_kernels
@@ -225,7 +227,44 @@ def index_rows(
     softcap: Optional[float],
     inplace_backward: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row loss and lse for index targets (contract in :mod:`labelsmooth.ops`)."""
+    r"""Per-row smoothed cross-entropy for index targets (contract: :mod:`labelsmooth.ops`).
+
+    .. math::
+
+        \ell_n = ct_n(\mathrm{lse}_n - x_{n,y_n}) + cs_n\sum_c s_c(\mathrm{lse}_n - x_{n,c})
+                 + cz_n\,\mathrm{lse}_n^2
+
+    PyTorch equivalent (``ct = 1-ε``, ``cs = 1``, ``s_uniform = ε/K``):
+    ``F.cross_entropy(x, y, label_smoothing=ε, reduction="none")``.
+
+    Args:
+        x: (R, K) logits, float32/bfloat16/float16 (float64 runs the reference op).
+        y: (R,) int64 target indices, already safe (ignored rows: any valid index, zero coefs).
+        ct, cs: (R,) coefficients of the target and smoothing terms.
+        s: (K,) smoothing shares, or None for the uniform share ``s_uniform``.
+        s_uniform: the uniform share (0 with ``s=None``: no smoothing term).
+        cz: (R,) z-loss coefficients or None.
+        softcap: c > 0 to replace every logit by ``c·tanh(x/c)`` first, or None.
+        inplace_backward: write the gradient over ``x`` in the backward (contiguous ``x`` only).
+
+    Returns:
+        ``(loss, lse)``, both (R,) float32 (float64 for float64 ``x``); ``loss`` is
+        differentiable with respect to ``x``.
+
+    Examples:
+        The kernels need CUDA, or CPU under ``TRITON_INTERPRET=1``; elsewhere this example runs
+        the reference op, which gives the same numbers:
+
+        >>> from labelsmooth.ops import reference
+        >>> x = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+        >>> y, one = torch.tensor([0, 1]), torch.ones(2)
+        >>> rows = index_rows if is_available(x.device) else reference.index_rows
+        >>> loss, lse = rows(x, y, 0.9 * one, one, None, 0.1 / 3, None, None)
+        >>> loss
+        tensor([0.3365, 0.5477])
+        >>> torch.nn.functional.cross_entropy(x, y, label_smoothing=0.1, reduction="none")
+        tensor([0.3365, 0.5477])
+    """
     _check_not_consumed(x)
     if x.dtype == torch.float64:
         return reference.index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)
@@ -368,7 +407,39 @@ def prob_rows(
     softcap: Optional[float],
     inplace_backward: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row loss and lse for probability targets (contract in :mod:`labelsmooth.ops`)."""
+    r"""Per-row smoothed cross-entropy for probability targets (contract: :mod:`labelsmooth.ops`).
+
+    .. math::
+
+        q_{n,c} = w_c\,(a\,t_{n,c} + b_c), \qquad
+        \ell_n = rs_n \sum_c q_{n,c}(\mathrm{lse}_n - x_{n,c}) + cz_n\,\mathrm{lse}_n^2
+
+    PyTorch equivalent (``a = 1-ε``, ``b_uniform = ε/K``, ``rs = 1``, no ``w``):
+    ``F.cross_entropy(x, t, label_smoothing=ε, reduction="none")``. Gradients reach ``t`` too
+    when it requires grad (:math:`\partial\ell_n/\partial t_{n,c} = rs_n a w_c(\mathrm{lse}_n
+    - x_{n,c})`).
+
+    Args:
+        x: (R, K) logits, float32/bfloat16/float16 (float64 runs the reference op).
+        t: (R, K) target probabilities (any float dtype).
+        w: (K,) class weights or None; a: target scale; b: (K,) offsets or None (``b_uniform``).
+        rs: (R,) row scales; cz: (R,) z-loss coefficients or None; softcap: c or None.
+        inplace_backward: write the gradient over ``x`` in the backward (contiguous ``x`` only).
+
+    Returns:
+        ``(loss, lse)``, both (R,) float32 (float64 for float64 ``x``).
+
+    Examples:
+        >>> from labelsmooth.ops import reference
+        >>> x = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+        >>> t = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+        >>> rows = prob_rows if is_available(x.device) else reference.prob_rows
+        >>> loss, lse = rows(x, t, None, 0.9, None, 0.1 / 3, torch.ones(2), None, None)
+        >>> loss
+        tensor([0.3365, 1.2227])
+        >>> torch.nn.functional.cross_entropy(x, t, label_smoothing=0.1, reduction="none")
+        tensor([0.3365, 1.2227])
+    """
     _check_not_consumed(x)
     if x.dtype == torch.float64:
         return reference.prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward)
