@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import labelsmooth as ls
+from helpers import TOL, assert_no_worse_than
 from labelsmooth.distributed import (
     copy_to_vocab_parallel,
     vocab_parallel_cross_entropy,
@@ -160,9 +161,9 @@ def _make_cases(world: int, dtypes=(torch.float64, torch.float32), impls=("auto"
                     y.view(-1)[::3] = ii
                 if all_ignored:
                     y.fill_(ii)
-                for key in ("weight", "prior"):
+                for key in ("weight", "prior"):  # bf16 logits: float32 class vectors
                     if key in opt:
-                        opt[key] = opt[key].to(dtype)
+                        opt[key] = opt[key].to(torch.float32 if dtype == torch.bfloat16 else dtype)
                 red_shape = tshape if opt.get("reduction") == "none" else ()
                 grad_out = torch.rand(red_shape, generator=g, dtype=torch.float64).to(dtype) + 0.5
                 widths = WIDTHS[world][i % len(WIDTHS[world])]
@@ -242,10 +243,26 @@ def _close(ours: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str)
     assert err <= tol, f"{what}: max error {err:.3g} > {tol:.3g}"
 
 
+def _check_low_precision(c: dict, per_rank: list[dict], name: str) -> None:
+    """bf16: error vs the float64 truth no larger than the single-process bf16 loss's + TOL."""
+    ref_loss, ref_grad = _single(c)
+    c64 = dict(c, x=c["x"].double(), grad_out=c["grad_out"].double(),
+               opt={k: (v.double() if torch.is_tensor(v) else v) for k, v in c["opt"].items()})
+    true_loss, true_grad = _single(c64)
+    cdim = 1 if c["x"].dim() >= 2 else 0
+    grad = torch.cat([p["grad"] for p in per_rank], cdim)
+    assert per_rank[0]["loss"].dtype == torch.bfloat16 and grad.dtype == torch.bfloat16, name
+    assert_no_worse_than(per_rank[0]["loss"], ref_loss, true_loss, TOL[torch.bfloat16], f"{name}: loss")
+    assert_no_worse_than(grad, ref_grad, true_grad, TOL[torch.bfloat16], f"{name}: grad")
+
+
 def _check_parity(world: int, cases: list[dict], results: list[list[dict]]) -> None:
     for i, c in enumerate(cases):
         per_rank = [results[r][i] for r in range(world)]
         name = f"world={world} {c['name']} widths={c['widths']}"
+        if c["x"].dtype == torch.bfloat16:
+            _check_low_precision(c, per_rank, name)
+            continue
         ref_loss, ref_grad = _single(c)
         # 1. the same loss, bit for bit, on every rank; equal to the single process
         for r in range(1, world):
@@ -283,6 +300,8 @@ def test_parity_with_single_process(world: int) -> None:
     engine and the reference path; counted collectives."""
     impls = ("auto", "reference") if world > 1 else ("auto",)
     cases = _make_cases(world, impls=impls)
+    if world == 2:  # low precision: no worse than the single process against float64 truth
+        cases += _make_cases(world, dtypes=(torch.bfloat16,), options=_options()[:17:4])
     results = _spawn(world, "parity", cases)
     _check_parity(world, cases, results)
 
@@ -362,6 +381,12 @@ def _job_misc(rank: int, world: int, data: dict) -> dict:
         out["error"] = None
     except ValueError as e:
         out["error"] = str(e)
+    try:  # prior shards that do not sum to 1 over the ranks: found through the forward's SUM
+        vocab_parallel_cross_entropy(torch.zeros(2, widths[rank]), torch.tensor([0, 1]),
+                                     label_smoothing=0.1, prior=torch.full((widths[rank],), 0.1))
+        out["prior_error"] = None
+    except ValueError as e:
+        out["prior_error"] = str(e)
     return out
 
 
@@ -412,6 +437,7 @@ def test_linear_dtensor_and_layout() -> None:
     assert [res[r]["range"] for r in range(world)] == [(0, K), (4, K), (9, K)]
     for r in range(world):
         assert res[r]["error"] is not None and "`target`" in res[r]["error"] and str(K) in res[r]["error"]
+        assert res[r]["prior_error"] is not None and "sum is 1.1" in res[r]["prior_error"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,7 +513,80 @@ def test_ddp_training_step_matches_single_process() -> None:
                 _close(got[k], new[k][sl], torch.float64, f"{variant} {k} rank {r}")
 
 
-JOBS = {"parity": _job_parity, "misc": _job_misc, "ddp": _job_ddp}
+class _Head(torch.nn.Module):
+    """This rank's rows of the output layer; the loss is computed inside forward, where FSDP has
+    gathered the (data-parallel) parameter shards into plain tensors."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor, tp, variant: str) -> None:
+        super().__init__()
+        self.weight, self.bias = torch.nn.Parameter(w.clone()), torch.nn.Parameter(b.clone())
+        self.tp, self.variant = tp, variant
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.variant == "linear":
+            return vocab_parallel_linear_cross_entropy(h, self.weight, y, self.bias, group=self.tp,
+                                                       **LOSS_KW)
+        logits = copy_to_vocab_parallel(h, self.tp) @ self.weight.T + self.bias
+        return vocab_parallel_cross_entropy(logits, y, group=self.tp, **LOSS_KW)
+
+
+def _job_mesh2d(rank: int, world: int, data: dict) -> dict:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    dp, tp = mesh.get_local_rank("dp"), mesh.get_local_rank("tp")
+    widths = data["widths"]
+    sl = slice(sum(widths[:tp]), sum(widths[:tp + 1]))
+    half = data["x"].shape[0] // 2
+    x, y = data["x"][dp * half:(dp + 1) * half], data["y"][dp * half:(dp + 1) * half]
+    out = {"dp": dp, "tp": tp}
+    for wrap, variant in (("ddp", "logits"), ("fsdp", "linear")):
+        m = data["model"]
+        trunk = torch.nn.Linear(4, H, dtype=torch.float64)
+        with torch.no_grad():
+            trunk.weight.copy_(m["W1"])
+            trunk.bias.copy_(m["b1"])
+        head = _Head(m["W2"][sl], m["b2"][sl], mesh.get_group("tp"), variant)
+        if wrap == "ddp":  # data parallel over "dp"; vocabulary sharded over "tp"
+            trunk = DDP(trunk, process_group=mesh.get_group("dp"))
+            head = DDP(head, process_group=mesh.get_group("dp"))
+        else:
+            fully_shard(trunk, mesh=mesh["dp"])
+            fully_shard(head, mesh=mesh["dp"])
+        opt = torch.optim.SGD([*trunk.parameters(), *head.parameters()], lr=LR)
+        loss = head(torch.tanh(trunk(x)), y)
+        loss.backward()
+        opt.step()
+        full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in
+                [*trunk.parameters(), *head.parameters()]]
+        out[wrap] = dict(loss=loss.detach(), params=[t.detach().clone() for t in full])
+    return out
+
+
+def test_ddp_and_fsdp_on_a_2x2_mesh() -> None:
+    """4 processes: data parallel (DDP, then FSDP2) over one mesh dimension, the vocabulary
+    sharded over the other. One SGD step equals the single-process step on the whole batch."""
+    g = torch.Generator().manual_seed(12)
+    data = dict(model=_model(g), x=torch.randn(8, 4, generator=g, dtype=torch.float64),
+                y=torch.randint(0, K, (8,), generator=g), widths=[6, 5])
+    res = _spawn(4, "mesh2d", data)
+
+    p = {k: v.clone().requires_grad_() for k, v in data["model"].items()}
+    h = torch.tanh(data["x"] @ p["W1"].T + p["b1"])
+    loss = ls.cross_entropy(h @ p["W2"].T + p["b2"], data["y"], impl="reference", **LOSS_KW)
+    loss.backward()
+    new = {k: (v - LR * v.grad).detach() for k, v in p.items()}
+    for r in res:
+        sl = slice(0, 6) if r["tp"] == 0 else slice(6, 11)
+        want = [new["W1"], new["b1"], new["W2"][sl], new["b2"][sl]]
+        for wrap in ("ddp", "fsdp"):
+            for k, got, exp in zip(("W1", "b1", "W2", "b2"), r[wrap]["params"], want):
+                _close(got, exp, torch.float64, f"{wrap} {k} dp={r['dp']} tp={r['tp']}")
+
+
+JOBS = {"parity": _job_parity, "misc": _job_misc, "ddp": _job_ddp, "mesh2d": _job_mesh2d}
 
 
 # --------------------------------------------------------------------------------------------
