@@ -90,8 +90,15 @@ class CrossEntropyLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (f"label_smoothing={self.label_smoothing}, spread={self.spread!r}, "
-                f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, impl={self.impl!r}")
+        parts = [f"label_smoothing={self.label_smoothing}", f"spread={self.spread!r}",
+                 f"reduction={self.reduction!r}", f"ignore_index={self.ignore_index}",
+                 f"weight_mode={self.weight_mode!r}"]
+        if self.z_loss:
+            parts.append(f"z_loss={self.z_loss}")
+        if self.softcap is not None:
+            parts.append(f"softcap={self.softcap}")
+        parts.append(f"impl={self.impl!r}")
+        return ", ".join(parts)
 
 
 class BCEWithLogitsLoss(nn.Module):
