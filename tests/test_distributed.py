@@ -373,6 +373,13 @@ def _job_misc(rank: int, world: int, data: dict) -> dict:
     loss = vocab_parallel_cross_entropy(dt, data["dy"], label_smoothing=0.1, z_loss=1e-3)
     loss.backward()
     out["dtensor"] = dict(loss=loss.detach(), grad=dt.grad.full_tensor())
+    # ... and a DTensor output projection (rows = classes) for the linear variant
+    c = data["linear"][0]
+    h = c["h"].clone().requires_grad_()
+    wt = distribute_tensor(c["W"], mesh, [Shard(0)]).requires_grad_()
+    loss = vocab_parallel_linear_cross_entropy(h, wt, c["y"], **c["opt"])
+    loss.backward()
+    out["dtensor_linear"] = dict(loss=loss.detach(), gh=h.grad, gW=wt.grad.full_tensor())
 
     # Layout helper, and a bad argument raises the same error on every rank (no hang).
     out["range"] = vocab_shard_range(widths[rank])
@@ -433,6 +440,16 @@ def test_linear_dtensor_and_layout() -> None:
     for r in range(world):
         _close(res[r]["dtensor"]["loss"], ref.detach(), torch.float64, f"dtensor loss rank {r}")
         _close(res[r]["dtensor"]["grad"], x.grad, torch.float64, f"dtensor grad rank {r}")
+
+    c = data["linear"][0]
+    h, W = c["h"].clone().requires_grad_(), c["W"].clone().requires_grad_()
+    ref = ls.cross_entropy((h @ W.T).reshape(-1, K), c["y"].reshape(-1), impl="reference", **c["opt"])
+    ref.backward()
+    for r in range(world):
+        got = res[r]["dtensor_linear"]
+        _close(got["loss"], ref.detach(), torch.float64, f"dtensor linear loss rank {r}")
+        _close(got["gh"], h.grad, torch.float64, f"dtensor linear grad hidden rank {r}")
+        _close(got["gW"], W.grad, torch.float64, f"dtensor linear grad weight rank {r}")
 
     assert [res[r]["range"] for r in range(world)] == [(0, K), (4, K), (9, K)]
     for r in range(world):
