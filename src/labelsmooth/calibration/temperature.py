@@ -139,7 +139,7 @@ def _fit_nll(z: torch.Tensor, zy: torch.Tensor, t_min: float, t_max: float) -> f
                 break
             lo, hi = hi, min(hi * 4.0, b_hi)
             _, g_hi, _ = _nll_terms(z, zy, hi)
-            if g_hi >= 0:
+            if g_hi > 0:  # g == 0 here is underflow on separable data, not a root: keep going
                 break
     else:
         lo, hi = beta, beta
@@ -152,7 +152,7 @@ def _fit_nll(z: torch.Tensor, zy: torch.Tensor, t_min: float, t_max: float) -> f
                 break
             hi, lo = lo, max(lo / 4.0, b_lo)
             _, g_lo, _ = _nll_terms(z, zy, lo)
-            if g_lo <= 0:
+            if g_lo < 0:
                 break
     # Safeguarded Newton on [lo, hi] with g(lo) <= 0 <= g(hi): quadratic convergence near the
     # root, bisection whenever a Newton step would leave the bracket.
@@ -186,8 +186,15 @@ def _ece_at(z: torch.Tensor, labels: torch.Tensor, temperature: float, n_bins: i
 
 def _fit_ece(z: torch.Tensor, labels: torch.Tensor, n_bins: int, t_min: float, t_max: float) -> float:
     # ECE(T) is piecewise smooth with jumps, so search a log grid, then refine twice around the best.
+    # The grid T in {0.1, 0.2, ..., 10} of Mukhoti et al.'s code is included, so the result is never
+    # worse than theirs.
     lo, hi = math.log(t_min), math.log(t_max)
     best_t, best = 1.0, _ece_at(z, labels, 1.0, n_bins)
+    for t in (i / 10 for i in range(1, 101)):
+        if t_min <= t <= t_max:
+            e = _ece_at(z, labels, t, n_bins)
+            if e < best:
+                best_t, best = t, e
     for points in (201, 41, 41):
         grid = torch.linspace(lo, hi, points, dtype=torch.float64).exp().tolist()
         for t in grid:
@@ -213,9 +220,9 @@ def fit_temperature(
     ``objective="nll"`` minimises the mean NLL of ``softmax(logits / T)``: a 1-D convex problem in
     ``beta = 1/T`` solved by bracketing plus bisection-safeguarded Newton in float64 (converged to
     ~1e-12 relative in ``beta``).  ``objective="ece"`` minimises the top-label ECE with
-    ``n_bins`` equal-width bins over a log-spaced grid of ``T`` in ``[t_min, t_max]`` refined twice
-    around the best point (ECE is discontinuous in ``T``, so no gradient method applies); ties keep
-    the earliest ``T`` found, starting from ``T = 1``.  The result is clipped to
+    ``n_bins`` equal-width bins over ``T = 1``, the grid ``{0.1, 0.2, ..., 10}`` of Mukhoti et al.
+    and a log-spaced grid of ``T`` in ``[t_min, t_max]`` refined twice around the best point (ECE is
+    discontinuous in ``T``, so no gradient method applies); ties keep the earliest ``T`` found.  The result is clipped to
     ``[t_min, t_max]``: ``t_min`` is returned for separable data whose NLL keeps decreasing.
 
     Fit on a validation split, never on the test data.  Accuracy is unchanged by construction.
