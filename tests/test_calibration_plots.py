@@ -1,0 +1,119 @@
+"""Reliability diagrams: bars at the true bin positions, the legend's ECE is the metric, signed
+gap colours, empty bins left blank, side-by-side layout, and PNGs that save."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labelsmooth.calibration import calibration_gap, expected_calibration_error
+
+pytest.importorskip("matplotlib")
+
+from matplotlib.figure import Figure  # noqa: E402
+
+from labelsmooth.calibration.plots import (  # noqa: E402
+    _OVER_COLOR,
+    _UNDER_COLOR,
+    reliability_diagram,
+    reliability_diagrams,
+)
+
+
+def _case(seed: int, scale: float, n: int = 400, k: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    z = 1.5 * torch.randn(n, k, generator=g, dtype=torch.float64)
+    y = torch.multinomial(z.softmax(-1), 1, generator=g).squeeze(1)
+    return scale * z, y
+
+
+def _legend_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def _bars(ax):
+    return [p for p in ax.patches if p.get_width() > 0]
+
+
+def test_single_diagram_content(tmp_path):
+    logits, y = _case(0, 3.0)
+    fig = reliability_diagram(logits, y, n_bins=10, from_logits=True, title="over-confident")
+    assert isinstance(fig, Figure)
+    main, hist = fig.axes
+    assert main.get_title() == "over-confident"
+    texts = _legend_texts(main)
+    ece = expected_calibration_error(logits, y, 10, from_logits=True).item()
+    assert f"ECE = {100 * ece:.2f}%  (M = 10)" in texts
+    assert "n = 400" in texts
+    gap = calibration_gap(logits, y, 10, from_logits=True)
+    assert f"conf - acc = {100 * gap.overall.item():+.2f}%" in texts
+    # Outline bars (no face) mark each bin's accuracy at the true position and width.
+    outlines = [p for p in main.patches if p.get_facecolor()[3] == 0 and p.get_width() > 0]
+    assert len(outlines) == 10
+    for m, p in enumerate(outlines):
+        assert p.get_x() == pytest.approx(m / 10) and p.get_width() == pytest.approx(0.1)
+        acc = gap.accuracy[m].item()
+        assert p.get_height() == pytest.approx(0.0 if gap.counts[m] == 0 else acc)
+    # Over-confident model: every gap bar is red, and spans [acc, conf] of its bin.
+    red = [p for p in main.patches if p.get_edgecolor()[:3] == pytest.approx(_rgb(_OVER_COLOR))]
+    orange = [p for p in main.patches if p.get_edgecolor()[:3] == pytest.approx(_rgb(_UNDER_COLOR))]
+    nonempty = [m for m in range(10) if gap.counts[m] > 0 and gap.per_bin[m] != 0]
+    assert len(red) + len(orange) == len(nonempty)
+    assert len(red) > len(orange)
+    for p in red:
+        m = round(p.get_x() * 10)
+        assert p.get_y() == pytest.approx(gap.accuracy[m].item())
+        assert p.get_y() + p.get_height() == pytest.approx(gap.confidence[m].item())
+    # Histogram: fraction of samples per bin.
+    heights = [p.get_height() for p in hist.patches]
+    assert heights == pytest.approx((gap.counts.double() / 400).tolist())
+    out = tmp_path / "diagram.png"
+    fig.savefig(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _rgb(hex_color: str) -> tuple[float, float, float]:
+    h = hex_color.lstrip("#")
+    return tuple(int(h[i : i + 2], 16) / 255 for i in (0, 2, 4))
+
+
+def test_under_confident_uses_the_other_colour_and_empty_bins_are_blank():
+    logits, y = _case(1, 0.3)  # flattened logits: under-confident
+    fig = reliability_diagram(logits, y, n_bins=15, from_logits=True)
+    main = fig.axes[0]
+    red = [p for p in main.patches if p.get_edgecolor()[:3] == pytest.approx(_rgb(_OVER_COLOR))]
+    orange = [p for p in main.patches if p.get_edgecolor()[:3] == pytest.approx(_rgb(_UNDER_COLOR))]
+    assert len(orange) > len(red)
+    gap = calibration_gap(logits, y, 15, from_logits=True)
+    assert (gap.counts == 0).any()  # confidences never reach the top bins
+    gap_x = {round(p.get_x() * 15) for p in red + orange}
+    assert all(gap.counts[m] > 0 for m in gap_x)
+
+
+def test_side_by_side_and_given_axes(tmp_path):
+    models = {f"alpha={a}": _case(2, s) for a, s in ((0.0, 3.0), (0.1, 1.0), (0.2, 0.5))}
+    fig = reliability_diagrams(models, n_bins=10, from_logits=True)
+    assert len(fig.axes) == 6  # a diagram and a histogram per model
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == list(models)
+    fig.savefig(tmp_path / "side.png")
+    grid = reliability_diagrams(models, from_logits=True, ncols=2)
+    assert len(grid.axes) == 6
+    # Drawing into an existing axes splits its slot.
+    host = Figure()
+    ax = host.add_subplot(1, 2, 2)
+    logits, y = models["alpha=0.1"]
+    assert reliability_diagram(logits, y, from_logits=True, ax=ax) is host
+    assert len(host.axes) == 2
+
+
+def test_plot_validation():
+    logits, y = _case(3, 1.0, n=10)
+    with pytest.raises(ValueError, match="models must be a non-empty mapping"):
+        reliability_diagrams({})
+    with pytest.raises(ValueError, match="ncols"):
+        reliability_diagrams({"a": (logits, y)}, from_logits=True, ncols=0)
+    with pytest.raises(ValueError, match=r"models\['a'\] must be a \(probs, labels\) tuple"):
+        reliability_diagrams({"a": logits})
+    with pytest.raises(ValueError, match="n_bins"):
+        reliability_diagram(logits, y, n_bins=0, from_logits=True)
