@@ -301,6 +301,15 @@ def test_empty_batch():
     assert float(loss.detach()) == 0.0 and x.grad.shape == (0, 7)
 
 
+def test_stats_use_the_kernel_lse():
+    x, y = _logits(6, 301, torch.float32), _target(6, 301)
+    out = ls.cross_entropy_with_stats(x, y, label_smoothing=0.1, z_loss=1e-3, reduction="none",
+                                      impl="triton")
+    keep = y != -100
+    torch.testing.assert_close(out.lse[keep], torch.logsumexp(x[keep], 1))
+    torch.testing.assert_close(out.nll[keep], F.cross_entropy(x[keep], y[keep], reduction="none"))
+
+
 def test_float64_falls_back_to_the_reference():
     x, y = _logits(4, 9, torch.float64), _target(4, 9, ignore=False)
     args = (y, torch.full((4,), 0.9, dtype=torch.float64, device=DEV),
@@ -671,6 +680,32 @@ def test_gpu_compile_fullgraph_reduce_overhead(inplace):
     (g_e,) = torch.autograd.grad(loss_e, x)
     torch.testing.assert_close(loss, loss_e)
     torch.testing.assert_close(g, g_e)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("inplace", [False, True])
+def test_gpu_peak_memory_is_the_gradient_or_nothing(inplace):
+    """Goal: extra memory of forward + backward ≤ the gradient, and ~0 with the in-place option."""
+    r, k = 4096, 32000
+    src = torch.randn(r, k, device=DEV, dtype=torch.bfloat16, requires_grad=True)
+    x = src * 1.0  # non-leaf logits, as produced by an output layer
+    y = torch.randint(0, k, (r,), device=DEV)
+    ls.cross_entropy(x.detach().clone(), y, impl="triton")  # compile the kernels first
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    loss = ls.cross_entropy(x, y, label_smoothing=0.1, z_loss=1e-4, impl="triton",
+                            inplace_backward=inplace)
+    (g,) = torch.autograd.grad(loss, x)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    grad_bytes = x.numel() * x.element_size()
+    small = 64 * r * 4 + 2 ** 21  # (R,) vectors and allocator granularity
+    if inplace:
+        assert g.data_ptr() == x.data_ptr() and extra <= small, extra
+    else:
+        assert extra <= grad_bytes + small, (extra, grad_bytes)
 
 
 @gpu
