@@ -78,6 +78,19 @@ def test_gradcheck_probability_targets_wrt_input_and_target(impl, name):
     assert gradcheck(lambda a, b: ls.cross_entropy(a, b, reduction="sum", impl=impl, **kw), (x, t))
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_gradcheck_probability_targets_target_mode(impl):
+    """Under weight_mode="target" the row scale Σ_c w_c t_c depends on t: its gradient counts."""
+    need_impl(impl)
+    w = torch.rand(K, dtype=torch.float64) * 3 + 0.5
+    x = torch.randn(3, K, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.softmax(torch.randn(3, K, 2, dtype=torch.float64), 1).requires_grad_()
+    for red in ("none", "mean"):
+        assert gradcheck(lambda a, b: ls.cross_entropy(a, b, w, reduction=red, label_smoothing=0.1,
+                                                       z_loss=0.01, weight_mode="target", impl=impl),
+                         (x, t))
+
+
 def test_gradgradcheck_reference():
     """The reference is plain autograd, so second derivatives exist (useful for meta-learning)."""
     x = torch.randn(3, K, dtype=torch.float64, requires_grad=True)

@@ -100,11 +100,13 @@ def cross_entropy(
 
     Args:
         input: logits of shape (C), (N, C) or (N, C, d1, ..., dk); any floating dtype.
-        target: class indices of shape (), (N) or (N, d1, ..., dk) (any integer dtype), or class
-            probabilities of the same shape as ``input``.
+        target: class indices of shape (), (N) or (N, d1, ..., dk) (any integer dtype; moved to
+            ``input``'s device if needed), or class probabilities of the same shape and device as
+            ``input``.
         weight: optional (C,) class weights.
-        ignore_index: index target value whose elements contribute nothing (may lie outside
-            [0, C)). Not supported (must be negative) with probability targets, as in PyTorch.
+        ignore_index: index target value whose elements contribute nothing, neither loss nor
+            gradient, whatever their logits hold (may lie outside [0, C)). Not supported (must be
+            negative) with probability targets, as in PyTorch.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         label_smoothing: ε in [0, 1].
         spread: ``"all"`` (PyTorch, ε/K) or ``"others"`` (fairseq/Megatron, ε/(K−1)).
@@ -116,8 +118,10 @@ def cross_entropy(
             engine) or ``"triton"`` (GPU kernel).
         inplace_backward: let the backward write the gradient into ``input``'s memory (fused
             implementations only; using ``input`` again afterwards raises).
-        validate: check target values (indices in range): ``None`` checks on CPU only (no
-            host-device sync on accelerators), ``True`` always (syncs on CUDA), ``False`` never.
+        validate: check values (indices in [0, C) or ``ignore_index``; ``prior`` a distribution):
+            ``None`` (default) checks tensors on the CPU only, so accelerators never wait for a
+            host-device sync; ``True`` always checks (one sync per call on CUDA); ``False`` never
+            checks (an out-of-range index is then undefined behaviour, as in a raw gather).
 
     Returns:
         The loss in ``input``'s dtype: a scalar for ``mean``/``sum``, else the target's shape
@@ -435,6 +439,9 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
     if opts.ignore_index >= 0:
         raise V.fail("ignore_index", "negative (ignore_index is not supported for probability "
                      "targets)", opts.ignore_index)
+    if target.device != input.device:
+        raise V.fail("target", f"on the input's device {input.device} (probability targets are "
+                     "not copied across devices)", str(target.device))
     a, b = smoothing_coefficients(
         num_classes, opts.label_smoothing, spread=opts.spread, prior=opts.prior,
         check_values=_check_prior_values(opts, check_values),
@@ -444,16 +451,25 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
     w = weight.detach().to(device=input.device, dtype=acc) if weight is not None else None
     t = _rows(target, num_classes)
     rows = x.shape[0]
-    if opts.weight_mode == "torch":
-        rs = torch.ones(rows, dtype=acc, device=input.device)
-        w_op, denom = w, float(rows)
-    else:
-        rs = (t.detach().to(acc) @ w) if w is not None else torch.ones(rows, dtype=acc, device=input.device)
-        w_op, denom = None, rs.sum()
+    ones = torch.ones(rows, dtype=acc, device=input.device)
     b_vec, b_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
-    cz = opts.z_loss * rs if opts.z_loss > 0.0 else None  # weighted and normalised like the loss
-    loss_rows, lse = op.prob_rows(x, t, w_op, a, b_vec, b_uniform, rs, cz, opts.softcap,
-                                  opts.inplace_backward)
+    if opts.weight_mode == "torch" or w is None:
+        rs, w_op = ones, (w if opts.weight_mode == "torch" else None)
+        denom = float(rows) if opts.weight_mode == "torch" else rs.sum()
+        cz = opts.z_loss * rs if opts.z_loss > 0.0 else None
+        loss_rows, lse = op.prob_rows(x, t, w_op, a, b_vec, b_uniform, rs, cz, opts.softcap,
+                                      opts.inplace_backward)
+    else:
+        # The row scale Σ_c w_c t_c depends on the target, so it is applied here, outside the op:
+        # autograd then carries its share of ∂ℓ/∂t (ops treat their rs argument as a constant).
+        w_op = None
+        rs = t.to(acc) @ w
+        denom = rs.sum()
+        cz_op = opts.z_loss * ones if opts.z_loss > 0.0 else None
+        loss_rows, lse = op.prob_rows(x, t, None, a, b_vec, b_uniform, ones, cz_op, opts.softcap,
+                                      opts.inplace_backward)
+        loss_rows = rs * loss_rows
+        cz = opts.z_loss * rs.detach() if opts.z_loss > 0.0 else None  # for the stats
     out_shape = tuple(input.shape[:1] + input.shape[2:]) if input.dim() >= 2 else ()
     loss = _reduce(loss_rows, opts.reduction, denom, out_shape).to(input.dtype)
     if not stats:
@@ -463,8 +479,9 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         if opts.softcap is not None:
             xf = opts.softcap * torch.tanh(xf / opts.softcap)
         tq = t.to(acc) * w_op if w_op is not None else t.to(acc)
-        nll_rows = rs * (lse * tq.sum(-1) - (tq * xf).sum(-1))
+        nll_rows = rs.detach() * (lse * tq.sum(-1) - (tq * xf).sum(-1))
         z_rows = cz * lse.square() if cz is not None else torch.zeros_like(lse)
+        denom = denom.detach() if isinstance(denom, torch.Tensor) else denom
         nll = _reduce(nll_rows, opts.reduction, denom, out_shape).to(input.dtype)
         zl = _reduce(z_rows, opts.reduction, denom, out_shape).to(input.dtype)
     return CrossEntropyStats(loss, nll, zl, lse.reshape(out_shape))
