@@ -2,8 +2,8 @@ r"""Vocabulary-parallel label-smoothed cross-entropy over :mod:`torch.distribute
 
 Under tensor (vocabulary) parallelism every rank of a process group holds a contiguous slice of the
 classes: ``local_logits = logits[:, v0 : v0 + K_r]``. The label-smoothed loss needs four per-row
-quantities of the *whole* row — the log-sum-exp, the target logit, the smoothing-weighted logit sum
-:math:`\sum_c s_c x_c` and (with class weights) the target class's weight — and one scalar,
+quantities of the *whole* row — the log-sum-exp, the target logit, the smoothing-weighted logit
+sum :math:`\sum_c s_c x_c` and (with class weights) the target class's weight — and one scalar,
 :math:`S = \sum_c s_c`. Each is a sum or a max of per-shard partials, so the forward pass
 communicates per-row vectors only (O(N), never O(N·K)):
 
@@ -12,11 +12,12 @@ communicates per-row vectors only (O(N), never O(N·K)):
    :math:`\sum_c s_c x_c`;
 2. one ``MAX`` all-reduce of :math:`\mathrm{lse}_r` gives the row maximum :math:`M`;
 3. one ``SUM`` all-reduce of the stacked rows
-   :math:`[e^{\mathrm{lse}_r - M},\ x_y\text{ share},\ \sum s_c x_c\text{ share},\ w_y\text{ share}]`
+   :math:`[e^{\mathrm{lse}_r - M},\ x_y,\ \sum s_c x_c,\ w_y]` (each rank's share)
    (plus the scalar :math:`S` share when the shares are not uniform) gives
    :math:`\mathrm{lse} = M + \log\sum_r e^{\mathrm{lse}_r - M}` and the rest.
 
-Then, with the per-row coefficients :math:`c_t, c_s, c_z` of :func:`labelsmooth.functional.plan_index`,
+Then, with the per-row coefficients :math:`c_t, c_s, c_z` of
+:func:`labelsmooth.functional.plan_index`,
 
 .. math::
 
@@ -130,8 +131,12 @@ def _collective_device(group: Any) -> torch.device:
 def _layout(local_width: int, group: Any, world: int, rank: int, vocab_start: int | None,
             vocab_size: int | None) -> tuple[int, int]:
     for name, value in (("vocab_start", vocab_start), ("vocab_size", vocab_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise V.fail(name, "None or a non-negative int", value, TypeError if not isinstance(value, int) else ValueError)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise V.fail(name, "None or a non-negative int", value, TypeError)
+        if value < 0:
+            raise V.fail(name, "None or a non-negative int", value)
     if world == 1:
         start = 0 if vocab_start is None else vocab_start
         size = start + local_width if vocab_size is None else vocab_size
@@ -162,7 +167,8 @@ def _is_dtensor(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
-def _unwrap_dtensor(t: torch.Tensor, class_dim: int, arg: str) -> tuple[torch.Tensor, Any, int, int]:
+def _unwrap_dtensor(t: torch.Tensor, class_dim: int,
+                    arg: str) -> tuple[torch.Tensor, Any, int, int]:
     """Local shard, process group, vocab_start and vocab_size of a class-dim-sharded DTensor."""
     placements = t.placements
     shard_dims = [i for i, p in enumerate(placements) if p.is_shard()]
@@ -236,7 +242,8 @@ class _Shard:
     softcap: float | None
 
 
-def _partials(engine, x: torch.Tensor, sh: _Shard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _partials(engine, x: torch.Tensor,
+              sh: _Shard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row (lse_r, x_y share, Σ s·x share) of one shard, in the accumulation dtype."""
     acc = _acc(x.dtype)
     rows = x.shape[0]
@@ -349,18 +356,46 @@ def _check_class_shard(arg: str, t: torch.Tensor | None, width: int) -> torch.Te
     return V.check_class_vector(arg, t, width)
 
 
-def _shard_setup(target, width, start, size, weight, prior, opts, device, acc, check_values):
-    """Plan (global coefficients) for this shard: local targets, shares and the weight shard."""
+@dataclasses.dataclass
+class _Setup:
+    """This rank's view of one loss call: options, coefficients, shard and what to all-reduce."""
+
+    opts: Any                  # LossOptions as given (the reduction is applied with these)
+    plan_opts: Any             # the same without the prior (plan_index checks a full-length prior)
+    plan: Any                  # IndexPlan; ct/cs/cz final once w_y is known (see _globals)
+    sh: _Shard
+    target: torch.Tensor       # (R,) flattened global class ids
+    size: int                  # K, the global vocabulary
+    weight: torch.Tensor | None
+    prior: torch.Tensor | None
+    check_values: bool
+    group: Any
+    world: int
+    acc: torch.dtype
+    w_share: torch.Tensor | None   # (R,) w_y if this rank owns the target, else 0
+    scalars: list[torch.Tensor]    # S share (vector shares), prior-sum share (validation)
+
+
+def _setup(target, width, start, size, weight, prior, opts, device, acc, check_values, group,
+           world) -> _Setup:
+    """Fold convention, weights and ignore mask into coefficients for this shard (no collective)."""
     eps = opts.label_smoothing
     if prior is not None and opts.spread == "others":
         raise V.fail("prior", 'None when spread="others" (a prior replaces the uniform share of '
                      'spread="all")', "a tensor")
     if opts.spread == "others" and size < 2:
         raise V.fail("vocab_size", 'at least 2 with spread="others"', size)
+    if prior is not None and check_values:
+        p = prior.detach().double()
+        if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
+            raise V.fail("prior", "a distribution shard (finite, non-negative entries)",
+                         prior.tolist())
     # The prior shard cannot go through plan_index's length-K check; its share is folded in below
-    # (a = 1 - ε in both the uniform and the prior case, so the coefficients are the same).
+    # (a = 1 - ε with or without a prior, so the coefficients are the same). Until the weights of
+    # the targets are all-reduced, w_y is a placeholder: ct/cs/cz are recomputed in _globals.
     plan_opts = dataclasses.replace(opts, prior=None)
-    placeholder = None if weight is None else torch.zeros(target.shape[0], dtype=acc, device=device)
+    placeholder = None if weight is None else torch.zeros(target.shape[0], dtype=acc,
+                                                          device=device)
     plan = plan_index(target, size, plan_opts, weight, device=device, acc=acc,
                       check_values=check_values, w_y=placeholder)
     s, s_uniform = plan.s, plan.s_uniform
@@ -372,13 +407,52 @@ def _shard_setup(target, width, start, size, weight, prior, opts, device, acc, c
     y_local = plan.y - start
     in_shard = plan.valid & (y_local >= 0) & (y_local < width)
     y_local = torch.where(in_shard, y_local, torch.zeros_like(y_local))
-    return plan, plan_opts, _Shard(y_local, in_shard, s, s_uniform, opts.softcap)
+    sh = _Shard(y_local, in_shard, s, s_uniform, opts.softcap)
+
+    scalars = []  # non-row numbers carried by the SUM all-reduce
+    if s is not None:
+        scalars.append(s.sum())
+    if prior is not None and check_values:
+        scalars.append(prior.detach().to(device=device, dtype=acc).sum())
+    w_share = None
+    if weight is not None:
+        zero = torch.zeros_like(plan.w_y)
+        w_loc = weight.detach().to(device=device, dtype=acc)
+        w_share = torch.where(in_shard, w_loc[y_local], zero) if width > 0 else zero
+    return _Setup(opts, plan_opts, plan, sh, target, size, weight, prior, check_values, group,
+                  world, acc, w_share, scalars)
 
 
-def _prior_check(prior: torch.Tensor) -> None:
-    p = prior.detach().double()
-    if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
-        raise V.fail("prior", "a distribution shard (finite, non-negative entries)", prior.tolist())
+def _globals(st: _Setup, lse_r, xy_r, sx_r, differentiable: bool = False):
+    """All-reduce the shard partials; return (lse, x_y, Σ s·x, S, final plan) for every row."""
+    rows = [xy_r, sx_r] + ([st.w_share] if st.w_share is not None else [])
+    lse, summed, tot = _combine(lse_r, rows, st.scalars, st.group, st.world, differentiable)
+    S = tot[0] if st.sh.s is not None else st.sh.s_uniform * st.size
+    if st.prior is not None and st.check_values:
+        total = float(tot[-1].detach())
+        if abs(total - 1.0) > 1e-4:
+            raise V.fail("prior", "shards of a distribution summing to 1 over all ranks (sum is "
+                         f"{total:.6g})", "a prior shard")
+    plan = st.plan
+    if st.weight is not None:
+        plan = plan_index(st.target, st.size, st.plan_opts, st.weight, device=lse.device,
+                          acc=st.acc, check_values=False, w_y=summed[2])
+    return lse, summed[0], summed[1], S, plan
+
+
+def _reference_rows(x: torch.Tensor, st: _Setup):
+    """Plain PyTorch per-row loss; autograd derives the gradient through the collectives."""
+    sh = st.sh
+    xc = _softcapped(x.to(st.acc), sh.softcap)
+    if xc.shape[1] == 0:
+        lse_r = torch.full((xc.shape[0],), -math.inf, dtype=st.acc, device=x.device)
+        xy_r = sx_r = xc.sum(-1)
+    else:
+        lse_r = torch.logsumexp(xc, -1)
+        xy_r = xc.gather(1, sh.y[:, None])[:, 0] * sh.in_shard
+        sx_r = xc @ sh.s if sh.s is not None else sh.s_uniform * xc.sum(-1)
+    lse, x_y, sx, S, plan = _globals(st, lse_r, xy_r, sx_r, differentiable=True)
+    return _row_loss(lse, x_y, sx, S, plan.ct, plan.cs, plan.cz), lse.detach(), plan
 
 
 def vocab_parallel_cross_entropy(
@@ -496,78 +570,21 @@ def vocab_parallel_cross_entropy(
     group, world, rank = _group_info(group)
     start, size = _layout(width, group, world, rank, vocab_start, vocab_size)
     check_values = V.should_check_values(validate, x_in, target)
-    if prior is not None and check_values:
-        _prior_check(prior)
 
     # (R, K_r) with classes last; explicit row count so an empty shard (K_r = 0) reshapes too
     x = (_rows(x_in, width) if width > 0 or x_in.dim() < 3
          else x_in.movedim(1, -1).reshape(target.numel(), 0))
-    acc = _acc(x.dtype)
-    plan, plan_opts, sh = _shard_setup(target.reshape(-1), width, start, size, weight, prior,
-                                       opts, x.device, acc, check_values)
-    out_shape = tuple(target.shape)
-
-    # Non-row scalars carried by the SUM all-reduce: S when the shares are a vector, the prior sum.
-    scalars = []
-    if sh.s is not None:
-        scalars.append(sh.s.sum())
-    if prior is not None and check_values:
-        scalars.append(prior.detach().to(device=x.device, dtype=acc).sum())
-    w_share = None
-    if weight is not None:
-        w_loc = weight.detach().to(device=x.device, dtype=acc)
-        w_share = torch.where(sh.in_shard, w_loc[sh.y] if width > 0 else
-                              torch.zeros_like(plan.w_y), torch.zeros_like(plan.w_y))
-
+    st = _setup(target.reshape(-1), width, start, size, weight, prior, opts, x.device,
+                _acc(x.dtype), check_values, group, world)
     if engine is None:
-        loss_rows, lse, plan = _reference_rows(x, sh, plan, opts, plan_opts, weight, w_share, scalars,
-                                         size, target, group, world, acc, check_values, prior)
-        return finish_index(loss_rows, lse, None, plan, opts, out_shape, x_in.dtype, False).loss
-
-    with torch.no_grad():
-        lse_r, xy_r, sx_r = _partials(engine, x.detach(), sh)
-        rows = [xy_r, sx_r] + ([w_share] if w_share is not None else [])
-        lse, summed, tot = _combine(lse_r, rows, scalars, group, world)
-    x_y, sx = summed[0], summed[1]
-    S, plan = _finish_plan(sh, size, tot, prior, check_values, plan, summed, target, plan_opts,
-                           weight, x.device, acc)
-    loss_rows = _RowsFromStats.apply(x, engine, sh, lse, x_y, sx, S, plan.ct, plan.cs, plan.cz)
-    return finish_index(loss_rows, lse, None, plan, opts, out_shape, x_in.dtype, False).loss
-
-
-def _finish_plan(sh, size, tot, prior, check_values, plan, summed, target, plan_opts, weight,
-                 device, acc):
-    """Global S, the prior-sum check, and the final coefficients once w_y is known."""
-    S = tot[0] if sh.s is not None else sh.s_uniform * size
-    if prior is not None and check_values:
-        total = float(tot[-1].detach())
-        if abs(total - 1.0) > 1e-4:
-            raise V.fail("prior", f"shards of a distribution summing to 1 over all ranks (sum is "
-                         f"{total:.6g})", "a prior shard")
-    if weight is not None:
-        plan = plan_index(target.reshape(-1), size, plan_opts, weight, device=device, acc=acc,
-                          check_values=False, w_y=summed[2])
-    return S, plan
-
-
-def _reference_rows(x, sh, plan, opts, plan_opts, weight, w_share, scalars, size, target, group,
-                    world, acc, check_values, prior):
-    """Plain PyTorch per-row loss; autograd derives the gradient through the collectives."""
-    xc = _softcapped(x.to(acc), sh.softcap)
-    rows_n = xc.shape[0]
-    if xc.shape[1] == 0:
-        lse_r = torch.full((rows_n,), -math.inf, dtype=acc, device=x.device)
-        xy_r = sx_r = xc.sum(-1)
+        loss_rows, lse, plan = _reference_rows(x, st)
     else:
-        lse_r = torch.logsumexp(xc, -1)
-        xy_r = xc.gather(1, sh.y[:, None])[:, 0] * sh.in_shard
-        sx_r = xc @ sh.s if sh.s is not None else sh.s_uniform * xc.sum(-1)
-    rows = [xy_r, sx_r] + ([w_share] if w_share is not None else [])
-    lse, summed, tot = _combine(lse_r, rows, scalars, group, world, differentiable=True)
-    S, plan = _finish_plan(sh, size, tot, prior, check_values, plan, summed, target, plan_opts,
-                           weight, x.device, acc)
-    loss = _row_loss(lse, summed[0], summed[1], S, plan.ct, plan.cs, plan.cz)
-    return loss, lse.detach(), plan
+        with torch.no_grad():
+            lse, x_y, sx, S, plan = _globals(st, *_partials(engine, x.detach(), st.sh))
+        loss_rows = _RowsFromStats.apply(x, engine, st.sh, lse, x_y, sx, S, plan.ct, plan.cs,
+                                         plan.cz)
+    return finish_index(loss_rows, lse, None, plan, opts, tuple(target.shape), x_in.dtype,
+                        False).loss
 
 
 # --------------------------------------------------------------------------------------------
@@ -629,8 +646,8 @@ class _LinearRows(torch.autograd.Function):
     chunk, writes d(hidden) (summed over ranks) and this rank's d(weight), d(bias)."""
 
     @staticmethod
-    def forward(ctx, h, w, b, engine, sh, lse, x_y, sx, S, ct, cs, cz, chunk, group,  # type: ignore[override]
-                world):
+    def forward(ctx, h, w, b, engine, sh, lse, x_y, sx, S, ct, cs, cz,  # type: ignore[override]
+                chunk, group, world):
         ctx.engine, ctx.sh, ctx.chunk, ctx.group, ctx.world = engine, sh, chunk, group, world
         ctx.has_bias = b is not None
         coef_p = _coef_p(lse, S, ct, cs, cz)
@@ -714,7 +731,7 @@ def vocab_parallel_linear_cross_entropy(
         bias: optional (K_r,) this rank's slice of the output bias.
         group, vocab_start, vocab_size: as in :func:`vocab_parallel_cross_entropy`.
         class_weight: this rank's shard of the class weights (``weight`` of
-            :func:`vocab_parallel_cross_entropy`; renamed here because ``weight`` is the projection).
+            :func:`vocab_parallel_cross_entropy`; renamed as ``weight`` is the projection).
         ignore_index, reduction, label_smoothing, spread, prior, weight_mode, z_loss, softcap,
             impl, validate: as in :func:`vocab_parallel_cross_entropy`.
         chunk_size: rows of logits per chunk (default: as many as fit 32 MiB of float32 logits).
@@ -762,45 +779,26 @@ def vocab_parallel_linear_cross_entropy(
     group, world, rank = _group_info(group)
     start, size = _layout(width, group, world, rank, vocab_start, vocab_size)
     check_values = V.should_check_values(validate, hidden, target)
-    if prior is not None and check_values:
-        _prior_check(prior)
 
     h = hidden.reshape(-1, hidden.shape[-1])
-    acc = _acc(h.dtype)
-    plan, plan_opts, sh = _shard_setup(target.reshape(-1), width, start, size, class_weight, prior,
-                                       opts, h.device, acc, check_values)
+    st = _setup(target.reshape(-1), width, start, size, class_weight, prior, opts, h.device,
+                _acc(h.dtype), check_values, group, world)
     out_shape = tuple(target.shape)
-    scalars = []
-    if sh.s is not None:
-        scalars.append(sh.s.sum())
-    if prior is not None and check_values:
-        scalars.append(prior.detach().to(device=h.device, dtype=acc).sum())
-    w_share = None
-    if class_weight is not None:
-        w_loc = class_weight.detach().to(device=h.device, dtype=acc)
-        zero = torch.zeros_like(plan.w_y)
-        w_share = torch.where(sh.in_shard, w_loc[sh.y], zero) if width > 0 else zero
-
     if engine is None:  # reference: full local logits, autograd through the collectives
         x = _chunk_logits(copy_to_vocab_parallel(h, group), w, bias)
-        loss_rows, lse, plan = _reference_rows(x, sh, plan, opts, plan_opts, class_weight,
-                                               w_share, scalars, size, target, group, world, acc,
-                                               check_values, prior)
+        loss_rows, lse, plan = _reference_rows(x, st)
         return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss
 
-    rows_n = h.shape[0]
-    with torch.no_grad():
-        lse_r = torch.empty(rows_n, dtype=acc, device=h.device)
+    rows_n, sh = h.shape[0], st.sh
+    with torch.no_grad():  # statistics chunk by chunk: the local logits are never held in full
+        lse_r = torch.empty(rows_n, dtype=st.acc, device=h.device)
         xy_r, sx_r = torch.empty_like(lse_r), torch.empty_like(lse_r)
         for r0 in range(0, rows_n, chunk):
             r1 = min(rows_n, r0 + chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
             lse_r[r0:r1], xy_r[r0:r1], sx_r[r0:r1] = _partials(
                 engine, _chunk_logits(h[r0:r1], w, bias), part)
-        rows = [xy_r, sx_r] + ([w_share] if w_share is not None else [])
-        lse, summed, tot = _combine(lse_r, rows, scalars, group, world)
-    S, plan = _finish_plan(sh, size, tot, prior, check_values, plan, summed, target, plan_opts,
-                           class_weight, h.device, acc)
-    loss_rows = _LinearRows.apply(h, w, bias, engine, sh, lse, summed[0], summed[1], S, plan.ct,
-                                  plan.cs, plan.cz, chunk, group, world)
+        lse, x_y, sx, S, plan = _globals(st, lse_r, xy_r, sx_r)
+    loss_rows = _LinearRows.apply(h, w, bias, engine, sh, lse, x_y, sx, S, plan.ct, plan.cs,
+                                  plan.cz, chunk, group, world)
     return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss
