@@ -42,8 +42,17 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-SCALARS = ("ece", "mce", "rms_ce", "debiased_ce", "debiased_ce_squared", "gap", "accuracy", "nll",
-           "brier")
+SCALARS = (
+    "ece",
+    "mce",
+    "rms_ce",
+    "debiased_ce",
+    "debiased_ce_squared",
+    "gap",
+    "accuracy",
+    "nll",
+    "brier",
+)
 
 
 def _case(seed: int, n: int, k: int, *, logits: bool = False):
@@ -84,14 +93,22 @@ def _one_shot(p, y, n_bins, num_classes=None, from_logits=False):
 def _assert_same(got: dict, want: dict, atol: float = 1e-12) -> None:
     assert set(got) == set(want)
     for k in want:
-        torch.testing.assert_close(got[k].double() if k != "bin_counts" else got[k],
-                                   want[k].double() if k != "bin_counts" else want[k],
-                                   rtol=0, atol=atol, equal_nan=True, msg=k)
+        torch.testing.assert_close(
+            got[k].double() if k != "bin_counts" else got[k],
+            want[k].double() if k != "bin_counts" else want[k],
+            rtol=0,
+            atol=atol,
+            equal_nan=True,
+            msg=k,
+        )
 
 
 def _random_splits(n: int, g: torch.Generator) -> list[int]:
-    cuts = sorted(torch.randint(0, n + 1, (int(torch.randint(1, 8, (1,), generator=g)),),
-                                generator=g).tolist())
+    cuts = sorted(
+        torch.randint(
+            0, n + 1, (int(torch.randint(1, 8, (1,), generator=g)),), generator=g
+        ).tolist()
+    )
     edges = [0, *cuts, n]
     return [b - a for a, b in zip(edges[:-1], edges[1:])]
 
@@ -132,8 +149,9 @@ def test_binned_meter_float32_logits_match_functional():
     meter = BinnedCalibrationMeter(10, from_logits=True)
     for chunk in range(0, 300, 64):
         meter.update(x[chunk : chunk + 64], y[chunk : chunk + 64])
-    _assert_same({k: v for k, v in meter.compute().items()},
-                 _one_shot(x, y, 10, from_logits=True), atol=1e-9)
+    _assert_same(
+        {k: v for k, v in meter.compute().items()}, _one_shot(x, y, 10, from_logits=True), atol=1e-9
+    )
 
 
 def test_binned_meter_merge_and_state_size():
@@ -253,8 +271,13 @@ def _free_port() -> int:
 
 def _worker(rank: int, world: int, port: int, workdir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         data = torch.load(Path(workdir) / "in.pt")
         x, y, bounds = data["x"], data["y"], data["bounds"]
@@ -267,8 +290,12 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
             sample.update(x[s:e], y[s:e])
         binned.all_reduce()
         sample.all_reduce()
-        out = {"binned": binned.compute(), "sample": sample.compute(),
-               "probs": sample.probs_labels()[0], "labels": sample.probs_labels()[1]}
+        out = {
+            "binned": binned.compute(),
+            "sample": sample.compute(),
+            "probs": sample.probs_labels()[0],
+            "labels": sample.probs_labels()[1],
+        }
         torch.save(out, Path(workdir) / f"out{rank}.pt")
     except BaseException:
         (Path(workdir) / f"err{rank}.txt").write_text(traceback.format_exc())
@@ -285,8 +312,13 @@ def test_all_reduce_two_gloo_processes():
         with tempfile.TemporaryDirectory() as d:
             torch.save({"x": x, "y": y, "bounds": b}, Path(d) / "in.pt")
             try:
-                mp.start_processes(_worker, args=(2, _free_port(), d), nprocs=2, join=True,
-                                   start_method=START_METHOD)
+                mp.start_processes(
+                    _worker,
+                    args=(2, _free_port(), d),
+                    nprocs=2,
+                    join=True,
+                    start_method=START_METHOD,
+                )
             except Exception:
                 errs = sorted(Path(d).glob("err*.txt"))
                 raise AssertionError("\n".join(f.read_text() for f in errs)) from None

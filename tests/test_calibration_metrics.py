@@ -118,7 +118,9 @@ def test_hand_computed_three_samples():
     # confidences 0.9 (right), 0.6 (wrong), 0.7 (right); 10 bins put each in its own bin.
     probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]], dtype=torch.float64)
     labels = torch.tensor([0, 1, 1])
-    assert expected_calibration_error(probs, labels, 10).item() == pytest.approx((0.1 + 0.6 + 0.3) / 3)
+    assert expected_calibration_error(probs, labels, 10).item() == pytest.approx(
+        (0.1 + 0.6 + 0.3) / 3
+    )
     assert maximum_calibration_error(probs, labels, 10).item() == pytest.approx(0.6)
     assert rms_calibration_error(probs, labels, 10).item() == pytest.approx(np.sqrt(0.46 / 3))
     # One bin: |mean conf - acc| = |2.2/3 - 2/3|.
@@ -128,7 +130,11 @@ def test_hand_computed_three_samples():
     assert gap.counts.tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 1, 0]
     assert gap.per_bin[5].item() == pytest.approx(0.6)
     assert gap.per_bin[6].item() == pytest.approx(-0.3)
-    assert torch.isnan(gap.per_bin[0]) and torch.isnan(gap.confidence[0]) and torch.isnan(gap.accuracy[0])
+    assert (
+        torch.isnan(gap.per_bin[0])
+        and torch.isnan(gap.confidence[0])
+        and torch.isnan(gap.accuracy[0])
+    )
     # NLL, Brier, accuracy.
     assert negative_log_likelihood(probs, labels).item() == pytest.approx(
         -(np.log(0.9) + np.log(0.4) + np.log(0.7)) / 3
@@ -228,8 +234,12 @@ def test_one_sample():
     probs = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
     for label, acc in ((1, 1.0), (0, 0.0)):
         y = torch.tensor([label])
-        for fn in (expected_calibration_error, maximum_calibration_error, rms_calibration_error,
-                   adaptive_calibration_error):
+        for fn in (
+            expected_calibration_error,
+            maximum_calibration_error,
+            rms_calibration_error,
+            adaptive_calibration_error,
+        ):
             assert fn(probs, y, 15).item() == pytest.approx(abs(0.7 - acc))
         assert debiased_calibration_error(probs, y, 15, squared=True).item() == 0.0
         assert calibration_gap(probs, y, 15).overall.item() == pytest.approx(0.7 - acc)
@@ -238,8 +248,14 @@ def test_one_sample():
 def test_empty_bins_and_more_bins_than_samples():
     probs, labels = _random_case(0, 5, 4)
     conf, correct = _top(probs, labels)
-    for fn in (expected_calibration_error, maximum_calibration_error, rms_calibration_error,
-               debiased_calibration_error, adaptive_calibration_error, classwise_calibration_error):
+    for fn in (
+        expected_calibration_error,
+        maximum_calibration_error,
+        rms_calibration_error,
+        debiased_calibration_error,
+        adaptive_calibration_error,
+        classwise_calibration_error,
+    ):
         v = fn(probs, labels, 100)
         assert torch.isfinite(v), fn.__name__
     # With at most one sample per bin, ECE and adaptive ECE are mean |c_i - a_i|.
@@ -340,7 +356,13 @@ def test_against_numpy_oracle(seed, n, k, n_bins):
 # ---------------------------------------------------------------------------------------------
 # library oracles
 # ---------------------------------------------------------------------------------------------
-ORACLE_CASES = [(0, 2000, 10, 15), (1, 500, 3, 10), (2, 40, 5, 15), (3, 7, 4, 20), (4, 3000, 100, 15)]
+ORACLE_CASES = [
+    (0, 2000, 10, 15),
+    (1, 500, 3, 10),
+    (2, 40, 5, 15),
+    (3, 7, 4, 20),
+    (4, 3000, 100, 15),
+]
 
 
 @pytest.mark.parametrize("seed,n,k,n_bins", ORACLE_CASES)
@@ -372,9 +394,15 @@ def test_against_uncertainty_calibration(seed, n, k, n_bins):
     data = list(zip(conf, correct))
     width_bins = cal.bin(data, cal.get_equal_prob_bins(conf, n_bins))
     checks = {
-        "ece": (expected_calibration_error(probs, labels, n_bins), cal.get_ece(p, y, num_bins=n_bins)),
+        "ece": (
+            expected_calibration_error(probs, labels, n_bins),
+            cal.get_ece(p, y, num_bins=n_bins),
+        ),
         "rms": (rms_calibration_error(probs, labels, n_bins), cal.plugin_ce(width_bins, power=2)),
-        "debiased": (debiased_calibration_error(probs, labels, n_bins), cal.unbiased_l2_ce(width_bins)),
+        "debiased": (
+            debiased_calibration_error(probs, labels, n_bins),
+            cal.unbiased_l2_ce(width_bins),
+        ),
         "debiased_sq": (
             debiased_calibration_error(probs, labels, n_bins, squared=True),
             cal.unbiased_square_ce(width_bins),
@@ -402,7 +430,10 @@ def test_smooth_ece_against_relplot(seed, n, k):
     relplot = pytest.importorskip("relplot")
     probs, labels = _random_case(seed, n, k, scale=1.0)
     conf, correct = _top(probs, labels)
-    assert abs(smooth_calibration_error(probs, labels).item() - relplot.smECE(conf, correct)) < ORACLE_TOL
+    assert (
+        abs(smooth_calibration_error(probs, labels).item() - relplot.smECE(conf, correct))
+        < ORACLE_TOL
+    )
     for sigma in (0.01, 0.05, 0.3):
         ours = smooth_calibration_error(probs, labels, bandwidth=sigma).item()
         assert abs(ours - relplot.smECE_sigma(conf, correct, sigma)) < ORACLE_TOL

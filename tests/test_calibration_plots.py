@@ -10,9 +10,9 @@ from labelsmooth.calibration import calibration_gap, expected_calibration_error
 
 pytest.importorskip("matplotlib")
 
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
-from labelsmooth.calibration.plots import (  # noqa: E402
+from labelsmooth.calibration.plots import (
     _OVER_COLOR,
     _UNDER_COLOR,
     reliability_diagram,

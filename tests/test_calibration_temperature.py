@@ -19,7 +19,6 @@ from labelsmooth.calibration import (
 from labelsmooth.calibration.temperature import _nll_terms
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # These tests run many small ops; on a shared 2-core box, OpenMP threads spinning against
@@ -45,7 +44,7 @@ def _numpy_nll(z: np.ndarray, y: np.ndarray, t: np.ndarray) -> np.ndarray:
     for i, ti in enumerate(t):
         s = z / ti
         m = s.max(1, keepdims=True)
-        lse = (m[:, 0] + np.log(np.exp(s - m).sum(1)))
+        lse = m[:, 0] + np.log(np.exp(s - m).sum(1))
         out[i] = np.mean(lse - zy / ti)
     return out
 
@@ -104,9 +103,15 @@ def test_reported_numbers_and_accuracy_unchanged():
     logits = 2.5 * z
     fit = fit_temperature(logits, y, n_bins=10)
     scaled = apply_temperature(logits, fit.temperature)
-    assert accuracy(scaled, y, from_logits=True).item() == accuracy(logits, y, from_logits=True).item()
-    assert fit.nll_before == pytest.approx(negative_log_likelihood(logits, y, from_logits=True).item(), abs=1e-12)
-    assert fit.nll_after == pytest.approx(negative_log_likelihood(scaled, y, from_logits=True).item(), abs=1e-12)
+    assert (
+        accuracy(scaled, y, from_logits=True).item() == accuracy(logits, y, from_logits=True).item()
+    )
+    assert fit.nll_before == pytest.approx(
+        negative_log_likelihood(logits, y, from_logits=True).item(), abs=1e-12
+    )
+    assert fit.nll_after == pytest.approx(
+        negative_log_likelihood(scaled, y, from_logits=True).item(), abs=1e-12
+    )
     assert fit.ece_before == pytest.approx(
         expected_calibration_error(logits, y, 10, from_logits=True).item(), abs=1e-12
     )
@@ -127,11 +132,14 @@ def test_ece_objective():
     assert fit_e.ece_after <= fit_n.ece_after + 1e-15
     assert fit_e.ece_after <= fit_e.ece_before
     # never worse than the {0.1, ..., 10} grid of Mukhoti et al.'s evaluation code
-    grid = [expected_calibration_error(logits / (i / 10), y, from_logits=True).item()
-            for i in range(1, 101)]
+    grid = [
+        expected_calibration_error(logits / (i / 10), y, from_logits=True).item()
+        for i in range(1, 101)
+    ]
     assert fit_e.ece_after <= min(grid) + 1e-12
     assert fit_e.ece_after == pytest.approx(
-        expected_calibration_error(logits / fit_e.temperature, y, from_logits=True).item(), abs=1e-12
+        expected_calibration_error(logits / fit_e.temperature, y, from_logits=True).item(),
+        abs=1e-12,
     )
 
 

@@ -13,7 +13,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -92,7 +93,9 @@ class BinnedCalibrationMeter:
         (0.3333, 3)
     """
 
-    def __init__(self, n_bins: int = 15, num_classes: int | None = None, *, from_logits: bool = False):
+    def __init__(
+        self, n_bins: int = 15, num_classes: int | None = None, *, from_logits: bool = False
+    ):
         self.n_bins = _check_n_bins(n_bins)
         if num_classes is not None and (
             isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
@@ -163,11 +166,15 @@ class BinnedCalibrationMeter:
             self._state = self._zeros(p.device)
         st = self._state
         conf, correct = _confidence_correct(p, y)
-        counts, s_conf, s_corr = _bin_stats(_width_bins(conf, self.n_bins), conf, correct, self.n_bins)
+        counts, s_conf, s_corr = _bin_stats(
+            _width_bins(conf, self.n_bins), conf, correct, self.n_bins
+        )
         st["counts"] += counts.to(st["counts"].device)
         st["sum_conf"] += s_conf.to(st["counts"].device)
         st["sum_correct"] += s_corr.to(st["counts"].device)
-        logp = _log_probs_true(_as_tensor(probs, "probs") if self.from_logits else p, y, self.from_logits)
+        logp = _log_probs_true(
+            _as_tensor(probs, "probs") if self.from_logits else p, y, self.from_logits
+        )
         st["sum_nll"] -= logp.to(torch.float64).sum().to(st["counts"].device)
         p64 = p.to(torch.float64)
         onehot = torch.zeros_like(p64).scatter_(1, y[:, None], 1.0)
@@ -187,7 +194,7 @@ class BinnedCalibrationMeter:
                 f"({self.n_bins}, {self.num_classes}) and ({other.n_bins}, {other.num_classes})"
             )
 
-    def merge(self, other: "BinnedCalibrationMeter") -> "BinnedCalibrationMeter":
+    def merge(self, other: BinnedCalibrationMeter) -> BinnedCalibrationMeter:
         """Add ``other``'s samples to this meter (in place); returns ``self``."""
         self._check_compatible(other)
         if other._state is None:
@@ -199,7 +206,7 @@ class BinnedCalibrationMeter:
             self._state[k] += v.to(self._state[k].device)
         return self
 
-    def all_reduce(self, group: Any = None) -> "BinnedCalibrationMeter":
+    def all_reduce(self, group: Any = None) -> BinnedCalibrationMeter:
         """Sum the state over all ranks of ``group`` (every rank must call it); returns ``self``.
 
         All state tensors travel in one flat float64 buffer, so this is a single collective.
@@ -269,7 +276,16 @@ class BinnedCalibrationMeter:
         )
 
 
-_SAMPLE_METRICS = ("ece", "mce", "rms_ce", "debiased_ce", "adaptive_ece", "smooth_ece", "gap", "accuracy")
+_SAMPLE_METRICS = (
+    "ece",
+    "mce",
+    "rms_ce",
+    "debiased_ce",
+    "adaptive_ece",
+    "smooth_ece",
+    "gap",
+    "accuracy",
+)
 
 
 class SampleCalibrationMeter:
@@ -417,16 +433,22 @@ class SampleCalibrationMeter:
         estimate = self._metric(metric, conf, correct)
         low, high = _percentile_bootstrap(
             lambda idx: self._metric(metric, conf[idx], correct[idx]),
-            conf.shape[0], conf.device, n_resamples, alpha, seed,
+            conf.shape[0],
+            conf.device,
+            n_resamples,
+            alpha,
+            seed,
         )
         return BootstrapCI(estimate, low, high)
 
-    def merge(self, other: "SampleCalibrationMeter") -> "SampleCalibrationMeter":
+    def merge(self, other: SampleCalibrationMeter) -> SampleCalibrationMeter:
         """Append ``other``'s samples (in place); returns ``self``."""
         if not isinstance(other, SampleCalibrationMeter):
             raise TypeError(f"other must be a SampleCalibrationMeter, got {type(other).__name__}")
         if self.keep_probs and not other.keep_probs and len(other):
-            raise ValueError("cannot merge a meter without probabilities into one with keep_probs=True")
+            raise ValueError(
+                "cannot merge a meter without probabilities into one with keep_probs=True"
+            )
         self._conf.extend(other._conf)
         self._correct.extend(other._correct)
         if self.keep_probs:
@@ -434,7 +456,7 @@ class SampleCalibrationMeter:
             self._labels.extend(other._labels)
         return self
 
-    def all_reduce(self, group: Any = None) -> "SampleCalibrationMeter":
+    def all_reduce(self, group: Any = None) -> SampleCalibrationMeter:
         """Gather every rank's samples onto every rank, in rank order (all ranks must call it)."""
         dist = _dist()
         comm = _comm_device(group)
@@ -454,13 +476,17 @@ class SampleCalibrationMeter:
         sizes = [int(m[0]) for m in metas]
         k = max(int(m[1]) for m in metas)
         if self.keep_probs:
-            probs = torch.cat(self._probs) if self._probs else torch.zeros(0, k, dtype=torch.float64)
+            probs = (
+                torch.cat(self._probs) if self._probs else torch.zeros(0, k, dtype=torch.float64)
+            )
             labels = torch.cat(self._labels) if self._labels else torch.zeros(0, dtype=torch.long)
             columns += [labels.to(torch.float64)] + [probs[:, j] for j in range(k)]
         device = columns[0].device
         width = len(columns)
-        local = torch.stack([c.to(device) for c in columns], dim=1) if n_local else torch.zeros(
-            0, width, dtype=torch.float64, device=device
+        local = (
+            torch.stack([c.to(device) for c in columns], dim=1)
+            if n_local
+            else torch.zeros(0, width, dtype=torch.float64, device=device)
         )
         cap = max(sizes)
         padded = torch.zeros(cap, width, dtype=torch.float64, device=comm)

@@ -22,25 +22,26 @@ Conventions (Guo et al., 2017):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
 __all__ = [
-    "CalibrationGap",
     "BootstrapCI",
+    "CalibrationGap",
+    "accuracy",
+    "adaptive_calibration_error",
+    "bootstrap_ci",
+    "brier_score",
+    "calibration_gap",
+    "classwise_calibration_error",
+    "debiased_calibration_error",
     "expected_calibration_error",
     "maximum_calibration_error",
-    "rms_calibration_error",
-    "adaptive_calibration_error",
-    "classwise_calibration_error",
-    "smooth_calibration_error",
-    "debiased_calibration_error",
-    "calibration_gap",
     "negative_log_likelihood",
-    "brier_score",
-    "accuracy",
-    "bootstrap_ci",
+    "rms_calibration_error",
+    "smooth_calibration_error",
 ]
 
 _NORMS = ("l1", "l2", "max")
@@ -87,7 +88,9 @@ def _prepare(probs: Any, labels: Any, from_logits: bool) -> tuple[torch.Tensor, 
             f"got shape {tuple(labels.shape)}"
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
+        raise TypeError(
+            f"labels must be an integer tensor of class indices, got dtype {labels.dtype}"
+        )
     if probs.shape[0] == 0:
         raise ValueError("probs must hold at least one sample, got N = 0")
     if probs.shape[1] < 2:
@@ -101,7 +104,9 @@ def _prepare(probs: Any, labels: Any, from_logits: bool) -> tuple[torch.Tensor, 
     return probs, labels.long()
 
 
-def _confidence_correct(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _confidence_correct(
+    probs: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     pred = probs.argmax(dim=-1)
     conf = probs.gather(1, pred[:, None]).squeeze(1)
     correct = (pred == labels).to(probs.dtype)
@@ -113,7 +118,9 @@ def _confidence_correct(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torc
 # ---------------------------------------------------------------------------------------------
 def _width_bins(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
     """Bin index in [0, n_bins) with right-closed bins ((m-1)/M, m/M]; 0 -> 0 and 1 -> M-1."""
-    inner = (torch.arange(1, n_bins, dtype=torch.float64, device=conf.device) / n_bins).to(conf.dtype)
+    inner = (torch.arange(1, n_bins, dtype=torch.float64, device=conf.device) / n_bins).to(
+        conf.dtype
+    )
     # bucketize(right=False) returns i with inner[i-1] < x <= inner[i]: exactly Guo's convention.
     # Values below 0 or above 1 (rounding) are clamped by construction to the end bins.
     return torch.bucketize(conf, inner, right=False)
@@ -251,7 +258,11 @@ def maximum_calibration_error(
     from_logits: bool = False,
     binning: str = "width",
 ) -> torch.Tensor:
-    r"""Maximum calibration error: :math:`\max_{m: |B_m|>0} |\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|`.
+    r"""Maximum calibration error over non-empty bins.
+
+    .. math::
+        \mathrm{MCE} = \max_{m: |B_m|>0} |\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|
+
 
     Same bins as :func:`expected_calibration_error`; empty bins are ignored.
 
@@ -273,7 +284,11 @@ def rms_calibration_error(
     from_logits: bool = False,
     binning: str = "width",
 ) -> torch.Tensor:
-    r"""Plug-in RMS (L2) calibration error :math:`\sqrt{\sum_m \frac{|B_m|}{N}(\mathrm{acc}-\mathrm{conf})^2}`.
+    r"""Plug-in RMS (L2) calibration error.
+
+    .. math::
+        \mathrm{RMSCE} = \sqrt{\sum_m \frac{|B_m|}{N}(\mathrm{acc}(B_m)-\mathrm{conf}(B_m))^2}
+
 
     Biased upward (by the within-bin label variance); see :func:`debiased_calibration_error`.
 
@@ -507,6 +522,7 @@ def _smece(f: torch.Tensor, correct: torch.Tensor, bandwidth: float | None, eps:
     r = f - correct.to(torch.float64)
     if bandwidth is not None:
         return _smece_at(f, r, bandwidth), bandwidth
+
     # Automatic bandwidth: the fixed point sigma = smECE_sigma, by bisection on (0, 1]
     # (smECE_sigma decreases in sigma, so "sigma < smECE_sigma" means sigma is too small).
     def too_small(s: float) -> bool:
@@ -533,14 +549,17 @@ def smooth_calibration_error(
     r"""Smooth ECE (smECE) of Błasiok & Nakkiran (ICLR 2024) for top-label confidence.
 
     With residuals :math:`r_i = c_i - a_i` and a Gaussian kernel :math:`K_\sigma` reflected at
-    0 and 1, the smoothed residual is :math:`\hat r(t) = \sum_i K_\sigma(t, c_i) r_i / \hat\delta(t)`
-    with density :math:`\hat\delta(t) = \sum_i K_\sigma(t, c_i)`, and
+    0 and 1, the smoothed residual is
+    :math:`\hat r(t) = \sum_i K_\sigma(t, c_i) r_i / \hat\delta(t)` with density
+    :math:`\hat\delta(t) = \sum_i K_\sigma(t, c_i)`, and
 
     .. math::
-        \mathrm{smECE}_\sigma = \int_0^1 |\hat r(t)|\,\hat\delta(t)\,dt \Big/ \int_0^1 \hat\delta(t)\,dt.
+        \mathrm{smECE}_\sigma = \int_0^1 |\hat r(t)|\,\hat\delta(t)\,dt
+        \Big/ \int_0^1 \hat\delta(t)\,dt.
 
-    With ``bandwidth=None`` the bandwidth is the fixed point :math:`\sigma^* = \mathrm{smECE}_{\sigma^*}`
-    found by 10 bisection steps on (0, 1] (the consistent calibration measure of the paper).
+    With ``bandwidth=None`` the bandwidth is the fixed point
+    :math:`\sigma^* = \mathrm{smECE}_{\sigma^*}`, found by 10 bisection steps on (0, 1]; this is
+    the consistent calibration measure of the paper.
     The integrals use the paper's reference discretisation (a grid of ``>= 1001`` points and an
     evaluation mesh of ``max(200, 10/sigma)`` points), so the value matches ``relplot.smECE``.
     All samples are needed (see :class:`~labelsmooth.calibration.SampleCalibrationMeter`).
@@ -558,10 +577,14 @@ def smooth_calibration_error(
         0.249
     """
     if bandwidth is not None:
-        if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not (
-            bandwidth > 0 and math.isfinite(bandwidth)
+        if (
+            isinstance(bandwidth, bool)
+            or not isinstance(bandwidth, (int, float))
+            or not (bandwidth > 0 and math.isfinite(bandwidth))
         ):
-            raise ValueError(f"bandwidth must be a positive finite float or None, got {bandwidth!r}")
+            raise ValueError(
+                f"bandwidth must be a positive finite float or None, got {bandwidth!r}"
+            )
         bandwidth = float(bandwidth)
     p, y = _prepare(probs, labels, from_logits)
     conf, correct = _confidence_correct(p, y)
@@ -598,7 +621,9 @@ def negative_log_likelihood(
     return -logp.gather(1, y[:, None]).to(torch.float64).mean()
 
 
-def brier_score(probs: torch.Tensor, labels: torch.Tensor, *, from_logits: bool = False) -> torch.Tensor:
+def brier_score(
+    probs: torch.Tensor, labels: torch.Tensor, *, from_logits: bool = False
+) -> torch.Tensor:
     r"""Multiclass Brier score :math:`\frac1N\sum_i\sum_k (p_{ik} - [y_i = k])^2` (range [0, 2]).
 
     Example:
@@ -612,7 +637,9 @@ def brier_score(probs: torch.Tensor, labels: torch.Tensor, *, from_logits: bool 
     return ((p - onehot) ** 2).sum(dim=1).mean()
 
 
-def accuracy(probs: torch.Tensor, labels: torch.Tensor, *, from_logits: bool = False) -> torch.Tensor:
+def accuracy(
+    probs: torch.Tensor, labels: torch.Tensor, *, from_logits: bool = False
+) -> torch.Tensor:
     r"""Top-1 accuracy :math:`\frac1N\sum_i [\arg\max_k p_{ik} = y_i]` (first index on ties).
 
     Example:
@@ -666,7 +693,11 @@ def bootstrap_ci(
     estimate = float(metric(p, y, **metric_kwargs))
     low, high = _percentile_bootstrap(
         lambda idx: float(metric(p[idx], y[idx], **metric_kwargs)),
-        p.shape[0], p.device, n_resamples, alpha, seed,
+        p.shape[0],
+        p.device,
+        n_resamples,
+        alpha,
+        seed,
     )
     return BootstrapCI(estimate, low, high)
 

@@ -15,7 +15,8 @@ they can be created in loops and saved with ``fig.savefig(path)``.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -68,7 +69,7 @@ def _diagram_data(probs: Any, labels: Any, n_bins: int, from_logits: bool) -> di
     }
 
 
-def _split(ax: "Axes") -> tuple["Axes", "Axes"]:
+def _split(ax: Axes) -> tuple[Axes, Axes]:
     """Split an axes' grid slot into a diagram (3/4) and a histogram (1/4) below it."""
     fig = ax.figure
     spec = ax.get_subplotspec()
@@ -84,7 +85,7 @@ def _split(ax: "Axes") -> tuple["Axes", "Axes"]:
     return main, hist
 
 
-def _draw(ax: "Axes", data: dict[str, Any], n_bins: int, title: str | None, *, ylabel: bool) -> "Axes":
+def _draw(ax: Axes, data: dict[str, Any], n_bins: int, title: str | None, *, ylabel: bool) -> Axes:
     from matplotlib.patches import Patch
 
     ax, hist = _split(ax)
@@ -98,23 +99,53 @@ def _draw(ax: "Axes", data: dict[str, Any], n_bins: int, title: str | None, *, y
     # over-confident (conf > acc) and orange where it is under-confident (acc > conf); a black
     # outline marks the accuracy, so the top of every bar still reads as the bin's accuracy.
     base = [min(a, c) for a, c in zip(acc, conf)]
-    ax.bar(lefts, base, width=width, align="edge", color=_ACC_COLOR, alpha=0.85, linewidth=0,
-           zorder=2)
+    ax.bar(
+        lefts, base, width=width, align="edge", color=_ACC_COLOR, alpha=0.85, linewidth=0, zorder=2
+    )
     for left, a, c, f in zip(lefts, acc, conf, filled):
         if f and c != a:
             color = _OVER_COLOR if c > a else _UNDER_COLOR
-            ax.bar(left, abs(c - a), bottom=min(a, c), width=width, align="edge", zorder=3,
-                   facecolor=color, alpha=0.35, edgecolor=color, hatch="//", linewidth=0.8)
-    ax.bar(lefts, acc, width=width, align="edge", facecolor="none", edgecolor="black",
-           linewidth=0.7, zorder=4)
+            ax.bar(
+                left,
+                abs(c - a),
+                bottom=min(a, c),
+                width=width,
+                align="edge",
+                zorder=3,
+                facecolor=color,
+                alpha=0.35,
+                edgecolor=color,
+                hatch="//",
+                linewidth=0.8,
+            )
+    ax.bar(
+        lefts,
+        acc,
+        width=width,
+        align="edge",
+        facecolor="none",
+        edgecolor="black",
+        linewidth=0.7,
+        zorder=4,
+    )
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1.0, zorder=4)
     gap = data["mean_conf"] - data["mean_acc"]
     handles = [
         Patch(facecolor=_ACC_COLOR, edgecolor="black", label="accuracy"),
-        Patch(facecolor=_OVER_COLOR, alpha=0.35, hatch="//", edgecolor=_OVER_COLOR,
-              label="gap (over-confident)"),
-        Patch(facecolor=_UNDER_COLOR, alpha=0.35, hatch="//", edgecolor=_UNDER_COLOR,
-              label="gap (under-confident)"),
+        Patch(
+            facecolor=_OVER_COLOR,
+            alpha=0.35,
+            hatch="//",
+            edgecolor=_OVER_COLOR,
+            label="gap (over-confident)",
+        ),
+        Patch(
+            facecolor=_UNDER_COLOR,
+            alpha=0.35,
+            hatch="//",
+            edgecolor=_UNDER_COLOR,
+            label="gap (under-confident)",
+        ),
         Patch(color="none", label=f"ECE = {100 * data['ece']:.2f}%  (M = {n_bins})"),
         Patch(color="none", label=f"conf - acc = {100 * gap:+.2f}%"),
         Patch(color="none", label=f"n = {data['n']:,}"),
@@ -133,7 +164,9 @@ def _draw(ax: "Axes", data: dict[str, Any], n_bins: int, title: str | None, *, y
     frac = [k / data["n"] for k in data["counts"]]
     hist.bar(lefts, frac, width=width, align="edge", color="gray", edgecolor="black", linewidth=0.5)
     hist.axvline(data["mean_conf"], color=_OVER_COLOR, linewidth=1.2, label="mean confidence")
-    hist.axvline(data["mean_acc"], color=_ACC_COLOR, linewidth=1.2, linestyle="--", label="accuracy")
+    hist.axvline(
+        data["mean_acc"], color=_ACC_COLOR, linewidth=1.2, linestyle="--", label="accuracy"
+    )
     hist.set_xlim(0, 1)
     hist.set_ylim(0, max(frac) * 1.15 if max(frac) > 0 else 1)
     hist.set_xlabel("confidence")
@@ -150,9 +183,9 @@ def reliability_diagram(
     n_bins: int = 15,
     *,
     from_logits: bool = False,
-    ax: "Axes | None" = None,
+    ax: Axes | None = None,
     title: str | None = None,
-) -> "Figure":
+) -> Figure:
     """Reliability diagram with signed gap bars and a confidence histogram.
 
     Uses the same equal-width ``((m-1)/M, m/M]`` bins and the same ECE as
@@ -197,7 +230,7 @@ def reliability_diagrams(
     *,
     from_logits: bool = False,
     ncols: int | None = None,
-) -> "Figure":
+) -> Figure:
     """Reliability diagrams side by side, one per model (e.g. one per smoothing factor).
 
     Args:
@@ -221,7 +254,9 @@ def reliability_diagrams(
 
     n_bins = _check_n_bins(n_bins)
     if not isinstance(models, Mapping) or len(models) == 0:
-        raise ValueError(f"models must be a non-empty mapping name -> (probs, labels), got {models!r}")
+        raise ValueError(
+            f"models must be a non-empty mapping name -> (probs, labels), got {models!r}"
+        )
     if ncols is None:
         ncols = min(len(models), 4)
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
@@ -231,7 +266,9 @@ def reliability_diagrams(
     fig = Figure(figsize=(4.2 * ncols, 5.2 * nrows), layout="constrained")
     for i, (name, pair) in enumerate(models.items()):
         if not isinstance(pair, tuple) or len(pair) != 2:
-            raise ValueError(f"models[{name!r}] must be a (probs, labels) tuple, got {type(pair).__name__}")
+            raise ValueError(
+                f"models[{name!r}] must be a (probs, labels) tuple, got {type(pair).__name__}"
+            )
         data = _diagram_data(pair[0], pair[1], n_bins, from_logits)
         ax = fig.add_subplot(nrows, ncols, i + 1)
         _draw(ax, data, n_bins, str(name), ylabel=(i % ncols == 0))

@@ -4,13 +4,15 @@ Scaling logits ``z`` by ``1/T`` never changes the argmax, so accuracy is unchang
 ``beta = 1/T`` the validation NLL
 
 .. math::
-    \\mathcal L(\\beta) = \\frac1N\\sum_i \\Bigl[\\log\\sum_k e^{\\beta z_{ik}} - \\beta z_{i y_i}\\Bigr]
+    \\mathcal L(\\beta) = \\frac1N\\sum_i \\Bigl[\\log\\sum_k e^{\\beta z_{ik}}
+    - \\beta z_{i y_i}\\Bigr]
 
 is convex in ``beta`` (a log-sum-exp of linear functions), with derivative
-``L'(beta) = mean_i(E_{p_beta}[z_i] - z_{i y_i})`` and curvature ``L''(beta) = mean_i Var_{p_beta}[z_i]
->= 0``.  :func:`fit_temperature` brackets the root of ``L'`` and runs Newton steps safeguarded by
-bisection, in float64, to a relative tolerance of 1e-10 -- instead of a fixed budget of LBFGS steps
-from ``T = 1``, which is known to stop early.
+``L'(beta) = mean_i(E_{p_beta}[z_i] - z_{i y_i})`` and curvature
+``L''(beta) = mean_i Var_{p_beta}[z_i] >= 0``.  :func:`fit_temperature` brackets the root of
+``L'`` and runs Newton steps safeguarded by bisection, in float64, until a step changes ``beta`` by
+less than 1e-13 relative -- instead of a fixed budget of LBFGS steps, which is known to stop
+early.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from labelsmooth.calibration.metrics import (
     _width_bins,
 )
 
-__all__ = ["TemperatureFit", "fit_temperature", "apply_temperature"]
+__all__ = ["TemperatureFit", "apply_temperature", "fit_temperature"]
 
 _OBJECTIVES = ("nll", "ece")
 
@@ -96,12 +98,16 @@ def _validate(logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if n == 0 or k < 2:
         raise ValueError(f"logits must have N >= 1 rows and K >= 2 classes, got shape {(n, k)}")
     if labels.dim() != 1 or labels.shape[0] != n:
-        raise ValueError(f"labels must have shape ({n},) matching logits, got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape ({n},) matching logits, got {tuple(labels.shape)}"
+        )
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     # Fitting synchronises anyway, so value checks cost nothing extra here.
     if not bool(torch.isfinite(logits).all()):
-        raise ValueError("logits must be finite; got NaN or inf (pass logits, not log-probabilities of 0)")
+        raise ValueError(
+            "logits must be finite; got NaN or inf (pass logits, not log-probabilities of 0)"
+        )
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= k:
         raise ValueError(f"labels must lie in [0, {k - 1}], got values in [{lo}, {hi}]")
@@ -175,7 +181,7 @@ def _fit_nll(z: torch.Tensor, zy: torch.Tensor, t_min: float, t_max: float) -> f
 
 
 def _ece_at(z: torch.Tensor, labels: torch.Tensor, temperature: float, n_bins: int) -> float:
-    # The argmax does not depend on T, so only the confidence 1 / sum_k exp((z_k - z_max) / T) moves.
+    # The argmax does not depend on T; only the confidence 1 / sum_k exp((z_k - z_max) / T) moves.
     pred = z.argmax(dim=1)  # first index on ties, as in the metrics
     zmax = z.gather(1, pred[:, None]).squeeze(1)
     conf = 1.0 / torch.exp((z - zmax[:, None]) / temperature).sum(dim=1)
@@ -184,8 +190,10 @@ def _ece_at(z: torch.Tensor, labels: torch.Tensor, temperature: float, n_bins: i
     return float(_ce_from_stats(*stats, "l1"))
 
 
-def _fit_ece(z: torch.Tensor, labels: torch.Tensor, n_bins: int, t_min: float, t_max: float) -> float:
-    # ECE(T) is piecewise smooth with jumps, so search a log grid, then refine twice around the best.
+def _fit_ece(
+    z: torch.Tensor, labels: torch.Tensor, n_bins: int, t_min: float, t_max: float
+) -> float:
+    # ECE(T) is piecewise smooth with jumps: search a log grid, then refine twice around the best.
     # The grid T in {0.1, 0.2, ..., 10} of Mukhoti et al.'s code is included, so the result is never
     # worse than theirs.
     lo, hi = math.log(t_min), math.log(t_max)
@@ -222,8 +230,9 @@ def fit_temperature(
     ~1e-12 relative in ``beta``).  ``objective="ece"`` minimises the top-label ECE with
     ``n_bins`` equal-width bins over ``T = 1``, the grid ``{0.1, 0.2, ..., 10}`` of Mukhoti et al.
     and a log-spaced grid of ``T`` in ``[t_min, t_max]`` refined twice around the best point (ECE is
-    discontinuous in ``T``, so no gradient method applies); ties keep the earliest ``T`` found.  The result is clipped to
-    ``[t_min, t_max]``: ``t_min`` is returned for separable data whose NLL keeps decreasing.
+    discontinuous in ``T``, so no gradient method applies); ties keep the earliest ``T`` found.
+    The result lies in ``[t_min, t_max]``: ``t_min`` is returned for separable data whose NLL keeps
+    decreasing, ``t_max`` for logits whose NLL keeps decreasing as they flatten.
 
     Fit on a validation split, never on the test data.  Accuracy is unchanged by construction.
 
@@ -250,7 +259,11 @@ def fit_temperature(
         raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
     n_bins = _check_n_bins(n_bins)
     for name, v in (("t_min", t_min), ("t_max", t_max)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not (math.isfinite(v) and v > 0)
+        ):
             raise ValueError(f"{name} must be a positive finite float, got {v!r}")
     if not t_min < t_max:
         raise ValueError(f"t_min must be smaller than t_max, got t_min={t_min!r}, t_max={t_max!r}")
