@@ -266,7 +266,7 @@ def index_rows(
         tensor([0.3365, 0.5477])
     """
     _check_not_consumed(x)
-    if x.dtype == torch.float64:
+    if x.dtype == torch.float64 or x.shape[1] == 0:  # no kernel for fp64 or zero classes
         return reference.index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)
     return _index_fwd(x, y, ct.to(torch.float32), cs.to(torch.float32),
                       s.to(torch.float32) if s is not None else None, float(s_uniform),
@@ -441,7 +441,7 @@ def prob_rows(
         tensor([0.3365, 1.2227])
     """
     _check_not_consumed(x)
-    if x.dtype == torch.float64:
+    if x.dtype == torch.float64 or x.shape[1] == 0:
         return reference.prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward)
     f32 = torch.float32
     loss, lse, _ = _prob_fwd(
