@@ -14,7 +14,17 @@ returns that tensor as the gradient, so the loss needs no memory beyond (R,) vec
 goes through a ``torch.library`` op declared as mutating the logits, which bumps their version
 counter: any other autograd node that saved the logits (or a second backward through this loss)
 then fails with PyTorch's "modified by an inplace operation" error instead of silently reading
-gradients. Afterwards the logits tensor holds the gradient.
+gradients. Afterwards the logits tensor holds the gradient, and passing it to a labelsmooth loss
+again raises (the check is shared with :mod:`labelsmooth.ops.fused`). Plain reads of the logits
+after ``backward()`` outside autograd (an accuracy metric) see the gradient: take them before.
+A non-contiguous logits view is never written in place (the gradient goes to fresh memory).
+
+Memory traffic: the forward reads the logits once, the backward reads them once more and writes
+the gradient once, i.e. 3 × the logits' bytes against a device copy's 2 ×, so at equal bandwidth
+forward + backward cannot take less than 1.5 × a copy. Getting below that needs the gradient in
+the forward (one read, one write) and a backward that skips the rescale when the upstream scalar is
+1, which the per-row contract of :mod:`labelsmooth.ops` cannot express (the reduction's normaliser
+is applied outside the op).
 
 Dtypes: float32, bfloat16 and float16 logits are read as is and accumulated in float32; the
 gradient is written in the logits' dtype. float64 logits are not run by the kernels: they fall back
@@ -26,8 +36,11 @@ The ops are registered as ``labelsmooth::triton_index_fwd``, ``labelsmooth::trit
 them and, with no host synchronisation anywhere, CUDA graphs can capture them. Triton itself is
 imported only when a kernel is launched; this module imports without it.
 
-On CPU tensors the kernels run under Triton's interpreter, which is available only when the
-environment variable ``TRITON_INTERPRET=1`` was set before the first import of triton (CI tests).
+On CPU tensors the kernels run under Triton's interpreter, available only when the environment
+variable ``TRITON_INTERPRET=1`` is set before the first launch (``triton.jit`` reads it when the
+kernels module is imported, lazily, at that launch); tests/conftest.py sets it when there is no
+GPU. The interpreter casts fp32 to bf16 by truncation; the kernels then round to nearest
+explicitly so CPU tests see the GPU's rounding.
 """
 
 import os
@@ -40,8 +53,9 @@ from labelsmooth.ops import reference
 
 __all__ = ["index_rows", "is_available", "prob_rows"]
 
-# Widest chunk of a row one program handles per loop iteration (a power of two). Tests lower it
-# to exercise the loop and the masked tail on small rows.
+# Widest chunk of a row one program handles per loop iteration (a power of two); num_warps follows
+# as BLOCK/512 (16 warps at 8192: 16 values per thread, 128-bit accesses, no spills for sm_90).
+# Untuned: no GPU was available. Tests lower it to exercise the loop and the masked tail.
 MAX_BLOCK = 8192
 
 
