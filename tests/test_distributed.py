@@ -72,7 +72,8 @@ def _spawn(world: int, job: str, data) -> list:
             mp.start_processes(_entry, args=(world, _free_port(), job, d), nprocs=world, join=True,
                                start_method=START_METHOD)
         except Exception:  # report every rank's traceback, the first failure first
-            errs = sorted(list(Path(d).glob("err*.txt")) + list(Path(d).glob("fault*.txt")), key=lambda f: f.stat().st_mtime)
+            errs = sorted([*Path(d).glob("err*.txt"), *Path(d).glob("fault*.txt")],
+                          key=lambda f: f.stat().st_mtime)
             raise AssertionError("\n".join(f"{f.name}:\n{f.read_text()}" for f in errs)) from None
         return [torch.load(Path(d) / f"out{r}.pt", weights_only=False) for r in range(world)]
 
@@ -252,7 +253,8 @@ def _check_low_precision(c: dict, per_rank: list[dict], name: str) -> None:
     cdim = 1 if c["x"].dim() >= 2 else 0
     grad = torch.cat([p["grad"] for p in per_rank], cdim)
     assert per_rank[0]["loss"].dtype == torch.bfloat16 and grad.dtype == torch.bfloat16, name
-    assert_no_worse_than(per_rank[0]["loss"], ref_loss, true_loss, TOL[torch.bfloat16], f"{name}: loss")
+    assert_no_worse_than(per_rank[0]["loss"], ref_loss, true_loss, TOL[torch.bfloat16],
+                         f"{name}: loss")
     assert_no_worse_than(grad, ref_grad, true_grad, TOL[torch.bfloat16], f"{name}: grad")
 
 
@@ -266,7 +268,9 @@ def _check_parity(world: int, cases: list[dict], results: list[list[dict]]) -> N
         ref_loss, ref_grad = _single(c)
         # 1. the same loss, bit for bit, on every rank; equal to the single process
         for r in range(1, world):
-            assert torch.equal(per_rank[r]["loss"].nan_to_num(7.0), per_rank[0]["loss"].nan_to_num(7.0)), name
+            same = torch.equal(per_rank[r]["loss"].nan_to_num(7.0),
+                               per_rank[0]["loss"].nan_to_num(7.0))
+            assert same, f"{name}: rank {r}'s loss differs from rank 0's"
         _close(per_rank[0]["loss"], ref_loss, c["x"].dtype, f"{name}: loss")
         if c["x"].dtype == torch.float64:  # and the literal float64 formula
             _close(per_rank[0]["loss"], _dense64(c["x"], c["y"], **c["opt"]), torch.float64,
@@ -296,7 +300,7 @@ def _check_parity(world: int, cases: list[dict], results: list[list[dict]]) -> N
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_parity_with_single_process(world: int) -> None:
     """Loss (identical on every rank) and gradient slices equal the single process, every option,
-    float64 (≤ 1e-12) and float32 (≤ 1e-6 relative), uneven (and one empty) shards; both the fused
+    float64 (≤ 1e-12) and float32 (≤ 1e-6 relative), uneven (and one empty) shards; the fused
     engine and the reference path; counted collectives."""
     impls = ("auto", "reference") if world > 1 else ("auto",)
     cases = _make_cases(world, impls=impls)
@@ -326,7 +330,8 @@ def _linear_cases() -> list[dict]:
             opt = dict(opt)
             hid = torch.randn(2, 4, H, generator=g, dtype=torch.float64).to(dtype)  # (B, T, H)
             W = torch.randn(K, H, generator=g, dtype=torch.float64).to(dtype)
-            b = torch.randn(K, generator=g, dtype=torch.float64).to(dtype) if opt.pop("bias", False) else None
+            b = torch.randn(K, generator=g, dtype=torch.float64).to(dtype)
+            b = b if opt.pop("bias", False) else None
             y = torch.randint(0, K, (2, 4), generator=g)
             if opt.pop("ignore", False):
                 y.view(-1)[::3] = -100
@@ -426,7 +431,7 @@ def test_linear_dtensor_and_layout() -> None:
             ar = [n for nm, n, _ in p["fwd"] if nm == "all_reduce"]
             assert len(ar) <= 3 and all(n <= 4 * c["y"].numel() + 2 for n in ar), (name, p["fwd"])
             bwd_ar = [n for nm, n, _ in p["bwd"] if nm == "all_reduce"]
-            assert bwd_ar == [h.numel()], f"{name}: backward all-reduces {bwd_ar} (hidden grad only)"
+            assert bwd_ar == [h.numel()], f"{name}: backward all-reduces {bwd_ar} (d(hidden) only)"
         _close(res[0]["linear"][i]["loss"], ref.detach(), dtype, f"{name}: loss")
         _close(torch.cat([res[r]["linear"][i]["gW"] for r in range(world)]), W.grad, dtype,
                f"{name}: grad weight")
@@ -443,7 +448,8 @@ def test_linear_dtensor_and_layout() -> None:
 
     c = data["linear"][0]
     h, W = c["h"].clone().requires_grad_(), c["W"].clone().requires_grad_()
-    ref = ls.cross_entropy((h @ W.T).reshape(-1, K), c["y"].reshape(-1), impl="reference", **c["opt"])
+    ref = ls.cross_entropy((h @ W.T).reshape(-1, K), c["y"].reshape(-1), impl="reference",
+                           **c["opt"])
     ref.backward()
     for r in range(world):
         got = res[r]["dtensor_linear"]
@@ -453,7 +459,8 @@ def test_linear_dtensor_and_layout() -> None:
 
     assert [res[r]["range"] for r in range(world)] == [(0, K), (4, K), (9, K)]
     for r in range(world):
-        assert res[r]["error"] is not None and "`target`" in res[r]["error"] and str(K) in res[r]["error"]
+        err = res[r]["error"]
+        assert err is not None and "`target`" in err and str(K) in err, err
         assert res[r]["prior_error"] is not None and "sum is 1.1" in res[r]["prior_error"]
 
 
@@ -650,3 +657,45 @@ def test_argument_errors() -> None:
         vocab_parallel_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 2), y, chunk_size=0)
     with pytest.raises(ValueError, match="`local_weight`"):
         vocab_parallel_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 3), y)
+
+
+def test_auto_runs_the_fused_engine_per_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """impl="auto" computes the shard statistics and gradient with labelsmooth.ops.fused's
+    primitives (the linear variant once per chunk)."""
+    from labelsmooth.ops import fused
+
+    calls: list[str] = []
+    for name in ("row_partials", "grad_rows"):
+        orig = getattr(fused, name)
+        def spy(*a, _o=orig, _n=name, **k):
+            calls.append(_n)
+            return _o(*a, **k)
+
+        monkeypatch.setattr(fused, name, spy)
+    x = torch.randn(5, 4, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    vocab_parallel_cross_entropy(x, y, label_smoothing=0.1).backward()
+    assert calls == ["row_partials", "grad_rows"]
+    calls.clear()
+    h, w = torch.randn(5, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    vocab_parallel_linear_cross_entropy(h, w, y, label_smoothing=0.1, chunk_size=2).backward()
+    assert calls == ["row_partials"] * 3 + ["grad_rows"] * 3
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_gradcheck_float64(impl: str) -> None:
+    """The hand-written backward (no process group: one shard) passes gradcheck, every term on."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 4, -100, 2])
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    prior = torch.softmax(torch.randn(5, generator=g, dtype=torch.float64), 0)
+    kw = dict(label_smoothing=0.2, weight=w, prior=prior, z_loss=0.01, softcap=3.0, impl=impl)
+    assert torch.autograd.gradcheck(lambda t: vocab_parallel_cross_entropy(t, y, **kw), (x,))
+    h = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, generator=g, dtype=torch.float64, requires_grad=True)
+    kw = dict(label_smoothing=0.1, spread="others", class_weight=w, weight_mode="target",
+              reduction="none", z_loss=0.01, chunk_size=3, impl=impl)
+    assert torch.autograd.gradcheck(
+        lambda a, c, d: vocab_parallel_linear_cross_entropy(a, c, y, d, **kw), (h, W, b))
