@@ -277,7 +277,7 @@ def resolve_sweep_config(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # subcommands
 # ---------------------------------------------------------------------------------------------
-def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
     try:
         cfg = resolve_sweep_config(args)
     except ValueError as e:
@@ -308,7 +308,7 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         return 1
     extra = {k: cfg[k] for k in ("out", "threads", "config", "label_column", "progress", "report")}
     extra["sources"] = cfg["sources"]
-    extra["command"] = "labelsmooth " + " ".join(sys.argv[1:]) if sys.argv else "labelsmooth sweep"
+    extra["command"] = command
     t0 = time.perf_counter()
     try:
         res = sweep(data=data, smoothing=cfg["smoothing"], seeds=cfg["seeds"], model=cfg["model"],
@@ -366,10 +366,13 @@ def _cmd_targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``labelsmooth`` console script; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     sub = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
     if args.command == "sweep":
-        return _cmd_sweep(args, sub)
+        import shlex
+
+        return _cmd_sweep(args, sub, "labelsmooth " + shlex.join(argv))
     return _cmd_targets(args, sub)
 
 

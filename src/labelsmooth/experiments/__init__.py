@@ -11,17 +11,10 @@ only when used.
 
 from labelsmooth.experiments.data import BUILTIN_DATASETS, Splits, load_dataset, make_splits
 from labelsmooth.experiments.models import BUILTIN_MODELS, CNN1d, MLP, build_model
+from labelsmooth.experiments.report import verdict, write_report
 from labelsmooth.experiments.sweep import DEFAULT_SMOOTHING, SweepResult, load_runs, sweep
 from labelsmooth.experiments.train import TrainSettings, evaluate_logits, train_run
 
-
-def write_report(result, out=None):  # noqa: D103 - documented in report.py
-    from labelsmooth.experiments.report import write_report as _write
-
-    return _write(result, out)
-
-
-write_report.__doc__ = "Write the figures, ``report.md`` and ``report.html`` (see report.py)."
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -39,5 +32,6 @@ __all__ = [
     "make_splits",
     "sweep",
     "train_run",
+    "verdict",
     "write_report",
 ]
