@@ -429,6 +429,10 @@ def test_adaptive_against_uncertainty_calibration(seed, n, k, n_bins):
 def test_smooth_ece_against_relplot(seed, n, k):
     relplot = pytest.importorskip("relplot")
     probs, labels = _random_case(seed, n, k, scale=1.0)
+    if n > 1:  # saturated rows (confidence exactly 1.0, right and wrong) and a grid-edge value
+        edge = _probs_with_confidence(torch.tensor([1.0, 1.0, 0.5]).clamp_min(1 / k), k=k)
+        probs = torch.cat([probs, edge])
+        labels = torch.cat([labels, torch.tensor([0, 1, 0])])
     conf, correct = _top(probs, labels)
     assert (
         abs(smooth_calibration_error(probs, labels).item() - relplot.smECE(conf, correct))

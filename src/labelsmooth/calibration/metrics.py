@@ -418,16 +418,27 @@ def calibration_gap(
 def _classwise_stats(
     probs: torch.Tensor, labels: torch.Tensor, n_bins: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(K, M) per-class per-bin sums of (count, p_k, [label == k]) in float64."""
+    """(K, M) per-class per-bin sums of (count, p_k, [label == k]) in float64.
+
+    Rows are processed in chunks of at most ~4M probabilities, so the temporary (rows, K) bin
+    indices stay small however large N * K is.
+    """
     n, k = probs.shape
-    bins = _width_bins(probs, n_bins)  # (N, K), same edge convention as the top-label ECE
-    flat = (bins + torch.arange(k, device=probs.device) * n_bins).reshape(-1)
-    onehot = torch.zeros(n, k, dtype=torch.float64, device=probs.device)
-    onehot.scatter_(1, labels[:, None], 1.0)
-    z = torch.zeros(k * n_bins, dtype=torch.float64, device=probs.device)
-    counts = z.index_add(0, flat, torch.ones(n * k, dtype=torch.float64, device=probs.device))
-    sum_p = z.index_add(0, flat, probs.reshape(-1).to(torch.float64))
-    sum_y = z.index_add(0, flat, onehot.reshape(-1))
+    dev = probs.device
+    counts = torch.zeros(k * n_bins, dtype=torch.float64, device=dev)
+    sum_p = torch.zeros_like(counts)
+    sum_y = torch.zeros_like(counts)
+    offsets = torch.arange(k, device=dev) * n_bins
+    step = max(1, (1 << 22) // k)
+    for lo in range(0, n, step):
+        p = probs[lo : lo + step]
+        y = labels[lo : lo + step]
+        flat = _width_bins(p, n_bins) + offsets  # same edge convention as the top-label ECE
+        counts += torch.bincount(flat.reshape(-1), minlength=k * n_bins).to(torch.float64)
+        sum_p.index_add_(0, flat.reshape(-1), p.reshape(-1).to(torch.float64))
+        # [label == k] is 1 only at (row, label): one entry per row.
+        at_label = flat.gather(1, y[:, None]).squeeze(1)
+        sum_y.index_add_(0, at_label, torch.ones_like(at_label, dtype=torch.float64))
     shape = (k, n_bins)
     return counts.view(shape), sum_p.view(shape), sum_y.view(shape)
 
