@@ -482,6 +482,12 @@ def test_empty_batches_match_torch(impl, reduction, shape):
         torch.testing.assert_close(ours, ref, equal_nan=True)
         (g,) = torch.autograd.grad(ours.sum(), x, allow_unused=True)
         assert g is None or g.shape == x.shape
+        # probability targets of the same empty shape
+        t = torch.zeros(shape)
+        ours = ls.cross_entropy(x, t, reduction=reduction, label_smoothing=eps, impl=impl)
+        ref = F.cross_entropy(x, t, reduction=reduction, label_smoothing=eps)
+        assert ours.shape == ref.shape
+        torch.testing.assert_close(ours, ref.abs() if reduction == "sum" else ref, equal_nan=True)
 
 
 @pytest.mark.parametrize("impl", ["reference", "fused"])

@@ -21,10 +21,22 @@ __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss"]
 
 
 class CrossEntropyLoss(nn.Module):
-    """Label-smoothed cross-entropy; a drop-in for :class:`torch.nn.CrossEntropyLoss`.
+    r"""Label-smoothed cross-entropy; a drop-in for :class:`torch.nn.CrossEntropyLoss`.
 
-    See :func:`labelsmooth.cross_entropy` for the arguments and the maths. Hyper-parameters are
-    checked once, here; ``weight`` and ``prior`` are buffers, so they follow ``.to(device)``.
+    For an element with target y and smoothed target :math:`q = a\,e_y + b` (``spread="all"``:
+    :math:`a = 1-\varepsilon`, :math:`b_c = \varepsilon/K`),
+
+    .. math::
+
+        \ell = -\sum_c w_c\, q_c \log \mathrm{softmax}(x)_c
+
+    reduced like PyTorch (``mean`` divides by :math:`\sum_n w_{y_n}` over kept elements). PyTorch
+    equivalent with torch's arguments alone: ``torch.nn.CrossEntropyLoss(weight, ignore_index=...,
+    reduction=..., label_smoothing=ε)``. See :func:`labelsmooth.cross_entropy` for every argument
+    (``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``, ``impl``, ``validate``).
+
+    Hyper-parameters are checked once, here (a bad value raises at construction); ``weight`` and
+    ``prior`` are buffers, so they follow ``.to(device)`` and appear in the ``state_dict``.
 
     Examples:
         >>> loss_fn = CrossEntropyLoss(label_smoothing=0.1)
@@ -102,9 +114,10 @@ class CrossEntropyLoss(nn.Module):
 
 
 class BCEWithLogitsLoss(nn.Module):
-    """Binary / multi-label cross-entropy with smoothed targets.
+    r"""Binary / multi-label cross-entropy with logits on smoothed targets :math:`t(1-\varepsilon)+\varepsilon/2`.
 
-    See :func:`labelsmooth.binary_cross_entropy_with_logits`.
+    PyTorch equivalent: ``torch.nn.BCEWithLogitsLoss(weight, reduction=..., pos_weight=...)``
+    applied to ``target * (1 - ε) + ε / 2``. See :func:`labelsmooth.binary_cross_entropy_with_logits`.
 
     Examples:
         >>> BCEWithLogitsLoss(label_smoothing=0.1)(torch.tensor([3.0]), torch.tensor([1.0]))

@@ -234,6 +234,7 @@ def binary_targets(target: torch.Tensor, smoothing: float) -> torch.Tensor:
     r"""Smoothed binary / multi-label targets (Keras' convention): :math:`y(1-\varepsilon) + \varepsilon/2`.
 
     Each label is a two-class problem, so the uniform share is ε/2: 1 → 1−ε/2 and 0 → ε/2.
+    PyTorch equivalent: ``target * (1 - ε) + ε / 2``.
 
     Examples:
         >>> binary_targets(torch.tensor([1.0, 0.0]), 0.1)
