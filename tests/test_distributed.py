@@ -655,6 +655,9 @@ def test_argument_errors() -> None:
         vocab_parallel_cross_entropy(x, y, group=object())
     with pytest.raises(ValueError, match="`chunk_size`"):
         vocab_parallel_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 2), y, chunk_size=0)
+    with pytest.raises(ValueError, match="`memory_budget`"):
+        vocab_parallel_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 2), y,
+                                            memory_budget=-1)
     with pytest.raises(ValueError, match="`local_weight`"):
         vocab_parallel_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 3), y)
 
@@ -680,6 +683,9 @@ def test_auto_runs_the_fused_engine_per_shard(monkeypatch: pytest.MonkeyPatch) -
     h, w = torch.randn(5, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
     vocab_parallel_linear_cross_entropy(h, w, y, label_smoothing=0.1, chunk_size=2).backward()
     assert calls == ["row_partials"] * 3 + ["grad_rows"] * 3
+    calls.clear()  # 4 float32 logits = 16 bytes a row: a 50-byte budget holds 3 rows
+    vocab_parallel_linear_cross_entropy(h, w, y, label_smoothing=0.1, memory_budget=50).backward()
+    assert calls == ["row_partials"] * 2 + ["grad_rows"] * 2
 
 
 @pytest.mark.parametrize("impl", ["auto", "reference"])

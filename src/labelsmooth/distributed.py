@@ -65,8 +65,9 @@ __all__ = [
 ]
 
 _IMPLS = ("auto", "fused", "reference")
-# Default memory budget of one chunk of float32 logits in the fused-linear variant.
-_CHUNK_BUDGET_BYTES = 32 * 2**20
+# Default memory budget of one chunk of local logits in the fused-linear variant (bytes), the
+# same as labelsmooth.linear_cross_entropy's.
+_BUDGET_CPU, _BUDGET_CUDA = 64 * 2**20, 128 * 2**20
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,12 +629,18 @@ def copy_to_vocab_parallel(hidden: torch.Tensor, group: Any = None) -> torch.Ten
     return _CopyToVocabParallel.apply(hidden, group)
 
 
-def _chunk_rows(chunk_size: int | None, width: int) -> int:
-    if chunk_size is None:
-        return max(1, _CHUNK_BUDGET_BYTES // (4 * max(width, 1)))
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise V.fail("chunk_size", "None or a positive int (rows of logits per chunk)", chunk_size)
-    return chunk_size
+def _chunk_rows(chunk_size: int | None, memory_budget: int | None, width: int,
+                dtype: torch.dtype, device: torch.device) -> int:
+    """Rows of local logits per chunk: ``chunk_size``, else as many as fit the memory budget."""
+    for name, value in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise V.fail(name, "None or a positive int", value)
+    if chunk_size is not None:
+        return chunk_size
+    budget = memory_budget or (_BUDGET_CUDA if device.type == "cuda" else _BUDGET_CPU)
+    per_row = max(width, 1) * torch.empty((), dtype=dtype).element_size()
+    return max(1, budget // per_row)
 
 
 def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -702,9 +709,10 @@ def vocab_parallel_linear_cross_entropy(
     weight_mode: WeightMode = "torch",
     z_loss: float = 0.0,
     softcap: float | None = None,
-    chunk_size: int | None = None,
     impl: str = "auto",
     validate: bool | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> torch.Tensor:
     r"""Vocabulary-parallel output projection fused with the label-smoothed loss.
 
@@ -734,7 +742,10 @@ def vocab_parallel_linear_cross_entropy(
             :func:`vocab_parallel_cross_entropy`; renamed as ``weight`` is the projection).
         ignore_index, reduction, label_smoothing, spread, prior, weight_mode, z_loss, softcap,
             impl, validate: as in :func:`vocab_parallel_cross_entropy`.
-        chunk_size: rows of logits per chunk (default: as many as fit 32 MiB of float32 logits).
+        chunk_size: rows (tokens) per chunk; overrides ``memory_budget``.
+        memory_budget: bytes for one chunk of local logits in ``hidden``'s dtype (default 64 MiB
+            on CPU, 128 MiB on CUDA, as :func:`labelsmooth.linear_cross_entropy`); the backward
+            holds the chunk's gradient as well.
 
     Returns:
         The loss, identical on every rank, in ``hidden``'s dtype.
@@ -772,7 +783,7 @@ def vocab_parallel_linear_cross_entropy(
     opts = check_options(ignore_index, reduction, label_smoothing, spread, None, weight_mode,
                          z_loss, softcap, "auto", False, validate)
     width = w.shape[0]
-    chunk = _chunk_rows(chunk_size, width)
+    chunk = _chunk_rows(chunk_size, memory_budget, width, hidden.dtype, hidden.device)
     class_weight = _check_class_shard("class_weight", class_weight, width)
     prior = _check_class_shard("prior", prior, width)
     engine = _engine(impl, hidden.device)
