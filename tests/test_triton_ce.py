@@ -128,6 +128,17 @@ def test_is_available_rules(monkeypatch):
         assert ops.resolve("auto", torch.device("cuda")) is triton_ce
 
 
+def test_launch_configuration(monkeypatch):
+    monkeypatch.setattr(triton_ce, "MAX_BLOCK", 8192)
+    monkeypatch.setattr(triton_ce, "ELEMS_PER_THREAD", 16)
+    assert triton_ce._launch_cfg(7) == (16, 1)
+    assert triton_ce._launch_cfg(1000) == (1024, 2)
+    assert triton_ce._launch_cfg(128256) == (8192, 16)
+    monkeypatch.setattr(triton_ce, "MAX_BLOCK", 3000)
+    with pytest.raises(ValueError, match="LABELSMOOTH_TRITON_MAX_BLOCK"):
+        triton_ce._launch_cfg(128256)
+
+
 def test_dispatcher_resolves_triton():
     assert ops.resolve("triton", DEV) is triton_ce
 

@@ -53,10 +53,15 @@ from labelsmooth.ops import reference
 
 __all__ = ["index_rows", "is_available", "prob_rows"]
 
-# Widest chunk of a row one program handles per loop iteration (a power of two); num_warps follows
-# as BLOCK/512 (16 warps at 8192: 16 values per thread, 128-bit accesses, no spills for sm_90).
-# Untuned: no GPU was available. Tests lower it to exercise the loop and the masked tail.
-MAX_BLOCK = 8192
+# Widest chunk of a row one program handles per loop iteration (a power of two), and the values
+# per thread that set num_warps = BLOCK / (32 · ELEMS_PER_THREAD), at most 32. Defaults: 8192 and
+# 16, i.e. 16 warps, 128-bit accesses and no register spills on sm_90 (checked with ptxas; 64
+# registers for the plain forward, 2 blocks per SM). Untuned: no GPU was available; a GPU session
+# can sweep them without editing code through LABELSMOOTH_TRITON_MAX_BLOCK and
+# LABELSMOOTH_TRITON_ELEMS_PER_THREAD (read once, at import). Tests lower MAX_BLOCK to exercise
+# the loop and the masked tail on small rows.
+MAX_BLOCK = int(os.environ.get("LABELSMOOTH_TRITON_MAX_BLOCK", "8192"))
+ELEMS_PER_THREAD = int(os.environ.get("LABELSMOOTH_TRITON_ELEMS_PER_THREAD", "16"))
 
 
 def _triton_importable() -> bool:
@@ -94,9 +99,13 @@ def _kernels():
 
 
 def _launch_cfg(k: int) -> tuple[int, int]:
-    """(BLOCK, num_warps): a power-of-two chunk ≤ MAX_BLOCK, ~16 fp32 values per thread."""
+    """(BLOCK, num_warps): a power-of-two chunk ≤ MAX_BLOCK, ~ELEMS_PER_THREAD values a thread."""
+    if MAX_BLOCK < 16 or MAX_BLOCK & (MAX_BLOCK - 1) or ELEMS_PER_THREAD < 1:
+        raise ValueError(f"Expected `LABELSMOOTH_TRITON_MAX_BLOCK` to be a power of two >= 16 and "
+                         f"`LABELSMOOTH_TRITON_ELEMS_PER_THREAD` >= 1, but got {MAX_BLOCK!r} and "
+                         f"{ELEMS_PER_THREAD!r}.")
     block = max(16, min(1 << max(k - 1, 0).bit_length(), MAX_BLOCK))
-    return block, max(1, min(16, block // 512))
+    return block, max(1, min(32, block // (32 * ELEMS_PER_THREAD)))
 
 
 def _round_bf16(dx: Tensor) -> bool:
