@@ -117,3 +117,20 @@ def test_plot_validation():
         reliability_diagrams({"a": logits})
     with pytest.raises(ValueError, match="n_bins"):
         reliability_diagram(logits, y, n_bins=0, from_logits=True)
+
+
+def test_wilson_intervals():
+    from matplotlib.container import ErrorbarContainer
+
+    from labelsmooth.calibration.plots import _wilson
+
+    # Textbook values: 5/10 -> (0.2366, 0.7634); 0/10 -> (0, 0.2775).
+    assert _wilson(0.5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert _wilson(0.0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)
+    logits, y = _case(4, 2.0)
+    with_bars = reliability_diagram(logits, y, n_bins=10, from_logits=True).axes[0]
+    (container,) = [c for c in with_bars.containers if isinstance(c, ErrorbarContainer)]
+    gap = calibration_gap(logits, y, 10, from_logits=True)
+    assert len(container.lines[2][0].get_segments()) == int((gap.counts > 0).sum())
+    plain = reliability_diagram(logits, y, n_bins=10, from_logits=True, intervals=False).axes[0]
+    assert not [c for c in plain.containers if isinstance(c, ErrorbarContainer)]

@@ -2,9 +2,10 @@
 
 Each diagram has two panels sharing the confidence axis:
 
-* top: per-bin accuracy bars at the true bin positions and widths, the signed gap to the bin's
-  mean confidence (red hatched where over-confident, blue where under-confident), the diagonal
-  of perfect calibration, and a legend with the ECE, the signed gap, ``n`` and ``M``;
+* top: per-bin accuracy bars at the true bin positions and widths with 95% Wilson intervals,
+  the signed gap to the bin's mean confidence (red hatched where over-confident, orange where
+  under-confident), the diagonal of perfect calibration, and a legend with the ECE, the signed
+  gap, ``n`` and ``M``;
 * bottom: the confidence histogram (fraction of samples per bin) with the mean confidence and the
   accuracy marked, so sparse bins are visible.
 
@@ -85,7 +86,24 @@ def _split(ax: Axes) -> tuple[Axes, Axes]:
     return main, hist
 
 
-def _draw(ax: Axes, data: dict[str, Any], n_bins: int, title: str | None, *, ylabel: bool) -> Axes:
+def _wilson(p: float, n: float, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``p`` out of ``n`` trials (95% default)."""
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2.0 * n)) / denom
+    half = z * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _draw(
+    ax: Axes,
+    data: dict[str, Any],
+    n_bins: int,
+    title: str | None,
+    *,
+    ylabel: bool,
+    intervals: bool,
+) -> Axes:
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     ax, hist = _split(ax)
@@ -129,6 +147,25 @@ def _draw(ax: Axes, data: dict[str, Any], n_bins: int, title: str | None, *, yla
         zorder=4,
     )
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1.0, zorder=4)
+    if intervals:
+        xs, ys, lo_err, hi_err = [], [], [], []
+        for m, (a, k) in enumerate(zip(acc, data["counts"])):
+            if k > 0:
+                lo, hi = _wilson(a, k)
+                xs.append(lefts[m] + width / 2)
+                ys.append(a)
+                lo_err.append(max(0.0, a - lo))  # rounding at p = 0 or 1
+                hi_err.append(max(0.0, hi - a))
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=[lo_err, hi_err],
+            fmt="none",
+            ecolor="black",
+            elinewidth=0.8,
+            capsize=2,
+            zorder=5,
+        )
     gap = data["mean_conf"] - data["mean_acc"]
     handles = [
         Patch(facecolor=_ACC_COLOR, edgecolor="black", label="accuracy"),
@@ -145,6 +182,11 @@ def _draw(ax: Axes, data: dict[str, Any], n_bins: int, title: str | None, *, yla
             hatch="//",
             edgecolor=_UNDER_COLOR,
             label="gap (under-confident)",
+        ),
+        *(
+            [Line2D([], [], color="black", linewidth=0.8, marker="_", label="95% Wilson interval")]
+            if intervals
+            else []
         ),
         Patch(color="none", label=f"ECE = {100 * data['ece']:.2f}%  (M = {n_bins})"),
         Patch(color="none", label=f"conf - acc = {100 * gap:+.2f}%"),
@@ -185,6 +227,7 @@ def reliability_diagram(
     from_logits: bool = False,
     ax: Axes | None = None,
     title: str | None = None,
+    intervals: bool = True,
 ) -> Figure:
     """Reliability diagram with signed gap bars and a confidence histogram.
 
@@ -200,6 +243,8 @@ def reliability_diagram(
         ax: draw into this axes' slot, which is split into the diagram and the histogram below
             it (the axes itself is replaced); a new figure otherwise.
         title: optional axes title.
+        intervals: draw a 95% Wilson score interval for each bin's accuracy (how much a sparse
+            bin's bar can be trusted).
 
     Returns:
         The :class:`matplotlib.figure.Figure` holding the diagram.
@@ -220,7 +265,7 @@ def reliability_diagram(
         ax = fig.add_subplot(1, 1, 1)
     else:
         fig = ax.figure
-    _draw(ax, data, n_bins, title, ylabel=True)
+    _draw(ax, data, n_bins, title, ylabel=True, intervals=intervals)
     return fig
 
 
@@ -230,6 +275,7 @@ def reliability_diagrams(
     *,
     from_logits: bool = False,
     ncols: int | None = None,
+    intervals: bool = True,
 ) -> Figure:
     """Reliability diagrams side by side, one per model (e.g. one per smoothing factor).
 
@@ -238,6 +284,7 @@ def reliability_diagrams(
         n_bins: number of equal-width bins ``M`` (the same for every panel).
         from_logits: the tensors are logits.
         ncols: panels per row (default: all in one row, at most 4).
+        intervals: draw 95% Wilson intervals on the per-bin accuracies.
 
     Returns:
         The :class:`matplotlib.figure.Figure`.
@@ -271,5 +318,5 @@ def reliability_diagrams(
             )
         data = _diagram_data(pair[0], pair[1], n_bins, from_logits)
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        _draw(ax, data, n_bins, str(name), ylabel=(i % ncols == 0))
+        _draw(ax, data, n_bins, str(name), ylabel=(i % ncols == 0), intervals=intervals)
     return fig
