@@ -600,6 +600,25 @@ def test_infinite_logits_in_ignored_rows_do_not_leak(impl, eps):
             torch.testing.assert_close(ours[1], ref[1])
 
 
+@pytest.mark.parametrize("impl", ["reference", "fused"])
+def test_masked_vocabulary_without_smoothing_stays_finite(impl):
+    """A class masked to −inf in every row: torch's unsmoothed loss is finite, with weights too."""
+    need_impl(impl)
+    x = torch.randn(4, C, dtype=torch.float64)
+    x[:, 3] = -math.inf
+    y = torch.tensor([0, 1, 2, 4])
+    w = torch.rand(C, dtype=torch.float64) + 0.5
+    g = torch.rand((), dtype=torch.float64)
+    for kw in (dict(weight=w), dict(weight=w, prior=torch.full((C,), 1 / C, dtype=torch.float64)),
+               dict(weight=w, weight_mode="target")):
+        ours = torch_loss_and_grad(x, y, g, fn=ls.cross_entropy, impl=impl, **kw)
+        kw.pop("prior", None), kw.pop("weight_mode", None)
+        ref = torch_loss_and_grad(x, y, g, **kw)
+        assert torch.isfinite(ours[0]) and torch.isfinite(ours[1]).all()
+        torch.testing.assert_close(ours[0], ref[0])
+        torch.testing.assert_close(ours[1], ref[1])
+
+
 def test_float16_on_cpu_is_accurate():
     x = (torch.randn(64, 50) * 4).half()
     y = torch.randint(0, 50, (64,))

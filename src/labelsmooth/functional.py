@@ -338,7 +338,12 @@ def plan_index(
             b = b * w
     else:
         cs = w_y
-    s, s_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
+    if opts.label_smoothing == 0.0:
+        # No smoothing term at all (not a term with zero shares): 0·(lse − x_c) is NaN where a
+        # logit is −inf (masked vocabulary), while PyTorch's unsmoothed loss stays finite there.
+        s, s_uniform = None, 0.0
+    else:
+        s, s_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
     cz = opts.z_loss * w_y if opts.z_loss > 0.0 else None  # weighted and normalised like the loss
     return IndexPlan(y_safe, valid, w_y, ct, cs, cz, s, s_uniform, w_y.sum())
 
@@ -452,7 +457,10 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
     t = _rows(target, num_classes)
     rows = x.shape[0]
     ones = torch.ones(rows, dtype=acc, device=input.device)
-    b_vec, b_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
+    if opts.label_smoothing == 0.0:
+        b_vec, b_uniform = None, 0.0
+    else:
+        b_vec, b_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
     if opts.weight_mode == "torch" or w is None:
         rs, w_op = ones, (w if opts.weight_mode == "torch" else None)
         denom = float(rows) if opts.weight_mode == "torch" else rs.sum()
