@@ -393,6 +393,11 @@ def _job_misc(rank: int, world: int, data: dict) -> dict:
         out["error"] = None
     except ValueError as e:
         out["error"] = str(e)
+    try:  # targets that differ between ranks: checksums ride in the forward's MAX all-reduce
+        vocab_parallel_cross_entropy(torch.zeros(3, widths[rank]), torch.tensor([0, 1, rank]))
+        out["target_error"] = None
+    except ValueError as e:
+        out["target_error"] = str(e)
     try:  # prior shards that do not sum to 1 over the ranks: found through the forward's SUM
         vocab_parallel_cross_entropy(torch.zeros(2, widths[rank]), torch.tensor([0, 1]),
                                      label_smoothing=0.1, prior=torch.full((widths[rank],), 0.1))
@@ -462,6 +467,7 @@ def test_linear_dtensor_and_layout() -> None:
         err = res[r]["error"]
         assert err is not None and "`target`" in err and str(K) in err, err
         assert res[r]["prior_error"] is not None and "sum is 1.1" in res[r]["prior_error"]
+        assert res[r]["target_error"] is not None and "every rank" in res[r]["target_error"]
 
 
 # --------------------------------------------------------------------------------------------

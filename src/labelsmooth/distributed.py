@@ -280,15 +280,20 @@ class _SumAcrossRanks(torch.autograd.Function):
 
 
 def _combine(lse_r: torch.Tensor, rows: list[torch.Tensor], scalars: list[torch.Tensor],
-             group: Any, world: int, differentiable: bool = False
-             ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """Global lse and summed rows/scalars: one MAX and one SUM all-reduce of per-row vectors."""
+             group: Any, world: int, differentiable: bool = False, maxed: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+    """Global lse and summed rows/scalars: one MAX and one SUM all-reduce of per-row vectors.
+
+    ``maxed`` (a few numbers) rides along in the MAX all-reduce and is returned reduced.
+    """
     if world == 1:
-        return lse_r, rows, scalars
-    m = lse_r.detach().clone()
-    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf rows stay -inf below
+        return lse_r, rows, scalars, maxed
     n = lse_r.shape[0]
+    m = lse_r.detach().clone() if maxed is None else torch.cat([lse_r.detach(),
+                                                                 maxed.to(lse_r.dtype)])
+    dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
+    m, maxed = m[:n], (None if maxed is None else m[n:])
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf rows stay -inf below
     flat = torch.cat([torch.stack([torch.exp(lse_r - m), *rows]).reshape(-1),
                       *[t.reshape(1).to(lse_r.dtype) for t in scalars]])
     if differentiable:
@@ -298,7 +303,20 @@ def _combine(lse_r: torch.Tensor, rows: list[torch.Tensor], scalars: list[torch.
     k = 1 + len(rows)
     stacked = flat[: k * n].reshape(k, n)
     lse = m + torch.log(stacked[0])
-    return lse, list(stacked[1:]), list(flat[k * n:])
+    return lse, list(stacked[1:]), list(flat[k * n:]), maxed
+
+
+def _target_checksums(target: torch.Tensor) -> torch.Tensor:
+    """[c1, c2, −c1, −c2]: two position-weighted checksums of the targets, exact in float32.
+
+    After a MAX all-reduce, ``max(c) == −max(−c)`` on every rank iff all ranks had the same c.
+    """
+    y = target.to(torch.long) + 1
+    n = torch.arange(y.numel(), device=y.device)
+    c1 = ((y * (n % 97 + 1)) % 1048573).sum() % 1048573  # primes < 2**20: exact in float32
+    c2 = ((y * (n % 89 + 3)) % 1048571).sum() % 1048571
+    c = torch.stack([c1, c2])
+    return torch.cat([c, -c])
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,6 +393,7 @@ class _Setup:
     acc: torch.dtype
     w_share: torch.Tensor | None   # (R,) w_y if this rank owns the target, else 0
     scalars: list[torch.Tensor]    # S share (vector shares), prior-sum share (validation)
+    checksums: torch.Tensor | None  # target checksums (validation, more than one rank)
 
 
 def _setup(target, width, start, size, weight, prior, opts, device, acc, check_values, group,
@@ -420,14 +439,19 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
         zero = torch.zeros_like(plan.w_y)
         w_loc = weight.detach().to(device=device, dtype=acc)
         w_share = torch.where(in_shard, w_loc[y_local], zero) if width > 0 else zero
+    checksums = _target_checksums(target) if check_values and world > 1 else None
     return _Setup(opts, plan_opts, plan, sh, target, size, weight, prior, check_values, group,
-                  world, acc, w_share, scalars)
+                  world, acc, w_share, scalars, checksums)
 
 
 def _globals(st: _Setup, lse_r, xy_r, sx_r, differentiable: bool = False):
     """All-reduce the shard partials; return (lse, x_y, Σ s·x, S, final plan) for every row."""
     rows = [xy_r, sx_r] + ([st.w_share] if st.w_share is not None else [])
-    lse, summed, tot = _combine(lse_r, rows, st.scalars, st.group, st.world, differentiable)
+    lse, summed, tot, maxed = _combine(lse_r, rows, st.scalars, st.group, st.world,
+                                       differentiable, st.checksums)
+    if maxed is not None and not torch.equal(maxed[:2], -maxed[2:]):
+        raise V.fail("target", "the same tensor on every rank of the group (their checksums "
+                     "differ)", "targets that differ between ranks")
     S = tot[0] if st.sh.s is not None else st.sh.s_uniform * st.size
     if st.prior is not None and st.check_values:
         total = float(tot[-1].detach())
