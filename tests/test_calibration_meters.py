@@ -304,13 +304,32 @@ def _worker(rank: int, world: int, port: int, workdir: str) -> None:
         dist.destroy_process_group()
 
 
+def _edge_rows_float32(k: int, n_bins: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 rows whose confidence is exactly float32(m / n_bins): on a bin edge."""
+    conf = (torch.arange(1, n_bins + 1, dtype=torch.float64) / n_bins).float().clamp_min(1 / k)
+    probs = ((1 - conf.double()) / (k - 1))[:, None].expand(n_bins, k).float().clone()
+    probs[:, 0] = conf
+    return probs, torch.arange(n_bins) % 2
+
+
+def test_sample_meter_keeps_float32_edges():
+    probs, y = _edge_rows_float32(4)
+    m = SampleCalibrationMeter(15)
+    m.update(probs[:7], y[:7])
+    m.update(probs[7:], y[7:])
+    assert m.tensors()[0].dtype == torch.float32
+    assert m.compute()["ece"].item() == expected_calibration_error(probs, y, 15).item()
+
+
 def test_all_reduce_two_gloo_processes():
-    x, y = _case(9, 333, 6)
-    bounds = [0, 0, 333]  # rank 0 has no samples at all: the meters must still reduce
-    results = []
-    for b in (bounds, [0, 120, 333]):
+    x64, y64 = _case(9, 333, 6)
+    e, ey = _edge_rows_float32(6)
+    x32, y32 = torch.cat([x64.float(), e]), torch.cat([y64, ey])
+    # rank 0 without samples (the meters must still reduce); then an uneven float32 split
+    configs = [(x64, y64, [0, 0, 333]), (x32, y32, [0, 120, 348])]
+    for x, y, bounds in configs:
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"x": x, "y": y, "bounds": b}, Path(d) / "in.pt")
+            torch.save({"x": x, "y": y, "bounds": bounds}, Path(d) / "in.pt")
             try:
                 mp.start_processes(
                     _worker,
@@ -322,16 +341,16 @@ def test_all_reduce_two_gloo_processes():
             except Exception:
                 errs = sorted(Path(d).glob("err*.txt"))
                 raise AssertionError("\n".join(f.read_text() for f in errs)) from None
-            results.append([torch.load(Path(d) / f"out{r}.pt") for r in range(2)])
-    want = _one_shot(x, y, 15, num_classes=6)
-    want_sample = {
-        "adaptive_ece": adaptive_calibration_error(x, y, 15),
-        "smooth_ece": smooth_calibration_error(x, y),
-        "ece": expected_calibration_error(x, y, 15),
-    }
-    for per_rank in results:
+            per_rank = [torch.load(Path(d) / f"out{r}.pt") for r in range(2)]
+        want = _one_shot(x, y, 15, num_classes=6)
+        want_sample = {
+            "adaptive_ece": adaptive_calibration_error(x, y, 15),
+            "smooth_ece": smooth_calibration_error(x, y),
+            "ece": expected_calibration_error(x, y, 15),
+        }
         for out in per_rank:
             _assert_same(out["binned"], want)
+            assert out["probs"].dtype == x.dtype
             torch.testing.assert_close(out["probs"], x, rtol=0, atol=0)  # rank order preserved
             assert torch.equal(out["labels"], y)
             for k, v in want_sample.items():

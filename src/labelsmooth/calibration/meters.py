@@ -329,21 +329,27 @@ class SampleCalibrationMeter:
         """Add a batch of ``(N, K)`` probabilities (or logits) and ``(N,)`` labels."""
         p, y = _prepare(probs, labels, self.from_logits)
         conf, correct = _confidence_correct(p, y)
-        self._conf.append(conf.to(torch.float64))
+        # Confidences keep their dtype (float32 or float64), so bin edges compare exactly as in
+        # the one-shot functions; a float32 value widened to float64 could cross an edge k/M.
+        self._conf.append(conf)
         self._correct.append(correct.to(torch.float64))
         if self.keep_probs:
             if self._probs and self._probs[0].shape[1] != p.shape[1]:
                 raise ValueError(
                     f"probs must keep {self._probs[0].shape[1]} columns, got {p.shape[1]}"
                 )
-            self._probs.append(p.to(torch.float64))
+            self._probs.append(p)
             self._labels.append(y)
 
     def __len__(self) -> int:
         return sum(c.shape[0] for c in self._conf)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Concatenated ``(confidence, correct)`` float64 tensors of shape ``(N,)``."""
+        """Concatenated ``(confidence, correct)`` tensors of shape ``(N,)``.
+
+        Confidences keep the probability dtype (float32 or float64; mixed batches promote to
+        float64); ``correct`` is float64 0/1.
+        """
         if not self._conf:
             raise ValueError("no samples yet; call update() first")
         self._conf = [torch.cat(self._conf)]
@@ -470,11 +476,15 @@ class SampleCalibrationMeter:
         if self.keep_probs:
             # Every rank must agree on K; a rank without samples reports 0 and takes the max.
             k = self._probs[0].shape[1] if self._probs else 0
-        meta = torch.tensor([n_local, k], dtype=torch.int64, device=comm)
+        # Rows travel as float64 (exact for float32 values and integer labels); afterwards they
+        # go back to float32 unless some rank held float64 data.
+        wide = int(any(c.dtype == torch.float64 for c in self._conf))
+        meta = torch.tensor([n_local, k, wide], dtype=torch.int64, device=comm)
         metas = [torch.zeros_like(meta) for _ in range(world)]
         dist.all_gather(metas, meta, group=group)
         sizes = [int(m[0]) for m in metas]
         k = max(int(m[1]) for m in metas)
+        dtype = torch.float64 if max(int(m[2]) for m in metas) else torch.float32
         if self.keep_probs:
             probs = (
                 torch.cat(self._probs) if self._probs else torch.zeros(0, k, dtype=torch.float64)
@@ -484,7 +494,7 @@ class SampleCalibrationMeter:
         device = columns[0].device
         width = len(columns)
         local = (
-            torch.stack([c.to(device) for c in columns], dim=1)
+            torch.stack([c.to(device, torch.float64) for c in columns], dim=1)
             if n_local
             else torch.zeros(0, width, dtype=torch.float64, device=device)
         )
@@ -496,11 +506,11 @@ class SampleCalibrationMeter:
         rows = torch.cat([g[:s] for g, s in zip(gathered, sizes)]).to(device)
         self.reset()
         if rows.shape[0]:
-            self._conf = [rows[:, 0].contiguous()]
+            self._conf = [rows[:, 0].to(dtype)]
             self._correct = [rows[:, 1].contiguous()]
             if self.keep_probs:
                 self._labels = [rows[:, 2].round().long()]
-                self._probs = [rows[:, 3:].contiguous()]
+                self._probs = [rows[:, 3:].to(dtype)]
         return self
 
     def __repr__(self) -> str:
