@@ -168,7 +168,7 @@ def test_ops_are_registered_apart_from_the_fused_engine():
         assert arg.name == "x" and arg.alias_info.is_write  # declared: autograd bumps the version
 
 
-# --- hand values -----------------------------------------------------------------------------------
+# --- hand values ---------------------------------------------------------------------------------
 
 
 def test_hand_value_uniform_logits():
@@ -184,7 +184,7 @@ def test_hand_value_uniform_logits():
     torch.testing.assert_close(x.grad, expect, rtol=0, atol=1e-7)
 
 
-# --- parity: index targets, every option, unaligned shapes -----------------------------------------
+# --- parity: index targets, every option, unaligned shapes ---------------------------------------
 
 
 @pytest.mark.parametrize("name", OPTION_NAMES)
@@ -255,7 +255,7 @@ def test_confident_bf16_target_column_gradient(eps):
     assert_no_worse_than(ours, peer, truth, 2.0 ** -8 / r, "grad")
 
 
-# --- ignored rows ------------------------------------------------------------------------------------
+# --- ignored rows --------------------------------------------------------------------------------
 
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the NaN row, interpreted
@@ -287,7 +287,7 @@ def test_all_ignored_batch(reduction):
         assert not ours[0].any() and not ours[1].any()
 
 
-# --- layouts, empty input, float64 -----------------------------------------------------------------
+# --- layouts, empty input, float64 ---------------------------------------------------------------
 
 
 def test_non_contiguous_logits():
@@ -331,7 +331,7 @@ def test_float64_falls_back_to_the_reference():
     torch.testing.assert_close(ours, ref, rtol=0, atol=0)
 
 
-# --- in-place gradient --------------------------------------------------------------------------------
+# --- in-place gradient ---------------------------------------------------------------------------
 
 
 def _mlp_head(r, k, dtype=torch.float32):
@@ -407,7 +407,7 @@ def test_inplace_on_a_non_contiguous_view_writes_fresh_memory():
     torch.testing.assert_close(leaf.grad, ref[1], rtol=1e-5, atol=1e-7)
 
 
-# --- probability targets --------------------------------------------------------------------------------
+# --- probability targets -------------------------------------------------------------------------
 
 
 def _prob_options(name, k):
@@ -446,7 +446,8 @@ def test_prob_target_gradient_and_inplace(small_block):
         loss = ls.cross_entropy(xi, t, impl=impl, inplace_backward=inplace, **kw)
         loss.backward(g)
         results[(impl, inplace)] = (loss.detach(), x.grad, t.grad, xi._version)
-    ref, out, inp = results[("reference", False)], results[("triton", False)], results[("triton", True)]
+    ref, out = results[("reference", False)], results[("triton", False)]
+    inp = results[("triton", True)]
     for a, b in ((out, ref), (inp, ref)):
         torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(a[1], b[1], rtol=1e-5, atol=1e-6)
@@ -467,7 +468,7 @@ def test_prob_against_torch_half_precision(dtype):
     _check(ours, peer, truth, dtype)
 
 
-# --- torch.library: fake implementations, compile --------------------------------------------------
+# --- torch.library: fake implementations, compile ------------------------------------------------
 
 
 def _index_args(r=5, k=37, dtype=torch.float32):
@@ -478,9 +479,12 @@ def _index_args(r=5, k=37, dtype=torch.float32):
             torch.full((r,), 1e-3, **f), 4.0, False)
 
 
+OPCHECKS = ("test_schema", "test_faketensor", "test_autograd_registration")
+
+
 def test_opcheck_index_forward():
     torch.library.opcheck(torch.ops.labelsmooth.triton_index_fwd.default, _index_args(),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=OPCHECKS)
 
 
 def test_opcheck_prob_forward():
@@ -489,7 +493,7 @@ def test_opcheck_prob_forward():
     t = torch.softmax(torch.randn(r, k, device=DEV), 1)
     args = (x, t, None, 0.9, None, 0.1 / k, torch.ones(r, device=DEV), None, None, False)
     torch.library.opcheck(torch.ops.labelsmooth.triton_prob_fwd.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+                          test_utils=OPCHECKS)
 
 
 def _op_level_loss(inplace):
@@ -514,7 +518,7 @@ def test_compile_fullgraph_op_level(inplace):
     torch.testing.assert_close(g, g_e)
 
 
-# --- the kernels compile for a GPU (ahead of time, no GPU needed) ---------------------------------
+# --- the kernels compile for a GPU (ahead of time, no GPU needed) --------------------------------
 
 # Run in a fresh interpreter: under TRITON_INTERPRET=1 `triton.jit` yields interpreter objects that
 # the compiler cannot take. Prints one JSON object: per variant, whether its PTX moves the logits in
@@ -530,7 +534,8 @@ def build(fn, types, consts, div16=()):
     sig = {n: ("constexpr" if n in consts else types[n]) for n in fn.arg_names}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
     src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 16}).asm["ptx"]
+    opts = {"num_warps": 16}
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"]
 
 f32 = "*fp32"
 out = {}
@@ -590,7 +595,7 @@ def test_kernels_compile_for_sm90_with_128bit_accesses():
         assert all(flags), variant
 
 
-# --- GPU only -------------------------------------------------------------------------------------------
+# --- GPU only ------------------------------------------------------------------------------------
 
 
 @gpu

@@ -128,9 +128,9 @@ def _check_not_consumed(x: Tensor) -> None:
         fused._check_not_consumed(x)
 
 
-# --------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Index targets
-# --------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 def _smooth_mode(s: Optional[Tensor], s_uniform: float) -> int:
     if s is not None:
@@ -297,9 +297,9 @@ def index_rows(
                       None if softcap is None else float(softcap), bool(inplace_backward))
 
 
-# --------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 # Probability targets
-# --------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
 
 @torch.library.custom_op("labelsmooth::triton_prob_fwd", mutates_args=())
 def _prob_fwd(
@@ -355,6 +355,13 @@ def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsu
     )
 
 
+def _dt_buffer(t: Tensor, need_dt: bool) -> Tensor:
+    """The target gradient's buffer, or an empty placeholder (custom ops return tensors)."""
+    if need_dt:
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+    return t.new_empty(0, 0)
+
+
 @torch.library.custom_op("labelsmooth::triton_prob_bwd", mutates_args=())
 def _prob_bwd(
     x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
@@ -362,8 +369,7 @@ def _prob_bwd(
     g: Tensor, need_dt: bool,
 ) -> tuple[Tensor, Tensor]:
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dt = (torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt
-          else t.new_empty(0, 0))
+    dt = _dt_buffer(t, need_dt)
     _prob_bwd_launch(dx, dt if need_dt else None, x, t, w, a, b, b_uniform, rs, cz, softcap,
                      lse, qsum, g)
     return dx, dt
@@ -372,7 +378,7 @@ def _prob_bwd(
 @_prob_bwd.register_fake
 def _(x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g, need_dt):
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dt = torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt else t.new_empty(0, 0)
+    dt = _dt_buffer(t, need_dt)
     return dx, dt
 
 
@@ -382,8 +388,7 @@ def _prob_bwd_inplace(
     rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], lse: Tensor, qsum: Tensor,
     g: Tensor, need_dt: bool,
 ) -> Tensor:
-    dt = (torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt
-          else t.new_empty(0, 0))
+    dt = _dt_buffer(t, need_dt)
     _prob_bwd_launch(x, dt if need_dt else None, x, t, w, a, b, b_uniform, rs, cz, softcap,
                      lse, qsum, g)
     return dt
@@ -391,7 +396,7 @@ def _prob_bwd_inplace(
 
 @_prob_bwd_inplace.register_fake
 def _(x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g, need_dt):
-    return torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt else t.new_empty(0, 0)
+    return _dt_buffer(t, need_dt)
 
 
 def _prob_setup(ctx, inputs, output) -> None:
