@@ -17,6 +17,10 @@ Conventions (Guo et al., 2017):
   differ by at most one (the first ``N mod M`` groups get the extra sample).  Ties in confidence are
   ordered by correctness (incorrect first), so the result does not depend on the input order;
 * empty bins carry zero weight and never produce NaN in a scalar metric.
+
+Only shapes and dtypes are validated: checking values (probabilities in [0, 1], labels in
+[0, K)) would force a host-device synchronisation, so out-of-range labels surface as indexing
+errors instead.
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ _OBJECTIVES = ("nll", "ece")
 class TemperatureFit(NamedTuple):
     """Result of :func:`fit_temperature`; all fields are Python floats.
 
+    NLL and ECE are evaluated on the fitting data with the logits in float64.
+
     Attributes:
         temperature: fitted ``T > 0`` (divide logits by it).
         nll_before: mean NLL at ``T = 1`` on the fitting data.
