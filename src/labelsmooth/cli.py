@@ -322,6 +322,9 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     except ValueError as e:
         print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - t0
     print(f"{len(res.runs)} runs in {cfg['out']} ({elapsed:.1f} s this invocation)")
     for name in ("results.json", "results.csv", "report.md", "report.html"):

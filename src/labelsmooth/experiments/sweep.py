@@ -431,5 +431,11 @@ def sweep(
     if report and out_dir is not None and rows:
         from labelsmooth.experiments.report import write_report
 
-        result.paths.update(write_report(result))
+        try:
+            result.paths.update(write_report(result))
+        except Exception as e:  # the runs and results.* are safe on disk; say so
+            raise RuntimeError(
+                f"writing the report failed ({type(e).__name__}: {e}); every run and "
+                f"results.json/csv are saved in {out_dir}; re-run to retry the report"
+            ) from e
     return result
