@@ -7,14 +7,14 @@ sum :math:`\sum_c s_c x_c` and (with class weights) the target class's weight �
 :math:`S = \sum_c s_c`. Each is a sum or a max of per-shard partials, so the forward pass
 communicates per-row vectors only (O(N), never O(N·K)):
 
-1. every rank computes, in one fused pass over its shard, its partial log-sum-exp
-   :math:`\mathrm{lse}_r`, its share of the target logit (non-zero on the owning rank only) and of
-   :math:`\sum_c s_c x_c`;
-2. one ``MAX`` all-reduce of :math:`\mathrm{lse}_r` gives the row maximum :math:`M`;
+1. every rank computes, in one fused pass over its shard, its row maximum :math:`m_r` and
+   :math:`e_r = \sum_{c \in r} e^{x_c - m_r}`, its share of the target logit (non-zero on the
+   owning rank only) and of :math:`\sum_c s_c x_c`;
+2. one ``MAX`` all-reduce of :math:`m_r` gives the row maximum :math:`M`;
 3. one ``SUM`` all-reduce of the stacked rows
-   :math:`[e^{\mathrm{lse}_r - M},\ x_y,\ \sum s_c x_c,\ w_y]` (each rank's share)
+   :math:`[e_r e^{m_r - M},\ x_y,\ \sum s_c x_c,\ w_y]` (each rank's share)
    (plus the scalar :math:`S` share when the shares are not uniform) gives
-   :math:`\mathrm{lse} = M + \log\sum_r e^{\mathrm{lse}_r - M}` and the rest.
+   :math:`\mathrm{lse} = M + \log\sum_r e_r e^{m_r - M}` and the rest.
 
 Then, with the per-row coefficients :math:`c_t, c_s, c_z` of
 :func:`labelsmooth.functional.plan_index`,
@@ -243,17 +243,17 @@ class _Shard:
     softcap: float | None
 
 
-def _partials(engine, x: torch.Tensor,
-              sh: _Shard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row (lse_r, x_y share, Σ s·x share) of one shard, in the accumulation dtype."""
+def _partials(engine, x: torch.Tensor, sh: _Shard) -> list[torch.Tensor]:
+    """Per-row [max, Σ exp(x − max), x_y share, Σ s·x share] of one shard (accumulation dtype).
+
+    As in the fused engine, the sum of exponentials is taken relative to 0 where the max is ±inf.
+    """
     acc = _acc(x.dtype)
-    rows = x.shape[0]
     if x.shape[1] == 0:  # an empty shard contributes nothing
-        z = torch.zeros(rows, dtype=acc, device=x.device)
-        return torch.full_like(z, -math.inf), z, z.clone()
-    m, se, x_y, sx = engine.row_partials(x, sh.y, sh.s, sh.s_uniform, sh.softcap,
-                                         target_mask=sh.in_shard)
-    return m.to(acc) + torch.log(se.to(acc)), x_y.to(acc), sx.to(acc)
+        z = torch.zeros(x.shape[0], dtype=acc, device=x.device)
+        return [torch.full_like(z, -math.inf), z, z.clone(), z.clone()]
+    parts = engine.row_partials(x, sh.y, sh.s, sh.s_uniform, sh.softcap, target_mask=sh.in_shard)
+    return [t.to(acc) for t in parts]
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,23 +279,31 @@ class _SumAcrossRanks(torch.autograd.Function):
         return g, None
 
 
-def _combine(lse_r: torch.Tensor, rows: list[torch.Tensor], scalars: list[torch.Tensor],
-             group: Any, world: int, differentiable: bool = False, maxed: torch.Tensor | None = None
+def _finite(m: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
+
+
+def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
+             scalars: list[torch.Tensor], group: Any, world: int, differentiable: bool = False,
+             maxed: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
     """Global lse and summed rows/scalars: one MAX and one SUM all-reduce of per-row vectors.
 
-    ``maxed`` (a few numbers) rides along in the MAX all-reduce and is returned reduced.
+    ``m_r``/``se_r``: this shard's row max and sum of exponentials relative to it (relative to 0
+    where the max is ±inf); the rescaled sums :math:`se_r e^{m_r - M}` are exact up to one
+    rounding. ``maxed`` (a few numbers) rides along in the MAX all-reduce, returned reduced.
     """
+    m_r = m_r.detach()
     if world == 1:
-        return lse_r, rows, scalars, maxed
-    n = lse_r.shape[0]
-    m = lse_r.detach().clone() if maxed is None else torch.cat([lse_r.detach(),
-                                                                 maxed.to(lse_r.dtype)])
+        return _finite(m_r) + torch.log(se_r), rows, scalars, maxed
+    n = m_r.shape[0]
+    m = m_r.clone() if maxed is None else torch.cat([m_r, maxed.to(m_r.dtype)])
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-    m, maxed = m[:n], (None if maxed is None else m[n:])
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all -inf rows stay -inf below
-    flat = torch.cat([torch.stack([torch.exp(lse_r - m), *rows]).reshape(-1),
-                      *[t.reshape(1).to(lse_r.dtype) for t in scalars]])
+    m, maxed = _finite(m[:n]), (None if maxed is None else m[n:])
+    # ±inf maxima: their sums are relative to 0 and exp(±inf − m) gives the limits (0 or inf)
+    scale = torch.exp(torch.where(torch.isinf(m_r), m_r, m_r - m))
+    flat = torch.cat([torch.stack([se_r * scale, *rows]).reshape(-1),
+                      *[t.reshape(1).to(m_r.dtype) for t in scalars]])
     if differentiable:
         flat = _SumAcrossRanks.apply(flat, group)
     else:
@@ -444,10 +452,10 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
                   world, acc, w_share, scalars, checksums)
 
 
-def _globals(st: _Setup, lse_r, xy_r, sx_r, differentiable: bool = False):
+def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
     """All-reduce the shard partials; return (lse, x_y, Σ s·x, S, final plan) for every row."""
     rows = [xy_r, sx_r] + ([st.w_share] if st.w_share is not None else [])
-    lse, summed, tot, maxed = _combine(lse_r, rows, st.scalars, st.group, st.world,
+    lse, summed, tot, maxed = _combine(m_r, se_r, rows, st.scalars, st.group, st.world,
                                        differentiable, st.checksums)
     if maxed is not None and not torch.equal(maxed[:2], -maxed[2:]):
         raise V.fail("target", "the same tensor on every rank of the group (their checksums "
@@ -470,13 +478,14 @@ def _reference_rows(x: torch.Tensor, st: _Setup):
     sh = st.sh
     xc = _softcapped(x.to(st.acc), sh.softcap)
     if xc.shape[1] == 0:
-        lse_r = torch.full((xc.shape[0],), -math.inf, dtype=st.acc, device=x.device)
-        xy_r = sx_r = xc.sum(-1)
+        m_r = torch.full((xc.shape[0],), -math.inf, dtype=st.acc, device=x.device)
+        se_r = xy_r = sx_r = xc.sum(-1)
     else:
-        lse_r = torch.logsumexp(xc, -1)
+        m_r = xc.detach().amax(-1)
+        se_r = torch.exp(xc - _finite(m_r)[:, None]).sum(-1)
         xy_r = xc.gather(1, sh.y[:, None])[:, 0] * sh.in_shard
         sx_r = xc @ sh.s if sh.s is not None else sh.s_uniform * xc.sum(-1)
-    lse, x_y, sx, S, plan = _globals(st, lse_r, xy_r, sx_r, differentiable=True)
+    lse, x_y, sx, S, plan = _globals(st, m_r, se_r, xy_r, sx_r, differentiable=True)
     return _row_loss(lse, x_y, sx, S, plan.ct, plan.cs, plan.cz), lse.detach(), plan
 
 
@@ -826,14 +835,13 @@ def vocab_parallel_linear_cross_entropy(
 
     rows_n, sh = h.shape[0], st.sh
     with torch.no_grad():  # statistics chunk by chunk: the local logits are never held in full
-        lse_r = torch.empty(rows_n, dtype=st.acc, device=h.device)
-        xy_r, sx_r = torch.empty_like(lse_r), torch.empty_like(lse_r)
+        parts = torch.empty(4, rows_n, dtype=st.acc, device=h.device)  # m, se, x_y, Σ s·x
         for r0 in range(0, rows_n, chunk):
             r1 = min(rows_n, r0 + chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
-            lse_r[r0:r1], xy_r[r0:r1], sx_r[r0:r1] = _partials(
-                engine, _chunk_logits(h[r0:r1], w, bias), part)
-        lse, x_y, sx, S, plan = _globals(st, lse_r, xy_r, sx_r)
+            parts[:, r0:r1] = torch.stack(
+                _partials(engine, _chunk_logits(h[r0:r1], w, bias), part))
+        lse, x_y, sx, S, plan = _globals(st, *parts)
     loss_rows = _LinearRows.apply(h, w, bias, engine, sh, lse, x_y, sx, S, plan.ct, plan.cs,
                                   plan.cz, chunk, group, world)
     return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss
