@@ -190,3 +190,25 @@ def test_python_dash_m_and_console_script_entry():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "0.0500" in r.stdout and "0.9500" in r.stdout
+
+
+def test_ctrl_c_exits_130_and_keeps_finished_runs(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    sweep_mod = importlib.import_module("labelsmooth.experiments.sweep")
+    real, calls = sweep_mod.train_run, []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(args[2])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "train_run", interrupt_second)
+    out = tmp_path / "o"
+    argv = ["sweep", "--epochs", "1", "--smoothing", "0", "0.1", "--seeds", "1",
+            "--n-bootstrap", "0", "--out", str(out), "--no-progress", "--no-report"]
+    assert main(argv) == 130
+    assert "re-run the same command to resume" in capsys.readouterr().err
+    assert (out / "runs" / "eps0_seed0.json").is_file()
+    assert not (out / "runs" / "eps0.1_seed0.json").exists()

@@ -336,3 +336,14 @@ def test_verdict_says_when_claims_fail():
     assert status["smoothing curbs overconfidence and improves calibration"] == "did not hold"
     assert status["the training loss is higher with smoothing"] == "did not hold"
     assert status["too large a factor (0.5) underfits"] == "not tested"
+
+
+def test_report_without_baseline_or_intervals(tmp_path):
+    pytest.importorskip("matplotlib")
+    res = sweep(data=make_splits(*_toy(150)), smoothing=[0.1, 0.3], seeds=1, out=tmp_path,
+                progress=False, **FAST)  # n_bootstrap=0: no intervals anywhere
+    md = (tmp_path / "report.md").read_text()
+    assert "not tested" in md  # no ε = 0 in the sweep: the calibration claim cannot be judged
+    assert "projection.png" not in md  # the picture compares against ε = 0
+    assert {"report.md", "report.html", "metrics.png", "training.png", "reliability.png"} <= set(res.paths)
+    assert "[" not in md.split("## Results per smoothing factor")[1].split("\n")[4]  # no CI brackets
