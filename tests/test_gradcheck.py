@@ -83,8 +83,8 @@ def test_gradcheck_probability_targets_target_mode(impl):
     """Under weight_mode="target" the row scale Σ_c w_c t_c depends on t: its gradient counts."""
     need_impl(impl)
     w = torch.rand(K, dtype=torch.float64) * 3 + 0.5
-    x = torch.randn(3, K, 2, dtype=torch.float64, requires_grad=True)
-    t = torch.softmax(torch.randn(3, K, 2, dtype=torch.float64), 1).requires_grad_()
+    x = torch.randn(3, K, dtype=torch.float64, requires_grad=True)
+    t = torch.softmax(torch.randn(3, K, dtype=torch.float64), 1).requires_grad_()
     for red in ("none", "mean"):
         assert gradcheck(lambda a, b: ls.cross_entropy(a, b, w, reduction=red, label_smoothing=0.1,
                                                        z_loss=0.01, weight_mode="target", impl=impl),

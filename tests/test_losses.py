@@ -36,12 +36,11 @@ def module_loss_and_grad(mod, x, target, g):
 # A cycled grid: every dtype, every reduction, weights on/off, index and probability targets,
 # ignore_index inside and outside [0, C) and ε ∈ {0, 0.1, 1}, without the full product.
 MODULE_CASES = []
-for i, (dtype, reduction, weighted) in enumerate(itertools.product(
-        (torch.float64, torch.float32, torch.float16, torch.bfloat16), ("none", "sum", "mean"),
-        (False, True))):
-    MODULE_CASES.append(pytest.param(dtype, reduction, weighted, (0.0, 0.1, 1.0)[i % 3],
+for i, (dtype, reduction) in enumerate(itertools.product(
+        (torch.float64, torch.float32, torch.float16, torch.bfloat16), ("none", "sum", "mean"))):
+    MODULE_CASES.append(pytest.param(dtype, reduction, i % 2 == 0, (0.0, 0.1, 1.0)[i % 3],
                                      (-100, 1, C + 3, -1)[i % 4], i % 5 == 0,
-                                     id=f"{str(dtype)[6:]}-{reduction}-w{int(weighted)}-{i}"))
+                                     id=f"{str(dtype)[6:]}-{reduction}-{i}"))
 
 
 @pytest.mark.parametrize("impl", IMPLS)

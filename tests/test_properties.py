@@ -102,8 +102,8 @@ def test_gradient_rows_sum_to_zero(impl, kw):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
 def test_ignored_elements_get_exactly_zero_gradient(impl, dtype):
     need_impl(impl)
-    if impl == "triton" and dtype == torch.float64:
-        pytest.skip("triton: low-precision tiny case only")
+    if impl == "triton" and dtype != torch.bfloat16:
+        pytest.skip("triton: one low-precision tiny case only (CPU interpreter)")
     for shape in shapes_for(impl):
         k = shape[1]
         x = (torch.randn(shape) * 3).to(dtype)
