@@ -162,6 +162,9 @@ def _logits(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
     return torch.addmm(b, hc, w.t(), out=out)
 
 
+_MIXED_ADDMM = [True]  # whether torch.addmm(..., out_dtype=float32) works here (CUDA only)
+
+
 def _accumulate(g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor, grads: _Grads,
                 rsl: slice, csl: slice, dh_acc: torch.Tensor | None, dw_cols: int) -> None:
     """dh[rows] (+)= g W[cols];  dW[cols] += gᵀ h_c;  db[cols] += Σ_n g  (g in the logits dtype)."""
@@ -174,6 +177,14 @@ def _accumulate(g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor, grads: _Grad
         dw = grads.dw[csl]
         if g.dtype == dw.dtype:
             dw.addmm_(g.t(), hc)
+        elif g.is_cuda and _MIXED_ADDMM[0]:
+            # One GEMM with float32 output accumulated in place (torch >= 2.8 on CUDA); fall back
+            # to the blocked path below where the kernel is missing.
+            try:
+                torch.addmm(dw, g.t(), hc, out_dtype=dw.dtype, out=dw)
+            except (RuntimeError, TypeError, NotImplementedError):
+                _MIXED_ADDMM[0] = False
+                _accumulate(g, hc, w, _Grads(None, grads.dw, None), rsl, csl, None, dw_cols)
         else:
             # Low precision: one matmul per block of vocabulary rows (a bounded temporary),
             # accumulated across token chunks in float32 (pitfall: half-precision dW drifts).
