@@ -129,11 +129,13 @@ def test_is_available_rules(monkeypatch):
 
 
 def test_launch_configuration(monkeypatch):
-    monkeypatch.setattr(triton_ce, "MAX_BLOCK", 8192)
-    monkeypatch.setattr(triton_ce, "ELEMS_PER_THREAD", 16)
+    monkeypatch.setattr(triton_ce, "MAX_BLOCK", 4096)
+    monkeypatch.setattr(triton_ce, "ELEMS_PER_THREAD", 8)
     assert triton_ce._launch_cfg(7) == (16, 1)
-    assert triton_ce._launch_cfg(1000) == (1024, 2)
-    assert triton_ce._launch_cfg(128256) == (8192, 16)
+    assert triton_ce._launch_cfg(1000) == (1024, 4)
+    assert triton_ce._launch_cfg(128256) == (4096, 16)
+    monkeypatch.setattr(triton_ce, "MAX_BLOCK", 32768)
+    assert triton_ce._launch_cfg(128256) == (32768, 32)  # capped at 32 warps
     monkeypatch.setattr(triton_ce, "MAX_BLOCK", 3000)
     with pytest.raises(ValueError, match="LABELSMOOTH_TRITON_MAX_BLOCK"):
         triton_ce._launch_cfg(128256)
@@ -285,6 +287,20 @@ def test_all_ignored_batch(reduction):
     _check(ours, peer, truth, torch.float32, GRAD_TOL32)
     if reduction != "mean":
         assert not ours[0].any() and not ours[1].any()
+
+
+def test_masked_leading_chunk_of_minus_inf(small_block):
+    """A whole 256-wide chunk of -inf logits (a masked vocabulary slice) before any finite one."""
+    r, k = 3, 700
+    x = _logits(r, k, torch.float32)
+    x[:, :300] = -math.inf
+    y = torch.tensor([400, 650, 301], device=DEV)
+    g = _upstream(r, "none")
+    ours = torch_loss_and_grad(x, y, g, fn=ls.cross_entropy, impl="triton", reduction="none")
+    ref = torch_loss_and_grad(x, y, g, reduction="none")
+    assert torch.isfinite(ours[0]).all()
+    torch.testing.assert_close(ours[0], ref[0])
+    torch.testing.assert_close(ours[1], ref[1])
 
 
 # --- layouts, empty input, float64 ---------------------------------------------------------------
@@ -529,12 +545,15 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from labelsmooth.ops import _triton_kernels as kern
+from labelsmooth.ops.triton_ce import _launch_cfg
+
+BLOCK, WARPS = _launch_cfg(128256)
 
 def build(fn, types, consts, div16=()):
     sig = {n: ("constexpr" if n in consts else types[n]) for n in fn.arg_names}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
     src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
-    opts = {"num_warps": 16}
+    opts = {"num_warps": WARPS}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"]
 
 f32 = "*fp32"
@@ -543,7 +562,7 @@ for dt in ("bf16", "fp32"):
     common = dict(y_ptr="*i64", ct_ptr=f32, cs_ptr=f32, cz_ptr=f32, s_ptr=f32, s_sum_ptr=f32,
                   K="i32", s_uniform="fp32", softcap="fp32", x_ptr="*" + dt, stride_xr="i32")
     for smooth, flags in ((1, True), (2, False), (0, True))[: 3 if dt == "bf16" else 1]:
-        c = dict(stride_xc=1, SMOOTH=smooth, HAS_Z=flags, SOFTCAP=flags, BLOCK=8192)
+        c = dict(stride_xc=1, SMOOTH=smooth, HAS_Z=flags, SOFTCAP=flags, BLOCK=BLOCK)
         fwd = build(kern._index_fwd, dict(common, loss_ptr=f32, lse_ptr=f32), c,
                     ("x_ptr", "stride_xr", "K"))
         bwd = build(kern._index_bwd, dict(common, dx_ptr="*" + dt, stride_dr="i32", lse_ptr=f32,
@@ -555,7 +574,7 @@ for dt in ("bf16", "fp32"):
               stride_tc="i64", w_ptr=f32, b_ptr=f32, rs_ptr=f32, cz_ptr=f32, lse_ptr=f32, K="i32",
               a="fp32", b_uniform="fp32", softcap="fp32")
     for flags in (True, False)[: 2 if dt == "bf16" else 0]:
-        c = dict(HAS_W=flags, HAS_B=flags, HAS_Z=flags, SOFTCAP=flags, BLOCK=8192)
+        c = dict(HAS_W=flags, HAS_B=flags, HAS_Z=flags, SOFTCAP=flags, BLOCK=BLOCK)
         build(kern._prob_fwd, dict(pc, loss_ptr=f32, qsum_ptr=f32), c)
         build(kern._prob_bwd, dict(pc, dx_ptr="*" + dt, stride_dr="i64", stride_dc="i64",
                                    dt_ptr=f32, stride_er="i64", stride_ec="i64", qsum_ptr=f32,
@@ -604,7 +623,7 @@ def test_kernels_compile_for_sm90_with_128bit_accesses():
                          ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("name", OPTION_NAMES)
 def test_gpu_index_parity_large_vocab(dtype, name):
-    r, k = 64, 32003  # unaligned, several 8192-wide chunks
+    r, k = 64, 32003  # unaligned, several chunks and a masked tail
     kw = _cast(_options(name, k), dtype)
     red = kw.pop("reduction", "none")
     x, y = _logits(r, k, dtype), _target(r, k)

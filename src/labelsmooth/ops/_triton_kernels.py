@@ -4,7 +4,8 @@ One program per row of the (R, K) logits. Every kernel walks its row in ``BLOCK`
 loads the logits in their own dtype and does all arithmetic in float32.
 
 * ``_index_fwd`` / ``_prob_fwd`` — the statistics pass, one read of the logits: online softmax
-  (running max ``m`` and running sum ``d`` of :math:`e^{x-m}`, rescaled when the max grows), the
+  (running row max ``m`` and per-lane running sums of :math:`e^{x-m}`, rescaled when the max
+  grows, so each chunk costs one exponential per element and one cross-warp reduction), the
   target logit, and the smoothing sum :math:`\sum_c s_c (x_c - x_\mathrm{ref})` (shifted by a
   logit of the row so the fp32 sum does not cancel against ``S·lse``). Writes the per-row loss and
   ``lse`` (and, for probability targets, :math:`Q=\sum_c q_c`), nothing K-wide.
@@ -76,7 +77,7 @@ def _index_fwd(
     if SOFTCAP:
         x_y = softcap * _tanh(x_y / softcap)
     m = float("-inf")
-    d = 0.0
+    d_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ e^{x - m}, reduced once at the end
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
@@ -87,14 +88,17 @@ def _index_fwd(
             xb = tl.where(mask, softcap * _tanh(tl.where(mask, xb, 0.0) / softcap),
                           float("-inf"))
         m_new = tl.maximum(m, tl.max(xb, 0))
-        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(xb - m_new), 0)
+        # Shift by 0 while all logits so far are -inf (a masked vocabulary slice), so no
+        # exp(-inf - -inf); one cross-warp reduction (the max) per chunk, the sum at the end.
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
         m = m_new
         if SMOOTH == 1:
             acc += tl.where(mask, xb - x_y, 0.0)
         if SMOOTH == 2:
             sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             acc += sv * tl.where(mask, xb - x_y, 0.0)
-    lse = m + tl.log(d)
+    lse = m + tl.log(tl.sum(d_vec, 0))
     # A zero coefficient drops its term even when the term is not finite (an ignored row whose
     # placeholder target logit is -inf), so masked padding rows never turn the loss into NaN.
     ct = tl.load(ct_ptr + row)
@@ -187,7 +191,7 @@ def _prob_fwd(
     if SOFTCAP:
         x0 = softcap * _tanh(x0 / softcap)
     m = float("-inf")
-    d = 0.0
+    d_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ e^{x - m}, reduced once at the end
     acc_q = tl.zeros([BLOCK], dtype=tl.float32)
     acc_qx = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, K, BLOCK):
@@ -199,7 +203,10 @@ def _prob_fwd(
             xb = tl.where(mask, softcap * _tanh(tl.where(mask, xb, 0.0) / softcap),
                           float("-inf"))
         m_new = tl.maximum(m, tl.max(xb, 0))
-        d = d * tl.exp(m - m_new) + tl.sum(tl.exp(xb - m_new), 0)
+        # Shift by 0 while all logits so far are -inf (a masked vocabulary slice), so no
+        # exp(-inf - -inf); one cross-warp reduction (the max) per chunk, the sum at the end.
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
         m = m_new
         tb = tl.load(t_row + c64 * stride_tc, mask=mask, other=0.0).to(tl.float32)
         if HAS_B:
@@ -211,7 +218,7 @@ def _prob_fwd(
         q = tl.where(mask, q, 0.0)
         acc_q += q
         acc_qx += q * tl.where(mask, xb - x0, 0.0)
-    lse = m + tl.log(d)
+    lse = m + tl.log(tl.sum(d_vec, 0))
     qsum = tl.sum(acc_q, 0)
     loss = tl.load(rs_ptr + row) * (qsum * (lse - x0) - tl.sum(acc_qx, 0))
     if HAS_Z:

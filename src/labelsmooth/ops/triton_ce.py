@@ -54,14 +54,15 @@ from labelsmooth.ops import reference
 __all__ = ["index_rows", "is_available", "prob_rows"]
 
 # Widest chunk of a row one program handles per loop iteration (a power of two), and the values
-# per thread that set num_warps = BLOCK / (32 · ELEMS_PER_THREAD), at most 32. Defaults: 8192 and
-# 16, i.e. 16 warps, 128-bit accesses and no register spills on sm_90 (checked with ptxas; 64
-# registers for the plain forward, 2 blocks per SM). Untuned: no GPU was available; a GPU session
-# can sweep them without editing code through LABELSMOOTH_TRITON_MAX_BLOCK and
-# LABELSMOOTH_TRITON_ELEMS_PER_THREAD (read once, at import). Tests lower MAX_BLOCK to exercise
-# the loop and the masked tail on small rows.
-MAX_BLOCK = int(os.environ.get("LABELSMOOTH_TRITON_MAX_BLOCK", "8192"))
-ELEMS_PER_THREAD = int(os.environ.get("LABELSMOOTH_TRITON_ELEMS_PER_THREAD", "16"))
+# per thread that set num_warps = BLOCK / (32 · ELEMS_PER_THREAD), at most 32. Defaults 4096 and
+# 8: 16 warps, 128-bit accesses for bf16 and fp32, no register spills on sm_90, and by ptxas's
+# register counts 32 resident warps per SM for every forward variant (48-64 for the backward);
+# 16 values per thread would leave the forward at 16 warps per SM. Untuned: no GPU was
+# available. A GPU session can sweep both without editing code through
+# LABELSMOOTH_TRITON_MAX_BLOCK and LABELSMOOTH_TRITON_ELEMS_PER_THREAD (read once, at import).
+# Tests lower MAX_BLOCK to exercise the loop and the masked tail on small rows.
+MAX_BLOCK = int(os.environ.get("LABELSMOOTH_TRITON_MAX_BLOCK", "4096"))
+ELEMS_PER_THREAD = int(os.environ.get("LABELSMOOTH_TRITON_ELEMS_PER_THREAD", "8"))
 
 
 def _triton_importable() -> bool:
