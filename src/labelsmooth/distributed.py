@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -65,6 +65,8 @@ __all__ = [
 ]
 
 _IMPLS = ("auto", "fused", "reference")
+ShardImpl = Literal["auto", "fused", "reference"]
+Group = Any  # a torch.distributed.ProcessGroup, or None for the default group
 # Default memory budget of one chunk of local logits in the fused-linear variant (bytes), the
 # same as labelsmooth.linear_cross_entropy's.
 _BUDGET_CPU, _BUDGET_CUDA = 64 * 2**20, 128 * 2**20
@@ -84,7 +86,7 @@ def _group_info(group: Any) -> tuple[Any, int, int]:
     return group, dist.get_world_size(group), dist.get_rank(group)
 
 
-def vocab_shard_range(local_width: int, group: Any = None) -> tuple[int, int]:
+def vocab_shard_range(local_width: int, group: Group = None) -> tuple[int, int]:
     """Offset of this rank's vocabulary shard and the global vocabulary size.
 
     Shards are taken to be contiguous in rank order (rank 0 holds the first classes); the widths may
@@ -493,7 +495,7 @@ def vocab_parallel_cross_entropy(
     local_logits: torch.Tensor,
     target: torch.Tensor,
     *,
-    group: Any = None,
+    group: Group = None,
     vocab_start: int | None = None,
     vocab_size: int | None = None,
     weight: torch.Tensor | None = None,
@@ -505,7 +507,7 @@ def vocab_parallel_cross_entropy(
     weight_mode: WeightMode = "torch",
     z_loss: float = 0.0,
     softcap: float | None = None,
-    impl: str = "auto",
+    impl: ShardImpl = "auto",
     validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Label-smoothed cross-entropy of logits sharded over the classes across a process group.
@@ -639,7 +641,7 @@ class _CopyToVocabParallel(torch.autograd.Function):
         return g, None
 
 
-def copy_to_vocab_parallel(hidden: torch.Tensor, group: Any = None) -> torch.Tensor:
+def copy_to_vocab_parallel(hidden: torch.Tensor, group: Group = None) -> torch.Tensor:
     r"""Identity in forward; all-reduce (sum over ranks) of the gradient in backward.
 
     Put it between a replicated trunk and a vocabulary-sharded output layer
@@ -730,7 +732,7 @@ def vocab_parallel_linear_cross_entropy(
     target: torch.Tensor,
     bias: torch.Tensor | None = None,
     *,
-    group: Any = None,
+    group: Group = None,
     vocab_start: int | None = None,
     vocab_size: int | None = None,
     class_weight: torch.Tensor | None = None,
@@ -742,7 +744,7 @@ def vocab_parallel_linear_cross_entropy(
     weight_mode: WeightMode = "torch",
     z_loss: float = 0.0,
     softcap: float | None = None,
-    impl: str = "auto",
+    impl: ShardImpl = "auto",
     validate: bool | None = None,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
