@@ -28,15 +28,31 @@ def test_targets_prints_one_row_per_label(capsys):
     out = capsys.readouterr().out
     rows = _parse_targets(out)
     # spread="all": target 1 - ε + ε/K = 0.925, others ε/K = 0.025 (hand-computed)
-    assert rows == {0: [0.925, 0.025, 0.025, 0.025], 2: [0.025, 0.025, 0.925, 0.025],
-                    3: [0.025, 0.025, 0.025, 0.925]}
+    assert rows == {
+        0: [0.925, 0.025, 0.025, 0.025],
+        2: [0.025, 0.025, 0.925, 0.025],
+        3: [0.025, 0.025, 0.025, 0.925],
+    }
     assert "0.9250" in out  # 4 decimals
 
 
 def test_targets_spread_others_and_prior(capsys):
     main(["targets", "--labels", "1", "--classes", "4", "--smoothing", "0.1", "--spread", "others"])
     assert _parse_targets(capsys.readouterr().out) == {1: [0.0333, 0.9, 0.0333, 0.0333]}
-    main(["targets", "--labels", "0", "--classes", "2", "--smoothing", "0.2", "--prior", "0.25", "0.75"])
+    main(
+        [
+            "targets",
+            "--labels",
+            "0",
+            "--classes",
+            "2",
+            "--smoothing",
+            "0.2",
+            "--prior",
+            "0.25",
+            "0.75",
+        ]
+    )
     # ε·p replaces the uniform share: [0.8 + 0.05, 0.15]
     assert _parse_targets(capsys.readouterr().out) == {0: [0.85, 0.15]}
 
@@ -44,7 +60,9 @@ def test_targets_spread_others_and_prior(capsys):
 def test_targets_agrees_with_the_library(capsys):
     import torch
 
-    main(["targets", "--labels", "4", "0", "--classes", "7", "--smoothing", "0.3", "--decimals", "6"])
+    main(
+        ["targets", "--labels", "4", "0", "--classes", "7", "--smoothing", "0.3", "--decimals", "6"]
+    )
     rows = _parse_targets(capsys.readouterr().out)
     ref = labelsmooth.smooth_targets(torch.tensor([4, 0]), 7, 0.3)
     assert rows[4] == pytest.approx(ref[0].tolist(), abs=1e-6)
@@ -54,13 +72,22 @@ def test_targets_agrees_with_the_library(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["targets", "--labels", "0", "--classes", "4", "--smoothing", "1.5"], "smoothing must be in [0, 1], got 1.5"),
+        (
+            ["targets", "--labels", "0", "--classes", "4", "--smoothing", "1.5"],
+            "smoothing must be in [0, 1], got 1.5",
+        ),
         (["targets", "--labels", "0", "--classes", "4", "--smoothing", "x"], "'x' is not a number"),
         (["targets", "--labels", "0", "5", "--classes", "4"], "--labels must be in [0, 3]"),
         (["targets", "--labels", "0", "--classes", "1"], "--classes must be >= 2"),
-        (["targets", "--labels", "0", "--classes", "3", "--prior", "0.5", "0.5"], "--prior needs 3 values"),
+        (
+            ["targets", "--labels", "0", "--classes", "3", "--prior", "0.5", "0.5"],
+            "--prior needs 3 values",
+        ),
         (["sweep", "--smoothing", "0", "1.2"], "smoothing must be in [0, 1], got 1.2"),
-        (["sweep", "--dataset", "cifar10", "--no-progress"], "dataset must be one of ('mnist1d', 'digits')"),
+        (
+            ["sweep", "--dataset", "cifar10", "--no-progress"],
+            "dataset must be one of ('mnist1d', 'digits')",
+        ),
         (["sweep", "--seeds", "0"], "must be >= 1, got 0"),
         (["sweep", "--model", "resnet"], "invalid choice: 'resnet'"),
         (["sweep", "--config", "/nonexistent.toml"], "does not exist"),
@@ -91,11 +118,11 @@ def test_csv_without_label_column_and_single_class(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 def test_config_precedence_defaults_file_flags(tmp_path):
     cfg = tmp_path / "c.toml"
-    cfg.write_text('epochs = 7\nlr = 0.01\nsmoothing = [0.0, 0.3]\nbatch-size = 64\n')
+    cfg.write_text("epochs = 7\nlr = 0.01\nsmoothing = [0.0, 0.3]\nbatch-size = 64\n")
     args = build_parser().parse_args(["sweep", "--config", str(cfg), "--epochs", "2"])
     r = resolve_sweep_config(args)
-    assert r["epochs"] == 2 and r["sources"]["epochs"] == "flag"          # flag beats file
-    assert r["lr"] == 0.01 and r["sources"]["lr"] == "config"             # file beats default
+    assert r["epochs"] == 2 and r["sources"]["epochs"] == "flag"  # flag beats file
+    assert r["lr"] == 0.01 and r["sources"]["lr"] == "config"  # file beats default
     assert r["smoothing"] == [0.0, 0.3] and r["batch_size"] == 64
     assert r["seeds"] == SWEEP_DEFAULTS["seeds"] and r["sources"]["seeds"] == "default"
     assert r["config"] == str(cfg)
@@ -109,7 +136,10 @@ def test_yaml_config_and_sweep_table(tmp_path):
     assert r["seeds"] == 2 and r["spread"] == "others"
     t = tmp_path / "c.toml"
     t.write_text("[sweep]\nmodel = 'cnn'\n")
-    assert resolve_sweep_config(build_parser().parse_args(["sweep", "--config", str(t)]))["model"] == "cnn"
+    assert (
+        resolve_sweep_config(build_parser().parse_args(["sweep", "--config", str(t)]))["model"]
+        == "cnn"
+    )
 
 
 @pytest.mark.parametrize(
@@ -142,13 +172,35 @@ def test_example_config_is_valid():
 # --------------------------------------------------------------------------------------------
 def test_tiny_sweep_end_to_end(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["sweep", "--epochs", "2", "--smoothing", "0", "0.1", "--seeds", "1",
-            "--n-bootstrap", "20", "--out", str(out), "--no-progress"]
+    argv = [
+        "sweep",
+        "--epochs",
+        "2",
+        "--smoothing",
+        "0",
+        "0.1",
+        "--seeds",
+        "1",
+        "--n-bootstrap",
+        "20",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert str(out / "report.html") in printed
-    for name in ("config.json", "results.json", "results.csv", "report.md", "report.html",
-                 "reliability.png", "metrics.png", "training.png", "projection.png"):
+    for name in (
+        "config.json",
+        "results.json",
+        "results.csv",
+        "report.md",
+        "report.html",
+        "reliability.png",
+        "metrics.png",
+        "training.png",
+        "projection.png",
+    ):
         assert (out / name).is_file(), name
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -160,7 +212,9 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert [(r["smoothing"], r["seed"]) for r in res["runs"]] == [(0.0, 0), (0.1, 0)]
     run = res["runs"][1]
     assert len(run["history"]) == 2
-    assert run["history"][0]["entropy_floor"] == pytest.approx(float(labelsmooth.entropy_floor(10, 0.1)))
+    assert run["history"][0]["entropy_floor"] == pytest.approx(
+        float(labelsmooth.entropy_floor(10, 0.1))
+    )
     t = run["test"]
     assert t["ece_low"] <= t["ece_high"] and 0 <= t["ece"] <= 1
     assert 0.1 < t["accuracy"] < 1.0  # learnt something in 2 epochs (chance is 0.1)
@@ -177,7 +231,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert "Müller" in md and "(reliability.png)" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
-    assert 'src="http' not in html and ".png\"" not in html  # self-contained
+    assert 'src="http' not in html and '.png"' not in html  # self-contained
 
     # Re-running resumes: no run is trained again, the results are the same.
     assert main(argv) == 0
@@ -185,9 +239,23 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
 
 
 def test_python_dash_m_and_console_script_entry():
-    r = subprocess.run([sys.executable, "-m", "labelsmooth", "targets", "--labels", "1",
-                        "--classes", "2", "--smoothing", "0.1"], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "labelsmooth",
+            "targets",
+            "--labels",
+            "1",
+            "--classes",
+            "2",
+            "--smoothing",
+            "0.1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "0.0500" in r.stdout and "0.9500" in r.stdout
 
@@ -206,8 +274,22 @@ def test_ctrl_c_exits_130_and_keeps_finished_runs(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(sweep_mod, "train_run", interrupt_second)
     out = tmp_path / "o"
-    argv = ["sweep", "--epochs", "1", "--smoothing", "0", "0.1", "--seeds", "1",
-            "--n-bootstrap", "0", "--out", str(out), "--no-progress", "--no-report"]
+    argv = [
+        "sweep",
+        "--epochs",
+        "1",
+        "--smoothing",
+        "0",
+        "0.1",
+        "--seeds",
+        "1",
+        "--n-bootstrap",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--no-report",
+    ]
     assert main(argv) == 130
     assert "re-run the same command to resume" in capsys.readouterr().err
     assert (out / "runs" / "eps0_seed0.json").is_file()

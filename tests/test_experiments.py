@@ -154,10 +154,10 @@ def test_train_run_without_smoothing_logs_equal_loss_and_nll():
 
 def test_train_run_is_deterministic_for_a_seed():
     data = make_splits(*_toy(100))
-    fn = lambda: MLP(6, 3, hidden=(8,))  # noqa: E731
+    fn = lambda: MLP(6, 3, hidden=(8,))
     a, arr_a = train_run(fn, data, 0.1, 7, TrainSettings(**FAST))
     b, arr_b = train_run(fn, data, 0.1, 7, TrainSettings(**FAST))
-    c, arr_c = train_run(fn, data, 0.1, 8, TrainSettings(**FAST))
+    _, arr_c = train_run(fn, data, 0.1, 8, TrainSettings(**FAST))
     assert a["history"] == b["history"] and a["test"] == b["test"]
     assert np.array_equal(arr_a["test_logits"], arr_b["test_logits"])
     assert not np.array_equal(arr_a["test_logits"], arr_c["test_logits"])
@@ -218,8 +218,15 @@ def test_sweep_refuses_runs_from_another_configuration(tmp_path):
 
 def test_ctrl_c_keeps_finished_runs_and_rerun_finishes(tmp_path, monkeypatch):
     data = make_splits(*_toy(120))
-    kw = dict(data=data, smoothing=[0.0, 0.1, 0.2], seeds=1, out=tmp_path, progress=False,
-              report=False, **FAST)
+    kw = dict(
+        data=data,
+        smoothing=[0.0, 0.1, 0.2],
+        seeds=1,
+        out=tmp_path,
+        progress=False,
+        report=False,
+        **FAST,
+    )
     _counting(monkeypatch, fail_on=2)
     with pytest.raises(KeyboardInterrupt):
         sweep(**kw)
@@ -239,20 +246,32 @@ def test_sweep_accepts_a_user_model_factory_and_arrays():
 
     def factory(feature_shape, num_classes):
         built.append((feature_shape, num_classes))
-        return torch.nn.Sequential(torch.nn.Linear(feature_shape[0], 8), torch.nn.ReLU(),
-                                   torch.nn.Linear(8, num_classes))
+        return torch.nn.Sequential(
+            torch.nn.Linear(feature_shape[0], 8), torch.nn.ReLU(), torch.nn.Linear(8, num_classes)
+        )
 
-    res = sweep(factory, (x.numpy(), y.numpy()), smoothing=[0.0, 0.2], seeds=[3], progress=False,
-                report=False, **FAST)
+    res = sweep(
+        factory,
+        (x.numpy(), y.numpy()),
+        smoothing=[0.0, 0.2],
+        seeds=[3],
+        progress=False,
+        report=False,
+        **FAST,
+    )
     assert built == [((6,), 3), ((6,), 3)]
     assert [(r["smoothing"], r["seed"]) for r in res.rows] == [(0.0, 3), (0.2, 3)]
     assert res.out is None and res.paths == {}
     assert "cluster_spread_train" in res.rows[0]  # the picture works on a user model too
-    two = sweep(factory, _toy(60, k=2), smoothing=[0.1], seeds=1, progress=False, report=False, **FAST)
+    two = sweep(
+        factory, _toy(60, k=2), smoothing=[0.1], seeds=1, progress=False, report=False, **FAST
+    )
     assert "cluster_spread_train" not in two.rows[0]  # needs three classes: skipped, not an error
 
 
-@pytest.mark.parametrize("bad, match", [([0.1, 1.2], r"in \[0, 1\], got 1.2"), ([], "at least one")])
+@pytest.mark.parametrize(
+    "bad, match", [([0.1, 1.2], r"in \[0, 1\], got 1.2"), ([], "at least one")]
+)
 def test_sweep_rejects_bad_factors(bad, match):
     with pytest.raises(ValueError, match=match):
         sweep(data=_toy(), smoothing=bad, progress=False, report=False)
@@ -278,7 +297,7 @@ def test_penultimate_finds_the_head_of_a_user_model():
     torch.manual_seed(0)
     m = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
     x = torch.randn(6, 4)
-    f, z, w, b = penultimate(m, x)
+    f, z, _, _ = penultimate(m, x)
     assert torch.allclose(f, torch.tanh(m[0](x)))
     assert torch.allclose(z, m(x))
 
@@ -304,8 +323,14 @@ def test_cluster_spread_is_scale_free():
 
 
 def _summary_row(eps, ece, gap, nll, acc, loss, tr_acc=1.0, sd=0.01):
-    keys = {"test_ece": ece, "test_gap": gap, "test_nll": nll, "test_accuracy": acc,
-            "final_train_loss": loss, "final_train_accuracy": tr_acc}
+    keys = {
+        "test_ece": ece,
+        "test_gap": gap,
+        "test_nll": nll,
+        "test_accuracy": acc,
+        "final_train_loss": loss,
+        "final_train_accuracy": tr_acc,
+    }
     row = {"smoothing": eps, "n_seeds": 3}
     for k, v in keys.items():
         row[f"{k}_mean"], row[f"{k}_std"] = v, sd
@@ -340,10 +365,20 @@ def test_verdict_says_when_claims_fail():
 
 def test_report_without_baseline_or_intervals(tmp_path):
     pytest.importorskip("matplotlib")
-    res = sweep(data=make_splits(*_toy(150)), smoothing=[0.1, 0.3], seeds=1, out=tmp_path,
-                progress=False, **FAST)  # n_bootstrap=0: no intervals anywhere
+    res = sweep(
+        data=make_splits(*_toy(150)),
+        smoothing=[0.1, 0.3],
+        seeds=1,
+        out=tmp_path,
+        progress=False,
+        **FAST,
+    )  # n_bootstrap=0: no intervals anywhere
     md = (tmp_path / "report.md").read_text()
     assert "not tested" in md  # no ε = 0 in the sweep: the calibration claim cannot be judged
     assert "projection.png" not in md  # the picture compares against ε = 0
-    assert {"report.md", "report.html", "metrics.png", "training.png", "reliability.png"} <= set(res.paths)
-    assert "[" not in md.split("## Results per smoothing factor")[1].split("\n")[4]  # no CI brackets
+    assert {"report.md", "report.html", "metrics.png", "training.png", "reliability.png"} <= set(
+        res.paths
+    )
+    assert (
+        "[" not in md.split("## Results per smoothing factor")[1].split("\n")[4]
+    )  # no CI brackets

@@ -13,7 +13,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["SWEEP_DEFAULTS", "build_parser", "main", "resolve_sweep_config"]
 
@@ -29,7 +30,7 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 0.0,
     "schedule": "constant",
-    "out": "labelsmooth-sweep",
+    "out": "sweep-out",
     "device": "cpu",
     "threads": 1,
     "n_bins": 15,
@@ -108,55 +109,161 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     s = sub.add_parser(
-        "sweep", formatter_class=_Formatter,
+        "sweep",
+        formatter_class=_Formatter,
         help="train one model per smoothing factor × seed and write a report",
         description=(
             "Train the same model at each smoothing factor and seed, then write results.json, "
             "results.csv, report.md and a self-contained report.html to --out.\n"
             "Settings come from the defaults, then --config (TOML/YAML), then the flags given.\n"
-            "Re-running the same command resumes: finished runs are skipped."),
+            "Re-running the same command resumes: finished runs are skipped."
+        ),
     )
     # default=SUPPRESS: only flags the user typed appear in the namespace, so they can override
     # the config file while everything else falls back to it and then to SWEEP_DEFAULTS.
     S = argparse.SUPPRESS
     d = SWEEP_DEFAULTS
-    s.add_argument("--config", default=S, metavar="FILE", help="TOML or YAML file with any of the settings below (keys as the flags, '-' or '_')")
+    s.add_argument(
+        "--config",
+        default=S,
+        metavar="FILE",
+        help="TOML or YAML file with any of the settings below (keys as the flags, '-' or '_')",
+    )
     s.add_argument("--dataset", default=S, help=_DATASET_HELP + f" (default {d['dataset']})")
-    s.add_argument("--label-column", dest="label_column", default=S, help=f"label column of a CSV dataset (default {d['label_column']})")
-    s.add_argument("--model", default=S, choices=("mlp", "cnn"), help=f"built-in model (default {d['model']})")
-    s.add_argument("--smoothing", default=S, nargs="+", type=_unit_float, metavar="EPS",
-                   help="smoothing factors in [0, 1] (default 0 0.05 0.1 0.2 0.5)")
-    s.add_argument("--spread", default=S, choices=("all", "others"),
-                   help="smoothing mass over all K classes (ε/K, PyTorch) or the K-1 others (default all)")
-    s.add_argument("--seeds", default=S, type=_pos_int, metavar="N", help=f"seeds per factor (0..N-1; default {d['seeds']})")
-    s.add_argument("--epochs", default=S, type=_pos_int, help=f"training epochs (default {d['epochs']})")
-    s.add_argument("--batch-size", dest="batch_size", default=S, type=_pos_int, help=f"batch size (default {d['batch_size']})")
-    s.add_argument("--lr", default=S, type=_pos_float, help=f"Adam learning rate (default {d['lr']})")
-    s.add_argument("--weight-decay", dest="weight_decay", default=S, type=_nonneg_float, help="Adam weight decay (default 0)")
-    s.add_argument("--schedule", default=S, choices=("constant", "cosine"), help="learning-rate schedule (default constant)")
-    s.add_argument("--out", default=S, metavar="DIR", help=f"output directory (default ./{d['out']})")
+    s.add_argument(
+        "--label-column",
+        dest="label_column",
+        default=S,
+        help=f"label column of a CSV dataset (default {d['label_column']})",
+    )
+    s.add_argument(
+        "--model", default=S, choices=("mlp", "cnn"), help=f"built-in model (default {d['model']})"
+    )
+    s.add_argument(
+        "--smoothing",
+        default=S,
+        nargs="+",
+        type=_unit_float,
+        metavar="EPS",
+        help="smoothing factors in [0, 1] (default 0 0.05 0.1 0.2 0.5)",
+    )
+    s.add_argument(
+        "--spread",
+        default=S,
+        choices=("all", "others"),
+        help="smoothing mass over all K classes (ε/K, PyTorch) or the K-1 others (default all)",
+    )
+    s.add_argument(
+        "--seeds",
+        default=S,
+        type=_pos_int,
+        metavar="N",
+        help=f"seeds per factor (0..N-1; default {d['seeds']})",
+    )
+    s.add_argument(
+        "--epochs", default=S, type=_pos_int, help=f"training epochs (default {d['epochs']})"
+    )
+    s.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        default=S,
+        type=_pos_int,
+        help=f"batch size (default {d['batch_size']})",
+    )
+    s.add_argument(
+        "--lr", default=S, type=_pos_float, help=f"Adam learning rate (default {d['lr']})"
+    )
+    s.add_argument(
+        "--weight-decay",
+        dest="weight_decay",
+        default=S,
+        type=_nonneg_float,
+        help="Adam weight decay (default 0)",
+    )
+    s.add_argument(
+        "--schedule",
+        default=S,
+        choices=("constant", "cosine"),
+        help="learning-rate schedule (default constant)",
+    )
+    s.add_argument(
+        "--out", default=S, metavar="DIR", help=f"output directory (default ./{d['out']})"
+    )
     s.add_argument("--device", default=S, help="torch device, e.g. cpu or cuda (default cpu)")
-    s.add_argument("--threads", default=S, type=_pos_int, help="torch CPU threads (default 1: the models are tiny)")
-    s.add_argument("--n-bins", dest="n_bins", default=S, type=_pos_int, help="ECE bins (default 15)")
-    s.add_argument("--n-bootstrap", dest="n_bootstrap", default=S, type=_nonneg_int, help="bootstrap resamples for CIs, 0 = none (default 1000)")
-    s.add_argument("--split-seed", dest="split_seed", default=S, type=_nonneg_int, help="seed of the train/val/cal/test split (default 0)")
-    s.add_argument("--proj-classes", dest="proj_classes", default=S, nargs=3, type=_nonneg_int, metavar="C",
-                   help="three classes for the penultimate-layer picture (default 0 1 2)")
-    s.add_argument("--no-progress", dest="progress", default=S, action="store_false", help="no progress bars")
-    s.add_argument("--no-report", dest="report", default=S, action="store_false", help="skip report.md/.html and figures")
+    s.add_argument(
+        "--threads",
+        default=S,
+        type=_pos_int,
+        help="torch CPU threads (default 1: the models are tiny)",
+    )
+    s.add_argument(
+        "--n-bins", dest="n_bins", default=S, type=_pos_int, help="ECE bins (default 15)"
+    )
+    s.add_argument(
+        "--n-bootstrap",
+        dest="n_bootstrap",
+        default=S,
+        type=_nonneg_int,
+        help="bootstrap resamples for CIs, 0 = none (default 1000)",
+    )
+    s.add_argument(
+        "--split-seed",
+        dest="split_seed",
+        default=S,
+        type=_nonneg_int,
+        help="seed of the train/val/cal/test split (default 0)",
+    )
+    s.add_argument(
+        "--proj-classes",
+        dest="proj_classes",
+        default=S,
+        nargs=3,
+        type=_nonneg_int,
+        metavar="C",
+        help="three classes for the penultimate-layer picture (default 0 1 2)",
+    )
+    s.add_argument(
+        "--no-progress", dest="progress", default=S, action="store_false", help="no progress bars"
+    )
+    s.add_argument(
+        "--no-report",
+        dest="report",
+        default=S,
+        action="store_false",
+        help="skip report.md/.html and figures",
+    )
 
     t = sub.add_parser(
-        "targets", formatter_class=_Formatter,
+        "targets",
+        formatter_class=_Formatter,
         help="print smoothed target distributions",
         description="Print the smoothed target distribution of each label (labelsmooth.smooth_targets).",
     )
-    t.add_argument("--labels", nargs="+", type=int, required=True, metavar="Y", help="class indices")
+    t.add_argument(
+        "--labels", nargs="+", type=int, required=True, metavar="Y", help="class indices"
+    )
     t.add_argument("--classes", type=int, required=True, metavar="K", help="number of classes")
-    t.add_argument("--smoothing", type=_unit_float, default=0.1, metavar="EPS", help="smoothing factor in [0, 1]")
-    t.add_argument("--spread", choices=("all", "others"), default="all",
-                   help="'all': target 1-ε+ε/K, others ε/K; 'others': target 1-ε, others ε/(K-1)")
-    t.add_argument("--prior", nargs="+", type=float, default=None, metavar="P",
-                   help="K non-negative weights summing to 1 that replace the uniform share")
+    t.add_argument(
+        "--smoothing",
+        type=_unit_float,
+        default=0.1,
+        metavar="EPS",
+        help="smoothing factor in [0, 1]",
+    )
+    t.add_argument(
+        "--spread",
+        choices=("all", "others"),
+        default="all",
+        help="'all': target 1-ε+ε/K, others ε/K; 'others': target 1-ε, others ε/(K-1)",
+    )
+    t.add_argument(
+        "--prior",
+        nargs="+",
+        type=float,
+        default=None,
+        metavar="P",
+        help="K non-negative weights summing to 1 that replace the uniform share",
+    )
     t.add_argument("--decimals", type=_nonneg_int, default=4, help="decimals printed")
     return p
 
@@ -175,7 +282,9 @@ def _load_config_file(path: str) -> dict[str, Any]:
             try:
                 import tomli as tomllib  # type: ignore[no-redef]
             except ImportError:
-                raise ValueError("reading TOML configs on Python 3.10 needs the tomli package") from None
+                raise ValueError(
+                    "reading TOML configs on Python 3.10 needs the tomli package"
+                ) from None
         with open(path, "rb") as fh:
             try:
                 data = tomllib.load(fh)
@@ -185,8 +294,10 @@ def _load_config_file(path: str) -> dict[str, Any]:
         try:
             import yaml
         except ImportError:
-            raise ValueError(f"config file {path!r} is YAML, which needs pyyaml (pip install pyyaml); "
-                             "or use a .toml file") from None
+            raise ValueError(
+                f"config file {path!r} is YAML, which needs pyyaml (pip install pyyaml); "
+                "or use a .toml file"
+            ) from None
         with open(path) as fh:
             try:
                 data = yaml.safe_load(fh)
@@ -196,7 +307,9 @@ def _load_config_file(path: str) -> dict[str, Any]:
     else:
         raise ValueError(f"config file {path!r} must end in .toml, .yaml or .yml")
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path!r} must hold a table/mapping of settings, got {type(data).__name__}")
+        raise ValueError(
+            f"config file {path!r} must hold a table/mapping of settings, got {type(data).__name__}"
+        )
     # A [sweep] table is accepted too, so one file can hold settings for several commands.
     if "sweep" in data and isinstance(data["sweep"], dict):
         data = data["sweep"]
@@ -214,15 +327,23 @@ def _check_value(key: str, value: Any) -> Any:
         vals = value if isinstance(value, list) else [value]
         out = []
         for v in vals:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or not 0.0 <= v <= 1.0:
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not math.isfinite(v)
+                or not 0.0 <= v <= 1.0
+            ):
                 raise ValueError(f"config: smoothing factors must be numbers in [0, 1], got {v!r}")
             out.append(float(v))
         if not out:
             raise bad("a non-empty list of numbers in [0, 1]")
         return out
     if key == "proj_classes":
-        if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        if not (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        ):
             raise bad("a list of 3 class indices")
         return value
     if isinstance(d, bool):
@@ -237,14 +358,22 @@ def _check_value(key: str, value: Any) -> Any:
             raise bad(f"an integer >= {lowest}")
         return value
     if isinstance(d, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise bad("a number")
         if (key == "lr" and value <= 0) or value < 0:
             raise bad("a positive number" if key == "lr" else "a number >= 0")
         return float(value)
     if not isinstance(value, str):
         raise bad("a string")
-    choices = {"model": ("mlp", "cnn"), "spread": ("all", "others"), "schedule": ("constant", "cosine")}
+    choices = {
+        "model": ("mlp", "cnn"),
+        "spread": ("all", "others"),
+        "schedule": ("constant", "cosine"),
+    }
     if key in choices and value not in choices[key]:
         raise bad(f"one of {choices[key]}")
     return value
@@ -263,14 +392,18 @@ def resolve_sweep_config(args: argparse.Namespace) -> dict[str, Any]:
         from_file = _load_config_file(config_path)
         unknown = sorted(set(from_file) - set(SWEEP_DEFAULTS))
         if unknown:
-            raise ValueError(f"config file {config_path!r}: unknown setting(s) {unknown}; "
-                             f"known: {sorted(SWEEP_DEFAULTS)}")
+            raise ValueError(
+                f"config file {config_path!r}: unknown setting(s) {unknown}; "
+                f"known: {sorted(SWEEP_DEFAULTS)}"
+            )
         for k, v in from_file.items():
             cfg[k] = _check_value(k, v)
     cfg.update(explicit)
     cfg["config"] = os.path.abspath(config_path) if config_path else None
-    cfg["sources"] = {k: ("flag" if k in explicit else "config" if config_path and k in from_file
-                          else "default") for k in SWEEP_DEFAULTS}
+    cfg["sources"] = {
+        k: ("flag" if k in explicit else "config" if config_path and k in from_file else "default")
+        for k in SWEEP_DEFAULTS
+    }
     return cfg
 
 
@@ -286,11 +419,19 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     from labelsmooth.experiments.train import TrainSettings
 
     try:
-        data = load_dataset(cfg["dataset"], split_seed=cfg["split_seed"], label_column=cfg["label_column"])
+        data = load_dataset(
+            cfg["dataset"], split_seed=cfg["split_seed"], label_column=cfg["label_column"]
+        )
         settings = TrainSettings(
-            epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-            weight_decay=cfg["weight_decay"], schedule=cfg["schedule"], spread=cfg["spread"],
-            device=cfg["device"], n_bins=cfg["n_bins"], n_bootstrap=cfg["n_bootstrap"],
+            epochs=cfg["epochs"],
+            batch_size=cfg["batch_size"],
+            lr=cfg["lr"],
+            weight_decay=cfg["weight_decay"],
+            schedule=cfg["schedule"],
+            spread=cfg["spread"],
+            device=cfg["device"],
+            n_bins=cfg["n_bins"],
+            n_bootstrap=cfg["n_bootstrap"],
             proj_classes=tuple(cfg["proj_classes"]),
         )
         import torch
@@ -311,13 +452,25 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     extra["command"] = command
     t0 = time.perf_counter()
     try:
-        res = sweep(data=data, smoothing=cfg["smoothing"], seeds=cfg["seeds"], model=cfg["model"],
-                    settings=settings, out=cfg["out"], split_seed=cfg["split_seed"],
-                    threads=cfg["threads"], progress=cfg["progress"], report=cfg["report"],
-                    extra_config=extra)
+        res = sweep(
+            data=data,
+            smoothing=cfg["smoothing"],
+            seeds=cfg["seeds"],
+            model=cfg["model"],
+            settings=settings,
+            out=cfg["out"],
+            split_seed=cfg["split_seed"],
+            threads=cfg["threads"],
+            progress=cfg["progress"],
+            report=cfg["report"],
+            extra_config=extra,
+        )
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs are kept in {os.path.join(cfg['out'], 'runs')}; "
-              "re-run the same command to resume", file=sys.stderr)
+        print(
+            f"\ninterrupted: finished runs are kept in {os.path.join(cfg['out'], 'runs')}; "
+            "re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except ValueError as e:
         print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
@@ -342,15 +495,20 @@ def _cmd_targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         parser.error(f"--classes must be >= 2, got {args.classes}")
     bad = [y for y in args.labels if not 0 <= y < args.classes]
     if bad:
-        parser.error(f"--labels must be in [0, {args.classes - 1}] for --classes {args.classes}, got {bad}")
+        parser.error(
+            f"--labels must be in [0, {args.classes - 1}] for --classes {args.classes}, got {bad}"
+        )
     prior = None
     if args.prior is not None:
         if len(args.prior) != args.classes:
-            parser.error(f"--prior needs {args.classes} values (one per class), got {len(args.prior)}")
+            parser.error(
+                f"--prior needs {args.classes} values (one per class), got {len(args.prior)}"
+            )
         prior = torch.tensor(args.prior, dtype=torch.float32)
     try:
-        q = labelsmooth.smooth_targets(torch.tensor(args.labels), args.classes, args.smoothing,
-                                       spread=args.spread, prior=prior)
+        q = labelsmooth.smooth_targets(
+            torch.tensor(args.labels), args.classes, args.smoothing, spread=args.spread, prior=prior
+        )
     except (ValueError, TypeError) as e:
         parser.error(str(e))
     nd = args.decimals
@@ -360,7 +518,10 @@ def _cmd_targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     if prior is not None:
         desc += ", prior=[" + ", ".join(f"{p:g}" for p in args.prior) + "]"
     print(desc)
-    print(f"{'label':>{label_w}} " + "".join(f"{'class ' + str(k):>{width}}" for k in range(args.classes)))
+    print(
+        f"{'label':>{label_w}} "
+        + "".join(f"{'class ' + str(k):>{width}}" for k in range(args.classes))
+    )
     for y, row in zip(args.labels, q.tolist()):
         print(f"{y:>{label_w}} " + "".join(f"{v:>{width}.{nd}f}" for v in row))
     return 0

@@ -10,18 +10,17 @@ only when used.
 """
 
 from labelsmooth.experiments.data import BUILTIN_DATASETS, Splits, load_dataset, make_splits
-from labelsmooth.experiments.models import BUILTIN_MODELS, CNN1d, MLP, build_model
+from labelsmooth.experiments.models import BUILTIN_MODELS, MLP, CNN1d, build_model
 from labelsmooth.experiments.report import verdict, write_report
 from labelsmooth.experiments.sweep import DEFAULT_SMOOTHING, SweepResult, load_runs, sweep
 from labelsmooth.experiments.train import TrainSettings, evaluate_logits, train_run
 
-
 __all__ = [
     "BUILTIN_DATASETS",
     "BUILTIN_MODELS",
-    "CNN1d",
     "DEFAULT_SMOOTHING",
     "MLP",
+    "CNN1d",
     "Splits",
     "SweepResult",
     "TrainSettings",

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,7 +116,9 @@ def make_splits(
     xa = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x)
     ya = np.asarray(y.numpy() if isinstance(y, torch.Tensor) else y)
     if len(fractions) != 4 or any(f < 0 for f in fractions):
-        raise ValueError(f"fractions must be 4 non-negative shares (train, val, cal, test), got {fractions!r}")
+        raise ValueError(
+            f"fractions must be 4 non-negative shares (train, val, cal, test), got {fractions!r}"
+        )
     if xa.ndim < 2 or xa.shape[0] != ya.shape[0]:
         raise ValueError(
             f"x must be (N, features...) with N matching y; got x {tuple(xa.shape)}, y {tuple(ya.shape)}"
@@ -133,7 +136,7 @@ def make_splits(
                 f"x_test {tuple(xt.shape)} / y_test {tuple(yt.shape)} do not match x {tuple(xa.shape)}"
             )
         all_y, k = _check_labels(np.concatenate([ya, yt]), name)
-        ya, yt = all_y[: len(ya)], all_y[len(ya):]
+        ya, yt = all_y[: len(ya)], all_y[len(ya) :]
         shares = np.asarray(fractions[:3], dtype=float)
     else:
         ya, k = _check_labels(ya, name)
@@ -188,8 +191,14 @@ def _mnist1d(split_seed: int) -> Splits:
         np.random.set_state(state)
     # The canonical 4000/1000 train/test split; the 4000 are split again into train/val/cal.
     return make_splits(
-        d["x"], d["y"], x_test=d["x_test"], y_test=d["y_test"], fractions=(0.7, 0.15, 0.15, 0.0),
-        split_seed=split_seed, standardize=False, name="mnist1d",
+        d["x"],
+        d["y"],
+        x_test=d["x_test"],
+        y_test=d["y_test"],
+        fractions=(0.7, 0.15, 0.15, 0.0),
+        split_seed=split_seed,
+        standardize=False,
+        name="mnist1d",
     )
 
 
@@ -217,12 +226,20 @@ def _load_npz(path: str, split_seed: int, fractions: tuple[float, float, float, 
         x, y = f[xk], f[yk]
         xt = next((f[k] for k in ("x_test", "X_test") if k in keys), None)
         yt = next((f[k] for k in ("y_test", "labels_test") if k in keys), None)
-    return make_splits(x, y, x_test=xt, y_test=yt, fractions=fractions, split_seed=split_seed,
-                       name=os.path.basename(path))
+    return make_splits(
+        x,
+        y,
+        x_test=xt,
+        y_test=yt,
+        fractions=fractions,
+        split_seed=split_seed,
+        name=os.path.basename(path),
+    )
 
 
-def _load_csv(path: str, label_column: str, split_seed: int,
-              fractions: tuple[float, float, float, float]) -> Splits:
+def _load_csv(
+    path: str, label_column: str, split_seed: int, fractions: tuple[float, float, float, float]
+) -> Splits:
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
     if not rows:
@@ -255,8 +272,13 @@ def _load_csv(path: str, label_column: str, split_seed: int,
             lab = as_int
     except ValueError:
         pass
-    return make_splits(np.asarray(feats, dtype=np.float32), lab, fractions=fractions,
-                       split_seed=split_seed, name=os.path.basename(path))
+    return make_splits(
+        np.asarray(feats, dtype=np.float32),
+        lab,
+        fractions=fractions,
+        split_seed=split_seed,
+        name=os.path.basename(path),
+    )
 
 
 def load_dataset(
@@ -326,11 +348,20 @@ def as_splits(data: Any, *, split_seed: int = 0, label_column: str = "label") ->
     if isinstance(data, Mapping):
         if "x" not in data or "y" not in data:
             raise ValueError(f"a data mapping needs keys 'x' and 'y', got {sorted(data)}")
-        return make_splits(data["x"], data["y"], x_test=data.get("x_test"),
-                           y_test=data.get("y_test"), split_seed=split_seed)
+        return make_splits(
+            data["x"],
+            data["y"],
+            x_test=data.get("x_test"),
+            y_test=data.get("y_test"),
+            split_seed=split_seed,
+        )
     if isinstance(data, tuple) and len(data) in (2, 4):
-        return make_splits(*data[:2], x_test=data[2] if len(data) == 4 else None,
-                           y_test=data[3] if len(data) == 4 else None, split_seed=split_seed)
+        return make_splits(
+            *data[:2],
+            x_test=data[2] if len(data) == 4 else None,
+            y_test=data[3] if len(data) == 4 else None,
+            split_seed=split_seed,
+        )
     raise TypeError(
         "data must be Splits, a dataset name or path, (x, y), (x, y, x_test, y_test) or a "
         f"mapping with 'x' and 'y'; got {type(data).__name__}"

@@ -8,12 +8,12 @@ model whose output comes from an ``nn.Linear`` — the built-in models and most 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["BUILTIN_MODELS", "CNN1d", "MLP", "build_model", "penultimate"]
+__all__ = ["BUILTIN_MODELS", "MLP", "CNN1d", "build_model", "penultimate"]
 
 #: Names accepted by :func:`build_model`.
 BUILTIN_MODELS = ("mlp", "cnn")
@@ -53,14 +53,23 @@ class CNN1d(nn.Module):
         torch.Size([3, 10])
     """
 
-    def __init__(self, length: int, num_classes: int, channels: int = 32, hidden: int = 128,
-                 in_channels: int = 1):
+    def __init__(
+        self,
+        length: int,
+        num_classes: int,
+        channels: int = 32,
+        hidden: int = 128,
+        in_channels: int = 1,
+    ):
         super().__init__()
         self.in_channels = in_channels
         self.conv = nn.Sequential(
-            nn.Conv1d(in_channels, channels, 5, padding=2), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv1d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv1d(in_channels, channels, 5, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv1d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         out_len = math.ceil(math.ceil(length / 2) / 2)
@@ -94,7 +103,9 @@ def build_model(name: str, feature_shape: tuple[int, ...], num_classes: int) -> 
         return CNN1d(feature_shape[0], num_classes)
     if len(feature_shape) == 2:
         return CNN1d(feature_shape[1], num_classes, in_channels=feature_shape[0])
-    raise ValueError(f"model 'cnn' needs 1-D signals (L,) or (C, L), got feature shape {feature_shape}")
+    raise ValueError(
+        f"model 'cnn' needs 1-D signals (L,) or (C, L), got feature shape {feature_shape}"
+    )
 
 
 def _last_linear(model: nn.Module) -> nn.Linear:
@@ -132,13 +143,16 @@ def penultimate(
     feats: list[torch.Tensor] = []
     handle = lin.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach()))
     try:
-        logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     finally:
         handle.remove()
     f = torch.cat(feats).reshape(logits.shape[0], -1)
     w = lin.weight.detach()
-    b = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype,
-                                                                    device=w.device)
+    b = (
+        lin.bias.detach()
+        if lin.bias is not None
+        else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    )
     if f.shape[1] != w.shape[1] or not torch.allclose(f @ w.T + b, logits, rtol=1e-3, atol=1e-3):
         raise ValueError(
             f"the last nn.Linear of {type(model).__name__} is not its output layer; the "
@@ -187,8 +201,10 @@ def project_activations(
     idx = list(classes)
     tpl = torch.cat([weight[idx], bias[idx, None]], dim=1)
     origin, basis = projection_basis(tpl)
-    xa = torch.cat([features, torch.ones(features.shape[0], 1, dtype=features.dtype,
-                                         device=features.device)], dim=1).double()
+    xa = torch.cat(
+        [features, torch.ones(features.shape[0], 1, dtype=features.dtype, device=features.device)],
+        dim=1,
+    ).double()
     pts = (xa - origin) @ basis
     tpts = (tpl.double() - origin) @ basis
     return pts.float(), tpts.float()

@@ -13,7 +13,8 @@ import base64
 import html
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,8 +98,13 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     # 1. Smoothing curbs overconfidence and improves calibration.
     if base is None or not smoothed:
-        claims.append({"claim": "smoothing curbs overconfidence and improves calibration",
-                       "status": "not tested", "evidence": "the sweep needs ε = 0 and some ε > 0"})
+        claims.append(
+            {
+                "claim": "smoothing curbs overconfidence and improves calibration",
+                "status": "not tested",
+                "evidence": "the sweep needs ε = 0 and some ε > 0",
+            }
+        )
     else:
         g0 = base["test_gap_mean"]
         e_best = min(smoothed, key=lambda e: by[e]["test_ece_mean"])
@@ -108,16 +114,25 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         overconf = g0 > 0 and base.get("test_gap_low_mean", g0) > 0
         improved = s_best["test_ece_mean"] < base["test_ece_mean"]
         clear = improved and _separated(base, s_best, "test_ece")
-        ev = (f"baseline signed gap (confidence − accuracy) {g0:+.3f}{_ci(base, 'test_gap')}"
-              f"{' — overconfident' if overconf else (' — not clearly overconfident' if g0 > 0 else ' — underconfident')}; "
-              f"best smoothed ECE {s_best['test_ece_mean']:.3f}{_ci(s_best, 'test_ece')} at ε={_eps(e_best)} "
-              f"vs {base['test_ece_mean']:.3f}{_ci(base, 'test_ece')} at ε=0; gaps: {gaps}")
+        ev = (
+            f"baseline signed gap (confidence − accuracy) {g0:+.3f}{_ci(base, 'test_gap')}"
+            f"{' — overconfident' if overconf else (' — not clearly overconfident' if g0 > 0 else ' — underconfident')}; "
+            f"best smoothed ECE {s_best['test_ece_mean']:.3f}{_ci(s_best, 'test_ece')} at ε={_eps(e_best)} "
+            f"vs {base['test_ece_mean']:.3f}{_ci(base, 'test_ece')} at ε=0; gaps: {gaps}"
+        )
         if under:
-            ev += (f"; from ε={_eps(min(under))} on the model is underconfident (negative gap), "
-                   "so too much smoothing overshoots")
+            ev += (
+                f"; from ε={_eps(min(under))} on the model is underconfident (negative gap), "
+                "so too much smoothing overshoots"
+            )
         status = "held" if (overconf and clear) else ("partly" if improved else "did not hold")
-        claims.append({"claim": "smoothing curbs overconfidence and improves calibration",
-                       "status": status, "evidence": ev})
+        claims.append(
+            {
+                "claim": "smoothing curbs overconfidence and improves calibration",
+                "status": status,
+                "evidence": ev,
+            }
+        )
 
     # 2. The training loss is higher with smoothing.
     if len(factors) >= 2 and "final_train_loss_mean" in by[factors[0]]:
@@ -125,14 +140,26 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         mono = all(b > a for a, b in zip(losses, losses[1:]))
         ev = "final smoothed training loss: " + ", ".join(
             f"ε={_eps(e)}: {by[e]['final_train_loss_mean']:.3f}"
-            + (f" (floor H(q')={by[e]['entropy_floor_mean']:.3f})" if "entropy_floor_mean" in by[e] else "")
-            for e in factors)
+            + (
+                f" (floor H(q')={by[e]['entropy_floor_mean']:.3f})"
+                if "entropy_floor_mean" in by[e]
+                else ""
+            )
+            for e in factors
+        )
         if "final_train_nll_mean" in by[factors[0]]:
             ev += "; hard-label training NLL: " + ", ".join(
-                f"ε={_eps(e)}: {by[e]['final_train_nll_mean']:.3f}" for e in factors)
-        claims.append({"claim": "the training loss is higher with smoothing",
-                       "status": "held" if mono else ("partly" if losses[-1] > losses[0] else "did not hold"),
-                       "evidence": ev})
+                f"ε={_eps(e)}: {by[e]['final_train_nll_mean']:.3f}" for e in factors
+            )
+        claims.append(
+            {
+                "claim": "the training loss is higher with smoothing",
+                "status": "held"
+                if mono
+                else ("partly" if losses[-1] > losses[0] else "did not hold"),
+                "evidence": ev,
+            }
+        )
     # 3. Too large a factor (0.5) underfits.
     big = [e for e in factors if e >= 0.3]
     if big and len(factors) >= 2:
@@ -147,31 +174,45 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         underconf = s["test_gap_mean"] < 0 and s.get("test_gap_high_mean", s["test_gap_mean"]) < 0
         nll_worse = s["test_nll_mean"] > by[best["nll"]]["test_nll_mean"]
         if acc_drop > 0:
-            ev = (f"at ε={_eps(e)}: test accuracy {s['test_accuracy_mean']:.3f}, "
-                  f"{acc_drop:.3f} below the best smaller factor (ε={_eps(best_acc)}: "
-                  f"{by[best_acc]['test_accuracy_mean']:.3f}; "
-                  f"{'beyond the intervals' if acc_clear else 'within the noise'})")
+            ev = (
+                f"at ε={_eps(e)}: test accuracy {s['test_accuracy_mean']:.3f}, "
+                f"{acc_drop:.3f} below the best smaller factor (ε={_eps(best_acc)}: "
+                f"{by[best_acc]['test_accuracy_mean']:.3f}; "
+                f"{'beyond the intervals' if acc_clear else 'within the noise'})"
+            )
         else:
-            ev = (f"at ε={_eps(e)}: test accuracy {s['test_accuracy_mean']:.3f}, no lower than any "
-                  f"smaller factor (next best ε={_eps(best_acc)}: "
-                  f"{by[best_acc]['test_accuracy_mean']:.3f})")
+            ev = (
+                f"at ε={_eps(e)}: test accuracy {s['test_accuracy_mean']:.3f}, no lower than any "
+                f"smaller factor (next best ε={_eps(best_acc)}: "
+                f"{by[best_acc]['test_accuracy_mean']:.3f})"
+            )
         if tr is not None and tr0 is not None:
             ev += f"; training accuracy {tr:.3f} (ε={_eps(factors[0])}: {tr0:.3f})"
-        ev += (f"; test NLL {s['test_nll_mean']:.3f} vs best {by[best['nll']]['test_nll_mean']:.3f}; "
-               f"signed gap {s['test_gap_mean']:+.3f}{' (underconfident)' if underconf else ''}")
+        ev += (
+            f"; test NLL {s['test_nll_mean']:.3f} vs best {by[best['nll']]['test_nll_mean']:.3f}; "
+            f"signed gap {s['test_gap_mean']:+.3f}{' (underconfident)' if underconf else ''}"
+        )
         if acc_clear or (tr is not None and tr0 is not None and tr < tr0 - 0.01):
             status = "held"
         elif nll_worse or underconf:
             status = "partly"
-            ev += (" — it does not underfit in accuracy, but its probabilities are too flat "
-                   "(worse NLL / underconfident)")
+            ev += (
+                " — it does not underfit in accuracy, but its probabilities are too flat "
+                "(worse NLL / underconfident)"
+            )
         else:
             status = "did not hold"
-        claims.append({"claim": f"too large a factor ({_eps(e)}) underfits", "status": status,
-                       "evidence": ev})
+        claims.append(
+            {"claim": f"too large a factor ({_eps(e)}) underfits", "status": status, "evidence": ev}
+        )
     else:
-        claims.append({"claim": "too large a factor (0.5) underfits", "status": "not tested",
-                       "evidence": "no factor ≥ 0.3 in the sweep"})
+        claims.append(
+            {
+                "claim": "too large a factor (0.5) underfits",
+                "status": "not tested",
+                "evidence": "no factor ≥ 0.3 in the sweep",
+            }
+        )
     # 4. The factor is a hyper-parameter to choose.
     if len(factors) >= 2:
         parts, clear_any = [], False
@@ -180,17 +221,26 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
             hi = max(factors, key=lambda f: by[f][f"{key}_mean"])
             sep = _separated(by[lo], by[hi], key)
             clear_any |= sep and key != "test_accuracy"
-            parts.append(f"{name} ranges {by[lo][f'{key}_mean']:.3f} (ε={_eps(lo)}) to "
-                         f"{by[hi][f'{key}_mean']:.3f} (ε={_eps(hi)})"
-                         f"{' — beyond the intervals' if sep else ' — within the noise'}")
+            parts.append(
+                f"{name} ranges {by[lo][f'{key}_mean']:.3f} (ε={_eps(lo)}) to "
+                f"{by[hi][f'{key}_mean']:.3f} (ε={_eps(hi)})"
+                f"{' — beyond the intervals' if sep else ' — within the noise'}"
+            )
         ev = "; ".join(parts)
         if "ts_nll_mean" in by[factors[0]]:
             ts = [by[f]["ts_nll_mean"] for f in factors]
-            ev += (f"; after temperature scaling the test NLLs span only {min(ts):.3f}–{max(ts):.3f} "
-                   f"(before: {min(by[f]['test_nll_mean'] for f in factors):.3f}–"
-                   f"{max(by[f]['test_nll_mean'] for f in factors):.3f})")
-        claims.append({"claim": "the factor matters (it is a hyper-parameter to choose)",
-                       "status": "held" if clear_any else "did not hold", "evidence": ev})
+            ev += (
+                f"; after temperature scaling the test NLLs span only {min(ts):.3f}–{max(ts):.3f} "
+                f"(before: {min(by[f]['test_nll_mean'] for f in factors):.3f}–"
+                f"{max(by[f]['test_nll_mean'] for f in factors):.3f})"
+            )
+        claims.append(
+            {
+                "claim": "the factor matters (it is a hyper-parameter to choose)",
+                "status": "held" if clear_any else "did not hold",
+                "evidence": ev,
+            }
+        )
 
     if base is not None and "ts_ece_mean" in base and smoothed:
         e_best = min(smoothed, key=lambda e: by[e]["test_ece_mean"])
@@ -198,7 +248,8 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
             f"Temperature scaling of the unsmoothed model (T = {base['temperature_mean']:.2f} fitted on "
             f"the calibration split) {'lowers' if base['ts_ece_mean'] < base['test_ece_mean'] else 'changes'} "
             f"its ECE from {base['test_ece_mean']:.3f} to {base['ts_ece_mean']:.3f}; the best "
-            f"smoothing factor (ε={_eps(e_best)}) reaches {by[e_best]['test_ece_mean']:.3f} without it.")
+            f"smoothing factor (ε={_eps(e_best)}) reaches {by[e_best]['test_ece_mean']:.3f} without it."
+        )
         if "ts_nll_mean" in base:
             best_ts = min(factors, key=lambda f: by[f]["ts_nll_mean"])
             notes.append(
@@ -206,15 +257,21 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 f"({by[best_ts]['ts_nll_mean']:.3f}; unsmoothed + temperature scaling: "
                 f"{base['ts_nll_mean']:.3f}, best smoothed without it: "
                 f"{min(by[f]['test_nll_mean'] for f in smoothed) if smoothed else float('nan'):.3f})"
-                + (" — in line with reports that a hard-label model plus temperature scaling "
-                   "calibrates at least as well as a smoothed one (Mukhoti et al. 2020; Wang et "
-                   "al. 2021, who compare ECE)." if best_ts == 0.0 else "."))
+                + (
+                    " — in line with reports that a hard-label model plus temperature scaling "
+                    "calibrates at least as well as a smoothed one (Mukhoti et al. 2020; Wang et "
+                    "al. 2021, who compare ECE)."
+                    if best_ts == 0.0
+                    else "."
+                )
+            )
         under_t = [f for f in smoothed if by[f]["temperature_mean"] < 1]
         if under_t:
             notes.append(
                 "Fitted temperatures below 1 (sharpening) at ε = "
                 + ", ".join(_eps(f) for f in under_t)
-                + ": temperature scaling reads those models as underconfident.")
+                + ": temperature scaling reads those models as underconfident."
+            )
     return {"best": best, "claims": claims, "notes": notes}
 
 
@@ -226,16 +283,22 @@ def _seed0(result: Any) -> dict[float, str]:
     keys: dict[float, tuple[int, str]] = {}
     for r in result.runs:
         k = r.get("key")
-        if k in result.arrays and (r["smoothing"] not in keys or r["seed"] < keys[r["smoothing"]][0]):
+        if k in result.arrays and (
+            r["smoothing"] not in keys or r["seed"] < keys[r["smoothing"]][0]
+        ):
             keys[r["smoothing"]] = (r["seed"], k)
     return {e: k for e, (_, k) in sorted(keys.items())}
 
 
 def _fig_reliability(result: Any, plt: Any) -> Any:
     keys = _seed0(result)
-    models = {f"ε = {_eps(e)}": (torch.from_numpy(result.arrays[k]["test_logits"]),
-                                 torch.from_numpy(result.arrays[k]["test_labels"]))
-              for e, k in keys.items()}
+    models = {
+        f"ε = {_eps(e)}": (
+            torch.from_numpy(result.arrays[k]["test_logits"]),
+            torch.from_numpy(result.arrays[k]["test_labels"]),
+        )
+        for e, k in keys.items()
+    }
     from labelsmooth.calibration.plots import reliability_diagrams
 
     n_bins = int(result.config.get("n_bins", 15))
@@ -261,27 +324,57 @@ def _fig_metrics(result: Any, plt: Any) -> Any:
             continue
         m = np.array([s[f"{key}_mean"] for s in summary])
         sd = np.array([s[f"{key}_std"] for s in summary])
-        ax.errorbar(x, m, yerr=sd, fmt="o-", color="C0", capsize=4, label="as trained (mean ± std over seeds)")
+        ax.errorbar(
+            x,
+            m,
+            yerr=sd,
+            fmt="o-",
+            color="C0",
+            capsize=4,
+            label="as trained (mean ± std over seeds)",
+        )
         if f"{key}_low_mean" in summary[0]:
             lo = np.array([s[f"{key}_low_mean"] for s in summary])
             hi = np.array([s[f"{key}_high_mean"] for s in summary])
-            ax.fill_between(x, lo, hi, color="C0", alpha=0.15, label="bootstrap 95% CI (mean over seeds)")
+            ax.fill_between(
+                x, lo, hi, color="C0", alpha=0.15, label="bootstrap 95% CI (mean over seeds)"
+            )
         if ts_key and f"{ts_key}_mean" in summary[0]:
             mt = np.array([s[f"{ts_key}_mean"] for s in summary])
             st = np.array([s[f"{ts_key}_std"] for s in summary])
-            ax.errorbar(x, mt, yerr=st, fmt="s--", color="C1", capsize=4, label="after temperature scaling")
+            ax.errorbar(
+                x, mt, yerr=st, fmt="s--", color="C1", capsize=4, label="after temperature scaling"
+            )
         if key == "test_gap":
             ax.axhline(0.0, color="k", lw=0.8)
-            ax.text(0.98, 0.97, "overconfident ↑", transform=ax.transAxes, va="top", ha="right", fontsize=8)
-            ax.text(0.98, 0.03, "underconfident ↓", transform=ax.transAxes, va="bottom", ha="right", fontsize=8)
+            ax.text(
+                0.98,
+                0.97,
+                "overconfident ↑",
+                transform=ax.transAxes,
+                va="top",
+                ha="right",
+                fontsize=8,
+            )
+            ax.text(
+                0.98,
+                0.03,
+                "underconfident ↓",
+                transform=ax.transAxes,
+                va="bottom",
+                ha="right",
+                fontsize=8,
+            )
         ax.set_xticks(x, [_eps(e) for e in eps])
         ax.set_xlabel("label smoothing ε (not to scale)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes.flat[1].legend(fontsize=8)
     n = summary[0]["n_seeds"]
-    fig.suptitle(f"Test metrics against the smoothing factor ({result.config.get('dataset')}, "
-                 f"{result.config.get('model')}, {n} seed{'s' if n > 1 else ''})")
+    fig.suptitle(
+        f"Test metrics against the smoothing factor ({result.config.get('dataset')}, "
+        f"{result.config.get('model')}, {n} seed{'s' if n > 1 else ''})"
+    )
     return fig
 
 
@@ -293,7 +386,7 @@ def _fig_training(result: Any, plt: Any) -> Any:
         n_ep = min(len(h) for h in hs)
         ep = np.arange(1, n_ep + 1)
 
-        def mean(key: str) -> np.ndarray:
+        def mean(key: str, hs: list = hs, n_ep: int = n_ep) -> np.ndarray:
             return np.mean([[row[key] for row in h[:n_ep]] for h in hs], axis=0)
 
         c = f"C{i % 10}"
@@ -302,7 +395,9 @@ def _fig_training(result: Any, plt: Any) -> Any:
         axes[1].plot(ep, mean("train_nll"), color=c)
         axes[2].plot(ep, mean("val_nll"), color=c)
         axes[3].plot(ep, mean("val_accuracy"), color=c, label="validation")
-        axes[3].plot(ep, mean("train_accuracy"), color=c, ls="--", lw=1, label="train" if i == 0 else None)
+        axes[3].plot(
+            ep, mean("train_accuracy"), color=c, ls="--", lw=1, label="train" if i == 0 else None
+        )
     axes[0].set_title("smoothed training loss\n(dotted: entropy floor H(q'))")
     axes[1].set_title("hard-label training NLL")
     axes[1].set_yscale("log")
@@ -329,14 +424,19 @@ def _fig_projection(result: Any, plt: Any, eps_pair: tuple[float, float]) -> Any
             pts, lab = arr[f"proj_{part}"], arr[f"proj_{part}_labels"]
             for j, c in enumerate(classes):
                 sel = lab == c
-                ax.scatter(pts[sel, 0], pts[sel, 1], s=7, alpha=0.6, color=f"C{j}", label=f"class {c}")
+                ax.scatter(
+                    pts[sel, 0], pts[sel, 1], s=7, alpha=0.6, color=f"C{j}", label=f"class {c}"
+                )
             ax.set_title(f"ε = {_eps(e)}, {part} examples")
             ax.set_aspect("equal", adjustable="datalim")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8, markerscale=2)
-    fig.suptitle("Penultimate-layer activations projected onto the plane through the three class "
-                 "templates\n(Müller et al. 2019, Fig. 1 method; seed " + str(
-                     min(r["seed"] for r in result.runs)) + ")")
+    fig.suptitle(
+        "Penultimate-layer activations projected onto the plane through the three class "
+        "templates\n(Müller et al. 2019, Fig. 1 method; seed "
+        + str(min(r["seed"] for r in result.runs))
+        + ")"
+    )
     return fig
 
 
@@ -356,49 +456,69 @@ def _png(fig: Any, path: str, plt: Any) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # text
 # ---------------------------------------------------------------------------------------------
-def _blocks(result: Any, v: dict[str, Any], figs: dict[str, str], proj_pair: tuple[float, float] | None) -> list[Block]:
+def _blocks(
+    result: Any, v: dict[str, Any], figs: dict[str, str], proj_pair: tuple[float, float] | None
+) -> list[Block]:
     cfg = result.config
     summary = result.summary
     by = _by_eps(summary)
     n = summary[0]["n_seeds"]
     b: list[Block] = [("h1", "Label smoothing sweep")]
     if not result.complete:
-        b.append(("p", "**Incomplete sweep:** interrupted; the numbers cover the finished runs only. "
-                       "Re-run the same command to finish it."))
+        b.append(
+            (
+                "p",
+                "**Incomplete sweep:** interrupted; the numbers cover the finished runs only. "
+                "Re-run the same command to finish it.",
+            )
+        )
     sizes = cfg.get("splits", {})
-    b.append(("p",
-              f"Dataset **{cfg.get('dataset')}** ({cfg.get('num_classes')} classes; "
-              + ", ".join(f"{k} {v}" for k, v in sizes.items())
-              + f"), model **{cfg.get('model')}**, {cfg.get('epochs')} epochs of Adam "
-              f"(lr {cfg.get('lr')}, batch {cfg.get('batch_size')}, weight decay "
-              f"{cfg.get('weight_decay')}, {cfg.get('schedule')} schedule), smoothing spread "
-              f"`{cfg.get('spread')}`, factors {', '.join(_eps(e) for e in cfg.get('smoothing', []))}, "
-              f"{n} seed(s) each. Test metrics on the test split; temperature fitted on the "
-              f"calibration split (NLL objective). ECE uses {cfg.get('n_bins')} equal-width bins; "
-              f"intervals are percentile bootstrap 95% CIs ({cfg.get('n_bootstrap')} resamples of "
-              f"the test set) averaged over seeds; ± is the std over seeds."))
+    b.append(
+        (
+            "p",
+            f"Dataset **{cfg.get('dataset')}** ({cfg.get('num_classes')} classes; "
+            + ", ".join(f"{k} {v}" for k, v in sizes.items())
+            + f"), model **{cfg.get('model')}**, {cfg.get('epochs')} epochs of Adam "
+            f"(lr {cfg.get('lr')}, batch {cfg.get('batch_size')}, weight decay "
+            f"{cfg.get('weight_decay')}, {cfg.get('schedule')} schedule), smoothing spread "
+            f"`{cfg.get('spread')}`, factors {', '.join(_eps(e) for e in cfg.get('smoothing', []))}, "
+            f"{n} seed(s) each. Test metrics on the test split; temperature fitted on the "
+            f"calibration split (NLL objective). ECE uses {cfg.get('n_bins')} equal-width bins; "
+            f"intervals are percentile bootstrap 95% CIs ({cfg.get('n_bootstrap')} resamples of "
+            f"the test set) averaged over seeds; ± is the std over seeds.",
+        )
+    )
     # verdict first: it is what a reader came for
     b.append(("h2", "Verdict"))
     bst = v["best"]
-    b.append(("p", f"Best factor by test NLL: **ε = {_eps(bst['nll'])}** "
-                   f"({by[bst['nll']]['test_nll_mean']:.3f}); by ECE: **ε = {_eps(bst['ece'])}** "
-                   f"({by[bst['ece']]['test_ece_mean']:.3f}); by accuracy: **ε = {_eps(bst['accuracy'])}** "
-                   f"({by[bst['accuracy']]['test_accuracy_mean']:.3f})."))
+    b.append(
+        (
+            "p",
+            f"Best factor by test NLL: **ε = {_eps(bst['nll'])}** "
+            f"({by[bst['nll']]['test_nll_mean']:.3f}); by ECE: **ε = {_eps(bst['ece'])}** "
+            f"({by[bst['ece']]['test_ece_mean']:.3f}); by accuracy: **ε = {_eps(bst['accuracy'])}** "
+            f"({by[bst['accuracy']]['test_accuracy_mean']:.3f}).",
+        )
+    )
     for c in v["claims"]:
         b.append(("li", f"**{c['claim'].capitalize()}: {c['status']}.** {c['evidence']}."))
     for note in v["notes"]:
         b.append(("p", note))
     b.append(("h3", "Compared with the literature (not a reproduction)"))
-    b.append(("p",
-              "Müller, Kornblith & Hinton (2019, Table 3) report for ResNet-56 on CIFAR-100 an ECE "
-              "of 0.150 without smoothing, 0.024 with α = 0.05, and 0.021 with temperature scaling "
-              "(T = 1.9); on ImageNet (Inception-v4) 0.071 → 0.035 (α = 0.1) vs 0.022 (T = 1.4). "
-              "Their accuracies barely move with smoothing (e.g. CIFAR-10 AlexNet 86.8 ± 0.2 vs "
-              "86.7 ± 0.3). On easy data smoothing can instead leave a model underconfident "
-              "(Lienen & Hüllermeier 2021, as quoted by a reproduction: MNIST ECE 0.010 → 0.106 "
-              "with α tuned for accuracy), and Mukhoti et al. (2020) fit temperatures below 1 "
-              "(0.8–0.9) to LS-trained CIFAR-10 ResNets. This sweep is a small model on a small dataset; read it as the same "
-              "kind of measurement, not as their numbers."))
+    b.append(
+        (
+            "p",
+            "Müller, Kornblith & Hinton (2019, Table 3) report for ResNet-56 on CIFAR-100 an ECE "
+            "of 0.150 without smoothing, 0.024 with α = 0.05, and 0.021 with temperature scaling "
+            "(T = 1.9); on ImageNet (Inception-v4) 0.071 → 0.035 (α = 0.1) vs 0.022 (T = 1.4). "
+            "Their accuracies barely move with smoothing (e.g. CIFAR-10 AlexNet 86.8 ± 0.2 vs "
+            "86.7 ± 0.3). On easy data smoothing can instead leave a model underconfident "
+            "(Lienen & Hüllermeier 2021, as quoted by a reproduction: MNIST ECE 0.010 → 0.106 "
+            "with α tuned for accuracy), and Mukhoti et al. (2020) fit temperatures below 1 "
+            "(0.8–0.9) to LS-trained CIFAR-10 ResNets. This sweep is a small model on a small dataset; read it as the same "
+            "kind of measurement, not as their numbers.",
+        )
+    )
     base = by.get(0.0)
     smoothed = [e for e in by if e > 0]
     if base is not None and smoothed:
@@ -407,78 +527,154 @@ def _blocks(result: Any, v: dict[str, Any], figs: dict[str, str], proj_pair: tup
         ts_ece = base.get("ts_ece_mean", float("nan"))
         ts_better = ts_ece < base["test_ece_mean"]
         if ls_better and ts_better:
-            tail = ("the same direction as Müller et al.: smoothing and temperature scaling both "
-                    "reduce the baseline's miscalibration.")
+            tail = (
+                "the same direction as Müller et al.: smoothing and temperature scaling both "
+                "reduce the baseline's miscalibration."
+            )
         elif not ls_better and base["test_gap_mean"] <= 0.02:
-            tail = ("unlike Müller et al.'s overconfident baselines, this baseline is already close "
-                    "to calibrated, and every factor tried leaves the model underconfident — the "
-                    "easy-data pattern above.")
+            tail = (
+                "unlike Müller et al.'s overconfident baselines, this baseline is already close "
+                "to calibrated, and every factor tried leaves the model underconfident — the "
+                "easy-data pattern above."
+            )
         else:
-            tail = (f"only partly the pattern Müller et al. report: smoothing "
-                    f"{'lowers' if ls_better else 'does not lower'} the ECE, temperature scaling "
-                    f"{'lowers' if ts_better else 'does not lower'} it.")
-        b.append(("p",
-                  f"Here the baseline ECE is {base['test_ece_mean']:.3f} (signed gap "
-                  f"{base['test_gap_mean']:+.3f}), the best smoothed ECE {by[e]['test_ece_mean']:.3f} "
-                  f"(ε = {_eps(e)}) and temperature scaling of the baseline gives {ts_ece:.3f} "
-                  f"(T = {base.get('temperature_mean', float('nan')):.2f}) — " + tail))
+            tail = (
+                f"only partly the pattern Müller et al. report: smoothing "
+                f"{'lowers' if ls_better else 'does not lower'} the ECE, temperature scaling "
+                f"{'lowers' if ts_better else 'does not lower'} it."
+            )
+        b.append(
+            (
+                "p",
+                f"Here the baseline ECE is {base['test_ece_mean']:.3f} (signed gap "
+                f"{base['test_gap_mean']:+.3f}), the best smoothed ECE {by[e]['test_ece_mean']:.3f} "
+                f"(ε = {_eps(e)}) and temperature scaling of the baseline gives {ts_ece:.3f} "
+                f"(T = {base.get('temperature_mean', float('nan')):.2f}) — " + tail,
+            )
+        )
     # summary table
     b.append(("h2", "Results per smoothing factor"))
-    head = ["ε", "test acc", "test NLL", "ECE [95% CI]", "smooth ECE", "signed gap [95% CI]",
-            "Brier", "T", "ECE after TS", "NLL after TS", "train loss (floor)", "train NLL"]
+    head = [
+        "ε",
+        "test acc",
+        "test NLL",
+        "ECE [95% CI]",
+        "smooth ECE",
+        "signed gap [95% CI]",
+        "Brier",
+        "T",
+        "ECE after TS",
+        "NLL after TS",
+        "train loss (floor)",
+        "train NLL",
+    ]
     rows = []
     for s in summary:
-        rows.append([
-            _eps(s["smoothing"]), _pm(s, "test_accuracy"), _pm(s, "test_nll"),
-            _pm(s, "test_ece") + _ci(s, "test_ece"), _pm(s, "test_smooth_ece"),
-            _pm(s, "test_gap") + _ci(s, "test_gap"), _pm(s, "test_brier"),
-            _pm(s, "temperature", 2), _pm(s, "ts_ece"), _pm(s, "ts_nll"),
-            f"{_pm(s, 'final_train_loss')} ({s.get('entropy_floor_mean', float('nan')):.3f})",
-            _pm(s, "final_train_nll"),
-        ])
+        rows.append(
+            [
+                _eps(s["smoothing"]),
+                _pm(s, "test_accuracy"),
+                _pm(s, "test_nll"),
+                _pm(s, "test_ece") + _ci(s, "test_ece"),
+                _pm(s, "test_smooth_ece"),
+                _pm(s, "test_gap") + _ci(s, "test_gap"),
+                _pm(s, "test_brier"),
+                _pm(s, "temperature", 2),
+                _pm(s, "ts_ece"),
+                _pm(s, "ts_nll"),
+                f"{_pm(s, 'final_train_loss')} ({s.get('entropy_floor_mean', float('nan')):.3f})",
+                _pm(s, "final_train_nll"),
+            ]
+        )
     b.append(("table", head, rows))
-    b.append(("p", "Signed gap = mean confidence − accuracy on the test split: positive means "
-                   "overconfident. Train loss is the smoothed loss of the last epoch (mean over its "
-                   "batches); the floor H(q') is the lowest value it can reach."))
+    b.append(
+        (
+            "p",
+            "Signed gap = mean confidence − accuracy on the test split: positive means "
+            "overconfident. Train loss is the smoothed loss of the last epoch (mean over its "
+            "batches); the floor H(q') is the lowest value it can reach.",
+        )
+    )
     for name, caption in (
         ("reliability", "Reliability diagrams on the test split, one per factor (first seed)."),
-        ("metrics", "Test metrics against the factor: mean ± std over seeds; shaded: mean "
-                    "bootstrap 95% CI; orange: after temperature scaling."),
+        (
+            "metrics",
+            "Test metrics against the factor: mean ± std over seeds; shaded: mean "
+            "bootstrap 95% CI; orange: after temperature scaling.",
+        ),
         ("training", "Training curves, mean over seeds."),
-        ("projection", "Penultimate-layer picture (Müller et al. 2019): ε = 0 against "
-                       + (f"ε = {_eps(proj_pair[1])}" if proj_pair else "the best factor")
-                       + " (the smoothed factor with the lowest mean test NLL). With smoothing, "
-                       "the training clusters should be tighter and more evenly spaced."),
+        (
+            "projection",
+            "Penultimate-layer picture (Müller et al. 2019): ε = 0 against "
+            + (f"ε = {_eps(proj_pair[1])}" if proj_pair else "the best factor")
+            + " (the smoothed factor with the lowest mean test NLL). With smoothing, "
+            "the training clusters should be tighter and more evenly spaced.",
+        ),
     ):
         if name in figs:
             b.append(("h2", caption.split(":")[0].split(",")[0].split(" (")[0].rstrip(".")))
             b.append(("img", figs[name], caption))
-            if name == "projection" and proj_pair and all(
-                    "cluster_spread_train_mean" in by[e] for e in proj_pair):
+            if (
+                name == "projection"
+                and proj_pair
+                and all("cluster_spread_train_mean" in by[e] for e in proj_pair)
+            ):
                 a, c = (by[e] for e in proj_pair)
-                b.append(("p",
-                          "Cluster spread of the three classes on this plane (within-class RMS "
-                          "distance to the class centre over the mean distance between centres; "
-                          "smaller = tighter, better separated), mean over seeds: training examples "
-                          f"{_pm(a, 'cluster_spread_train')} at ε = 0 vs "
-                          f"{_pm(c, 'cluster_spread_train')} at ε = {_eps(proj_pair[1])}; test "
-                          f"examples {_pm(a, 'cluster_spread_test')} vs {_pm(c, 'cluster_spread_test')}."))
+                b.append(
+                    (
+                        "p",
+                        "Cluster spread of the three classes on this plane (within-class RMS "
+                        "distance to the class centre over the mean distance between centres; "
+                        "smaller = tighter, better separated), mean over seeds: training examples "
+                        f"{_pm(a, 'cluster_spread_train')} at ε = 0 vs "
+                        f"{_pm(c, 'cluster_spread_train')} at ε = {_eps(proj_pair[1])}; test "
+                        f"examples {_pm(a, 'cluster_spread_test')} vs {_pm(c, 'cluster_spread_test')}.",
+                    )
+                )
     # per-run table
     b.append(("h2", "Every run"))
-    head = ["ε", "seed", "acc [95% CI]", "NLL [95% CI]", "ECE [95% CI]", "gap", "T", "ECE after TS",
-            "train s"]
+    head = [
+        "ε",
+        "seed",
+        "acc [95% CI]",
+        "NLL [95% CI]",
+        "ECE [95% CI]",
+        "gap",
+        "T",
+        "ECE after TS",
+        "train s",
+    ]
     rows = []
     for r in result.rows:
-        def ci(k: str, nd: int = 3) -> str:
+
+        def ci(k: str, nd: int = 3, r: dict = r) -> str:
             lo, hi = r.get(f"test_{k}_low"), r.get(f"test_{k}_high")
-            return f"{r[f'test_{k}']:.{nd}f}" + (f" [{lo:.{nd}f}, {hi:.{nd}f}]" if lo is not None else "")
-        rows.append([_eps(r["smoothing"]), str(r["seed"]), ci("accuracy"), ci("nll"), ci("ece"),
-                     f"{r['test_gap']:+.3f}", f"{r['temperature']:.2f}", _fmt(r.get("ts_ece")),
-                     f"{r['train_seconds']:.1f}"])
+            return f"{r[f'test_{k}']:.{nd}f}" + (
+                f" [{lo:.{nd}f}, {hi:.{nd}f}]" if lo is not None else ""
+            )
+
+        rows.append(
+            [
+                _eps(r["smoothing"]),
+                str(r["seed"]),
+                ci("accuracy"),
+                ci("nll"),
+                ci("ece"),
+                f"{r['test_gap']:+.3f}",
+                f"{r['temperature']:.2f}",
+                _fmt(r.get("ts_ece")),
+                f"{r['train_seconds']:.1f}",
+            ]
+        )
     b.append(("table", head, rows))
-    b.append(("p", "Files: `results.json` (configuration, per-epoch histories, all metrics), "
-                   "`results.csv` (a row per run, then mean and std rows per factor), `config.json`, "
-                   "`runs/` (one JSON + NPZ per run; re-running the command skips them)."))
+    b.append(
+        (
+            "p",
+            "Files: `results.json` (configuration, per-epoch histories, all metrics), "
+            "`results.csv` (a row per run, then mean and std rows per factor), `config.json`, "
+            "`runs/` (one JSON + NPZ per run; re-running the command skips them).",
+        )
+    )
     return b
 
 
@@ -528,8 +724,12 @@ figcaption{font-style:italic;color:#555;margin-bottom:1.5em}code{background:#f3f
 
 
 def _render_html(blocks: list[Block], images: dict[str, bytes]) -> str:
-    out = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-           "<title>Label smoothing sweep</title>", f"<style>{_CSS}</style></head><body>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>Label smoothing sweep</title>",
+        f"<style>{_CSS}</style></head><body>",
+    ]
     in_list = False
     for blk in blocks:
         kind = blk[0]
@@ -547,14 +747,21 @@ def _render_html(blocks: list[Block], images: dict[str, bytes]) -> str:
             out.append(f"<li>{_html_inline(blk[1])}</li>")
         elif kind == "table":
             _, head, rows = blk
-            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-                       + "</tr></thead><tbody>")
-            out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+            out.append(
+                "<table><thead><tr>"
+                + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+                + "</tr></thead><tbody>"
+            )
+            out += [
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+            ]
             out.append("</tbody></table>")
         elif kind == "img":
             data = base64.b64encode(images[blk[1]]).decode("ascii")
-            out.append(f"<figure><img alt=\"{html.escape(blk[2])}\" src=\"data:image/png;base64,{data}\">"
-                       f"<figcaption>{_html_inline(blk[2])}</figcaption></figure>")
+            out.append(
+                f'<figure><img alt="{html.escape(blk[2])}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_html_inline(blk[2])}</figcaption></figure>"
+            )
     if in_list:
         out.append("</ul>")
     out.append("</body></html>")
@@ -579,10 +786,11 @@ def write_report(result: Any, out: str | None = None) -> dict[str, str]:
         raise ValueError("write_report needs at least one finished run")
     try:
         import matplotlib
-
         import matplotlib.pyplot as plt
     except ImportError as e:  # pragma: no cover
-        raise ImportError("the report needs matplotlib: pip install 'labelsmooth[experiments]'") from e
+        raise ImportError(
+            "the report needs matplotlib: pip install 'labelsmooth[experiments]'"
+        ) from e
     from labelsmooth.experiments.sweep import _atomic_write
 
     os.makedirs(out, exist_ok=True)

@@ -24,8 +24,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,8 +188,14 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[
         w.writerow(["run", fmt(r["smoothing"]), r["seed"], *[fmt(r.get(c, "")) for c in cols]])
     for s in summary:
         for stat in ("mean", "std"):
-            w.writerow([stat, fmt(s["smoothing"]), f"n={s['n_seeds']}",
-                        *[fmt(s.get(f"{c}_{stat}", "")) for c in cols]])
+            w.writerow(
+                [
+                    stat,
+                    fmt(s["smoothing"]),
+                    f"n={s['n_seeds']}",
+                    *[fmt(s.get(f"{c}_{stat}", "")) for c in cols],
+                ]
+            )
     _atomic_write(path, buf.getvalue().encode())
 
 
@@ -212,7 +219,9 @@ def load_runs(out: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.nd
     return records, arrays
 
 
-def _resolve_model_fn(model_fn: Any, model: str, splits: Splits) -> tuple[Callable[[], nn.Module], str]:
+def _resolve_model_fn(
+    model_fn: Any, model: str, splits: Splits
+) -> tuple[Callable[[], nn.Module], str]:
     if model_fn is None:
         build_model(model, splits.feature_shape, splits.num_classes)  # validate the name early
         return (lambda: build_model(model, splits.feature_shape, splits.num_classes)), model
@@ -220,8 +229,11 @@ def _resolve_model_fn(model_fn: Any, model: str, splits: Splits) -> tuple[Callab
         raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
     name = getattr(model_fn, "__qualname__", type(model_fn).__name__)
     try:
-        required = [p for p in inspect.signature(model_fn).parameters.values()
-                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        required = [
+            p
+            for p in inspect.signature(model_fn).parameters.values()
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):  # builtins without a signature
         required = []
     if len(required) == 2:
@@ -239,8 +251,12 @@ def _check_smoothing_list(smoothing: Any) -> list[float]:
         smoothing = [smoothing]
     vals = []
     for s in smoothing:
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) \
-                or not 0.0 <= s <= 1.0:
+        if (
+            isinstance(s, bool)
+            or not isinstance(s, (int, float))
+            or not math.isfinite(s)
+            or not 0.0 <= s <= 1.0
+        ):
             raise ValueError(f"smoothing factors must be numbers in [0, 1], got {s!r}")
         vals.append(float(s))
     if not vals:
@@ -335,11 +351,20 @@ def sweep(
     # Runs are reusable when everything that shapes one run matches: the data, the model and the
     # training settings — not the list of factors or seeds (adding some reuses what is there),
     # nor threads, paths or progress bars.
-    identity_keys = ["dataset", "model", "split_seed", "splits", "num_classes", "feature_shape",
-                     "data_fingerprint", *settings.as_dict()]
+    identity_keys = [
+        "dataset",
+        "model",
+        "split_seed",
+        "splits",
+        "num_classes",
+        "feature_shape",
+        "data_fingerprint",
+        *settings.as_dict(),
+    ]
     run_identity = {k: config[k] for k in identity_keys}
-    fingerprint = hashlib.sha256(json.dumps(run_identity, sort_keys=True, default=str)
-                                 .encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(
+        json.dumps(run_identity, sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
     config["fingerprint"] = fingerprint
 
     out_dir = os.fspath(out) if out is not None else None
@@ -393,8 +418,11 @@ def sweep(
             key = run_key(eps, seed)
             if outer is not None:
                 outer.set_description(f"ε={eps:g} seed={seed}")
-            inner = (bar_cls(total=settings.epochs, desc="epochs", unit="ep", leave=False)
-                     if bar_cls else None)
+            inner = (
+                bar_cls(total=settings.epochs, desc="epochs", unit="ep", leave=False)
+                if bar_cls
+                else None
+            )
             try:
                 rec, arr = train_run(build, splits, eps, seed, settings, progress=inner)
             finally:
@@ -420,12 +448,21 @@ def sweep(
         rows = [flatten_run(r) for r in ordered]
         summary = summarize(rows)
         config["complete"] = complete
-        result = SweepResult(config=config, runs=ordered, rows=rows, summary=summary,
-                             arrays=arrays, out=out_dir, complete=complete)
+        result = SweepResult(
+            config=config,
+            runs=ordered,
+            rows=rows,
+            summary=summary,
+            arrays=arrays,
+            out=out_dir,
+            complete=complete,
+        )
         if out_dir is not None and ordered:
             result.paths["results.json"] = os.path.join(out_dir, "results.json")
-            write_json(result.paths["results.json"],
-                       {"config": config, "summary": summary, "runs": ordered})
+            write_json(
+                result.paths["results.json"],
+                {"config": config, "summary": summary, "runs": ordered},
+            )
             result.paths["results.csv"] = os.path.join(out_dir, "results.csv")
             write_csv(result.paths["results.csv"], rows, summary)
     if report and out_dir is not None and rows:

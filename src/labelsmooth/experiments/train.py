@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,9 +84,12 @@ class TrainSettings:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 2048) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch].to(device)).float().cpu()
-                      for i in range(0, x.shape[0], batch)])
+def _logits(
+    model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 2048
+) -> torch.Tensor:
+    return torch.cat(
+        [model(x[i : i + batch].to(device)).float().cpu() for i in range(0, x.shape[0], batch)]
+    )
 
 
 def _gap(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> torch.Tensor:
@@ -151,15 +155,29 @@ def cluster_spread(points: np.ndarray, labels: np.ndarray) -> float:
     """
     classes = np.unique(labels)
     cents = np.stack([points[labels == c].mean(0) for c in classes])
-    within = np.sqrt(np.mean([np.sum((points[labels == c] - cents[i]) ** 2, axis=1).mean()
-                              for i, c in enumerate(classes)]))
-    pair = [np.linalg.norm(cents[i] - cents[j]) for i in range(len(classes))
-            for j in range(i + 1, len(classes))]
+    within = np.sqrt(
+        np.mean(
+            [
+                np.sum((points[labels == c] - cents[i]) ** 2, axis=1).mean()
+                for i, c in enumerate(classes)
+            ]
+        )
+    )
+    pair = [
+        np.linalg.norm(cents[i] - cents[j])
+        for i in range(len(classes))
+        for j in range(i + 1, len(classes))
+    ]
     return float(within / np.mean(pair))
 
 
-def _projection(model: nn.Module, splits: Splits, classes: tuple[int, int, int], per_class: int,
-                device: torch.device) -> dict[str, np.ndarray]:
+def _projection(
+    model: nn.Module,
+    splits: Splits,
+    classes: tuple[int, int, int],
+    per_class: int,
+    device: torch.device,
+) -> dict[str, np.ndarray]:
     """Penultimate activations of three classes on the plane of their templates (train and test)."""
     arrays: dict[str, np.ndarray] = {}
     for part in ("train", "test"):
@@ -221,8 +239,11 @@ def train_run(
     torch.manual_seed(seed)
     model = model_fn().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.epochs)
-             if settings.schedule == "cosine" else None)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, settings.epochs)
+        if settings.schedule == "cosine"
+        else None
+    )
     gen = torch.Generator().manual_seed(seed)
     floor = float(labelsmooth.entropy_floor(k, smoothing, spread=settings.spread)) + 0.0  # no -0.0
     x_tr, y_tr = splits.x_train.to(device), splits.y_train.to(device)
@@ -235,46 +256,66 @@ def train_run(
         # Sums stay on the device; one host read per epoch, none per step.
         sums = torch.zeros(3, dtype=torch.float64, device=device)
         for i in range(0, n, settings.batch_size):
-            idx = order[i:i + settings.batch_size]
+            idx = order[i : i + settings.batch_size]
             logits = model(x_tr[idx])
             yb = y_tr[idx]
             stats = labelsmooth.cross_entropy_with_stats(
-                logits, yb, label_smoothing=smoothing, spread=settings.spread)
+                logits, yb, label_smoothing=smoothing, spread=settings.spread
+            )
             opt.zero_grad(set_to_none=True)
             stats.loss.backward()
             opt.step()
             m = idx.shape[0]
-            sums += torch.stack([stats.loss.detach().double() * m, stats.nll.double() * m,
-                                 (logits.detach().argmax(-1) == yb).sum().double()])
+            sums += torch.stack(
+                [
+                    stats.loss.detach().double() * m,
+                    stats.nll.double() * m,
+                    (logits.detach().argmax(-1) == yb).sum().double(),
+                ]
+            )
         if sched is not None:
             sched.step()
         loss_sum, nll_sum, correct = (sums / n).tolist()
         model.eval()
-        val = evaluate_logits(_logits(model, splits.x_val, device), splits.y_val,
-                              n_bins=settings.n_bins, smooth=False)
-        history.append({
-            "epoch": epoch + 1,
-            "train_loss": loss_sum,
-            "train_nll": nll_sum,
-            "train_accuracy": correct,
-            "entropy_floor": floor,
-            **{f"val_{key}": v for key, v in val.items()},
-        })
+        val = evaluate_logits(
+            _logits(model, splits.x_val, device), splits.y_val, n_bins=settings.n_bins, smooth=False
+        )
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum,
+                "train_nll": nll_sum,
+                "train_accuracy": correct,
+                "entropy_floor": floor,
+                **{f"val_{key}": v for key, v in val.items()},
+            }
+        )
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum:.3f}", val_acc=f"{val['accuracy']:.3f}",
-                                 refresh=False)
+            progress.set_postfix(
+                loss=f"{loss_sum:.3f}", val_acc=f"{val['accuracy']:.3f}", refresh=False
+            )
     train_seconds = time.perf_counter() - t0
 
     model.eval()
     test_logits = _logits(model, splits.x_test, device)
-    test = evaluate_logits(test_logits, splits.y_test, n_bins=settings.n_bins,
-                           n_bootstrap=settings.n_bootstrap, seed=seed)
+    test = evaluate_logits(
+        test_logits,
+        splits.y_test,
+        n_bins=settings.n_bins,
+        n_bootstrap=settings.n_bootstrap,
+        seed=seed,
+    )
     cal_logits = _logits(model, splits.x_cal, device)
     fit = cal.fit_temperature(cal_logits, splits.y_cal, n_bins=settings.n_bins)
     ts_logits = cal.apply_temperature(test_logits, fit.temperature)
-    ts = evaluate_logits(ts_logits, splits.y_test, n_bins=settings.n_bins,
-                         n_bootstrap=settings.n_bootstrap, seed=seed)
+    ts = evaluate_logits(
+        ts_logits,
+        splits.y_test,
+        n_bins=settings.n_bins,
+        n_bootstrap=settings.n_bootstrap,
+        seed=seed,
+    )
     record: dict[str, Any] = {
         "smoothing": smoothing,
         "seed": int(seed),
@@ -295,8 +336,9 @@ def train_run(
             proj = _projection(model, splits, classes, settings.proj_points, device)  # type: ignore[arg-type]
             arrays.update(proj)
             for part in ("train", "test"):
-                record[f"cluster_spread_{part}"] = cluster_spread(proj[f"proj_{part}"],
-                                                                  proj[f"proj_{part}_labels"])
+                record[f"cluster_spread_{part}"] = cluster_spread(
+                    proj[f"proj_{part}"], proj[f"proj_{part}_labels"]
+                )
         except ValueError as e:  # a user model without a final Linear: no picture, say why
             record["projection_error"] = str(e)
     return record, arrays
