@@ -294,3 +294,19 @@ def test_ctrl_c_exits_130_and_keeps_finished_runs(tmp_path, monkeypatch, capsys)
     assert "re-run the same command to resume" in capsys.readouterr().err
     assert (out / "runs" / "eps0_seed0.json").is_file()
     assert not (out / "runs" / "eps0.1_seed0.json").exists()
+
+
+def test_projection_classes_must_exist(tmp_path, capsys):
+    argv = [
+        "sweep",
+        "--proj-classes",
+        "0",
+        "1",
+        "12",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
+    assert main(argv) == 2
+    assert "proj_classes must be 3 classes below num_classes=10" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was written

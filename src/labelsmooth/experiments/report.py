@@ -608,7 +608,8 @@ def _blocks(
             "Penultimate-layer picture (Müller et al. 2019): ε = 0 against "
             + (f"ε = {_eps(proj_pair[1])}" if proj_pair else "the best factor")
             + " (the smoothed factor with the lowest mean test NLL). With smoothing, "
-            "the training clusters should be tighter and more evenly spaced.",
+            "the training clusters should be tighter and more evenly spaced. Each panel has its own "
+            "axis scale (the smoothed model's activations are smaller).",
         ),
     ):
         if name in figs:

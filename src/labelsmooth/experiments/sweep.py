@@ -334,6 +334,12 @@ def sweep(
     elif settings_kwargs:
         raise TypeError(f"pass either settings or keywords, not both ({sorted(settings_kwargs)})")
     splits = as_splits(data, split_seed=split_seed)
+    k = splits.num_classes
+    if k >= 3 and any(c >= k for c in settings.proj_classes):
+        raise ValueError(
+            f"proj_classes must be 3 classes below num_classes={k} for the penultimate-layer "
+            f"picture, got {list(settings.proj_classes)}"
+        )
     build, model_name = _resolve_model_fn(model_fn, model, splits)
     config: dict[str, Any] = {
         "dataset": splits.name,
