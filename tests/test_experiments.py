@@ -65,7 +65,14 @@ def test_make_splits_standardizes_with_train_statistics():
     assert s.x_test.mean().abs() < 0.5  # same transform, not re-fitted
 
 
-def test_mnist1d_builtin_is_offline_and_split():
+def test_mnist1d_builtin_is_offline_and_split(monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the built-in dataset tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     s = load_dataset("mnist1d")
     assert s.num_classes == 10 and s.feature_shape == (40,)
     assert s.sizes() == {"train": 2800, "val": 600, "cal": 600, "test": 1000}
