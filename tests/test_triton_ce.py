@@ -534,6 +534,23 @@ def test_compile_fullgraph_op_level(inplace):
     torch.testing.assert_close(g, g_e)
 
 
+@pytest.mark.xfail(reason="labelsmooth.ops.resolve loads implementations with importlib."
+                   "import_module, which dynamo refuses to trace; looking the module up in "
+                   "sys.modules first makes this pass (then drop this marker)", strict=True,
+                   raises=torch._dynamo.exc.Unsupported)
+def test_compile_fullgraph_public_api():
+    x = _logits(4, 9, torch.float32).requires_grad_()
+    y = _target(4, 9, ignore=False)
+    fn = torch.compile(lambda a, b: ls.cross_entropy(a, b, label_smoothing=0.1, impl="triton"),
+                       fullgraph=True, backend="inductor" if HAS_CUDA else "aot_eager")
+    loss = fn(x, y)
+    (g,) = torch.autograd.grad(loss, x)
+    ref = torch_loss_and_grad(x, y, torch.ones((), device=DEV), fn=ls.cross_entropy,
+                              impl="triton", label_smoothing=0.1)
+    torch.testing.assert_close(loss, ref[0])
+    torch.testing.assert_close(g, ref[1])
+
+
 # --- the kernels compile for a GPU (ahead of time, no GPU needed) --------------------------------
 
 # Run in a fresh interpreter: under TRITON_INTERPRET=1 `triton.jit` yields interpreter objects that
