@@ -86,8 +86,8 @@ def _finite(m: torch.Tensor) -> torch.Tensor:
 def _load(xb: torch.Tensor, acc: torch.dtype, ws: torch.Tensor, softcap: float | None) -> torch.Tensor:
     """The block in the accumulation dtype (soft-capped), in ``ws`` unless it can be a view."""
     if softcap is not None:
-        torch.div(xb, softcap, out=ws)
-        ws.tanh_().mul_(softcap)
+        # convert first: bf16 / float would round the quotient to bf16
+        ws.copy_(xb).div_(softcap).tanh_().mul_(softcap)
         return ws
     if xb.dtype == acc:
         return xb
@@ -95,6 +95,7 @@ def _load(xb: torch.Tensor, acc: torch.dtype, ws: torch.Tensor, softcap: float |
     return ws
 
 
+@torch.no_grad()
 def row_partials(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -197,6 +198,7 @@ def row_partials(
     return m, sumexp, x_y, sx
 
 
+@torch.no_grad()
 def grad_rows(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -289,8 +291,7 @@ def grad_rows(
             w = ob if direct else ws[: r1 - r0, : c1 - c0]
             if softcap is not None:
                 t = ws_t[: r1 - r0, : c1 - c0]
-                torch.div(xb, softcap, out=t)
-                t.tanh_()
+                t.copy_(xb).div_(softcap).tanh_()
                 torch.mul(t, softcap, out=w)
                 w.sub_(lse[r0:r1, None])
             else:
