@@ -43,8 +43,8 @@ def dense_reference(
     y = target.reshape(-1).long()
     valid = y != ignore_index
     y0 = torch.where(valid, y, 0)
-    q = ls.smooth_targets(y0, k, label_smoothing, spread=spread,
-                          prior=None if prior is None else prior.double()).double()
+    q = ls.smooth_targets(y0, k, label_smoothing, spread=spread, dtype=torch.float64,
+                          prior=None if prior is None else prior.double())
     logp = torch.log_softmax(x, -1)
     lse = torch.logsumexp(x, -1)
     w = torch.ones(k, dtype=torch.float64) if weight is None else weight.double()
