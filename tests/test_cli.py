@@ -226,6 +226,12 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert [r["kind"] for r in rows] == ["run", "run", "mean", "std", "mean", "std"]
     assert float(rows[1]["test_ece"]) == pytest.approx(t["ece"], rel=1e-5)
 
+    with open(out / "history.csv") as fh:
+        hist = list(csv.DictReader(fh))
+    assert len(hist) == 4 and [h["epoch"] for h in hist] == ["1", "2", "1", "2"]
+    assert float(hist[3]["train_loss"]) == pytest.approx(run["history"][1]["train_loss"], rel=1e-5)
+    assert float(hist[3]["entropy_floor"]) == pytest.approx(0.5003, abs=1e-4)  # H(q'), K=10, ε=0.1
+
     md = (out / "report.md").read_text()
     assert "## Verdict" in md and "Best factor by test NLL" in md
     assert "Müller" in md and "(reliability.png)" in md

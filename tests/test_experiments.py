@@ -219,8 +219,10 @@ def test_sweep_refuses_runs_from_another_configuration(tmp_path):
     data = make_splits(*_toy(120))
     kw = dict(data=data, seeds=1, smoothing=[0.1], out=tmp_path, progress=False, report=False)
     sweep(**kw, **FAST)
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"different configuration \(differs in \['epochs'\]\)"):
         sweep(**kw, epochs=3, n_bootstrap=0, batch_size=32)
+    with open(tmp_path / "config.json") as fh:
+        assert json.load(fh)["epochs"] == 2  # the refused sweep did not overwrite it
 
 
 def test_ctrl_c_keeps_finished_runs_and_rerun_finishes(tmp_path, monkeypatch):

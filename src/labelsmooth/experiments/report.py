@@ -672,7 +672,8 @@ def _blocks(
         (
             "p",
             "Files: `results.json` (configuration, per-epoch histories, all metrics), "
-            "`results.csv` (a row per run, then mean and std rows per factor), `config.json`, "
+            "`results.csv` (a row per run, then mean and std rows per factor), `history.csv` "
+            "(per-epoch logs), `config.json`, "
             "`runs/` (one JSON + NPZ per run; re-running the command skips them).",
         )
     )

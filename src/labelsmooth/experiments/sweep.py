@@ -8,6 +8,7 @@ Layout of the output directory::
       runs/eps0.1_seed0.npz  its test logits and penultimate-layer projection
       results.json           all runs + mean ± std per factor
       results.csv            a row per run, then mean and std rows per factor
+      history.csv            per-epoch logs of every run
       report.md, report.html, *.png   (see :mod:`labelsmooth.experiments.report`)
 
 Re-running with the same configuration skips finished runs; Ctrl-C loses only the run in
@@ -199,6 +200,24 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[
     _atomic_write(path, buf.getvalue().encode())
 
 
+def write_history_csv(path: str, records: Sequence[dict[str, Any]]) -> None:
+    """Per-epoch logs of every run: a row per (smoothing, seed, epoch)."""
+    cols: list[str] = []
+    for r in records:
+        for h in r["history"]:
+            cols += [k for k in h if k not in cols]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["smoothing", "seed", *cols])
+    for r in records:
+        for h in r["history"]:
+            w.writerow(
+                [f"{r['smoothing']:g}", r["seed"]]
+                + [f"{h[c]:.6g}" if isinstance(h.get(c), float) else h.get(c, "") for c in cols]
+            )
+    _atomic_write(path, buf.getvalue().encode())
+
+
 def load_runs(out: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
     """Read every finished run (records and arrays) from ``out/runs``."""
     runs_dir = os.path.join(out, "runs")
@@ -373,18 +392,12 @@ def sweep(
     ).hexdigest()[:16]
     config["fingerprint"] = fingerprint
 
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
     out_dir = os.fspath(out) if out is not None else None
-    runs_dir = None
-    if out_dir is not None:
-        runs_dir = os.path.join(out_dir, "runs")
-        os.makedirs(runs_dir, exist_ok=True)
-        write_json(os.path.join(out_dir, "config.json"), config)
-
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive int, got {threads!r}")
-        torch.set_num_threads(threads)
+    runs_dir = os.path.join(out_dir, "runs") if out_dir is not None else None
 
     records: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -398,10 +411,16 @@ def sweep(
                 with open(path) as fh:
                     rec = json.load(fh)
                 if rec.get("fingerprint") != fingerprint:
+                    theirs = rec.get("identity", {})
+                    diff = sorted(
+                        k
+                        for k in set(theirs) | set(run_identity)
+                        if theirs.get(k) != json.loads(json.dumps(run_identity.get(k), default=str))
+                    )
                     raise ValueError(
                         f"{out_dir} holds run {key} from a different configuration "
-                        f"(fingerprint {rec.get('fingerprint')} != {fingerprint}); "
-                        "choose another output directory or delete its runs/ folder"
+                        f"(differs in {diff or 'its fingerprint'}); choose another output "
+                        "directory or delete its runs/ folder"
                     )
                 records[key] = rec
                 npz = path[:-5] + ".npz"
@@ -410,6 +429,13 @@ def sweep(
                         arrays[key] = {k: f[k] for k in f.files}
             else:
                 todo.append((eps, seed))
+
+    if runs_dir is not None:
+        os.makedirs(runs_dir, exist_ok=True)
+        write_json(os.path.join(out_dir, "config.json"), config)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     bar_cls = None
     if progress:
@@ -435,6 +461,7 @@ def sweep(
                 if inner is not None:
                     inner.close()
             rec["fingerprint"] = fingerprint
+            rec["identity"] = json.loads(json.dumps(run_identity, default=str))
             rec["key"] = key
             if runs_dir:
                 _write_npz(os.path.join(runs_dir, key + ".npz"), arr)
@@ -471,6 +498,8 @@ def sweep(
             )
             result.paths["results.csv"] = os.path.join(out_dir, "results.csv")
             write_csv(result.paths["results.csv"], rows, summary)
+            result.paths["history.csv"] = os.path.join(out_dir, "history.csv")
+            write_history_csv(result.paths["history.csv"], ordered)
     if report and out_dir is not None and rows:
         from labelsmooth.experiments.report import write_report
 
