@@ -310,6 +310,50 @@ def test_parity_with_single_process(world: int) -> None:
     _check_parity(world, cases, results)
 
 
+def test_float32_at_a_large_vocabulary() -> None:
+    """K = 50021 over 3 uneven shards (one a single class), float32 logits with lse up to ≈ 28:
+    the loss within 1e-6 of the single process (relative); the gradient within one float32 ulp of
+    lse (1.9e-6 here: a row whose exact lse lies halfway between two float32 values may round the
+    other way than in one process, which moves every p_j of that row by that ulp), and both no
+    further from the float64 truth than the single process is (plus 1e-6)."""
+    kb, rows = 50021, 64
+    g = torch.Generator().manual_seed(21)
+    w = (torch.rand(kb, generator=g, dtype=torch.float64) + 0.1).float()
+    prior = torch.softmax(torch.randn(kb, generator=g, dtype=torch.float64), 0).float()
+    cases = []
+    for opt in (dict(label_smoothing=0.1), dict(label_smoothing=0.1, weight=w),
+                dict(label_smoothing=0.2, prior=prior, weight=w, weight_mode="target", z_loss=1e-3),
+                dict(label_smoothing=0.1, spread="others", softcap=20.0, reduction="sum")):
+        x = (torch.randn(rows, kb, generator=g, dtype=torch.float64) * 4).float()
+        y = torch.randint(0, kb, (rows,), generator=g)
+        y[::5] = -100
+        cases.append(dict(name=str(sorted(opt)), x=x, y=y, opt=opt, impl="auto",
+                          grad_out=torch.ones(()), widths=[20000, 1, 30020], explicit=True))
+    res = _spawn(3, "parity", cases)
+    for i, c in enumerate(cases):
+        x = c["x"].clone().requires_grad_()
+        single = ls.cross_entropy(x, c["y"], **c["opt"])
+        single.backward()
+        x64 = c["x"].double().requires_grad_()
+        opt64 = {k: (v.double() if torch.is_tensor(v) else v) for k, v in c["opt"].items()}
+        truth = ls.cross_entropy(x64, c["y"], impl="reference", **opt64)
+        truth.backward()
+        loss, grad = res[0][i]["loss"], torch.cat([r[i]["grad"] for r in res], 1)
+        cap = c["opt"].get("softcap")
+        xc = c["x"].double() if cap is None else cap * torch.tanh(c["x"].double() / cap)
+        lse_max = torch.logsumexp(xc, 1).abs().max().float()
+        ulp = float(torch.nextafter(lse_max, torch.tensor(float("inf"))) - lse_max)
+        assert 4e-7 < ulp < 2e-6  # lse in [8, 32): a rounding of lse is of the order of 1e-6
+        for what, ours, one, true, tol in (("loss", loss, single.detach(), truth.detach(), 1e-6),
+                                           ("grad", grad, x.grad, x64.grad, ulp)):
+            scale = float(true.abs().max())
+            err_one = float((ours.double() - one.double()).abs().max()) / scale
+            err_true = float((ours.double() - true).abs().max()) / scale
+            err_single = float((one.double() - true).abs().max()) / scale
+            assert err_one <= tol, f"{c['name']} {what}: {err_one:.2e} from the single process"
+            assert err_true <= err_single + 1e-6, f"{c['name']} {what}: {err_true:.2e} vs truth"
+
+
 # --------------------------------------------------------------------------------------------
 # Fused linear variant, DTensor, layout helper, errors raised on every rank
 # --------------------------------------------------------------------------------------------

@@ -289,15 +289,22 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
              scalars: list[torch.Tensor], group: Any, world: int, differentiable: bool = False,
              maxed: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
-    """Global lse and summed rows/scalars: one MAX and one SUM all-reduce of per-row vectors.
+    r"""Global lse and summed rows/scalars: one MAX and one SUM all-reduce of per-row vectors.
 
     ``m_r``/``se_r``: this shard's row max and sum of exponentials relative to it (relative to 0
-    where the max is ±inf); the rescaled sums :math:`se_r e^{m_r - M}` are exact up to one
-    rounding. ``maxed`` (a few numbers) rides along in the MAX all-reduce, returned reduced.
+    where the max is ±inf). ``maxed`` (a few numbers) rides along in the MAX all-reduce, returned
+    reduced. The sums travel and are combined in float64 whatever the logits' dtype (O(N)
+    numbers, so the shard order adds almost no rounding); the results come back in the accumulation
+    dtype, with :math:`\mathrm{lse} = M + \log \sum_r e_r e^{m_r - M}` formed in that dtype
+    exactly as a single process forms :math:`m + \log \mathrm{sumexp}` (float32 lse values then
+    agree with the single process's to the bit on almost every row).
     """
-    m_r = m_r.detach()
+    acc, f64 = m_r.dtype, torch.float64
+    m_r, se_r = m_r.detach().to(f64), se_r.to(f64)
+    rows, scalars = [t.to(f64) for t in rows], [t.to(f64) for t in scalars]
     if world == 1:
-        return _finite(m_r) + torch.log(se_r), rows, scalars, maxed
+        return (_finite(m_r).to(acc) + torch.log(se_r.to(acc)), [t.to(acc) for t in rows],
+                [t.to(acc) for t in scalars], maxed)
     n = m_r.shape[0]
     m = m_r.clone() if maxed is None else torch.cat([m_r, maxed.to(m_r.dtype)])
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
@@ -311,9 +318,9 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
     else:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     k = 1 + len(rows)
-    stacked = flat[: k * n].reshape(k, n)
-    lse = m + torch.log(stacked[0])
-    return lse, list(stacked[1:]), list(flat[k * n:]), maxed
+    stacked = flat[: k * n].reshape(k, n).to(acc)
+    lse = m.to(acc) + torch.log(stacked[0])
+    return lse, list(stacked[1:]), [t.to(acc) for t in flat[k * n:]], maxed
 
 
 def _target_checksums(target: torch.Tensor) -> torch.Tensor:
