@@ -7,12 +7,13 @@ loads the logits in their own dtype and does all arithmetic in float32.
   (running row max ``m`` and per-lane running sums of :math:`e^{x-m}`, rescaled when the max
   grows, so each chunk costs one exponential per element and one cross-warp reduction), the
   target logit, and the smoothing sum :math:`\sum_c s_c (x_c - x_\mathrm{ref})` (shifted by a
-  logit of the row so the fp32 sum does not cancel against ``S·lse``). Writes the per-row loss and
-  ``lse`` (and, for probability targets, :math:`Q=\sum_c q_c`), nothing K-wide.
+  logit of the row so the fp32 sum does not cancel against ``S·lse``). Writes the per-row loss,
+  ``lse``, the row max ``m`` and ``log d`` (and, for probability targets, :math:`Q=\sum_c q_c`),
+  nothing K-wide.
 * ``_index_bwd`` / ``_prob_bwd`` — the gradient pass: re-reads the row, recomputes
-  :math:`p = e^{x - \mathrm{lse}}` from the saved ``lse``, scales by the per-row upstream gradient
-  and writes the gradient (into a fresh buffer, or over the logits themselves when in place: each
-  element is read before it is written by the same lane). The target column's
+  :math:`p = e^{(x - m) - \log d}` from the saved statistics, scales by the per-row upstream
+  gradient and writes the gradient (into a fresh buffer, or over the logits themselves when in
+  place: each element is read before it is written by the same lane). The target column's
   :math:`-ct` is folded in while still in float32, before rounding to the output dtype
   (Liger-Kernel #1268). Rows whose coefficients times the upstream gradient are all zero (ignored
   rows) read nothing and write zeros.
@@ -66,7 +67,7 @@ def _round_bf16(v):
 def _index_fwd(
     x_ptr, stride_xr, stride_xc,
     y_ptr, ct_ptr, cs_ptr, cz_ptr, s_ptr, s_sum_ptr,
-    loss_ptr, lse_ptr,
+    loss_ptr, lse_ptr, m_ptr, logd_ptr,
     K, s_uniform, softcap,
     SMOOTH: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -98,30 +99,36 @@ def _index_fwd(
         if SMOOTH == 2:
             sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             acc += sv * tl.where(mask, xb - x_y, 0.0)
-    lse = m + tl.log(tl.sum(d_vec, 0))
+    logd = tl.log(tl.sum(d_vec, 0))
+    lse = m + logd
+    # lse − x_y as (m − x_y) + log d: exact for a confident row (x_y = m), where rounding lse
+    # first would cost ulp(lse) of absolute error in a tiny NLL.
+    nll = (m - x_y) + logd
     # A zero coefficient drops its term even when the term is not finite (an ignored row whose
     # placeholder target logit is -inf), so masked padding rows never turn the loss into NaN.
     ct = tl.load(ct_ptr + row)
-    loss = tl.where(ct != 0.0, ct * (lse - x_y), 0.0)
+    loss = tl.where(ct != 0.0, ct * nll, 0.0)
     if SMOOTH == 1:
         cs = tl.load(cs_ptr + row)
-        loss += tl.where(cs != 0.0, cs * s_uniform * (K * (lse - x_y) - tl.sum(acc, 0)), 0.0)
+        loss += tl.where(cs != 0.0, cs * s_uniform * (K * nll - tl.sum(acc, 0)), 0.0)
     if SMOOTH == 2:
         cs = tl.load(cs_ptr + row)
         s_sum = tl.load(s_sum_ptr).to(tl.float32)
-        loss += tl.where(cs != 0.0, cs * (s_sum * (lse - x_y) - tl.sum(acc, 0)), 0.0)
+        loss += tl.where(cs != 0.0, cs * (s_sum * nll - tl.sum(acc, 0)), 0.0)
     if HAS_Z:
         cz = tl.load(cz_ptr + row)
         loss += tl.where(cz != 0.0, cz * lse * lse, 0.0)
     tl.store(loss_ptr + row, loss)
     tl.store(lse_ptr + row, lse)
+    tl.store(m_ptr + row, m)
+    tl.store(logd_ptr + row, logd)
 
 
 @triton.jit
 def _index_bwd(
     x_ptr, stride_xr, stride_xc,
     dx_ptr, stride_dr, stride_dc,
-    y_ptr, ct_ptr, cs_ptr, cz_ptr, s_ptr, s_sum_ptr, lse_ptr, g_ptr,
+    y_ptr, ct_ptr, cs_ptr, cz_ptr, s_ptr, s_sum_ptr, m_ptr, logd_ptr, g_ptr,
     K, s_uniform, softcap,
     SMOOTH: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
     ROUND_BF16: tl.constexpr,
@@ -130,7 +137,8 @@ def _index_bwd(
     x_row = x_ptr + row * stride_xr
     dx_row = dx_ptr + row * stride_dr
     g = tl.load(g_ptr + row)
-    lse = tl.load(lse_ptr + row)
+    m = tl.load(m_ptr + row)
+    logd = tl.load(logd_ptr + row)
     y = tl.load(y_ptr + row)
     gct = g * tl.load(ct_ptr + row)
     gcs = g * tl.load(cs_ptr + row)
@@ -144,7 +152,7 @@ def _index_bwd(
         active = active | (gcs != 0.0)
     if HAS_Z:
         gz = g * tl.load(cz_ptr + row)
-        coef += 2.0 * gz * lse
+        coef += 2.0 * gz * (m + logd)
         active = active | (gz != 0.0)
     # Inactive rows (ignored targets) load nothing (a zero-length load bound): their gradient
     # is exactly zero.
@@ -157,8 +165,11 @@ def _index_bwd(
         if SOFTCAP:
             th = _tanh(xb / softcap)
             xb = softcap * th
-        grad = coef * tl.exp(xb - lse)
-        grad -= tl.where(cols == y, gct, 0.0)  # in fp32, before rounding
+        # p = e^{(x − m) − log d}: as precise as the per-row statistics allow (no rounded lse
+        # in between), so p_y − 1 keeps its digits for confident rows; and the target's −ct is
+        # subtracted in fp32, before rounding to the output dtype.
+        grad = coef * tl.exp((xb - m) - logd)
+        grad -= tl.where(cols == y, gct, 0.0)
         if SMOOTH == 1:
             grad -= gcs * s_uniform
         if SMOOTH == 2:
@@ -177,7 +188,7 @@ def _prob_fwd(
     x_ptr, stride_xr, stride_xc,
     t_ptr, stride_tr, stride_tc,
     w_ptr, b_ptr, rs_ptr, cz_ptr,
-    loss_ptr, lse_ptr, qsum_ptr,
+    loss_ptr, lse_ptr, qsum_ptr, m_ptr, logd_ptr,
     K, a, b_uniform, softcap,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -218,14 +229,17 @@ def _prob_fwd(
         q = tl.where(mask, q, 0.0)
         acc_q += q
         acc_qx += q * tl.where(mask, xb - x0, 0.0)
-    lse = m + tl.log(tl.sum(d_vec, 0))
+    logd = tl.log(tl.sum(d_vec, 0))
+    lse = m + logd
     qsum = tl.sum(acc_q, 0)
-    loss = tl.load(rs_ptr + row) * (qsum * (lse - x0) - tl.sum(acc_qx, 0))
+    loss = tl.load(rs_ptr + row) * (qsum * ((m - x0) + logd) - tl.sum(acc_qx, 0))
     if HAS_Z:
         loss += tl.load(cz_ptr + row) * lse * lse
     tl.store(loss_ptr + row, loss)
     tl.store(lse_ptr + row, lse)
     tl.store(qsum_ptr + row, qsum)
+    tl.store(m_ptr + row, m)
+    tl.store(logd_ptr + row, logd)
 
 
 @triton.jit
@@ -234,7 +248,7 @@ def _prob_bwd(
     t_ptr, stride_tr, stride_tc,
     dx_ptr, stride_dr, stride_dc,
     dt_ptr, stride_er, stride_ec,
-    w_ptr, b_ptr, rs_ptr, cz_ptr, lse_ptr, qsum_ptr, g_ptr,
+    w_ptr, b_ptr, rs_ptr, cz_ptr, m_ptr, logd_ptr, qsum_ptr, g_ptr,
     K, a, b_uniform, softcap,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr,
     NEED_DT: tl.constexpr, BLOCK: tl.constexpr, ROUND_BF16: tl.constexpr,
@@ -246,7 +260,9 @@ def _prob_bwd(
     t_row = t_ptr + row * stride_tr
     dx_row = dx_ptr + row * stride_dr
     g = tl.load(g_ptr + row)
-    lse = tl.load(lse_ptr + row)
+    m = tl.load(m_ptr + row)
+    logd = tl.load(logd_ptr + row)
+    lse = m + logd
     grs = g * tl.load(rs_ptr + row)
     coef = grs * tl.load(qsum_ptr + row)
     if HAS_Z:
@@ -267,7 +283,7 @@ def _prob_bwd(
         if HAS_W:
             wb = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
             q = q * wb
-        grad = coef * tl.exp(xb - lse) - grs * q
+        grad = coef * tl.exp((xb - m) - logd) - grs * q
         if SOFTCAP:
             grad *= 1.0 - th * th
         if ROUND_BF16:

@@ -4,10 +4,12 @@ Same contract as :mod:`labelsmooth.ops.reference` (see :mod:`labelsmooth.ops`), 
 two-pass kernels of :mod:`labelsmooth.ops._triton_kernels`:
 
 * forward — one read of the logits: online softmax, target logit and the smoothing sum, in
-  float32; saves only the (R,) ``lse`` (plus :math:`Q=\sum_c q_c` for probability targets);
-* backward — one more read: :math:`p` recomputed from ``lse``, the gradient scaled by the per-row
-  upstream gradient and written once (the reduction's normaliser arrives inside that gradient:
-  reductions happen outside, in :mod:`labelsmooth.functional`).
+  float32; saves only (R,) vectors: the row max ``m`` and :math:`\log\sum_c e^{x_c-m}` (their sum
+  is ``lse``; kept apart so that :math:`p_y` of a confident row is not limited by the rounding of
+  ``lse``), plus :math:`Q=\sum_c q_c` for probability targets;
+* backward — one more read: :math:`p` recomputed from those statistics, the gradient scaled by
+  the per-row upstream gradient and written once (the reduction's normaliser arrives inside that
+  gradient: reductions happen outside, in :mod:`labelsmooth.functional`).
 
 With ``inplace_backward=True`` the backward writes the gradient over the logits' own memory and
 returns that tensor as the gradient, so the loss needs no memory beyond (R,) vectors. The write
@@ -143,12 +145,13 @@ def _smooth_mode(s: Optional[Tensor], s_uniform: float) -> int:
 def _index_fwd(
     x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
     cz: Optional[Tensor], softcap: Optional[float], inplace_backward: bool,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     r, k = x.shape
     loss = torch.empty(r, dtype=torch.float32, device=x.device)
     lse = torch.empty(r, dtype=torch.float32, device=x.device)
+    stats = torch.empty(2, r, dtype=torch.float32, device=x.device)  # row max m, log Σ e^{x-m}
     if r == 0:
-        return loss, lse
+        return loss, lse, stats
     block, warps = _launch_cfg(k)
     ct, cs = ct.contiguous(), cs.contiguous()
     s_sum = s.sum(dtype=torch.float32) if s is not None else ct
@@ -156,21 +159,22 @@ def _index_fwd(
         x, x.stride(0), x.stride(1),
         y.contiguous(), ct, cs, cz.contiguous() if cz is not None else ct,
         s.contiguous() if s is not None else ct, s_sum,
-        loss, lse,
+        loss, lse, stats[0], stats[1],
         k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
         SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
         BLOCK=block, num_warps=warps,
     )
-    return loss, lse
+    return loss, lse, stats
 
 
 @_index_fwd.register_fake
 def _(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward):
     r = x.shape[0]
-    return x.new_empty(r, dtype=torch.float32), x.new_empty(r, dtype=torch.float32)
+    return (x.new_empty(r, dtype=torch.float32), x.new_empty(r, dtype=torch.float32),
+            x.new_empty((2, r), dtype=torch.float32))
 
 
-def _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, lse, g) -> None:
+def _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, stats, g) -> None:
     r, k = x.shape
     if r == 0:
         return
@@ -181,7 +185,7 @@ def _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, lse, g) -> No
         x, x.stride(0), x.stride(1),
         dx, dx.stride(0), dx.stride(1),
         y.contiguous(), ct, cs, cz.contiguous() if cz is not None else ct,
-        s.contiguous() if s is not None else ct, s_sum, lse.contiguous(),
+        s.contiguous() if s is not None else ct, s_sum, stats[0], stats[1],
         g.to(torch.float32).contiguous(),
         k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
         SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
@@ -192,42 +196,42 @@ def _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, lse, g) -> No
 @torch.library.custom_op("labelsmooth::triton_index_bwd", mutates_args=())
 def _index_bwd(
     x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
-    cz: Optional[Tensor], softcap: Optional[float], lse: Tensor, g: Tensor,
+    cz: Optional[Tensor], softcap: Optional[float], stats: Tensor, g: Tensor,
 ) -> Tensor:
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, lse, g)
+    _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, stats, g)
     return dx
 
 
 @_index_bwd.register_fake
-def _(x, y, ct, cs, s, s_uniform, cz, softcap, lse, g):
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, stats, g):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("labelsmooth::triton_index_bwd_inplace", mutates_args=("x",))
 def _index_bwd_inplace(
     x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
-    cz: Optional[Tensor], softcap: Optional[float], lse: Tensor, g: Tensor,
+    cz: Optional[Tensor], softcap: Optional[float], stats: Tensor, g: Tensor,
 ) -> None:
-    _index_bwd_launch(x, x, y, ct, cs, s, s_uniform, cz, softcap, lse, g)
+    _index_bwd_launch(x, x, y, ct, cs, s, s_uniform, cz, softcap, stats, g)
 
 
 @_index_bwd_inplace.register_fake
-def _(x, y, ct, cs, s, s_uniform, cz, softcap, lse, g):
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, stats, g):
     return None
 
 
 def _index_setup(ctx, inputs, output) -> None:
     x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward = inputs
-    ctx.save_for_backward(x, y, ct, cs, s, cz, output[1])
+    ctx.save_for_backward(x, y, ct, cs, s, cz, output[2])
     ctx.s_uniform, ctx.softcap = s_uniform, softcap
     ctx.inplace = inplace_backward and x.is_contiguous()  # never write through overlapping views
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(output[1], output[2])
 
 
-def _index_backward(ctx, g_loss, g_lse):
-    x, y, ct, cs, s, cz, lse = ctx.saved_tensors
-    args = (y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap, lse, g_loss)
+def _index_backward(ctx, g_loss, g_lse, g_stats):
+    x, y, ct, cs, s, cz, stats = ctx.saved_tensors
+    args = (y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap, stats, g_loss)
     if ctx.inplace:
         _index_bwd_inplace(x, *args)
         _mark_consumed(x)
@@ -292,10 +296,12 @@ def index_rows(
     _check_not_consumed(x)
     if x.dtype == torch.float64 or x.shape[1] == 0:  # no kernel for fp64 or zero classes
         return reference.index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)
-    return _index_fwd(x, y, ct.to(torch.float32), cs.to(torch.float32),
-                      s.to(torch.float32) if s is not None else None, float(s_uniform),
-                      cz.to(torch.float32) if cz is not None else None,
-                      None if softcap is None else float(softcap), bool(inplace_backward))
+    loss, lse, _ = _index_fwd(
+        x, y, ct.to(torch.float32), cs.to(torch.float32),
+        s.to(torch.float32) if s is not None else None, float(s_uniform),
+        cz.to(torch.float32) if cz is not None else None,
+        None if softcap is None else float(softcap), bool(inplace_backward))
+    return loss, lse
 
 
 # -------------------------------------------------------------------------------------------------
@@ -310,9 +316,9 @@ def _prob_fwd(
     r, k = x.shape
     loss = torch.empty(r, dtype=torch.float32, device=x.device)
     lse = torch.empty(r, dtype=torch.float32, device=x.device)
-    qsum = torch.empty(r, dtype=torch.float32, device=x.device)
+    stats = torch.empty(3, r, dtype=torch.float32, device=x.device)  # m, log Σ e^{x-m}, Σ_c q_c
     if r == 0:
-        return loss, lse, qsum
+        return loss, lse, stats
     block, warps = _launch_cfg(k)
     rs = rs.contiguous()
     _kernels()._prob_fwd[(r,)](
@@ -320,21 +326,22 @@ def _prob_fwd(
         t, t.stride(0), t.stride(1),
         w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
         rs, cz.contiguous() if cz is not None else rs,
-        loss, lse, qsum,
+        loss, lse, stats[2], stats[0], stats[1],
         k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
         HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
         SOFTCAP=softcap is not None, BLOCK=block, num_warps=warps,
     )
-    return loss, lse, qsum
+    return loss, lse, stats
 
 
 @_prob_fwd.register_fake
 def _(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward):
     r = x.shape[0]
-    return tuple(x.new_empty(r, dtype=torch.float32) for _ in range(3))
+    return (x.new_empty(r, dtype=torch.float32), x.new_empty(r, dtype=torch.float32),
+            x.new_empty((3, r), dtype=torch.float32))
 
 
-def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g) -> None:
+def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g) -> None:
     r, k = x.shape
     if r == 0:
         return
@@ -347,7 +354,7 @@ def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsu
         dx, dx.stride(0), dx.stride(1),
         dt_arg, dt_arg.stride(0), dt_arg.stride(1),
         w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
-        rs, cz.contiguous() if cz is not None else rs, lse.contiguous(), qsum.contiguous(),
+        rs, cz.contiguous() if cz is not None else rs, stats[0], stats[1], stats[2],
         g.to(torch.float32).contiguous(),
         k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
         HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
@@ -366,18 +373,18 @@ def _dt_buffer(t: Tensor, need_dt: bool) -> Tensor:
 @torch.library.custom_op("labelsmooth::triton_prob_bwd", mutates_args=())
 def _prob_bwd(
     x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
-    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], lse: Tensor, qsum: Tensor,
+    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], stats: Tensor,
     g: Tensor, need_dt: bool,
 ) -> tuple[Tensor, Tensor]:
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     dt = _dt_buffer(t, need_dt)
     _prob_bwd_launch(dx, dt if need_dt else None, x, t, w, a, b, b_uniform, rs, cz, softcap,
-                     lse, qsum, g)
+                     stats, g)
     return dx, dt
 
 
 @_prob_bwd.register_fake
-def _(x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g, need_dt):
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g, need_dt):
     dx = torch.empty_like(x, memory_format=torch.contiguous_format)
     dt = _dt_buffer(t, need_dt)
     return dx, dt
@@ -386,32 +393,32 @@ def _(x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g, need_dt):
 @torch.library.custom_op("labelsmooth::triton_prob_bwd_inplace", mutates_args=("x",))
 def _prob_bwd_inplace(
     x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
-    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], lse: Tensor, qsum: Tensor,
+    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], stats: Tensor,
     g: Tensor, need_dt: bool,
 ) -> Tensor:
     dt = _dt_buffer(t, need_dt)
     _prob_bwd_launch(x, dt if need_dt else None, x, t, w, a, b, b_uniform, rs, cz, softcap,
-                     lse, qsum, g)
+                     stats, g)
     return dt
 
 
 @_prob_bwd_inplace.register_fake
-def _(x, t, w, a, b, b_uniform, rs, cz, softcap, lse, qsum, g, need_dt):
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g, need_dt):
     return _dt_buffer(t, need_dt)
 
 
 def _prob_setup(ctx, inputs, output) -> None:
     x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward = inputs
-    ctx.save_for_backward(x, t, w, b, rs, cz, output[1], output[2])
+    ctx.save_for_backward(x, t, w, b, rs, cz, output[2])
     ctx.a, ctx.b_uniform, ctx.softcap = a, b_uniform, softcap
     ctx.inplace = inplace_backward and x.is_contiguous()
     ctx.mark_non_differentiable(output[1], output[2])
 
 
-def _prob_backward(ctx, g_loss, g_lse, g_qsum):
-    x, t, w, b, rs, cz, lse, qsum = ctx.saved_tensors
+def _prob_backward(ctx, g_loss, g_lse, g_stats):
+    x, t, w, b, rs, cz, stats = ctx.saved_tensors
     need_dt = ctx.needs_input_grad[1]
-    args = (t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, lse, qsum, g_loss, need_dt)
+    args = (t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, stats, g_loss, need_dt)
     if ctx.inplace:
         dt = _prob_bwd_inplace(x, *args)
         _mark_consumed(x)
