@@ -45,6 +45,7 @@ GPU. The interpreter casts fp32 to bf16 by truncation; the kernels then round to
 explicitly so CPU tests see the GPU's rounding.
 """
 
+import contextlib
 import os
 from typing import Optional
 
@@ -116,6 +117,11 @@ def _round_bf16(dx: Tensor) -> bool:
     return dx.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _on_device(x: Tensor):
+    """Launch on the logits' GPU, whatever the current device (Triton uses the current one)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def _mark_consumed(x: Tensor) -> None:
     # Shared with the fused engine: a labelsmooth loss refuses logits overwritten by a gradient.
     if not torch.compiler.is_compiling():
@@ -155,15 +161,16 @@ def _index_fwd(
     block, warps = _launch_cfg(k)
     ct, cs = ct.contiguous(), cs.contiguous()
     s_sum = s.sum(dtype=torch.float32) if s is not None else ct
-    _kernels()._index_fwd[(r,)](
-        x, x.stride(0), x.stride(1),
-        y.contiguous(), ct, cs, cz.contiguous() if cz is not None else ct,
-        s.contiguous() if s is not None else ct, s_sum,
-        loss, lse, stats[0], stats[1],
-        k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
-        SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
-        BLOCK=block, num_warps=warps,
-    )
+    with _on_device(x):
+        _kernels()._index_fwd[(r,)](
+            x, x.stride(0), x.stride(1),
+            y.contiguous(), ct, cs, cz.contiguous() if cz is not None else ct,
+            s.contiguous() if s is not None else ct, s_sum,
+            loss, lse, stats[0], stats[1],
+            k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
+            SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
+            BLOCK=block, num_warps=warps,
+        )
     return loss, lse, stats
 
 
@@ -181,16 +188,17 @@ def _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, stats, g) -> 
     block, warps = _launch_cfg(k)
     ct, cs = ct.contiguous(), cs.contiguous()
     s_sum = s.sum(dtype=torch.float32) if s is not None else ct
-    _kernels()._index_bwd[(r,)](
-        x, x.stride(0), x.stride(1),
-        dx, dx.stride(0), dx.stride(1),
-        y.contiguous(), ct, cs, cz.contiguous() if cz is not None else ct,
-        s.contiguous() if s is not None else ct, s_sum, stats[0], stats[1],
-        g.to(torch.float32).contiguous(),
-        k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
-        SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
-        BLOCK=block, ROUND_BF16=_round_bf16(dx), num_warps=warps,
-    )
+    with _on_device(x):
+        _kernels()._index_bwd[(r,)](
+            x, x.stride(0), x.stride(1),
+            dx, dx.stride(0), dx.stride(1),
+            y.contiguous(), ct, cs, cz.contiguous() if cz is not None else ct,
+            s.contiguous() if s is not None else ct, s_sum, stats[0], stats[1],
+            g.to(torch.float32).contiguous(),
+            k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
+            SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
+            BLOCK=block, ROUND_BF16=_round_bf16(dx), num_warps=warps,
+        )
 
 
 @torch.library.custom_op("labelsmooth::triton_index_bwd", mutates_args=())
@@ -321,16 +329,17 @@ def _prob_fwd(
         return loss, lse, stats
     block, warps = _launch_cfg(k)
     rs = rs.contiguous()
-    _kernels()._prob_fwd[(r,)](
-        x, x.stride(0), x.stride(1),
-        t, t.stride(0), t.stride(1),
-        w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
-        rs, cz.contiguous() if cz is not None else rs,
-        loss, lse, stats[2], stats[0], stats[1],
-        k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
-        HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
-        SOFTCAP=softcap is not None, BLOCK=block, num_warps=warps,
-    )
+    with _on_device(x):
+        _kernels()._prob_fwd[(r,)](
+            x, x.stride(0), x.stride(1),
+            t, t.stride(0), t.stride(1),
+            w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
+            rs, cz.contiguous() if cz is not None else rs,
+            loss, lse, stats[2], stats[0], stats[1],
+            k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
+            HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
+            SOFTCAP=softcap is not None, BLOCK=block, num_warps=warps,
+        )
     return loss, lse, stats
 
 
@@ -348,19 +357,20 @@ def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g
     block, warps = _launch_cfg(k)
     rs = rs.contiguous()
     dt_arg = dt if dt is not None else dx
-    _kernels()._prob_bwd[(r,)](
-        x, x.stride(0), x.stride(1),
-        t, t.stride(0), t.stride(1),
-        dx, dx.stride(0), dx.stride(1),
-        dt_arg, dt_arg.stride(0), dt_arg.stride(1),
-        w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
-        rs, cz.contiguous() if cz is not None else rs, stats[0], stats[1], stats[2],
-        g.to(torch.float32).contiguous(),
-        k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
-        HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
-        SOFTCAP=softcap is not None, NEED_DT=dt is not None, BLOCK=block,
-        ROUND_BF16=_round_bf16(dx), ROUND_BF16_DT=_round_bf16(dt_arg), num_warps=warps,
-    )
+    with _on_device(x):
+        _kernels()._prob_bwd[(r,)](
+            x, x.stride(0), x.stride(1),
+            t, t.stride(0), t.stride(1),
+            dx, dx.stride(0), dx.stride(1),
+            dt_arg, dt_arg.stride(0), dt_arg.stride(1),
+            w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
+            rs, cz.contiguous() if cz is not None else rs, stats[0], stats[1], stats[2],
+            g.to(torch.float32).contiguous(),
+            k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
+            HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
+            SOFTCAP=softcap is not None, NEED_DT=dt is not None, BLOCK=block,
+            ROUND_BF16=_round_bf16(dx), ROUND_BF16_DT=_round_bf16(dt_arg), num_warps=warps,
+        )
 
 
 def _dt_buffer(t: Tensor, need_dt: bool) -> Tensor:
