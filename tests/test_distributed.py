@@ -11,6 +11,7 @@ collectives of ``torch.distributed`` are wrapped to count them and their sizes.
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
 import socket
 import tempfile
@@ -49,8 +50,10 @@ def _free_port() -> int:
 
 
 def _entry(rank: int, world: int, port: int, job: str, workdir: str) -> None:
-    import faulthandler; faulthandler.enable(open(Path(workdir) / f"fault{rank}.txt", "w"))
-    torch.set_num_threads(1)
+    # a hard crash (no Python traceback) still leaves the C-level stack for the parent to show
+    crash_log = open(Path(workdir) / f"fault{rank}.txt", "w")  # noqa: SIM115 (lives with the process)
+    faulthandler.enable(crash_log)
+    torch.set_num_threads(1)  # fork-safe: no OpenMP pool in the child
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=60))
     try:
@@ -72,8 +75,8 @@ def _spawn(world: int, job: str, data) -> list:
             mp.start_processes(_entry, args=(world, _free_port(), job, d), nprocs=world, join=True,
                                start_method=START_METHOD)
         except Exception:  # report every rank's traceback, the first failure first
-            errs = sorted([*Path(d).glob("err*.txt"), *Path(d).glob("fault*.txt")],
-                          key=lambda f: f.stat().st_mtime)
+            errs = sorted((f for f in [*Path(d).glob("err*.txt"), *Path(d).glob("fault*.txt")]
+                           if f.stat().st_size), key=lambda f: f.stat().st_mtime)
             raise AssertionError("\n".join(f"{f.name}:\n{f.read_text()}" for f in errs)) from None
         return [torch.load(Path(d) / f"out{r}.pt", weights_only=False) for r in range(world)]
 
