@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import faulthandler
-import os
 import socket
 import tempfile
 import traceback
