@@ -480,7 +480,7 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
         return 1
     elapsed = time.perf_counter() - t0
     print(f"{len(res.runs)} runs in {cfg['out']} ({elapsed:.1f} s this invocation)")
-    for name in ("results.json", "results.csv", "report.md", "report.html"):
+    for name in ("results.json", "results.csv", "history.csv", "report.md", "report.html"):
         if name in res.paths:
             print(f"  {name:13s} {res.paths[name]}")
     return 0

@@ -401,6 +401,11 @@ def _fig_training(result: Any, plt: Any) -> Any:
     axes[0].set_title("smoothed training loss\n(dotted: entropy floor H(q'))")
     axes[1].set_title("hard-label training NLL")
     axes[1].set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    axes[1].yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes[1].yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes[1].yaxis.set_minor_formatter(NullFormatter())
     axes[2].set_title("validation NLL")
     axes[3].set_title("accuracy (solid: validation, dashed: train)")
     for ax in axes:
