@@ -77,11 +77,13 @@ def _options(name, k, device=DEV):
         "zloss": dict(label_smoothing=0.1, z_loss=1e-2, weight=w),
         "softcap": dict(label_smoothing=0.1, softcap=4.0, z_loss=1e-3),
         "none-eps1": dict(label_smoothing=1.0, reduction="none"),
+        "zloss-only": dict(z_loss=1e-2, reduction="sum"),  # no smoothing term (SMOOTH=0)
+        "softcap-only": dict(softcap=2.5, weight=w),
     }[name]
 
 
 OPTION_NAMES = ["plain", "eps", "others", "prior", "w-torch-sum", "w-target-prior", "zloss",
-                "softcap", "none-eps1"]
+                "softcap", "none-eps1", "zloss-only", "softcap-only"]
 
 
 def _cast(kw, dtype):
