@@ -596,8 +596,10 @@ def _blocks(
         (
             "p",
             "Signed gap = mean confidence − accuracy on the test split: positive means "
-            "overconfident. Train loss is the smoothed loss of the last epoch (mean over its "
-            "batches); the floor H(q') is the lowest value it can reach.",
+            "overconfident. Binned ECE is biased upwards on small samples, so its bootstrap "
+            "interval can sit mostly above the estimate. Train loss is the smoothed loss of "
+            "the last epoch (mean over its batches); the floor H(q') is the lowest value it "
+            "can reach.",
         )
     )
     for name, caption in (

@@ -98,6 +98,7 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
     _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
