@@ -258,6 +258,7 @@ def test_python_dash_m_and_console_script_entry():
             "--smoothing",
             "0.1",
         ],
+        check=False,
         capture_output=True,
         text=True,
         timeout=120,

@@ -28,7 +28,7 @@ from labelsmooth.experiments.train import cluster_spread
 # The module (the package attribute `sweep` is the function).
 sweep_mod = importlib.import_module("labelsmooth.experiments.sweep")
 
-FAST = dict(epochs=2, n_bootstrap=0, batch_size=32)
+FAST = {"epochs": 2, "n_bootstrap": 0, "batch_size": 32}
 
 
 def _toy(n: int = 120, k: int = 3, d: int = 6, seed: int = 0):
@@ -217,7 +217,14 @@ def test_sweep_resumes_and_skips_finished_runs(tmp_path, monkeypatch):
 
 def test_sweep_refuses_runs_from_another_configuration(tmp_path):
     data = make_splits(*_toy(120))
-    kw = dict(data=data, seeds=1, smoothing=[0.1], out=tmp_path, progress=False, report=False)
+    kw = {
+        "data": data,
+        "seeds": 1,
+        "smoothing": [0.1],
+        "out": tmp_path,
+        "progress": False,
+        "report": False,
+    }
     sweep(**kw, **FAST)
     with pytest.raises(ValueError, match=r"different configuration \(differs in \['epochs'\]\)"):
         sweep(**kw, epochs=3, n_bootstrap=0, batch_size=32)

@@ -307,7 +307,7 @@ def _load_config_file(path: str) -> dict[str, Any]:
     else:
         raise ValueError(f"config file {path!r} must end in .toml, .yaml or .yml")
     if not isinstance(data, dict):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 - bad file content, reported like every other
             f"config file {path!r} must hold a table/mapping of settings, got {type(data).__name__}"
         )
     # A [sweep] table is accepted too, so one file can hold settings for several commands.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -137,7 +138,7 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
     # 2. The training loss is higher with smoothing.
     if len(factors) >= 2 and "final_train_loss_mean" in by[factors[0]]:
         losses = [by[e]["final_train_loss_mean"] for e in factors]
-        mono = all(b > a for a, b in zip(losses, losses[1:]))
+        mono = all(b > a for a, b in itertools.pairwise(losses))
         ev = "final smoothed training loss: " + ", ".join(
             f"ε={_eps(e)}: {by[e]['final_train_loss_mean']:.3f}"
             + (
@@ -473,8 +474,10 @@ def _blocks(
         b.append(
             (
                 "p",
-                "**Incomplete sweep:** interrupted; the numbers cover the finished runs only. "
-                "Re-run the same command to finish it.",
+                (
+                    "**Incomplete sweep:** interrupted; the numbers cover the finished runs only. "
+                    "Re-run the same command to finish it."
+                ),
             )
         )
     sizes = cfg.get("splits", {})
@@ -499,10 +502,12 @@ def _blocks(
     b.append(
         (
             "p",
-            f"Best factor by test NLL: **ε = {_eps(bst['nll'])}** "
-            f"({by[bst['nll']]['test_nll_mean']:.3f}); by ECE: **ε = {_eps(bst['ece'])}** "
-            f"({by[bst['ece']]['test_ece_mean']:.3f}); by accuracy: **ε = {_eps(bst['accuracy'])}** "
-            f"({by[bst['accuracy']]['test_accuracy_mean']:.3f}).",
+            (
+                f"Best factor by test NLL: **ε = {_eps(bst['nll'])}** "
+                f"({by[bst['nll']]['test_nll_mean']:.3f}); by ECE: **ε = {_eps(bst['ece'])}** "
+                f"({by[bst['ece']]['test_ece_mean']:.3f}); by accuracy: **ε = {_eps(bst['accuracy'])}** "
+                f"({by[bst['accuracy']]['test_accuracy_mean']:.3f})."
+            ),
         )
     )
     for c in v["claims"]:
@@ -513,15 +518,17 @@ def _blocks(
     b.append(
         (
             "p",
-            "Müller, Kornblith & Hinton (2019, Table 3) report for ResNet-56 on CIFAR-100 an ECE "
-            "of 0.150 without smoothing, 0.024 with α = 0.05, and 0.021 with temperature scaling "
-            "(T = 1.9); on ImageNet (Inception-v4) 0.071 → 0.035 (α = 0.1) vs 0.022 (T = 1.4). "
-            "Their accuracies barely move with smoothing (e.g. CIFAR-10 AlexNet 86.8 ± 0.2 vs "
-            "86.7 ± 0.3). On easy data smoothing can instead leave a model underconfident "
-            "(Lienen & Hüllermeier 2021, as quoted by a reproduction: MNIST ECE 0.010 → 0.106 "
-            "with α tuned for accuracy), and Mukhoti et al. (2020) fit temperatures below 1 "
-            "(0.8–0.9) to LS-trained CIFAR-10 ResNets. This sweep is a small model on a small dataset; read it as the same "
-            "kind of measurement, not as their numbers.",
+            (
+                "Müller, Kornblith & Hinton (2019, Table 3) report for ResNet-56 on CIFAR-100 an ECE "
+                "of 0.150 without smoothing, 0.024 with α = 0.05, and 0.021 with temperature scaling "
+                "(T = 1.9); on ImageNet (Inception-v4) 0.071 → 0.035 (α = 0.1) vs 0.022 (T = 1.4). "
+                "Their accuracies barely move with smoothing (e.g. CIFAR-10 AlexNet 86.8 ± 0.2 vs "
+                "86.7 ± 0.3). On easy data smoothing can instead leave a model underconfident "
+                "(Lienen & Hüllermeier 2021, as quoted by a reproduction: MNIST ECE 0.010 → 0.106 "
+                "with α tuned for accuracy), and Mukhoti et al. (2020) fit temperatures below 1 "
+                "(0.8–0.9) to LS-trained CIFAR-10 ResNets. This sweep is a small model on a small dataset; read it as the same "
+                "kind of measurement, not as their numbers."
+            ),
         )
     )
     base = by.get(0.0)
@@ -595,19 +602,23 @@ def _blocks(
     b.append(
         (
             "p",
-            "Signed gap = mean confidence − accuracy on the test split: positive means "
-            "overconfident. Binned ECE is biased upwards on small samples, so its bootstrap "
-            "interval can sit mostly above the estimate. Train loss is the smoothed loss of "
-            "the last epoch (mean over its batches); the floor H(q') is the lowest value it "
-            "can reach.",
+            (
+                "Signed gap = mean confidence − accuracy on the test split: positive means "
+                "overconfident. Binned ECE is biased upwards on small samples, so its bootstrap "
+                "interval can sit mostly above the estimate. Train loss is the smoothed loss of "
+                "the last epoch (mean over its batches); the floor H(q') is the lowest value it "
+                "can reach."
+            ),
         )
     )
     for name, caption in (
         ("reliability", "Reliability diagrams on the test split, one per factor (first seed)."),
         (
             "metrics",
-            "Test metrics against the factor: mean ± std over seeds; shaded: mean "
-            "bootstrap 95% CI; orange: after temperature scaling.",
+            (
+                "Test metrics against the factor: mean ± std over seeds; shaded: mean "
+                "bootstrap 95% CI; orange: after temperature scaling."
+            ),
         ),
         ("training", "Training curves, mean over seeds."),
         (
@@ -631,12 +642,14 @@ def _blocks(
                 b.append(
                     (
                         "p",
-                        "Cluster spread of the three classes on this plane (within-class RMS "
-                        "distance to the class centre over the mean distance between centres; "
-                        "smaller = tighter, better separated), mean over seeds: training examples "
-                        f"{_pm(a, 'cluster_spread_train')} at ε = 0 vs "
-                        f"{_pm(c, 'cluster_spread_train')} at ε = {_eps(proj_pair[1])}; test "
-                        f"examples {_pm(a, 'cluster_spread_test')} vs {_pm(c, 'cluster_spread_test')}.",
+                        (
+                            "Cluster spread of the three classes on this plane (within-class RMS "
+                            "distance to the class centre over the mean distance between centres; "
+                            "smaller = tighter, better separated), mean over seeds: training examples "
+                            f"{_pm(a, 'cluster_spread_train')} at ε = 0 vs "
+                            f"{_pm(c, 'cluster_spread_train')} at ε = {_eps(proj_pair[1])}; test "
+                            f"examples {_pm(a, 'cluster_spread_test')} vs {_pm(c, 'cluster_spread_test')}."
+                        ),
                     )
                 )
     # per-run table
@@ -678,10 +691,12 @@ def _blocks(
     b.append(
         (
             "p",
-            "Files: `results.json` (configuration, per-epoch histories, all metrics), "
-            "`results.csv` (a row per run, then mean and std rows per factor), `history.csv` "
-            "(per-epoch logs), `config.json`, "
-            "`runs/` (one JSON + NPZ per run; re-running the command skips them).",
+            (
+                "Files: `results.json` (configuration, per-epoch histories, all metrics), "
+                "`results.csv` (a row per run, then mean and std rows per factor), `history.csv` "
+                "(per-epoch logs), `config.json`, "
+                "`runs/` (one JSON + NPZ per run; re-running the command skips them)."
+            ),
         )
     )
     return b
