@@ -255,7 +255,11 @@ def test_module_matches_function():
         mod(hid, w, y, b),
         linear_cross_entropy(hid, w, y, b, class_weight=cw, label_smoothing=0.1, z_loss=1e-3))
     assert "chunk_size=8" in repr(mod)
-    assert ls.LinearCrossEntropyLoss is LinearCrossEntropyLoss if hasattr(ls, "LinearCrossEntropyLoss") else True
+    # class_weight is a buffer: it follows .to() (here to float32, with float32 inputs).
+    mod32 = mod.to(torch.float32)
+    assert mod32.class_weight.dtype == torch.float32
+    torch.testing.assert_close(mod32(hid.float(), w.float(), y, b.float()),
+                               mod(hid, w, y, b).float(), rtol=1e-5, atol=1e-6)
 
 
 def test_triton_engine_per_chunk():
