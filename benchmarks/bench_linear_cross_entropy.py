@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402  (shared timing/memory/CSV helpers of the benchmarks)
+import _common as C
 
 EPS = 0.1
 CPU_METHODS = ("torch", "torch.compile", "labelsmooth", "ls-recompute")

@@ -41,22 +41,22 @@ def _loss_and_grads(fn, hid, w, b, grad_out_seed=7):
 
 
 OPTIONS = [
-    dict(),
-    dict(label_smoothing=0.1),
-    dict(label_smoothing=0.2, class_weight=True),
-    dict(label_smoothing=0.2, class_weight=True, weight_mode="target"),
-    dict(label_smoothing=0.3, spread="others"),
-    dict(label_smoothing=0.25, prior=True),
-    dict(label_smoothing=0.1, prior=True, class_weight=True),
-    dict(label_smoothing=0.1, z_loss=1e-2),
-    dict(label_smoothing=0.1, softcap=2.0, z_loss=1e-3, class_weight=True),
-    dict(label_smoothing=1.0),
+    {},
+    {"label_smoothing": 0.1},
+    {"label_smoothing": 0.2, "class_weight": True},
+    {"label_smoothing": 0.2, "class_weight": True, "weight_mode": "target"},
+    {"label_smoothing": 0.3, "spread": "others"},
+    {"label_smoothing": 0.25, "prior": True},
+    {"label_smoothing": 0.1, "prior": True, "class_weight": True},
+    {"label_smoothing": 0.1, "z_loss": 1e-2},
+    {"label_smoothing": 0.1, "softcap": 2.0, "z_loss": 1e-3, "class_weight": True},
+    {"label_smoothing": 1.0},
 ]
 CHUNKING = [
-    dict(chunk_size=8),                            # tokens only; 37 = 4·8 + 5
-    dict(chunk_size=6, memory_budget=6 * 16 * 8),  # 16-wide vocabulary blocks: 50 = 3·16 + 2
-    dict(impl="reference", chunk_size=10),         # the op contract path
-    dict(chunk_size=8, grad_in_forward=False),     # always recompute in backward
+    {"chunk_size": 8},                            # tokens only; 37 = 4·8 + 5
+    {"chunk_size": 6, "memory_budget": 6 * 16 * 8},  # 16-wide vocabulary blocks: 50 = 3·16 + 2
+    {"impl": "reference", "chunk_size": 10},         # the op contract path
+    {"chunk_size": 8, "grad_in_forward": False},     # always recompute in backward
 ]
 
 
@@ -128,10 +128,10 @@ def test_matches_torch_float32_with_weights_and_ignore(reduction):
         assert_no_worse_than(o, p, t, TOL[torch.float32], what)
 
 
-@pytest.mark.parametrize("chunking", [dict(chunk_size=4), dict(chunk_size=16, memory_budget=16 * 128 * 2)])
+@pytest.mark.parametrize("chunking", [{"chunk_size": 4}, {"chunk_size": 16, "memory_budget": 16 * 128 * 2}])
 def test_bfloat16_no_worse_than_torch(chunking):
     # 96 tokens in chunks of 4: the weight gradient sums 24 chunk products, in float32.
-    hid, w, b, y, cw, _ = _inputs(torch.bfloat16, n=96, h=32, v=300, ignore_every=7, scale=0.3)
+    hid, w, b, y, _, _ = _inputs(torch.bfloat16, n=96, h=32, v=300, ignore_every=7, scale=0.3)
     truth_in = [t.double() for t in (hid, w, b)]
 
     def torch_fn(h_, w_, b_):
@@ -151,13 +151,16 @@ def test_every_token_ignored(reduction):
     hid, w, b, _, cw, _ = _inputs(torch.float32)
     y = torch.full((N,), -100)
     for cwv in (None, cw):
-        def torch_fn(h_, w_, b_):
+        def torch_fn(h_, w_, b_, cwv=cwv):
             return F.cross_entropy(F.linear(h_, w_, b_), y, cwv, reduction=reduction,
                                    label_smoothing=0.1)
+
+        def ours_fn(h_, w_, b_, cwv=cwv):
+            return linear_cross_entropy(h_, w_, y, b_, class_weight=cwv, reduction=reduction,
+                                        label_smoothing=0.1, chunk_size=8)
+
         peer = _loss_and_grads(torch_fn, hid, w, b)
-        ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(
-            h_, w_, y, b_, class_weight=cwv, reduction=reduction, label_smoothing=0.1,
-            chunk_size=8), hid, w, b)
+        ours = _loss_and_grads(ours_fn, hid, w, b)
         if reduction == "mean":
             assert ours[0].isnan() and peer[0].isnan()
         else:
@@ -180,8 +183,8 @@ def test_leading_dimensions_like_torch():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-@pytest.mark.parametrize("chunking", [dict(chunk_size=3), dict(chunk_size=2, memory_budget=2 * 4 * 8),
-                                      dict(chunk_size=3, grad_in_forward=False)])
+@pytest.mark.parametrize("chunking", [{"chunk_size": 3}, {"chunk_size": 2, "memory_budget": 2 * 4 * 8},
+                                      {"chunk_size": 3, "grad_in_forward": False}])
 def test_gradcheck_float64(reduction, chunking):
     hid, w, b, y, cw, _ = _inputs(torch.float64, n=7, h=3, v=9, ignore_every=3)
     leaves = [t.clone().requires_grad_() for t in (hid, w, b)]
@@ -269,7 +272,7 @@ def test_triton_engine_per_chunk():
     if not triton_ce.is_available(torch.device("cpu")):
         pytest.skip("Triton interpreter not enabled")
     hid, w, b, y, cw, _ = _inputs(torch.float32, n=20, v=40)
-    kw = dict(class_weight=cw, label_smoothing=0.1, z_loss=1e-3)
+    kw = {"class_weight": cw, "label_smoothing": 0.1, "z_loss": 1e-3}
     ref = _loss_and_grads(lambda h_, w_, b_: ls.cross_entropy(h_ @ w_.T + b_, y, cw, label_smoothing=0.1,
                                                               z_loss=1e-3), hid, w, b)
     ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(h_, w_, y, b_, impl="triton",
@@ -279,19 +282,19 @@ def test_triton_engine_per_chunk():
 
 
 @pytest.mark.parametrize("bad, err, name", [
-    (dict(weight=torch.zeros(5, 3)), ValueError, "weight"),
-    (dict(weight=torch.zeros(5, 4, dtype=torch.float64)), ValueError, "weight"),
-    (dict(target=torch.zeros(3, dtype=torch.long)), ValueError, "target"),
-    (dict(target=torch.zeros(2)), TypeError, "target"),
-    (dict(bias=torch.zeros(4)), ValueError, "bias"),
-    (dict(class_weight=torch.ones(4)), ValueError, "class_weight"),
-    (dict(chunk_size=0), ValueError, "chunk_size"),
-    (dict(memory_budget=1.5), TypeError, "memory_budget"),
-    (dict(reduction="avg"), ValueError, "reduction"),
-    (dict(hidden=torch.zeros(2, 4, dtype=torch.long)), TypeError, "hidden"),
+    ({"weight": torch.zeros(5, 3)}, ValueError, "weight"),
+    ({"weight": torch.zeros(5, 4, dtype=torch.float64)}, ValueError, "weight"),
+    ({"target": torch.zeros(3, dtype=torch.long)}, ValueError, "target"),
+    ({"target": torch.zeros(2)}, TypeError, "target"),
+    ({"bias": torch.zeros(4)}, ValueError, "bias"),
+    ({"class_weight": torch.ones(4)}, ValueError, "class_weight"),
+    ({"chunk_size": 0}, ValueError, "chunk_size"),
+    ({"memory_budget": 1.5}, TypeError, "memory_budget"),
+    ({"reduction": "avg"}, ValueError, "reduction"),
+    ({"hidden": torch.zeros(2, 4, dtype=torch.long)}, TypeError, "hidden"),
 ])
 def test_errors_name_the_argument(bad, err, name):
-    args = dict(hidden=torch.zeros(2, 4), weight=torch.zeros(5, 4), target=torch.zeros(2, dtype=torch.long))
+    args = {"hidden": torch.zeros(2, 4), "weight": torch.zeros(5, 4), "target": torch.zeros(2, dtype=torch.long)}
     kw = {k: bad.pop(k) for k in list(bad) if k in args}
     args.update(kw)
     with pytest.raises(err, match=f"`{name}`"):
