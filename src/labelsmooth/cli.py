@@ -100,7 +100,12 @@ def _nonneg_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (``sweep`` and ``targets`` subcommands)."""
+    """The argument parser (``sweep`` and ``targets`` subcommands).
+
+    Example:
+        >>> build_parser().parse_args(["targets", "--labels", "0", "--classes", "2"]).smoothing
+        0.1
+    """
     p = argparse.ArgumentParser(
         prog="labelsmooth",
         description="Label smoothing for PyTorch: measure what smoothing does, print smoothed targets.",
@@ -384,6 +389,11 @@ def resolve_sweep_config(args: argparse.Namespace) -> dict[str, Any]:
 
     Raises:
         ValueError: unreadable config file, unknown keys, or a bad value in it.
+
+    Example:
+        >>> cfg = resolve_sweep_config(build_parser().parse_args(["sweep", "--epochs", "5"]))
+        >>> cfg["epochs"], cfg["sources"]["epochs"], cfg["lr"], cfg["sources"]["lr"]
+        (5, 'flag', 0.001, 'default')
     """
     explicit = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     cfg = dict(SWEEP_DEFAULTS)
@@ -528,7 +538,15 @@ def _cmd_targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``labelsmooth`` console script; returns the exit status."""
+    """Entry point of the ``labelsmooth`` console script; returns the exit status.
+
+    Example:
+        >>> main(["targets", "--labels", "1", "--classes", "3", "--smoothing", "0.3"])
+        smoothing=0.3, spread=all, K=3
+        label   class 0  class 1  class 2
+            1    0.1000   0.8000   0.1000
+        0
+    """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
