@@ -182,6 +182,18 @@ def test_leading_dimensions_like_torch():
     torch.testing.assert_close(one, F.cross_entropy(F.linear(hid[1], w, b), y[1], label_smoothing=0.1))
 
 
+def test_non_contiguous_inputs():
+    hid, w, b, y, _, _ = _inputs(torch.float64)
+    hid_t, w_t = hid.t().contiguous().t(), w.t().contiguous().t()  # same values, column-major
+    assert not hid_t.is_contiguous() and not w_t.is_contiguous()
+    ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(h_, w_, y, b_, label_smoothing=0.1,
+                                                                   chunk_size=8), hid_t, w_t, b)
+    ref = _loss_and_grads(lambda h_, w_, b_: F.cross_entropy(F.linear(h_, w_, b_), y,
+                                                             label_smoothing=0.1), hid, w, b)
+    for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
+        torch.testing.assert_close(o, r, rtol=1e-10, atol=1e-12, msg=what)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("chunking", [{"chunk_size": 3}, {"chunk_size": 2, "memory_budget": 2 * 4 * 8},
                                       {"chunk_size": 3, "grad_in_forward": False}])
