@@ -556,10 +556,6 @@ def test_compile_fullgraph_op_level(inplace):
     torch.testing.assert_close(g, g_e)
 
 
-@pytest.mark.xfail(reason="labelsmooth.ops.resolve loads implementations with importlib."
-                   "import_module, which dynamo refuses to trace; looking the module up in "
-                   "sys.modules first makes this pass (then drop this marker)", strict=True,
-                   raises=torch._dynamo.exc.Unsupported)
 def test_compile_fullgraph_public_api():
     x = _logits(4, 9, torch.float32).requires_grad_()
     y = _target(4, 9, ignore=False)

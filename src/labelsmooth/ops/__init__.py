@@ -39,6 +39,7 @@ autograd-aware functions. Reductions, weights' normalisers and argument checks l
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 import torch
@@ -50,7 +51,11 @@ _MODULES = {"reference": "reference", "fused": "fused", "triton": "triton_ce"}
 
 
 def _load(name: str) -> ModuleType:
-    return importlib.import_module(f"labelsmooth.ops.{_MODULES[name]}")
+    # sys.modules first: torch.compile (dynamo) cannot trace importlib, but a module that is
+    # already imported is a plain lookup, so a compiled model resolves its op without a break.
+    qualname = f"labelsmooth.ops.{_MODULES[name]}"
+    module = sys.modules.get(qualname)
+    return module if module is not None else importlib.import_module(qualname)
 
 
 def _available(name: str, device: torch.device) -> bool:
@@ -77,3 +82,8 @@ def resolve(impl: str, device: torch.device) -> ModuleType:
     if not _available(impl, device):
         raise V.fail("impl", f"an implementation available on device {device.type!r}", impl)
     return _load(impl)
+
+
+# Import the implementations up front (none of them imports an optional package at import time):
+# torch.compile must find them in sys.modules, since dynamo cannot trace an import.
+from labelsmooth.ops import fused, reference, triton_ce  # noqa: E402, F401
