@@ -19,7 +19,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m labelsmooth targets --labels 0 2 3 --classes 4 --smoothing 0.1
+	$(PY) -m labelsmooth sweep --out sweep-out
+	@echo "Report: $(CURDIR)/sweep-out/report.html (and sweep-out/report.md)"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_cross_entropy.py
