@@ -13,6 +13,14 @@ one-hot or smoothed targets:
 * **in place** (``inplace_backward=True``) — the backward writes the gradient into the logits'
   own storage: forward + backward need no memory of the logits' size.
 
+Kernels. Each pass exists twice with the same semantics: a chunked pure-PyTorch version (blocks
+of ~1 Mi elements in a reused workspace; works everywhere, no compiler) and an Inductor-compiled
+version (one vectorised loop nest per pass, no temporaries) used for CPU logits of at least 4 Mi
+elements when a C++ compiler works — see :mod:`._fused_inductor` for the rule and the
+``LABELSMOOTH_FUSED_KERNELS`` switch. A fresh (not in-place) gradient of at least 32 MiB is
+allocated in transparent huge pages where Linux allows it (``LABELSMOOTH_HUGEPAGES=0`` turns that
+off), because first-touch page faults otherwise dominate the time of a multi-GiB gradient.
+
 The ops are registered with :mod:`torch.library` (``labelsmooth::fused_index_fwd`` …) with fake
 implementations and autograd formulas, so ``torch.compile(fullgraph=True)`` traces a model calling
 the loss without graph breaks. Nothing here reads a tensor value on the host.
@@ -24,7 +32,9 @@ raises "modified by an inplace operation" instead of reading the gradient. Passi
 logits to a labelsmooth loss again raises :class:`RuntimeError`. What cannot be caught: plain reads
 of the logits after ``backward()`` outside autograd (``logits.argmax(-1)`` for an accuracy
 metric, ``logits.detach()`` copies taken before backward and read after): they see the gradient.
-Take such metrics before ``backward()`` or leave ``inplace_backward`` off. A non-contiguous
+Take such metrics before ``backward()`` or leave ``inplace_backward`` off. Under
+``torch.compile`` the labelsmooth reuse check is not applied (it is a Python-side registry); the
+version-counter protection is. A non-contiguous
 logits view (e.g. the class-last view of an (N, C, d...) input, which functional.py copies
 anyway) is never written in place: the gradient goes to fresh memory.
 """
@@ -207,7 +217,8 @@ def index_rows(
         >>> torch.nn.functional.cross_entropy(x, y, label_smoothing=0.1, reduction="none")
         tensor([0.3365, 0.5477])
     """
-    _check_not_consumed(x)
+    if not torch.compiler.is_compiling():
+        _check_not_consumed(x)
     return _index_fwd(x, y, ct, cs, s, float(s_uniform), cz, softcap, bool(inplace_backward))
 
 
@@ -398,6 +409,7 @@ def prob_rows(
         >>> torch.nn.functional.cross_entropy(x, t, label_smoothing=0.1, reduction="none")
         tensor([0.8765])
     """
-    _check_not_consumed(x)
+    if not torch.compiler.is_compiling():
+        _check_not_consumed(x)
     return _prob_fwd(x, t, w, float(a), b, float(b_uniform), rs, cz, softcap,
                      bool(inplace_backward))
