@@ -181,6 +181,9 @@ def _cpu_model() -> str:
 
 
 def _git_commit() -> str:
+    """HEAD of the repository holding this file (``BENCH_GIT_COMMIT`` overrides, for snapshots)."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, timeout=10).stdout.strip() or "unknown"
