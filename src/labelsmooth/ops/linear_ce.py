@@ -28,9 +28,10 @@ inside :math:`G^\top h`, so the forward keeps only ``lse`` (one float per row) a
 recomputes each chunk of logits (4 matmuls in all); ``grad_in_forward=False`` selects that path
 for every reduction. A second backward through the same graph (``retain_graph=True``) also takes
 the recompute path, because the first one handed its buffers to autograd. Measured on the CPU
-(2 shared cores, 4096 tokens × H 1024 × V 32000, float32, ``benchmarks/bench_linear_cross_entropy.py``):
-gradients in forward 20.2 s, recompute 29.8 s (medians of 3; an earlier run: 24.4 s and 32.3 s),
-i.e. the fourth matmul costs ×1.3–1.5, at the same peak memory (63 MiB, 13% of the logits).
+(2 cores shared with other jobs, 4096 tokens × H 1024 × V 32000, float32,
+``benchmarks/bench_linear_cross_entropy.py``, medians of 3 in three runs): gradients in forward
+9.4 / 20.2 / 24.4 s, recompute 12.4 / 29.8 / 32.3 s — the fourth matmul costs ×1.3–1.5 — at the
+same peak memory (63 MiB, 13% of the logits).
 
 **Memory budget.** ``memory_budget`` bytes bound the logits chunk: a chunk holds
 ``rows × cols`` logits of ``bytes_per_logit`` bytes (the input dtype's size for the fused and Triton
