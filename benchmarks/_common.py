@@ -48,8 +48,13 @@ REPO = Path(__file__).resolve().parents[1]
 # Time
 
 
-def time_cpu(fn: Callable[[], Any], *, warmup: int = 1, repeat: int = 5,
-             setup: Callable[[], Any] | None = None) -> list[float]:
+def time_cpu(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 1,
+    repeat: int = 5,
+    setup: Callable[[], Any] | None = None,
+) -> list[float]:
     """Wall-clock seconds of ``repeat`` calls of ``fn`` after ``warmup`` calls (setup untimed)."""
     out = []
     for i in range(warmup + repeat):
@@ -63,8 +68,13 @@ def time_cpu(fn: Callable[[], Any], *, warmup: int = 1, repeat: int = 5,
     return out
 
 
-def time_cuda(fn: Callable[[], Any], *, warmup: int = 1, repeat: int = 5,
-              setup: Callable[[], Any] | None = None) -> list[float]:
+def time_cuda(
+    fn: Callable[[], Any],
+    *,
+    warmup: int = 1,
+    repeat: int = 5,
+    setup: Callable[[], Any] | None = None,
+) -> list[float]:
     """Seconds of ``repeat`` calls measured with CUDA events (setup untimed)."""
     out = []
     for i in range(warmup + repeat):
@@ -144,8 +154,9 @@ def peak_cuda_beyond(fn: Callable[[], Any], setup: Callable[[], Any] | None = No
 # Fresh-process workers
 
 
-def run_worker(script: str | Path, case: dict, *, extra_env: dict | None = None,
-               timeout: float = 900.0) -> dict:
+def run_worker(
+    script: str | Path, case: dict, *, extra_env: dict | None = None, timeout: float = 900.0
+) -> dict:
     """Run ``python script --worker '<json case>'``; return the JSON dict it prints last.
 
     The worker must print one JSON object on its last stdout line. Errors come back as
@@ -155,7 +166,9 @@ def run_worker(script: str | Path, case: dict, *, extra_env: dict | None = None,
     env.update(extra_env or {})
     cmd = [sys.executable, str(script), "--worker", json.dumps(case)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
@@ -185,8 +198,17 @@ def _git_commit() -> str:
     if os.environ.get("BENCH_GIT_COMMIT"):
         return os.environ["BENCH_GIT_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"],
+                cwd=REPO,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -243,8 +265,7 @@ def write_csv(path: str | Path, rows: Sequence[dict], env: dict[str, str]) -> Pa
     for r in rows:
         keys += [k for k in r if k not in keys]
     with open(path, "w", newline="") as f:
-        for k, v in env.items():
-            f.write(f"# {k}: {v}\n")
+        f.writelines(f"# {k}: {v}\n" for k, v in env.items())
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)

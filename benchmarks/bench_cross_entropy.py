@@ -44,17 +44,25 @@ environment in ``#`` comment lines. Not collected by pytest (no ``test_`` prefix
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import _common as C  # noqa: E402
+import _common as C
 
-CPU_PROVIDERS = ("torch", "torch.compile", "fused", "fused-inplace", "fused-eager",
-                 "fused-eager-inplace", "fused-4k-pages", "clone", "exp")
+CPU_PROVIDERS = (
+    "torch",
+    "torch.compile",
+    "fused",
+    "fused-inplace",
+    "fused-eager",
+    "fused-eager-inplace",
+    "fused-4k-pages",
+    "clone",
+    "exp",
+)
 CUDA_PROVIDERS = ("torch", "torch.compile", "liger", "triton", "triton-inplace", "copy")
 #: Environment of a provider's worker process (both the timing and the memory process).
 PROVIDER_ENV = {
@@ -91,10 +99,12 @@ def _make(provider: str, x, y, eps: float):
             loss = loss_fn(x, y)
             (g,) = torch.autograd.grad(loss, x)
             return g
+
         return call
 
     refill = None
     if provider in INPLACE:
+
         def refill():
             with torch.no_grad():
                 x.normal_()
@@ -104,13 +114,16 @@ def _make(provider: str, x, y, eps: float):
     if provider == "torch.compile":
         fn = torch.compile(lambda a, b: F.cross_entropy(a, b, label_smoothing=eps))
         return autograd_of(fn), None
-    if provider.startswith("fused") or provider.startswith("triton"):
+    if provider.startswith(("fused", "triton")):
         import labelsmooth as ls
 
         impl = "triton" if provider.startswith("triton") else "fused"
         inplace = provider.endswith("inplace")
-        return autograd_of(lambda a, b: ls.cross_entropy(
-            a, b, label_smoothing=eps, impl=impl, inplace_backward=inplace)), refill
+        return autograd_of(
+            lambda a, b: ls.cross_entropy(
+                a, b, label_smoothing=eps, impl=impl, inplace_backward=inplace
+            )
+        ), refill
     if provider == "liger":
         from liger_kernel.transformers import LigerCrossEntropyLoss
 
@@ -121,8 +134,9 @@ def _make(provider: str, x, y, eps: float):
     if provider == "exp":
         buf = torch.empty_like(x)
         return (lambda: torch.exp(x.detach(), out=buf)), None
-    raise ValueError(f"Expected `provider` to be one of {CPU_PROVIDERS + CUDA_PROVIDERS}, "
-                     f"but got {provider!r}.")
+    raise ValueError(
+        f"Expected `provider` to be one of {CPU_PROVIDERS + CUDA_PROVIDERS}, but got {provider!r}."
+    )
 
 
 def worker(case: dict) -> dict:
@@ -163,9 +177,17 @@ def _bytes_of(rows: int, vocab: int, dtype: str) -> int:
 
 
 def _run_case(provider, rows, vocab, dtype, args) -> dict:
-    base = {"provider": provider, "rows": rows, "vocab": vocab, "dtype": dtype,
-            "device": args.device, "threads": args.threads, "smoothing": args.smoothing,
-            "warmup": args.warmup, "repeat": args.repeat}
+    base = {
+        "provider": provider,
+        "rows": rows,
+        "vocab": vocab,
+        "dtype": dtype,
+        "device": args.device,
+        "threads": args.threads,
+        "smoothing": args.smoothing,
+        "warmup": args.warmup,
+        "repeat": args.repeat,
+    }
     env = PROVIDER_ENV.get(provider, {})
     res = {"provider": provider, "rows": rows, "vocab": vocab, "dtype": dtype}
     t = C.run_worker(__file__, {**base, "measure": "time"}, extra_env=env, timeout=args.timeout)
@@ -175,8 +197,12 @@ def _run_case(provider, rows, vocab, dtype, args) -> dict:
     res.update(median_s=t["median_s"], min_s=t["min_s"])
     if not args.no_memory and provider not in ("exp",):
         menv = {**env, **(C.MEASURE_ENV if args.device == "cpu" else {})}
-        m = C.run_worker(__file__, {**base, "measure": "memory", "warmup": 1}, extra_env=menv,
-                         timeout=args.timeout)
+        m = C.run_worker(
+            __file__,
+            {**base, "measure": "memory", "warmup": 1},
+            extra_env=menv,
+            timeout=args.timeout,
+        )
         if "error" in m:
             res["error"] = "memory: " + m["error"]
         else:
@@ -188,7 +214,7 @@ def _run_case(provider, rows, vocab, dtype, args) -> dict:
 def _annotate(rows: list[dict], device: str) -> None:
     """Ratios within one (shape, dtype) group, measured in the same run."""
     by = {r["provider"]: r for r in rows if "median_s" in r}
-    t = lambda p: by[p]["median_s"] if p in by else None  # noqa: E731
+    t = lambda p: by[p]["median_s"] if p in by else None
     for r in rows:
         if "median_s" not in r:
             continue
@@ -220,8 +246,11 @@ def _plan(args) -> list[tuple[int, int, str, tuple[str, ...]]]:
         provs = tuple(args.providers) if args.providers else CPU_PROVIDERS
         return [(n, k, dt, provs) for dt in dts for n, k in args.shapes]
     if args.full:
-        provs = tuple(args.providers) if args.providers else (
-            "torch", "torch.compile", "fused", "fused-inplace", "clone", "exp")
+        provs = (
+            tuple(args.providers)
+            if args.providers
+            else ("torch", "torch.compile", "fused", "fused-inplace", "clone", "exp")
+        )
         out = []
         for dt in dts:
             for n in FULL_ROWS:
@@ -229,8 +258,11 @@ def _plan(args) -> list[tuple[int, int, str, tuple[str, ...]]]:
                     if _bytes_of(n, k, dt) <= args.max_gib * 2**30:
                         out.append((n, k, dt, provs))
         return out
-    return [(n, k, dt, tuple(p for p in provs if not args.providers or p in args.providers))
-            for dt in dts for n, k, provs in DEFAULT_CPU]
+    return [
+        (n, k, dt, tuple(p for p in provs if not args.providers or p in args.providers))
+        for dt in dts
+        for n, k, provs in DEFAULT_CPU
+    ]
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -244,15 +276,28 @@ def _shape(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--providers", type=lambda s: s.split(","), default=None,
-                   help="comma-separated subset of providers")
-    p.add_argument("--shapes", type=lambda s: [_shape(v) for v in s.split(",")], default=None,
-                   help="comma-separated ROWSxVOCAB list (overrides the default table)")
-    p.add_argument("--dtypes", type=lambda s: s.split(","), default=None,
-                   help="comma-separated dtypes (CPU default float32; CUDA bfloat16,float32)")
+    p.add_argument(
+        "--providers",
+        type=lambda s: s.split(","),
+        default=None,
+        help="comma-separated subset of providers",
+    )
+    p.add_argument(
+        "--shapes",
+        type=lambda s: [_shape(v) for v in s.split(",")],
+        default=None,
+        help="comma-separated ROWSxVOCAB list (overrides the default table)",
+    )
+    p.add_argument(
+        "--dtypes",
+        type=lambda s: s.split(","),
+        default=None,
+        help="comma-separated dtypes (CPU default float32; CUDA bfloat16,float32)",
+    )
     p.add_argument("--full", action="store_true", help="the whole rows × vocab grid (CPU)")
-    p.add_argument("--max-gib", type=float, default=2.0,
-                   help="--full skips logits larger than this (GiB)")
+    p.add_argument(
+        "--max-gib", type=float, default=2.0, help="--full skips logits larger than this (GiB)"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoothing", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=1)
@@ -277,9 +322,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     env = C.environment(threads=args.threads, device=args.device)
     print("  ".join(f"{k}={v}" for k, v in env.items()))
-    cols = ["provider", "median_s", "min_s", "ns/elem", "x_vs_torch", "x_vs_compile",
-            "/2exp" if args.device == "cpu" else "GB/s",
-            "peak_beyond_MiB", "peak/logits", "error"]
+    cols = [
+        "provider",
+        "median_s",
+        "min_s",
+        "ns/elem",
+        "x_vs_torch",
+        "x_vs_compile",
+        "/2exp" if args.device == "cpu" else "GB/s",
+        "peak_beyond_MiB",
+        "peak/logits",
+        "error",
+    ]
     if args.device == "cuda":
         cols.insert(7, "bw/copy")
     all_rows: list[dict] = []
@@ -288,8 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         _annotate(group, args.device)
         all_rows += group
         mib = _bytes_of(n, k, dt) / 2**20
-        print(f"\n{n} x {k} {dt} (logits {mib:.0f} MiB), eps={args.smoothing}, "
-              f"threads={args.threads}, load {C.load_average()}")
+        print(
+            f"\n{n} x {k} {dt} (logits {mib:.0f} MiB), eps={args.smoothing}, "
+            f"threads={args.threads}, load {C.load_average()}"
+        )
         print(C.format_table(group, cols), flush=True)
         if args.device == "cpu" and (n, k) == GOAL_SHAPE and dt == "float32":
             _goals(group)

@@ -34,11 +34,15 @@ def _dense_stats(x, y, s, s_uniform, softcap):
     if softcap is not None:
         xf = softcap * torch.tanh(xf / softcap)
     lse = torch.logsumexp(xf, 1)
-    share = s.double() if s is not None else torch.full((x.shape[1],), float(s_uniform), dtype=torch.float64)
+    share = (
+        s.double()
+        if s is not None
+        else torch.full((x.shape[1],), float(s_uniform), dtype=torch.float64)
+    )
     return lse, xf.gather(1, y[:, None])[:, 0], xf @ share, xf
 
 
-# --- primitives -------------------------------------------------------------------------------------
+# --- primitives -----------------------------------------------------------------------------------
 
 
 def test_row_partials_hand_values():
@@ -74,12 +78,11 @@ def test_row_partials_matches_dense(monkeypatch, dtype, shares, softcap, blocks)
     su = 0.03 if shares == "uniform" else 0.0
     if blocks == "columns":
         monkeypatch.setattr(chunks, "MAX_COLS", 8)
-    m, se, xy, sx = fused.row_partials(x, y_bad, s, su, softcap, target_mask=mask,
-                                       chunk_elems=24)
+    m, se, xy, sx = fused.row_partials(x, y_bad, s, su, softcap, target_mask=mask, chunk_elems=24)
     lse, xy_ref, sx_ref, _ = _dense_stats(x, y, s, su, softcap)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     assert m.dtype == se.dtype == xy.dtype == sx.dtype == acc
-    tol = dict(rtol=1e-12, atol=1e-12) if acc == torch.float64 else dict(rtol=2e-6, atol=2e-5)
+    tol = {"rtol": 1e-12, "atol": 1e-12} if acc == torch.float64 else {"rtol": 2e-6, "atol": 2e-5}
     torch.testing.assert_close((m + se.log()).double(), lse, **tol)
     torch.testing.assert_close(xy.double(), torch.where(mask, xy_ref, 0.0), **tol)
     if shares == "none":
@@ -94,8 +97,14 @@ def test_row_partials_infinite_rows(monkeypatch, blocks):
     if blocks == "columns":
         monkeypatch.setattr(chunks, "MAX_COLS", 2)
     inf = float("inf")
-    x = torch.tensor([[-inf, -inf, -inf, -inf], [-inf, -inf, 1.0, 2.0],
-                      [1.0, -inf, -inf, -inf], [0.0, inf, 1.0, 1.0]])
+    x = torch.tensor(
+        [
+            [-inf, -inf, -inf, -inf],
+            [-inf, -inf, 1.0, 2.0],
+            [1.0, -inf, -inf, -inf],
+            [0.0, inf, 1.0, 1.0],
+        ]
+    )
     m, se, _, _ = fused.row_partials(x, torch.zeros(4, dtype=torch.long), None, 0.0, None)
     torch.testing.assert_close(m + se.log(), torch.logsumexp(x, 1))
 
@@ -126,8 +135,21 @@ def test_grad_rows_matches_autograd(monkeypatch, dtype, shares, softcap, where):
         monkeypatch.setattr(chunks, "MAX_COLS", 8)
     xx = x.clone()
     out = xx if where == "inplace" else None
-    got = fused.grad_rows(xx, torch.where(mask, y, -1), lse, coef_p, ct.to(acc), cs.to(acc),
-                          s, su, softcap, g.to(acc), target_mask=mask, out=out, chunk_elems=40)
+    got = fused.grad_rows(
+        xx,
+        torch.where(mask, y, -1),
+        lse,
+        coef_p,
+        ct.to(acc),
+        cs.to(acc),
+        s,
+        su,
+        softcap,
+        g.to(acc),
+        target_mask=mask,
+        out=out,
+        chunk_elems=40,
+    )
     assert got.dtype == dtype and got.shape == x.shape
     if where == "inplace":
         assert got.data_ptr() == xx.data_ptr()
@@ -152,22 +174,29 @@ def test_primitives_do_not_read_values_on_the_host():
     assert g is x
 
 
-# --- parity through the public API ------------------------------------------------------------------
+# --- parity through the public API ----------------------------------------------------------------
 
 OPTIONS = {
-    "plain": dict(),
-    "smooth": dict(label_smoothing=0.1),
-    "others": dict(label_smoothing=0.2, spread="others"),
-    "prior": dict(label_smoothing=0.3, prior="prior"),
-    "weight-torch": dict(label_smoothing=0.2, weight="w"),
-    "weight-target": dict(label_smoothing=0.2, weight="w", weight_mode="target"),
-    "ignore": dict(label_smoothing=0.1, ignore_index=3),
-    "ignore-out-of-range": dict(label_smoothing=0.1, weight="w", ignore_index=1000),
-    "ignore-negative": dict(label_smoothing=0.1, ignore_index=-1),
-    "zloss": dict(label_smoothing=0.1, z_loss=1e-2, weight="w"),
-    "softcap": dict(label_smoothing=0.1, softcap=4.0),
-    "everything": dict(label_smoothing=0.25, weight="w", weight_mode="target", z_loss=3e-3,
-                       softcap=5.0, ignore_index=2, prior="prior"),
+    "plain": {},
+    "smooth": {"label_smoothing": 0.1},
+    "others": {"label_smoothing": 0.2, "spread": "others"},
+    "prior": {"label_smoothing": 0.3, "prior": "prior"},
+    "weight-torch": {"label_smoothing": 0.2, "weight": "w"},
+    "weight-target": {"label_smoothing": 0.2, "weight": "w", "weight_mode": "target"},
+    "ignore": {"label_smoothing": 0.1, "ignore_index": 3},
+    "ignore-out-of-range": {"label_smoothing": 0.1, "weight": "w", "ignore_index": 1000},
+    "ignore-negative": {"label_smoothing": 0.1, "ignore_index": -1},
+    "zloss": {"label_smoothing": 0.1, "z_loss": 1e-2, "weight": "w"},
+    "softcap": {"label_smoothing": 0.1, "softcap": 4.0},
+    "everything": {
+        "label_smoothing": 0.25,
+        "weight": "w",
+        "weight_mode": "target",
+        "z_loss": 3e-3,
+        "softcap": 5.0,
+        "ignore_index": 2,
+        "prior": "prior",
+    },
 }
 TORCH_KEYS = {"weight", "ignore_index", "label_smoothing"}
 
@@ -213,15 +242,17 @@ def test_index_parity(dtype, name, reduction):
     kw64 = _materialise(opts, k, torch.float64)
     # truth: the literal float64 formula for the value, float64 autograd (reference op) for the grad
     truth_l = dense_reference(x.double(), y, reduction=reduction, **kw64)
-    ref_l, truth_g = _loss_grad(ls.cross_entropy, x.double(), y, g.double(), reduction=reduction,
-                                impl="reference", **kw64)
+    ref_l, truth_g = _loss_grad(
+        ls.cross_entropy, x.double(), y, g.double(), reduction=reduction, impl="reference", **kw64
+    )
     torch.testing.assert_close(ref_l, truth_l, equal_nan=True)
     ours_l, ours_g = _loss_grad(ls.cross_entropy, x, y, g, reduction=reduction, impl="fused", **kw)
     if set(opts) <= TORCH_KEYS:
         peer_l, peer_g = _loss_grad(F.cross_entropy, x, y, g, reduction=reduction, **kw)
     else:
-        peer_l, peer_g = _loss_grad(ls.cross_entropy, x, y, g, reduction=reduction,
-                                    impl="reference", **kw)
+        peer_l, peer_g = _loss_grad(
+            ls.cross_entropy, x, y, g, reduction=reduction, impl="reference", **kw
+        )
     assert ours_l.dtype == dtype and ours_g.dtype == dtype
     assert_no_worse_than(ours_l, peer_l, truth_l, TOL[dtype], f"{name} loss")
     assert_no_worse_than(ours_g, peer_g, truth_g, TOL[dtype], f"{name} grad")
@@ -236,8 +267,9 @@ def test_index_parity_spatial(dtype, name):
     y = _targets(n, k, opts, d)
     g = torch.randn(n, *d, dtype=torch.float64)
     kw, kw64 = _materialise(opts, k, dtype), _materialise(opts, k, torch.float64)
-    truth = _loss_grad(ls.cross_entropy, x.double(), y, g, reduction="none", impl="reference",
-                       **kw64)
+    truth = _loss_grad(
+        ls.cross_entropy, x.double(), y, g, reduction="none", impl="reference", **kw64
+    )
     torch.testing.assert_close(truth[0], dense_reference(x.double(), y, reduction="none", **kw64))
     ours = _loss_grad(ls.cross_entropy, x, y, g, reduction="none", impl="fused", **kw)
     peer = _loss_grad(ls.cross_entropy, x, y, g, reduction="none", impl="reference", **kw)
@@ -253,16 +285,24 @@ def test_one_dimensional_input_and_all_ignored():
     torch.testing.assert_close(a, b)
     x2 = torch.randn(3, 4)
     yi = torch.full((3,), -100)
-    assert torch.isnan(ls.cross_entropy(x2, yi, impl="fused")) == torch.isnan(F.cross_entropy(x2, yi))
+    assert torch.isnan(ls.cross_entropy(x2, yi, impl="fused")) == torch.isnan(
+        F.cross_entropy(x2, yi)
+    )
 
 
 PROB_OPTIONS = {
-    "plain": dict(),
-    "smooth": dict(label_smoothing=0.1),
-    "weight": dict(label_smoothing=0.2, weight="w"),
-    "weight-target": dict(label_smoothing=0.2, weight="w", weight_mode="target"),
-    "everything": dict(label_smoothing=0.3, weight="w", z_loss=1e-2, softcap=3.0, prior="prior",
-                       spread="all"),
+    "plain": {},
+    "smooth": {"label_smoothing": 0.1},
+    "weight": {"label_smoothing": 0.2, "weight": "w"},
+    "weight-target": {"label_smoothing": 0.2, "weight": "w", "weight_mode": "target"},
+    "everything": {
+        "label_smoothing": 0.3,
+        "weight": "w",
+        "z_loss": 1e-2,
+        "softcap": 3.0,
+        "prior": "prior",
+        "spread": "all",
+    },
 }
 
 
@@ -276,8 +316,9 @@ def test_prob_parity(dtype, name, spatial):
     t = torch.softmax(torch.randn(n, k, *spatial, dtype=torch.float64), 1).to(dtype)
     g = torch.randn(n, *spatial, dtype=torch.float64)
     kw, kw64 = _materialise(opts, k, dtype), _materialise(opts, k, torch.float64)
-    truth = _loss_grad(ls.cross_entropy, x.double(), t.double(), g, reduction="none",
-                       impl="reference", **kw64)
+    truth = _loss_grad(
+        ls.cross_entropy, x.double(), t.double(), g, reduction="none", impl="reference", **kw64
+    )
     ours = _loss_grad(ls.cross_entropy, x, t, g, reduction="none", impl="fused", **kw)
     if set(opts) <= TORCH_KEYS:
         peer = _loss_grad(F.cross_entropy, x, t, g, reduction="none", **kw)
@@ -288,8 +329,13 @@ def test_prob_parity(dtype, name, spatial):
     for red in ("mean", "sum"):
         a = ls.cross_entropy(x, t, reduction=red, impl="fused", **kw)
         b = ls.cross_entropy(x.double(), t.double(), reduction=red, impl="reference", **kw64)
-        assert_no_worse_than(a, ls.cross_entropy(x, t, reduction=red, impl="reference", **kw), b,
-                             TOL[dtype], f"{name} {red}")
+        assert_no_worse_than(
+            a,
+            ls.cross_entropy(x, t, reduction=red, impl="reference", **kw),
+            b,
+            TOL[dtype],
+            f"{name} {red}",
+        )
 
 
 def test_prob_target_gradient():
@@ -303,8 +349,16 @@ def test_prob_target_gradient():
         xl = (x * 1).requires_grad_()
         xi = xl * 1  # non-leaf logits, as in a model
         tl = t.clone().requires_grad_()
-        out = ls.cross_entropy(xi, tl, w, label_smoothing=0.1, reduction="none", softcap=2.0,
-                               impl=impl, inplace_backward=inplace)
+        out = ls.cross_entropy(
+            xi,
+            tl,
+            w,
+            label_smoothing=0.1,
+            reduction="none",
+            softcap=2.0,
+            impl=impl,
+            inplace_backward=inplace,
+        )
         res[impl, inplace] = torch.autograd.grad(out, (xl, tl), g)
     for key in (("fused", False), ("fused", True)):
         torch.testing.assert_close(res[key], res["reference", False])
@@ -314,14 +368,14 @@ def test_stats_parity():
     x = torch.randn(12, 8)
     y = _targets(12, 8, {"ignore_index": 1})
     w = torch.rand(8) + 0.5
-    kw = dict(weight=w, ignore_index=1, label_smoothing=0.2, z_loss=1e-2, softcap=6.0)
+    kw = {"weight": w, "ignore_index": 1, "label_smoothing": 0.2, "z_loss": 1e-2, "softcap": 6.0}
     a = ls.cross_entropy_with_stats(x, y, impl="fused", **kw)
     b = ls.cross_entropy_with_stats(x, y, impl="reference", **kw)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v)
 
 
-# --- float64 gradcheck of the hand-written backward --------------------------------------------------
+# --- float64 gradcheck of the hand-written backward -----------------------------------------------
 
 
 @pytest.mark.parametrize("softcap", [None, 2.0])
@@ -332,9 +386,11 @@ def test_gradcheck_index_rows(softcap):
     ct, cs, cz = (torch.rand(rows, dtype=torch.float64) for _ in range(3))
     s = torch.rand(k, dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda a: fused.index_rows(a, y, ct, cs, s, 0.0, cz, softcap)[0], (x,))
+        lambda a: fused.index_rows(a, y, ct, cs, s, 0.0, cz, softcap)[0], (x,)
+    )
     assert torch.autograd.gradcheck(
-        lambda a: fused.index_rows(a, y, ct, cs, None, 0.07, None, softcap)[0], (x,))
+        lambda a: fused.index_rows(a, y, ct, cs, None, 0.07, None, softcap)[0], (x,)
+    )
 
 
 def test_gradcheck_prob_rows():
@@ -344,7 +400,8 @@ def test_gradcheck_prob_rows():
     w, b = torch.rand(k, dtype=torch.float64), torch.rand(k, dtype=torch.float64)
     rs, cz = torch.rand(rows, dtype=torch.float64), torch.rand(rows, dtype=torch.float64)
     assert torch.autograd.gradcheck(
-        lambda a, c: fused.prob_rows(a, c, w, 0.8, b, 0.0, rs, cz, 1.5)[0], (x, t))
+        lambda a, c: fused.prob_rows(a, c, w, 0.8, b, 0.0, rs, cz, 1.5)[0], (x, t)
+    )
 
 
 def test_opcheck_registrations():
@@ -352,16 +409,21 @@ def test_opcheck_registrations():
     x = torch.randn(5, 7, requires_grad=True)
     y = torch.randint(0, 7, (5,))
     ct, cs, cz = torch.rand(5), torch.rand(5), torch.rand(5)
-    torch.library.opcheck(torch.ops.labelsmooth.fused_index_fwd.default,
-                          (x, y, ct, cs, torch.rand(7), 0.0, cz, 2.0, False))
-    torch.library.opcheck(torch.ops.labelsmooth.fused_index_fwd.default,
-                          (x, y, ct, cs, None, 0.1, None, None, False))
+    torch.library.opcheck(
+        torch.ops.labelsmooth.fused_index_fwd.default,
+        (x, y, ct, cs, torch.rand(7), 0.0, cz, 2.0, False),
+    )
+    torch.library.opcheck(
+        torch.ops.labelsmooth.fused_index_fwd.default, (x, y, ct, cs, None, 0.1, None, None, False)
+    )
     t = torch.rand(5, 7, requires_grad=True)
-    torch.library.opcheck(torch.ops.labelsmooth.fused_prob_fwd.default,
-                          (x, t, torch.rand(7), 0.9, None, 0.01, torch.rand(5), cz, None, False))
+    torch.library.opcheck(
+        torch.ops.labelsmooth.fused_prob_fwd.default,
+        (x, t, torch.rand(7), 0.9, None, 0.01, torch.rand(5), cz, None, False),
+    )
 
 
-# --- in-place backward -------------------------------------------------------------------------------
+# --- in-place backward ----------------------------------------------------------------------------
 
 
 def _model_logits(n=6, k=9, seed=0):
@@ -378,8 +440,9 @@ def test_inplace_gradient_matches_and_reuses_storage(dtype):
     grads = {}
     for inplace in (False, True):
         logits = (h @ w).to(dtype)
-        loss = ls.cross_entropy(logits, y, label_smoothing=0.1, z_loss=1e-3, impl="fused",
-                                inplace_backward=inplace)
+        loss = ls.cross_entropy(
+            logits, y, label_smoothing=0.1, z_loss=1e-3, impl="fused", inplace_backward=inplace
+        )
         (gl,) = torch.autograd.grad(loss, logits, retain_graph=False)
         if inplace:
             assert gl.data_ptr() == logits.data_ptr()  # the gradient lives in the logits' memory
@@ -388,7 +451,7 @@ def test_inplace_gradient_matches_and_reuses_storage(dtype):
 
 
 def test_inplace_other_saved_use_raises():
-    """A node that saved the logits and runs after our backward must raise, not read the gradient."""
+    """A node that saved the logits and runs after our backward raises, never reads the gradient."""
     w, h = _model_logits()
     logits = h @ w
     other = (logits**2).sum()  # saves the logits; created first, so its backward runs after ours
@@ -416,8 +479,11 @@ def test_inplace_reuse_through_labelsmooth_raises():
     y = torch.randint(0, 9, (6,))
     logits = h @ w
     ls.cross_entropy(logits, y, impl="fused", inplace_backward=True).backward()
-    for view, target in ((logits, y), (logits.view(2, 3, 9).movedim(2, 1), y.view(2, 3)),
-                         (logits[0], y[0])):
+    for view, target in (
+        (logits, y),
+        (logits.view(2, 3, 9).movedim(2, 1), y.view(2, 3)),
+        (logits[0], y[0]),
+    ):
         with pytest.raises(RuntimeError, match="overwritten by the gradient"):
             ls.cross_entropy(view, target, impl="fused")
     with torch.no_grad():
@@ -447,7 +513,7 @@ def test_inplace_non_contiguous_falls_back():
     torch.testing.assert_close(g, ref)
 
 
-# --- precision: confident logits (Liger #1268) --------------------------------------------------------
+# --- precision: confident logits (Liger #1268) ----------------------------------------------------
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
@@ -466,9 +532,11 @@ def test_confident_logits_target_gradient_bf16(eps, p_target):
         return leaf.grad.double().gather(1, y[:, None])[:, 0]
 
     truth = target_grad(F.cross_entropy, torch.float64)
-    ours = target_grad(lambda a, b, **kw: ls.cross_entropy(a, b, impl="fused", **kw), torch.bfloat16)
+    ours = target_grad(
+        lambda a, b, **kw: ls.cross_entropy(a, b, impl="fused", **kw), torch.bfloat16
+    )
     peer = target_grad(F.cross_entropy, torch.bfloat16)
-    rel = lambda v: ((v - truth).abs() / truth.abs()).max().item()  # noqa: E731
+    rel = lambda v: ((v - truth).abs() / truth.abs()).max().item()
     assert rel(ours) <= rel(peer)
     assert rel(ours) <= 2.0**-8 * 1.01  # one bfloat16 rounding of an fp32-exact value
 
@@ -486,10 +554,17 @@ def test_more_than_2_to_31_elements_forward():
     y = torch.full((n,), 12345)
     y[-1] = k - 1
     loss = ls.cross_entropy(x, y, label_smoothing=0.1, z_loss=1e-4, reduction="none", impl="fused")
-    ref = ls.cross_entropy(row.expand(2, k), y[[0, -1]], label_smoothing=0.1, z_loss=1e-4,
-                           reduction="none", impl="reference")
-    torch.testing.assert_close(loss[[0, n - 2, n - 1]],
-                               torch.stack([ref[0], ref[0], ref[1]]), rtol=0, atol=0)
+    ref = ls.cross_entropy(
+        row.expand(2, k),
+        y[[0, -1]],
+        label_smoothing=0.1,
+        z_loss=1e-4,
+        reduction="none",
+        impl="reference",
+    )
+    torch.testing.assert_close(
+        loss[[0, n - 2, n - 1]], torch.stack([ref[0], ref[0], ref[1]]), rtol=0, atol=0
+    )
 
 
 def _mem_available_gib() -> float:
@@ -506,15 +581,16 @@ def _mem_available_gib() -> float:
 @pytest.mark.slow
 def test_more_than_2_to_31_elements_backward_inplace():
     """Forward + in-place backward over 2³¹ + 2¹⁵ bfloat16 elements (4 GiB)."""
-    if _mem_available_gib() < 10:
-        pytest.skip("needs ~10 GiB of free memory")
+    if _mem_available_gib() < 12:
+        pytest.skip("needs ~12 GiB of free memory")
     k = 1 << 15
     n = (1 << 16) + 1
     row = torch.randn(1, k).bfloat16()
     x = row.expand(n, k).contiguous().requires_grad_()
     y = torch.arange(n) % k
-    loss = ls.cross_entropy(x, y, label_smoothing=0.1, impl="fused", inplace_backward=True,
-                            reduction="sum")
+    loss = ls.cross_entropy(
+        x, y, label_smoothing=0.1, impl="fused", inplace_backward=True, reduction="sum"
+    )
     (g,) = torch.autograd.grad(loss, x)
     assert g.data_ptr() == x.data_ptr()
     last = row.float().requires_grad_()
@@ -522,7 +598,7 @@ def test_more_than_2_to_31_elements_backward_inplace():
     torch.testing.assert_close(g[-1].float(), gl[0], rtol=1e-2, atol=1e-4)
 
 
-# --- compiled kernels and torch.compile ------------------------------------------------------------
+# --- compiled kernels and torch.compile -----------------------------------------------------------
 
 
 def test_inductor_kernels_match_eager(monkeypatch):
@@ -531,7 +607,13 @@ def test_inductor_kernels_match_eager(monkeypatch):
     y = torch.randint(0, 50, (16,))
     w = torch.rand(50) + 0.5
     g = torch.randn(16)
-    kw = dict(weight=w, label_smoothing=0.2, z_loss=1e-2, ignore_index=3, reduction="none")
+    kw = {
+        "weight": w,
+        "label_smoothing": 0.2,
+        "z_loss": 1e-2,
+        "ignore_index": 3,
+        "reduction": "none",
+    }
     y[0] = 3
     eager = _loss_grad(ls.cross_entropy, x, y, g, impl="fused", inplace_backward=True, **kw)
     monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
@@ -554,8 +636,7 @@ def test_compiler_failure_falls_back_to_eager(monkeypatch):
     x = torch.randn(5, 8)
     y = torch.randint(0, 8, (5,))
     with pytest.warns(RuntimeWarning, match="chunked eager path"):
-        a = _loss_grad(ls.cross_entropy, x, y, torch.tensor(1.0), label_smoothing=0.1,
-                       impl="fused")
+        a = _loss_grad(ls.cross_entropy, x, y, torch.tensor(1.0), label_smoothing=0.1, impl="fused")
     b = _loss_grad(F.cross_entropy, x, y, torch.tensor(1.0), label_smoothing=0.1)
     torch.testing.assert_close(a, b)
     assert ind._STATE["broken"]
@@ -575,18 +656,13 @@ def test_compile_fullgraph_linear_model():
     y = torch.randint(0, 13, (10,))
 
     def model(h, y, inplace: bool):
-        return ls.cross_entropy(lin(h), y, label_smoothing=0.1, z_loss=1e-3, impl="fused",
-                                inplace_backward=inplace)
+        return ls.cross_entropy(
+            lin(h), y, label_smoothing=0.1, z_loss=1e-3, impl="fused", inplace_backward=inplace
+        )
 
     compiled = torch.compile(model, fullgraph=True)
     for inplace in (False, True):
-        try:
-            loss_c = compiled(h, y, inplace)
-        except torch._dynamo.exc.Unsupported as exc:
-            if "import_module" in str(exc) or "importlib" in str(exc):
-                pytest.xfail("labelsmooth.ops.resolve loads modules through importlib, which "
-                             "dynamo cannot trace (core dispatcher, not the fused op)")
-            raise
+        loss_c = compiled(h, y, inplace)
         (gw_c,) = torch.autograd.grad(loss_c, lin.weight)
         loss_e = model(h, y, inplace)
         (gw_e,) = torch.autograd.grad(loss_e, lin.weight)
@@ -602,8 +678,9 @@ def test_compile_fullgraph_op_level():
     one = torch.ones(10)
 
     def model(h):
-        loss, lse = fused.index_rows(lin(h), y, 0.9 * one, one, None, 0.1 / 13, 1e-3 * one, 3.0,
-                                     True)
+        loss, _lse = fused.index_rows(
+            lin(h), y, 0.9 * one, one, None, 0.1 / 13, 1e-3 * one, 3.0, True
+        )
         return loss.mean()
 
     loss_c = torch.compile(model, fullgraph=True)(h)

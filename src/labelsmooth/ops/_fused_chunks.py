@@ -42,9 +42,12 @@ def empty_grad(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -
     when the tensor is freed, like any other.
     """
     nbytes = rows * cols * torch.empty((), dtype=dtype).element_size()
-    if (device.type == "cpu" and nbytes >= HUGEPAGE_MIN_BYTES
-            and os.environ.get("LABELSMOOTH_HUGEPAGES", "1") != "0"
-            and hasattr(mmap, "MADV_HUGEPAGE")):
+    if (
+        device.type == "cpu"
+        and nbytes >= HUGEPAGE_MIN_BYTES
+        and os.environ.get("LABELSMOOTH_HUGEPAGES", "1") != "0"
+        and hasattr(mmap, "MADV_HUGEPAGE")
+    ):
         try:
             buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
             buf.madvise(mmap.MADV_HUGEPAGE)
@@ -83,7 +86,9 @@ def _finite(m: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isinf(m), torch.zeros_like(m), m)
 
 
-def _load(xb: torch.Tensor, acc: torch.dtype, ws: torch.Tensor, softcap: float | None) -> torch.Tensor:
+def _load(
+    xb: torch.Tensor, acc: torch.dtype, ws: torch.Tensor, softcap: float | None
+) -> torch.Tensor:
     """The block in the accumulation dtype (soft-capped), in ``ws`` unless it can be a view."""
     if softcap is not None:
         # convert first: bf16 / float would round the quotient to bf16
@@ -121,7 +126,7 @@ def row_partials(
 
     Args:
         x: (R, K) logits, any floating dtype and strides.
-        y: (R,) integer target columns; must be valid where ``target_mask`` is True, ignored elsewhere.
+        y: (R,) integer target columns; valid where ``target_mask`` is True, ignored elsewhere.
         s: (K,) smoothing shares, or None for the uniform share ``s_uniform`` (0 = no term, sx = 0).
         s_uniform: the uniform share when ``s`` is None.
         softcap: soft-capping constant c, or None.
@@ -171,7 +176,9 @@ def row_partials(
             c1 = min(cols, c0 + bc)
             xb = x[r0:r1, c0:c1]
             xf = _load(xb, acc, ws_x[: r1 - r0, : c1 - c0], softcap) if need_copy else xb
-            mb = xf.amax(1) if c1 > c0 else torch.full((r1 - r0,), -torch.inf, dtype=acc, device=dev)
+            mb = (
+                xf.amax(1) if c1 > c0 else torch.full((r1 - r0,), -torch.inf, dtype=acc, device=dev)
+            )
             e = ws_e[: r1 - r0, : c1 - c0]
             refb = _finite(mb)
             torch.sub(xf, refb[:, None], out=e)
@@ -190,8 +197,9 @@ def row_partials(
                 ref = _finite(mn)
                 seo = sumexp[r0:r1]
                 zero = torch.zeros_like(seo)
-                sumexp[r0:r1] = (torch.where(seo == 0, zero, seo * torch.exp(_finite(mo) - ref))
-                                 + torch.where(seb == 0, zero, seb * torch.exp(refb - ref)))
+                sumexp[r0:r1] = torch.where(
+                    seo == 0, zero, seo * torch.exp(_finite(mo) - ref)
+                ) + torch.where(seb == 0, zero, seb * torch.exp(refb - ref))
                 m[r0:r1] = mn
     if s is None and want_sx:
         sx.mul_(s_uniform)
@@ -274,8 +282,18 @@ def grad_rows(
     b = grad * cs
     bu = (b * s_uniform)[:, None] if s is None and smoothing else None
     if chunk_elems is None and _ind.use_inductor(x):
-        ok = _ind.grad(x, ys, lse, a[:, 0], grad * tgt, b if s is not None else None, s,
-                       bu[:, 0] if bu is not None else None, softcap, out)
+        ok = _ind.grad(
+            x,
+            ys,
+            lse,
+            a[:, 0],
+            grad * tgt,
+            b if s is not None else None,
+            s,
+            bu[:, 0] if bu is not None else None,
+            softcap,
+            out,
+        )
         if ok:
             return out
 

@@ -39,6 +39,8 @@ logits view (e.g. the class-last view of an (N, C, d...) input, which functional
 anyway) is never written in place: the gradient goes to fresh memory.
 """
 
+# torch.library.custom_op infers the op schemas from the annotations: keep typing.Optional there.
+# ruff: noqa: UP045
 from __future__ import annotations
 
 import weakref
@@ -109,8 +111,15 @@ def _index_coef_p(ct: Tensor, cs: Tensor, cz: Optional[Tensor], lse: Tensor, big
 
 @torch.library.custom_op("labelsmooth::fused_index_fwd", mutates_args=())
 def _index_fwd(
-    x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
-    cz: Optional[Tensor], softcap: Optional[float], inplace: bool,
+    x: Tensor,
+    y: Tensor,
+    ct: Tensor,
+    cs: Tensor,
+    s: Optional[Tensor],
+    s_uniform: float,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
+    inplace: bool,
 ) -> tuple[Tensor, Tensor]:
     acc = acc_dtype(x.dtype)
     m, sumexp, x_y, sx = row_partials(x, y, s, s_uniform, softcap)
@@ -137,8 +146,16 @@ def _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, out):
 
 @torch.library.custom_op("labelsmooth::fused_index_bwd", mutates_args=())
 def _index_bwd(
-    grad: Tensor, x: Tensor, y: Tensor, lse: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor],
-    s_uniform: float, cz: Optional[Tensor], softcap: Optional[float],
+    grad: Tensor,
+    x: Tensor,
+    y: Tensor,
+    lse: Tensor,
+    ct: Tensor,
+    cs: Tensor,
+    s: Optional[Tensor],
+    s_uniform: float,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
 ) -> Tensor:
     return _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, None)
 
@@ -150,8 +167,16 @@ def _(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap):
 
 @torch.library.custom_op("labelsmooth::fused_index_bwd_", mutates_args=("x",))
 def _index_bwd_inplace(
-    grad: Tensor, x: Tensor, y: Tensor, lse: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor],
-    s_uniform: float, cz: Optional[Tensor], softcap: Optional[float],
+    grad: Tensor,
+    x: Tensor,
+    y: Tensor,
+    lse: Tensor,
+    ct: Tensor,
+    cs: Tensor,
+    s: Optional[Tensor],
+    s_uniform: float,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
 ) -> None:
     _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, x)
 
@@ -173,14 +198,16 @@ def _index_setup(ctx, inputs, output):
 def _index_backward(ctx, grad_loss, grad_lse):
     x, y, lse, ct, cs, s, cz = ctx.saved_tensors
     if ctx.inplace:
-        torch.ops.labelsmooth.fused_index_bwd_(grad_loss, x, y, lse, ct, cs, s, ctx.s_uniform,
-                                               cz, ctx.softcap)
+        torch.ops.labelsmooth.fused_index_bwd_(
+            grad_loss, x, y, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap
+        )
         if not torch.compiler.is_compiling():
             _mark_consumed(x)
         gx = x
     else:
-        gx = torch.ops.labelsmooth.fused_index_bwd(grad_loss, x, y, lse, ct, cs, s, ctx.s_uniform,
-                                                   cz, ctx.softcap)
+        gx = torch.ops.labelsmooth.fused_index_bwd(
+            grad_loss, x, y, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap
+        )
     return gx, None, None, None, None, None, None, None, None
 
 
@@ -202,7 +229,8 @@ def index_rows(
 
     .. math::
 
-        \ell_n = ct_n(\mathrm{lse}_n - x_{n,y_n}) + cs_n\Big(S\,\mathrm{lse}_n - \sum_c s_c x_{n,c}\Big)
+        \ell_n = ct_n(\mathrm{lse}_n - x_{n,y_n})
+                 + cs_n\Big(S\,\mathrm{lse}_n - \sum_c s_c x_{n,c}\Big)
                  + cz_n\,\mathrm{lse}_n^2
 
     PyTorch equivalent (``ct = 1-ε``, ``cs = 1``, ``s_uniform = ε/K``):
@@ -253,11 +281,20 @@ def _prob_sums(x, t, w, a, b, b_uniform, softcap, chunk_elems=None):
 
 @torch.library.custom_op("labelsmooth::fused_prob_fwd", mutates_args=())
 def _prob_fwd(
-    x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
-    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], inplace: bool,
+    x: Tensor,
+    t: Tensor,
+    w: Optional[Tensor],
+    a: float,
+    b: Optional[Tensor],
+    b_uniform: float,
+    rs: Tensor,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
+    inplace: bool,
 ) -> tuple[Tensor, Tensor]:
-    m, sumexp, _, _ = row_partials(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
-                                   None, 0.0, softcap)
+    m, sumexp, _, _ = row_partials(
+        x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), None, 0.0, softcap
+    )
     lse = m + sumexp.log()
     big_q, qx = _prob_sums(x, t, w, a, b, b_uniform, softcap)
     loss = rs * (big_q * lse - qx)
@@ -318,9 +355,18 @@ def _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t, out
 
 @torch.library.custom_op("labelsmooth::fused_prob_bwd", mutates_args=())
 def _prob_bwd(
-    grad: Tensor, x: Tensor, t: Tensor, lse: Tensor, w: Optional[Tensor], a: float,
-    b: Optional[Tensor], b_uniform: float, rs: Tensor, cz: Optional[Tensor],
-    softcap: Optional[float], need_t: bool,
+    grad: Tensor,
+    x: Tensor,
+    t: Tensor,
+    lse: Tensor,
+    w: Optional[Tensor],
+    a: float,
+    b: Optional[Tensor],
+    b_uniform: float,
+    rs: Tensor,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
+    need_t: bool,
 ) -> tuple[Tensor, Tensor]:
     dx, dt = _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t, None)
     return dx, (dt if dt is not None else t.new_empty(0))
@@ -334,15 +380,25 @@ def _(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t):
 
 @torch.library.custom_op("labelsmooth::fused_prob_bwd_", mutates_args=("x",))
 def _prob_bwd_inplace(
-    grad: Tensor, x: Tensor, t: Tensor, lse: Tensor, w: Optional[Tensor], a: float,
-    b: Optional[Tensor], b_uniform: float, rs: Tensor, cz: Optional[Tensor],
-    softcap: Optional[float], need_t: bool,
+    grad: Tensor,
+    x: Tensor,
+    t: Tensor,
+    lse: Tensor,
+    w: Optional[Tensor],
+    a: float,
+    b: Optional[Tensor],
+    b_uniform: float,
+    rs: Tensor,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
+    need_t: bool,
 ) -> Tensor:
     # the target gradient needs the original logits: compute it first, then overwrite x
     dt = None
     if need_t:
-        _, dt = _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, True, None,
-                           want_dx=False)
+        _, dt = _prob_grad(
+            grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, True, None, want_dx=False
+        )
     _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, False, x)
     return dt if dt is not None else t.new_empty(0)
 
@@ -411,5 +467,6 @@ def prob_rows(
     """
     if not torch.compiler.is_compiling():
         _check_not_consumed(x)
-    return _prob_fwd(x, t, w, float(a), b, float(b_uniform), rs, cz, softcap,
-                     bool(inplace_backward))
+    return _prob_fwd(
+        x, t, w, float(a), b, float(b_uniform), rs, cz, softcap, bool(inplace_backward)
+    )
