@@ -5,8 +5,10 @@ The public API (see the README for a tour):
 * targets: :func:`smooth_targets`, :func:`smooth_probabilities`, :func:`mixup_targets`,
   :func:`binary_targets`, :func:`entropy_floor`, :func:`smoothing_coefficients`;
 * losses: :func:`cross_entropy`, :func:`cross_entropy_with_stats`,
-  :func:`binary_cross_entropy_with_logits` and the modules :class:`CrossEntropyLoss`,
-  :class:`BCEWithLogitsLoss`;
+  :func:`binary_cross_entropy_with_logits`, :func:`linear_cross_entropy` (the logits never
+  exist) and the modules :class:`CrossEntropyLoss`, :class:`BCEWithLogitsLoss`,
+  :class:`LinearCrossEntropyLoss`;
+* :mod:`labelsmooth.distributed`: the vocabulary-parallel loss over torch.distributed;
 * :mod:`labelsmooth.calibration`: calibration metrics, meters, temperature scaling, plots.
 """
 
@@ -16,6 +18,7 @@ from labelsmooth.functional import (
     cross_entropy,
     cross_entropy_with_stats,
 )
+from labelsmooth.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from labelsmooth.losses import BCEWithLogitsLoss, CrossEntropyLoss
 from labelsmooth.targets import (
     binary_targets,
@@ -32,12 +35,14 @@ __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "CrossEntropyStats",
+    "LinearCrossEntropyLoss",
     "__version__",
     "binary_cross_entropy_with_logits",
     "binary_targets",
     "cross_entropy",
     "cross_entropy_with_stats",
     "entropy_floor",
+    "linear_cross_entropy",
     "mixup_targets",
     "smooth_probabilities",
     "smooth_targets",
