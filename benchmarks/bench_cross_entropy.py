@@ -44,6 +44,7 @@ environment in ``#`` comment lines. Not collected by pytest (no ``test_`` prefix
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -190,6 +191,9 @@ def _run_case(provider, rows, vocab, dtype, args) -> dict:
     }
     env = PROVIDER_ENV.get(provider, {})
     res = {"provider": provider, "rows": rows, "vocab": vocab, "dtype": dtype}
+    if provider == "liger" and importlib.util.find_spec("liger_kernel") is None:
+        res["error"] = "skipped: liger_kernel not importable"
+        return res
     t = C.run_worker(__file__, {**base, "measure": "time"}, extra_env=env, timeout=args.timeout)
     if "error" in t:
         res["error"] = t["error"]
