@@ -404,6 +404,26 @@ def test_gradcheck_prob_rows():
     )
 
 
+def test_double_backward_gradgradcheck():
+    """create_graph=True gives a differentiable gradient (unfused), for index and prob targets."""
+    rows, k = 3, 5
+    x = torch.randn(rows, k, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, k, (rows,))
+    ct, cs, cz = (torch.rand(rows, dtype=torch.float64) for _ in range(3))
+    s = torch.rand(k, dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(
+        lambda a: fused.index_rows(a, y, ct, cs, s, 0.0, cz, 2.0)[0], (x,)
+    )
+    assert torch.autograd.gradgradcheck(
+        lambda a: fused.index_rows(a, y, ct, cs, None, 0.1, None, None, True)[0], (x,)
+    )
+    t = torch.rand(rows, k, dtype=torch.float64, requires_grad=True)
+    w, rs = torch.rand(k, dtype=torch.float64), torch.rand(rows, dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(
+        lambda a, c: fused.prob_rows(a, c, w, 0.8, None, 0.05, rs, cz, 1.5)[0], (x, t)
+    )
+
+
 def test_opcheck_registrations():
     """Schema, fake (meta) implementations and autograd registration agree with the real ops."""
     x = torch.randn(5, 7, requires_grad=True)

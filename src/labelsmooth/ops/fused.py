@@ -195,8 +195,41 @@ def _index_setup(ctx, inputs, output):
     ctx.inplace = inplace and x.is_contiguous()
 
 
+def _capped(x: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
+    """(x' in the accumulation dtype, dx'/dx or None), differentiable."""
+    xf = x.to(acc_dtype(x.dtype))
+    if softcap is None:
+        return xf, None
+    t = torch.tanh(xf / softcap)
+    return softcap * t, 1 - t * t
+
+
+def _index_grad_differentiable(grad, x, y, ct, cs, s, s_uniform, cz, softcap):
+    """The gradient as a differentiable expression of x, for double backward (create_graph=True).
+
+    Materialises (R, K) temporaries like the reference: higher-order derivatives are a rare,
+    small-scale use (gradient penalties, gradcheck), so only the first order is fused.
+    """
+    xf, d = _capped(x, softcap)
+    lse = torch.logsumexp(xf, 1)
+    coef = _index_coef_p(ct, cs, cz, lse, _shares_sum(s, s_uniform, x.shape[1], xf.dtype))
+    g = coef[:, None] * torch.exp(xf - lse[:, None])
+    if s is not None:
+        g = g - cs[:, None] * s.to(xf.dtype)[None, :]
+    elif s_uniform != 0.0:
+        g = g - (cs * s_uniform)[:, None]
+    g = g - torch.zeros_like(g).scatter(1, y[:, None], ct[:, None])
+    if d is not None:
+        g = g * d
+    return (grad.to(xf.dtype)[:, None] * g).to(x.dtype)
+
+
 def _index_backward(ctx, grad_loss, grad_lse):
     x, y, lse, ct, cs, s, cz = ctx.saved_tensors
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # create_graph=True: a differentiable (unfused, never in-place) gradient
+        gx = _index_grad_differentiable(grad_loss, x, y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap)
+        return gx, None, None, None, None, None, None, None, None
     if ctx.inplace:
         torch.ops.labelsmooth.fused_index_bwd_(
             grad_loss, x, y, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap
@@ -417,9 +450,37 @@ def _prob_setup(ctx, inputs, output):
     ctx.inplace = inplace and x.is_contiguous()
 
 
+def _prob_grad_differentiable(grad, x, t, w, a, b, b_uniform, rs, cz, softcap, need_t):
+    """Differentiable (dx, dt) for double backward; see :func:`_index_grad_differentiable`."""
+    xf, d = _capped(x, softcap)
+    lse = torch.logsumexp(xf, 1)
+    q = a * t.to(xf.dtype) + (b.to(xf.dtype) if b is not None else b_uniform)
+    if w is not None:
+        q = q * w.to(xf.dtype)
+    coef = rs * q.sum(1)
+    if cz is not None:
+        coef = coef + 2 * cz * lse
+    g = grad.to(xf.dtype)[:, None]
+    dx = g * (coef[:, None] * torch.exp(xf - lse[:, None]) - rs[:, None] * q)
+    if d is not None:
+        dx = dx * d
+    dt = None
+    if need_t:
+        dt = g * rs[:, None] * a * (lse[:, None] - xf)
+        if w is not None:
+            dt = dt * w.to(xf.dtype)
+        dt = dt.to(t.dtype)
+    return dx.to(x.dtype), dt
+
+
 def _prob_backward(ctx, grad_loss, grad_lse):
     x, t, lse, w, b, rs, cz = ctx.saved_tensors
     need_t = bool(ctx.needs_input_grad[1])
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        dx, dt = _prob_grad_differentiable(
+            grad_loss, x, t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t
+        )
+        return dx, dt, None, None, None, None, None, None, None, None
     args = (grad_loss, x, t, lse, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t)
     if ctx.inplace:
         dt = torch.ops.labelsmooth.fused_prob_bwd_(*args)
