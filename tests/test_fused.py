@@ -364,6 +364,19 @@ def test_prob_target_gradient():
         torch.testing.assert_close(res[key], res["reference", False])
 
 
+def test_prob_target_gradient_only_leaves_logits_alone():
+    """Targets needing a gradient while the logits do not: the logits are never overwritten."""
+    x = torch.randn(4, 6, dtype=torch.float64)
+    keep = x.clone()
+    t = torch.softmax(torch.randn(4, 6, dtype=torch.float64), 1).requires_grad_()
+    out = ls.cross_entropy(x, t, label_smoothing=0.1, impl="fused", inplace_backward=True)
+    (dt,) = torch.autograd.grad(out, t)
+    assert torch.equal(x, keep)
+    t2 = t.detach().clone().requires_grad_()
+    ref = ls.cross_entropy(x, t2, label_smoothing=0.1, impl="reference")
+    torch.testing.assert_close(dt, torch.autograd.grad(ref, t2)[0])
+
+
 def test_stats_parity():
     x = torch.randn(12, 8)
     y = _targets(12, 8, {"ignore_index": 1})

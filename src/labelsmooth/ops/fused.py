@@ -476,6 +476,26 @@ def _prob_grad_differentiable(grad, x, t, w, a, b, b_uniform, rs, cz, softcap, n
 def _prob_backward(ctx, grad_loss, grad_lse):
     x, t, lse, w, b, rs, cz = ctx.saved_tensors
     need_t = bool(ctx.needs_input_grad[1])
+    if not ctx.needs_input_grad[0] and not torch.compiler.is_compiling():
+        # only the targets need a gradient: never touch (let alone overwrite) the logits
+        with torch.no_grad():
+            _, dt = _prob_grad(
+                grad_loss,
+                x,
+                t,
+                lse,
+                w,
+                ctx.a,
+                b,
+                ctx.b_uniform,
+                rs,
+                cz,
+                ctx.softcap,
+                True,
+                None,
+                want_dx=False,
+            )
+        return None, dt, None, None, None, None, None, None, None, None
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         dx, dt = _prob_grad_differentiable(
             grad_loss, x, t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t
