@@ -6,10 +6,12 @@ must be no larger than PyTorch's own error in the same dtype plus a small absolu
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 import labelsmooth as ls
+from labelsmooth import ops
 
 # Absolute slack added to torch's own error, per dtype (float64: exactness up to rounding).
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -88,3 +90,13 @@ def torch_loss_and_grad(x: torch.Tensor, target: torch.Tensor, grad_out: torch.T
     out = fn(leaf, target, **kw)
     (g,) = torch.autograd.grad(out, leaf, grad_out.to(out.dtype))
     return out.detach(), g
+
+
+def need_impl(impl: str) -> None:
+    """Skip cleanly when an implementation is not available on this machine (e.g. no triton)."""
+    if impl == "reference":
+        return
+    try:
+        ops.resolve(impl, torch.device("cpu"))
+    except ValueError as err:
+        pytest.skip(f"impl={impl!r} not available: {err}")

@@ -32,14 +32,7 @@ from labelsmooth.calibration import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tests run many small ops; on a shared 2-core box, OpenMP threads spinning against
-    # other processes make each op ~30x slower, so use one intra-op thread here and restore after.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SCALARS = (

@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import labelsmooth as ls
-from labelsmooth import ops
-from tests.helpers import TOL, assert_no_worse_than, dense_reference, torch_loss_and_grad
+from tests.helpers import TOL, assert_no_worse_than, dense_reference, need_impl, torch_loss_and_grad
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 IMPLS = ["reference", "fused", "triton"]
@@ -47,15 +46,6 @@ SHAPES = {  # name → input shape; classes in dim 1 (dim 0 for the 1-D input)
     "unaligned": (7, 13, 3),
 }
 
-
-def need_impl(impl: str) -> None:
-    """Skip cleanly when an implementation is not written yet or not available on this machine."""
-    if impl == "reference":
-        return
-    try:
-        ops.resolve(impl, torch.device("cpu"))
-    except ValueError as err:
-        pytest.skip(f"impl={impl!r} not available: {err}")
 
 
 def num_classes(shape) -> int:

@@ -13,19 +13,11 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import labelsmooth as ls
-from labelsmooth import ops
+from tests.helpers import need_impl
 
 IMPLS = ["reference", "fused", "triton"]
 K = 5
 
-
-def need_impl(impl: str) -> None:
-    if impl == "reference":
-        return
-    try:
-        ops.resolve(impl, torch.device("cpu"))
-    except ValueError as err:
-        pytest.skip(f"impl={impl!r} not available: {err}")
 
 
 INDEX_CASES = {

@@ -10,20 +10,11 @@ import torch
 from torch import nn
 
 import labelsmooth as ls
-from labelsmooth import ops
-from tests.helpers import TOL, assert_no_worse_than
+from tests.helpers import TOL, assert_no_worse_than, need_impl
 
 IMPLS = ["reference", "fused", "triton"]
 C = 5
 
-
-def need_impl(impl: str) -> None:
-    if impl == "reference":
-        return
-    try:
-        ops.resolve(impl, torch.device("cpu"))
-    except ValueError as err:
-        pytest.skip(f"impl={impl!r} not available: {err}")
 
 
 def module_loss_and_grad(mod, x, target, g):

@@ -10,18 +10,10 @@ import pytest
 import torch
 
 import labelsmooth as ls
-from labelsmooth import ops
+from tests.helpers import need_impl
 
 IMPLS = ["reference", "fused", "triton"]
 
-
-def need_impl(impl: str) -> None:
-    if impl == "reference":
-        return
-    try:
-        ops.resolve(impl, torch.device("cpu"))
-    except ValueError as err:
-        pytest.skip(f"impl={impl!r} not available: {err}")
 
 
 def shapes_for(impl: str):
