@@ -136,6 +136,20 @@ def test_ece_objective():
     )
 
 
+@pytest.mark.parametrize("t_min, t_max", [(0.01, 0.5), (2.0, 10.0), (5.0, 100.0), (0.3, 0.7)])
+def test_ece_objective_stays_inside_the_bounds(t_min, t_max):
+    # Over-confident logits whose ECE optimum (T near 3) lies outside some of these ranges:
+    # the fit must still be one of the allowed temperatures, not T = 1 or a refined point past
+    # a bound.
+    z, y = _calibrated(5, 2000, 5)
+    fit = fit_temperature(3.0 * z, y, objective="ece", t_min=t_min, t_max=t_max)
+    assert t_min <= fit.temperature <= t_max
+    # and no worse than either bound itself
+    for t in (t_min, t_max):
+        ece_t = expected_calibration_error(3.0 * z / t, y, from_logits=True).item()
+        assert fit.ece_after <= ece_t + 1e-12
+
+
 def test_degenerate_data_hits_the_bounds():
     # Separable: NLL keeps falling as T -> 0.
     z = torch.tensor([[3.0, 0.0], [0.0, 2.0], [5.0, 1.0]])

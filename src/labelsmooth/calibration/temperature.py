@@ -199,7 +199,9 @@ def _fit_ece(
     # The grid T in {0.1, 0.2, ..., 10} of Mukhoti et al.'s code is included, so the result is never
     # worse than theirs.
     lo, hi = math.log(t_min), math.log(t_max)
-    best_t, best = 1.0, _ece_at(z, labels, 1.0, n_bins)
+    best_t, best = math.nan, math.inf
+    if t_min <= 1.0 <= t_max:  # T = 1 (no change) is a candidate only inside the bounds
+        best_t, best = 1.0, _ece_at(z, labels, 1.0, n_bins)
     for t in (i / 10 for i in range(1, 101)):
         if t_min <= t <= t_max:
             e = _ece_at(z, labels, t, n_bins)
@@ -208,11 +210,14 @@ def _fit_ece(
     for points in (201, 41, 41):
         grid = torch.linspace(lo, hi, points, dtype=torch.float64).exp().tolist()
         for t in grid:
+            t = min(max(t, t_min), t_max)  # exp(log(t)) can round just past a bound
             e = _ece_at(z, labels, t, n_bins)
             if e < best:
                 best_t, best = t, e
         step = (hi - lo) / (points - 1)
-        lo, hi = math.log(best_t) - step, math.log(best_t) + step
+        # refine around the best point, never past the bounds
+        lo = max(math.log(best_t) - step, math.log(t_min))
+        hi = min(math.log(best_t) + step, math.log(t_max))
     return best_t
 
 
