@@ -256,6 +256,34 @@ def test_ctrl_c_keeps_finished_runs_and_rerun_finishes(tmp_path, monkeypatch):
     assert calls == [(0.1, 0), (0.2, 0)] and res.complete and len(res.rows) == 3
 
 
+def test_a_crash_marks_the_sweep_incomplete(tmp_path, monkeypatch):
+    # Not only Ctrl-C: any exception in a run leaves results.json saying "complete": false.
+    real = sweep_mod.train_run
+    calls = []
+
+    def failing(build, splits, eps, seed, *args, **kwargs):
+        calls.append(eps)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(build, splits, eps, seed, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "train_run", failing)
+    data = make_splits(*_toy(120))
+    with pytest.raises(RuntimeError, match="boom"):
+        sweep(
+            data=data,
+            smoothing=[0.0, 0.1],
+            seeds=1,
+            out=tmp_path,
+            progress=False,
+            report=False,
+            **FAST,
+        )
+    with open(tmp_path / "results.json") as fh:
+        partial = json.load(fh)
+    assert partial["config"]["complete"] is False and len(partial["runs"]) == 1
+
+
 def test_sweep_accepts_a_user_model_factory_and_arrays():
     x, y = _toy(90, k=3)
     built = []

@@ -471,7 +471,7 @@ def sweep(
             arrays[key] = arr
             if outer is not None:
                 outer.update(1)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C or a crash: what is on disk is an incomplete sweep
         complete = False
         raise
     finally:
