@@ -426,3 +426,75 @@ def test_report_without_baseline_or_intervals(tmp_path):
     assert (
         "[" not in md.split("## Results per smoothing factor")[1].split("\n")[4]
     )  # no CI brackets
+    assert "resamples" not in md and "no bootstrap intervals" in md  # no 0-resample CI claim
+
+
+def _ci_row(eps, ece, ece_ci, gap, gap_ci, n_seeds=1, **extra):
+    """A summary row with bootstrap intervals (one seed, no spread unless given)."""
+    row = _summary_row(eps, ece, gap, 1.0, 0.9, 0.5 + eps, sd=0.0)
+    row["n_seeds"] = n_seeds
+    row["test_ece_low_mean"], row["test_ece_high_mean"] = ece_ci
+    row["test_gap_low_mean"], row["test_gap_high_mean"] = gap_ci
+    row.update(extra)
+    return row
+
+
+def _claim(summary, start):
+    return next(c for c in verdict(summary)["claims"] if c["claim"].startswith(start))
+
+
+def test_verdict_without_intervals_and_one_seed_is_undecidable():
+    # std 0 over one seed is not "no noise": no difference may count as beyond the intervals.
+    summary = [
+        {**_summary_row(0.0, 0.05, 0.03, 1.0, 0.90, 0.5, sd=0.0), "n_seeds": 1},
+        {**_summary_row(0.2, 0.08, -0.05, 1.1, 0.91, 0.8, sd=0.0), "n_seeds": 1},
+    ]
+    matters = _claim(summary, "the factor matters")
+    assert matters["status"].startswith("undecidable")
+    assert "beyond the intervals" not in matters["evidence"]
+    cal = _claim(summary, "smoothing curbs")
+    assert "overconfident" not in cal["evidence"].split(";")[0]  # +0.03 alone proves nothing
+
+
+def test_verdict_calls_the_baseline_miscalibrated_only_beyond_its_interval():
+    smoothed = _ci_row(0.1, 0.04, (0.03, 0.05), -0.01, (-0.02, 0.0))
+    for gap, ci, word in [
+        (-0.01, (-0.03, 0.01), "not clearly miscalibrated"),
+        (0.01, (-0.01, 0.03), "not clearly miscalibrated"),
+        (-0.05, (-0.07, -0.03), "underconfident"),
+        (0.05, (0.03, 0.07), "overconfident"),
+    ]:
+        base = _ci_row(0.0, 0.06, (0.05, 0.07), gap, ci)
+        first = _claim([base, smoothed], "smoothing curbs")["evidence"].split(";")[0]
+        assert first.split(" — ")[1].startswith(word), first
+
+
+def test_verdict_overlapping_ece_intervals_are_inconclusive():
+    # Lower mean ECE but overlapping intervals and an underconfident baseline: not "partly".
+    summary = [
+        _ci_row(0.0, 0.050, (0.03, 0.07), -0.30, (-0.33, -0.27)),
+        _ci_row(0.1, 0.049, (0.03, 0.07), 0.04, (0.02, 0.06)),
+    ]
+    assert _claim(summary, "smoothing curbs")["status"] == "inconclusive (within the noise)"
+    # separated intervals: partly (the baseline is not overconfident, so not "held")
+    summary[1] = _ci_row(0.1, 0.01, (0.005, 0.02), 0.0, (-0.01, 0.01))
+    assert _claim(summary, "smoothing curbs")["status"] == "partly"
+    # a clearly overconfident baseline whose gap smoothing shrinks, ECE within the noise: partly
+    summary = [
+        _ci_row(0.0, 0.050, (0.03, 0.07), 0.05, (0.03, 0.07)),
+        _ci_row(0.1, 0.049, (0.03, 0.07), 0.01, (-0.01, 0.03)),
+    ]
+    assert _claim(summary, "smoothing curbs")["status"] == "partly"
+
+
+def test_verdict_underconfident_from_a_factor_on_needs_every_larger_factor():
+    base = _ci_row(0.0, 0.05, (0.04, 0.06), 0.04, (0.03, 0.05))
+    summary = [
+        base,
+        _ci_row(0.1, 0.04, (0.03, 0.05), -0.05, (-0.08, -0.02)),
+        _ci_row(0.2, 0.06, (0.05, 0.07), -0.03, (-0.06, 0.01)),  # interval contains 0
+    ]
+    ev = _claim(summary, "smoothing curbs")["evidence"]
+    assert "from ε=0.1 on" not in ev and "underconfident (gap interval below 0) at ε=0.1" in ev
+    summary[2] = _ci_row(0.2, 0.06, (0.05, 0.07), -0.08, (-0.10, -0.06))
+    assert "from ε=0.1 on" in _claim(summary, "smoothing curbs")["evidence"]

@@ -53,15 +53,51 @@ def _by_eps(summary: Sequence[dict[str, Any]]) -> dict[float, dict[str, Any]]:
     return {float(s["smoothing"]): s for s in summary}
 
 
-def _separated(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
-    """True when two factors differ clearly on ``key``: the mean bootstrap intervals do not
-    overlap, or (without intervals) the means differ by more than twice the larger seed std."""
+def _separated(a: dict[str, Any], b: dict[str, Any], key: str) -> bool | None:
+    """Whether two factors differ clearly on ``key``.
+
+    True when the mean bootstrap intervals do not overlap, or (without intervals, with at least
+    two seeds each) the means differ by more than twice the larger seed std; False otherwise;
+    None (undecidable) when there are neither intervals nor two seeds to measure the noise.
+    """
     alo, ahi = a.get(f"{key}_low_mean"), a.get(f"{key}_high_mean")
     blo, bhi = b.get(f"{key}_low_mean"), b.get(f"{key}_high_mean")
     if None not in (alo, ahi, blo, bhi):
         return ahi < blo or bhi < alo
+    if min(a.get("n_seeds", 1), b.get("n_seeds", 1)) < 2:
+        return None
     sd = max(a.get(f"{key}_std", 0.0), b.get(f"{key}_std", 0.0))
     return abs(a[f"{key}_mean"] - b[f"{key}_mean"]) > 2 * sd
+
+
+def _sign(s: dict[str, Any], key: str) -> int | None:
+    """+1 / -1 when ``key`` is clearly positive / negative, 0 when its interval contains 0.
+
+    Uses the mean bootstrap interval when there is one, else mean ± 2 seed stds with at least two
+    seeds; None (undecidable) with neither.
+    """
+    lo, hi = s.get(f"{key}_low_mean"), s.get(f"{key}_high_mean")
+    if lo is None or hi is None:
+        if s.get("n_seeds", 1) < 2:
+            return None
+        m, sd = s[f"{key}_mean"], s.get(f"{key}_std", 0.0)
+        lo, hi = m - 2 * sd, m + 2 * sd
+    return 1 if lo > 0 else (-1 if hi < 0 else 0)
+
+
+def _conf_word(sign: int | None) -> str:
+    return {
+        1: "overconfident",
+        -1: "underconfident",
+        0: "not clearly miscalibrated (interval contains 0)",
+        None: "direction undecidable (no intervals, one seed)",
+    }[sign]
+
+
+def _noise_word(sep: bool | None) -> str:
+    if sep is None:
+        return "undecidable: no intervals and one seed"
+    return "beyond the intervals" if sep else "within the noise"
 
 
 def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -73,14 +109,16 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     Returns:
         A dict with ``best`` (factor by ``nll``, ``ece``, ``accuracy``), ``claims`` (a list of
-        ``{"claim", "status", "evidence"}`` with status ``held``, ``partly``, ``did not hold``
-        or ``not tested``) and ``notes`` (sentences).
+        ``{"claim", "status", "evidence"}`` with status ``held``, ``partly``, ``did not hold``,
+        ``inconclusive (…)``, ``undecidable (…)`` or ``not tested``) and ``notes`` (sentences).
+        A difference counts only when it is beyond the bootstrap intervals (or, without them,
+        beyond twice the seed std); with neither, it is reported as undecidable.
 
     Example:
-        >>> mk = lambda e, ece, gap, nll, acc, loss: {"smoothing": e, "n_seeds": 1,
-        ...     "test_ece_mean": ece, "test_ece_std": 0.0, "test_gap_mean": gap, "test_gap_std": 0.0,
-        ...     "test_nll_mean": nll, "test_nll_std": 0.0, "test_accuracy_mean": acc,
-        ...     "test_accuracy_std": 0.0, "final_train_loss_mean": loss, "final_train_loss_std": 0.0}
+        >>> mk = lambda e, ece, gap, nll, acc, loss: {"smoothing": e, "n_seeds": 3,
+        ...     "test_ece_mean": ece, "test_ece_std": 0.01, "test_gap_mean": gap, "test_gap_std": 0.01,
+        ...     "test_nll_mean": nll, "test_nll_std": 0.01, "test_accuracy_mean": acc,
+        ...     "test_accuracy_std": 0.01, "final_train_loss_mean": loss, "final_train_loss_std": 0.01}
         >>> v = verdict([mk(0.0, 0.2, 0.2, 1.3, 0.6, 0.1), mk(0.1, 0.03, 0.01, 1.1, 0.6, 0.6)])
         >>> v["best"]["ece"], v["claims"][0]["status"]
         (0.1, 'held')
@@ -111,22 +149,47 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         e_best = min(smoothed, key=lambda e: by[e]["test_ece_mean"])
         s_best = by[e_best]
         gaps = ", ".join(f"ε={_eps(e)}: {by[e]['test_gap_mean']:+.3f}" for e in factors)
-        under = [e for e in smoothed if by[e]["test_gap_mean"] < 0]
-        overconf = g0 > 0 and base.get("test_gap_low_mean", g0) > 0
+        sign0 = _sign(base, "test_gap")
+        overconf = sign0 == 1
         improved = s_best["test_ece_mean"] < base["test_ece_mean"]
-        clear = improved and _separated(base, s_best, "test_ece")
+        sep = _separated(base, s_best, "test_ece")
         ev = (
-            f"baseline signed gap (confidence − accuracy) {g0:+.3f}{_ci(base, 'test_gap')}"
-            f"{' — overconfident' if overconf else (' — not clearly overconfident' if g0 > 0 else ' — underconfident')}; "
+            f"baseline signed gap (confidence − accuracy) {g0:+.3f}{_ci(base, 'test_gap')} — "
+            f"{_conf_word(sign0)}; "
             f"best smoothed ECE {s_best['test_ece_mean']:.3f}{_ci(s_best, 'test_ece')} at ε={_eps(e_best)} "
-            f"vs {base['test_ece_mean']:.3f}{_ci(base, 'test_ece')} at ε=0; gaps: {gaps}"
+            f"vs {base['test_ece_mean']:.3f}{_ci(base, 'test_ece')} at ε=0 "
+            f"({_noise_word(sep)}); gaps: {gaps}"
         )
-        if under:
+        # "from ε = X on": every factor >= X must be clearly underconfident, not just the mean.
+        under = [e for e in smoothed if _sign(by[e], "test_gap") == -1]
+        tail = [
+            e for e in smoothed if all(_sign(by[f], "test_gap") == -1 for f in smoothed if f >= e)
+        ]
+        if tail:
             ev += (
-                f"; from ε={_eps(min(under))} on the model is underconfident (negative gap), "
-                "so too much smoothing overshoots"
+                f"; from ε={_eps(min(tail))} on the model is underconfident (gap interval below "
+                "0), so too much smoothing overshoots"
             )
-        status = "held" if (overconf and clear) else ("partly" if improved else "did not hold")
+        elif under:
+            ev += "; clearly underconfident (gap interval below 0) at ε=" + ", ".join(
+                _eps(e) for e in under
+            )
+        # smoothing curbs a clearly overconfident baseline: its best factor's |gap| is smaller
+        curbs = overconf and abs(s_best["test_gap_mean"]) < g0
+        if improved and sep is True and overconf:
+            status = "held"
+        elif improved and (sep is True or curbs):
+            status = "partly"
+        elif improved:
+            status = (
+                "inconclusive (no intervals, one seed)"
+                if sep is None
+                else "inconclusive (within the noise)"
+            )
+        else:
+            status = "did not hold" + (
+                " (on the point estimates; no intervals, one seed)" if sep is None else ""
+            )
         claims.append(
             {
                 "claim": "smoothing curbs overconfidence and improves calibration",
@@ -169,17 +232,18 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         rest = [f for f in factors if f < e]
         best_acc = max(rest, key=lambda f: by[f]["test_accuracy_mean"])
         acc_drop = by[best_acc]["test_accuracy_mean"] - s["test_accuracy_mean"]
-        acc_clear = acc_drop > 0 and _separated(by[best_acc], s, "test_accuracy")
+        acc_sep = _separated(by[best_acc], s, "test_accuracy")
+        acc_clear = acc_sep if acc_drop > 0 else False
         tr = s.get("final_train_accuracy_mean")
         tr0 = by[factors[0]].get("final_train_accuracy_mean")
-        underconf = s["test_gap_mean"] < 0 and s.get("test_gap_high_mean", s["test_gap_mean"]) < 0
+        underconf = _sign(s, "test_gap") == -1
         nll_worse = s["test_nll_mean"] > by[best["nll"]]["test_nll_mean"]
         if acc_drop > 0:
             ev = (
                 f"at ε={_eps(e)}: test accuracy {s['test_accuracy_mean']:.3f}, "
                 f"{acc_drop:.3f} below the best smaller factor (ε={_eps(best_acc)}: "
                 f"{by[best_acc]['test_accuracy_mean']:.3f}; "
-                f"{'beyond the intervals' if acc_clear else 'within the noise'})"
+                f"{_noise_word(acc_clear)})"
             )
         else:
             ev = (
@@ -193,7 +257,7 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
             f"; test NLL {s['test_nll_mean']:.3f} vs best {by[best['nll']]['test_nll_mean']:.3f}; "
             f"signed gap {s['test_gap_mean']:+.3f}{' (underconfident)' if underconf else ''}"
         )
-        if acc_clear or (tr is not None and tr0 is not None and tr < tr0 - 0.01):
+        if acc_clear is True or (tr is not None and tr0 is not None and tr < tr0 - 0.01):
             status = "held"
         elif nll_worse or underconf:
             status = "partly"
@@ -216,16 +280,16 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         )
     # 4. The factor is a hyper-parameter to choose.
     if len(factors) >= 2:
-        parts, clear_any = [], False
+        parts, clear_any, undecidable = [], False, False
         for key, name in (("test_nll", "NLL"), ("test_ece", "ECE"), ("test_accuracy", "accuracy")):
             lo = min(factors, key=lambda f: by[f][f"{key}_mean"])
             hi = max(factors, key=lambda f: by[f][f"{key}_mean"])
             sep = _separated(by[lo], by[hi], key)
-            clear_any |= sep and key != "test_accuracy"
+            clear_any |= sep is True and key != "test_accuracy"
+            undecidable |= sep is None
             parts.append(
                 f"{name} ranges {by[lo][f'{key}_mean']:.3f} (ε={_eps(lo)}) to "
-                f"{by[hi][f'{key}_mean']:.3f} (ε={_eps(hi)})"
-                f"{' — beyond the intervals' if sep else ' — within the noise'}"
+                f"{by[hi][f'{key}_mean']:.3f} (ε={_eps(hi)}) — {_noise_word(sep)}"
             )
         ev = "; ".join(parts)
         if "ts_nll_mean" in by[factors[0]]:
@@ -238,7 +302,9 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         claims.append(
             {
                 "claim": "the factor matters (it is a hyper-parameter to choose)",
-                "status": "held" if clear_any else "did not hold",
+                "status": "held"
+                if clear_any
+                else ("undecidable (no intervals, one seed)" if undecidable else "did not hold"),
                 "evidence": ev,
             }
         )
@@ -493,8 +559,20 @@ def _blocks(
             f"`{cfg.get('spread')}`, factors {', '.join(_eps(e) for e in cfg.get('smoothing', []))}, "
             f"{n} seed(s) each. Test metrics on the test split; temperature fitted on the "
             f"calibration split (NLL objective). ECE uses {cfg.get('n_bins')} equal-width bins; "
-            f"intervals are percentile bootstrap 95% CIs ({cfg.get('n_bootstrap')} resamples of "
-            f"the test set) averaged over seeds; ± is the std over seeds.",
+            + (
+                f"intervals are percentile bootstrap 95% CIs ({cfg.get('n_bootstrap')} resamples "
+                "of the test set) averaged over seeds; "
+                if cfg.get("n_bootstrap")
+                else "no bootstrap intervals were computed (n_bootstrap = 0); "
+            )
+            + (
+                "± is the std over seeds."
+                if n > 1
+                else "with one seed there is no seed spread either, so differences between "
+                "factors cannot be told from noise."
+                if not cfg.get("n_bootstrap")
+                else "one seed, so no spread over seeds."
+            ),
         )
     )
     # verdict first: it is what a reader came for
