@@ -498,3 +498,34 @@ def test_verdict_underconfident_from_a_factor_on_needs_every_larger_factor():
     assert "from ε=0.1 on" not in ev and "underconfident (gap interval below 0) at ε=0.1" in ev
     summary[2] = _ci_row(0.2, 0.06, (0.05, 0.07), -0.08, (-0.10, -0.06))
     assert "from ε=0.1 on" in _claim(summary, "smoothing curbs")["evidence"]
+
+
+def _literature_sentence(summary):
+    from types import SimpleNamespace
+
+    from labelsmooth.experiments.report import _blocks
+
+    res = SimpleNamespace(config={}, summary=summary, complete=True, rows=[])
+    blocks = _blocks(res, verdict(summary), {}, None)
+    (p,) = [b[1] for b in blocks if b[0] == "p" and b[1].startswith("Here the")]
+    return p
+
+
+def test_literature_sentence_checks_the_easy_data_pattern():
+    ts = {"ts_ece_mean": 0.05, "ts_ece_std": 0.0, "temperature_mean": 1.0, "temperature_std": 0.0}
+    easy = "already close to calibrated"
+    # strongly underconfident baseline, overconfident smoothed model: not the easy-data pattern
+    summary = [
+        _ci_row(0.0, 0.30, (0.27, 0.33), -0.30, (-0.33, -0.27), **ts),
+        _ci_row(0.1, 0.31, (0.28, 0.34), 0.31, (0.28, 0.34), **ts),
+    ]
+    assert easy not in _literature_sentence(summary)
+    # calibrated baseline but a smoothed factor whose gap interval contains 0: not "every factor"
+    summary = [
+        _ci_row(0.0, 0.02, (0.01, 0.03), 0.0, (-0.01, 0.01), **ts),
+        _ci_row(0.1, 0.03, (0.02, 0.04), -0.01, (-0.02, 0.005), **ts),
+        _ci_row(0.2, 0.08, (0.07, 0.09), -0.08, (-0.09, -0.07), **ts),
+    ]
+    assert easy not in _literature_sentence(summary)
+    summary[1] = _ci_row(0.1, 0.03, (0.02, 0.04), -0.03, (-0.04, -0.02), **ts)
+    assert easy in _literature_sentence(summary)
