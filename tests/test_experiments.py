@@ -529,3 +529,39 @@ def test_literature_sentence_checks_the_easy_data_pattern():
     assert easy not in _literature_sentence(summary)
     summary[1] = _ci_row(0.1, 0.03, (0.02, 0.04), -0.03, (-0.04, -0.02), **ts)
     assert easy in _literature_sentence(summary)
+
+
+def test_temperature_note_judges_the_change_against_the_intervals():
+    def base(ts_ece, ts_ci):
+        return _ci_row(
+            0.0,
+            0.0162,
+            (0.010, 0.025),
+            0.0,
+            (-0.01, 0.01),
+            ts_ece_mean=ts_ece,
+            ts_ece_low_mean=ts_ci[0],
+            ts_ece_high_mean=ts_ci[1],
+            temperature_mean=1.0,
+        )
+
+    smoothed = _ci_row(
+        0.1, 0.05, (0.04, 0.06), -0.04, (-0.05, -0.03), ts_ece_mean=0.02, temperature_mean=0.8
+    )
+    note = verdict([base(0.0159, (0.010, 0.024)), smoothed])["notes"][0]
+    assert "lowers" not in note and "unchanged within the intervals (0.0162 → 0.0159)" in note
+    note = verdict([base(0.0020, (0.001, 0.004)), smoothed])["notes"][0]
+    assert "lowers its ECE from 0.016 to 0.002" in note
+
+
+def test_factor_claim_says_only_when_temperature_scaling_shrinks_the_nll_span():
+    rows = [
+        _summary_row(0.0, 0.05, 0.02, 1.00, 0.9, 0.5),
+        _summary_row(0.1, 0.04, 0.0, 1.01, 0.9, 0.6),
+    ]
+    rows[0].update(ts_nll_mean=0.90, ts_nll_std=0.0)
+    rows[1].update(ts_nll_mean=1.00, ts_nll_std=0.0)  # span 0.10 after vs 0.01 before
+    ev = _claim(rows, "the factor matters")["evidence"]
+    assert "span 0.900–1.000" in ev and "only" not in ev
+    rows[1]["ts_nll_mean"] = 0.905
+    assert "span only 0.900–0.905" in _claim(rows, "the factor matters")["evidence"]

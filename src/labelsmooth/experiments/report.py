@@ -60,14 +60,28 @@ def _separated(a: dict[str, Any], b: dict[str, Any], key: str) -> bool | None:
     two seeds each) the means differ by more than twice the larger seed std; False otherwise;
     None (undecidable) when there are neither intervals nor two seeds to measure the noise.
     """
-    alo, ahi = a.get(f"{key}_low_mean"), a.get(f"{key}_high_mean")
-    blo, bhi = b.get(f"{key}_low_mean"), b.get(f"{key}_high_mean")
+    return _separated_keys(a, key, b, key)
+
+
+def _separated_keys(a: dict[str, Any], ka: str, b: dict[str, Any], kb: str) -> bool | None:
+    """:func:`_separated` for metric ``ka`` of ``a`` against metric ``kb`` of ``b``."""
+    alo, ahi = a.get(f"{ka}_low_mean"), a.get(f"{ka}_high_mean")
+    blo, bhi = b.get(f"{kb}_low_mean"), b.get(f"{kb}_high_mean")
     if None not in (alo, ahi, blo, bhi):
         return ahi < blo or bhi < alo
     if min(a.get("n_seeds", 1), b.get("n_seeds", 1)) < 2:
         return None
-    sd = max(a.get(f"{key}_std", 0.0), b.get(f"{key}_std", 0.0))
-    return abs(a[f"{key}_mean"] - b[f"{key}_mean"]) > 2 * sd
+    sd = max(a.get(f"{ka}_std", 0.0), b.get(f"{kb}_std", 0.0))
+    return abs(a[f"{ka}_mean"] - b[f"{kb}_mean"]) > 2 * sd
+
+
+def _two(x: float, y: float) -> tuple[str, str]:
+    """``x`` and ``y`` with 3 decimals, or as many more (up to 6) as it takes to tell them apart."""
+    for nd in range(3, 7):
+        fx, fy = f"{x:.{nd}f}", f"{y:.{nd}f}"
+        if fx != fy:
+            break
+    return fx, fy
 
 
 def _sign(s: dict[str, Any], key: str) -> int | None:
@@ -294,8 +308,11 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ev = "; ".join(parts)
         if "ts_nll_mean" in by[factors[0]]:
             ts = [by[f]["ts_nll_mean"] for f in factors]
+            nll = [by[f]["test_nll_mean"] for f in factors]
+            shrinks = max(ts) - min(ts) < max(nll) - min(nll)
             ev += (
-                f"; after temperature scaling the test NLLs span only {min(ts):.3f}–{max(ts):.3f} "
+                f"; after temperature scaling the test NLLs span {'only ' if shrinks else ''}"
+                f"{min(ts):.3f}–{max(ts):.3f} "
                 f"(before: {min(by[f]['test_nll_mean'] for f in factors):.3f}–"
                 f"{max(by[f]['test_nll_mean'] for f in factors):.3f})"
             )
@@ -311,11 +328,19 @@ def verdict(summary: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     if base is not None and "ts_ece_mean" in base and smoothed:
         e_best = min(smoothed, key=lambda e: by[e]["test_ece_mean"])
+        e0, e1 = base["test_ece_mean"], base["ts_ece_mean"]
+        f0, f1 = _two(e0, e1)
+        ts_sep = _separated_keys(base, "test_ece", base, "ts_ece")
+        if ts_sep is True:
+            moved = f"{'lowers' if e1 < e0 else 'raises'} its ECE from {f0} to {f1}"
+        elif ts_sep is False:
+            moved = f"leaves its ECE unchanged within the intervals ({f0} → {f1})"
+        else:
+            moved = f"moves its ECE from {f0} to {f1} (no intervals, one seed: size of the noise unknown)"
         notes.append(
             f"Temperature scaling of the unsmoothed model (T = {base['temperature_mean']:.2f} fitted on "
-            f"the calibration split) {'lowers' if base['ts_ece_mean'] < base['test_ece_mean'] else 'changes'} "
-            f"its ECE from {base['test_ece_mean']:.3f} to {base['ts_ece_mean']:.3f}; the best "
-            f"smoothing factor (ε={_eps(e_best)}) reaches {by[e_best]['test_ece_mean']:.3f} without it."
+            f"the calibration split) {moved}; the best smoothing factor (ε={_eps(e_best)}) reaches "
+            f"{by[e_best]['test_ece_mean']:.3f} without it."
         )
         if "ts_nll_mean" in base:
             best_ts = min(factors, key=lambda f: by[f]["ts_nll_mean"])
