@@ -565,3 +565,19 @@ def test_factor_claim_says_only_when_temperature_scaling_shrinks_the_nll_span():
     assert "span 0.900–1.000" in ev and "only" not in ev
     rows[1]["ts_nll_mean"] = 0.905
     assert "span only 0.900–0.905" in _claim(rows, "the factor matters")["evidence"]
+
+
+def test_close_factors_get_their_own_runs(tmp_path):
+    # {:g} would print both as 0.123456 and drop one; a stale record must not stand in either.
+    a, b = 0.1234561, 0.1234564
+    assert sweep_mod.run_key(a, 0) != sweep_mod.run_key(b, 0)
+    assert sweep_mod.run_key(0.05, 3) == "eps0.05_seed3"  # ordinary keys unchanged
+    kw = {"data": make_splits(*_toy(120)), "seeds": 1, "out": tmp_path, "progress": False}
+    res = sweep(smoothing=[a, b], report=False, **kw, **FAST)
+    assert sorted(r["smoothing"] for r in res.rows) == [a, b] and len(res.summary) == 2
+    path = tmp_path / "runs" / (sweep_mod.run_key(a, 0) + ".json")
+    rec = json.loads(path.read_text())
+    rec["smoothing"] = b
+    path.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="holds smoothing=0.1234564"):
+        sweep(smoothing=[a, b], report=False, **kw, **FAST)

@@ -71,11 +71,15 @@ class SweepResult:
 def run_key(smoothing: float, seed: int) -> str:
     """File stem of one run, e.g. ``eps0.05_seed2``.
 
+    The factor is written with ``{:g}`` when that reads back as the same float (the usual case),
+    else with its full ``repr``, so two distinct factors never share a key.
+
     Example:
-        >>> run_key(0.05, 2), run_key(0.0, 0)
-        ('eps0.05_seed2', 'eps0_seed0')
+        >>> run_key(0.05, 2), run_key(0.0, 0), run_key(0.1234561, 1)
+        ('eps0.05_seed2', 'eps0_seed0', 'eps0.1234561_seed1')
     """
-    return f"eps{smoothing:g}_seed{seed}"
+    short = f"{smoothing:g}"
+    return f"eps{short if float(short) == smoothing else repr(float(smoothing))}_seed{seed}"
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -422,6 +426,12 @@ def sweep(
                         f"{out_dir} holds run {key} from a different configuration "
                         f"(differs in {diff or 'its fingerprint'}); choose another output "
                         "directory or delete its runs/ folder"
+                    )
+                if rec.get("smoothing") != eps or rec.get("seed") != seed:
+                    raise ValueError(
+                        f"{path} holds smoothing={rec.get('smoothing')!r}, "
+                        f"seed={rec.get('seed')!r}, expected smoothing={eps!r}, seed={seed!r}; "
+                        "delete that file or choose another output directory"
                     )
                 records[key] = rec
                 npz = path[:-5] + ".npz"
