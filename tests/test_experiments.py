@@ -581,3 +581,26 @@ def test_close_factors_get_their_own_runs(tmp_path):
     path.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="holds smoothing=0.1234564"):
         sweep(smoothing=[a, b], report=False, **kw, **FAST)
+
+
+def test_metrics_figure_names_the_configured_bins():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    from labelsmooth.experiments.report import _eps, _fig_metrics
+
+    rows = [
+        _summary_row(0.0, 0.05, 0.02, 1.0, 0.9, 0.5),
+        _summary_row(0.1, 0.04, 0.0, 1.0, 0.9, 0.6),
+    ]
+    res = SimpleNamespace(config={"n_bins": 7, "dataset": "toy", "model": "mlp"}, summary=rows)
+    fig = _fig_metrics(res, plt)
+    titles = [ax.get_title() for ax in fig.axes]
+    plt.close(fig)
+    assert "test ECE (7 bins)" in titles and "test ECE (15 bins)" not in titles
+    assert _eps(0.1) == "0.1" and _eps(0.1234561) != _eps(0.1234564)  # labels tell factors apart

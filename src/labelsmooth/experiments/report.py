@@ -46,7 +46,8 @@ def _ci(s: dict[str, Any], key: str, nd: int = 3) -> str:
 
 
 def _eps(e: float) -> str:
-    return f"{e:g}"
+    short = f"{e:g}"  # full precision only where {:g} would make two factors look alike
+    return short if float(short) == e else repr(float(e))
 
 
 def _by_eps(summary: Sequence[dict[str, Any]]) -> dict[float, dict[str, Any]]:
@@ -404,7 +405,7 @@ def _fig_metrics(result: Any, plt: Any) -> Any:
     panels = [
         ("test_accuracy", None, "test accuracy"),
         ("test_nll", "ts_nll", "test NLL (nats)"),
-        ("test_ece", "ts_ece", "test ECE (15 bins)"),
+        ("test_ece", "ts_ece", f"test ECE ({int(result.config.get('n_bins', 15))} bins)"),
         ("test_gap", "ts_gap", "signed gap: confidence − accuracy"),
         ("test_smooth_ece", "ts_smooth_ece", "smooth ECE"),
         ("test_brier", "ts_brier", "Brier score"),
