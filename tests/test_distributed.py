@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import faulthandler
+import math
 import socket
 import tempfile
 import traceback
@@ -757,3 +758,20 @@ def test_gradcheck_float64(impl: str) -> None:
               reduction="none", z_loss=0.01, chunk_size=3, impl=impl)
     assert torch.autograd.gradcheck(
         lambda a, c, d: vocab_parallel_linear_cross_entropy(a, c, y, d, **kw), (h, W, b))
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_prior_without_smoothing_and_minus_inf_logits(impl: str) -> None:
+    """ε = 0 with a prior adds no smoothing term: a −inf (masked) logit leaves loss and gradient
+    finite and equal to PyTorch's unsmoothed loss (0·(−inf) used to make them NaN)."""
+    x = torch.tensor([[1.0, 2.0, 0.5, -math.inf], [0.0, -1.0, 3.0, -math.inf]],
+                     dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([1, 2])
+    prior = torch.full((4,), 0.25, dtype=torch.float64)
+    loss = vocab_parallel_cross_entropy(x, y, prior=prior, label_smoothing=0.0, impl=impl)
+    (g,) = torch.autograd.grad(loss, x)
+    ref = torch.nn.functional.cross_entropy(x, y)
+    (g_ref,) = torch.autograd.grad(ref, x)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+    assert torch.allclose(loss, ref, atol=1e-12, rtol=0)
+    assert torch.allclose(g, g_ref, atol=1e-12, rtol=0)

@@ -436,7 +436,8 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
     plan = plan_index(target, size, plan_opts, weight, device=device, acc=acc,
                       check_values=check_values, w_y=placeholder)
     s, s_uniform = plan.s, plan.s_uniform
-    if prior is not None:
+    if prior is not None and eps != 0.0:
+        # As plan_index: no smoothing term at all when ε = 0 (0·x_c is NaN at a −inf logit).
         s = eps * prior.detach().to(device=device, dtype=acc)
         if weight is not None and opts.weight_mode == "torch":
             s = s * weight.detach().to(device=device, dtype=acc)
@@ -493,7 +494,12 @@ def _reference_rows(x: torch.Tensor, st: _Setup):
         m_r = xc.detach().amax(-1)
         se_r = torch.exp(xc - _finite(m_r)[:, None]).sum(-1)
         xy_r = xc.gather(1, sh.y[:, None])[:, 0] * sh.in_shard
-        sx_r = xc @ sh.s if sh.s is not None else sh.s_uniform * xc.sum(-1)
+        if sh.s is not None:
+            sx_r = xc @ sh.s
+        elif sh.s_uniform != 0.0:
+            sx_r = sh.s_uniform * xc.sum(-1)
+        else:  # no smoothing term (ε = 0): 0·Σx would be NaN at a −inf logit
+            sx_r = torch.zeros_like(m_r)
     lse, x_y, sx, S, plan = _globals(st, m_r, se_r, xy_r, sx_r, differentiable=True)
     return _row_loss(lse, x_y, sx, S, plan.ct, plan.cs, plan.cz), lse.detach(), plan
 
