@@ -775,3 +775,18 @@ def test_prior_without_smoothing_and_minus_inf_logits(impl: str) -> None:
     assert torch.isfinite(loss) and torch.isfinite(g).all()
     assert torch.allclose(loss, ref, atol=1e-12, rtol=0)
     assert torch.allclose(g, g_ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_target_on_another_shard_with_minus_inf_first_column(impl: str) -> None:
+    """A row whose target lives on another shard reads column 0 as a placeholder: a −inf there
+    must not leak into the target logit (the reference path used to multiply it by 0 → NaN)."""
+    x = torch.tensor([[-math.inf, 1.0, 2.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([4])  # global vocabulary of 5; this (only) rank holds classes 0..2
+    loss = vocab_parallel_cross_entropy(x, y, vocab_start=0, vocab_size=5, impl=impl,
+                                        reduction="none")
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    # No rank holds x_y here, so the loss is the local lse and the gradient the local softmax.
+    lse = math.log(math.exp(1.0) + math.exp(2.0))
+    assert abs(float(loss.detach()[0]) - lse) < 1e-12
+    assert torch.allclose(g, torch.softmax(x.detach(), 1), atol=1e-12, rtol=0)

@@ -493,7 +493,9 @@ def _reference_rows(x: torch.Tensor, st: _Setup):
     else:
         m_r = xc.detach().amax(-1)
         se_r = torch.exp(xc - _finite(m_r)[:, None]).sum(-1)
-        xy_r = xc.gather(1, sh.y[:, None])[:, 0] * sh.in_shard
+        # a select, not a product with the mask: 0·(−inf) at a placeholder column would be NaN
+        xy_gathered = xc.gather(1, sh.y[:, None])[:, 0]
+        xy_r = torch.where(sh.in_shard, xy_gathered, torch.zeros_like(xy_gathered))
         if sh.s is not None:
             sx_r = xc @ sh.s
         elif sh.s_uniform != 0.0:
