@@ -90,21 +90,71 @@ def check_class_vector(arg: str, value: Any, num_classes: int) -> torch.Tensor:
     return value
 
 
+def prior_sum_slack(dtype: torch.dtype, num_classes: int) -> float:
+    """How far a prior's sum may miss 1: 1e-4 or K ulps of its dtype, whichever is larger.
+
+    Examples:
+        >>> prior_sum_slack(torch.float32, 10), prior_sum_slack(torch.float16, 3)
+        (0.0001, 0.0029296875)
+    """
+    return max(1e-4, num_classes * torch.finfo(dtype).eps)
+
+
+def check_prior_sum(
+    total: float, dtype: torch.dtype, num_classes: int, arg: str = "prior"
+) -> None:
+    """Raise a ValueError naming ``arg`` unless ``total`` (a prior's sum) is 1 within the slack.
+
+    The one tolerance rule (:func:`prior_sum_slack`) for single-process and sharded priors; a
+    float16 prior of thirds sums to 0.99976.
+
+    Examples:
+        >>> check_prior_sum(0.99976, torch.float16, 3)
+        >>> check_prior_sum(0.9, torch.float32, 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `prior` to be a distribution summing to 1 (within 0.0001), but got a prior of 3 entries summing to 0.9.
+    """
+    slack = prior_sum_slack(dtype, num_classes)
+    if not abs(total - 1.0) <= slack:
+        raise fail(
+            arg,
+            f"a distribution summing to 1 (within {slack:.3g})",
+            _Shown(f"a prior of {num_classes} entries summing to {total:.6g}"),
+        )
+
+
+class _Shown(str):
+    """A value description printed without quotes by :func:`fail` (its repr is the text)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _describe(p: torch.Tensor) -> _Shown:
+    """A short summary of a (float64) prior for messages: never the whole vector."""
+    bad = (~torch.isfinite(p)) | (p < 0)
+    first = int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+    text = f"a prior of {p.numel()} entries summing to {float(p.sum()):.6g}"
+    if p.numel():
+        text += f" with minimum {float(p.min()):.6g}"
+    if first is not None:
+        text += f" (first bad entry: prior[{first}] = {float(p[first]):.6g})"
+    return _Shown(text)
+
+
 def check_prior(prior: Any, num_classes: int, *, check_values: bool) -> torch.Tensor:
     """A prior is a probability distribution over the classes.
 
-    The sum may miss 1 by rounding: the slack is 1e-4 or K ulps of the prior's dtype, whichever is
-    larger (a float16 prior of thirds sums to 0.99976).
+    The sum may miss 1 by rounding (:func:`check_prior_sum`). Messages summarise the prior (length,
+    sum, minimum, first bad index) instead of printing it: a vocabulary can have 100k entries.
     """
     prior = check_class_vector("prior", prior, num_classes)
     if check_values:
         p = prior.detach().double()
         if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
-            raise fail("prior", "a distribution (finite, non-negative entries)", prior.tolist())
-        total = float(p.sum())
-        slack = max(1e-4, num_classes * torch.finfo(prior.dtype).eps)
-        if not abs(total - 1.0) <= slack:
-            raise fail("prior", f"a distribution summing to 1 (sum is {total:.6g})", prior.tolist())
+            raise fail("prior", "a distribution (finite, non-negative entries)", _describe(p))
+        check_prior_sum(float(p.sum()), prior.dtype, num_classes)
     return prior
 
 

@@ -20,6 +20,7 @@ import os
 import torch
 
 from labelsmooth.ops import _fused_inductor as _ind
+from labelsmooth.ops._math import acc_dtype, apply_softcap, finite_or_zero, merge_max_sumexp
 
 #: Elements per block (rows × columns): 4 MiB of float32, cache-resident on the reference machine.
 CHUNK_ELEMS = 1 << 20
@@ -57,11 +58,6 @@ def empty_grad(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -
     return torch.empty((rows, cols), dtype=dtype, device=device)
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 stays float64, everything else accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def block_shape(rows: int, cols: int, chunk_elems: int | None = None) -> tuple[int, int]:
     """(rows per block, columns per block) for an (rows, cols) matrix."""
     budget = CHUNK_ELEMS if chunk_elems is None else chunk_elems
@@ -70,20 +66,11 @@ def block_shape(rows: int, cols: int, chunk_elems: int | None = None) -> tuple[i
     return br, bc
 
 
-def _softcapped(v: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    return v if softcap is None else softcap * torch.tanh(v / softcap)
-
-
 def _safe_index(y: torch.Tensor, target_mask: torch.Tensor | None) -> torch.Tensor:
     y = y.to(torch.long)
     if target_mask is None:
         return y
     return torch.where(target_mask, y, torch.zeros_like(y))
-
-
-def _finite(m: torch.Tensor) -> torch.Tensor:
-    """m with ±inf replaced by 0: the reference for exponentials (all −inf rows give sumexp 0)."""
-    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
 
 
 def _load(
@@ -148,7 +135,7 @@ def row_partials(
     acc = acc_dtype(x.dtype)
     dev = x.device
     ys = _safe_index(y, target_mask)
-    x_y = _softcapped(x.gather(1, ys[:, None])[:, 0].to(acc), softcap)
+    x_y = apply_softcap(x.gather(1, ys[:, None])[:, 0].to(acc), softcap)
     if target_mask is not None:
         x_y = torch.where(target_mask, x_y, torch.zeros_like(x_y))
     m = torch.empty(rows, dtype=acc, device=dev)
@@ -180,7 +167,7 @@ def row_partials(
                 xf.amax(1) if c1 > c0 else torch.full((r1 - r0,), -torch.inf, dtype=acc, device=dev)
             )
             e = ws_e[: r1 - r0, : c1 - c0]
-            refb = _finite(mb)
+            refb = finite_or_zero(mb)
             torch.sub(xf, refb[:, None], out=e)
             seb = e.exp_().sum(1)
             if want_sx:
@@ -190,17 +177,8 @@ def row_partials(
                 m[r0:r1] = mb
                 sumexp[r0:r1] = seb
             else:
-                # Online merge of (max, sum of exp) across column blocks. Each sum is relative
-                # to the finite version of its max; an empty (all −inf) part adds exactly 0.
-                mo = m[r0:r1]
-                mn = torch.maximum(mo, mb)
-                ref = _finite(mn)
-                seo = sumexp[r0:r1]
-                zero = torch.zeros_like(seo)
-                sumexp[r0:r1] = torch.where(
-                    seo == 0, zero, seo * torch.exp(_finite(mo) - ref)
-                ) + torch.where(seb == 0, zero, seb * torch.exp(refb - ref))
-                m[r0:r1] = mn
+                # online merge: each sum is relative to the finite version of its max
+                m[r0:r1], sumexp[r0:r1] = merge_max_sumexp(m[r0:r1], sumexp[r0:r1], mb, seb)
     if s is None and want_sx:
         sx.mul_(s_uniform)
     return m, sumexp, x_y, sx
