@@ -604,3 +604,25 @@ def test_metrics_figure_names_the_configured_bins():
     plt.close(fig)
     assert "test ECE (7 bins)" in titles and "test ECE (15 bins)" not in titles
     assert _eps(0.1) == "0.1" and _eps(0.1234561) != _eps(0.1234564)  # labels tell factors apart
+
+
+def test_labels_that_are_not_class_indices_are_remapped_and_reported():
+    from types import SimpleNamespace
+
+    from labelsmooth.experiments.report import _blocks
+
+    x = torch.randn(60, 3, generator=torch.Generator().manual_seed(0))
+    base = torch.arange(60) % 2
+    s = make_splits(x, base + 1)  # labels {1, 2}: no empty class 0
+    assert s.num_classes == 2 and s.label_values == (1, 2)
+    assert set(s.y_train.tolist()) == {0, 1}
+    s = make_splits(x, base * 1000)
+    assert s.num_classes == 2 and s.label_values == (0, 1000)
+    s = make_splits(x, base + 1, num_classes=3)  # asked for: class 0 kept as an index
+    assert s.num_classes == 3 and s.label_values is None
+    assert make_splits(x, base).label_values is None  # already 0..K-1: untouched
+    res = sweep(data=(x, base + 1), smoothing=[0.1], seeds=1, progress=False, report=False, **FAST)
+    assert res.config["label_values"] == [1, 2] and res.config["num_classes"] == 2
+    fake = SimpleNamespace(config=res.config, summary=res.summary, complete=True, rows=[])
+    text = " ".join(b[1] for b in _blocks(fake, verdict(res.summary), {}, None) if b[0] == "p")
+    assert "remapped" in text and "0 ← 1, 1 ← 2" in text

@@ -45,6 +45,8 @@ class Splits:
     y_cal: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    #: original label of class index ``k`` when labels were remapped to ``0..K-1``, else None
+    label_values: tuple[Any, ...] | None = None
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -62,8 +64,16 @@ class Splits:
         return {k: int(getattr(self, f"y_{k}").shape[0]) for k in _SPLIT_NAMES}
 
 
-def _check_labels(y: np.ndarray, source: str) -> tuple[np.ndarray, int]:
-    """Map labels to 0..K-1 (sorted unique values) and insist on at least two classes."""
+def _check_labels(
+    y: np.ndarray, source: str, num_classes: int | None = None
+) -> tuple[np.ndarray, int, tuple[Any, ...] | None]:
+    """Class indices ``0..K-1``, ``K`` and the original label of each index (None if unchanged).
+
+    Integer labels that are already ``0..K-1`` with every index present, or that lie in
+    ``[0, num_classes)`` when ``num_classes`` is given, are kept. Anything else (``{1, 2}``,
+    ``{0, 1000}``, negative numbers, floats, strings) is remapped to ``0..K-1`` in sorted order, so
+    no class index is left without examples; the mapping is returned so it can be reported.
+    """
     if y.ndim != 1:
         raise ValueError(f"labels from {source} must be 1-D, got shape {tuple(y.shape)}")
     classes, codes = np.unique(y, return_inverse=True)
@@ -73,9 +83,10 @@ def _check_labels(y: np.ndarray, source: str) -> tuple[np.ndarray, int]:
             f"({classes.tolist()}); a classifier needs at least 2"
         )
     if np.issubdtype(y.dtype, np.integer) and classes.min() >= 0:
-        # Integer labels keep their meaning (class k stays class k) when they look like indices.
-        return y.astype(np.int64), int(classes.max()) + 1
-    return codes.astype(np.int64), len(classes)
+        contiguous = classes.max() == len(classes) - 1
+        if contiguous or (num_classes is not None and classes.max() < num_classes):
+            return y.astype(np.int64), int(classes.max()) + 1, None
+    return codes.reshape(-1).astype(np.int64), len(classes), tuple(classes.tolist())
 
 
 def make_splits(
@@ -94,8 +105,10 @@ def make_splits(
 
     Args:
         x: features, ``(N, ...)``, anything ``numpy.asarray`` accepts.
-        y: labels, ``(N,)``; integers ``>= 0`` are kept as class indices, anything else
-            (strings, negative numbers) is mapped to ``0..K-1`` in sorted order.
+        y: labels, ``(N,)``; integers that are already ``0..K-1`` (every index present, or all
+            below ``num_classes`` when it is given) are kept as class indices; anything else
+            (``{1, 2}``, gaps, negative numbers, floats, strings) is mapped to ``0..K-1`` in sorted
+            order and the original values are kept in :attr:`Splits.label_values`.
         x_test, y_test: an existing test set; then ``x, y`` are split into train / val / cal only,
             in proportion to the first three ``fractions``.
         fractions: shares of train, val, cal and test (must sum to 1; the last is ignored when
@@ -135,11 +148,11 @@ def make_splits(
             raise ValueError(
                 f"x_test {tuple(xt.shape)} / y_test {tuple(yt.shape)} do not match x {tuple(xa.shape)}"
             )
-        all_y, k = _check_labels(np.concatenate([ya, yt]), name)
+        all_y, k, label_values = _check_labels(np.concatenate([ya, yt]), name, num_classes)
         ya, yt = all_y[: len(ya)], all_y[len(ya) :]
         shares = np.asarray(fractions[:3], dtype=float)
     else:
-        ya, k = _check_labels(ya, name)
+        ya, k, label_values = _check_labels(ya, name, num_classes)
         shares = np.asarray(fractions, dtype=float)
     if not np.isclose(np.sum(fractions), 1.0) or shares.sum() <= 0:
         raise ValueError(f"fractions must sum to 1, got {fractions!r}")
@@ -173,7 +186,7 @@ def make_splits(
     for split, xv, yv in zip(_SPLIT_NAMES, xs, ys):
         tensors[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(xv))
         tensors[f"y_{split}"] = torch.from_numpy(np.ascontiguousarray(yv)).long()
-    return Splits(name=name, num_classes=int(k), **tensors)
+    return Splits(name=name, num_classes=int(k), label_values=label_values, **tensors)
 
 
 def _mnist1d(split_seed: int) -> Splits:

@@ -601,6 +601,20 @@ def _blocks(
             ),
         )
     )
+    if cfg.get("label_values"):
+        lv = cfg["label_values"]
+        shown = ", ".join(f"{i} ← {v}" for i, v in enumerate(lv[:20])) + (
+            ", …" if len(lv) > 20 else ""
+        )
+        b.append(
+            (
+                "p",
+                (
+                    "The labels were not the class indices 0..K−1, so they were remapped in "
+                    f"sorted order (class index ← original label): {shown}."
+                ),
+            )
+        )
     # verdict first: it is what a reader came for
     b.append(("h2", "Verdict"))
     bst = v["best"]

@@ -373,6 +373,12 @@ def sweep(
         "split_seed": split_seed,
         "splits": splits.sizes(),
         "num_classes": splits.num_classes,
+        # original label of each class index when the labels were remapped to 0..K-1
+        "label_values": (
+            None
+            if getattr(splits, "label_values", None) is None
+            else json.loads(json.dumps(list(splits.label_values), default=str))
+        ),
         "feature_shape": list(splits.feature_shape),
         "data_fingerprint": _data_fingerprint(splits),
         **settings.as_dict(),
