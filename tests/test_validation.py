@@ -191,3 +191,26 @@ def test_messages_follow_one_template():
     with pytest.raises(ValueError) as info:
         ls.cross_entropy(X, Y, label_smoothing=2.0)
     assert str(info.value) == "Expected `label_smoothing` to be a float in [0, 1], but got 2.0."
+
+
+def test_prior_messages_summarise_a_large_prior_instead_of_printing_it():
+    # 100k classes: the message names the length, the sum and the first bad index, not every entry
+    k = 100_000
+    p = torch.full((k,), 1.0 / k)
+    p[7] = -1e-6
+    with pytest.raises(ValueError, match=r"`prior`.*100000 entries.*prior\[7\]") as err:
+        ls.cross_entropy(torch.zeros(1, k), torch.tensor([0]), label_smoothing=0.1, prior=p)
+    assert len(str(err.value)) < 400
+    with pytest.raises(ValueError, match=r"`prior`.*summing to 1.*100000 entries summing to 1\.99") as err:
+        ls.cross_entropy(torch.zeros(1, k), torch.tensor([0]), label_smoothing=0.1, prior=2 * p.abs())
+    assert len(str(err.value)) < 400
+
+
+def test_prior_sum_tolerance_is_one_rule():
+    from labelsmooth._validation import check_prior_sum, prior_sum_slack
+
+    assert prior_sum_slack(torch.float32, 3) == 1e-4
+    assert prior_sum_slack(torch.float16, 1000) == 1000 * torch.finfo(torch.float16).eps
+    check_prior_sum(1 - 0.9 * prior_sum_slack(torch.float16, 1000), torch.float16, 1000)
+    with pytest.raises(ValueError, match=r"`prior`.*summing to 1.*0\.9"):
+        check_prior_sum(0.9, torch.float16, 3)
