@@ -316,3 +316,26 @@ def test_errors_name_the_argument(bad, err, name):
 def test_out_of_range_target_is_rejected_on_cpu():
     with pytest.raises(ValueError, match="`target`"):
         linear_cross_entropy(torch.zeros(2, 4), torch.zeros(5, 4), torch.tensor([0, 5]))
+
+
+@pytest.mark.parametrize("kw", [
+    {"prior": torch.full((4,), 0.25), "spread": "others", "label_smoothing": 0.1},
+    {"prior": torch.full((4,), 0.5), "label_smoothing": 0.1},            # sums to 2
+    {"prior": torch.full((2, 2), 0.25), "label_smoothing": 0.1},         # not 1-D
+    {"prior": torch.tensor([0.5, -0.25, 0.75]), "label_smoothing": 0.1},  # negative entry
+    {"prior": torch.full((4,), 0.25), "class_weight": torch.ones(5)},     # lengths differ
+])
+def test_module_checks_the_prior_when_built_like_cross_entropy_loss(kw):
+    """A bad prior fails where LinearCrossEntropyLoss is written, as in CrossEntropyLoss."""
+    with pytest.raises(ValueError, match="`prior`"):
+        LinearCrossEntropyLoss(**kw)
+    ce_kw = {("weight" if k == "class_weight" else k): v for k, v in kw.items()}
+    with pytest.raises(ValueError, match="`prior`"):
+        ls.CrossEntropyLoss(**ce_kw)
+
+
+def test_module_accepts_a_good_prior_and_skips_values_without_validation():
+    prior = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    loss_fn = LinearCrossEntropyLoss(prior=prior, label_smoothing=0.1, class_weight=torch.ones(4))
+    assert torch.equal(loss_fn.prior, prior)
+    LinearCrossEntropyLoss(prior=torch.full((4,), 0.5), label_smoothing=0.1, validate=False)

@@ -10,9 +10,17 @@ import torch
 from torch import nn
 
 from labelsmooth import _validation as V
-from labelsmooth.functional import Impl, Reduction, WeightMode, check_options, plan_index
+from labelsmooth.functional import (
+    Impl,
+    LossOptions,
+    Reduction,
+    WeightMode,
+    _check_prior_values,
+    check_options,
+    plan_index,
+)
 from labelsmooth.ops import linear_ce
-from labelsmooth.targets import Spread
+from labelsmooth.targets import Spread, smoothing_coefficients
 
 __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
 
@@ -143,6 +151,25 @@ def _linear_cross_entropy(
     )
 
 
+def _check_prior_at_construction(prior: torch.Tensor | None, opts: LossOptions,
+                                 class_weight: torch.Tensor | None) -> None:
+    """The prior checks :class:`labelsmooth.CrossEntropyLoss` makes when it is built.
+
+    The vocabulary is unknown before the first call, so the prior's own length stands for it:
+    :func:`labelsmooth.smoothing_coefficients` then checks spread/prior compatibility and (on the
+    CPU unless ``validate=False``) that the prior is a distribution, as at call time.
+    """
+    if prior is None:
+        return
+    if prior.dim() != 1:
+        raise V.fail("prior", "a 1-D tensor (one entry per class)", tuple(prior.shape))
+    smoothing_coefficients(prior.shape[0], opts.label_smoothing, spread=opts.spread, prior=prior,
+                           check_values=_check_prior_values(opts, opts.validate is True),
+                           arg="label_smoothing")
+    if class_weight is not None and class_weight.shape != prior.shape:
+        raise V.fail("prior", f"of class_weight's length {class_weight.shape[0]}", prior.shape[0])
+
+
 class LinearCrossEntropyLoss(nn.Module):
     """Module form of :func:`linear_cross_entropy`: ``loss_fn(hidden, weight, target, bias=None)``.
 
@@ -187,6 +214,7 @@ class LinearCrossEntropyLoss(nn.Module):
             if class_weight.dim() != 1:
                 raise V.fail("class_weight", "a 1-D tensor (one entry per class)",
                              tuple(class_weight.shape))
+        _check_prior_at_construction(prior, opts, class_weight)
         self.ignore_index = opts.ignore_index
         self.reduction = opts.reduction
         self.label_smoothing = opts.label_smoothing
