@@ -626,3 +626,33 @@ def test_labels_that_are_not_class_indices_are_remapped_and_reported():
     fake = SimpleNamespace(config=res.config, summary=res.summary, complete=True, rows=[])
     text = " ".join(b[1] for b in _blocks(fake, verdict(res.summary), {}, None) if b[0] == "p")
     assert "remapped" in text and "0 ← 1, 1 ← 2" in text
+
+
+def test_reliability_figure_bins_like_the_table():
+    # float32 ln 2 gives confidence 2/3 = 10/15 on a bin edge: float32 and float64 softmax put it
+    # in different bins, and the ECE in the diagram's legend must be the table's (float64) one.
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from types import SimpleNamespace
+
+    import matplotlib.pyplot as plt
+
+    from labelsmooth.experiments.report import _fig_reliability
+
+    z = torch.tensor([[0.6931471824645996, 0.0], [0.7031471824645996, 0.0]], dtype=torch.float32)
+    y = torch.tensor([1, 0])
+    table_ece = evaluate_logits(z, y, n_bins=15, smooth=False)["ece"]
+    assert abs(table_ece - 0.1678) < 1e-3  # float32 binning would give 0.499
+    res = SimpleNamespace(
+        config={"n_bins": 15},
+        runs=[{"key": "k", "smoothing": 0.0, "seed": 0}],
+        arrays={"k": {"test_logits": z.numpy(), "test_labels": y.numpy()}},
+    )
+    fig = _fig_reliability(res, plt)
+    texts = [
+        t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+    ]
+    plt.close(fig)
+    assert f"ECE = {100 * table_ece:.2f}%  (M = 15)" in texts, texts

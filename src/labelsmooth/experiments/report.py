@@ -387,7 +387,8 @@ def _fig_reliability(result: Any, plt: Any) -> Any:
     keys = _seed0(result)
     models = {
         f"ε = {_eps(e)}": (
-            torch.from_numpy(result.arrays[k]["test_logits"]),
+            # float64 as in the results table (evaluate_logits), so legend and table agree
+            torch.from_numpy(result.arrays[k]["test_logits"]).double(),
             torch.from_numpy(result.arrays[k]["test_labels"]),
         )
         for e, k in keys.items()
