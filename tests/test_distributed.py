@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import faulthandler
 import math
+import re
 import socket
 import tempfile
 import traceback
@@ -515,6 +516,9 @@ def test_linear_dtensor_and_layout() -> None:
         assert err is not None and "`target`" in err and str(K) in err, err
         assert res[r]["prior_error"] is not None and "sum is 1.1" in res[r]["prior_error"]
         assert res[r]["target_error"] is not None and "every rank" in res[r]["target_error"]
+        # the message carries this rank's values (shape, checksums), not a fixed description
+        assert re.search(r"but got 'a target of shape \(3,\) with checksums \(\d+, \d+\)'",
+                         res[r]["target_error"]), res[r]["target_error"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -790,3 +794,15 @@ def test_target_on_another_shard_with_minus_inf_first_column(impl: str) -> None:
     lse = math.log(math.exp(1.0) + math.exp(2.0))
     assert abs(float(loss.detach()[0]) - lse) < 1e-12
     assert torch.allclose(g, torch.softmax(x.detach(), 1), atol=1e-12, rtol=0)
+
+
+def test_prior_errors_show_the_value() -> None:
+    """A bad prior shard is reported by its values (shape, first bad entry), never the whole
+    vector nor a fixed description."""
+    x, y = torch.randn(2, 4), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"`prior`.*but got 'a tensor of shape \(4,\)'"):
+        vocab_parallel_cross_entropy(x, y, label_smoothing=0.1, spread="others",
+                                     prior=torch.full((4,), 0.25))
+    with pytest.raises(ValueError, match=r"`prior`.*entry 2 of this rank's 4 is not\), but got -0\.5"):
+        vocab_parallel_cross_entropy(x, y, label_smoothing=0.1,
+                                     prior=torch.tensor([0.5, 0.5, -0.5, 0.5]))

@@ -419,14 +419,16 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
     eps = opts.label_smoothing
     if prior is not None and opts.spread == "others":
         raise V.fail("prior", 'None when spread="others" (a prior replaces the uniform share of '
-                     'spread="all")', "a tensor")
+                     'spread="all")', f"a tensor of shape {tuple(prior.shape)}")
     if opts.spread == "others" and size < 2:
         raise V.fail("vocab_size", 'at least 2 with spread="others"', size)
     if prior is not None and check_values:
         p = prior.detach().double()
-        if not bool(torch.isfinite(p).all()) or bool((p < 0).any()):
-            raise V.fail("prior", "a distribution shard (finite, non-negative entries)",
-                         prior.tolist())
+        bad = ~torch.isfinite(p) | (p < 0)
+        if bool(bad.any()):  # the first bad entry, not the whole (vocabulary-sized) shard
+            i = int(bad.nonzero()[0, 0])
+            raise V.fail("prior", "a distribution shard (finite, non-negative entries; entry "
+                         f"{i} of this rank's {p.numel()} is not)", float(p[i]))
     # The prior shard cannot go through plan_index's length-K check; its share is folded in below
     # (a = 1 - ε with or without a prior, so the coefficients are the same). Until the weights of
     # the targets are all-reduced, w_y is a placeholder: ct/cs/cz are recomputed in _globals.
@@ -468,8 +470,10 @@ def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
     lse, summed, tot, maxed = _combine(m_r, se_r, rows, st.scalars, st.group, st.world,
                                        differentiable, st.checksums)
     if maxed is not None and not torch.equal(maxed[:2], -maxed[2:]):
-        raise V.fail("target", "the same tensor on every rank of the group (their checksums "
-                     "differ)", "targets that differ between ranks")
+        mine = tuple(int(c) for c in st.checksums[:2])
+        raise V.fail("target", "the same tensor on every rank of the group (the two checksums of "
+                     "this rank's target differ from another rank's)",
+                     f"a target of shape {tuple(st.target.shape)} with checksums {mine}")
     S = tot[0] if st.sh.s is not None else st.sh.s_uniform * st.size
     if st.prior is not None and st.check_values:
         total = float(tot[-1].detach())
