@@ -134,3 +134,32 @@ def test_wilson_intervals():
     assert len(container.lines[2][0].get_segments()) == int((gap.counts > 0).sum())
     plain = reliability_diagram(logits, y, n_bins=10, from_logits=True, intervals=False).axes[0]
     assert not [c for c in plain.containers if isinstance(c, ErrorbarContainer)]
+
+
+def test_solid_bar_is_the_accuracy_and_the_gap_runs_to_the_confidence():
+    # Under-confident bins: the solid bar must still end at the accuracy (not at the confidence),
+    # and the hatched box must span [confidence, accuracy].
+    from labelsmooth.calibration.plots import _ACC_COLOR
+
+    logits, y = _case(1, 0.3)
+    fig = reliability_diagram(logits, y, n_bins=15, from_logits=True)
+    main = fig.axes[0]
+    gap = calibration_gap(logits, y, 15, from_logits=True)
+    solid = [
+        p
+        for p in main.patches
+        if p.get_facecolor()[:3] == pytest.approx(_rgb(_ACC_COLOR)) and p.get_width() > 0
+    ]
+    assert len(solid) == 15
+    for m, p in enumerate(solid):
+        acc = gap.accuracy[m].item() if gap.counts[m] > 0 else 0.0
+        assert p.get_y() == 0 and p.get_height() == pytest.approx(acc)
+    orange = [p for p in main.patches if p.get_edgecolor()[:3] == pytest.approx(_rgb(_UNDER_COLOR))]
+    assert orange
+    for p in orange:
+        m = round(p.get_x() * 15)
+        assert p.get_y() == pytest.approx(gap.confidence[m].item())
+        assert p.get_y() + p.get_height() == pytest.approx(gap.accuracy[m].item())
+    texts = _legend_texts(main)
+    assert "accuracy (bar top)" in texts
+    assert any("down to conf" in t for t in texts) and any("up to conf" in t for t in texts)

@@ -2,9 +2,9 @@
 
 Each diagram has two panels sharing the confidence axis:
 
-* top: per-bin accuracy bars at the true bin positions and widths with 95% Wilson intervals,
-  the signed gap to the bin's mean confidence (red hatched where over-confident, orange where
-  under-confident), the diagonal of perfect calibration, and a legend with the ECE, the signed
+* top: per-bin accuracy bars (solid, height = accuracy) at the true bin positions and widths
+  with 95% Wilson intervals, and a hatched box from the accuracy to the bin's mean confidence
+  (red above the bar where over-confident, orange over the bar's top where under-confident), the diagonal of perfect calibration, and a legend with the ECE, the signed
   gap, ``n`` and ``M``;
 * bottom: the confidence histogram (fraction of samples per bin) with the mean confidence and the
   accuracy marked, so sparse bins are visible.
@@ -103,6 +103,7 @@ def _draw(
     ylabel: bool,
     intervals: bool,
 ) -> Axes:
+    from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -113,16 +114,18 @@ def _draw(
     filled = [k > 0 for k in data["counts"]]
     acc = [a if f else 0.0 for a, f in zip(data["acc"], filled)]
     conf = [c if f else 0.0 for c, f in zip(data["conf"], filled)]
-    # Solid blue up to min(acc, conf); the gap between them is hatched, red where the bin is
-    # over-confident (conf > acc) and orange where it is under-confident (acc > conf); a black
-    # outline marks the accuracy, so the top of every bar still reads as the bin's accuracy.
-    base = [min(a, c) for a, c in zip(acc, conf)]
+    # The solid blue bar is the bin's accuracy, always. The hatched box spans accuracy -> mean
+    # confidence: above the bar in red where the bin is over-confident (conf > acc), over the top
+    # of the bar in orange where it is under-confident (conf < acc); its far edge is the bin's
+    # mean confidence.
     ax.bar(
-        lefts, base, width=width, align="edge", color=_ACC_COLOR, alpha=0.85, linewidth=0, zorder=2
+        lefts, acc, width=width, align="edge", color=_ACC_COLOR, alpha=0.85, linewidth=0, zorder=2
     )
     for left, a, c, f in zip(lefts, acc, conf, filled):
         if f and c != a:
-            color = _OVER_COLOR if c > a else _UNDER_COLOR
+            over = c > a
+            color = _OVER_COLOR if over else _UNDER_COLOR
+            # A light face (the blue bar stays blue underneath) and opaque hatch lines.
             ax.bar(
                 left,
                 abs(c - a),
@@ -130,11 +133,10 @@ def _draw(
                 width=width,
                 align="edge",
                 zorder=3,
-                facecolor=color,
-                alpha=0.35,
+                facecolor=to_rgba(color, 0.3 if over else 0.2),
                 edgecolor=color,
-                hatch="//",
-                linewidth=0.8,
+                hatch="//" if over else "\\\\",
+                linewidth=1.0,
             )
     ax.bar(
         lefts,
@@ -168,20 +170,18 @@ def _draw(
         )
     gap = data["mean_conf"] - data["mean_acc"]
     handles = [
-        Patch(facecolor=_ACC_COLOR, edgecolor="black", label="accuracy"),
+        Patch(facecolor=_ACC_COLOR, edgecolor="black", label="accuracy (bar top)"),
         Patch(
-            facecolor=_OVER_COLOR,
-            alpha=0.35,
+            facecolor=to_rgba(_OVER_COLOR, 0.3),
             hatch="//",
             edgecolor=_OVER_COLOR,
-            label="gap (over-confident)",
+            label="gap up to conf (over-confident)",
         ),
         Patch(
-            facecolor=_UNDER_COLOR,
-            alpha=0.35,
-            hatch="//",
+            facecolor=to_rgba(_UNDER_COLOR, 0.2),
+            hatch="\\\\",
             edgecolor=_UNDER_COLOR,
-            label="gap (under-confident)",
+            label="gap down to conf (under-confident)",
         ),
         *(
             [Line2D([], [], color="black", linewidth=0.8, marker="_", label="95% Wilson interval")]
