@@ -514,7 +514,8 @@ def test_linear_dtensor_and_layout() -> None:
     for r in range(world):
         err = res[r]["error"]
         assert err is not None and "`target`" in err and str(K) in err, err
-        assert res[r]["prior_error"] is not None and "sum is 1.1" in res[r]["prior_error"]
+        assert res[r]["prior_error"] is not None and "summing to 1.1" in res[r]["prior_error"]
+        assert f"a prior of {K} entries" in res[r]["prior_error"], res[r]["prior_error"]
         assert res[r]["target_error"] is not None and "every rank" in res[r]["target_error"]
         # the message carries this rank's values (shape, checksums), not a fixed description
         assert re.search(r"but got 'a target of shape \(3,\) with checksums \(\d+, \d+\)'",
@@ -806,3 +807,16 @@ def test_prior_errors_show_the_value() -> None:
     with pytest.raises(ValueError, match=r"`prior`.*entry 2 of this rank's 4 is not\), but got -0\.5"):
         vocab_parallel_cross_entropy(x, y, label_smoothing=0.1,
                                      prior=torch.tensor([0.5, 0.5, -0.5, 0.5]))
+
+
+def test_prior_sum_tolerance_is_the_single_process_rule() -> None:
+    """A float16 prior of thirds sums to 0.99976: accepted by cross_entropy (slack K·eps of the
+    dtype), so accepted by the vocabulary-parallel loss too; a clearly wrong sum still fails."""
+    x, y = torch.randn(2, 3), torch.tensor([0, 1])
+    prior = torch.full((3,), 1 / 3, dtype=torch.float16)
+    assert abs(float(prior.double().sum()) - 1) > 1e-4  # beyond the old fixed tolerance
+    ref = ls.cross_entropy(x, y, prior=prior, label_smoothing=0.1)
+    assert torch.allclose(vocab_parallel_cross_entropy(x, y, prior=prior, label_smoothing=0.1),
+                          ref, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="`prior`.*summing to 0.99"):
+        vocab_parallel_cross_entropy(x, y, prior=torch.full((3,), 0.33), label_smoothing=0.1)
