@@ -22,6 +22,7 @@ from labelsmooth.calibration.metrics import (
     BootstrapCI,
     _as_tensor,
     _bin_stats,
+    _brier_per_sample,
     _ce_from_stats,
     _check_bootstrap_args,
     _check_n_bins,
@@ -30,6 +31,8 @@ from labelsmooth.calibration.metrics import (
     _confidence_correct,
     _debiased_sq_from_stats,
     _gap_from_stats,
+    _gap_of,
+    _log_prob_true,
     _mass_bins,
     _percentile_bootstrap,
     _prepare,
@@ -59,15 +62,6 @@ def _comm_device(group: Any) -> torch.device:
     if backend == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def _log_probs_true(x: torch.Tensor, labels: torch.Tensor, from_logits: bool) -> torch.Tensor:
-    if from_logits:
-        logits = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        logp = torch.log_softmax(logits, dim=-1)
-    else:
-        logp = x.log()
-    return logp.gather(1, labels[:, None]).squeeze(1)
 
 
 class BinnedCalibrationMeter:
@@ -172,13 +166,11 @@ class BinnedCalibrationMeter:
         st["counts"] += counts.to(st["counts"].device)
         st["sum_conf"] += s_conf.to(st["counts"].device)
         st["sum_correct"] += s_corr.to(st["counts"].device)
-        logp = _log_probs_true(
+        logp = _log_prob_true(
             _as_tensor(probs, "probs") if self.from_logits else p, y, self.from_logits
         )
-        st["sum_nll"] -= logp.to(torch.float64).sum().to(st["counts"].device)
-        p64 = p.to(torch.float64)
-        onehot = torch.zeros_like(p64).scatter_(1, y[:, None], 1.0)
-        st["sum_brier"] += ((p64 - onehot) ** 2).sum().to(st["counts"].device)
+        st["sum_nll"] -= logp.sum().to(st["counts"].device)
+        st["sum_brier"] += _brier_per_sample(p, y).sum().to(st["counts"].device)
         if self.num_classes is not None:
             c, sp, sy = _classwise_stats(p, y, self.n_bins)
             st["cw_counts"] += c.to(st["counts"].device)
@@ -380,9 +372,9 @@ class SampleCalibrationMeter:
         if name == "smooth_ece":
             return _smece(conf, correct, None)[0]
         if name == "gap":
-            return float(conf.mean() - correct.mean())
+            return float(_gap_of(conf, correct))
         if name == "accuracy":
-            return float(correct.mean())
+            return float(correct.mean())  # correct is 0/1 per sample, as in metrics.accuracy
         raise ValueError(f"metric must be one of {_SAMPLE_METRICS} or a callable, got {name!r}")
 
     def compute(self) -> dict[str, torch.Tensor]:

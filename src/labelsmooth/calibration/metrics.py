@@ -627,13 +627,32 @@ def negative_log_likelihood(
     if from_logits:
         # Validate with the logits themselves, then use log_softmax for accuracy in the tails.
         _prepare(x, labels, False)
-        logits = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        logp = torch.log_softmax(logits, dim=-1)
         y = _as_tensor(labels, "labels").long()
     else:
-        p, y = _prepare(x, labels, False)
-        logp = p.log()
-    return -logp.gather(1, y[:, None]).to(torch.float64).mean()
+        x, y = _prepare(x, labels, False)
+    return -_log_prob_true(x, y, from_logits).mean()
+
+
+def _log_prob_true(x: torch.Tensor, labels: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """Per-sample ``log p_{i, y_i}`` in float64 from validated probabilities or logits."""
+    if from_logits:
+        logits = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        logp = torch.log_softmax(logits, dim=-1)
+    else:
+        logp = x.log()
+    return logp.gather(1, labels[:, None]).squeeze(1).to(torch.float64)
+
+
+def _brier_per_sample(p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``sum_k (p_ik - [y_i = k])^2`` in float64 from validated probabilities."""
+    p = p.to(torch.float64)
+    onehot = torch.zeros_like(p).scatter_(1, labels[:, None], 1.0)
+    return ((p - onehot) ** 2).sum(dim=1)
+
+
+def _gap_of(conf: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Signed top-label gap, mean confidence minus accuracy, of per-sample tensors."""
+    return conf.mean() - correct.mean()
 
 
 def brier_score(
@@ -647,9 +666,7 @@ def brier_score(
         0.3125
     """
     p, y = _prepare(probs, labels, from_logits)
-    p = p.to(torch.float64)
-    onehot = torch.zeros_like(p).scatter_(1, y[:, None], 1.0)
-    return ((p - onehot) ** 2).sum(dim=1).mean()
+    return _brier_per_sample(p, y).mean()
 
 
 def accuracy(
