@@ -339,3 +339,22 @@ def test_module_accepts_a_good_prior_and_skips_values_without_validation():
     loss_fn = LinearCrossEntropyLoss(prior=prior, label_smoothing=0.1, class_weight=torch.ones(4))
     assert torch.equal(loss_fn.prior, prior)
     LinearCrossEntropyLoss(prior=torch.full((4,), 0.5), label_smoothing=0.1, validate=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weight_gradient_is_summed_in_float32(dtype):
+    """dW = Σ_n (p_n − e_{y_n}) h_nᵀ summed over one-token chunks: every chunk product must reach
+    the float32 accumulator unrounded, so dW is the truth rounded once (within one ulp of its
+    dtype). Equal logits (W = 0) and every class equally often make the large common part (64)
+    of the hidden states cancel, leaving a sum much smaller than its terms; rounding each term to
+    half precision first (as before) was off by ≥ 8 ulps."""
+    n, h, v = 256, 4, 8
+    g = torch.Generator().manual_seed(0)
+    hid = (64 + torch.randn(n, h, generator=g)).to(dtype)
+    y = torch.arange(n) % v
+    w = torch.zeros(v, h, dtype=dtype, requires_grad=True)
+    w64 = torch.zeros(v, h, dtype=torch.float64, requires_grad=True)
+    F.cross_entropy(hid.double() @ w64.T, y, reduction="sum").backward()
+    linear_cross_entropy(hid, w, y, reduction="sum", chunk_size=1).backward()
+    err = (w.grad.double() - w64.grad).abs().max()
+    assert err <= torch.finfo(dtype).eps * w64.grad.abs().max(), err

@@ -44,7 +44,8 @@ Defaults: :data:`DEFAULT_MEMORY_BUDGET` (64 MiB, CPU) and :data:`DEFAULT_MEMORY_
 ``memory_budget`` is also given). Beyond the chunk, the extra memory is the float32 accumulator of
 the weight's gradient when the weight is not float32 (the gradient itself otherwise), one
 ``(rows, H)`` float32 accumulator when the vocabulary is split, O(N) per-row vectors and, for a
-low-precision weight off CUDA, one 16 MiB block of the chunk's weight-gradient product. The float32
+low-precision weight off CUDA (no mixed-dtype GEMM there), float32 copies of the chunk's hidden
+states and of one 16 MiB block of its logits gradient, multiplied straight into the accumulator. The float32
 accumulator is what keeps a long sum of chunk products exact (half-precision accumulation drifts),
 but for a bfloat16 weight it costs 4·V·H bytes next to the 2·V·H-byte gradient — at 8192 tokens ×
 H 4096 × V 128256 that is as much as the full bfloat16 logits.
@@ -173,6 +174,11 @@ def _logits(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
 _MIXED_ADDMM = [True]  # whether torch.addmm(..., out_dtype=float32) works here (CUDA only)
 
 
+def _dw_block_cols(rows: int) -> int:
+    """Vocabulary columns per float32 block of a low-precision logits gradient (16 MiB)."""
+    return max(1, (DEFAULT_MEMORY_BUDGET // 4) // (max(1, rows) * 4))
+
+
 def _accumulate(g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor, grads: _Grads,
                 rsl: slice, csl: slice, dh_acc: torch.Tensor | None, dw_cols: int) -> None:
     """dh[rows] (+)= g W[cols];  dW[cols] += gᵀ h_c;  db[cols] += Σ_n g  (g in the logits dtype)."""
@@ -194,11 +200,13 @@ def _accumulate(g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor, grads: _Grad
                 _MIXED_ADDMM[0] = False
                 _accumulate(g, hc, w, _Grads(None, grads.dw, None), rsl, csl, None, dw_cols)
         else:
-            # Low precision: one matmul per block of vocabulary rows (a bounded temporary),
-            # accumulated across token chunks in float32 (pitfall: half-precision dW drifts).
+            # Low precision without a mixed-dtype GEMM: multiply in float32, one block of
+            # vocabulary rows at a time (bounded temporaries), straight into the accumulator, so
+            # no chunk product is rounded to half precision before it is summed (that drifts).
+            hc32 = hc.to(dw.dtype)
             for c0 in range(0, g.shape[1], dw_cols):
                 c1 = min(g.shape[1], c0 + dw_cols)
-                dw[c0:c1] += torch.mm(g[:, c0:c1].t(), hc)
+                dw[c0:c1].addmm_(g[:, c0:c1].t().to(dw.dtype), hc32)
     if grads.db is not None:
         grads.db[csl] += g.sum(0, dtype=grads.db.dtype)
 
@@ -234,7 +242,7 @@ def run_chunks(
     rows, cols = chunks.rows, chunks.cols
     buf = torch.empty(rows * cols if kind == "fused" else 0, dtype=h.dtype, device=h.device)
     split = cols < vocab
-    dw_cols = max(1, (DEFAULT_MEMORY_BUDGET // 4) // max(1, h.shape[1] * h.element_size()))
+    dw_cols = _dw_block_cols(rows)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
         rsl = slice(r0, r1)
