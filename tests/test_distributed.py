@@ -820,3 +820,23 @@ def test_prior_sum_tolerance_is_the_single_process_rule() -> None:
                           ref, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="`prior`.*summing to 0.99"):
         vocab_parallel_cross_entropy(x, y, prior=torch.full((3,), 0.33), label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_linear_low_precision_weight_gradient_is_summed_in_float32(dtype: torch.dtype) -> None:
+    """The weight-shard gradient sums one-token chunk products in float32 without rounding each
+    to half precision first: with equal logits and balanced targets the large common part of the
+    hidden states cancels, and dW must be the float64 truth rounded once (per-chunk rounding was
+    off by ≥ 8 ulps of the dtype)."""
+    n, hd, v = 256, 4, 8
+    g = torch.Generator().manual_seed(0)
+    h = (64 + torch.randn(n, hd, generator=g)).to(dtype)
+    y = torch.arange(n) % v
+    w = torch.zeros(v, hd, dtype=dtype, requires_grad=True)
+    b = torch.zeros(v, dtype=dtype, requires_grad=True)
+    w64 = torch.zeros(v, hd, dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.cross_entropy(h.double() @ w64.T, y, reduction="sum").backward()
+    vocab_parallel_linear_cross_entropy(h, w, y, b, reduction="sum", chunk_size=1).backward()
+    err = (w.grad.double() - w64.grad).abs().max()
+    assert err <= torch.finfo(dtype).eps * w64.grad.abs().max(), err
+    assert torch.equal(b.grad, torch.zeros_like(b))  # Σ_n (1/8 − e_y) = 0 exactly

@@ -55,6 +55,7 @@ from labelsmooth.functional import (
     finish_index,
     plan_index,
 )
+from labelsmooth.ops import linear_ce
 from labelsmooth.targets import Spread
 
 __all__ = [
@@ -725,6 +726,10 @@ class _LinearRows(torch.autograd.Function):
         dw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
         db = torch.zeros(w.shape[0], dtype=acc, device=w.device) if need_b else None
         sh = ctx.sh
+        # dW and db through the single-process accumulation: float32 (float64) sums of products
+        # that are never rounded to half precision first
+        grads = linear_ce._Grads(None, dw, db)
+        dw_cols, cols = linear_ce._dw_block_cols(ctx.chunk), slice(0, w.shape[0])
         for r0 in range(0, h.shape[0], ctx.chunk):
             r1 = min(h.shape[0], r0 + ctx.chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
@@ -733,10 +738,7 @@ class _LinearRows(torch.autograd.Function):
                              cs[r0:r1], g[r0:r1])
             if need_h:
                 dh[r0:r1] = gl @ w
-            if need_w:
-                dw += (gl.t() @ h[r0:r1]).to(acc)  # accumulate over chunks in float32 or wider
-            if need_b:
-                db += gl.sum(0).to(acc)
+            linear_ce._accumulate(gl, h[r0:r1], w, grads, slice(r0, r1), cols, None, dw_cols)
         if need_h and ctx.world > 1:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=ctx.group)
         return (dh.to(h.dtype) if need_h else None, dw.to(w.dtype) if need_w else None,
