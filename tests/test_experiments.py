@@ -656,3 +656,26 @@ def test_reliability_figure_bins_like_the_table():
     ]
     plt.close(fig)
     assert f"ECE = {100 * table_ece:.2f}%  (M = 15)" in texts, texts
+
+
+def test_literature_sentence_says_lowers_only_beyond_the_intervals():
+    ts = {"temperature_mean": 1.1, "temperature_std": 0.0}
+    summary = [  # smaller means, overlapping intervals everywhere
+        _ci_row(
+            0.0,
+            0.050,
+            (0.03, 0.07),
+            0.03,
+            (0.01, 0.05),
+            ts_ece_mean=0.048,
+            ts_ece_low_mean=0.03,
+            ts_ece_high_mean=0.07,
+            **ts,
+        ),
+        _ci_row(0.1, 0.049, (0.03, 0.07), 0.01, (-0.01, 0.03), **ts),
+    ]
+    p = _literature_sentence(summary)
+    assert "same direction" not in p
+    assert "smoothing does not clearly lower the ECE, temperature scaling does not clearly" in p
+    summary[1] = _ci_row(0.1, 0.010, (0.005, 0.02), 0.0, (-0.01, 0.01), **ts)
+    assert "smoothing lowers the ECE" in _literature_sentence(summary)
