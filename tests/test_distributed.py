@@ -840,3 +840,19 @@ def test_linear_low_precision_weight_gradient_is_summed_in_float32(dtype: torch.
     err = (w.grad.double() - w64.grad).abs().max()
     assert err <= torch.finfo(dtype).eps * w64.grad.abs().max(), err
     assert torch.equal(b.grad, torch.zeros_like(b))  # Σ_n (1/8 − e_y) = 0 exactly
+
+
+@pytest.mark.parametrize("kw, err", [
+    ({"chunk_size": 0}, ValueError), ({"memory_budget": -1}, ValueError),
+    ({"chunk_size": 1.5}, TypeError), ({"chunk_size": True}, TypeError),
+    ({"memory_budget": "64MiB"}, TypeError),
+])
+def test_chunk_arguments_fail_like_linear_cross_entropy(kw: dict, err: type) -> None:
+    """One chunk-argument rule for both fused-linear losses: TypeError for a wrong type,
+    ValueError for a bad value, the argument named."""
+    h, w, y = torch.randn(3, 2), torch.randn(4, 2), torch.tensor([0, 1, 2])
+    name = next(iter(kw))
+    with pytest.raises(err, match=f"`{name}`"):
+        vocab_parallel_linear_cross_entropy(h, w, y, **kw)
+    with pytest.raises(err, match=f"`{name}`"):
+        ls.linear_cross_entropy(h, w, y, **kw)

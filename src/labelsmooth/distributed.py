@@ -685,10 +685,7 @@ def copy_to_vocab_parallel(hidden: torch.Tensor, group: Group = None) -> torch.T
 def _chunk_rows(chunk_size: int | None, memory_budget: int | None, width: int,
                 dtype: torch.dtype, device: torch.device) -> int:
     """Rows of local logits per chunk: ``chunk_size``, else as many as fit the memory budget."""
-    for name, value in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
-            raise V.fail(name, "None or a positive int", value)
+    linear_ce.check_chunking(chunk_size, memory_budget)  # the single-process rule and errors
     if chunk_size is not None:
         return chunk_size
     budget = memory_budget or (_BUDGET_CUDA if device.type == "cuda" else _BUDGET_CPU)
