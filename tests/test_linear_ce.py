@@ -358,3 +358,23 @@ def test_low_precision_weight_gradient_is_summed_in_float32(dtype):
     linear_cross_entropy(hid, w, y, reduction="sum", chunk_size=1).backward()
     err = (w.grad.double() - w64.grad).abs().max()
     assert err <= torch.finfo(dtype).eps * w64.grad.abs().max(), err
+
+
+def test_split_vocabulary_with_a_fully_masked_block_matches_torch():
+    """A vocabulary block whose logits are all −inf (masked by the bias) adds exactly nothing to
+    the online (max, Σexp) merge: loss and gradients equal PyTorch's and stay finite."""
+    g = torch.Generator().manual_seed(4)
+    n, h, v = 70, 8, 300
+    hid = torch.randn(n, h, generator=g, dtype=torch.float64)
+    w = torch.randn(v, h, generator=g, dtype=torch.float64)
+    b = torch.zeros(v, dtype=torch.float64)
+    b[128:256] = -math.inf  # the whole second 128-column block
+    y = torch.randint(0, 128, (n,), generator=g)
+    budget = 64 * 128 * 8  # 64 rows × 128 float64 columns: three vocabulary blocks
+    assert linear_ce.plan_chunks(n, v, torch.float64, memory_budget=budget).cols == 128
+    ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(
+        h_, w_, y, b_, memory_budget=budget), hid, w, b)
+    ref = _loss_and_grads(lambda h_, w_, b_: F.cross_entropy(F.linear(h_, w_, b_), y), hid, w, b)
+    for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
+        assert torch.isfinite(o).all(), what
+        torch.testing.assert_close(o, r, atol=1e-12, rtol=1e-12, msg=what)

@@ -20,6 +20,7 @@ from labelsmooth.functional import (
     plan_index,
 )
 from labelsmooth.ops import linear_ce
+from labelsmooth.ops._math import acc_dtype
 from labelsmooth.targets import Spread, smoothing_coefficients
 
 __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
@@ -141,7 +142,7 @@ def _linear_cross_entropy(
     if not isinstance(grad_in_forward, bool):
         raise V.fail("grad_in_forward", "a bool", grad_in_forward, TypeError)
     check_values = V.should_check_values(validate, hidden, target)
-    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(hidden.dtype)
     plan = plan_index(target.reshape(-1), vocab, opts, class_weight, device=hidden.device, acc=acc,
                       check_values=check_values)
     h = hidden.reshape(-1, hidden.shape[-1])

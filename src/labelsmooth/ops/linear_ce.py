@@ -62,6 +62,7 @@ import torch
 from labelsmooth import _validation as V
 from labelsmooth import ops
 from labelsmooth.functional import IndexPlan, LossOptions, finish_index
+from labelsmooth.ops._math import acc_dtype, grad_coef, merge_max_sumexp, row_loss
 
 MiB = 1 << 20
 #: Default bytes for one chunk of logits on the CPU and other non-CUDA devices.
@@ -70,10 +71,6 @@ DEFAULT_MEMORY_BUDGET = 64 * MiB
 DEFAULT_MEMORY_BUDGET_CUDA = 128 * MiB
 #: Fewest rows per chunk before the vocabulary is split instead (small matmuls are inefficient).
 MIN_ROWS = 64
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _row_engine(impl: str, device: torch.device) -> tuple[str, ModuleType]:
@@ -165,10 +162,12 @@ class _Grads:
 
 
 def _logits(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-            out: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """``hc @ w.T + b`` (one fused GEMM); into ``out`` when given, else a fresh differentiable
+    tensor (the vocabulary-parallel loss uses both)."""
     if b is None:
-        return torch.mm(hc, w.t(), out=out)
-    return torch.addmm(b, hc, w.t(), out=out)
+        return torch.mm(hc, w.t(), out=out) if out is not None else torch.mm(hc, w.t())
+    return torch.addmm(b, hc, w.t(), out=out) if out is not None else torch.addmm(b, hc, w.t())
 
 
 _MIXED_ADDMM = [True]  # whether torch.addmm(..., out_dtype=float32) works here (CUDA only)
@@ -233,12 +232,13 @@ def run_chunks(
     kind, mod = engine
     n, _ = h.shape
     vocab = w.shape[0]
-    acc = _acc(h.dtype)
+    acc = acc_dtype(h.dtype)
     loss = torch.zeros(n, dtype=acc, device=h.device)
     lse = torch.empty(n, dtype=acc, device=h.device) if lse_known is None else lse_known
     if n == 0:
         return loss, lse
     big_s = plan.s.sum() if plan.s is not None else plan.s_uniform * vocab
+    smoothing = plan.s is not None or plan.s_uniform != 0.0
     rows, cols = chunks.rows, chunks.cols
     buf = torch.empty(rows * cols if kind == "fused" else 0, dtype=h.dtype, device=h.device)
     split = cols < vocab
@@ -279,25 +279,17 @@ def run_chunks(
                 if m is None:
                     m, se, xy, sx = pm, pse, pxy, psx
                 else:  # online merge of (max, Σexp) across vocabulary blocks
-                    mn = torch.maximum(m, pm)
-                    ref = torch.where(torch.isfinite(mn), mn, torch.zeros_like(mn))
-                    se = se * torch.exp(m - ref) + pse * torch.exp(pm - ref)
-                    m, xy, sx = mn, xy + pxy, sx + psx
+                    m, se = merge_max_sumexp(m, se, pm, pse)
+                    xy, sx = xy + pxy, sx + psx
                 keep = x
             lse_c = m + torch.log(se)
-            lr = ct * (lse_c - xy)
-            if plan.s is not None or plan.s_uniform != 0.0:
-                lr = lr + cs * (big_s * lse_c - sx)
-            if cz is not None:
-                lr = lr + cz * lse_c.square()
-            loss[rsl], lse[rsl] = lr, lse_c
+            loss[rsl] = row_loss(lse_c, xy, sx if smoothing else None, big_s, ct, cs, cz)
+            lse[rsl] = lse_c
         else:
             lse_c, keep = lse_known[rsl], None
         if grads is None:
             continue
-        coef_p = ct + cs * big_s
-        if cz is not None:
-            coef_p = coef_p + 2 * cz * lse_c
+        coef_p = grad_coef(lse_c, big_s, ct, cs if smoothing else None, cz)
         dh_acc = torch.zeros(r1 - r0, h.shape[1], dtype=acc, device=h.device) \
             if split and grads.dh is not None else None
         for c0, c1 in blocks:
@@ -342,7 +334,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, w, b, engine, plan, opts, chunks, out_shape, out_dtype, grad_in_forward):
         needs = ctx.needs_input_grad[:3]
-        acc = _acc(h.dtype)
+        acc = acc_dtype(h.dtype)
         n = h.shape[0]
         ctx.engine, ctx.plan, ctx.opts, ctx.chunks = engine, plan, opts, chunks
         ctx.out_shape, ctx.acc = out_shape, acc
