@@ -668,7 +668,21 @@ def test_ddp_and_fsdp_on_a_2x2_mesh() -> None:
                 _close(got, exp, torch.float64, f"{wrap} {k} dp={r['dp']} tp={r['tp']}")
 
 
-JOBS = {"parity": _job_parity, "misc": _job_misc, "ddp": _job_ddp, "mesh2d": _job_mesh2d}
+def _job_masked(rank: int, world: int, data: dict) -> list:
+    """Each rank's loss and gradient slice, for every impl, of logits with ±inf entries."""
+    start = sum(data["widths"][:rank])
+    out = []
+    for impl in ("auto", "reference"):
+        x = data["x"][:, start:start + data["widths"][rank]].clone().requires_grad_()
+        loss = vocab_parallel_cross_entropy(x, data["y"], impl=impl, reduction="none",
+                                            **data["opt"])
+        (g,) = torch.autograd.grad(loss.sum(), x)
+        out.append(dict(loss=loss.detach(), grad=g))
+    return out
+
+
+JOBS = {"parity": _job_parity, "misc": _job_misc, "ddp": _job_ddp, "mesh2d": _job_mesh2d,
+        "masked": _job_masked}
 
 
 # --------------------------------------------------------------------------------------------
@@ -856,3 +870,29 @@ def test_chunk_arguments_fail_like_linear_cross_entropy(kw: dict, err: type) -> 
         vocab_parallel_linear_cross_entropy(h, w, y, **kw)
     with pytest.raises(err, match=f"`{name}`"):
         ls.linear_cross_entropy(h, w, y, **kw)
+
+
+def test_masked_vocabulary_shards_across_ranks() -> None:
+    """Shares whose maximum is ±inf merge across ranks as in one process: a rank whose whole
+    shard is −inf (padded vocabulary) adds exactly nothing, a +inf logit makes the lse +inf.
+    Loss and gradient slices equal cross_entropy on the concatenated logits (NaN where it is)."""
+    widths = [3, 2, 3]
+    x = torch.tensor([[1.0, 2.0, 0.5, -math.inf, -math.inf, 0.0, -1.0, 3.0],
+                      [0.5, -2.0, 1.0, -math.inf, -math.inf, 2.0, 0.0, 1.0],
+                      [0.5, -2.0, 1.0, -math.inf, math.inf, 2.0, 0.0, 1.0]],
+                     dtype=torch.float64)
+    y = torch.tensor([7, 0, 2])
+    opt = dict(label_smoothing=0.0, z_loss=1e-2)
+    res = _spawn(3, "masked", dict(x=x, y=y, widths=widths, opt=opt))
+    xr = x.clone().requires_grad_()
+    ref = ls.cross_entropy(xr, y, reduction="none", impl="reference", **opt)
+    (g_ref,) = torch.autograd.grad(ref[:2].sum(), xr)
+    assert torch.isfinite(ref[:2]).all() and ref[2] == math.inf
+    for r in range(3):
+        for i, impl in enumerate(("auto", "reference")):
+            got = res[r][i]
+            assert torch.allclose(got["loss"][:2], ref[:2].detach(), atol=1e-12, rtol=0), impl
+            assert got["loss"][2] == math.inf, (impl, got["loss"])
+            sl = slice(sum(widths[:r]), sum(widths[:r + 1]))
+            # rows 0 and 1 only: row 2's gradient is 0·inf-ridden in every implementation
+            assert torch.allclose(got["grad"][:2], g_ref[:2, sl], atol=1e-12, rtol=0), (impl, r)

@@ -56,6 +56,7 @@ from labelsmooth.functional import (
     plan_index,
 )
 from labelsmooth.ops import linear_ce
+from labelsmooth.ops._math import acc_dtype, apply_softcap, finite_or_zero, grad_coef, row_loss
 from labelsmooth.targets import Spread
 
 __all__ = [
@@ -68,9 +69,6 @@ __all__ = [
 _IMPLS = ("auto", "fused", "reference")
 ShardImpl = Literal["auto", "fused", "reference"]
 Group = Any  # a torch.distributed.ProcessGroup, or None for the default group
-# Default memory budget of one chunk of local logits in the fused-linear variant (bytes), the
-# same as labelsmooth.linear_cross_entropy's.
-_BUDGET_CPU, _BUDGET_CUDA = 64 * 2**20, 128 * 2**20
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,14 +225,6 @@ def _engine(impl: str, device: torch.device):
     return None
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _softcapped(x: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    return x if softcap is None else softcap * torch.tanh(x / softcap)
-
-
 @dataclasses.dataclass
 class _Shard:
     """Everything about this rank's slice that the forward and backward passes share."""
@@ -245,13 +235,18 @@ class _Shard:
     s_uniform: float
     softcap: float | None
 
+    @property
+    def smooths(self) -> bool:
+        """Whether there is a smoothing term at all (none when ε = 0, as in plan_index)."""
+        return self.s is not None or self.s_uniform != 0.0
+
 
 def _partials(engine, x: torch.Tensor, sh: _Shard) -> list[torch.Tensor]:
     """Per-row [max, Σ exp(x − max), x_y share, Σ s·x share] of one shard (accumulation dtype).
 
     As in the fused engine, the sum of exponentials is taken relative to 0 where the max is ±inf.
     """
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     if x.shape[1] == 0:  # an empty shard contributes nothing
         z = torch.zeros(x.shape[0], dtype=acc, device=x.device)
         return [torch.full_like(z, -math.inf), z, z.clone(), z.clone()]
@@ -282,10 +277,6 @@ class _SumAcrossRanks(torch.autograd.Function):
         return g, None
 
 
-def _finite(m: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
-
-
 def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
              scalars: list[torch.Tensor], group: Any, world: int, differentiable: bool = False,
              maxed: torch.Tensor | None = None
@@ -304,15 +295,17 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
     m_r, se_r = m_r.detach().to(f64), se_r.to(f64)
     rows, scalars = [t.to(f64) for t in rows], [t.to(f64) for t in scalars]
     if world == 1:
-        return (_finite(m_r).to(acc) + torch.log(se_r.to(acc)), [t.to(acc) for t in rows],
+        return (finite_or_zero(m_r).to(acc) + torch.log(se_r.to(acc)), [t.to(acc) for t in rows],
                 [t.to(acc) for t in scalars], maxed)
     n = m_r.shape[0]
     m = m_r.clone() if maxed is None else torch.cat([m_r, maxed.to(m_r.dtype)])
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-    m, maxed = _finite(m[:n]), (None if maxed is None else m[n:])
-    # ±inf maxima: their sums are relative to 0 and exp(±inf − m) gives the limits (0 or inf)
-    scale = torch.exp(torch.where(torch.isinf(m_r), m_r, m_r - m))
-    flat = torch.cat([torch.stack([se_r * scale, *rows]).reshape(-1),
+    m, maxed = finite_or_zero(m[:n]), (None if maxed is None else m[n:])
+    # Each share rescaled to the global max, guarded as ops._math.merge_max_sumexp: sums are
+    # relative to finite_or_zero(own max), and an empty share (sum 0) adds exactly 0.
+    share = torch.where(se_r == 0, torch.zeros_like(se_r),
+                        se_r * torch.exp(finite_or_zero(m_r) - m))
+    flat = torch.cat([torch.stack([share, *rows]).reshape(-1),
                       *[t.reshape(1).to(m_r.dtype) for t in scalars]])
     if differentiable:
         flat = _SumAcrossRanks.apply(flat, group)
@@ -342,18 +335,12 @@ def _target_checksums(target: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def _row_loss(lse, x_y, sx, S, ct, cs, cz):
-    loss = ct * (lse - x_y) + cs * (S * lse - sx)
-    if cz is not None:
-        loss = loss + cz * lse.square()
-    return loss
+def _row_loss(sh: _Shard, lse, x_y, sx, S, ct, cs, cz):
+    return row_loss(lse, x_y, sx if sh.smooths else None, S, ct, cs, cz)
 
 
-def _coef_p(lse, S, ct, cs, cz):
-    coef = ct + cs * S
-    if cz is not None:
-        coef = coef + 2.0 * cz * lse
-    return coef
+def _coef_p(sh: _Shard, lse, S, ct, cs, cz):
+    return grad_coef(lse, S, ct, cs if sh.smooths else None, cz)
 
 
 def _grad_shard(engine, x, sh: _Shard, lse, coef_p, ct, cs, g) -> torch.Tensor:
@@ -369,9 +356,9 @@ class _RowsFromStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, engine, sh, lse, x_y, sx, S, ct, cs, cz):  # type: ignore[override]
         ctx.engine, ctx.sh = engine, sh
-        coef_p = _coef_p(lse, S, ct, cs, cz)
+        coef_p = _coef_p(sh, lse, S, ct, cs, cz)
         ctx.save_for_backward(x, lse, coef_p, ct, cs)
-        return _row_loss(lse, x_y, sx, S, ct, cs, cz)
+        return _row_loss(sh, lse, x_y, sx, S, ct, cs, cz)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -489,13 +476,13 @@ def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
 def _reference_rows(x: torch.Tensor, st: _Setup):
     """Plain PyTorch per-row loss; autograd derives the gradient through the collectives."""
     sh = st.sh
-    xc = _softcapped(x.to(st.acc), sh.softcap)
+    xc = apply_softcap(x.to(st.acc), sh.softcap)
     if xc.shape[1] == 0:
         m_r = torch.full((xc.shape[0],), -math.inf, dtype=st.acc, device=x.device)
         se_r = xy_r = sx_r = xc.sum(-1)
     else:
         m_r = xc.detach().amax(-1)
-        se_r = torch.exp(xc - _finite(m_r)[:, None]).sum(-1)
+        se_r = torch.exp(xc - finite_or_zero(m_r)[:, None]).sum(-1)
         # a select, not a product with the mask: 0·(−inf) at a placeholder column would be NaN
         xy_gathered = xc.gather(1, sh.y[:, None])[:, 0]
         xy_r = torch.where(sh.in_shard, xy_gathered, torch.zeros_like(xy_gathered))
@@ -506,7 +493,7 @@ def _reference_rows(x: torch.Tensor, st: _Setup):
         else:  # no smoothing term (ε = 0): 0·Σx would be NaN at a −inf logit
             sx_r = torch.zeros_like(m_r)
     lse, x_y, sx, S, plan = _globals(st, m_r, se_r, xy_r, sx_r, differentiable=True)
-    return _row_loss(lse, x_y, sx, S, plan.ct, plan.cs, plan.cz), lse.detach(), plan
+    return _row_loss(sh, lse, x_y, sx, S, plan.ct, plan.cs, plan.cz), lse.detach(), plan
 
 
 def vocab_parallel_cross_entropy(
@@ -629,7 +616,7 @@ def vocab_parallel_cross_entropy(
     x = (_rows(x_in, width) if width > 0 or x_in.dim() < 3
          else x_in.movedim(1, -1).reshape(target.numel(), 0))
     st = _setup(target.reshape(-1), width, start, size, weight, prior, opts, x.device,
-                _acc(x.dtype), check_values, group, world)
+                acc_dtype(x.dtype), check_values, group, world)
     if engine is None:
         loss_rows, lse, plan = _reference_rows(x, st)
     else:
@@ -688,14 +675,10 @@ def _chunk_rows(chunk_size: int | None, memory_budget: int | None, width: int,
     linear_ce.check_chunking(chunk_size, memory_budget)  # the single-process rule and errors
     if chunk_size is not None:
         return chunk_size
-    budget = memory_budget or (_BUDGET_CUDA if device.type == "cuda" else _BUDGET_CPU)
+    budget = memory_budget or (linear_ce.DEFAULT_MEMORY_BUDGET_CUDA if device.type == "cuda"
+                               else linear_ce.DEFAULT_MEMORY_BUDGET)
     per_row = max(width, 1) * torch.empty((), dtype=dtype).element_size()
     return max(1, budget // per_row)
-
-
-def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    out = h @ w.t()
-    return out if b is None else out + b
 
 
 class _LinearRows(torch.autograd.Function):
@@ -707,9 +690,9 @@ class _LinearRows(torch.autograd.Function):
                 chunk, group, world):
         ctx.engine, ctx.sh, ctx.chunk, ctx.group, ctx.world = engine, sh, chunk, group, world
         ctx.has_bias = b is not None
-        coef_p = _coef_p(lse, S, ct, cs, cz)
+        coef_p = _coef_p(sh, lse, S, ct, cs, cz)
         ctx.save_for_backward(h, w, b if b is not None else h.new_empty(0), lse, coef_p, ct, cs)
-        return _row_loss(lse, x_y, sx, S, ct, cs, cz)
+        return _row_loss(sh, lse, x_y, sx, S, ct, cs, cz)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
@@ -717,7 +700,7 @@ class _LinearRows(torch.autograd.Function):
         b = b if ctx.has_bias else None
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], (
             ctx.has_bias and ctx.needs_input_grad[2])
-        acc = _acc(h.dtype)
+        acc = acc_dtype(h.dtype)
         g = g.contiguous()
         dh = torch.zeros(h.shape, dtype=acc, device=h.device) if need_h else None
         dw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
@@ -730,7 +713,7 @@ class _LinearRows(torch.autograd.Function):
         for r0 in range(0, h.shape[0], ctx.chunk):
             r1 = min(h.shape[0], r0 + ctx.chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
-            logits = _chunk_logits(h[r0:r1], w, b)
+            logits = linear_ce._logits(h[r0:r1], w, b)
             gl = _grad_shard(ctx.engine, logits, part, lse[r0:r1], coef_p[r0:r1], ct[r0:r1],
                              cs[r0:r1], g[r0:r1])
             if need_h:
@@ -844,10 +827,10 @@ def vocab_parallel_linear_cross_entropy(
 
     h = hidden.reshape(-1, hidden.shape[-1])
     st = _setup(target.reshape(-1), width, start, size, class_weight, prior, opts, h.device,
-                _acc(h.dtype), check_values, group, world)
+                acc_dtype(h.dtype), check_values, group, world)
     out_shape = tuple(target.shape)
     if engine is None:  # reference: full local logits, autograd through the collectives
-        x = _chunk_logits(copy_to_vocab_parallel(h, group), w, bias)
+        x = linear_ce._logits(copy_to_vocab_parallel(h, group), w, bias)
         loss_rows, lse, plan = _reference_rows(x, st)
         return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss
 
@@ -858,7 +841,7 @@ def vocab_parallel_linear_cross_entropy(
             r1 = min(rows_n, r0 + chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
             parts[:, r0:r1] = torch.stack(
-                _partials(engine, _chunk_logits(h[r0:r1], w, bias), part))
+                _partials(engine, linear_ce._logits(h[r0:r1], w, bias), part))
         lse, x_y, sx, S, plan = _globals(st, *parts)
     loss_rows = _LinearRows.apply(h, w, bias, engine, sh, lse, x_y, sx, S, plan.ct, plan.cs,
                                   plan.cz, chunk, group, world)
