@@ -677,7 +677,7 @@ def _job_masked(rank: int, world: int, data: dict) -> list:
         loss = vocab_parallel_cross_entropy(x, data["y"], impl=impl, reduction="none",
                                             **data["opt"])
         (g,) = torch.autograd.grad(loss.sum(), x)
-        out.append(dict(loss=loss.detach(), grad=g))
+        out.append({"loss": loss.detach(), "grad": g})
     return out
 
 
@@ -882,8 +882,8 @@ def test_masked_vocabulary_shards_across_ranks() -> None:
                       [0.5, -2.0, 1.0, -math.inf, math.inf, 2.0, 0.0, 1.0]],
                      dtype=torch.float64)
     y = torch.tensor([7, 0, 2])
-    opt = dict(label_smoothing=0.0, z_loss=1e-2)
-    res = _spawn(3, "masked", dict(x=x, y=y, widths=widths, opt=opt))
+    opt = {"label_smoothing": 0.0, "z_loss": 1e-2}
+    res = _spawn(3, "masked", {"x": x, "y": y, "widths": widths, "opt": opt})
     xr = x.clone().requires_grad_()
     ref = ls.cross_entropy(xr, y, reduction="none", impl="reference", **opt)
     (g_ref,) = torch.autograd.grad(ref[:2].sum(), xr)
