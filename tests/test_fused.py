@@ -623,14 +623,15 @@ def test_more_than_2_to_31_elements_backward_inplace(monkeypatch, kernels):
     k = 1 << 15
     n = (1 << 16) + 1
     row = torch.randn(1, k).bfloat16()
-    x = row.expand(n, k).contiguous().requires_grad_()
+    # an activation (not a leaf): in-place backward never writes into a leaf
+    x = row.requires_grad_().expand(n, k).contiguous()
     y = torch.arange(n) % k
     loss = ls.cross_entropy(
         x, y, label_smoothing=0.1, impl="fused", inplace_backward=True, reduction="sum"
     )
     (g,) = torch.autograd.grad(loss, x)
     assert g.data_ptr() == x.data_ptr()
-    last = row.float().requires_grad_()
+    last = row.detach().float().requires_grad_()
     (gl,) = torch.autograd.grad(F.cross_entropy(last, y[-1:], label_smoothing=0.1), last)
     torch.testing.assert_close(g[-1].float(), gl[0], rtol=1e-2, atol=1e-4)
 
@@ -726,3 +727,125 @@ def test_compile_fullgraph_op_level():
     (ge,) = torch.autograd.grad(loss_e, lin.weight)
     torch.testing.assert_close(loss_c, loss_e)
     torch.testing.assert_close(gc, ge)
+
+
+# ------------------------------------------------------------------------------------------------
+# In-place safety, non-finite ignored rows, saved Q, compile-failure scope, shared formulas.
+
+
+def test_inplace_backward_never_overwrites_a_leaf_or_a_view_of_one():
+    # A parameter (or any leaf) holds data the caller owns: the gradient goes to fresh memory.
+    p = torch.nn.Parameter(torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]]))
+    want = p.detach().clone()
+    ls.cross_entropy(p, torch.tensor([0, 2]), inplace_backward=True, impl="fused").backward()
+    assert torch.equal(p.detach(), want)
+    g1 = p.grad.clone()
+    p.grad = None
+    ls.cross_entropy(p[:1], torch.tensor([0]), inplace_backward=True, impl="fused").backward()
+    assert torch.equal(p.detach(), want)
+    assert torch.allclose(p.grad[0], g1[0] * 2)  # mean over one row instead of two
+    # a non-leaf activation is still written in place
+    h = p * 1.0
+    ls.cross_entropy(h, torch.tensor([0, 2]), inplace_backward=True, impl="fused").backward()
+    assert torch.equal(h.detach(), g1)
+
+
+def test_consumed_check_only_refuses_the_written_region():
+    x = torch.randn(4, 5, requires_grad=True)
+    logits = x * 1.0
+    ls.cross_entropy(logits[:2], torch.tensor([0, 1]), inplace_backward=True,
+                     impl="fused").backward(retain_graph=True)
+    ls.cross_entropy(logits[2:], torch.tensor([0, 1]), impl="fused")  # other rows: fine
+    for view in (logits, logits[1:3], logits[:, 1:]):
+        with pytest.raises(RuntimeError, match="`input`.*overwritten"):
+            ls.cross_entropy(view, torch.zeros(view.shape[0], dtype=torch.long), impl="fused")
+    with torch.no_grad():
+        logits.copy_(x)  # a new write retires the record
+    ls.cross_entropy(logits, torch.zeros(4, dtype=torch.long), impl="fused")
+
+
+@pytest.mark.parametrize("kernels", ["eager", "inductor"])
+@pytest.mark.parametrize("bad", [-math.inf, math.inf, math.nan])
+def test_ignored_rows_get_zero_gradient_whatever_their_logits(monkeypatch, kernels, bad):
+    monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", kernels)
+    x = torch.tensor([[1.0, 2.0, 0.5], [bad, bad, bad], [0.0, bad, 1.0]], requires_grad=True)
+    y = torch.tensor([0, -100, -100])
+    for opts in (dict(), dict(label_smoothing=0.1, z_loss=1e-2), dict(softcap=5.0)):
+        x.grad = None
+        loss = ls.cross_entropy(x, y, impl="fused", **opts)
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert torch.equal(x.grad[1:], torch.zeros(2, 3)), (opts, x.grad)
+        assert torch.isfinite(x.grad[0]).all()
+
+
+def test_grad_rows_zero_rows_when_coefficients_vanish():
+    x = torch.tensor([[0.0, 1.0], [-math.inf, -math.inf]])
+    lse = torch.tensor([math.log(1 + math.e), -math.inf])
+    one, zero = torch.ones(2), torch.zeros(2)
+    coef = torch.tensor([1.0, 0.0])
+    g = chunks.grad_rows(x, torch.tensor([1, 0]), lse, coef, coef, zero, None, 0.0, None, one,
+                         chunk_elems=2)
+    assert torch.equal(g[1], torch.zeros(2))
+    assert torch.allclose(g[0], torch.softmax(x[0], 0) - torch.tensor([0.0, 1.0]))
+
+
+def test_prob_backward_uses_the_saved_target_mass(monkeypatch):
+    x = torch.randn(3, 4, requires_grad=True)
+    t = torch.softmax(torch.randn(3, 4), 1)
+    w = torch.rand(4) + 0.5
+    (want,) = torch.autograd.grad(
+        ls.cross_entropy(x, t, label_smoothing=0.2, weight=w, z_loss=0.1, impl="reference"), x)
+    loss = ls.cross_entropy(x, t, label_smoothing=0.2, weight=w, z_loss=0.1, impl="fused")
+    calls = []
+    orig = fused._prob_sums
+    monkeypatch.setattr(fused, "_prob_sums", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    loss.backward()
+    assert calls == []  # Q comes from the forward: the backward does not re-read t for it
+    assert torch.allclose(x.grad, want, atol=1e-6)
+
+
+def test_compiled_kernel_failures_switch_off_only_for_compile_errors(monkeypatch):
+    monkeypatch.setattr(ind, "_STATE", {"broken": False})
+    monkeypatch.setattr(ind, "_WORKED", set())
+
+    def boom(exc):
+        def f(*args):
+            raise exc
+        return f
+
+    monkeypatch.setattr(ind, "_compiled", lambda name, fn: boom(MemoryError("oom")))
+    with pytest.raises(MemoryError):
+        ind._run("k", None)
+    assert not ind._STATE["broken"]
+    ind._WORKED.add("k")  # a kernel that already ran: its errors are real errors
+    monkeypatch.setattr(ind, "_compiled", lambda name, fn: boom(RuntimeError("bad input")))
+    with pytest.raises(RuntimeError, match="bad input"):
+        ind._run("k", None)
+    assert not ind._STATE["broken"]
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        assert ind._run("fresh", None) == (False, None)  # a first-call failure: fall back
+    assert ind._STATE["broken"]
+
+
+def test_merge_max_sumexp_guards_infinite_and_empty_parts():
+    from labelsmooth.ops._math import merge_max_sumexp
+
+    inf = math.inf
+    m1, e1 = torch.tensor([1.0, -inf, inf, 0.0]), torch.tensor([2.0, 0.0, 1.0, 1.0])
+    m2, e2 = torch.tensor([inf, 3.0, -inf, -inf]), torch.tensor([1.0, 1.0, 0.0, 0.0])
+    m, e = merge_max_sumexp(m1, e1, m2, e2)
+    assert m.tolist() == [inf, 3.0, inf, 0.0]
+    assert not torch.isnan(e).any()
+    assert e[1] == 1.0 and e[3] == 1.0
+
+
+def test_row_loss_and_grad_coef_by_hand():
+    from labelsmooth.ops._math import grad_coef, row_loss
+
+    lse, xy, sx = torch.tensor([2.0, -math.inf]), torch.tensor([1.0, 0.0]), torch.tensor([3.0, 0.0])
+    ct, cs, cz = torch.tensor([0.9, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.0])
+    # 0.9·(2−1) + 1·(2·2 − 3) + 0.5·4 = 3.9;  cp = 0.9 + 2 + 2·0.5·2 = 4.9
+    assert torch.allclose(row_loss(lse, xy, sx, 2.0, ct, cs, cz)[0], torch.tensor(3.9))
+    cp = grad_coef(lse, 2.0, ct, cs, cz)
+    assert torch.allclose(cp[0], torch.tensor(4.9)) and cp[1] == 0.0  # not 0·inf = nan

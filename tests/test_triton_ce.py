@@ -809,3 +809,29 @@ def test_gpu_64bit_offsets():
     g[-4:] = 1
     loss.backward(g)
     torch.testing.assert_close(xr.grad[-4:].float(), tail[1].float(), rtol=2e-2, atol=1e-6)
+
+
+def test_inplace_backward_never_overwrites_a_leaf():
+    p = torch.nn.Parameter(torch.tensor([[1.0, 2.0, 3.0]], device=DEV))
+    want = p.detach().clone()
+    ls.cross_entropy(p, torch.tensor([0], device=DEV), inplace_backward=True,
+                     impl="triton").backward()
+    assert torch.equal(p.detach(), want)
+    p.grad = None
+    t = torch.tensor([[0.2, 0.3, 0.5]], device=DEV)
+    ls.cross_entropy(p, t, inplace_backward=True, impl="triton").backward()
+    assert torch.equal(p.detach(), want)
+
+
+@pytest.mark.parametrize("prob", [False, True])
+def test_double_backward_matches_reference(prob):
+    x = _logits(3, 5, torch.float32).requires_grad_(True)
+    y = torch.softmax(torch.randn(3, 5, device=DEV), 1) if prob else torch.tensor([0, 4, 2], device=DEV)
+    res = []
+    for impl in ("triton", "reference"):
+        loss = ls.cross_entropy(x, y, label_smoothing=0.1, z_loss=1e-2, softcap=4.0, impl=impl)
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        (h,) = torch.autograd.grad(g.square().sum(), x)
+        res.append((g.detach(), h))
+    assert torch.allclose(res[0][0], res[1][0], atol=1e-6)
+    assert torch.allclose(res[0][1], res[1][1], atol=1e-5)

@@ -259,6 +259,10 @@ def grad_rows(
     a = (grad * coef_p)[:, None]
     b = grad * cs
     bu = (b * s_uniform)[:, None] if s is None and smoothing else None
+    # Rows with no coefficient (ignored rows, zero upstream gradient) get exactly 0 by selection:
+    # multiplying would give 0·inf = nan when their (padding) logits hold ±inf or nan.
+    live = (a[:, 0] != 0) | (b != 0) | (tgt * grad != 0)
+    gy = torch.where(live, gy, torch.zeros_like(gy))
     if chunk_elems is None and _ind.use_inductor(x):
         ok = _ind.grad(
             x,
@@ -271,10 +275,14 @@ def grad_rows(
             bu[:, 0] if bu is not None else None,
             softcap,
             out,
+            live,
         )
         if ok:
             return out
 
+    # On the CPU, reading an (R,) flag costs no device sync: skip the fill when every row is live
+    # (the common case). Elsewhere always fill (no host read in the backward).
+    dead = None if dev.type == "cpu" and bool(live.all()) else ~live
     br, bc = block_shape(rows, cols, chunk_elems)
     direct = softcap is None and out.dtype == acc  # compute straight into ``out``
     ws = torch.empty(br, bc, dtype=acc, device=dev) if not direct else None
@@ -300,6 +308,8 @@ def grad_rows(
             if softcap is not None:
                 # chain rule: × (1 − tanh²), with t overwritten by −t² + 1
                 w.mul_(t.square_().neg_().add_(1))
+            if dead is not None:
+                w.masked_fill_(dead[r0:r1, None], 0)
             if not direct:
                 ob.copy_(w)
     out.scatter_(1, ys[:, None], gy.to(out.dtype)[:, None])

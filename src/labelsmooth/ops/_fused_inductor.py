@@ -21,15 +21,20 @@ from Inductor's on-disk cache), so small inputs — tests, toy models — never 
 from __future__ import annotations
 
 import os
+import subprocess
 import warnings
 
 import torch
+
+from labelsmooth.ops._math import acc_dtype, apply_softcap, finite_or_zero
 
 #: Smallest logits (elements) for which the compiled kernels are used under "auto": 4 Mi elements.
 MIN_NUMEL = 1 << 22
 
 _STATE = {"broken": False}
 _CACHE: dict[str, object] = {}
+#: Kernels that compiled and ran at least once in this process.
+_WORKED: set[str] = set()
 
 
 def mode() -> str:
@@ -53,18 +58,12 @@ def use_inductor(x: torch.Tensor) -> bool:
     return m == "inductor" or x.numel() >= MIN_NUMEL
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _stats(x, y, s, mask, softcap: float | None, want_sx: bool):
-    xf = x.to(_acc(x.dtype))
-    if softcap is not None:
-        xf = softcap * torch.tanh(xf / softcap)
+    xf = apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
     m = xf.amax(1)
     # exponentials are taken relative to a finite reference so that an all −inf row gives
     # sumexp = 0 and lse = m + log(sumexp) = −inf (as torch.logsumexp), not nan
-    ref = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    ref = finite_or_zero(m)
     sumexp = torch.exp(xf - ref[:, None]).sum(1)
     x_y = xf.gather(1, y[:, None])[:, 0]
     if mask is not None:
@@ -78,8 +77,8 @@ def _stats(x, y, s, mask, softcap: float | None, want_sx: bool):
     return m, sumexp, x_y, sx
 
 
-def _grad_value(x, y, lse, a, bt, b, s, bu, softcap: float | None):
-    xf = x.to(_acc(x.dtype))
+def _grad_value(x, y, lse, a, bt, b, s, bu, live, softcap: float | None):
+    xf = x.to(acc_dtype(x.dtype))
     if softcap is not None:
         t = torch.tanh(xf / softcap)
         xf = softcap * t
@@ -92,31 +91,52 @@ def _grad_value(x, y, lse, a, bt, b, s, bu, softcap: float | None):
     g = torch.where(col[None, :] == y[:, None], g - bt[:, None], g)
     if softcap is not None:
         g = g * (1 - t * t)
+    # rows without coefficients are 0 by selection, whatever their logits (0·inf would be nan)
+    g = torch.where(live[:, None], g, torch.zeros((), dtype=g.dtype, device=g.device))
     return g.to(x.dtype)
 
 
-def _grad_into(x, y, lse, a, bt, b, s, bu, out, softcap: float | None):
-    out.copy_(_grad_value(x, y, lse, a, bt, b, s, bu, softcap))
+def _grad_into(x, y, lse, a, bt, b, s, bu, live, out, softcap: float | None):
+    out.copy_(_grad_value(x, y, lse, a, bt, b, s, bu, live, softcap))
 
 
-def _grad_inplace(x, y, lse, a, bt, b, s, bu, softcap: float | None):
-    x.copy_(_grad_value(x, y, lse, a, bt, b, s, bu, softcap))
+def _grad_inplace(x, y, lse, a, bt, b, s, bu, live, softcap: float | None):
+    x.copy_(_grad_value(x, y, lse, a, bt, b, s, bu, live, softcap))
 
 
 def _compiled(name: str, fn):
     f = _CACHE.get(name)
     if f is None:
+        _WORKED.discard(name)  # a new compiled function: its first call compiles
         f = torch.compile(fn, dynamic=True, fullgraph=True)
         _CACHE[name] = f
     return f
 
 
+def _is_compile_error(exc: BaseException) -> bool:
+    """An error of the compiler stack: dynamo/inductor exceptions or a missing/failing toolchain."""
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor")) or isinstance(
+        exc, (OSError, ImportError, subprocess.CalledProcessError)
+    )
+
+
 def _run(name: str, fn, *args):
-    """Run the compiled ``fn``; None (and switch off for the process) if compiling fails."""
+    """Run the compiled ``fn``; (False, None) and off for the process if compiling it fails.
+
+    Switched off by a failure of a kernel's first (compiling) call, or by an error raised from
+    the compiler stack (dynamo/inductor, a missing toolchain) at any call, e.g. when a new dtype
+    recompiles. Never by an out-of-memory error, which says nothing about the compiler, nor by an
+    ordinary error of a kernel that already ran: those are re-raised.
+    """
     try:
         with torch.no_grad():
-            return True, _compiled(name, fn)(*args)
-    except Exception as exc:  # noqa: BLE001 — any compiler failure falls back to eager
+            out = _compiled(name, fn)(*args)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as exc:  # a compiler / backend failure falls back to eager (see above)
+        if name in _WORKED and not _is_compile_error(exc):
+            raise
         _STATE["broken"] = True
         warnings.warn(
             f"labelsmooth: the compiled fused kernels are unavailable ({type(exc).__name__}: "
@@ -125,6 +145,8 @@ def _run(name: str, fn, *args):
             stacklevel=3,
         )
         return False, None
+    _WORKED.add(name)
+    return True, out
 
 
 def stats(x, y, s, mask, softcap, want_sx):
@@ -132,10 +154,10 @@ def stats(x, y, s, mask, softcap, want_sx):
     return _run("stats", _stats, x, y, s, mask, softcap, want_sx)
 
 
-def grad(x, y, lse, a, bt, b, s, bu, softcap, out):
-    """ok — writes ``out`` (which may be ``x``)."""
+def grad(x, y, lse, a, bt, b, s, bu, softcap, out, live):
+    """ok — writes ``out`` (which may be ``x``); rows where ``live`` is False get 0."""
     if out is x:
-        ok, _ = _run("grad_inplace", _grad_inplace, x, y, lse, a, bt, b, s, bu, softcap)
+        ok, _ = _run("grad_inplace", _grad_inplace, x, y, lse, a, bt, b, s, bu, live, softcap)
     else:
-        ok, _ = _run("grad_into", _grad_into, x, y, lse, a, bt, b, s, bu, out, softcap)
+        ok, _ = _run("grad_into", _grad_into, x, y, lse, a, bt, b, s, bu, live, out, softcap)
     return ok

@@ -122,6 +122,8 @@ def grad_coef(
 ) -> Tensor:
     r"""Coefficient of :math:`p_{n,j}` in the gradient: :math:`ct + cs\,S + 2\,cz\,\mathrm{lse}`.
 
+    The z-loss term is exactly 0 where ``cz`` is 0, even when ``lse`` is ±inf.
+
     Examples:
         >>> one = torch.ones(1)
         >>> grad_coef(torch.tensor([2.0]), 2.0, one, 0.5 * one, 0.25 * one)
@@ -129,5 +131,6 @@ def grad_coef(
     """
     coef = ct if cs is None else ct + cs * S
     if cz is not None:
-        coef = coef + 2 * cz * lse
+        # select: an ignored row has cz = 0 and may have lse = ±inf (0·inf would be nan)
+        coef = coef + torch.where(cz == 0, torch.zeros_like(lse), 2 * cz * lse)
     return coef

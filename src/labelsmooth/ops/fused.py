@@ -34,21 +34,29 @@ of the logits after ``backward()`` outside autograd (``logits.argmax(-1)`` for a
 metric, ``logits.detach()`` copies taken before backward and read after): they see the gradient.
 Take such metrics before ``backward()`` or leave ``inplace_backward`` off. Under
 ``torch.compile`` the labelsmooth reuse check is not applied (it is a Python-side registry); the
-version-counter protection is. A non-contiguous
-logits view (e.g. the class-last view of an (N, C, d...) input, which functional.py copies
-anyway) is never written in place: the gradient goes to fresh memory.
+version-counter protection is. The check covers the written bytes only: a loss on another
+slice of the same base is accepted. A non-contiguous logits view (e.g. the class-last view of an
+(N, C, d...) input, which functional.py copies anyway), a leaf (an ``nn.Parameter``, any tensor the
+caller created) and a view of a leaf are never written in place: the gradient goes to fresh memory.
+
+Ignored rows (all coefficients zero) get an exactly zero gradient by selection, whatever their
+logits hold (±inf or NaN padding would otherwise give 0·inf = NaN).
 """
 
 # torch.library.custom_op infers the op schemas from the annotations: keep typing.Optional there.
 # ruff: noqa: UP045
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from labelsmooth.ops._consumed import (
+    _check_not_consumed,
+    _mark_consumed,
+    may_write_in_place,
+)
 from labelsmooth.ops._fused_chunks import (  # noqa: F401  (re-exported primitives)
     CHUNK_ELEMS,
     MAX_COLS,
@@ -57,6 +65,7 @@ from labelsmooth.ops._fused_chunks import (  # noqa: F401  (re-exported primitiv
     grad_rows,
     row_partials,
 )
+from labelsmooth.ops._math import apply_softcap, grad_coef, row_loss
 
 __all__ = ["grad_rows", "index_rows", "is_available", "prob_rows", "row_partials"]
 
@@ -66,32 +75,8 @@ def is_available(device: torch.device) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------------------------
-# Tracking of logits whose storage now holds a gradient.
-
-_CONSUMED: dict[int, tuple[weakref.ref, int]] = {}
-
-
-def _mark_consumed(t: Tensor) -> None:
-    for v in (t, t._base):
-        if v is not None:
-            _CONSUMED[id(v)] = (weakref.ref(v), v._version)
-    if len(_CONSUMED) > 256:  # drop dead entries
-        for k in [k for k, (r, _) in _CONSUMED.items() if r() is None]:
-            del _CONSUMED[k]
-
-
-def _check_not_consumed(x: Tensor) -> None:
-    for v in (x, x._base):
-        if v is None:
-            continue
-        hit = _CONSUMED.get(id(v))
-        if hit is not None and hit[0]() is v and v._version == hit[1]:
-            raise RuntimeError(
-                "Expected `input` to hold logits, but got a tensor whose memory was overwritten by "
-                "the gradient of an earlier labelsmooth loss with inplace_backward=True. Compute "
-                "what needs the logits before backward(), or pass inplace_backward=False."
-            )
+# Tracking of logits whose storage now holds a gradient: labelsmooth.ops._consumed (shared with
+# triton_ce and functional; re-exported here).
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,13 +85,6 @@ def _check_not_consumed(x: Tensor) -> None:
 
 def _shares_sum(s: Optional[Tensor], s_uniform: float, k: int, acc: torch.dtype) -> Tensor | float:
     return s.to(acc).sum() if s is not None else s_uniform * k
-
-
-def _index_coef_p(ct: Tensor, cs: Tensor, cz: Optional[Tensor], lse: Tensor, big_s) -> Tensor:
-    coef = ct + cs * big_s
-    if cz is not None:
-        coef = coef + 2 * cz * lse
-    return coef
 
 
 @torch.library.custom_op("labelsmooth::fused_index_fwd", mutates_args=())
@@ -124,12 +102,9 @@ def _index_fwd(
     acc = acc_dtype(x.dtype)
     m, sumexp, x_y, sx = row_partials(x, y, s, s_uniform, softcap)
     lse = m + sumexp.log()
-    loss = ct * (lse - x_y)
-    if s is not None or s_uniform != 0.0:
-        loss = loss + cs * (_shares_sum(s, s_uniform, x.shape[1], acc) * lse - sx)
-    if cz is not None:
-        loss = loss + cz * lse.square()
-    return loss, lse
+    smoothing = s is not None or s_uniform != 0.0
+    big_s = _shares_sum(s, s_uniform, x.shape[1], acc)
+    return row_loss(lse, x_y, sx if smoothing else None, big_s, ct, cs, cz), lse
 
 
 @_index_fwd.register_fake
@@ -140,7 +115,7 @@ def _(x, y, ct, cs, s, s_uniform, cz, softcap, inplace):
 
 def _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, out):
     acc = acc_dtype(x.dtype)
-    coef_p = _index_coef_p(ct, cs, cz, lse, _shares_sum(s, s_uniform, x.shape[1], acc))
+    coef_p = grad_coef(lse, _shares_sum(s, s_uniform, x.shape[1], acc), ct, cs, cz)
     return grad_rows(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad.to(acc), out=out)
 
 
@@ -192,7 +167,7 @@ def _index_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)
     ctx.save_for_backward(x, y, lse, ct, cs, s, cz)
     ctx.s_uniform, ctx.softcap = s_uniform, softcap
-    ctx.inplace = inplace and x.is_contiguous()
+    ctx.inplace = inplace and may_write_in_place(x)
 
 
 def _capped(x: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
@@ -201,7 +176,7 @@ def _capped(x: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
     if softcap is None:
         return xf, None
     t = torch.tanh(xf / softcap)
-    return softcap * t, 1 - t * t
+    return softcap * t, 1 - t * t  # x' and its derivative share the tanh
 
 
 def _index_grad_differentiable(grad, x, y, ct, cs, s, s_uniform, cz, softcap):
@@ -212,7 +187,7 @@ def _index_grad_differentiable(grad, x, y, ct, cs, s, s_uniform, cz, softcap):
     """
     xf, d = _capped(x, softcap)
     lse = torch.logsumexp(xf, 1)
-    coef = _index_coef_p(ct, cs, cz, lse, _shares_sum(s, s_uniform, x.shape[1], xf.dtype))
+    coef = grad_coef(lse, _shares_sum(s, s_uniform, x.shape[1], xf.dtype), ct, cs, cz)
     g = coef[:, None] * torch.exp(xf - lse[:, None])
     if s is not None:
         g = g - cs[:, None] * s.to(xf.dtype)[None, :]
@@ -287,7 +262,7 @@ def index_rows(
 # Probability targets.
 
 
-def _prob_sums(x, t, w, a, b, b_uniform, softcap, chunk_elems=None):
+def _prob_sums(x, t, w, a, b, b_uniform, softcap):
     """Per row Q = Σ_c q_c and Σ_c q_c x'_c with q = w (a t + b), chunked."""
     rows, cols = x.shape
     acc = acc_dtype(x.dtype)
@@ -295,7 +270,7 @@ def _prob_sums(x, t, w, a, b, b_uniform, softcap, chunk_elems=None):
     qx = torch.zeros(rows, dtype=acc, device=x.device)
     wv = w.to(acc) if w is not None else None
     bv = b.to(acc) if b is not None else None
-    br, bc = block_shape(rows, cols, chunk_elems)
+    br, bc = block_shape(rows, cols)
     for r0 in range(0, rows, br):
         r1 = min(rows, r0 + br)
         for c0 in range(0, cols, bc):
@@ -304,9 +279,7 @@ def _prob_sums(x, t, w, a, b, b_uniform, softcap, chunk_elems=None):
             q = q + (bv[c0:c1] if bv is not None else b_uniform)
             if wv is not None:
                 q = q * wv[c0:c1]
-            xf = x[r0:r1, c0:c1].to(acc)
-            if softcap is not None:
-                xf = softcap * torch.tanh(xf / softcap)
+            xf = apply_softcap(x[r0:r1, c0:c1].to(acc), softcap)
             big_q[r0:r1] += q.sum(1)
             qx[r0:r1] += (q * xf).sum(1)
     return big_q, qx
@@ -324,7 +297,7 @@ def _prob_fwd(
     cz: Optional[Tensor],
     softcap: Optional[float],
     inplace: bool,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     m, sumexp, _, _ = row_partials(
         x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), None, 0.0, softcap
     )
@@ -333,24 +306,23 @@ def _prob_fwd(
     loss = rs * (big_q * lse - qx)
     if cz is not None:
         loss = loss + cz * lse.square()
-    return loss, lse
+    return loss, lse, big_q  # Q is saved for the backward, which then never reads t for it
 
 
 @_prob_fwd.register_fake
 def _(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace):
     acc = acc_dtype(x.dtype)
-    return x.new_empty(x.shape[:1], dtype=acc), x.new_empty(x.shape[:1], dtype=acc)
+    return tuple(x.new_empty(x.shape[:1], dtype=acc) for _ in range(3))
 
 
-def _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t, out, want_dx=True):
+def _prob_grad(
+    grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t, out, want_dx=True
+):
     """(dx, dt): dx = g (cp p − rs q) x'′, cp = rs Q + 2 cz lse; dt = g rs a w (lse − x')."""
     rows, cols = x.shape
     acc = acc_dtype(x.dtype)
     grad = grad.to(acc)
-    big_q, _ = _prob_sums(x, t, w, a, b, b_uniform, None) if cols else (torch.zeros_like(lse), None)
-    coef = rs * big_q
-    if cz is not None:
-        coef = coef + 2 * cz * lse
+    coef = grad_coef(lse, 1.0, torch.zeros_like(lse), rs * big_q, cz)
     gp = (grad * coef)[:, None]
     gq = (grad * rs)[:, None]
     if out is None and want_dx:
@@ -392,6 +364,7 @@ def _prob_bwd(
     x: Tensor,
     t: Tensor,
     lse: Tensor,
+    big_q: Tensor,
     w: Optional[Tensor],
     a: float,
     b: Optional[Tensor],
@@ -401,12 +374,12 @@ def _prob_bwd(
     softcap: Optional[float],
     need_t: bool,
 ) -> tuple[Tensor, Tensor]:
-    dx, dt = _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t, None)
+    dx, dt = _prob_grad(grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t, None)
     return dx, (dt if dt is not None else t.new_empty(0))
 
 
 @_prob_bwd.register_fake
-def _(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t):
+def _(grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t):
     dt = torch.empty_like(t, memory_format=torch.contiguous_format) if need_t else t.new_empty(0)
     return torch.empty_like(x, memory_format=torch.contiguous_format), dt
 
@@ -417,6 +390,7 @@ def _prob_bwd_inplace(
     x: Tensor,
     t: Tensor,
     lse: Tensor,
+    big_q: Tensor,
     w: Optional[Tensor],
     a: float,
     b: Optional[Tensor],
@@ -430,24 +404,24 @@ def _prob_bwd_inplace(
     dt = None
     if need_t:
         _, dt = _prob_grad(
-            grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, True, None, want_dx=False
+            grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, True, None, want_dx=False
         )
-    _prob_grad(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, False, x)
+    _prob_grad(grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, False, x)
     return dt if dt is not None else t.new_empty(0)
 
 
 @_prob_bwd_inplace.register_fake
-def _(grad, x, t, lse, w, a, b, b_uniform, rs, cz, softcap, need_t):
+def _(grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t):
     return torch.empty_like(t, memory_format=torch.contiguous_format) if need_t else t.new_empty(0)
 
 
 def _prob_setup(ctx, inputs, output):
     x, t, w, a, b, b_uniform, rs, cz, softcap, inplace = inputs
-    _, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(x, t, lse, w, b, rs, cz)
+    _, lse, big_q = output
+    ctx.mark_non_differentiable(lse, big_q)
+    ctx.save_for_backward(x, t, lse, big_q, w, b, rs, cz)
     ctx.a, ctx.b_uniform, ctx.softcap = a, b_uniform, softcap
-    ctx.inplace = inplace and x.is_contiguous()
+    ctx.inplace = inplace and may_write_in_place(x)
 
 
 def _prob_grad_differentiable(grad, x, t, w, a, b, b_uniform, rs, cz, softcap, need_t):
@@ -457,9 +431,7 @@ def _prob_grad_differentiable(grad, x, t, w, a, b, b_uniform, rs, cz, softcap, n
     q = a * t.to(xf.dtype) + (b.to(xf.dtype) if b is not None else b_uniform)
     if w is not None:
         q = q * w.to(xf.dtype)
-    coef = rs * q.sum(1)
-    if cz is not None:
-        coef = coef + 2 * cz * lse
+    coef = grad_coef(lse, 1.0, torch.zeros_like(lse), rs * q.sum(1), cz)
     g = grad.to(xf.dtype)[:, None]
     dx = g * (coef[:, None] * torch.exp(xf - lse[:, None]) - rs[:, None] * q)
     if d is not None:
@@ -473,8 +445,8 @@ def _prob_grad_differentiable(grad, x, t, w, a, b, b_uniform, rs, cz, softcap, n
     return dx.to(x.dtype), dt
 
 
-def _prob_backward(ctx, grad_loss, grad_lse):
-    x, t, lse, w, b, rs, cz = ctx.saved_tensors
+def _prob_backward(ctx, grad_loss, grad_lse, grad_q):
+    x, t, lse, big_q, w, b, rs, cz = ctx.saved_tensors
     need_t = bool(ctx.needs_input_grad[1])
     if not ctx.needs_input_grad[0] and not torch.compiler.is_compiling():
         # only the targets need a gradient: never touch (let alone overwrite) the logits
@@ -484,6 +456,7 @@ def _prob_backward(ctx, grad_loss, grad_lse):
                 x,
                 t,
                 lse,
+                big_q,
                 w,
                 ctx.a,
                 b,
@@ -501,7 +474,7 @@ def _prob_backward(ctx, grad_loss, grad_lse):
             grad_loss, x, t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t
         )
         return dx, dt, None, None, None, None, None, None, None, None
-    args = (grad_loss, x, t, lse, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t)
+    args = (grad_loss, x, t, lse, big_q, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t)
     if ctx.inplace:
         dt = torch.ops.labelsmooth.fused_prob_bwd_(*args)
         if not torch.compiler.is_compiling():
@@ -548,6 +521,7 @@ def prob_rows(
     """
     if not torch.compiler.is_compiling():
         _check_not_consumed(x)
-    return _prob_fwd(
+    loss, lse, _ = _prob_fwd(
         x, t, w, float(a), b, float(b_uniform), rs, cz, softcap, bool(inplace_backward)
     )
+    return loss, lse

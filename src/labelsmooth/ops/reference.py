@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import torch
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float64 stays float64, everything else accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from labelsmooth.ops._math import acc_dtype, apply_softcap
 
 
 def _prepare(x: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    xf = x.to(acc_dtype(x.dtype))
-    if softcap is not None:
-        xf = softcap * torch.tanh(xf / softcap)
-    return xf
+    return apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
 
 
 def index_rows(
@@ -35,6 +29,11 @@ def index_rows(
     inplace_backward: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     xf = _prepare(x, softcap)
+    lse_out = torch.logsumexp(xf.detach(), dim=-1)
+    # Rows without coefficients (ignored rows) are computed on zeroed logits, so that neither
+    # their loss nor their gradient depends on what they hold (±inf padding would give nan).
+    live = (ct != 0) | (cs != 0) if cz is None else (ct != 0) | (cs != 0) | (cz != 0)
+    xf = torch.where(live[:, None], xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
     lse = torch.logsumexp(xf, dim=-1)
     x_y = xf.gather(1, y[:, None])[:, 0]
     loss = ct * (lse - x_y)
@@ -45,7 +44,7 @@ def index_rows(
         loss = loss + cs * (s_uniform * (xf.shape[-1] * lse - xf.sum(-1)))
     if cz is not None:
         loss = loss + cz * lse.square()
-    return loss, lse.detach()
+    return loss, lse_out
 
 
 def prob_rows(

@@ -19,7 +19,10 @@ then fails with PyTorch's "modified by an inplace operation" error instead of si
 gradients. Afterwards the logits tensor holds the gradient, and passing it to a labelsmooth loss
 again raises (the check is shared with :mod:`labelsmooth.ops.fused`). Plain reads of the logits
 after ``backward()`` outside autograd (an accuracy metric) see the gradient: take them before.
-A non-contiguous logits view is never written in place (the gradient goes to fresh memory).
+A non-contiguous logits view, a leaf (e.g. an ``nn.Parameter``) or a view of a leaf is never
+written in place (the gradient goes to fresh memory): only an activation's memory is reused.
+With ``create_graph=True`` the backward returns a differentiable (unfused) gradient, so double
+backward works as with the fused engine.
 
 Memory traffic: the forward reads the logits once, the backward reads them once more and writes
 the gradient once, i.e. 3 × the logits' bytes against a device copy's 2 ×, so at equal bandwidth
@@ -130,6 +133,18 @@ def _mark_consumed(x: Tensor) -> None:
         fused._mark_consumed(x)
 
 
+def _may_write_in_place(x: Tensor) -> bool:
+    # contiguous (never write through overlapping views) and not a leaf or a view of one
+    from labelsmooth.ops import fused
+
+    return fused.may_write_in_place(x)
+
+
+def _double_backward() -> bool:
+    """backward(create_graph=True): the gradient must itself be differentiable (no kernel)."""
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 def _check_not_consumed(x: Tensor) -> None:
     if not torch.compiler.is_compiling():
         from labelsmooth.ops import fused
@@ -233,12 +248,18 @@ def _index_setup(ctx, inputs, output) -> None:
     x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward = inputs
     ctx.save_for_backward(x, y, ct, cs, s, cz, output[2])
     ctx.s_uniform, ctx.softcap = s_uniform, softcap
-    ctx.inplace = inplace_backward and x.is_contiguous()  # never write through overlapping views
+    ctx.inplace = inplace_backward and _may_write_in_place(x)
     ctx.mark_non_differentiable(output[1], output[2])
 
 
 def _index_backward(ctx, g_loss, g_lse, g_stats):
     x, y, ct, cs, s, cz, stats = ctx.saved_tensors
+    if _double_backward():
+        from labelsmooth.ops import fused
+
+        dx = fused._index_grad_differentiable(g_loss, x, y, ct, cs, s, ctx.s_uniform, cz,
+                                              ctx.softcap)
+        return dx, None, None, None, None, None, None, None, None
     args = (y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap, stats, g_loss)
     if ctx.inplace:
         _index_bwd_inplace(x, *args)
@@ -302,7 +323,7 @@ def index_rows(
         tensor([0.3365, 0.5477])
     """
     _check_not_consumed(x)
-    if x.dtype == torch.float64 or x.shape[1] == 0:  # no kernel for fp64 or zero classes
+    if x.dtype == torch.float64:  # no fp64 kernel (functional.py rejects zero classes)
         return reference.index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)
     loss, lse, _ = _index_fwd(
         x, y, ct.to(torch.float32), cs.to(torch.float32),
@@ -421,13 +442,19 @@ def _prob_setup(ctx, inputs, output) -> None:
     x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward = inputs
     ctx.save_for_backward(x, t, w, b, rs, cz, output[2])
     ctx.a, ctx.b_uniform, ctx.softcap = a, b_uniform, softcap
-    ctx.inplace = inplace_backward and x.is_contiguous()
+    ctx.inplace = inplace_backward and _may_write_in_place(x)
     ctx.mark_non_differentiable(output[1], output[2])
 
 
 def _prob_backward(ctx, g_loss, g_lse, g_stats):
     x, t, w, b, rs, cz, stats = ctx.saved_tensors
     need_dt = ctx.needs_input_grad[1]
+    if _double_backward():
+        from labelsmooth.ops import fused
+
+        dx, dt = fused._prob_grad_differentiable(g_loss, x, t, w, ctx.a, b, ctx.b_uniform, rs,
+                                                 cz, ctx.softcap, need_dt)
+        return dx, dt, None, None, None, None, None, None, None, None
     args = (t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, stats, g_loss, need_dt)
     if ctx.inplace:
         dt = _prob_bwd_inplace(x, *args)
@@ -487,7 +514,7 @@ def prob_rows(
         tensor([0.3365, 1.2227])
     """
     _check_not_consumed(x)
-    if x.dtype == torch.float64 or x.shape[1] == 0:
+    if x.dtype == torch.float64:
         return reference.prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward)
     f32 = torch.float32
     loss, lse, _ = _prob_fwd(
