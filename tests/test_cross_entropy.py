@@ -624,3 +624,39 @@ def test_float16_on_cpu_is_accurate():
     truth = F.cross_entropy(x.double(), y, label_smoothing=0.1)
     ours = ls.cross_entropy(x, y, label_smoothing=0.1)
     assert abs(float(ours) - float(truth)) <= 2 ** -10 * max(1.0, abs(float(truth)))
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "triton"])
+def test_ignored_rows_with_infinite_logits_give_no_nan(impl):
+    need_impl(impl)
+    inf = math.inf
+    x = torch.tensor([[1.0, 2.0, 0.5], [-inf, -inf, -inf], [inf, 0.0, -inf]], requires_grad=True)
+    y = torch.tensor([0, -100, -100])
+    loss = ls.cross_entropy(x, y, label_smoothing=0.1, z_loss=1e-2, impl=impl)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.equal(x.grad[1:], torch.zeros(2, 3))
+    st = ls.cross_entropy_with_stats(x.detach(), y, label_smoothing=0.1, z_loss=1e-2, impl=impl)
+    # only row 0 counts: z·lse² of it
+    want = 1e-2 * torch.logsumexp(x.detach()[0], 0) ** 2
+    assert torch.allclose(st.z_loss, want), st.z_loss
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "triton"])
+def test_every_impl_refuses_logits_overwritten_in_place(impl):
+    need_impl(impl)
+    h = torch.randn(3, 4, requires_grad=True) * 1.0
+    ls.cross_entropy(h, torch.tensor([0, 1, 2]), inplace_backward=True, impl="fused").backward()
+    with pytest.raises(RuntimeError, match="`input`.*overwritten"):
+        ls.cross_entropy(h, torch.tensor([0, 1, 2]), impl=impl)
+
+
+def test_weight_that_requires_grad_is_refused():
+    w = torch.ones(3, requires_grad=True)
+    x, y = torch.randn(2, 3), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"`weight.requires_grad`.*False.*got True"):
+        ls.cross_entropy(x, y, weight=w)
+    with pytest.raises(ValueError, match=r"`weight.requires_grad`"):
+        ls.cross_entropy(x, torch.softmax(x, 1), weight=w)
+    with torch.no_grad():  # no graph is built: nothing is dropped
+        ls.cross_entropy(x, y, weight=w)

@@ -214,3 +214,9 @@ def test_prior_sum_tolerance_is_one_rule():
     check_prior_sum(1 - 0.9 * prior_sum_slack(torch.float16, 1000), torch.float16, 1000)
     with pytest.raises(ValueError, match=r"`prior`.*summing to 1.*0\.9"):
         check_prior_sum(0.9, torch.float16, 3)
+
+
+def test_prior_with_spread_others_reports_the_prior_values():
+    with pytest.raises(ValueError, match=r"`prior`.*others.*got tensor\(\[0\.25, 0\.25, 0\.25, 0\.25\]\)"):
+        ls.cross_entropy(X, torch.tensor([0, 1, 2]), prior=torch.full((C,), 0.25), spread="others",
+                         label_smoothing=0.1)

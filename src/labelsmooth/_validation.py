@@ -131,6 +131,20 @@ class _Shown(str):
         return str(self)
 
 
+def tensor_value(t: torch.Tensor, limit: int = 8) -> _Shown:
+    """A tensor for an error message: its values when it has at most ``limit``, else its shape.
+
+    Examples:
+        >>> tensor_value(torch.tensor([0.5, 0.5]))
+        tensor([0.5, 0.5])
+        >>> tensor_value(torch.zeros(100))
+        tensor of shape (100,) and dtype torch.float32
+    """
+    if t.numel() <= limit and t.device.type != "meta":
+        return _Shown(f"tensor({t.detach().cpu().tolist()})")
+    return _Shown(f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}")
+
+
 def _describe(p: torch.Tensor) -> _Shown:
     """A short summary of a (float64) prior for messages: never the whole vector."""
     bad = (~torch.isfinite(p)) | (p < 0)
@@ -165,6 +179,13 @@ def check_ignore_index(value: Any) -> int:
     return int(value)
 
 
+def check_validate(validate: Any) -> bool | None:
+    """The ``validate`` option: None, True or False (a TypeError otherwise)."""
+    if validate is not None and not isinstance(validate, bool):
+        raise fail("validate", "None, True or False", validate, TypeError)
+    return validate
+
+
 def should_check_values(validate: bool | None, *tensors: torch.Tensor) -> bool:
     """Whether to run checks that read tensor values.
 
@@ -172,9 +193,7 @@ def should_check_values(validate: bool | None, *tensors: torch.Tensor) -> bool:
     the checks on accelerators and while ``torch.compile`` traces (a data-dependent branch would break
     the graph). ``validate=True`` always checks (a host-device sync on CUDA); ``False`` never does.
     """
-    if validate is not None:
-        if not isinstance(validate, bool):
-            raise fail("validate", "None, True or False", validate, TypeError)
+    if check_validate(validate) is not None:
         return validate
     if torch.compiler.is_compiling():
         return False

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from labelsmooth import _validation as V
 from labelsmooth import ops
+from labelsmooth.ops._consumed import _check_not_consumed
+from labelsmooth.ops._math import acc_dtype, apply_softcap
 from labelsmooth.targets import Spread, binary_targets, smoothing_coefficients
 
 Reduction = Literal["none", "mean", "sum"]
@@ -117,7 +119,9 @@ def cross_entropy(
         impl: ``"auto"``, ``"reference"`` (plain PyTorch, the test oracle), ``"fused"`` (chunked CPU
             engine) or ``"triton"`` (GPU kernel).
         inplace_backward: let the backward write the gradient into ``input``'s memory (fused
-            implementations only; using ``input`` again afterwards raises).
+            implementations only; using ``input`` again afterwards raises, whatever ``impl``).
+            Only an activation is overwritten: a leaf (``nn.Parameter``, a tensor you created)
+            or a view of one gets its gradient in fresh memory.
         validate: check values (indices in [0, C) or ``ignore_index``; ``prior`` a distribution):
             ``None`` (default) checks tensors on the CPU only, so accelerators never wait for a
             host-device sync; ``True`` always checks (one sync per call on CUDA); ``False`` never
@@ -240,8 +244,7 @@ def check_options(
     """Check every option that needs no tensor data; raise ValueError/TypeError otherwise."""
     if not isinstance(inplace_backward, bool):
         raise V.fail("inplace_backward", "a bool", inplace_backward, TypeError)
-    if validate is not None and not isinstance(validate, bool):
-        raise V.fail("validate", "None, True or False", validate, TypeError)
+    V.check_validate(validate)
     if prior is not None:
         V.check_floating("prior", V.check_tensor("prior", prior))
     return LossOptions(
@@ -324,8 +327,6 @@ def plan_index(
     w = weight.detach().to(device=device, dtype=acc) if weight is not None else None
     if isinstance(b, torch.Tensor):
         b = b.to(device=device, dtype=acc)
-        if w is not None and b.shape != w.shape:  # sharded weight: use the matching prior shard
-            raise V.fail("prior", f"of the weight's length {w.shape[0]}", b.shape[0])
     if w_y is None:
         w_y = w[y_safe] * validf if w is not None else validf
     else:
@@ -346,6 +347,41 @@ def plan_index(
         s, s_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
     cz = opts.z_loss * w_y if opts.z_loss > 0.0 else None  # weighted and normalised like the loss
     return IndexPlan(y_safe, valid, w_y, ct, cs, cz, s, s_uniform, w_y.sum())
+
+
+def check_at_construction(
+    weight: torch.Tensor | None, prior: torch.Tensor | None, opts: LossOptions,
+    weight_arg: str = "weight",
+) -> torch.Tensor | None:
+    """The class-weight and prior checks a loss module makes when it is built (one rule for all).
+
+    The vocabulary is unknown before the first call, so the prior's own length stands for it:
+    :func:`labelsmooth.smoothing_coefficients` checks spread/prior compatibility and (on the CPU
+    unless ``validate=False``) that the prior is a distribution, as at call time. ``weight`` (named
+    ``weight_arg`` in messages) must be a floating 1-D tensor of the prior's length. Returns it.
+
+    Examples:
+        >>> opts = check_options(label_smoothing=0.1)
+        >>> check_at_construction(None, torch.tensor([0.5, 0.5]), opts)
+        >>> check_at_construction(torch.ones(3), torch.tensor([0.5, 0.5]), opts)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `prior` to be of the weight's length 3, but got 2.
+    """
+    if weight is not None:
+        weight = V.check_floating(weight_arg, V.check_tensor(weight_arg, weight))
+        if weight.dim() != 1:
+            raise V.fail(weight_arg, "a 1-D tensor (one entry per class)", tuple(weight.shape))
+    if prior is not None:
+        if prior.dim() != 1:
+            raise V.fail("prior", "a 1-D tensor (one entry per class)", tuple(prior.shape))
+        smoothing_coefficients(prior.shape[0], opts.label_smoothing, spread=opts.spread,
+                               prior=prior, check_values=_check_prior_values(opts, opts.validate is True),
+                               arg="label_smoothing")
+        if weight is not None and weight.shape != prior.shape:
+            what = "the weight's" if weight_arg == "weight" else f"{weight_arg}'s"
+            raise V.fail("prior", f"of {what} length {weight.shape[0]}", prior.shape[0])
+    return weight
 
 
 def _check_prior_values(opts: LossOptions, check_values: bool) -> bool:
@@ -379,7 +415,9 @@ def finish_index(
         return CrossEntropyStats(loss, loss, loss, lse)
     with torch.no_grad():
         nll_rows = torch.where(plan.valid, (lse - x_y.to(lse.dtype)) * plan.w_y, 0.0)
-        z_rows = plan.cz * lse.square() if plan.cz is not None else torch.zeros_like(lse)
+        # select, not multiply: an ignored row's lse may be ±inf (cz = 0 there, and 0·inf = nan)
+        z_rows = (torch.where(plan.valid, plan.cz * lse.square(), 0.0) if plan.cz is not None
+                  else torch.zeros_like(lse))
         nll = _reduce(nll_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
         zl = _reduce(z_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
     return CrossEntropyStats(loss, nll, zl, lse.reshape(out_shape))
@@ -402,10 +440,17 @@ def _cross_entropy(
                      tuple(input.shape))
     if weight is not None:
         weight = V.check_class_vector("weight", weight, num_classes)
+        if weight.requires_grad and torch.is_grad_enabled():
+            # the ops take the weights as constants: a gradient would silently be dropped
+            raise V.fail("weight.requires_grad", "False (no gradient flows to class weights; "
+                         "pass weight.detach())", True)
     check_values = V.should_check_values(validate, input, target)
     op = ops.resolve(opts.impl, input.device)
+    if not torch.compiler.is_compiling():
+        # every implementation refuses logits overwritten by an earlier in-place backward
+        _check_not_consumed(input)
     x = _rows(input, num_classes)
-    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(input.dtype)
 
     if target.shape == input.shape:
         return _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values, stats)
@@ -432,7 +477,7 @@ def _cross_entropy(
         with torch.no_grad():
             x_y = x.gather(1, plan.y[:, None])[:, 0].to(acc)
             if opts.softcap is not None:
-                x_y = opts.softcap * torch.tanh(x_y / opts.softcap)
+                x_y = apply_softcap(x_y, opts.softcap)
     return finish_index(loss_rows, lse, x_y, plan, opts, tuple(target.shape), input.dtype, stats)
 
 
@@ -485,7 +530,7 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
     with torch.no_grad():
         xf = x.to(acc)
         if opts.softcap is not None:
-            xf = opts.softcap * torch.tanh(xf / opts.softcap)
+            xf = apply_softcap(xf, opts.softcap)
         tq = t.to(acc) * w_op if w_op is not None else t.to(acc)
         nll_rows = rs.detach() * (lse * tq.sum(-1) - (tq * xf).sum(-1))
         z_rows = cz * lse.square() if cz is not None else torch.zeros_like(lse)

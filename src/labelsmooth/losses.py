@@ -10,12 +10,12 @@ from labelsmooth.functional import (
     Impl,
     Reduction,
     WeightMode,
-    _check_prior_values,
     binary_cross_entropy_with_logits,
+    check_at_construction,
     check_options,
     cross_entropy,
 )
-from labelsmooth.targets import Spread, smoothing_coefficients
+from labelsmooth.targets import Spread
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss"]
 
@@ -67,19 +67,7 @@ class CrossEntropyLoss(nn.Module):
         # Check every hyper-parameter now, so a bad configuration fails where it is written.
         opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                              z_loss, softcap, impl, inplace_backward, validate)
-        if weight is not None:
-            weight = V.check_floating("weight", V.check_tensor("weight", weight))
-            if weight.dim() != 1:
-                raise V.fail("weight", "a 1-D tensor (one entry per class)", tuple(weight.shape))
-        if prior is not None:
-            if prior.dim() != 1:
-                raise V.fail("prior", "a 1-D tensor (one entry per class)", tuple(prior.shape))
-            # spread/prior compatibility and, on the CPU unless validate=False, a distribution.
-            smoothing_coefficients(prior.shape[0], opts.label_smoothing, spread=opts.spread,
-                                   prior=prior, check_values=_check_prior_values(opts, opts.validate is True),
-                                   arg="label_smoothing")
-        if weight is not None and prior is not None and weight.shape != prior.shape:
-            raise V.fail("prior", f"of the weight's length {weight.shape[0]}", prior.shape[0])
+        weight = check_at_construction(weight, prior, opts)
         self.ignore_index = opts.ignore_index
         self.reduction = opts.reduction
         self.label_smoothing = opts.label_smoothing

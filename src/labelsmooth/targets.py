@@ -83,7 +83,7 @@ def smoothing_coefficients(
     if spread == "others":
         if prior is not None:
             raise V.fail("prior", 'None when spread="others" (a prior replaces the uniform share of '
-                         'spread="all")', "a tensor")
+                         'spread="all")', V.tensor_value(prior))
         if num_classes < 2:
             raise V.fail("spread", f'"all" with {num_classes} class (spread="others" puts the mass on '
                          "the K-1 other classes, so it needs at least 2 classes)", spread)
