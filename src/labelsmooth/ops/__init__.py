@@ -22,8 +22,11 @@ autograd-aware functions. Reductions, weights' normalisers and argument checks l
 * ``s`` (K,) smoothing shares or None, in which case every share is the float ``s_uniform``
   (``s=None, s_uniform=0`` means no smoothing term at all).
 * returns ``(loss, lse)``, both (R,) in the accumulation dtype; ``loss`` is differentiable w.r.t. ``x``.
-* ``inplace_backward=True`` lets the backward write the gradient into ``x``'s storage; the
-  implementation must then make any later use of ``x`` by autograd fail loudly.
+* ``inplace_backward=True`` lets the backward write the gradient into ``x``'s storage (only when
+  ``x`` is a contiguous activation: never a leaf such as an ``nn.Parameter`` or a view of one);
+  the implementation must then make any later use of ``x`` by autograd fail loudly.
+* a row whose coefficients are all zero (an ignored row) has loss 0·(…) and gradient exactly 0,
+  whatever its logits hold (±inf or NaN padding): implementations select, never multiply by 0.
 
 **Probability targets** — ``prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward)``
 
