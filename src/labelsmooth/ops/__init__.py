@@ -25,8 +25,9 @@ autograd-aware functions. Reductions, weights' normalisers and argument checks l
 * ``inplace_backward=True`` lets the backward write the gradient into ``x``'s storage (only when
   ``x`` is a contiguous activation: never a leaf such as an ``nn.Parameter`` or a view of one);
   the implementation must then make any later use of ``x`` by autograd fail loudly.
-* a row whose coefficients are all zero (an ignored row) has loss 0·(…) and gradient exactly 0,
+* a row whose coefficients are all zero (an ignored row) must get a gradient of exactly 0,
   whatever its logits hold (±inf or NaN padding): implementations select, never multiply by 0.
+  Its loss entry may be NaN; the caller discards it by selection (``functional.finish_index``).
 
 **Probability targets** — ``prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward)``
 
