@@ -12,16 +12,15 @@ from torch import nn
 from labelsmooth import _validation as V
 from labelsmooth.functional import (
     Impl,
-    LossOptions,
     Reduction,
     WeightMode,
-    _check_prior_values,
+    check_at_construction,
     check_options,
     plan_index,
 )
 from labelsmooth.ops import linear_ce
 from labelsmooth.ops._math import acc_dtype
-from labelsmooth.targets import Spread, smoothing_coefficients
+from labelsmooth.targets import Spread
 
 __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
 
@@ -152,25 +151,6 @@ def _linear_cross_entropy(
     )
 
 
-def _check_prior_at_construction(prior: torch.Tensor | None, opts: LossOptions,
-                                 class_weight: torch.Tensor | None) -> None:
-    """The prior checks :class:`labelsmooth.CrossEntropyLoss` makes when it is built.
-
-    The vocabulary is unknown before the first call, so the prior's own length stands for it:
-    :func:`labelsmooth.smoothing_coefficients` then checks spread/prior compatibility and (on the
-    CPU unless ``validate=False``) that the prior is a distribution, as at call time.
-    """
-    if prior is None:
-        return
-    if prior.dim() != 1:
-        raise V.fail("prior", "a 1-D tensor (one entry per class)", tuple(prior.shape))
-    smoothing_coefficients(prior.shape[0], opts.label_smoothing, spread=opts.spread, prior=prior,
-                           check_values=_check_prior_values(opts, opts.validate is True),
-                           arg="label_smoothing")
-    if class_weight is not None and class_weight.shape != prior.shape:
-        raise V.fail("prior", f"of class_weight's length {class_weight.shape[0]}", prior.shape[0])
-
-
 class LinearCrossEntropyLoss(nn.Module):
     """Module form of :func:`linear_cross_entropy`: ``loss_fn(hidden, weight, target, bias=None)``.
 
@@ -210,12 +190,7 @@ class LinearCrossEntropyLoss(nn.Module):
         opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                              z_loss, softcap, impl, False, validate)
         linear_ce.check_chunking(chunk_size, memory_budget)
-        if class_weight is not None:
-            class_weight = V.check_floating("class_weight", V.check_tensor("class_weight", class_weight))
-            if class_weight.dim() != 1:
-                raise V.fail("class_weight", "a 1-D tensor (one entry per class)",
-                             tuple(class_weight.shape))
-        _check_prior_at_construction(prior, opts, class_weight)
+        class_weight = check_at_construction(class_weight, prior, opts, weight_arg="class_weight")
         self.ignore_index = opts.ignore_index
         self.reduction = opts.reduction
         self.label_smoothing = opts.label_smoothing
