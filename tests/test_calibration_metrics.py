@@ -212,15 +212,20 @@ def test_confidences_exactly_on_bin_edges(dtype, n_bins):
 
 def test_zero_and_one_confidence():
     # A row of zeros has confidence 0 (first bin); a one-hot row has confidence 1.0 (last bin).
+    # A zero row is not a distribution, so the value check is switched off to test the binning.
     probs = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
     labels = torch.tensor([1, 0, 2])
-    gap = calibration_gap(probs, labels, 15)
+    off = {"validate": False}
+    gap = calibration_gap(probs, labels, 15, **off)
     assert gap.counts.tolist() == [1] + [0] * 13 + [2]
     # conf 0 with pred 0 != label 1: gap 0; last bin: conf 1, acc 0.5.
-    assert expected_calibration_error(probs, labels, 15).item() == pytest.approx(2 / 3 * 0.5)
+    assert expected_calibration_error(probs, labels, 15, **off).item() == pytest.approx(2 / 3 * 0.5)
     # Class-wise: probabilities of exactly 0 are counted in the first bin (not dropped).
     ref = _numpy_classwise(probs.numpy(), labels.numpy(), 15)
-    assert classwise_calibration_error(probs, labels, 15).item() == pytest.approx(ref, abs=1e-15)
+    got = classwise_calibration_error(probs, labels, 15, **off).item()
+    assert got == pytest.approx(ref, abs=1e-15)
+    with pytest.raises(ValueError, match=r"rows summing to 1 .*probs\[0\]"):
+        expected_calibration_error(probs, labels, 15)
 
 
 def test_one_sample():
@@ -506,31 +511,36 @@ def test_bootstrap_degenerate_and_logits():
 # argument validation
 # ---------------------------------------------------------------------------------------------
 def test_validation_messages():
+    # Every message follows the project template: the argument, what was expected, the value.
     p = torch.tensor([[0.6, 0.4]])
     y = torch.tensor([0])
-    with pytest.raises(ValueError, match="n_bins"):
+    with pytest.raises(ValueError, match=r"Expected `n_bins` to be a positive int, but got 0"):
         expected_calibration_error(p, y, 0)
-    with pytest.raises(ValueError, match="norm"):
+    with pytest.raises(ValueError, match="Expected `norm` to be one of .*'l3'"):
         expected_calibration_error(p, y, norm="l3")
-    with pytest.raises(ValueError, match="binning"):
+    with pytest.raises(ValueError, match="Expected `binning` to be one of .*'quantile'"):
         expected_calibration_error(p, y, binning="quantile")
-    with pytest.raises(ValueError, match=r"probs must have shape \(N, K\)"):
+    with pytest.raises(ValueError, match=r"Expected `probs` to be a 2-D tensor of shape \(N, K\)"):
         expected_calibration_error(p[0], y)
-    with pytest.raises(ValueError, match="labels must have shape"):
+    with pytest.raises(ValueError, match=r"Expected `labels` to be of shape \(N,\)"):
         expected_calibration_error(p, torch.tensor([0, 1]))
-    with pytest.raises(TypeError, match="labels must be an integer"):
+    with pytest.raises(TypeError, match="Expected `labels` to be an integer tensor.*float32"):
         expected_calibration_error(p, torch.tensor([0.0]))
-    with pytest.raises(TypeError, match="probs must be a floating-point"):
+    with pytest.raises(TypeError, match="Expected `probs` to be a floating-point tensor"):
         expected_calibration_error(torch.tensor([[1, 0]]), y)
-    with pytest.raises(TypeError, match="from_logits"):
+    with pytest.raises(TypeError, match="Expected `from_logits` to be a bool, but got 1"):
         expected_calibration_error(p, y, from_logits=1)
+    with pytest.raises(TypeError, match="Expected `validate` to be None, True or False"):
+        expected_calibration_error(p, y, validate=1)
     with pytest.raises(ValueError, match="N = 0"):
         expected_calibration_error(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
-    with pytest.raises(ValueError, match="bandwidth"):
+    with pytest.raises(ValueError, match="Expected `bandwidth`"):
         smooth_calibration_error(p, y, bandwidth=0.0)
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ValueError, match="Expected `alpha`"):
         bootstrap_ci(accuracy, p, y, alpha=1.5)
-    with pytest.raises(ValueError, match="n_resamples"):
+    with pytest.raises(ValueError, match="Expected `n_resamples`"):
         bootstrap_ci(accuracy, p, y, n_resamples=0)
-    with pytest.raises(TypeError, match="metric must be callable"):
+    with pytest.raises(TypeError, match="Expected `metric` to be a callable"):
         bootstrap_ci("ece", p, y)
+    with pytest.raises(TypeError, match="Expected `probs` to be a torch.Tensor, a numpy array"):
+        expected_calibration_error("0.6 0.4", y)

@@ -177,18 +177,24 @@ def test_apply_temperature_and_validation():
     z = torch.tensor([[2.0, -1.0]])
     assert torch.equal(apply_temperature(z, 2.0), z / 2)
     assert torch.equal(apply_temperature(z, torch.tensor(4.0)), z / 4)
-    with pytest.raises(ValueError, match="temperature must be positive"):
+    with pytest.raises(ValueError, match="Expected `temperature` to be a positive finite float"):
         apply_temperature(z, 0.0)
-    with pytest.raises(TypeError, match="temperature must be a float"):
+    with pytest.raises(TypeError, match="Expected `temperature`.*but got 'str'"):
         apply_temperature(z, "2")
+    # A tensor temperature's value is checked on CPU by default (no sync needed there).
+    with pytest.raises(ValueError, match=r"Expected `temperature`.*tensor\(\[-1.0\]\)"):
+        apply_temperature(z, torch.tensor([-1.0]))
+    assert torch.equal(apply_temperature(z, torch.tensor(-1.0), validate=False), -z)
     y = torch.tensor([0])
-    with pytest.raises(ValueError, match="objective"):
+    with pytest.raises(ValueError, match="Expected `objective`"):
         fit_temperature(z, y, objective="brier")
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match=r"Expected `logits` to be logits without NaN.*logits\[0\]"):
         fit_temperature(torch.tensor([[float("nan"), 0.0]]), y)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match="Expected `logits` to be finite.*logits\\[0\\]"):
+        fit_temperature(torch.tensor([[float("-inf"), 0.0]]), y)
+    with pytest.raises(ValueError, match=r"Expected `labels` to be class indices in \[0, 2\), but got labels\[0\] = 2"):
         fit_temperature(z, torch.tensor([2]))
-    with pytest.raises(ValueError, match="t_min must be smaller"):
+    with pytest.raises(ValueError, match="Expected `t_min` to be smaller than t_max"):
         fit_temperature(z, y, t_min=2.0, t_max=1.0)
-    with pytest.raises(ValueError, match=r"logits must have shape \(N, K\)"):
+    with pytest.raises(ValueError, match=r"Expected `logits` to be a 2-D tensor of shape \(N, K\)"):
         fit_temperature(z[0], y)

@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 
+from labelsmooth._validation import _Shown, check_validate, fail
 from labelsmooth.calibration.metrics import (
     BootstrapCI,
-    _as_tensor,
+    _check_bool,
+    _checked,
     _bin_stats,
     _brier_per_sample,
     _ce_from_stats,
@@ -35,8 +37,8 @@ from labelsmooth.calibration.metrics import (
     _log_prob_true,
     _mass_bins,
     _percentile_bootstrap,
-    _prepare,
     _smece,
+    _to_probs,
     _width_bins,
     bootstrap_ci,
 )
@@ -76,6 +78,9 @@ class BinnedCalibrationMeter:
         n_bins: number of equal-width bins (Guo convention, see :mod:`.metrics`).
         num_classes: number of classes; enables ``classwise_ece`` and checks batch shapes.
         from_logits: batches passed to :meth:`update` are logits.
+        validate: check the values of each batch (labels in ``[0, K)``, probabilities in
+            ``[0, 1]`` summing to 1, no NaN): ``None`` checks on CPU only (no host-device sync on
+            accelerators), ``True`` everywhere, ``False`` never; see :mod:`.metrics`.
 
     Example:
         >>> meter = BinnedCalibrationMeter(n_bins=10)
@@ -88,17 +93,21 @@ class BinnedCalibrationMeter:
     """
 
     def __init__(
-        self, n_bins: int = 15, num_classes: int | None = None, *, from_logits: bool = False
+        self,
+        n_bins: int = 15,
+        num_classes: int | None = None,
+        *,
+        from_logits: bool = False,
+        validate: bool | None = None,
     ):
         self.n_bins = _check_n_bins(n_bins)
         if num_classes is not None and (
             isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
         ):
-            raise ValueError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
-        if not isinstance(from_logits, bool):
-            raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
+            raise fail("num_classes", "an int >= 2 or None", num_classes)
         self.num_classes = num_classes
-        self.from_logits = from_logits
+        self.from_logits = _check_bool("from_logits", from_logits)
+        self.validate = check_validate(validate)
         self._state: dict[str, torch.Tensor] | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -151,11 +160,14 @@ class BinnedCalibrationMeter:
     @torch.no_grad()
     def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch of ``(N, K)`` probabilities (or logits) and ``(N,)`` labels."""
-        p, y = _prepare(probs, labels, self.from_logits)
-        if self.num_classes is not None and p.shape[1] != self.num_classes:
-            raise ValueError(
-                f"probs must have num_classes = {self.num_classes} columns, got {p.shape[1]}"
+        x, y = _checked(probs, labels, self.from_logits, self.validate)
+        if self.num_classes is not None and x.shape[1] != self.num_classes:
+            raise fail(
+                "probs",
+                f"num_classes = {self.num_classes} columns",
+                _Shown(f"{x.shape[1]} columns"),
             )
+        p = _to_probs(x, self.from_logits)
         if self._state is None:
             self._state = self._zeros(p.device)
         st = self._state
@@ -166,9 +178,7 @@ class BinnedCalibrationMeter:
         st["counts"] += counts.to(st["counts"].device)
         st["sum_conf"] += s_conf.to(st["counts"].device)
         st["sum_correct"] += s_corr.to(st["counts"].device)
-        logp = _log_prob_true(
-            _as_tensor(probs, "probs") if self.from_logits else p, y, self.from_logits
-        )
+        logp = _log_prob_true(x if self.from_logits else p, y, self.from_logits)
         st["sum_nll"] -= logp.sum().to(st["counts"].device)
         st["sum_brier"] += _brier_per_sample(p, y).sum().to(st["counts"].device)
         if self.num_classes is not None:
@@ -291,6 +301,7 @@ class SampleCalibrationMeter:
         n_bins: bins for the binned metrics in :meth:`compute`.
         from_logits: batches passed to :meth:`update` are logits.
         keep_probs: also keep the ``(N, K)`` probabilities and the labels.
+        validate: check the values of each batch, as :class:`BinnedCalibrationMeter` does.
 
     Example:
         >>> meter = SampleCalibrationMeter(n_bins=2)
@@ -300,13 +311,18 @@ class SampleCalibrationMeter:
         0.25
     """
 
-    def __init__(self, n_bins: int = 15, *, from_logits: bool = False, keep_probs: bool = False):
+    def __init__(
+        self,
+        n_bins: int = 15,
+        *,
+        from_logits: bool = False,
+        keep_probs: bool = False,
+        validate: bool | None = None,
+    ):
         self.n_bins = _check_n_bins(n_bins)
-        for name, v in (("from_logits", from_logits), ("keep_probs", keep_probs)):
-            if not isinstance(v, bool):
-                raise TypeError(f"{name} must be a bool, got {v!r}")
-        self.from_logits = from_logits
-        self.keep_probs = keep_probs
+        self.from_logits = _check_bool("from_logits", from_logits)
+        self.keep_probs = _check_bool("keep_probs", keep_probs)
+        self.validate = check_validate(validate)
         self.reset()
 
     def reset(self) -> None:
@@ -319,7 +335,8 @@ class SampleCalibrationMeter:
     @torch.no_grad()
     def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch of ``(N, K)`` probabilities (or logits) and ``(N,)`` labels."""
-        p, y = _prepare(probs, labels, self.from_logits)
+        x, y = _checked(probs, labels, self.from_logits, self.validate)
+        p = _to_probs(x, self.from_logits)
         conf, correct = _confidence_correct(p, y)
         # Confidences keep their dtype (float32 or float64), so bin edges compare exactly as in
         # the one-shot functions; a float32 value widened to float64 could cross an edge k/M.
@@ -396,9 +413,11 @@ class SampleCalibrationMeter:
             from labelsmooth.calibration import metrics as M
 
             p, y = self.probs_labels()
-            out["classwise_ece"] = M.classwise_calibration_error(p, y, self.n_bins).cpu()
-            out["nll"] = M.negative_log_likelihood(p, y).cpu()
-            out["brier"] = M.brier_score(p, y).cpu()
+            # Checked (or not, by choice) in update(): no second check.
+            kw = {"validate": False}
+            out["classwise_ece"] = M.classwise_calibration_error(p, y, self.n_bins, **kw).cpu()
+            out["nll"] = M.negative_log_likelihood(p, y, **kw).cpu()
+            out["brier"] = M.brier_score(p, y, **kw).cpu()
         return out
 
     def bootstrap_ci(

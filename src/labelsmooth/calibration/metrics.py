@@ -18,18 +18,35 @@ Conventions (Guo et al., 2017):
   ordered by correctness (incorrect first), so the result does not depend on the input order;
 * empty bins carry zero weight and never produce NaN in a scalar metric.
 
-Only shapes and dtypes are validated: checking values (probabilities in [0, 1], labels in
-[0, K)) would force a host-device synchronisation, so out-of-range labels surface as indexing
-errors instead.
+Inputs are checked as the losses check theirs.  Shapes and dtypes always.  Values -- labels in
+``[0, K)``; probabilities finite, in ``[0, 1]`` and summing to 1 per row within
+:func:`~labelsmooth._validation.prior_sum_slack` of their dtype (``max(1e-4, K * eps)``); logits
+without NaN or ``+inf`` -- on CPU by default, and on accelerators only with ``validate=True``
+(reading values there is a host-device sync; ``validate=False`` never checks).  Raw logits passed
+without ``from_logits=True`` are therefore refused instead of giving impossible values.
+:func:`smooth_calibration_error` and :func:`bootstrap_ci` read results to the host anyway, so they
+check values on every device unless ``validate=False``.  Unchecked bad values give meaningless
+results or indexing errors.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
+
+from labelsmooth._validation import (
+    _Shown,
+    check_choice,
+    check_validate,
+    fail,
+    prior_sum_slack,
+    should_check_values,
+    tensor_value,
+)
 
 __all__ = [
     "BootstrapCI",
@@ -56,56 +73,159 @@ _BINNINGS = ("width", "mass")
 # input handling
 # ---------------------------------------------------------------------------------------------
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    """A tensor from a tensor, a NumPy array or a (nested) list/tuple of numbers."""
     if isinstance(x, torch.Tensor):
         return x
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a core dependency
-        np = None
-    if np is not None and isinstance(x, np.ndarray):
+    import numpy as np  # a core dependency
+
+    if isinstance(x, np.ndarray):
         return torch.from_numpy(x)
-    raise TypeError(f"{name} must be a torch.Tensor (or numpy array), got {type(x).__name__}")
+    if isinstance(x, (list, tuple)):
+        try:
+            return torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise fail(name, "a torch.Tensor, a numpy array or a list of numbers", type(x).__name__, TypeError)
 
 
 def _check_n_bins(n_bins: Any) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
-    return n_bins
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral):
+        raise fail("n_bins", "a positive int", n_bins, TypeError)
+    if n_bins < 1:
+        raise fail("n_bins", "a positive int", n_bins)
+    return int(n_bins)
 
 
-def _prepare(probs: Any, labels: Any, from_logits: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate shapes and dtypes (no host-device sync) and return float probabilities."""
-    probs = _as_tensor(probs, "probs")
+def _check_bool(arg: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise fail(arg, "a bool", value, TypeError)
+    return value
+
+
+def _first(mask: torch.Tensor) -> int:
+    """Index of the first True entry of a 1-D bool tensor (the caller knows there is one)."""
+    return int(mask.nonzero()[0, 0])
+
+
+def _check_values(x: torch.Tensor, labels: torch.Tensor, from_logits: bool, arg: str) -> None:
+    """Value checks (they read the data: a host-device sync on accelerators).
+
+    * labels are class indices in ``[0, K)``;
+    * logits (``from_logits=True``) contain no NaN and no ``+inf``, and every row has a finite
+      entry (``-inf`` masks a class);
+    * probabilities are finite, in ``[0, 1]``, and each row sums to 1 within
+      :func:`~labelsmooth._validation.prior_sum_slack` of the input dtype (the rule for priors).
+    """
+    k = x.shape[1]
+    bad = (labels < 0) | (labels >= k)
+    if bool(bad.any()):
+        i = _first(bad)
+        raise fail("labels", f"class indices in [0, {k})", _Shown(f"labels[{i}] = {int(labels[i])}"))
+    if from_logits:
+        bad_rows = (torch.isnan(x) | (x == math.inf)).any(dim=1) | (x == -math.inf).all(dim=1)
+        if bool(bad_rows.any()):
+            i = _first(bad_rows)
+            raise fail(
+                arg,
+                "logits without NaN or +inf and with a finite entry in every row",
+                _Shown(f"{arg}[{i}] = {tensor_value(x[i])}"),
+            )
+        return
+    hint = "; pass from_logits=True for logits"  # the usual cause of out-of-range "probabilities"
+    bad_rows = (torch.isnan(x) | (x < 0) | (x > 1)).any(dim=1)
+    if bool(bad_rows.any()):
+        i = _first(bad_rows)
+        raise fail(
+            arg,
+            f"probabilities, finite and in [0, 1]{hint}",
+            _Shown(f"{arg}[{i}] = {tensor_value(x[i])}"),
+        )
+    slack = prior_sum_slack(x.dtype, k)
+    sums = x.sum(dim=1, dtype=torch.float64)
+    bad_rows = (sums - 1.0).abs() > slack
+    if bool(bad_rows.any()):
+        i = _first(bad_rows)
+        raise fail(
+            arg,
+            f"probabilities with rows summing to 1 (within {slack:.3g}{hint})",
+            _Shown(f"{arg}[{i}] = {tensor_value(x[i])} summing to {float(sums[i]):.6g}"),
+        )
+
+
+def _checked(
+    probs: Any,
+    labels: Any,
+    from_logits: bool,
+    validate: bool | None = None,
+    *,
+    check: bool | None = None,
+    arg: str = "probs",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the inputs; return them as given (probabilities or logits) and int64 labels.
+
+    Shapes and dtypes are always checked. Values are checked where
+    :func:`~labelsmooth._validation.should_check_values` says so (on CPU by default, on CUDA only
+    with ``validate=True``); ``check`` overrides that decision for callers that read values to the
+    host anyway (smooth ECE, the bootstrap), which check unless ``validate=False``.  ``arg`` is the
+    name of the first argument in messages.
+    """
+    probs = _as_tensor(probs, arg)
     labels = _as_tensor(labels, "labels")
-    if not isinstance(from_logits, bool):
-        raise TypeError(f"from_logits must be a bool, got {from_logits!r}")
+    _check_bool("from_logits", from_logits)
+    check_validate(validate)
     if probs.dim() != 2:
-        raise ValueError(
-            f"probs must have shape (N, K), got shape {tuple(probs.shape)}"
-            + (" (pass (N, 2) probabilities for a binary task)" if probs.dim() == 1 else "")
+        raise fail(
+            arg,
+            "a 2-D tensor of shape (N, K)"
+            + (" (pass (N, 2) probabilities for a binary task)" if probs.dim() == 1 else ""),
+            _Shown(f"shape {tuple(probs.shape)}"),
         )
     if not probs.is_floating_point():
-        raise TypeError(f"probs must be a floating-point tensor, got dtype {probs.dtype}")
-    if labels.dim() != 1 or labels.shape[0] != probs.shape[0]:
-        raise ValueError(
-            f"labels must have shape (N,) = ({probs.shape[0]},) matching probs, "
-            f"got shape {tuple(labels.shape)}"
-        )
+        raise fail(arg, "a floating-point tensor", probs.dtype, TypeError)
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(
-            f"labels must be an integer tensor of class indices, got dtype {labels.dtype}"
+        raise fail("labels", "an integer tensor of class indices", labels.dtype, TypeError)
+    if labels.dim() != 1 or labels.shape[0] != probs.shape[0]:
+        raise fail(
+            "labels",
+            f"of shape (N,) = ({probs.shape[0]},) matching {arg}",
+            _Shown(f"shape {tuple(labels.shape)}"),
         )
     if probs.shape[0] == 0:
-        raise ValueError("probs must hold at least one sample, got N = 0")
+        raise fail(arg, "at least one sample", _Shown("N = 0"))
     if probs.shape[1] < 2:
-        raise ValueError(f"probs must have at least 2 classes, got K = {probs.shape[1]}")
+        raise fail(arg, "at least 2 classes", _Shown(f"K = {probs.shape[1]}"))
     if labels.device != probs.device:
-        raise ValueError(f"labels are on {labels.device} but probs are on {probs.device}")
-    if probs.dtype not in (torch.float32, torch.float64):
-        probs = probs.float()
-    if from_logits:
-        probs = torch.softmax(probs, dim=-1)
+        raise fail("labels", f"on the device of {arg} ({probs.device})", _Shown(str(labels.device)))
+    if check is None:
+        check = should_check_values(validate, probs, labels)
+    if check:
+        _check_values(probs, labels, from_logits, arg)
     return probs, labels.long()
+
+
+def _prepare(
+    probs: Any,
+    labels: Any,
+    from_logits: bool,
+    validate: bool | None = None,
+    *,
+    check: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_checked`, then float probabilities (float32 or float64; a softmax of logits)."""
+    x, y = _checked(probs, labels, from_logits, validate, check=check)
+    return _to_probs(x, from_logits), y
+
+
+def _to_probs(x: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """Probabilities in float32 or wider from checked probabilities or logits."""
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return torch.softmax(x, dim=-1) if from_logits else x
+
+
+def _host_check(validate: bool | None) -> bool:
+    """Value checks for functions that read values to the host anyway: on unless validate=False."""
+    return check_validate(validate) is not False
 
 
 def _confidence_correct(
@@ -157,12 +277,16 @@ def _bin_stats(
 
 
 def _binned(
-    probs: Any, labels: Any, n_bins: int, from_logits: bool, binning: str
+    probs: Any,
+    labels: Any,
+    n_bins: int,
+    from_logits: bool,
+    binning: str,
+    validate: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n_bins = _check_n_bins(n_bins)
-    if binning not in _BINNINGS:
-        raise ValueError(f"binning must be one of {_BINNINGS}, got {binning!r}")
-    p, y = _prepare(probs, labels, from_logits)
+    check_choice("binning", binning, _BINNINGS)
+    p, y = _prepare(probs, labels, from_logits, validate)
     conf, correct = _confidence_correct(p, y)
     if binning == "width":
         bins = _width_bins(conf, n_bins)
@@ -189,7 +313,7 @@ def _ce_from_stats(
         return ((diff * diff / safe).sum() / total).sqrt()
     if norm == "max":
         return torch.where(counts > 0, diff / safe, torch.zeros_like(diff)).max()
-    raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    raise fail("norm", f"one of {_NORMS}", norm)
 
 
 def _debiased_sq_from_stats(
@@ -220,6 +344,7 @@ def expected_calibration_error(
     from_logits: bool = False,
     norm: str = "l1",
     binning: str = "width",
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Top-label expected calibration error (Guo et al., 2017).
 
@@ -248,9 +373,8 @@ def expected_calibration_error(
         >>> round(expected_calibration_error(probs, labels, n_bins=10).item(), 4)
         0.3333
     """
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
-    stats = _binned(probs, labels, n_bins, from_logits, binning)
+    check_choice("norm", norm, _NORMS)
+    stats = _binned(probs, labels, n_bins, from_logits, binning, validate)
     return _ce_from_stats(*stats, norm)
 
 
@@ -261,6 +385,7 @@ def maximum_calibration_error(
     *,
     from_logits: bool = False,
     binning: str = "width",
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Maximum calibration error over non-empty bins.
 
@@ -276,7 +401,13 @@ def maximum_calibration_error(
         0.6
     """
     return expected_calibration_error(
-        probs, labels, n_bins, from_logits=from_logits, norm="max", binning=binning
+        probs,
+        labels,
+        n_bins,
+        from_logits=from_logits,
+        norm="max",
+        binning=binning,
+        validate=validate,
     )
 
 
@@ -287,6 +418,7 @@ def rms_calibration_error(
     *,
     from_logits: bool = False,
     binning: str = "width",
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Plug-in RMS (L2) calibration error.
 
@@ -302,7 +434,13 @@ def rms_calibration_error(
         0.3916
     """
     return expected_calibration_error(
-        probs, labels, n_bins, from_logits=from_logits, norm="l2", binning=binning
+        probs,
+        labels,
+        n_bins,
+        from_logits=from_logits,
+        norm="l2",
+        binning=binning,
+        validate=validate,
     )
 
 
@@ -313,6 +451,7 @@ def adaptive_calibration_error(
     *,
     from_logits: bool = False,
     norm: str = "l1",
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Adaptive (equal-mass) ECE: :func:`expected_calibration_error` with ``binning="mass"``.
 
@@ -326,7 +465,13 @@ def adaptive_calibration_error(
         0.25
     """
     return expected_calibration_error(
-        probs, labels, n_bins, from_logits=from_logits, norm=norm, binning="mass"
+        probs,
+        labels,
+        n_bins,
+        from_logits=from_logits,
+        norm=norm,
+        binning="mass",
+        validate=validate,
     )
 
 
@@ -338,6 +483,7 @@ def debiased_calibration_error(
     from_logits: bool = False,
     binning: str = "width",
     squared: bool = False,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Debiased L2 calibration error (Bröcker 2012; Ferro & Fricker 2012; Kumar et al. 2019).
 
@@ -358,9 +504,8 @@ def debiased_calibration_error(
         >>> round(debiased_calibration_error(probs, labels, n_bins=1, squared=True).item(), 4)
         -0.0625
     """
-    if not isinstance(squared, bool):
-        raise TypeError(f"squared must be a bool, got {squared!r}")
-    est = _debiased_sq_from_stats(*_binned(probs, labels, n_bins, from_logits, binning))
+    _check_bool("squared", squared)
+    est = _debiased_sq_from_stats(*_binned(probs, labels, n_bins, from_logits, binning, validate))
     return est if squared else est.clamp_min(0.0).sqrt()
 
 
@@ -400,6 +545,7 @@ def calibration_gap(
     *,
     from_logits: bool = False,
     binning: str = "width",
+    validate: bool | None = None,
 ) -> CalibrationGap:
     r"""Signed over/under-confidence, overall and per equal-width bin.
 
@@ -413,7 +559,7 @@ def calibration_gap(
         >>> round(gap.overall.item(), 4), gap.counts.tolist()
         (0.0667, [0, 3])
     """
-    return _gap_from_stats(*_binned(probs, labels, n_bins, from_logits, binning))
+    return _gap_from_stats(*_binned(probs, labels, n_bins, from_logits, binning, validate))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,6 +606,7 @@ def classwise_calibration_error(
     n_bins: int = 15,
     *,
     from_logits: bool = False,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Class-wise ECE (Kull et al., 2019): the mean over classes of one-vs-rest binned ECEs.
 
@@ -477,7 +624,7 @@ def classwise_calibration_error(
         0.2667
     """
     n_bins = _check_n_bins(n_bins)
-    p, y = _prepare(probs, labels, from_logits)
+    p, y = _prepare(probs, labels, from_logits, validate)
     return _classwise_from_stats(*_classwise_stats(p, y, n_bins))
 
 
@@ -509,7 +656,7 @@ def _smooth_reflected(
     scaled = f * (g - 1)
     lo = scaled.floor().clamp(0, g - 2)
     frac = scaled - lo
-    lo = lo.long()
+    lo = lo.long().clamp(0, g - 2)  # NaN (unchecked input) must not become a wild index
     grid = torch.zeros(g, dtype=torch.float64, device=dev)
     grid.index_add_(0, lo, (1.0 - frac) * values)
     grid.index_add_(0, lo + 1, frac * values)
@@ -560,6 +707,7 @@ def smooth_calibration_error(
     *,
     from_logits: bool = False,
     bandwidth: float | None = None,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Smooth ECE (smECE) of Błasiok & Nakkiran (ICLR 2024) for top-label confidence.
 
@@ -597,11 +745,9 @@ def smooth_calibration_error(
             or not isinstance(bandwidth, (int, float))
             or not (bandwidth > 0 and math.isfinite(bandwidth))
         ):
-            raise ValueError(
-                f"bandwidth must be a positive finite float or None, got {bandwidth!r}"
-            )
+            raise fail("bandwidth", "a positive finite float or None", bandwidth)
         bandwidth = float(bandwidth)
-    p, y = _prepare(probs, labels, from_logits)
+    p, y = _prepare(probs, labels, from_logits, validate, check=_host_check(validate))
     conf, correct = _confidence_correct(p, y)
     value, _ = _smece(conf, correct, bandwidth)
     return torch.tensor(value, dtype=torch.float64, device=p.device)
@@ -611,7 +757,11 @@ def smooth_calibration_error(
 # proper scores and accuracy
 # ---------------------------------------------------------------------------------------------
 def negative_log_likelihood(
-    probs: torch.Tensor, labels: torch.Tensor, *, from_logits: bool = False
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    from_logits: bool = False,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Mean negative log-likelihood :math:`-\frac1N\sum_i \log p_{i,y_i}`.
 
@@ -623,14 +773,9 @@ def negative_log_likelihood(
         >>> round(negative_log_likelihood(probs, torch.tensor([0, 1])).item(), 4)
         0.4904
     """
-    x = _as_tensor(probs, "probs")
-    if from_logits:
-        # Validate with the logits themselves, then use log_softmax for accuracy in the tails.
-        _prepare(x, labels, False)
-        y = _as_tensor(labels, "labels").long()
-    else:
-        x, y = _prepare(x, labels, False)
-    return -_log_prob_true(x, y, from_logits).mean()
+    # From logits: log_softmax of the logits themselves, for accuracy in the tails.
+    x, y = _checked(probs, labels, from_logits, validate)
+    return -_log_prob_true(_to_probs(x, False), y, from_logits).mean()
 
 
 def _log_prob_true(x: torch.Tensor, labels: torch.Tensor, from_logits: bool) -> torch.Tensor:
@@ -656,7 +801,11 @@ def _gap_of(conf: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
 
 
 def brier_score(
-    probs: torch.Tensor, labels: torch.Tensor, *, from_logits: bool = False
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    from_logits: bool = False,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Multiclass Brier score :math:`\frac1N\sum_i\sum_k (p_{ik} - [y_i = k])^2` (range [0, 2]).
 
@@ -665,12 +814,16 @@ def brier_score(
         >>> round(brier_score(probs, torch.tensor([0, 1])).item(), 4)
         0.3125
     """
-    p, y = _prepare(probs, labels, from_logits)
+    p, y = _prepare(probs, labels, from_logits, validate)
     return _brier_per_sample(p, y).mean()
 
 
 def accuracy(
-    probs: torch.Tensor, labels: torch.Tensor, *, from_logits: bool = False
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    from_logits: bool = False,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Top-1 accuracy :math:`\frac1N\sum_i [\arg\max_k p_{ik} = y_i]` (first index on ties).
 
@@ -679,7 +832,7 @@ def accuracy(
         >>> round(accuracy(probs, torch.tensor([0, 1, 1])).item(), 4)
         0.6667
     """
-    p, y = _prepare(probs, labels, from_logits)
+    p, y = _prepare(probs, labels, from_logits, validate)
     return (p.argmax(dim=-1) == y).to(torch.float64).mean()
 
 
@@ -710,7 +863,9 @@ def bootstrap_ci(
     seeded with ``seed``, so results are reproducible on any device), evaluates the metric on
     each, and returns the full-sample estimate with the ``alpha/2`` and ``1 - alpha/2`` quantiles
     (linear interpolation) of the resampled values.  With ``from_logits=True`` in
-    ``metric_kwargs`` the softmax is applied once, before resampling.
+    ``metric_kwargs`` the softmax is applied once, before resampling.  The inputs are checked once,
+    on every device (the bootstrap reads values to the host anyway), unless ``validate=False`` is
+    in ``metric_kwargs``; this module's metrics then skip the check on each resample.
 
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
@@ -719,9 +874,13 @@ def bootstrap_ci(
         (0.5, True)
     """
     if not callable(metric):
-        raise TypeError(f"metric must be callable, got {type(metric).__name__}")
+        raise fail("metric", "a callable metric(probs, labels)", type(metric).__name__, TypeError)
     _check_bootstrap_args(n_resamples, alpha, seed)
-    p, y = _prepare(probs, labels, bool(metric_kwargs.pop("from_logits", False)))
+    from_logits = _check_bool("from_logits", metric_kwargs.pop("from_logits", False))
+    validate = metric_kwargs.pop("validate", None)
+    p, y = _prepare(probs, labels, from_logits, validate, check=_host_check(validate))
+    if metric in _CHECKING_METRICS:
+        metric_kwargs["validate"] = False  # checked once above, not on every resample
     estimate = float(metric(p, y, **metric_kwargs))
     low, high = _percentile_bootstrap(
         lambda idx: float(metric(p[idx], y[idx], **metric_kwargs)),
@@ -735,12 +894,34 @@ def bootstrap_ci(
 
 
 def _check_bootstrap_args(n_resamples: Any, alpha: Any, seed: Any) -> None:
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, numbers.Integral):
+        raise fail("n_resamples", "a positive int", n_resamples, TypeError)
+    if n_resamples < 1:
+        raise fail("n_resamples", "a positive int", n_resamples)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise fail("alpha", "a float in (0, 1)", alpha, TypeError)
+    if not 0.0 < alpha < 1.0:
+        raise fail("alpha", "a float in (0, 1)", alpha)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise fail("seed", "an int", seed, TypeError)
+
+
+# This module's metrics: they take ``validate``, so the bootstrap checks the data only once.
+_CHECKING_METRICS = frozenset(
+    {
+        accuracy,
+        adaptive_calibration_error,
+        brier_score,
+        calibration_gap,
+        classwise_calibration_error,
+        debiased_calibration_error,
+        expected_calibration_error,
+        maximum_calibration_error,
+        negative_log_likelihood,
+        rms_calibration_error,
+        smooth_calibration_error,
+    }
+)
 
 
 def _percentile_bootstrap(

@@ -22,11 +22,13 @@ from typing import Any, NamedTuple
 
 import torch
 
+from labelsmooth._validation import _Shown, check_choice, fail, should_check_values, tensor_value
 from labelsmooth.calibration.metrics import (
     _as_tensor,
     _bin_stats,
     _ce_from_stats,
     _check_n_bins,
+    _checked,
     _width_bins,
 )
 
@@ -55,26 +57,40 @@ class TemperatureFit(NamedTuple):
     ece_after: float
 
 
-def _check_temperature(temperature: Any) -> None:
+def _check_temperature(temperature: Any, validate: bool | None = None) -> None:
+    expected = "a positive finite float or a one-element float tensor"
     if isinstance(temperature, torch.Tensor):
         if temperature.numel() != 1 or not temperature.is_floating_point():
-            raise ValueError(
-                "temperature must be a positive float or a one-element float tensor, got a tensor "
-                f"of shape {tuple(temperature.shape)} and dtype {temperature.dtype}"
+            raise fail(
+                "temperature",
+                expected,
+                _Shown(f"a tensor of shape {tuple(temperature.shape)} and dtype {temperature.dtype}"),
             )
-        return  # value not checked: that would be a host-device sync
+        # Reading the value is a host-device sync on accelerators: CPU by default, as the losses.
+        if should_check_values(validate, temperature):
+            t = float(temperature.detach().reshape(()))
+            if not (math.isfinite(t) and t > 0):
+                raise fail("temperature", expected, tensor_value(temperature))
+        return
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+        raise fail("temperature", expected, type(temperature).__name__, TypeError)
     if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be positive and finite, got {temperature!r}")
+        raise fail("temperature", expected, temperature)
 
 
-def apply_temperature(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+def apply_temperature(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    *,
+    validate: bool | None = None,
+) -> torch.Tensor:
     """Return ``logits / temperature`` (calibrated probabilities are its softmax).
 
     Args:
         logits: tensor of logits, classes in the last dimension.
         temperature: ``T > 0`` (float or one-element tensor).
+        validate: check a tensor temperature's value (``T > 0``, finite): ``None`` on CPU only
+            (no host-device sync on accelerators), ``True`` always, ``False`` never.
 
     Example:
         >>> apply_temperature(torch.tensor([[2.0, -1.0]]), 2.0)
@@ -82,38 +98,26 @@ def apply_temperature(logits: torch.Tensor, temperature: float | torch.Tensor) -
     """
     logits = _as_tensor(logits, "logits")
     if not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    _check_temperature(temperature)
+        raise fail("logits", "a floating-point tensor", logits.dtype, TypeError)
+    _check_temperature(temperature, validate)
     if isinstance(temperature, torch.Tensor):
         temperature = temperature.reshape(()).to(device=logits.device)
     return logits / temperature
 
 
 def _validate(logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = _as_tensor(logits, "logits")
-    labels = _as_tensor(labels, "labels")
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape (N, K), got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    n, k = logits.shape
-    if n == 0 or k < 2:
-        raise ValueError(f"logits must have N >= 1 rows and K >= 2 classes, got shape {(n, k)}")
-    if labels.dim() != 1 or labels.shape[0] != n:
-        raise ValueError(
-            f"labels must have shape ({n},) matching logits, got {tuple(labels.shape)}"
+    # The metrics' shape, dtype and value checks, always (fitting reads values to the host anyway,
+    # so checking costs no extra sync), then finiteness: a fit needs finite logits.
+    z, y = _checked(logits, labels, True, check=True, arg="logits")
+    bad = ~torch.isfinite(z).all(dim=1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise fail(
+            "logits",
+            "finite (pass logits, not log-probabilities that can be -inf)",
+            _Shown(f"logits[{i}] = {tensor_value(z[i])}"),
         )
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    # Fitting synchronises anyway, so value checks cost nothing extra here.
-    if not bool(torch.isfinite(logits).all()):
-        raise ValueError(
-            "logits must be finite; got NaN or inf (pass logits, not log-probabilities of 0)"
-        )
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= k:
-        raise ValueError(f"labels must lie in [0, {k - 1}], got values in [{lo}, {hi}]")
-    return logits.to(torch.float64), labels.to(device=logits.device, dtype=torch.long)
+    return z.to(torch.float64), y
 
 
 def _nll_terms(z: torch.Tensor, zy: torch.Tensor, beta: float) -> tuple[float, float, float]:
@@ -262,18 +266,15 @@ def fit_temperature(
         >>> 2.5 < fit.temperature < 3.5, fit.nll_after < fit.nll_before
         (True, True)
     """
-    if objective not in _OBJECTIVES:
-        raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
+    check_choice("objective", objective, _OBJECTIVES)
     n_bins = _check_n_bins(n_bins)
     for name, v in (("t_min", t_min), ("t_max", t_max)):
-        if (
-            isinstance(v, bool)
-            or not isinstance(v, (int, float))
-            or not (math.isfinite(v) and v > 0)
-        ):
-            raise ValueError(f"{name} must be a positive finite float, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise fail(name, "a positive finite float", v, TypeError)
+        if not (math.isfinite(v) and v > 0):
+            raise fail(name, "a positive finite float", v)
     if not t_min < t_max:
-        raise ValueError(f"t_min must be smaller than t_max, got t_min={t_min!r}, t_max={t_max!r}")
+        raise fail("t_min", f"smaller than t_max = {t_max!r}", t_min)
     z, y = _validate(logits, labels)
     zy = z.gather(1, y[:, None]).squeeze(1)
     if objective == "nll":
