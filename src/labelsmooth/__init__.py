@@ -8,10 +8,14 @@ The public API (see the README for a tour):
   :func:`binary_cross_entropy_with_logits`, :func:`linear_cross_entropy` (the logits never
   exist) and the modules :class:`CrossEntropyLoss`, :class:`BCEWithLogitsLoss`,
   :class:`LinearCrossEntropyLoss`;
+* smoothing's relatives: :func:`label_relaxation_loss`, :func:`smoothed_cross_entropy` (negative
+  ε behind ``allow_negative=True``), :func:`margin_smoothing_loss` and their modules;
+* :mod:`labelsmooth.schedules`: ε schedules (constant, linear, cosine, two-stage, step);
 * :mod:`labelsmooth.distributed`: the vocabulary-parallel loss over torch.distributed;
 * :mod:`labelsmooth.calibration`: calibration metrics, meters, temperature scaling, plots.
 """
 
+from labelsmooth import schedules
 from labelsmooth.functional import (
     CrossEntropyStats,
     binary_cross_entropy_with_logits,
@@ -28,6 +32,14 @@ from labelsmooth.targets import (
     smooth_targets,
     smoothing_coefficients,
 )
+from labelsmooth.variants import (
+    LabelRelaxationLoss,
+    MarginSmoothingLoss,
+    SmoothedCrossEntropyLoss,
+    label_relaxation_loss,
+    margin_smoothing_loss,
+    smoothed_cross_entropy,
+)
 
 __version__ = "0.1.0"
 
@@ -35,16 +47,23 @@ __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "CrossEntropyStats",
+    "LabelRelaxationLoss",
     "LinearCrossEntropyLoss",
+    "MarginSmoothingLoss",
+    "SmoothedCrossEntropyLoss",
     "__version__",
     "binary_cross_entropy_with_logits",
     "binary_targets",
     "cross_entropy",
     "cross_entropy_with_stats",
     "entropy_floor",
+    "label_relaxation_loss",
     "linear_cross_entropy",
+    "margin_smoothing_loss",
     "mixup_targets",
+    "schedules",
     "smooth_probabilities",
     "smooth_targets",
+    "smoothed_cross_entropy",
     "smoothing_coefficients",
 ]
