@@ -3,7 +3,8 @@
 The public API (see the README for a tour):
 
 * targets: :func:`smooth_targets`, :func:`smooth_probabilities`, :func:`mixup_targets`,
-  :func:`binary_targets`, :func:`entropy_floor`, :func:`smoothing_coefficients`;
+  :func:`cutmix_box`, :func:`cutmix`, :func:`binary_targets`, :func:`entropy_floor`,
+  :func:`smoothing_coefficients`;
 * losses: :func:`cross_entropy`, :func:`cross_entropy_with_stats`,
   :func:`binary_cross_entropy_with_logits`, :func:`linear_cross_entropy` (the logits never
   exist) and the modules :class:`CrossEntropyLoss`, :class:`BCEWithLogitsLoss`,
@@ -12,7 +13,8 @@ The public API (see the README for a tour):
   ε behind ``allow_negative=True``), :func:`margin_smoothing_loss` and their modules;
 * :mod:`labelsmooth.schedules`: ε schedules (constant, linear, cosine, two-stage, step);
 * :mod:`labelsmooth.distributed`: the vocabulary-parallel loss over torch.distributed;
-* :mod:`labelsmooth.calibration`: calibration metrics, meters, temperature scaling, plots.
+* :mod:`labelsmooth.calibration`: calibration metrics, meters, temperature scaling, plots;
+* :mod:`labelsmooth.integrations`: Hugging Face ``Trainer`` glue and torchmetrics metrics.
 """
 
 from labelsmooth import schedules
@@ -26,6 +28,8 @@ from labelsmooth.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from labelsmooth.losses import BCEWithLogitsLoss, CrossEntropyLoss
 from labelsmooth.targets import (
     binary_targets,
+    cutmix,
+    cutmix_box,
     entropy_floor,
     mixup_targets,
     smooth_probabilities,
@@ -56,6 +60,8 @@ __all__ = [
     "binary_targets",
     "cross_entropy",
     "cross_entropy_with_stats",
+    "cutmix",
+    "cutmix_box",
     "entropy_floor",
     "label_relaxation_loss",
     "linear_cross_entropy",

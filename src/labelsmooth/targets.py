@@ -22,6 +22,7 @@ They are one family: ``others`` with ε equals ``all`` with ε·K/(K−1).
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Literal
 
@@ -34,6 +35,8 @@ Spread = Literal["all", "others"]
 __all__ = [
     "Spread",
     "binary_targets",
+    "cutmix",
+    "cutmix_box",
     "entropy_floor",
     "mixup_targets",
     "smooth_probabilities",
@@ -186,15 +189,48 @@ def smooth_targets(
     return onehot * a + b
 
 
+def _check_lam(lam: float | torch.Tensor, batch_shape: torch.Size, device: torch.device,
+               validate: bool | None) -> float | torch.Tensor:
+    """λ: a float, a 0-d tensor or one value per sample (shape (N,)), in [0, 1].
+
+    Type, shape and device are metadata (always checked). Values are read only where the losses
+    read them: a float in eager mode, a tensor when :func:`~labelsmooth._validation.should_check_values`
+    says so (CPU or ``validate=True``), never while ``torch.compile`` traces — there a traced float
+    is symbolic, and a check on it would break the graph or add a guard that recompiles per λ.
+    """
+    if isinstance(lam, torch.Tensor):
+        if not lam.is_floating_point():
+            raise V.fail("lam", "a float, or a floating tensor of shape () or (N,)", lam.dtype,
+                         TypeError)
+        n = batch_shape[0] if len(batch_shape) else None
+        if lam.dim() > 1 or (lam.dim() == 1 and (n is None or lam.shape[0] != n)):
+            want = "()" if n is None else f"() or ({n},) (one λ per sample)"
+            raise V.fail("lam", f"a tensor of shape {want}", tuple(lam.shape))
+        if lam.dim() == 1 and lam.device != device:
+            raise V.fail("lam", f"on the targets' device {device}", lam.device)
+        if V.should_check_values(validate, lam) and lam.numel() > 0:
+            bad = ~((lam >= 0) & (lam <= 1))  # NaN fails both comparisons
+            if bool(bad.any()):
+                raise V.fail("lam", "values in [0, 1]", float(lam.reshape(-1)[bad.reshape(-1)][0]))
+        return lam
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
+        raise V.fail("lam", "a float in [0, 1], or a floating tensor of shape () or (N,)",
+                     type(lam).__name__, TypeError)
+    if torch.compiler.is_compiling() or validate is False:
+        return lam
+    return V.check_smoothing(lam, "lam")
+
+
 def mixup_targets(
     target_a: torch.Tensor,
     target_b: torch.Tensor,
-    lam: float,
+    lam: float | torch.Tensor,
     num_classes: int,
     smoothing: float = 0.0,
     *,
     spread: Spread = "all",
     prior: torch.Tensor | None = None,
+    validate: bool | None = None,
 ) -> torch.Tensor:
     r"""Soft targets for mixup/cutmix: mix two label sets with λ, then smooth.
 
@@ -204,30 +240,163 @@ def mixup_targets(
 
     Smoothing after mixing equals mixing two smoothed targets (the map is affine), so the order
     does not matter; pass the result to :func:`labelsmooth.cross_entropy` as a probability target
-    with ``label_smoothing=0``.
+    with ``label_smoothing=0``. PyTorch equivalent (``spread="all"``)::
+
+        (lam * F.one_hot(y_a, K) + (1 - lam) * F.one_hot(y_b, K)) * (1 - ε) + ε / K
+
+    Works under ``torch.compile(fullgraph=True)``: λ as a float or a tensor is traced, not read,
+    so a new λ per batch recompiles at most once (a float becomes symbolic on the second value)
+    and never breaks the graph.
 
     Args:
-        target_a: class indices of the first images.
+        target_a: class indices of the first images, shape (N, ...).
         target_b: class indices of the images mixed in (same shape).
-        lam: λ in [0, 1], the weight of ``target_a``.
+        lam: λ in [0, 1], the weight of ``target_a``: a float, a 0-d tensor (what
+            ``torch.distributions.Beta(α, α).sample()`` returns) or a (N,) tensor, one λ per
+            sample (per-sample mixup).
         num_classes: K.
         smoothing: ε in [0, 1].
         spread: see :func:`smooth_targets`.
         prior: see :func:`smooth_targets`.
+        validate: check the indices and a tensor λ's values: ``None`` on CPU in eager mode only (no
+            host-device sync on accelerators, nothing read while compiling), ``True`` always,
+            ``False`` never.
+
+    Returns:
+        A ``target_a.shape + (K,)`` tensor of float32 (float64 if λ is a float64 tensor) whose
+        rows sum to 1.
 
     Examples:
         >>> mixup_targets(torch.tensor([0]), torch.tensor([1]), 0.7, 3, 0.3)
         tensor([[0.5900, 0.3100, 0.1000]])
+        >>> mixup_targets(torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([1.0, 0.25]), 3)
+        tensor([[1.0000, 0.0000, 0.0000],
+                [0.2500, 0.0000, 0.7500]])
     """
-    lam = V.check_smoothing(lam, "lam")
-    smoothing_coefficients(num_classes, smoothing, spread=spread, prior=prior)
-    target_a = _check_index_target(target_a, num_classes, "target_a")
-    target_b = _check_index_target(target_b, num_classes, "target_b")
+    V.check_validate(validate)
+    target_a = _check_index_target(target_a, num_classes, "target_a", validate)
+    target_b = _check_index_target(target_b, num_classes, "target_b", validate)
     if target_a.shape != target_b.shape:
         raise V.fail("target_b", f"the shape of target_a {tuple(target_a.shape)}", tuple(target_b.shape))
-    one_a = torch.nn.functional.one_hot(target_a, num_classes).float()
-    one_b = torch.nn.functional.one_hot(target_b, num_classes).float()
-    return smooth_probabilities(lam * one_a + (1.0 - lam) * one_b, smoothing, spread=spread, prior=prior)
+    lam = _check_lam(lam, target_a.shape, target_a.device, validate)
+    dtype = torch.float32
+    if isinstance(lam, torch.Tensor):
+        dtype = torch.promote_types(dtype, lam.dtype)
+        # (N,) → (N, 1, ..., 1): one λ per sample, broadcast over its positions and classes.
+        lam = lam.to(dtype).reshape(lam.shape + (1,) * (target_a.dim() + 1 - lam.dim()))
+    one_a = torch.nn.functional.one_hot(target_a, num_classes).to(dtype)
+    one_b = torch.nn.functional.one_hot(target_b, num_classes).to(dtype)
+    mixed = lam * one_a + (1.0 - lam) * one_b
+    return smooth_probabilities(mixed, smoothing, spread=spread, prior=prior)
+
+
+def cutmix_box(
+    height: int,
+    width: int,
+    lam: float,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[tuple[int, int, int, int], float]:
+    r"""A CutMix box for an image of ``height`` × ``width``, and the λ its area gives.
+
+    CutMix (Yun et al. 2019) pastes a box of another image, of area about (1−λ)·H·W, centred at a
+    uniformly random pixel and clipped to the image. The label weight must be the share of the
+    image that is still the original one, so λ is recomputed from the clipped box:
+
+    .. math::
+
+        \lambda' = 1 - \frac{(y_1 - y_0)(x_1 - x_0)}{H W}
+
+    (the same rule as timm's ``cutmix_bbox_and_lam`` with ``correct_lam=True``). Runs on the host
+    (Python ints), as data augmentation does: call it outside the compiled region.
+
+    Args:
+        height, width: the image size H, W.
+        lam: the sampled λ in [0, 1] (e.g. ``Beta(1, 1)``): the intended share of the original.
+        generator: optional ``torch.Generator`` for the box centre.
+
+    Returns:
+        ``((y0, y1, x0, x1), lam_area)``: paste ``other[..., y0:y1, x0:x1]`` into the images and
+        pass ``lam_area`` to :func:`mixup_targets`.
+
+    Examples:
+        >>> box, lam = cutmix_box(32, 32, 0.75, generator=torch.Generator().manual_seed(0))
+        >>> box, lam
+        ((4, 20, 7, 23), 0.75)
+        >>> (box[1] - box[0]) * (box[3] - box[2]) == round((1 - lam) * 32 * 32)
+        True
+    """
+    for arg, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise V.fail(arg, "a positive int", v, TypeError)
+        if v < 1:
+            raise V.fail(arg, "a positive int", v)
+    lam = V.check_smoothing(lam, "lam")
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    cy = int(torch.randint(0, height, (1,), generator=generator))
+    cx = int(torch.randint(0, width, (1,), generator=generator))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    lam_area = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
+    return (y0, y1, x0, x1), lam_area
+
+
+def cutmix(
+    images: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    lam: float,
+    smoothing: float = 0.0,
+    *,
+    perm: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    spread: Spread = "all",
+    prior: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    r"""CutMix a batch: paste a box of ``images[perm]`` into ``images``; smoothed soft targets.
+
+    The box and λ come from :func:`cutmix_box`; the targets are
+    ``mixup_targets(target, target[perm], λ_area, K, ε)``. The images are not modified in place.
+
+    Args:
+        images: (N, ..., H, W) images (channels anywhere before H, W).
+        target: (N,) class indices.
+        num_classes, smoothing, spread, prior: as in :func:`mixup_targets`.
+        lam: the sampled λ in [0, 1].
+        perm: which image is pasted into each one (default: a random permutation drawn
+            from ``generator``).
+        generator: optional ``torch.Generator`` for the permutation and the box.
+
+    Returns:
+        ``(mixed_images, soft_targets, lam_area)``.
+
+    Examples:
+        >>> x = torch.zeros(2, 1, 4, 4); x[1] = 1.0
+        >>> mixed, q, lam = cutmix(x, torch.tensor([0, 1]), 2, 0.75, perm=torch.tensor([1, 0]),
+        ...                        generator=torch.Generator().manual_seed(0))
+        >>> lam, float(mixed[0].mean()), q[0].tolist()
+        (0.875, 0.125, [0.875, 0.125])
+    """
+    images = V.check_floating("images", V.check_tensor("images", images))
+    target = V.check_tensor("target", target)
+    if images.dim() < 3 or target.dim() != 1 or images.shape[0] != target.shape[0]:
+        raise V.fail("images", f"a (N, ..., H, W) tensor with N = len(target) = "
+                     f"{target.shape[0] if target.dim() == 1 else '?'}", tuple(images.shape))
+    n = images.shape[0]
+    if perm is None:
+        perm = torch.randperm(n, generator=generator).to(images.device)
+    else:
+        perm = V.check_tensor("perm", perm)
+        if perm.shape != (n,):
+            raise V.fail("perm", f"a ({n},) tensor of indices into the batch", tuple(perm.shape))
+    (y0, y1, x0, x1), lam_area = cutmix_box(images.shape[-2], images.shape[-1], lam,
+                                            generator=generator)
+    mixed = images.clone()
+    mixed[..., y0:y1, x0:x1] = images[perm][..., y0:y1, x0:x1]
+    q = mixup_targets(target, target[perm.to(target.device)], lam_area, num_classes, smoothing,
+                      spread=spread, prior=prior)
+    return mixed, q, lam_area
 
 
 def binary_targets(target: torch.Tensor, smoothing: float) -> torch.Tensor:
