@@ -11,6 +11,7 @@ The public API (see the README for a tour):
   :class:`LinearCrossEntropyLoss`;
 * smoothing's relatives: :func:`label_relaxation_loss`, :func:`smoothed_cross_entropy` (negative
   ε behind ``allow_negative=True``), :func:`margin_smoothing_loss` and their modules;
+* :func:`spatial_smooth_targets`: spatially varying soft targets for segmentation;
 * :mod:`labelsmooth.schedules`: ε schedules (constant, linear, cosine, two-stage, step);
 * :mod:`labelsmooth.distributed`: the vocabulary-parallel loss over torch.distributed;
 * :mod:`labelsmooth.calibration`: calibration metrics, meters, temperature scaling, plots;
@@ -26,6 +27,7 @@ from labelsmooth.functional import (
 )
 from labelsmooth.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from labelsmooth.losses import BCEWithLogitsLoss, CrossEntropyLoss
+from labelsmooth.spatial import spatial_smooth_targets
 from labelsmooth.targets import (
     binary_targets,
     cutmix,
@@ -72,4 +74,5 @@ __all__ = [
     "smooth_targets",
     "smoothed_cross_entropy",
     "smoothing_coefficients",
+    "spatial_smooth_targets",
 ]
