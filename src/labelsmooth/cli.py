@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="labelsmooth",
         description="Label smoothing for PyTorch: measure what smoothing does, print smoothed targets.",
     )
+    p.add_argument("--version", action="version", version=_version_line())
     sub = p.add_subparsers(dest="command", metavar="{sweep,targets}")
     sub.required = True
 
@@ -270,7 +271,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="K non-negative weights summing to 1 that replace the uniform share",
     )
     t.add_argument("--decimals", type=_nonneg_int, default=4, help="decimals printed")
+    t.add_argument(
+        "--full",
+        action="store_true",
+        help=f"print every class column even when K > {_TARGETS_MAX_COLUMNS} (by default a "
+        "larger K prints the target share and the other classes' share in scientific notation)",
+    )
     return p
+
+
+#: Above this many classes ``labelsmooth targets`` summarises each row instead of printing K columns.
+_TARGETS_MAX_COLUMNS = 10
+
+
+def _version_line() -> str:
+    """``labelsmooth X (torch Y, Python Z)``: what a bug report needs."""
+    import platform
+
+    from labelsmooth import __version__
+
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        torch_version = "not installed"
+    return f"labelsmooth {__version__} (torch {torch_version}, Python {platform.python_version()})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,12 +548,16 @@ def _cmd_targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     except (ValueError, TypeError) as e:
         parser.error(str(e))
     nd = args.decimals
-    width = max(nd + 3, len(f"class {args.classes - 1}")) + 2
     label_w = max(5, max(len(str(y)) for y in args.labels))
     desc = f"smoothing={args.smoothing:g}, spread={args.spread}, K={args.classes}"
-    if prior is not None:
+    if prior is not None and args.classes <= _TARGETS_MAX_COLUMNS:
         desc += ", prior=[" + ", ".join(f"{p:g}" for p in args.prior) + "]"
+    if args.classes > _TARGETS_MAX_COLUMNS and not args.full:
+        print(desc + " (summary; --full prints every class)")
+        _print_targets_summary(args.labels, q, label_w, nd)
+        return 0
     print(desc)
+    width = max(nd + 3, len(f"class {args.classes - 1}")) + 2
     print(
         f"{'label':>{label_w}} "
         + "".join(f"{'class ' + str(k):>{width}}" for k in range(args.classes))
@@ -535,6 +565,26 @@ def _cmd_targets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     for y, row in zip(args.labels, q.tolist()):
         print(f"{y:>{label_w}} " + "".join(f"{v:>{width}.{nd}f}" for v in row))
     return 0
+
+
+def _print_targets_summary(labels: list[int], q: Any, label_w: int, nd: int) -> None:
+    """One line per label: the target's share and the other classes' share (min/max with a prior)."""
+    import torch
+
+    q = q.double()
+    rows = []
+    for i, y in enumerate(labels):
+        others = torch.cat([q[i, :y], q[i, y + 1:]])
+        rows.append((y, float(q[i, y]), float(others.min()), float(others.max())))
+    # At least 6 decimals: with a large K the target's share 1-ε+ε/K differs from 1-ε at the 6th.
+    nd = max(nd, 6)
+    uniform = all(lo == hi for _, _, lo, hi in rows)
+    cols = ["target", "each other"] if uniform else ["target", "other min", "other max"]
+    width = nd + 9  # d.ddd…e-XX and two spaces
+    print(f"{'label':>{label_w}} " + "".join(f"{c:>{width}}" for c in cols))
+    for y, t, lo, hi in rows:
+        vals = [t, lo] if uniform else [t, lo, hi]
+        print(f"{y:>{label_w}} " + "".join(f"{v:>{width}.{nd}e}" for v in vals))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
