@@ -11,6 +11,7 @@ The public API (see the README for a tour):
   :class:`LinearCrossEntropyLoss`;
 * smoothing's relatives: :func:`label_relaxation_loss`, :func:`smoothed_cross_entropy` (negative
   ε behind ``allow_negative=True``), :func:`margin_smoothing_loss` and their modules;
+  :class:`OnlineLabelSmoothing` (class-wise targets from last epoch's correct predictions);
 * :func:`spatial_smooth_targets`: spatially varying soft targets for segmentation;
 * :mod:`labelsmooth.schedules`: ε schedules (constant, linear, cosine, two-stage, step);
 * :mod:`labelsmooth.distributed`: the vocabulary-parallel loss over torch.distributed;
@@ -27,6 +28,7 @@ from labelsmooth.functional import (
 )
 from labelsmooth.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from labelsmooth.losses import BCEWithLogitsLoss, CrossEntropyLoss
+from labelsmooth.online import OnlineLabelSmoothing
 from labelsmooth.spatial import spatial_smooth_targets
 from labelsmooth.targets import (
     binary_targets,
@@ -56,6 +58,7 @@ __all__ = [
     "LabelRelaxationLoss",
     "LinearCrossEntropyLoss",
     "MarginSmoothingLoss",
+    "OnlineLabelSmoothing",
     "SmoothedCrossEntropyLoss",
     "__version__",
     "binary_cross_entropy_with_logits",
