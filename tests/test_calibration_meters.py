@@ -244,7 +244,7 @@ def test_sample_meter_merge_and_errors():
         assert got[k].item() == pytest.approx(want[k].item(), abs=1e-12), k
     with pytest.raises(ValueError, match="keep_probs"):
         a.probs_labels()
-    with pytest.raises(ValueError, match="metric must be one of"):
+    with pytest.raises(ValueError, match="Expected `metric` to be one of"):
         a.bootstrap_ci("nope")
     with pytest.raises(ValueError, match="no samples"):
         SampleCalibrationMeter().compute()

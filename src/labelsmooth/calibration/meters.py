@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -111,16 +111,25 @@ class BinnedCalibrationMeter:
         self._state: dict[str, torch.Tensor] | None = None
 
     # -- state -------------------------------------------------------------------------------
-    def _shapes(self) -> dict[str, tuple[int, ...]]:
+    def _parts(self) -> tuple[str, ...]:
+        return ("nll", "brier") + (("classwise",) if self.num_classes is not None else ())
+
+    def _shapes(self, parts: tuple[str, ...] | None = None) -> dict[str, tuple[int, ...]]:
+        """Name and shape of each state tensor: the bin sums, then the ``parts`` asked for.
+
+        ``parts`` (default: this meter's) is a subset of ``("nll", "brier", "classwise")``; the
+        torchmetrics integration keeps only the parts its metric needs.
+        """
         m = self.n_bins
-        shapes: dict[str, tuple[int, ...]] = {
-            "counts": (m,),
-            "sum_conf": (m,),
-            "sum_correct": (m,),
-            "sum_nll": (),
-            "sum_brier": (),
-        }
-        if self.num_classes is not None:
+        parts = self._parts() if parts is None else parts
+        shapes: dict[str, tuple[int, ...]] = {"counts": (m,), "sum_conf": (m,), "sum_correct": (m,)}
+        if "nll" in parts:
+            shapes["sum_nll"] = ()
+        if "brier" in parts:
+            shapes["sum_brier"] = ()
+        if "classwise" in parts:
+            if self.num_classes is None:
+                raise fail("num_classes", "an int >= 2 for the class-wise ECE", None)
             km = (self.num_classes, m)
             shapes.update({"cw_counts": km, "cw_sum_p": km, "cw_sum_y": km})
         return shapes
@@ -158,8 +167,15 @@ class BinnedCalibrationMeter:
 
     # -- accumulation ------------------------------------------------------------------------
     @torch.no_grad()
-    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch of ``(N, K)`` probabilities (or logits) and ``(N,)`` labels."""
+    def batch_state(
+        self, probs: torch.Tensor, labels: torch.Tensor, parts: tuple[str, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The state contribution of one batch (float64 sums on the batch's device).
+
+        The meter's :meth:`update` adds it to its state; the torchmetrics integration adds it to
+        its ``Metric`` states, so both accumulate the same numbers.  ``parts`` as in the state
+        layout: a subset of ``("nll", "brier", "classwise")``, by default the meter's own.
+        """
         x, y = _checked(probs, labels, self.from_logits, self.validate)
         if self.num_classes is not None and x.shape[1] != self.num_classes:
             raise fail(
@@ -167,25 +183,31 @@ class BinnedCalibrationMeter:
                 f"num_classes = {self.num_classes} columns",
                 _Shown(f"{x.shape[1]} columns"),
             )
+        parts = self._parts() if parts is None else parts
         p = _to_probs(x, self.from_logits)
-        if self._state is None:
-            self._state = self._zeros(p.device)
-        st = self._state
         conf, correct = _confidence_correct(p, y)
         counts, s_conf, s_corr = _bin_stats(
             _width_bins(conf, self.n_bins), conf, correct, self.n_bins
         )
-        st["counts"] += counts.to(st["counts"].device)
-        st["sum_conf"] += s_conf.to(st["counts"].device)
-        st["sum_correct"] += s_corr.to(st["counts"].device)
-        logp = _log_prob_true(x if self.from_logits else p, y, self.from_logits)
-        st["sum_nll"] -= logp.sum().to(st["counts"].device)
-        st["sum_brier"] += _brier_per_sample(p, y).sum().to(st["counts"].device)
-        if self.num_classes is not None:
+        out = {"counts": counts, "sum_conf": s_conf, "sum_correct": s_corr}
+        if "nll" in parts:
+            logp = _log_prob_true(x if self.from_logits else p, y, self.from_logits)
+            out["sum_nll"] = -logp.sum()
+        if "brier" in parts:
+            out["sum_brier"] = _brier_per_sample(p, y).sum()
+        if "classwise" in parts:
             c, sp, sy = _classwise_stats(p, y, self.n_bins)
-            st["cw_counts"] += c.to(st["counts"].device)
-            st["cw_sum_p"] += sp.to(st["counts"].device)
-            st["cw_sum_y"] += sy.to(st["counts"].device)
+            out.update({"cw_counts": c, "cw_sum_p": sp, "cw_sum_y": sy})
+        return out
+
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of ``(N, K)`` probabilities (or logits) and ``(N,)`` labels."""
+        batch = self.batch_state(probs, labels)
+        if self._state is None:
+            self._state = self._zeros(batch["counts"].device)
+        st = self._state
+        for k, v in batch.items():
+            st[k] += v.to(st[k].device)
 
     def _check_compatible(self, other: Any) -> None:
         if not isinstance(other, BinnedCalibrationMeter):
@@ -241,34 +263,9 @@ class BinnedCalibrationMeter:
         empty bins).  Each value equals the corresponding function of
         :mod:`labelsmooth.calibration.metrics` applied to all samples at once.
         """
-        if self._state is None or float(self._state["counts"].sum()) == 0:
+        if self._state is None:
             raise ValueError("compute() needs at least one sample; call update() first")
-        st = self._state
-        stats = (st["counts"], st["sum_conf"], st["sum_correct"])
-        n = st["counts"].sum()
-        gap = _gap_from_stats(*stats)
-        sq = _debiased_sq_from_stats(*stats)
-        out = {
-            "n": n,
-            "ece": _ce_from_stats(*stats, "l1"),
-            "mce": _ce_from_stats(*stats, "max"),
-            "rms_ce": _ce_from_stats(*stats, "l2"),
-            "debiased_ce": sq.clamp_min(0.0).sqrt(),
-            "debiased_ce_squared": sq,
-            "gap": gap.overall,
-            "accuracy": st["sum_correct"].sum() / n,
-            "nll": st["sum_nll"] / n,
-            "brier": st["sum_brier"] / n,
-            "bin_counts": gap.counts,
-            "bin_confidence": gap.confidence,
-            "bin_accuracy": gap.accuracy,
-            "bin_gap": gap.per_bin,
-        }
-        if self.num_classes is not None:
-            out["classwise_ece"] = _classwise_from_stats(
-                st["cw_counts"], st["cw_sum_p"], st["cw_sum_y"]
-            )
-        return out
+        return results_from_state(self._state)
 
     def __repr__(self) -> str:
         n = 0 if self._state is None else int(self._state["counts"].sum())
@@ -276,6 +273,68 @@ class BinnedCalibrationMeter:
             f"BinnedCalibrationMeter(n_bins={self.n_bins}, num_classes={self.num_classes}, "
             f"from_logits={self.from_logits}, n={n})"
         )
+
+
+def results_from_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every metric of a :class:`BinnedCalibrationMeter`-layout state (see its ``compute``).
+
+    The bin sums give ``n``, the ECE family, the gap and the accuracy; ``sum_nll``, ``sum_brier``
+    and the ``cw_*`` sums, where present, give ``nll``, ``brier`` and ``classwise_ece``.  The one
+    place that turns sums into metrics, for the meter and the torchmetrics integration alike.
+    """
+    stats = (state["counts"], state["sum_conf"], state["sum_correct"])
+    if float(stats[0].sum()) == 0:
+        raise ValueError("compute() needs at least one sample; call update() first")
+    out = _results_from_bin_stats(*stats)
+    n = out["n"]
+    if "sum_nll" in state:
+        out["nll"] = state["sum_nll"] / n
+    if "sum_brier" in state:
+        out["brier"] = state["sum_brier"] / n
+    if "cw_counts" in state:
+        out["classwise_ece"] = _classwise_from_stats(
+            state["cw_counts"], state["cw_sum_p"], state["cw_sum_y"]
+        )
+    return out
+
+
+def _results_from_bin_stats(
+    counts: torch.Tensor, sum_conf: torch.Tensor, sum_correct: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The binned metrics of per-bin sums, whichever binning made them."""
+    stats = (counts, sum_conf, sum_correct)
+    n = counts.sum()
+    gap = _gap_from_stats(*stats)
+    sq = _debiased_sq_from_stats(*stats)
+    return {
+        "n": n,
+        "ece": _ce_from_stats(*stats, "l1"),
+        "mce": _ce_from_stats(*stats, "max"),
+        "rms_ce": _ce_from_stats(*stats, "l2"),
+        "debiased_ce": sq.clamp_min(0.0).sqrt(),
+        "debiased_ce_squared": sq,
+        "gap": gap.overall,
+        "accuracy": sum_correct.sum() / n,
+        "bin_counts": gap.counts,
+        "bin_confidence": gap.confidence,
+        "bin_accuracy": gap.accuracy,
+        "bin_gap": gap.per_bin,
+    }
+
+
+def sample_bin_stats(
+    conf: torch.Tensor, correct: torch.Tensor, n_bins: int, binning: str = "width"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-bin sums of per-sample ``(confidence, correct)`` with equal-width or equal-mass bins."""
+    bins = _width_bins(conf, n_bins) if binning == "width" else _mass_bins(conf, correct, n_bins)
+    return _bin_stats(bins, conf, correct, n_bins)
+
+
+def results_from_samples(
+    conf: torch.Tensor, correct: torch.Tensor, n_bins: int, binning: str = "width"
+) -> dict[str, torch.Tensor]:
+    """The binned metrics (keys as :func:`results_from_state`) of per-sample data."""
+    return _results_from_bin_stats(*sample_bin_stats(conf, correct, n_bins, binning))
 
 
 _SAMPLE_METRICS = (
@@ -333,20 +392,33 @@ class SampleCalibrationMeter:
         self._labels: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch of ``(N, K)`` probabilities (or logits) and ``(N,)`` labels."""
+    def batch_samples(
+        self, probs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Check a batch; return its ``(confidence, correct, probabilities, labels)``.
+
+        Confidences keep their dtype (float32 or float64), so bin edges compare exactly as in
+        the one-shot functions (a float32 value widened to float64 could cross an edge k/M);
+        ``correct`` is float64 0/1.  :meth:`update` keeps them; so does the torchmetrics
+        integration, in its ``Metric`` states.
+        """
         x, y = _checked(probs, labels, self.from_logits, self.validate)
         p = _to_probs(x, self.from_logits)
         conf, correct = _confidence_correct(p, y)
-        # Confidences keep their dtype (float32 or float64), so bin edges compare exactly as in
-        # the one-shot functions; a float32 value widened to float64 could cross an edge k/M.
+        return conf, correct.to(torch.float64), p, y
+
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch of ``(N, K)`` probabilities (or logits) and ``(N,)`` labels."""
+        conf, correct, p, y = self.batch_samples(probs, labels)
+        if self.keep_probs and self._probs and self._probs[0].shape[1] != p.shape[1]:
+            raise fail(
+                "probs",
+                f"{self._probs[0].shape[1]} columns, as in the earlier batches",
+                _Shown(f"{p.shape[1]} columns"),
+            )
         self._conf.append(conf)
-        self._correct.append(correct.to(torch.float64))
+        self._correct.append(correct)
         if self.keep_probs:
-            if self._probs and self._probs[0].shape[1] != p.shape[1]:
-                raise ValueError(
-                    f"probs must keep {self._probs[0].shape[1]} columns, got {p.shape[1]}"
-                )
             self._probs.append(p)
             self._labels.append(y)
 
@@ -378,21 +450,20 @@ class SampleCalibrationMeter:
     def _metric(self, name: str, conf: torch.Tensor, correct: torch.Tensor) -> float:
         m = self.n_bins
         if name in ("ece", "mce", "rms_ce", "debiased_ce"):
-            stats = _bin_stats(_width_bins(conf, m), conf, correct, m)
+            stats = sample_bin_stats(conf, correct, m, "width")
             if name == "debiased_ce":
                 return float(_debiased_sq_from_stats(*stats).clamp_min(0.0).sqrt())
             norm = {"ece": "l1", "mce": "max", "rms_ce": "l2"}[name]
             return float(_ce_from_stats(*stats, norm))
         if name == "adaptive_ece":
-            stats = _bin_stats(_mass_bins(conf, correct, m), conf, correct, m)
-            return float(_ce_from_stats(*stats, "l1"))
+            return float(_ce_from_stats(*sample_bin_stats(conf, correct, m, "mass"), "l1"))
         if name == "smooth_ece":
             return _smece(conf, correct, None)[0]
         if name == "gap":
             return float(_gap_of(conf, correct))
         if name == "accuracy":
             return float(correct.mean())  # correct is 0/1 per sample, as in metrics.accuracy
-        raise ValueError(f"metric must be one of {_SAMPLE_METRICS} or a callable, got {name!r}")
+        raise fail("metric", f"one of {_SAMPLE_METRICS} or a callable", name)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Metrics of all samples (0-d float64 tensors).
