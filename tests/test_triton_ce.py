@@ -835,3 +835,110 @@ def test_double_backward_matches_reference(prob):
         res.append((g.detach(), h))
     assert torch.allclose(res[0][0], res[1][0], atol=1e-6)
     assert torch.allclose(res[0][1], res[1][1], atol=1e-5)
+
+
+# --- out-of-range targets, non-finite logits (issues 17 item 1, 13 item 2) ------------------------
+
+
+@pytest.mark.parametrize("bad", [7, 8, -5], ids=["K", "K+1", "negative"])
+def test_out_of_range_target_unchecked_gives_a_nan_row_and_reads_nothing_outside(bad):
+    """validate=False (what CUDA does by default): the bad row is NaN, every other row exact.
+
+    The old kernel loaded ``x_row + y`` unguarded: y == K read the next row's first logit (a
+    finite, wrong loss) and the backward silently dropped the target term.
+    """
+    r, k = 4, 7
+    x = _logits(r, k, torch.float32)
+    y = torch.tensor([3, bad, 0, 6], device=DEV)
+    x[2, 0] = 50.0  # the logit y == K on row 1 would read: a large, finite, wrong value
+    xx = x.clone().requires_grad_()
+    kw = dict(label_smoothing=0.1, reduction="none")
+    loss = ls.cross_entropy(xx, y, impl="triton", validate=False, **kw)
+    loss.backward(torch.ones(r, device=DEV))
+    assert torch.isnan(loss[1]) and torch.isnan(xx.grad[1]).all()
+    good = torch.tensor([0, 2, 3])
+    ref = torch_loss_and_grad(x[good], y[good], torch.ones(3, device=DEV), **kw)
+    torch.testing.assert_close(loss.detach()[good], ref[0])
+    torch.testing.assert_close(xx.grad[good], ref[1])
+    # reductions propagate the NaN; the checked path refuses the value instead
+    assert torch.isnan(ls.cross_entropy(x, y, impl="triton", validate=False))
+    with pytest.raises(ValueError, match="target"):
+        ls.cross_entropy(x, y, impl="triton", validate=True)
+
+
+def test_out_of_range_target_in_the_last_row_stays_inside_the_tensor():
+    """y == K on the last row would read one element past the tensor's end."""
+    base = _logits(3, 6, torch.float32)
+    x = base[:2]  # a view: the element past row 1 exists in memory (base row 2)
+    y = torch.tensor([1, 6], device=DEV)
+    loss = ls.cross_entropy(x, y, impl="triton", validate=False, reduction="none")
+    assert torch.isfinite(loss[0]) and torch.isnan(loss[1])
+
+
+def test_minus_inf_target_logit_gives_inf_like_torch():
+    """ε > 0 and x_y = -inf: the old target lane computed (-inf) − (-inf) = NaN."""
+    x = _logits(3, 9, torch.float32)
+    y = torch.tensor([2, 5, 0], device=DEV)
+    x[0, 2] = -math.inf
+    for kw in (dict(label_smoothing=0.1), dict(label_smoothing=0.1, weight=torch.rand(9) + 0.5),
+               dict(label_smoothing=0.0)):
+        kw = {k: (v.to(DEV) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+        g = torch.ones(3, device=DEV)
+        ours = torch_loss_and_grad(x, y, g, fn=ls.cross_entropy, impl="triton", reduction="none",
+                                   **kw)
+        ref = torch_loss_and_grad(x, y, g, reduction="none", **kw)
+        assert ours[0][0] == math.inf, ours[0]
+        torch.testing.assert_close(ours[0][1:], ref[0][1:])
+        torch.testing.assert_close(ours[1], ref[1])  # the gradient is finite: p − q
+
+
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+def test_minus_inf_column_without_smoothing_mass_is_finite(prob, small_block):
+    """A masked (-inf) class whose prior is 0 carries no smoothing mass: 0·log 0 = 0, finite."""
+    r, k = 3, 600
+    x = _logits(r, k, torch.float32)
+    x[:, 300] = -math.inf
+    x[0, :280] = -math.inf  # and a leading all -inf chunk on one row …
+    prior = torch.rand(k, dtype=torch.float64)
+    prior[300] = 0
+    prior[:280] = 0  # … masked there too (with a share, a -inf logit gives +inf)
+    prior = (prior / prior.sum()).to(DEV)
+    y = torch.tensor([290, 10, 599], device=DEV)
+    eps = 0.2
+    q = ls.smooth_targets(y.cpu(), k, eps, prior=prior.cpu(), dtype=torch.float64).to(DEV)
+    x64 = x.double()
+    logp = torch.log_softmax(x64, 1)
+    truth = -torch.where(q != 0, q * logp, torch.zeros_like(q)).sum(1)  # 0·log 0 = 0
+    g = torch.ones(r, device=DEV)
+    if prob:
+        ours = torch_loss_and_grad(x, q.float(), g, fn=ls.cross_entropy, impl="triton",
+                                   reduction="none")
+    else:
+        ours = torch_loss_and_grad(x, y, g, fn=ls.cross_entropy, impl="triton", reduction="none",
+                                   label_smoothing=eps, prior=prior)
+    assert torch.isfinite(ours[0]).all(), ours[0]
+    torch.testing.assert_close(ours[0].double(), truth, rtol=1e-5, atol=1e-5)
+    grad_truth = torch.softmax(x64, 1) - q
+    torch.testing.assert_close(ours[1].double(), grad_truth, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("offset", [1e2, 1e4, 1e6])
+def test_large_logit_offsets_keep_loss_scale_precision(offset):
+    """Row quantities are formed relative to the row max: the error scales with the loss."""
+    r, k = 8, 10
+    x64 = torch.randn(r, k, dtype=torch.float64) * 2 + offset
+    x = x64.float().to(DEV)
+    y = _target(r, k, ignore=False)
+    for kw in (dict(label_smoothing=0.1), dict(label_smoothing=0.1, prior=torch.softmax(
+            torch.randn(k, dtype=torch.float64), 0).to(DEV))):
+        g = _upstream(r, "none")
+        truth = torch_loss_and_grad(x.double(), y, g, fn=ls.cross_entropy, impl="reference",
+                                    reduction="none", **kw)
+        peer = torch_loss_and_grad(x, y, g, reduction="none", label_smoothing=0.1)
+        ours = torch_loss_and_grad(x, y, g, fn=ls.cross_entropy, impl="triton", reduction="none",
+                                   **kw)
+        # float32 rounding of the loss itself, not of the logits (|x| ~ offset)
+        assert ((ours[0].double() - truth[0]).abs() <= 4e-7 * truth[0].abs() + 1e-6).all(), (
+            ours[0] - truth[0])
+        if "prior" not in kw:
+            assert_no_worse_than(ours[1], peer[1], truth[1], GRAD_TOL32, "grad")

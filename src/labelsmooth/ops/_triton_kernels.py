@@ -6,10 +6,15 @@ loads the logits in their own dtype and does all arithmetic in float32.
 * ``_index_fwd`` / ``_prob_fwd`` — the statistics pass, one read of the logits: online softmax
   (running row max ``m`` and per-lane running sums of :math:`e^{x-m}`, rescaled when the max
   grows, so each chunk costs one exponential per element and one cross-warp reduction), the
-  target logit, and the smoothing sum :math:`\sum_c s_c (x_c - x_\mathrm{ref})` (shifted by a
-  logit of the row so the fp32 sum does not cancel against ``S·lse``). Writes the per-row loss,
-  ``lse``, the row max ``m`` and ``log d`` (and, for probability targets, :math:`Q=\sum_c q_c`),
-  nothing K-wide.
+  target logit, and the smoothing sum :math:`\sum_c s_c (m - x_c)` relative to the running row
+  max (terms ≥ 0, moved by :math:`S_\mathrm{seen}\,\Delta m` when the max grows), so the loss
+  :math:`\sum_c s_c(\mathrm{lse}-x_c) = S\log d + \sum_c s_c(m-x_c)` carries no cancellation
+  at any logit offset, a ``-inf`` logit gives ``+inf`` with a share and ``0`` without one
+  (:math:`0\cdot\log 0 = 0`). Writes the per-row loss, ``lse``, the row max ``m`` and ``log d``
+  (and, for probability targets, :math:`Q=\sum_c q_c`), nothing K-wide.
+* Out-of-range targets (``y ≥ K`` or ``y < 0``; the callers map ``ignore_index`` to a valid
+  placeholder, so only an unchecked bad target gets here) are never read: the target-logit load is
+  clamped into the row, and that row's loss and gradient are NaN.
 * ``_index_bwd`` / ``_prob_bwd`` — the gradient pass: re-reads the row, recomputes
   :math:`p = e^{(x - m) - \log d}` from the saved statistics, scales by the per-row upstream
   gradient and writes the gradient (into a fresh buffer, or over the logits themselves when in
@@ -74,12 +79,17 @@ def _index_fwd(
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
     y = tl.load(y_ptr + row)
-    x_y = tl.load(x_row + y * stride_xc).to(tl.float32)
+    # An out-of-range target (== K, or negative and not ignore_index: only reachable with the
+    # value checks off, e.g. on CUDA by default) never reads outside its row: the load is
+    # clamped to column 0 and the row's loss is NaN instead (the backward writes a NaN row).
+    y_ok = (y >= 0) & (y < K)
+    x_y = tl.load(x_row + tl.where(y_ok, y, 0).to(tl.int64) * stride_xc).to(tl.float32)
     if SOFTCAP:
         x_y = softcap * _tanh(x_y / softcap)
     m = float("-inf")
     d_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ e^{x - m}, reduced once at the end
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ s_c (m - x_c) ≥ 0
+    s_lane = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ s_c of the columns seen so far
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < K
@@ -93,12 +103,20 @@ def _index_fwd(
         # exp(-inf - -inf); one cross-warp reduction (the max) per chunk, the sum at the end.
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
+        if SMOOTH != 0:
+            if SMOOTH == 1:
+                sv = tl.where(mask, s_uniform, 0.0)
+            else:
+                sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            # Σ s_c (m − x_c) relative to the running max: every term ≥ 0 (no cancellation
+            # whatever the logits' offset), earlier terms moved to a new max by s_seen·(m_new − m).
+            # A -inf logit contributes +inf with a share, 0 without one (0·log 0 = 0), so no
+            # (-inf) − (-inf) NaN from a -inf target or masked column.
+            acc += s_lane * tl.where(m == float("-inf"), 0.0, m_new - m)
+            dist = tl.where(xb == float("-inf"), float("inf"), m_new - xb)
+            acc += tl.where(sv != 0.0, sv * dist, 0.0)
+            s_lane += sv
         m = m_new
-        if SMOOTH == 1:
-            acc += tl.where(mask, xb - x_y, 0.0)
-        if SMOOTH == 2:
-            sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            acc += sv * tl.where(mask, xb - x_y, 0.0)
     logd = tl.log(tl.sum(d_vec, 0))
     lse = m + logd
     # lse − x_y as (m − x_y) + log d: exact for a confident row (x_y = m), where rounding lse
@@ -108,16 +126,18 @@ def _index_fwd(
     # placeholder target logit is -inf), so masked padding rows never turn the loss into NaN.
     ct = tl.load(ct_ptr + row)
     loss = tl.where(ct != 0.0, ct * nll, 0.0)
-    if SMOOTH == 1:
+    if SMOOTH != 0:
+        # Σ_c s_c (lse − x_c) = S·log d + Σ_c s_c (m − x_c)
         cs = tl.load(cs_ptr + row)
-        loss += tl.where(cs != 0.0, cs * s_uniform * (K * nll - tl.sum(acc, 0)), 0.0)
-    if SMOOTH == 2:
-        cs = tl.load(cs_ptr + row)
-        s_sum = tl.load(s_sum_ptr).to(tl.float32)
-        loss += tl.where(cs != 0.0, cs * (s_sum * nll - tl.sum(acc, 0)), 0.0)
+        if SMOOTH == 1:
+            big_s = s_uniform * K
+        else:
+            big_s = tl.load(s_sum_ptr).to(tl.float32)
+        loss += tl.where(cs != 0.0, cs * (big_s * logd + tl.sum(acc, 0)), 0.0)
     if HAS_Z:
         cz = tl.load(cz_ptr + row)
         loss += tl.where(cz != 0.0, cz * lse * lse, 0.0)
+    loss = tl.where(y_ok, loss, float("nan"))
     tl.store(loss_ptr + row, loss)
     tl.store(lse_ptr + row, lse)
     tl.store(m_ptr + row, m)
@@ -140,6 +160,7 @@ def _index_bwd(
     m = tl.load(m_ptr + row)
     logd = tl.load(logd_ptr + row)
     y = tl.load(y_ptr + row)
+    y_ok = (y >= 0) & (y < K)  # out of range (value checks off): a NaN row, see _index_fwd
     gct = g * tl.load(ct_ptr + row)
     gcs = g * tl.load(cs_ptr + row)
     coef = gct  # the factor of p_j: g·(ct + cs·S + 2·cz·lse)
@@ -176,7 +197,7 @@ def _index_bwd(
             grad -= gcs * tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         if SOFTCAP:
             grad *= 1.0 - th * th
-        grad = tl.where(active, grad, 0.0)
+        grad = tl.where(active, tl.where(y_ok, grad, float("nan")), 0.0)
         if ROUND_BF16:
             grad = _round_bf16(grad)
         tl.store(dx_row + cols.to(tl.int64) * stride_dc, grad.to(dx_ptr.dtype.element_ty),
@@ -196,15 +217,10 @@ def _prob_fwd(
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
     t_row = t_ptr + row * stride_tr
-    # Shift of the weighted sum Σ q_c x_c: the row's first logit (keeps Q·lse − Σ q x from
-    # cancelling when every logit carries a large common offset).
-    x0 = tl.load(x_row).to(tl.float32)
-    if SOFTCAP:
-        x0 = softcap * _tanh(x0 / softcap)
     m = float("-inf")
     d_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ e^{x - m}, reduced once at the end
-    acc_q = tl.zeros([BLOCK], dtype=tl.float32)
-    acc_qx = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_q = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ q_c of the columns seen so far
+    acc_qx = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ q_c (m - x_c)
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < K
@@ -218,7 +234,6 @@ def _prob_fwd(
         # exp(-inf - -inf); one cross-warp reduction (the max) per chunk, the sum at the end.
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
-        m = m_new
         tb = tl.load(t_row + c64 * stride_tc, mask=mask, other=0.0).to(tl.float32)
         if HAS_B:
             q = a * tb + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
@@ -227,12 +242,17 @@ def _prob_fwd(
         if HAS_W:
             q = q * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         q = tl.where(mask, q, 0.0)
+        # Σ q_c (m − x_c) relative to the running max (see _index_fwd): no cancellation against
+        # Q·lse at any logit offset; a -inf logit with q_c = 0 contributes 0 (0·log 0 = 0).
+        acc_qx += acc_q * tl.where(m == float("-inf"), 0.0, m_new - m)
+        dist = tl.where(xb == float("-inf"), float("inf"), m_new - xb)
+        acc_qx += tl.where(q != 0.0, q * dist, 0.0)
         acc_q += q
-        acc_qx += q * tl.where(mask, xb - x0, 0.0)
+        m = m_new
     logd = tl.log(tl.sum(d_vec, 0))
     lse = m + logd
     qsum = tl.sum(acc_q, 0)
-    loss = tl.load(rs_ptr + row) * (qsum * ((m - x0) + logd) - tl.sum(acc_qx, 0))
+    loss = tl.load(rs_ptr + row) * (qsum * logd + tl.sum(acc_qx, 0))
     if HAS_Z:
         loss += tl.load(cz_ptr + row) * lse * lse
     tl.store(loss_ptr + row, loss)

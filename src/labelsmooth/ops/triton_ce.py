@@ -297,6 +297,8 @@ def index_rows(
     Args:
         x: (R, K) logits, float32/bfloat16/float16 (float64 runs the reference op).
         y: (R,) int64 target indices, already safe (ignored rows: any valid index, zero coefs).
+            An out-of-range index (possible only with value checks off: ``validate=False``, or
+            the CUDA default) is never read past its row: that row's loss and gradient are NaN.
         ct, cs: (R,) coefficients of the target and smoothing terms.
         s: (K,) smoothing shares, or None for the uniform share ``s_uniform``.
         s_uniform: the uniform share (0 with ``s=None``: no smoothing term).
