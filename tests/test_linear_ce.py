@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import pytest
@@ -378,3 +379,134 @@ def test_split_vocabulary_with_a_fully_masked_block_matches_torch():
     for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
         assert torch.isfinite(o).all(), what
         torch.testing.assert_close(o, r, atol=1e-12, rtol=1e-12, msg=what)
+
+
+# --- the op-contract path (Triton on CUDA) writes each chunk's gradient in place ------------------
+
+
+class _BigBuffers(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every fresh ``dtype`` tensor of at least ``nbytes`` an op returns (not an alias of
+    an input) and the peak number of bytes of such buffers alive at once (storage weak refs)."""
+
+    def __init__(self, nbytes, dtype):
+        super().__init__()
+        self.nbytes, self.dtype, self.allocs, self.live, self.peak = nbytes, dtype, 0, [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_leaves
+
+        kwargs = kwargs or {}
+        ins = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
+               if isinstance(t, torch.Tensor)}
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if (isinstance(t, torch.Tensor) and t.dtype == self.dtype
+                    and t.untyped_storage().nbytes() >= self.nbytes):
+                st = t.untyped_storage()
+                if st.data_ptr() in ins:
+                    continue
+                self.allocs += 1
+                # Triton's interpreter keeps each launch's arguments in reference cycles
+                # (closures of GridExecutor._init_args_hst); a GPU launch does not: collect them.
+                gc.collect()
+                self.live = [(r, n) for r, n in self.live if not r.expired()]
+                self.live.append((StorageWeakRef(st), st.nbytes()))
+                self.peak = max(self.peak, sum(n for _, n in self.live))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_triton_chunks_write_their_gradient_in_place_within_the_budget(dtype):
+    """Each chunk of logits is an activation the in-place backward accepts: its gradient is
+    written over it, so one chunk-sized buffer per chunk and at most one alive at a time, i.e.
+    the budget of ``plan_chunks`` (bytes_per_logit = the input dtype's size). Before: the chunk
+    was made a leaf with ``requires_grad_``, the in-place rule refused it and every chunk also
+    allocated its gradient (2 buffers per chunk, 2× the budget alive)."""
+    pytest.importorskip("triton")
+    from labelsmooth.ops import triton_ce
+
+    if not triton_ce.is_available(torch.device("cpu")):
+        pytest.skip("Triton interpreter not enabled")
+    n, h, v, rows = 40, 4, 64, 8
+    hid, w, b, y, _, _ = _inputs(dtype, n=n, h=h, v=v)
+    chunks = linear_ce.plan_chunks(n, v, dtype, chunk_size=rows, engine="triton_ce")
+    assert chunks.chunk_bytes == rows * v * hid.element_size()
+    leaves = [t.clone().requires_grad_() for t in (hid, w, b)]
+    # Logits-dtype buffers only: off CUDA a low-precision dW also takes documented float32
+    # blocks of the gradient (no mixed-dtype GEMM there), counted in the docstring separately.
+    mode = _BigBuffers(chunks.chunk_bytes, dtype)
+    with mode:
+        out = linear_cross_entropy(*leaves[:2], y, leaves[2], impl="triton", chunk_size=rows,
+                                   label_smoothing=0.1)
+    n_chunks = math.ceil(n / rows)
+    assert mode.allocs == n_chunks, mode.allocs
+    assert mode.peak <= chunks.chunk_bytes, (mode.peak, chunks.chunk_bytes)
+    go = torch.rand((), generator=torch.Generator().manual_seed(7), dtype=torch.float64) + 0.5
+    out.backward(go.to(out.dtype))  # what _loss_and_grads feeds the reference
+    ref = _loss_and_grads(lambda h_, w_, b_: ls.cross_entropy(h_ @ w_.T + b_, y, label_smoothing=0.1,
+                                                              impl="reference"), hid, w, b)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.detach(), ref[0], **tol)
+    for got, want in zip((t.grad for t in leaves), ref[1:]):
+        torch.testing.assert_close(got, want.to(got.dtype), **tol)
+
+
+# --- the mixed-dtype dW GEMM: probed once, never on a real call; OOM propagates -------------------
+
+
+def test_mixed_addmm_is_probed_once_per_device_and_dtype(monkeypatch):
+    calls = []
+    real = linear_ce._probe_mixed_addmm
+
+    def probe(device, dtype):
+        calls.append((device, dtype))
+        return real(device, dtype)
+
+    monkeypatch.setattr(linear_ce, "_MIXED_ADDMM", {})
+    monkeypatch.setattr(linear_ce, "_probe_mixed_addmm", probe)
+    hid, w, b, y, _, _ = _inputs(torch.bfloat16, n=20, v=16)
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (hid, w, b)]
+        linear_cross_entropy(*leaves[:2], y, leaves[2], chunk_size=8).backward()
+    assert calls == [(torch.device("cpu"), torch.bfloat16)]  # once, on a 1×1 problem
+    assert linear_ce.mixed_addmm_supported(torch.device("cpu"), torch.bfloat16) is False
+
+
+def test_mixed_addmm_probe_warns_on_cuda_and_lets_oom_through(monkeypatch):
+    def missing(*args, **kwargs):
+        raise NotImplementedError("Could not run 'aten::addmm.dtype_out'")
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB")
+
+    class FakeCuda:  # the probe only reads .type for the warning; tensors go to the CPU
+        type, index = "cuda", 0
+
+    real_ones, real_zeros = torch.ones, torch.zeros
+    monkeypatch.setattr(torch, "ones", lambda *a, device=None, **k: real_ones(*a, **k))
+    monkeypatch.setattr(torch, "zeros", lambda *a, device=None, **k: real_zeros(*a, **k))
+    monkeypatch.setattr(torch, "addmm", missing)
+    with pytest.warns(RuntimeWarning, match="out_dtype=torch.float32.*blocked float32"):
+        assert linear_ce._probe_mixed_addmm(FakeCuda(), torch.bfloat16) is False
+    monkeypatch.setattr(torch, "addmm", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        linear_ce._probe_mixed_addmm(FakeCuda(), torch.bfloat16)
+
+
+def test_mixed_addmm_real_call_errors_propagate(monkeypatch):
+    """Where the probe said yes, a real call's out-of-memory error reaches the caller (it was
+    caught, and the mixed GEMM turned off for the whole process, with no warning)."""
+    def oom(*args, **kwargs):
+        if kwargs.get("out_dtype") is not None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(*args, **kwargs)
+
+    real = torch.addmm
+    monkeypatch.setattr(linear_ce, "_MIXED_ADDMM", {("cpu", None, torch.bfloat16): True})
+    monkeypatch.setattr(torch, "addmm", oom)
+    hid, w, b, y, _, _ = _inputs(torch.bfloat16, n=20, v=16)
+    leaves = [t.clone().requires_grad_() for t in (hid, w, b)]
+    with pytest.raises(torch.OutOfMemoryError):
+        linear_cross_entropy(*leaves[:2], y, leaves[2], chunk_size=8)
+    assert linear_ce._MIXED_ADDMM[("cpu", None, torch.bfloat16)] is True  # not switched off

@@ -16,7 +16,8 @@ vocabulary block by vocabulary block), so at most one chunk of logits is alive a
   float64 for float64 inputs) and :math:`\partial b \mathrel{+}= \sum_n G_n`.
 
 On CUDA with Triton (``impl="triton"``, the default there) the per-chunk row work is the Triton
-kernel of :mod:`labelsmooth.ops.triton_ce` with an in-place backward, driven through the op
+kernel of :mod:`labelsmooth.ops.triton_ce` with an in-place backward (the chunk is built as an
+autograd activation, so its gradient overwrites it: one chunk of memory), driven through the op
 contract of :mod:`labelsmooth.ops`; the same contract path serves ``impl="reference"`` (the
 plain-PyTorch oracle, chunked). Those paths chunk over tokens only.
 
@@ -44,7 +45,8 @@ Defaults: :data:`DEFAULT_MEMORY_BUDGET` (64 MiB, CPU) and :data:`DEFAULT_MEMORY_
 ``memory_budget`` is also given). Beyond the chunk, the extra memory is the float32 accumulator of
 the weight's gradient when the weight is not float32 (the gradient itself otherwise), one
 ``(rows, H)`` float32 accumulator when the vocabulary is split, O(N) per-row vectors and, for a
-low-precision weight off CUDA (no mixed-dtype GEMM there), float32 copies of the chunk's hidden
+low-precision weight without a mixed-dtype GEMM (``torch.addmm(..., out_dtype=float32)``:
+CUDA only, probed once per device and dtype, a warning where it is missing), float32 copies of the chunk's hidden
 states and of one 16 MiB block of its logits gradient, multiplied straight into the accumulator. The float32
 accumulator is what keeps a long sum of chunk products exact (half-precision accumulation drifts),
 but for a bfloat16 weight it costs 4·V·H bytes next to the 2·V·H-byte gradient — at 8192 tokens ×
@@ -54,6 +56,7 @@ H 4096 × V 128256 that is as much as the full bfloat16 logits.
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -170,7 +173,69 @@ def _logits(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
     return torch.addmm(b, hc, w.t(), out=out) if out is not None else torch.addmm(b, hc, w.t())
 
 
-_MIXED_ADDMM = [True]  # whether torch.addmm(..., out_dtype=float32) works here (CUDA only)
+def _chunk_activation(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """The logits chunk as an autograd activation (not a leaf), so the op's in-place backward
+    writes its gradient over the chunk's own memory instead of a second chunk-sized buffer.
+
+    ``requires_grad_`` on a fresh chunk would make it a leaf, which the in-place rule
+    (:func:`labelsmooth.ops._consumed.may_write_in_place`) refuses. Here the chunk is the output
+    of the GEMM on a detached alias of the hidden rows: the GEMM saves its inputs, not its output,
+    so overwriting the output is safe, and only ``∂loss/∂x`` is asked for (the GEMM's own backward
+    never runs). Must be called with grad enabled.
+    """
+    hc = hc.detach().requires_grad_(True)  # an alias of the rows, no copy
+    return _logits(hc, w.detach(), b.detach() if b is not None else None)
+
+
+
+
+#: (device type, device index, input dtype) → whether ``torch.addmm(..., out_dtype=float32)``
+#: runs there; filled once per key by :func:`mixed_addmm_supported`.
+_MIXED_ADDMM: dict[tuple[str, int | None, torch.dtype], bool] = {}
+
+
+def _probe_mixed_addmm(device: torch.device, dtype: torch.dtype) -> bool:
+    """Run one 1×1 mixed-dtype ``addmm`` on ``device``: True when the kernel exists.
+
+    Out-of-memory errors propagate (they say nothing about the kernel); a missing kernel
+    (``NotImplementedError``, or a ``RuntimeError``/``TypeError`` from an older torch without the
+    ``out_dtype`` argument) returns False, with a warning on CUDA, where the kernel is expected
+    (torch >= 2.8) and its absence costs speed.
+    """
+    try:
+        a = torch.ones(1, 1, dtype=dtype, device=device)
+        acc = torch.zeros(1, 1, dtype=torch.float32, device=device)
+        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, TypeError, NotImplementedError) as err:
+        if device.type == "cuda":
+            first = str(err).splitlines()[0] if str(err) else ""
+            warnings.warn(
+                f"torch.addmm(..., out_dtype=torch.float32) is not available for {dtype} on "
+                f"{device} (torch {torch.__version__}: {type(err).__name__}: {first}); "
+                "linear_cross_entropy accumulates the weight gradient through blocked float32 "
+                "products instead (same sums, slower, one more 16 MiB temporary).",
+                RuntimeWarning, stacklevel=2)
+        return False
+    return True
+
+
+def mixed_addmm_supported(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the weight gradient can use one mixed-dtype GEMM (``dtype`` in, float32 out).
+
+    Probed once per (device, dtype) with a 1×1 problem (:func:`_probe_mixed_addmm`), never on a
+    real call, so a real call's errors (out of memory included) always propagate.
+
+    Examples:
+        >>> mixed_addmm_supported(torch.device("cpu"), torch.bfloat16)  # no CPU kernel in torch
+        False
+    """
+    key = (device.type, device.index, dtype)
+    ok = _MIXED_ADDMM.get(key)
+    if ok is None:
+        ok = _MIXED_ADDMM[key] = _probe_mixed_addmm(device, dtype)
+    return ok
 
 
 def _dw_block_cols(rows: int) -> int:
@@ -190,14 +255,10 @@ def _accumulate(g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor, grads: _Grad
         dw = grads.dw[csl]
         if g.dtype == dw.dtype:
             dw.addmm_(g.t(), hc)
-        elif g.is_cuda and _MIXED_ADDMM[0]:
-            # One GEMM with float32 output accumulated in place (torch >= 2.8 on CUDA); fall back
-            # to the blocked path below where the kernel is missing.
-            try:
-                torch.addmm(dw, g.t(), hc, out_dtype=dw.dtype, out=dw)
-            except (RuntimeError, TypeError, NotImplementedError):
-                _MIXED_ADDMM[0] = False
-                _accumulate(g, hc, w, _Grads(None, grads.dw, None), rsl, csl, None, dw_cols)
+        elif dw.dtype == torch.float32 and mixed_addmm_supported(g.device, g.dtype):
+            # One GEMM with float32 output accumulated in place (torch >= 2.8 on CUDA); whether
+            # the kernel exists was probed once, so this call's errors (OOM) propagate.
+            torch.addmm(dw, g.t(), hc, out_dtype=dw.dtype, out=dw)
         else:
             # Low precision without a mixed-dtype GEMM: multiply in float32, one block of
             # vocabulary rows at a time (bounded temporaries), straight into the accumulator, so
@@ -251,16 +312,19 @@ def run_chunks(
         cz = plan.cz[rsl] if plan.cz is not None else None
         if kind == "op":
             # A fresh chunk each time: an in-place backward marks its logits as consumed.
-            x = _logits(hc, w, b, torch.empty(r1 - r0, vocab, dtype=h.dtype, device=h.device))
             if grads is None:
+                x = _logits(hc, w, b, torch.empty(r1 - r0, vocab, dtype=h.dtype, device=h.device))
                 lr, ls = mod.index_rows(x, y, ct, cs, plan.s, plan.s_uniform, cz, opts.softcap, False)
+                del x  # freed before the next chunk is allocated
             else:
                 with torch.enable_grad():
-                    x.requires_grad_(True)
+                    x = _chunk_activation(hc, w, b)
                     lr, ls = mod.index_rows(x, y, ct, cs, plan.s, plan.s_uniform, cz,
                                             opts.softcap, True)
                     (g,) = torch.autograd.grad(lr, x, row_scale[rsl].to(lr.dtype))
+                del x  # g is the chunk's own memory (in place) or, for the reference op, a copy
                 _accumulate(g, hc, w, grads, rsl, slice(0, vocab), None, dw_cols)
+                del g  # free the chunk before the next one is allocated (one chunk alive)
                 lr = lr.detach()
             loss[rsl], lse[rsl] = lr, ls
             continue
