@@ -35,6 +35,16 @@ def test_cosine_is_monotone_and_bounded():
     assert vals[0] == 0.3 and vals[-1] == pytest.approx(0.05)
 
 
+def test_endpoints_are_exact_and_values_stay_in_the_segment():
+    # a + f·(b − a) misses the endpoints by an ulp (cosine(0.059, 1.0, 7)(0) gave 0.05899999999999994)
+    for i in range(1, 200):
+        a = i / 200
+        for b in (0.0, 1.0, 0.3):
+            for s in (S.linear(a, b, 7), S.cosine(a, b, 7)):
+                assert s(0) == a and s(7) == b and s(100) == b
+                assert all(min(a, b) <= s(e / 8) <= max(a, b) for e in range(60))
+
+
 def test_argument_checks():
     with pytest.raises(ValueError, match=r"Expected `value` to be a float in \[0, 1\], but got 1.5"):
         S.constant(1.5)
@@ -83,6 +93,22 @@ def test_schedule_drives_cross_entropy_module():
     nls.label_smoothing = S.two_stage(0.0, 1, after=-0.2, allow_negative=True)(1)
     torch.testing.assert_close(nls(x, y), ls.smoothed_cross_entropy(x, y, -0.2,
                                                                     allow_negative=True))
+
+
+def test_schedule_drives_linear_and_binary_modules():
+    schedule = S.linear(0.0, 0.2, 2)
+    h, w = torch.randn(6, 4), torch.randn(5, 4)
+    y = torch.randint(0, 5, (6,))
+    lin = ls.LinearCrossEntropyLoss()
+    bce = ls.BCEWithLogitsLoss()
+    xb, tb = torch.randn(6, 3), torch.randint(0, 2, (6, 3)).float()
+    for epoch in (0, 1, 2):
+        eps = schedule(epoch)
+        lin.label_smoothing = eps
+        bce.label_smoothing = eps
+        torch.testing.assert_close(lin(h, w, y), ls.cross_entropy(h @ w.T, y, label_smoothing=eps))
+        torch.testing.assert_close(bce(xb, tb), ls.binary_cross_entropy_with_logits(
+            xb, tb, label_smoothing=eps))
 
 
 def test_repr_names_the_parameters():

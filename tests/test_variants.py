@@ -183,7 +183,7 @@ def test_relaxation_against_label_relaxation_package():
                     theirs.sum().backward()
                     torch.testing.assert_close(a.grad, b.grad, rtol=tol, atol=tol)
                     if dtype == torch.float64:
-                        worst = max(worst, float((ours - theirs).abs().max()),
+                        worst = max(worst, float((ours - theirs).detach().abs().max()),
                                     float((a.grad - b.grad).abs().max()))
     # (N, C, d) layout: the package wants the classes last
     x = torch.randn(5, 6, 4, dtype=torch.float64)
@@ -426,3 +426,28 @@ def test_margin_errors_and_module():
         ls.margin_smoothing_loss(x, y, class_reduction="max")
     m = ls.MarginSmoothingLoss(1.0, 0.5, reduction="sum")
     torch.testing.assert_close(m(x, y), ls.margin_smoothing_loss(x, y, 1.0, 0.5, reduction="sum"))
+
+
+def test_class_weights_that_require_grad_are_refused():
+    w = torch.ones(3, requires_grad=True)
+    with pytest.raises(ValueError, match="`weight.requires_grad`"):
+        ls.label_relaxation_loss(torch.randn(2, 3), torch.tensor([0, 1]), weight=w)
+    with torch.no_grad():
+        ls.label_relaxation_loss(torch.randn(2, 3), torch.tensor([0, 1]), weight=w)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x, y: ls.label_relaxation_loss(x, y, 0.1),
+    lambda x, y: ls.margin_smoothing_loss(x, y, 1.0, 0.5),
+    lambda x, y: ls.smoothed_cross_entropy(x, y, -0.1, allow_negative=True),
+])
+def test_edge_shapes_follow_torch(fn):
+    # an empty batch and an all-ignored batch give NaN under "mean" (as F.cross_entropy);
+    # an unbatched (C,) input with a 0-d target gives a 0-d loss
+    assert fn(torch.randn(0, 4), torch.zeros(0, dtype=torch.long)).isnan()
+    assert fn(torch.randn(2, 4), torch.tensor([-100, -100])).isnan()
+    x = torch.randn(4, dtype=torch.float64)
+    out = fn(x, torch.tensor(2))
+    assert out.shape == () and torch.allclose(out, fn(x[None], torch.tensor([2])))
+    assert fn(torch.randn(3, 4, dtype=torch.bfloat16), torch.tensor([0, 1, 2])).dtype == \
+        torch.bfloat16

@@ -70,6 +70,13 @@ def _check_epoch(epoch: Any) -> float:
     return epoch
 
 
+def _lerp(start: float, end: float, frac: float) -> float:
+    # (1−f)·a + f·b is exactly a at f = 0 and b at f = 1 (a + f·(b − a) can miss b by an ulp and
+    # leave [0, 1]); the clamp keeps rounding inside the segment
+    value = (1.0 - frac) * start + frac * end
+    return min(max(value, min(start, end)), max(start, end))
+
+
 class Schedule:
     """Base class: ``schedule(epoch)`` checks the epoch (a real number ≥ 0) and returns a float."""
 
@@ -95,8 +102,7 @@ class _Linear(Schedule):
     epochs: float
 
     def _value(self, epoch: float) -> float:
-        frac = min(epoch / self.epochs, 1.0)
-        return self.start + (self.end - self.start) * frac
+        return _lerp(self.start, self.end, min(epoch / self.epochs, 1.0))
 
 
 @dataclass(frozen=True, repr=True)
@@ -107,7 +113,7 @@ class _Cosine(Schedule):
 
     def _value(self, epoch: float) -> float:
         frac = min(epoch / self.epochs, 1.0)
-        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        return _lerp(self.start, self.end, 0.5 * (1.0 - math.cos(math.pi * frac)))
 
 
 @dataclass(frozen=True, repr=True)

@@ -73,6 +73,10 @@ def _index_problem(
                      tuple(target.shape))
     if weight is not None:
         weight = V.check_class_vector("weight", weight, num_classes)
+        if weight.requires_grad and torch.is_grad_enabled():
+            # the weights are taken as constants: a gradient would silently be dropped
+            raise V.fail("weight.requires_grad", "False (no gradient flows to class weights; "
+                         "pass weight.detach())", True)
     acc = acc_dtype(input.dtype)
     y = target.reshape(-1).to(device=input.device, dtype=torch.long)
     valid = y != ignore_index
