@@ -571,64 +571,16 @@ def test_compile_fullgraph_public_api():
 
 # --- the kernels compile for a GPU (ahead of time, no GPU needed) --------------------------------
 
-# Run in a fresh interpreter: under TRITON_INTERPRET=1 `triton.jit` yields interpreter objects that
-# the compiler cannot take. Prints one JSON object: per variant, whether its PTX moves the logits in
-# 128-bit accesses.
-_AOT_SCRIPT = r"""
-import json, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from labelsmooth.ops import _triton_kernels as kern
-from labelsmooth.ops.triton_ce import _launch_cfg
-
-BLOCK, WARPS = _launch_cfg(128256)
-
-def build(fn, types, consts, div16=()):
-    sig = {n: ("constexpr" if n in consts else types[n]) for n in fn.arg_names}
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div16}
-    src = ASTSource(fn, sig, constexprs=consts, attrs=attrs)
-    opts = {"num_warps": WARPS}
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"]
-
-f32 = "*fp32"
-out = {}
-for dt in ("bf16", "fp32"):
-    common = dict(y_ptr="*i64", ct_ptr=f32, cs_ptr=f32, cz_ptr=f32, s_ptr=f32, s_sum_ptr=f32,
-                  K="i32", s_uniform="fp32", softcap="fp32", x_ptr="*" + dt, stride_xr="i32")
-    for smooth, flags in ((1, True), (2, False), (0, True))[: 3 if dt == "bf16" else 1]:
-        c = dict(stride_xc=1, SMOOTH=smooth, HAS_Z=flags, SOFTCAP=flags, BLOCK=BLOCK)
-        fwd = build(kern._index_fwd, dict(common, loss_ptr=f32, lse_ptr=f32, m_ptr=f32,
-                                          logd_ptr=f32), c,
-                    ("x_ptr", "stride_xr", "K"))
-        bwd = build(kern._index_bwd, dict(common, dx_ptr="*" + dt, stride_dr="i32", m_ptr=f32,
-                                          logd_ptr=f32, g_ptr=f32),
-                    dict(c, stride_dc=1, ROUND_BF16=False),
-                    ("x_ptr", "stride_xr", "dx_ptr", "stride_dr", "K"))
-        out[f"index-{dt}-{smooth}-{flags}"] = [
-            "ld.global.v4.b32" in fwd, "ld.global.v4.b32" in bwd, "st.global.v4.b32" in bwd]
-    pc = dict(x_ptr="*" + dt, stride_xr="i64", stride_xc="i64", t_ptr="*fp32", stride_tr="i64",
-              stride_tc="i64", w_ptr=f32, b_ptr=f32, rs_ptr=f32, cz_ptr=f32, m_ptr=f32,
-              logd_ptr=f32, K="i32", a="fp32", b_uniform="fp32", softcap="fp32")
-    for flags in (True, False)[: 2 if dt == "bf16" else 0]:
-        c = dict(HAS_W=flags, HAS_B=flags, HAS_Z=flags, SOFTCAP=flags, BLOCK=BLOCK)
-        build(kern._prob_fwd, dict(pc, loss_ptr=f32, lse_ptr=f32, qsum_ptr=f32), c)
-        build(kern._prob_bwd, dict(pc, dx_ptr="*" + dt, stride_dr="i64", stride_dc="i64",
-                                   dt_ptr=f32, stride_er="i64", stride_ec="i64", qsum_ptr=f32,
-                                   g_ptr=f32),
-              dict(c, NEED_DT=flags, ROUND_BF16=flags, ROUND_BF16_DT=False))
-        out[f"prob-{dt}-{flags}"] = [True]
-print(json.dumps(out))
-"""
-
-
 @pytest.mark.slow
-def test_kernels_compile_for_sm90_with_128bit_accesses():
+def test_kernels_compile_for_sm90_with_128bit_accesses_and_no_spills():
     """The interpreter does not type-check like the compiler: compile every variant for an H100.
 
-    With unit column stride and 16-divisible pointers and row stride (what Triton specialises at
-    launch when K is a multiple of 16), the logits must be read and the gradient written in
-    128-bit accesses (``ld/st.global.v4.b32``), the precondition for running at bandwidth.
+    ``benchmarks/triton_resources.py`` (a fresh interpreter: under TRITON_INTERPRET=1 `triton.jit`
+    yields objects the compiler cannot take) compiles each variant ahead of time for sm_90a with
+    unit column stride and 16-divisible pointers and row stride (what Triton specialises at launch
+    when K is a multiple of 16) and assembles it with ``ptxas -v``. The logits must be read and the
+    gradient written in 128-bit accesses (``ld/st.global.v4.b32``), the precondition for running at
+    bandwidth, and no variant may spill registers.
     """
     import json
 
@@ -637,18 +589,19 @@ def test_kernels_compile_for_sm90_with_128bit_accesses():
         from triton.compiler import ASTSource  # noqa: F401
     except ImportError as err:  # pragma: no cover - other Triton layouts
         pytest.skip(f"Triton without the ahead-of-time API: {err}")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    out = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True,
-                         env=env, timeout=300)
-    missing = "ptxas" in out.stderr and ("No such file" in out.stderr or "not found" in out.stderr)
-    if out.returncode != 0 and missing:
-        pytest.skip("no ptxas in this Triton install")
+    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "triton_resources.py"),
+                          "--json"], capture_output=True, text=True, env=env, timeout=600)
+    if out.returncode == 3:
+        pytest.skip(out.stderr.strip())
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(result) == 6
-    for variant, flags in result.items():
-        assert all(flags), variant
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(rows) == 22
+    for r in rows:
+        assert r["v4_load"] and r["v4_store"] is not False, r
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
+        assert r["registers"] is not None and r["registers"] <= 128, r
 
 
 # --- GPU only ------------------------------------------------------------------------------------

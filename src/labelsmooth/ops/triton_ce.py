@@ -61,12 +61,16 @@ __all__ = ["index_rows", "is_available", "prob_rows"]
 
 # Widest chunk of a row one program handles per loop iteration (a power of two), and the values
 # per thread that set num_warps = BLOCK / (32 · ELEMS_PER_THREAD), at most 32. Defaults 4096 and
-# 8: 16 warps, 128-bit accesses for bf16 and fp32, no register spills on sm_90, and by ptxas's
-# register counts 32 resident warps per SM for every forward variant (48-64 for the backward);
-# 16 values per thread would leave the forward at 16 warps per SM. Untuned: no GPU was
-# available. A GPU session can sweep both without editing code through
-# LABELSMOOTH_TRITON_MAX_BLOCK and LABELSMOOTH_TRITON_ELEMS_PER_THREAD (read once, at import).
-# Tests lower MAX_BLOCK to exercise the loop and the masked tail on small rows.
+# 8: 16 warps, 128-bit accesses for bf16 and fp32. Registers and spills per variant, compiled
+# ahead of time for sm_90a (`python benchmarks/triton_resources.py`; Triton 3.9.0 and its ptxas):
+# no variant spills (0 bytes; the 8-byte spill once reported for _prob_fwd with every option on
+# was not reproduced there, and the slow test test_kernels_compile_for_sm90_* now fails on any
+# spill); registers allow 64 resident warps per SM for the index backward and the
+# unsmoothed index forward, 32 for the smoothed index forward and the plain probability forward,
+# and 16 (one CTA) for the probability forward with weights, prior, z-loss and softcap
+# (72-75 registers). Untuned: no GPU was available. A GPU session can sweep both without editing
+# code through LABELSMOOTH_TRITON_MAX_BLOCK and LABELSMOOTH_TRITON_ELEMS_PER_THREAD (read once,
+# at import). Tests lower MAX_BLOCK to exercise the loop and the masked tail on small rows.
 MAX_BLOCK = int(os.environ.get("LABELSMOOTH_TRITON_MAX_BLOCK", "4096"))
 ELEMS_PER_THREAD = int(os.environ.get("LABELSMOOTH_TRITON_ELEMS_PER_THREAD", "8"))
 
