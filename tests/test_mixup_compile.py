@@ -182,3 +182,19 @@ def test_cutmix_pastes_the_box_and_mixes_the_targets():
         cutmix_box(8, 8, 1.5)
     with pytest.raises(TypeError, match="height"):
         cutmix_box(8.0, 8, 0.5)
+
+
+def test_compiled_loss_with_a_changing_smoothing_factor_does_not_break_the_graph():
+    # The range check on ε used math.isnan, which fails on the symbolic float torch.compile traces
+    # once ε changes (a schedule): fullgraph=True raised on the second ε.
+    torch._dynamo.reset()
+    counters.clear()
+    fn = torch.compile(lambda x, y, eps: ls.cross_entropy(x, y, label_smoothing=eps),
+                       backend=CompileCounter(), fullgraph=True)
+    x, y = torch.randn(6, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    for eps in (0.1, 0.2, 0.3):
+        torch.testing.assert_close(fn(x, y, eps), F.cross_entropy(x, y, label_smoothing=eps))
+    assert not counters["graph_break"]
+    for bad in (float("nan"), 1.5, -0.1):  # eager checks are unchanged
+        with pytest.raises(ValueError, match="label_smoothing"):
+            ls.cross_entropy(x, y, label_smoothing=bad)

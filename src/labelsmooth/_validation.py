@@ -41,7 +41,10 @@ def check_smoothing(value: Any, arg: str = "label_smoothing") -> float:
     if not _is_real(value):
         raise fail(arg, "a float in [0, 1]", value, TypeError)
     value = float(value)
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
+    # One comparison chain, no math.isnan: NaN fails it too, and under torch.compile a float that
+    # changed between calls is symbolic: the chain becomes a guard on the range (no recompile per
+    # value), where math.isnan would break the graph.
+    if not 0.0 <= value <= 1.0:
         raise fail(arg, "a float in [0, 1]", value)
     return value
 

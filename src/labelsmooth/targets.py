@@ -194,9 +194,10 @@ def _check_lam(lam: float | torch.Tensor, batch_shape: torch.Size, device: torch
     """λ: a float, a 0-d tensor or one value per sample (shape (N,)), in [0, 1].
 
     Type, shape and device are metadata (always checked). Values are read only where the losses
-    read them: a float in eager mode, a tensor when :func:`~labelsmooth._validation.should_check_values`
-    says so (CPU or ``validate=True``), never while ``torch.compile`` traces — there a traced float
-    is symbolic, and a check on it would break the graph or add a guard that recompiles per λ.
+    read them: a float always (under ``torch.compile`` a changing float is symbolic and the range
+    check becomes a guard on the range, not on the value), a tensor when
+    :func:`~labelsmooth._validation.should_check_values` says so (CPU in eager mode, or
+    ``validate=True``; never while compiling).
     """
     if isinstance(lam, torch.Tensor):
         if not lam.is_floating_point():
@@ -216,7 +217,7 @@ def _check_lam(lam: float | torch.Tensor, batch_shape: torch.Size, device: torch
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise V.fail("lam", "a float in [0, 1], or a floating tensor of shape () or (N,)",
                      type(lam).__name__, TypeError)
-    if torch.compiler.is_compiling() or validate is False:
+    if validate is False:
         return lam
     return V.check_smoothing(lam, "lam")
 
