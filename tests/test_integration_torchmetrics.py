@@ -228,6 +228,39 @@ def test_float32_states_after_set_dtype_still_accumulate():
     assert metric.compute().item() == pytest.approx(want, abs=1e-6)
 
 
+def test_metric_collection_forward_and_pickle():
+    import pickle
+
+    from torchmetrics import MetricCollection
+
+    x, y = _case(6, 200, 5)
+    kw = {"from_logits": True}
+    collection = MetricCollection(
+        {
+            "ece": ExpectedCalibrationError(**kw),
+            "rms": ExpectedCalibrationError(norm="l2", **kw),
+            "adaptive": ExpectedCalibrationError(binning="mass", **kw),
+            "nll": NegativeLogLikelihood(**kw),
+        }
+    )
+    for lo in range(0, 200, 50):
+        step = collection(x[lo : lo + 50], y[lo : lo + 50])
+    # forward returns the last batch's values; compute those of every batch.
+    last = cal.adaptive_calibration_error(x[150:], y[150:], **kw).item()
+    assert step["adaptive"].item() == pytest.approx(last, abs=1e-15)
+    got = collection.compute()
+    want = {
+        "ece": cal.expected_calibration_error(x, y, **kw),
+        "rms": cal.rms_calibration_error(x, y, **kw),
+        "adaptive": cal.adaptive_calibration_error(x, y, **kw),
+        "nll": cal.negative_log_likelihood(x, y, **kw),
+    }
+    for key, value in want.items():
+        assert got[key].item() == pytest.approx(value.item(), abs=1e-14), key
+    copy = pickle.loads(pickle.dumps(collection))  # as ddp_spawn and checkpoint tools do
+    assert copy.compute()["adaptive"].item() == got["adaptive"].item()
+
+
 # ---------------------------------------------------------------------------------------------
 # torchmetrics' own calibration error
 # ---------------------------------------------------------------------------------------------
