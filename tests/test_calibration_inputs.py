@@ -174,7 +174,8 @@ def test_sum_tolerance_follows_the_dtype():
     with pytest.raises(ValueError, match=r"within 0.0001.*summing to 1.001"):
         expected_calibration_error(torch.tensor([[0.501, 0.5], [0.5, 0.5]]), y[:2])
     with pytest.raises(ValueError, match=r"within 0.00195"):
-        expected_calibration_error(torch.tensor([[0.51, 0.5], [0.5, 0.5]], dtype=torch.float16), y[:2])
+        half = torch.tensor([[0.51, 0.5], [0.5, 0.5]], dtype=torch.float16)
+        expected_calibration_error(half, y[:2])
     # Softmax outputs of every dtype and of a large K pass.
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float64, torch.float32, torch.bfloat16, torch.float16):
@@ -222,12 +223,12 @@ def test_bootstrap_checks_once_and_honours_validate():
 def test_default_skips_checks_off_cpu(monkeypatch):
     # Off CPU the default reads no values (no host-device sync): simulate it by making the shared
     # rule answer as it does for CUDA tensors; validate=True still checks.
-    import labelsmooth.calibration.metrics as M
+    import labelsmooth.calibration._stats as S
 
     def as_on_cuda(validate, *tensors):
         return bool(validate)
 
-    monkeypatch.setattr(M, "should_check_values", as_on_cuda)
+    monkeypatch.setattr(S, "should_check_values", as_on_cuda)
     bad = torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 7])
     expected_calibration_error(*bad)  # no check, no error (the label just never matches)
     with pytest.raises(ValueError, match=r"labels\[1\] = 7"):

@@ -188,13 +188,13 @@ def test_apply_temperature_and_validation():
     y = torch.tensor([0])
     with pytest.raises(ValueError, match="Expected `objective`"):
         fit_temperature(z, y, objective="brier")
-    with pytest.raises(ValueError, match=r"Expected `logits` to be logits without NaN.*logits\[0\]"):
+    with pytest.raises(ValueError, match=r"Expected `logits` to be logits without NaN.*\[0\]"):
         fit_temperature(torch.tensor([[float("nan"), 0.0]]), y)
     with pytest.raises(ValueError, match="Expected `logits` to be finite.*logits\\[0\\]"):
         fit_temperature(torch.tensor([[float("-inf"), 0.0]]), y)
-    with pytest.raises(ValueError, match=r"Expected `labels` to be class indices in \[0, 2\), but got labels\[0\] = 2"):
+    with pytest.raises(ValueError, match=r"`labels` to be class indices in \[0, 2\), .* = 2"):
         fit_temperature(z, torch.tensor([2]))
     with pytest.raises(ValueError, match="Expected `t_min` to be smaller than t_max"):
         fit_temperature(z, y, t_min=2.0, t_max=1.0)
-    with pytest.raises(ValueError, match=r"Expected `logits` to be a 2-D tensor of shape \(N, K\)"):
+    with pytest.raises(ValueError, match=r"Expected `logits` to be a 2-D tensor"):
         fit_temperature(z[0], y)

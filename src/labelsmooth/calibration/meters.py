@@ -19,29 +19,28 @@ from typing import Any
 import torch
 
 from labelsmooth._validation import _Shown, check_validate, fail
-from labelsmooth.calibration.metrics import (
-    BootstrapCI,
-    _check_bool,
-    _checked,
-    _bin_stats,
-    _brier_per_sample,
-    _ce_from_stats,
-    _check_bootstrap_args,
-    _check_n_bins,
-    _classwise_from_stats,
-    _classwise_stats,
-    _confidence_correct,
-    _debiased_sq_from_stats,
-    _gap_from_stats,
-    _gap_of,
-    _log_prob_true,
-    _mass_bins,
-    _percentile_bootstrap,
-    _smece,
-    _to_probs,
-    _width_bins,
-    bootstrap_ci,
+from labelsmooth.calibration._stats import (
+    bin_stats,
+    brier_per_sample,
+    ce_from_stats,
+    check_bool,
+    check_bootstrap_args,
+    check_n_bins,
+    checked,
+    classwise_from_stats,
+    classwise_stats,
+    confidence_correct,
+    debiased_sq_from_stats,
+    gap_from_stats,
+    gap_of,
+    log_prob_true,
+    mass_bins,
+    percentile_bootstrap,
+    smece,
+    to_probs,
+    width_bins,
 )
+from labelsmooth.calibration.metrics import BootstrapCI, bootstrap_ci
 
 __all__ = ["BinnedCalibrationMeter", "SampleCalibrationMeter"]
 
@@ -100,13 +99,13 @@ class BinnedCalibrationMeter:
         from_logits: bool = False,
         validate: bool | None = None,
     ):
-        self.n_bins = _check_n_bins(n_bins)
+        self.n_bins = check_n_bins(n_bins)
         if num_classes is not None and (
             isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
         ):
             raise fail("num_classes", "an int >= 2 or None", num_classes)
         self.num_classes = num_classes
-        self.from_logits = _check_bool("from_logits", from_logits)
+        self.from_logits = check_bool("from_logits", from_logits)
         self.validate = check_validate(validate)
         self._state: dict[str, torch.Tensor] | None = None
 
@@ -133,6 +132,10 @@ class BinnedCalibrationMeter:
             km = (self.num_classes, m)
             shapes.update({"cw_counts": km, "cw_sum_p": km, "cw_sum_y": km})
         return shapes
+
+    def state_shapes(self, parts: tuple[str, ...] | None = None) -> dict[str, tuple[int, ...]]:
+        """Name and shape of each float64 state tensor (see :meth:`batch_state` for ``parts``)."""
+        return self._shapes(parts)
 
     def _zeros(self, device: torch.device) -> dict[str, torch.Tensor]:
         return {
@@ -176,7 +179,7 @@ class BinnedCalibrationMeter:
         its ``Metric`` states, so both accumulate the same numbers.  ``parts`` as in the state
         layout: a subset of ``("nll", "brier", "classwise")``, by default the meter's own.
         """
-        x, y = _checked(probs, labels, self.from_logits, self.validate)
+        x, y = checked(probs, labels, self.from_logits, self.validate)
         if self.num_classes is not None and x.shape[1] != self.num_classes:
             raise fail(
                 "probs",
@@ -184,19 +187,19 @@ class BinnedCalibrationMeter:
                 _Shown(f"{x.shape[1]} columns"),
             )
         parts = self._parts() if parts is None else parts
-        p = _to_probs(x, self.from_logits)
-        conf, correct = _confidence_correct(p, y)
-        counts, s_conf, s_corr = _bin_stats(
-            _width_bins(conf, self.n_bins), conf, correct, self.n_bins
+        p = to_probs(x, self.from_logits)
+        conf, correct = confidence_correct(p, y)
+        counts, s_conf, s_corr = bin_stats(
+            width_bins(conf, self.n_bins), conf, correct, self.n_bins
         )
         out = {"counts": counts, "sum_conf": s_conf, "sum_correct": s_corr}
         if "nll" in parts:
-            logp = _log_prob_true(x if self.from_logits else p, y, self.from_logits)
+            logp = log_prob_true(x if self.from_logits else p, y, self.from_logits)
             out["sum_nll"] = -logp.sum()
         if "brier" in parts:
-            out["sum_brier"] = _brier_per_sample(p, y).sum()
+            out["sum_brier"] = brier_per_sample(p, y).sum()
         if "classwise" in parts:
-            c, sp, sy = _classwise_stats(p, y, self.n_bins)
+            c, sp, sy = classwise_stats(p, y, self.n_bins)
             out.update({"cw_counts": c, "cw_sum_p": sp, "cw_sum_y": sy})
         return out
 
@@ -292,7 +295,7 @@ def results_from_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     if "sum_brier" in state:
         out["brier"] = state["sum_brier"] / n
     if "cw_counts" in state:
-        out["classwise_ece"] = _classwise_from_stats(
+        out["classwise_ece"] = classwise_from_stats(
             state["cw_counts"], state["cw_sum_p"], state["cw_sum_y"]
         )
     return out
@@ -304,13 +307,13 @@ def _results_from_bin_stats(
     """The binned metrics of per-bin sums, whichever binning made them."""
     stats = (counts, sum_conf, sum_correct)
     n = counts.sum()
-    gap = _gap_from_stats(*stats)
-    sq = _debiased_sq_from_stats(*stats)
+    gap = gap_from_stats(*stats)
+    sq = debiased_sq_from_stats(*stats)
     return {
         "n": n,
-        "ece": _ce_from_stats(*stats, "l1"),
-        "mce": _ce_from_stats(*stats, "max"),
-        "rms_ce": _ce_from_stats(*stats, "l2"),
+        "ece": ce_from_stats(*stats, "l1"),
+        "mce": ce_from_stats(*stats, "max"),
+        "rms_ce": ce_from_stats(*stats, "l2"),
         "debiased_ce": sq.clamp_min(0.0).sqrt(),
         "debiased_ce_squared": sq,
         "gap": gap.overall,
@@ -326,8 +329,8 @@ def sample_bin_stats(
     conf: torch.Tensor, correct: torch.Tensor, n_bins: int, binning: str = "width"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-bin sums of per-sample ``(confidence, correct)`` with equal-width or equal-mass bins."""
-    bins = _width_bins(conf, n_bins) if binning == "width" else _mass_bins(conf, correct, n_bins)
-    return _bin_stats(bins, conf, correct, n_bins)
+    bins = width_bins(conf, n_bins) if binning == "width" else mass_bins(conf, correct, n_bins)
+    return bin_stats(bins, conf, correct, n_bins)
 
 
 def results_from_samples(
@@ -378,9 +381,9 @@ class SampleCalibrationMeter:
         keep_probs: bool = False,
         validate: bool | None = None,
     ):
-        self.n_bins = _check_n_bins(n_bins)
-        self.from_logits = _check_bool("from_logits", from_logits)
-        self.keep_probs = _check_bool("keep_probs", keep_probs)
+        self.n_bins = check_n_bins(n_bins)
+        self.from_logits = check_bool("from_logits", from_logits)
+        self.keep_probs = check_bool("keep_probs", keep_probs)
         self.validate = check_validate(validate)
         self.reset()
 
@@ -402,9 +405,9 @@ class SampleCalibrationMeter:
         ``correct`` is float64 0/1.  :meth:`update` keeps them; so does the torchmetrics
         integration, in its ``Metric`` states.
         """
-        x, y = _checked(probs, labels, self.from_logits, self.validate)
-        p = _to_probs(x, self.from_logits)
-        conf, correct = _confidence_correct(p, y)
+        x, y = checked(probs, labels, self.from_logits, self.validate)
+        p = to_probs(x, self.from_logits)
+        conf, correct = confidence_correct(p, y)
         return conf, correct.to(torch.float64), p, y
 
     def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
@@ -452,15 +455,15 @@ class SampleCalibrationMeter:
         if name in ("ece", "mce", "rms_ce", "debiased_ce"):
             stats = sample_bin_stats(conf, correct, m, "width")
             if name == "debiased_ce":
-                return float(_debiased_sq_from_stats(*stats).clamp_min(0.0).sqrt())
+                return float(debiased_sq_from_stats(*stats).clamp_min(0.0).sqrt())
             norm = {"ece": "l1", "mce": "max", "rms_ce": "l2"}[name]
-            return float(_ce_from_stats(*stats, norm))
+            return float(ce_from_stats(*stats, norm))
         if name == "adaptive_ece":
-            return float(_ce_from_stats(*sample_bin_stats(conf, correct, m, "mass"), "l1"))
+            return float(ce_from_stats(*sample_bin_stats(conf, correct, m, "mass"), "l1"))
         if name == "smooth_ece":
-            return _smece(conf, correct, None)[0]
+            return smece(conf, correct, None)[0]
         if name == "gap":
-            return float(_gap_of(conf, correct))
+            return float(gap_of(conf, correct))
         if name == "accuracy":
             return float(correct.mean())  # correct is 0/1 per sample, as in metrics.accuracy
         raise fail("metric", f"one of {_SAMPLE_METRICS} or a callable", name)
@@ -477,7 +480,7 @@ class SampleCalibrationMeter:
         for name in _SAMPLE_METRICS:
             if name != "smooth_ece":
                 out[name] = torch.tensor(self._metric(name, conf, correct), dtype=torch.float64)
-        sm, bw = _smece(conf, correct, None)
+        sm, bw = smece(conf, correct, None)
         out["smooth_ece"] = torch.tensor(sm, dtype=torch.float64)
         out["smooth_bandwidth"] = torch.tensor(bw, dtype=torch.float64)
         if self.keep_probs:
@@ -508,7 +511,7 @@ class SampleCalibrationMeter:
         this is :func:`~labelsmooth.calibration.bootstrap_ci` on the kept data.  Named metrics
         resample with the same generator stream, so they give the same interval as the function.
         """
-        _check_bootstrap_args(n_resamples, alpha, seed)
+        check_bootstrap_args(n_resamples, alpha, seed)
         if callable(metric):
             p, y = self.probs_labels()
             return bootstrap_ci(
@@ -519,7 +522,7 @@ class SampleCalibrationMeter:
         conf, correct = self.tensors()
         self._metric(metric, conf[:1], correct[:1])  # validates the name early
         estimate = self._metric(metric, conf, correct)
-        low, high = _percentile_bootstrap(
+        low, high = percentile_bootstrap(
             lambda idx: self._metric(metric, conf[idx], correct[idx]),
             conf.shape[0],
             conf.device,

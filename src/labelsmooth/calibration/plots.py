@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from labelsmooth.calibration.metrics import (
-    _bin_stats,
-    _ce_from_stats,
-    _check_n_bins,
-    _confidence_correct,
-    _prepare,
-    _width_bins,
+from labelsmooth.calibration._stats import (
+    bin_stats,
+    ce_from_stats,
+    check_n_bins,
+    confidence_correct,
+    prepare,
+    width_bins,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,10 +51,10 @@ def _require_matplotlib() -> None:
 
 
 def _diagram_data(probs: Any, labels: Any, n_bins: int, from_logits: bool) -> dict[str, Any]:
-    p, y = _prepare(probs, labels, from_logits)
-    conf, correct = _confidence_correct(p, y)
-    counts, s_conf, s_acc = _bin_stats(_width_bins(conf, n_bins), conf, correct, n_bins)
-    ece = float(_ce_from_stats(counts, s_conf, s_acc, "l1"))
+    p, y = prepare(probs, labels, from_logits)
+    conf, correct = confidence_correct(p, y)
+    counts, s_conf, s_acc = bin_stats(width_bins(conf, n_bins), conf, correct, n_bins)
+    ece = float(ce_from_stats(counts, s_conf, s_acc, "l1"))
     n = int(counts.sum())
     c = counts.cpu().tolist()
     conf_b = [sc / k if k else math.nan for sc, k in zip(s_conf.cpu().tolist(), c)]
@@ -256,7 +256,7 @@ def reliability_diagram(
         2
     """
     _require_matplotlib()
-    n_bins = _check_n_bins(n_bins)
+    n_bins = check_n_bins(n_bins)
     data = _diagram_data(probs, labels, n_bins, from_logits)
     if ax is None:
         from matplotlib.figure import Figure
@@ -299,7 +299,7 @@ def reliability_diagrams(
     _require_matplotlib()
     from matplotlib.figure import Figure
 
-    n_bins = _check_n_bins(n_bins)
+    n_bins = check_n_bins(n_bins)
     if not isinstance(models, Mapping) or len(models) == 0:
         raise ValueError(
             f"models must be a non-empty mapping name -> (probs, labels), got {models!r}"

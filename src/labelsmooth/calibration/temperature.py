@@ -23,13 +23,13 @@ from typing import Any, NamedTuple
 import torch
 
 from labelsmooth._validation import _Shown, check_choice, fail, should_check_values, tensor_value
-from labelsmooth.calibration.metrics import (
-    _as_tensor,
-    _bin_stats,
-    _ce_from_stats,
-    _check_n_bins,
-    _checked,
-    _width_bins,
+from labelsmooth.calibration._stats import (
+    as_tensor,
+    bin_stats,
+    ce_from_stats,
+    check_n_bins,
+    checked,
+    width_bins,
 )
 
 __all__ = ["TemperatureFit", "apply_temperature", "fit_temperature"]
@@ -64,7 +64,7 @@ def _check_temperature(temperature: Any, validate: bool | None = None) -> None:
             raise fail(
                 "temperature",
                 expected,
-                _Shown(f"a tensor of shape {tuple(temperature.shape)} and dtype {temperature.dtype}"),
+                tensor_value(temperature, limit=0),
             )
         # Reading the value is a host-device sync on accelerators: CPU by default, as the losses.
         if should_check_values(validate, temperature):
@@ -96,7 +96,7 @@ def apply_temperature(
         >>> apply_temperature(torch.tensor([[2.0, -1.0]]), 2.0)
         tensor([[ 1.0000, -0.5000]])
     """
-    logits = _as_tensor(logits, "logits")
+    logits = as_tensor(logits, "logits")
     if not logits.is_floating_point():
         raise fail("logits", "a floating-point tensor", logits.dtype, TypeError)
     _check_temperature(temperature, validate)
@@ -108,7 +108,7 @@ def apply_temperature(
 def _validate(logits: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
     # The metrics' shape, dtype and value checks, always (fitting reads values to the host anyway,
     # so checking costs no extra sync), then finiteness: a fit needs finite logits.
-    z, y = _checked(logits, labels, True, check=True, arg="logits")
+    z, y = checked(logits, labels, True, check=True, arg="logits")
     bad = ~torch.isfinite(z).all(dim=1)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
@@ -192,8 +192,8 @@ def _ece_at(z: torch.Tensor, labels: torch.Tensor, temperature: float, n_bins: i
     zmax = z.gather(1, pred[:, None]).squeeze(1)
     conf = 1.0 / torch.exp((z - zmax[:, None]) / temperature).sum(dim=1)
     correct = (pred == labels).to(torch.float64)
-    stats = _bin_stats(_width_bins(conf, n_bins), conf, correct, n_bins)
-    return float(_ce_from_stats(*stats, "l1"))
+    stats = bin_stats(width_bins(conf, n_bins), conf, correct, n_bins)
+    return float(ce_from_stats(*stats, "l1"))
 
 
 def _fit_ece(
@@ -267,7 +267,7 @@ def fit_temperature(
         (True, True)
     """
     check_choice("objective", objective, _OBJECTIVES)
-    n_bins = _check_n_bins(n_bins)
+    n_bins = check_n_bins(n_bins)
     for name, v in (("t_min", t_min), ("t_max", t_max)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise fail(name, "a positive finite float", v, TypeError)

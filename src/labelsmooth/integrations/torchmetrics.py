@@ -1,4 +1,4 @@
-"""Calibration metrics as ``torchmetrics.Metric`` classes (``pip install labelsmooth[torchmetrics]``).
+"""Calibration metrics as ``torchmetrics.Metric`` classes (extra: ``labelsmooth[torchmetrics]``).
 
 Each class keeps the state of a :mod:`labelsmooth.calibration` meter in torchmetrics states, so it
 behaves as any torchmetrics metric: ``update``/``compute``/``reset``/``forward``, states summed (or
@@ -97,7 +97,7 @@ class _CalibrationMetric(Metric):
                 n_bins, num_classes, from_logits=from_logits, validate=validate
             )
             self._parts = parts
-            for name, shape in self._meter._shapes(parts).items():
+            for name, shape in self._meter.state_shapes(parts).items():
                 self.add_state(
                     name,
                     default=torch.zeros(shape, dtype=torch.float64),
@@ -158,7 +158,8 @@ class ExpectedCalibrationError(_CalibrationMetric):
 
     Example:
         >>> metric = ExpectedCalibrationError(n_bins=10, norm="max")
-        >>> metric.update(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]]), torch.tensor([0, 1, 1]))
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> metric.update(probs, torch.tensor([0, 1, 1]))
         >>> round(metric.compute().item(), 4)
         0.6
     """
@@ -182,7 +183,7 @@ class ExpectedCalibrationError(_CalibrationMetric):
 
 
 class DebiasedCalibrationError(_CalibrationMetric):
-    r"""Debiased L2 calibration error, as :func:`~labelsmooth.calibration.debiased_calibration_error`.
+    r"""Debiased L2 calibration error: :func:`~labelsmooth.calibration.debiased_calibration_error`.
 
     .. math::
         \widehat{\mathrm{CE}}^2 = \sum_{m: n_m \ge 2} \frac{n_m}{N}\Bigl[(\mathrm{conf}_m -
@@ -228,7 +229,8 @@ class SignedCalibrationGap(_CalibrationMetric):
 
     Example:
         >>> metric = SignedCalibrationGap()
-        >>> metric.update(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]]), torch.tensor([0, 1, 1]))
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> metric.update(probs, torch.tensor([0, 1, 1]))
         >>> round(metric.compute().item(), 4)
         0.0667
     """
@@ -286,7 +288,8 @@ class ClasswiseCalibrationError(_CalibrationMetric):
 
     Example:
         >>> metric = ClasswiseCalibrationError(num_classes=2, n_bins=2)
-        >>> metric.update(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]]), torch.tensor([0, 1, 1]))
+        >>> probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+        >>> metric.update(probs, torch.tensor([0, 1, 1]))
         >>> round(metric.compute().item(), 4)
         0.2667
     """
