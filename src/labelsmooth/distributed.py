@@ -41,12 +41,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 
 from labelsmooth import _validation as V
+from labelsmooth._comm import collective_device
 from labelsmooth.functional import (
     Reduction,
     WeightMode,
@@ -115,23 +117,13 @@ def vocab_shard_range(local_width: int, group: Group = None) -> tuple[int, int]:
 
 
 def _all_gather_widths(width: int, group: Any, world: int) -> list[int]:
-    device = _collective_device(group)
-    mine = torch.tensor([width], dtype=torch.long, device=device)
+    mine = torch.tensor([width], dtype=torch.long, device=collective_device(group))
     out = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(out, mine, group=group)
     return [int(t) for t in out]
 
 
-def _collective_device(group: Any) -> torch.device:
-    """The device collectives of ``group`` run on: CUDA for NCCL, else CPU."""
-    backend = dist.get_backend(group)
-    if "nccl" in str(backend).lower() and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _layout(local_width: int, group: Any, world: int, rank: int, vocab_start: int | None,
-            vocab_size: int | None) -> tuple[int, int]:
+def _check_layout_args(vocab_start: int | None, vocab_size: int | None) -> None:
     for name, value in (("vocab_start", vocab_start), ("vocab_size", vocab_size)):
         if value is None:
             continue
@@ -139,21 +131,226 @@ def _layout(local_width: int, group: Any, world: int, rank: int, vocab_start: in
             raise V.fail(name, "None or a non-negative int", value, TypeError)
         if value < 0:
             raise V.fail(name, "None or a non-negative int", value)
+
+
+def _check_range(starts: list[int], sizes: list[int], widths: list[int], ranks: list[int]) -> None:
+    """The same layout errors on every rank: ``ranks`` name the entries (one rank: no name)."""
+    where = (lambda r: "") if len(ranks) == 1 else (lambda r: f" on rank {r}")
+    for i, r in enumerate(ranks):
+        if sizes[i] < 1:
+            raise V.fail("vocab_size", f"at least 1 (the global number of classes){where(r)}",
+                         sizes[i])
+        if starts[i] + widths[i] > sizes[i]:
+            raise V.fail("vocab_start", f"at most vocab_size - local width = {sizes[i]} - "
+                         f"{widths[i]}{where(r)}", starts[i])
+
+
+# --------------------------------------------------------------------------------------------
+# Agreement across ranks: one fingerprint of the call, exchanged before the loss's collectives
+# --------------------------------------------------------------------------------------------
+#
+# Ranks that disagree on the batch, the options, or whether a prior/weight was given would enter
+# collectives of different sizes (gloo: a hang or a native abort) or return different losses; a
+# rank whose own argument check fails would leave the others blocked in the next collective. So
+# every rank validates locally, catching its error, then joins ONE exchange of a fixed-size int64
+# fingerprint (the shard-width all_gather that the default layout needs anyway): status, width,
+# rows, dtype, options, prior/weight given, ... Every rank then sees the same table and raises the
+# same error. The options (not the rows) also ride in the forward's MAX all-reduce, for free, so
+# that with vocab_start/vocab_size given (no exchange) disagreeing options are still caught.
+
+_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_CHOICES = {"reduction": ("none", "mean", "sum"), "spread": ("all", "others"),
+            "weight_mode": ("torch", "target")}
+_INT64 = (-(2**63), 2**63 - 1)
+_SAME = "to be the same on every rank of the group"
+
+
+def _f2i(v: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(v)))[0]
+
+
+def _i2f(i: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", int(i)))[0]
+
+
+@dataclasses.dataclass
+class _Call:
+    """What the ranks of a group must agree on about one loss call (its fingerprint)."""
+
+    rows_arg: str                      # "local_logits" or "hidden"
+    weight_arg: str                    # "weight" or "class_weight"
+    rows: int = 0
+    width: int = 0
+    dtype: torch.dtype | None = None
+    opts: Any = None
+    prior: bool = False
+    weight: bool = False
+    check_values: bool = False
+    hidden_size: int = 0               # linear variant: H (the backward all-reduces an (N, H) sum)
+    hidden_grad: bool = False          # linear variant: whether that backward all-reduce happens
+    vocab_start: int | None = None
+    vocab_size: int | None = None
+
+    def items(self) -> list[tuple[str, str, str, Any]]:
+        """(argument, expectation, kind, value) of every entry the ranks must agree on."""
+        o = self.opts
+        out = [(self.rows_arg, "to have the same number of rows (target elements) on every rank "
+                "of the group", "rows", self.rows),
+               (self.rows_arg, "to have the same dtype on every rank of the group", "dtype",
+                _DTYPES.index(self.dtype) if self.dtype in _DTYPES else -1)]
+        if self.rows_arg == "hidden":
+            out.append(("hidden", "to have the same size (last dimension) on every rank of the "
+                        "group", "int", self.hidden_size))
+        out += [("label_smoothing", _SAME, "float", o.label_smoothing if o else 0.0),
+                ("spread", _SAME, "spread", _CHOICES["spread"].index(o.spread) if o else 0),
+                ("ignore_index", _SAME, "int", o.ignore_index if o else 0),
+                ("reduction", _SAME, "reduction",
+                 _CHOICES["reduction"].index(o.reduction) if o else 0),
+                ("weight_mode", _SAME, "weight_mode",
+                 _CHOICES["weight_mode"].index(o.weight_mode) if o else 0),
+                ("z_loss", _SAME, "float", o.z_loss if o else 0.0),
+                ("softcap", _SAME, "softcap", (o.softcap or 0.0) if o else 0.0),
+                ("prior", "to be given on every rank of the group or on none", "given",
+                 self.prior),
+                (self.weight_arg, "to be given on every rank of the group or on none", "given",
+                 self.weight),
+                ("validate", "to select value checks on every rank of the group or on none "
+                 "(validate=None checks on CPU only)", "checks", self.check_values)]
+        if self.rows_arg == "hidden":
+            out.append(("hidden", "to require grad on every rank of the group or on none "
+                        "(its gradient is summed over the ranks in backward)", "grad",
+                        self.hidden_grad))
+        return out
+
+    def vector(self, status: int) -> list[int]:
+        """The int64 fingerprint: status, width, given layout, then every item (floats as bits)."""
+        head = [status, self.width,
+                -1 if self.vocab_start is None else self.vocab_start,
+                -1 if self.vocab_size is None else self.vocab_size]
+        vals = [_f2i(v) if kind in ("float", "softcap") else int(v)
+                for _, _, kind, v in self.items()]
+        return [min(max(v, _INT64[0]), _INT64[1]) for v in head + vals]
+
+    def floats(self) -> list[float]:
+        """The items as float64 (the copy that rides in the MAX all-reduce)."""
+        return [float(v) for _, _, _, v in self.items()]
+
+
+def _show(kind: str, v: Any) -> str:
+    if kind == "rows":
+        return f"{int(v)} rows"
+    if kind == "dtype":
+        return str(_DTYPES[int(v)]) if 0 <= int(v) < len(_DTYPES) else "another dtype"
+    if kind in _CHOICES:
+        return repr(_CHOICES[kind][int(v)])
+    if kind == "float":
+        return repr(float(v))
+    if kind == "softcap":
+        return "None" if float(v) == 0.0 else repr(float(v))
+    if kind == "given":
+        return "one" if v else "none"
+    if kind == "checks":
+        return "value checks" if v else "no value checks"
+    if kind == "grad":
+        return "requires_grad" if v else "no grad"
+    return repr(int(v))
+
+
+def _odd_one(values: list) -> tuple[int, int] | None:
+    """(disagreeing rank, a rank holding the most common value), or None if all agree."""
+    if all(v == values[0] for v in values):
+        return None
+    counts = {v: values.count(v) for v in values}
+    common = max(values, key=lambda v: (counts[v], -values.index(v)))
+    return next(r for r, v in enumerate(values) if v != common), values.index(common)
+
+
+class _RankTypeError(TypeError, ValueError):
+    """A TypeError on the rank that made it, raised on every rank: also a ValueError there."""
+
+
+def _exchange_errors(table: torch.Tensor, err: BaseException | None, group: Any, world: int,
+                     rank: int, device: torch.device) -> None:
+    """Raise the same error on every rank if some rank's local checks failed (status column)."""
+    failed = [r for r in range(world) if int(table[r, 0]) != 0]
+    if not failed:
+        return
+    # Error path only: one more all_gather, of each rank's message (fixed size, UTF-8).
+    size = 2048
+    kind = 0 if err is None else (2 if isinstance(err, TypeError) else
+                                  1 if isinstance(err, ValueError) else 3)
+    text = b"" if err is None else (
+        str(err) if kind in (1, 2) else f"{type(err).__name__}: {err}").encode()[: size - 3]
+    buf = torch.zeros(size, dtype=torch.uint8)
+    buf[0], buf[1], buf[2] = kind, len(text) // 256, len(text) % 256
+    if text:
+        buf[3:3 + len(text)] = torch.tensor(list(text), dtype=torch.uint8)
+    buf = buf.to(device)
+    out = [torch.zeros_like(buf) for _ in range(world)]
+    dist.all_gather(out, buf, group=group)
+    msgs = []
+    for r in failed:
+        b = out[r].cpu()
+        n = int(b[1]) * 256 + int(b[2])
+        msgs.append((int(b[0]), bytes(b[3:3 + n].tolist()).decode(errors="replace")))
+    if len(failed) == world and len(set(msgs)) == 1 and err is not None:
+        raise err  # every rank made the same mistake: the error of one process, unchanged
+    k, text = msgs[0]
+    also = (f" (also rejected on ranks {failed[1:]})" if len(failed) > 1 else "")
+    message = (f"Expected every rank of the group to accept its arguments, but rank {failed[0]} "
+               f"rejected them{also}: {text}")
+    exc = _RankTypeError(message) if k == 2 else ValueError(message)
+    if err is not None:
+        raise exc from err
+    raise exc
+
+
+def _agree(call: _Call, err: BaseException | None, group: Any, world: int, rank: int,
+           device: torch.device | None, validate: Any) -> tuple[int, int, bool]:
+    """(vocab_start, vocab_size, exchanged) once every rank agrees; else the same error on all.
+
+    The fingerprint travels in the shard-width ``all_gather`` that the default layout needs
+    anyway. With ``vocab_start`` and ``vocab_size`` both given there is no such exchange and none
+    is added (unless ``validate=True``): a failed local check then raises on its own rank only.
+    """
     if world == 1:
-        start = 0 if vocab_start is None else vocab_start
-        size = start + local_width if vocab_size is None else vocab_size
-    elif vocab_start is not None and vocab_size is not None:
-        start, size = vocab_start, vocab_size
-    else:
-        widths = _all_gather_widths(local_width, group, world)
-        start = sum(widths[:rank]) if vocab_start is None else vocab_start
-        size = sum(widths) if vocab_size is None else vocab_size
-    if start + local_width > size:
-        raise V.fail("vocab_start", f"at most vocab_size - local width = {size} - {local_width}",
-                     start)
-    if size < 1:
-        raise V.fail("vocab_size", "at least 1 (the global number of classes)", size)
-    return start, size
+        if err is not None:
+            raise err
+        start = 0 if call.vocab_start is None else call.vocab_start
+        size = start + call.width if call.vocab_size is None else call.vocab_size
+        _check_range([start], [size], [call.width], [rank])
+        return start, size, False
+    if call.vocab_start is not None and call.vocab_size is not None and validate is not True:
+        if err is not None:
+            raise err
+        _check_range([call.vocab_start], [call.vocab_size], [call.width], [rank])
+        return call.vocab_start, call.vocab_size, False
+    comm = collective_device(group, device)
+    mine = torch.tensor(call.vector(0 if err is None else 1), dtype=torch.long, device=comm)
+    out = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(out, mine, group=group)
+    table = torch.stack(out).cpu()
+    _exchange_errors(table, err, group, world, rank, comm)
+    cols = table.tolist()
+    for j, (arg, expected, kind, _) in enumerate(call.items()):
+        vals = [row[4 + j] for row in cols]
+        odd = _odd_one(vals)
+        if odd is not None:
+            r, r0 = odd
+            show = (lambda v: _show(kind, _i2f(v))) if kind in ("float", "softcap") else (
+                lambda v: _show(kind, v))
+            raise ValueError(f"Expected `{arg}` {expected}, but rank {r} has {show(vals[r])} "
+                             f"where rank {r0} has {show(vals[r0])}.")
+    widths = [row[1] for row in cols]
+    starts = [row[2] if row[2] >= 0 else sum(widths[:q]) for q, row in enumerate(cols)]
+    sizes = [row[3] if row[3] >= 0 else sum(widths) for row in cols]
+    odd = _odd_one(sizes)
+    if odd is not None:
+        r, r0 = odd
+        raise ValueError(f"Expected `vocab_size` {_SAME}, but rank {r} has {sizes[r]} where "
+                         f"rank {r0} has {sizes[r0]}.")
+    _check_range(starts, sizes, widths, list(range(world)))
+    return starts[rank], sizes[rank], True
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,13 +476,14 @@ class _SumAcrossRanks(torch.autograd.Function):
 
 def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
              scalars: list[torch.Tensor], group: Any, world: int, differentiable: bool = False,
-             maxed: torch.Tensor | None = None
+             maxed: torch.Tensor | None = None, on_max: Any = None
              ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
     r"""Global lse and summed rows/scalars: one MAX and one SUM all-reduce of per-row vectors.
 
     ``m_r``/``se_r``: this shard's row max and sum of exponentials relative to it (relative to 0
     where the max is ±inf). ``maxed`` (a few numbers) rides along in the MAX all-reduce, returned
-    reduced. The sums travel and are combined in float64 whatever the logits' dtype (O(N)
+    reduced; ``on_max(maxed)`` is called before the SUM all-reduce. The sums travel and are
+    combined in float64 whatever the logits' dtype (O(N)
     numbers, so the shard order adds almost no rounding); the results come back in the accumulation
     dtype, with :math:`\mathrm{lse} = M + \log \sum_r e_r e^{m_r - M}` formed in that dtype
     exactly as a single process forms :math:`m + \log \mathrm{sumexp}` (float32 lse values then
@@ -301,6 +499,8 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
     m = m_r.clone() if maxed is None else torch.cat([m_r, maxed.to(m_r.dtype)])
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
     m, maxed = finite_or_zero(m[:n]), (None if maxed is None else m[n:])
+    if on_max is not None and maxed is not None:  # before the SUM: ranks that disagree stop here
+        on_max(maxed)
     # Each share rescaled to the global max, guarded as ops._math.merge_max_sumexp: sums are
     # relative to finite_or_zero(own max), and an empty share (sum 0) adds exactly 0.
     share = torch.where(se_r == 0, torch.zeros_like(se_r),
@@ -317,17 +517,58 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
     return lse, list(stacked[1:]), [t.to(acc) for t in flat[k * n:]], maxed
 
 
-def _target_checksums(target: torch.Tensor) -> torch.Tensor:
-    """[c1, c2, −c1, −c2]: two position-weighted checksums of the targets, exact in float32.
+def _target_checksums(target: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[c1, c2]: two position-weighted checksums of the targets, exact in float32, on ``device``.
 
-    After a MAX all-reduce, ``max(c) == −max(−c)`` on every rank iff all ranks had the same c.
+    They are computed where the target lives and sent to ``device`` (the logits' device, where the
+    MAX all-reduce runs): a CPU target with CUDA logits is fine. After a MAX all-reduce of
+    ``[c, −c]``, ``max(c) == −max(−c)`` on every rank iff all ranks had the same c.
     """
     y = target.to(torch.long) + 1
     n = torch.arange(y.numel(), device=y.device)
     c1 = ((y * (n % 97 + 1)) % 1048573).sum() % 1048573  # primes < 2**20: exact in float32
     c2 = ((y * (n % 89 + 3)) % 1048571).sum() % 1048571
-    c = torch.stack([c1, c2])
-    return torch.cat([c, -c])
+    return torch.stack([c1, c2]).to(device)
+
+
+def _agreement_vector(st_target: torch.Tensor, call: _Call | None, bad: bool, world: int,
+                      rank: int, device: torch.device) -> torch.Tensor:
+    """``[v, −v]`` with v = [target checksums (2), lowest-bad-rank flag, call items (float64)].
+
+    It rides in the forward's MAX all-reduce (no extra collective): afterwards each entry's max
+    and min over the ranks are known on every rank. The call's items are left out (``call`` None)
+    when the fingerprint exchange has already compared them.
+    """
+    f64 = torch.float64
+    flag = float(world - rank) if bad else 0.0
+    items = call.floats() if call is not None else []
+    v = torch.cat([_target_checksums(st_target, device).to(f64),
+                   torch.tensor([flag, *items], dtype=f64, device=device)])
+    return torch.cat([v, -v])
+
+
+def _check_agreement(st: _Setup, maxed: torch.Tensor) -> None:
+    """Raise the same error on every rank from the MAX-reduced agreement vector."""
+    half = maxed.numel() // 2
+    hi, lo = maxed[:half].tolist(), (-maxed[half:]).tolist()
+    for j, (arg, expected, kind, _) in enumerate(st.call.items() if half > 3 else []):
+        if hi[3 + j] != lo[3 + j]:
+            raise ValueError(f"Expected `{arg}` {expected}, but the ranks hold values from "
+                             f"{_show(kind, lo[3 + j])} to {_show(kind, hi[3 + j])} (compared in "
+                             "the forward's MAX all-reduce; pass validate=True to name the rank).")
+    if hi[2] > 0:  # some rank holds a target out of [0, K)
+        if lo[2] > 0 and st.bad_target is not None:
+            raise st.bad_target  # on every rank: the single-process error
+        r = st.world - int(hi[2])
+        exc = V.fail("target", f"class indices in [0, {st.size}) or ignore_index="
+                     f"{st.opts.ignore_index} on every rank of the group",
+                     f"a target with a class index outside them on rank {r}")
+        raise exc from st.bad_target
+    if hi[:2] != lo[:2]:
+        lo_c, hi_c = tuple(int(c) for c in lo[:2]), tuple(int(c) for c in hi[:2])
+        raise V.fail("target", "the same tensor on every rank of the group (its two checksums "
+                     "differ between ranks)", f"a target of shape {tuple(st.target.shape)} with "
+                     f"checksums from {lo_c} to {hi_c}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,25 +639,48 @@ class _Setup:
     acc: torch.dtype
     w_share: torch.Tensor | None   # (R,) w_y if this rank owns the target, else 0
     scalars: list[torch.Tensor]    # S share (vector shares), prior-sum share (validation)
-    checksums: torch.Tensor | None  # target checksums (validation, more than one rank)
+    agree: torch.Tensor | None     # rides in the MAX all-reduce (validation, several ranks)
+    call: _Call                    # what the ranks must agree on
+    bad_target: Exception | None   # this rank's out-of-range target error, raised after the MAX
 
 
-def _setup(target, width, start, size, weight, prior, opts, device, acc, check_values, group,
-           world) -> _Setup:
-    """Fold convention, weights and ignore mask into coefficients for this shard (no collective)."""
-    eps = opts.label_smoothing
-    if prior is not None and opts.spread == "others":
+def _check_prior_shard(prior: torch.Tensor | None, opts: Any, check_values: bool) -> None:
+    """This rank's local prior checks (before any collective)."""
+    if prior is None:
+        return
+    if opts.spread == "others":
         raise V.fail("prior", 'None when spread="others" (a prior replaces the uniform share of '
                      'spread="all")', f"a tensor of shape {tuple(prior.shape)}")
-    if opts.spread == "others" and size < 2:
-        raise V.fail("vocab_size", 'at least 2 with spread="others"', size)
-    if prior is not None and check_values:
+    if check_values:
         p = prior.detach().double()
         bad = ~torch.isfinite(p) | (p < 0)
         if bool(bad.any()):  # the first bad entry, not the whole (vocabulary-sized) shard
             i = int(bad.nonzero()[0, 0])
             raise V.fail("prior", "a distribution shard (finite, non-negative entries; entry "
                          f"{i} of this rank's {p.numel()} is not)", float(p[i]))
+
+
+def _setup(target, width, start, size, weight, prior, opts, device, acc, check_values, group,
+           world, rank: int = 0, call: _Call | None = None, exchanged: bool = True) -> _Setup:
+    """Fold convention, weights and ignore mask into coefficients for this shard (no collective).
+
+    The local checks (:func:`_check_prior_shard`, arguments) are done and agreed on before this.
+    An out-of-range target does not raise here when there are several ranks: it is flagged in
+    the agreement vector of the MAX all-reduce, after which every rank raises.
+    """
+    eps = opts.label_smoothing
+    if opts.spread == "others" and size < 2:  # K is global and agreed: the same on every rank
+        raise V.fail("vocab_size", 'at least 2 with spread="others"', size)
+    call = call if call is not None else _Call("local_logits", "weight")
+    bad_target = None
+    if check_values and target.numel() > 0:  # on the target's own device: one host read
+        yt = target.to(torch.long)
+        bad = (yt != opts.ignore_index) & ((yt < 0) | (yt >= size))
+        if bool(bad.any()):
+            bad_target = V.fail("target", f"class indices in [0, {size}) or ignore_index="
+                                f"{opts.ignore_index}", int(yt[bad][0]))
+            if world == 1:
+                raise bad_target
     # The prior shard cannot go through plan_index's length-K check; its share is folded in below
     # (a = 1 - ε with or without a prior, so the coefficients are the same). Until the weights of
     # the targets are all-reduced, w_y is a placeholder: ct/cs/cz are recomputed in _globals.
@@ -424,7 +688,7 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
     placeholder = None if weight is None else torch.zeros(target.shape[0], dtype=acc,
                                                           device=device)
     plan = plan_index(target, size, plan_opts, weight, device=device, acc=acc,
-                      check_values=check_values, w_y=placeholder)
+                      check_values=False, w_y=placeholder)
     s, s_uniform = plan.s, plan.s_uniform
     if prior is not None and eps != 0.0:
         # As plan_index: no smoothing term at all when ε = 0 (0·x_c is NaN at a −inf logit).
@@ -447,21 +711,19 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
         zero = torch.zeros_like(plan.w_y)
         w_loc = weight.detach().to(device=device, dtype=acc)
         w_share = torch.where(in_shard, w_loc[y_local], zero) if width > 0 else zero
-    checksums = _target_checksums(target) if check_values and world > 1 else None
+    agree = (_agreement_vector(target, None if exchanged else call, bad_target is not None,
+                               world, rank, device)
+             if check_values and world > 1 else None)
     return _Setup(opts, plan_opts, plan, sh, target, size, weight, prior, check_values, group,
-                  world, acc, w_share, scalars, checksums)
+                  world, acc, w_share, scalars, agree, call, bad_target)
 
 
 def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
     """All-reduce the shard partials; return (lse, x_y, Σ s·x, S, final plan) for every row."""
     rows = [xy_r, sx_r] + ([st.w_share] if st.w_share is not None else [])
-    lse, summed, tot, maxed = _combine(m_r, se_r, rows, st.scalars, st.group, st.world,
-                                       differentiable, st.checksums)
-    if maxed is not None and not torch.equal(maxed[:2], -maxed[2:]):
-        mine = tuple(int(c) for c in st.checksums[:2])
-        raise V.fail("target", "the same tensor on every rank of the group (the two checksums of "
-                     "this rank's target differ from another rank's)",
-                     f"a target of shape {tuple(st.target.shape)} with checksums {mine}")
+    lse, summed, tot, _ = _combine(m_r, se_r, rows, st.scalars, st.group, st.world,
+                                   differentiable, st.agree,
+                                   on_max=lambda maxed: _check_agreement(st, maxed))
     S = tot[0] if st.sh.s is not None else st.sh.s_uniform * st.size
     if st.prior is not None and st.check_values:
         # the single-process tolerance rule, over the global vocabulary
@@ -584,39 +846,50 @@ def vocab_parallel_cross_entropy(
         >>> torch.nn.functional.cross_entropy(x, torch.tensor([0, 1]), label_smoothing=0.1)
         tensor(0.4421)
     """
-    x_in = V.check_tensor("local_logits", local_logits)
-    if _is_dtensor(x_in):
+    x_in = local_logits
+    if _is_dtensor(x_in):  # the mesh is global: its errors are the same on every rank
         if group is not None or vocab_start is not None or vocab_size is not None:
             raise V.fail("group", "None (with vocab_start and vocab_size None) for DTensor logits, "
                          "whose mesh defines the sharding", group)
         class_dim = 1 if x_in.dim() >= 2 else 0
         x_in, group, vocab_start, vocab_size = _unwrap_dtensor(x_in, class_dim, "local_logits")
-    x_in = V.check_floating("local_logits", x_in)
-    target = _replicated_local(V.check_tensor("target", target), "target")
-    if x_in.dim() < 1:
-        raise V.fail("local_logits", "a tensor of shape (K_r), (N, K_r) or (N, K_r, d1, ..., dk)",
-                     tuple(x_in.shape))
-    opts = check_options(ignore_index, reduction, label_smoothing, spread, None, weight_mode,
-                         z_loss, softcap, "auto", False, validate)
-    width = x_in.shape[1] if x_in.dim() >= 2 else x_in.shape[0]
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
-    expected = tuple(x_in.shape[:1] + x_in.shape[2:]) if x_in.dim() >= 2 else ()
-    if tuple(target.shape) != expected:
-        raise V.fail("target", f"of shape {expected} to match local_logits {tuple(x_in.shape)}",
-                     tuple(target.shape))
-    weight = _check_class_shard("weight", weight, width)
-    prior = _check_class_shard("prior", prior, width)
-    engine = _engine(impl, x_in.device)
     group, world, rank = _group_info(group)
-    start, size = _layout(width, group, world, rank, vocab_start, vocab_size)
-    check_values = V.should_check_values(validate, x_in, target)
+    # Local checks; a failure is held until every rank has joined the agreement exchange.
+    call, err = _Call("local_logits", "weight", vocab_start=vocab_start, vocab_size=vocab_size), None
+    try:
+        x_in = V.check_floating("local_logits", V.check_tensor("local_logits", x_in))
+        target = _replicated_local(V.check_tensor("target", target), "target")
+        if x_in.dim() < 1:
+            raise V.fail("local_logits", "a tensor of shape (K_r), (N, K_r) or "
+                         "(N, K_r, d1, ..., dk)", tuple(x_in.shape))
+        opts = check_options(ignore_index, reduction, label_smoothing, spread, None, weight_mode,
+                             z_loss, softcap, "auto", False, validate)
+        width = x_in.shape[1] if x_in.dim() >= 2 else x_in.shape[0]
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
+        expected = tuple(x_in.shape[:1] + x_in.shape[2:]) if x_in.dim() >= 2 else ()
+        if tuple(target.shape) != expected:
+            raise V.fail("target", f"of shape {expected} to match local_logits "
+                         f"{tuple(x_in.shape)}", tuple(target.shape))
+        weight = _check_class_shard("weight", weight, width)
+        prior = _check_class_shard("prior", prior, width)
+        engine = _engine(impl, x_in.device)
+        _check_layout_args(vocab_start, vocab_size)
+        check_values = V.should_check_values(validate, x_in, target)
+        _check_prior_shard(prior, opts, check_values)
+        call = dataclasses.replace(call, rows=target.numel(), width=width, dtype=x_in.dtype,
+                                   opts=opts, prior=prior is not None, weight=weight is not None,
+                                   check_values=check_values)
+    except Exception as e:  # noqa: BLE001 - re-raised on every rank by _agree
+        err = e
+    device = x_in.device if isinstance(x_in, torch.Tensor) else None
+    start, size, exchanged = _agree(call, err, group, world, rank, device, validate)
 
     # (R, K_r) with classes last; explicit row count so an empty shard (K_r = 0) reshapes too
     x = (_rows(x_in, width) if width > 0 or x_in.dim() < 3
          else x_in.movedim(1, -1).reshape(target.numel(), 0))
     st = _setup(target.reshape(-1), width, start, size, weight, prior, opts, x.device,
-                acc_dtype(x.dtype), check_values, group, world)
+                acc_dtype(x.dtype), check_values, group, world, rank, call, exchanged)
     if engine is None:
         loss_rows, lse, plan = _reference_rows(x, st)
     else:
@@ -793,41 +1066,55 @@ def vocab_parallel_linear_cross_entropy(
         >>> torch.nn.functional.cross_entropy(h @ w.T, y, label_smoothing=0.1)
         tensor(0.5729)
     """
-    hidden = _replicated_local(V.check_tensor("hidden", hidden), "hidden")
-    hidden = V.check_floating("hidden", hidden)
-    w = V.check_tensor("local_weight", local_weight)
-    if _is_dtensor(w):
+    w = local_weight
+    if _is_dtensor(w):  # the mesh is global: its errors are the same on every rank
         if group is not None or vocab_start is not None or vocab_size is not None:
             raise V.fail("group", "None (with vocab_start and vocab_size None) for a DTensor "
                          "weight, whose mesh defines the sharding", group)
         w, group, vocab_start, vocab_size = _unwrap_dtensor(w, 0, "local_weight")
-    w = V.check_floating("local_weight", w)
-    if hidden.dim() < 1 or w.dim() != 2 or w.shape[1] != hidden.shape[-1]:
-        raise V.fail("local_weight", f"a 2-D (K_r, {hidden.shape[-1] if hidden.dim() else '?'}) "
-                     "tensor matching hidden's last dimension", tuple(w.shape))
-    if bias is not None:
-        bias = bias.to_local() if _is_dtensor(bias) else bias
-        bias = V.check_class_vector("bias", bias, w.shape[0])
-    target = _replicated_local(V.check_tensor("target", target), "target")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
-    if tuple(target.shape) != tuple(hidden.shape[:-1]):
-        raise V.fail("target", f"of shape {tuple(hidden.shape[:-1])} to match hidden "
-                     f"{tuple(hidden.shape)}", tuple(target.shape))
-    opts = check_options(ignore_index, reduction, label_smoothing, spread, None, weight_mode,
-                         z_loss, softcap, "auto", False, validate)
-    width = w.shape[0]
-    chunk = _chunk_rows(chunk_size, memory_budget, width, hidden.dtype, hidden.device)
-    class_weight = _check_class_shard("class_weight", class_weight, width)
-    prior = _check_class_shard("prior", prior, width)
-    engine = _engine(impl, hidden.device)
     group, world, rank = _group_info(group)
-    start, size = _layout(width, group, world, rank, vocab_start, vocab_size)
-    check_values = V.should_check_values(validate, hidden, target)
+    # Local checks; a failure is held until every rank has joined the agreement exchange.
+    call, err = _Call("hidden", "class_weight", vocab_start=vocab_start, vocab_size=vocab_size), None
+    try:
+        hidden = _replicated_local(V.check_tensor("hidden", hidden), "hidden")
+        hidden = V.check_floating("hidden", hidden)
+        w = V.check_floating("local_weight", V.check_tensor("local_weight", w))
+        if hidden.dim() < 1 or w.dim() != 2 or w.shape[1] != hidden.shape[-1]:
+            raise V.fail("local_weight", "a 2-D (K_r, "
+                         f"{hidden.shape[-1] if hidden.dim() else '?'}) tensor matching hidden's "
+                         "last dimension", tuple(w.shape))
+        if bias is not None:
+            bias = bias.to_local() if _is_dtensor(bias) else bias
+            bias = V.check_class_vector("bias", bias, w.shape[0])
+        target = _replicated_local(V.check_tensor("target", target), "target")
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
+        if tuple(target.shape) != tuple(hidden.shape[:-1]):
+            raise V.fail("target", f"of shape {tuple(hidden.shape[:-1])} to match hidden "
+                         f"{tuple(hidden.shape)}", tuple(target.shape))
+        opts = check_options(ignore_index, reduction, label_smoothing, spread, None, weight_mode,
+                             z_loss, softcap, "auto", False, validate)
+        width = w.shape[0]
+        chunk = _chunk_rows(chunk_size, memory_budget, width, hidden.dtype, hidden.device)
+        class_weight = _check_class_shard("class_weight", class_weight, width)
+        prior = _check_class_shard("prior", prior, width)
+        engine = _engine(impl, hidden.device)
+        _check_layout_args(vocab_start, vocab_size)
+        check_values = V.should_check_values(validate, hidden, target)
+        _check_prior_shard(prior, opts, check_values)
+        call = dataclasses.replace(
+            call, rows=target.numel(), width=width, dtype=hidden.dtype, opts=opts,
+            prior=prior is not None, weight=class_weight is not None, check_values=check_values,
+            hidden_size=hidden.shape[-1],
+            hidden_grad=torch.is_grad_enabled() and hidden.requires_grad)
+    except Exception as e:  # noqa: BLE001 - re-raised on every rank by _agree
+        err = e
+    device = hidden.device if isinstance(hidden, torch.Tensor) else None
+    start, size, exchanged = _agree(call, err, group, world, rank, device, validate)
 
     h = hidden.reshape(-1, hidden.shape[-1])
     st = _setup(target.reshape(-1), width, start, size, class_weight, prior, opts, h.device,
-                acc_dtype(h.dtype), check_values, group, world)
+                acc_dtype(h.dtype), check_values, group, world, rank, call, exchanged)
     out_shape = tuple(target.shape)
     if engine is None:  # reference: full local logits, autograd through the collectives
         x = linear_ce._logits(copy_to_vocab_parallel(h, group), w, bias)

@@ -1,0 +1,90 @@
+"""Which device a collective runs on: one rule, keyed on the data's device.
+
+Used by :mod:`labelsmooth.distributed` (the loss's exchanges) and
+:mod:`labelsmooth.calibration.meters` (the meters' ``all_reduce``/``all_gather``), so that both
+agree on the device of every tensor they hand to :mod:`torch.distributed`.
+
+The rule: a collective runs on the device the data already lives on whenever the group's backend
+communicates on that device type (NCCL: CUDA; gloo: CPU and CUDA; a ``"cpu:gloo,cuda:nccl"``
+group: both). Only when it does not — CPU data on an NCCL group, or no data at all (a count, a
+flag) — does the rule pick a device for it: CPU where the backend communicates on CPU, else the
+group's CUDA device (the ``device_id`` the group was bound to at ``init_process_group``, else the
+current CUDA device). It never picks ``torch.cuda.current_device()`` for data that already lives on
+a CUDA device: with one process driving several GPUs, or a current device set after the tensors
+were made, that would move the data to another GPU or fail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["backend_device_types", "collective_device"]
+
+
+def backend_device_types(group: Any) -> tuple[str, ...] | None:
+    """Device types the backend(s) of ``group`` communicate on, or None if unknown.
+
+    ``"cpu:gloo,cuda:nccl"`` gives ``("cpu", "cuda")``; a single backend name is looked up in
+    ``torch.distributed.Backend.backend_capability`` (``nccl``: CUDA; ``gloo``: CPU and CUDA).
+    """
+    import torch.distributed as dist
+
+    name = str(dist.get_backend(group)).lower()
+    if ":" in name:  # "cpu:gloo,cuda:nccl": one backend per device type
+        return tuple(part.split(":", 1)[0].strip() for part in name.split(",") if ":" in part)
+    caps = getattr(dist.Backend, "backend_capability", {}) or {}
+    if name in caps:
+        return tuple(caps[name])
+    if name == "nccl":  # pragma: no cover - torch without backend_capability
+        return ("cuda",)
+    if name in ("gloo", "mpi", "ucc"):  # pragma: no cover
+        return ("cpu", "cuda")
+    return None
+
+
+def _group_cuda_device(group: Any) -> torch.device:
+    """The CUDA device of ``group``'s rank: its bound ``device_id``, else the current device."""
+    import torch.distributed as dist
+
+    pg = group
+    if pg is None:
+        try:
+            pg = dist.distributed_c10d._get_default_group()
+        except Exception:  # pragma: no cover - not initialised
+            pg = None
+    bound = getattr(pg, "bound_device_id", None) if pg is not None else None
+    if isinstance(bound, torch.device) and bound.type == "cuda":
+        return bound
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def collective_device(group: Any, device: torch.device | str | None = None) -> torch.device:
+    """The device on which to hand data living on ``device`` to a collective of ``group``.
+
+    ``device`` itself when the group's backend communicates on its type (an unknown backend is
+    trusted to); otherwise CPU when the backend communicates on CPU, else the group's CUDA device.
+    ``device=None`` (data not yet on any device, e.g. a count) follows the same preference.
+
+    Examples:
+        >>> from unittest import mock
+        >>> with mock.patch("torch.distributed.get_backend", return_value="gloo"):
+        ...     collective_device(None, torch.device("cpu"))
+        device(type='cpu')
+        >>> with mock.patch("torch.distributed.get_backend", return_value="gloo"):
+        ...     collective_device(None)  # no data yet: CPU, which gloo communicates on
+        device(type='cpu')
+        >>> with mock.patch("torch.distributed.get_backend", return_value="nccl"):
+        ...     collective_device(None, torch.device("cuda", 3))  # the data's GPU, not the current one
+        device(type='cuda', index=3)
+    """
+    dev = None if device is None else torch.device(device)
+    types = backend_device_types(group)
+    if dev is not None and (types is None or dev.type in types):
+        return dev
+    if types is None or "cpu" in types:
+        return torch.device("cpu")
+    if "cuda" in types:
+        return _group_cuda_device(group)
+    return torch.device(types[0])  # pragma: no cover - e.g. an XPU-only backend
