@@ -296,14 +296,17 @@ def _check_parity(world: int, cases: list[dict], results: list[list[dict]]) -> N
                 assert p["fwd"] == [], f"{name}: one rank must not communicate: {p['fwd']}"
                 continue
             assert 1 <= len(ar) <= 3, f"{name}: {len(ar)} all-reduces"
-            # MAX: the N row maxima, + [v, -v] with v = 2 target checksums and 1 range flag
-            # (validation is on: CPU), + the 12 fingerprint items when nothing was exchanged
-            assert ar[0] == rows + (2 * (3 + 12) if c["explicit"] else 2 * 3), (
+            # MAX: the N row maxima; when nothing was exchanged (vocab_start/vocab_size given)
+            # and values are checked (CPU), + [v, -v], v = 2 target checksums, 1 range flag and
+            # the 12 fingerprint items
+            assert ar[0] == rows + (2 * (3 + 12) if c["explicit"] else 0), (
                 f"{name}: MAX all-reduce size {ar[0]}, N={rows}")
-            assert all(n <= 4 * rows + 2 for n in ar[1:]), f"{name}: all-reduce sizes {ar}, N={rows}"
-            # one all_gather of the 16-entry fingerprint (status, width, layout, 12 items), which
-            # carries the shard widths; none when vocab_start and vocab_size are given
-            assert ag == ([] if c["explicit"] else [16]), f"{name}: all_gathers {ag}"
+            assert all(n <= 4 * rows + 2 for n in ar[1:]), (
+                f"{name}: all-reduce sizes {ar}, N={rows}")
+            # one all_gather of the 19-entry fingerprint (status, width, layout, target summary,
+            # 12 items), which carries the shard widths; none when vocab_start and vocab_size
+            # are given
+            assert ag == ([] if c["explicit"] else [19]), f"{name}: all_gathers {ag}"
             assert p["bwd"] == [], f"{name}: backward communicated {p['bwd']}"
 
 
@@ -523,10 +526,9 @@ def test_linear_dtensor_and_layout() -> None:
         assert res[r]["prior_error"] is not None and "summing to 1.1" in res[r]["prior_error"]
         assert f"a prior of {K} entries" in res[r]["prior_error"], res[r]["prior_error"]
         assert res[r]["target_error"] is not None and "every rank" in res[r]["target_error"]
-        # the message carries the values (shape, range of the checksums over the ranks), the
-        # same on every rank
-        assert re.search(r"but got 'a target of shape \(3,\) with checksums from \(\d+, \d+\) "
-                         r"to \(\d+, \d+\)'", res[r]["target_error"]), res[r]["target_error"]
+        # the message names the odd rank and carries the values (checksums), the same on all
+        assert re.search(r"but rank \d's has checksums \(\d+, \d+\) where rank \d's has "
+                         r"checksums \(\d+, \d+\)", res[r]["target_error"]), res[r]["target_error"]
         assert res[r]["target_error"] == res[0]["target_error"]
 
 

@@ -27,7 +27,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from labelsmooth.distributed import vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy
+from labelsmooth.distributed import (
+    vocab_parallel_cross_entropy,
+    vocab_parallel_linear_cross_entropy,
+)
 
 N, K, H = 6, 11, 4
 WIDTHS = {2: [7, 4], 3: [5, 2, 4]}

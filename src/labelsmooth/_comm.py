@@ -76,7 +76,7 @@ def collective_device(group: Any, device: torch.device | str | None = None) -> t
         ...     collective_device(None)  # no data yet: CPU, which gloo communicates on
         device(type='cpu')
         >>> with mock.patch("torch.distributed.get_backend", return_value="nccl"):
-        ...     collective_device(None, torch.device("cuda", 3))  # the data's GPU, not the current one
+        ...     collective_device(None, torch.device("cuda", 3))  # the data's GPU, not the current
         device(type='cuda', index=3)
     """
     dev = None if device is None else torch.device(device)

@@ -163,6 +163,7 @@ _CHOICES = {"reduction": ("none", "mean", "sum"), "spread": ("all", "others"),
             "weight_mode": ("torch", "target")}
 _INT64 = (-(2**63), 2**63 - 1)
 _SAME = "to be the same on every rank of the group"
+_HEAD = 7  # status, width, vocab_start, vocab_size, target min, target max, target checksums
 
 
 def _f2i(v: float) -> int:
@@ -190,6 +191,8 @@ class _Call:
     hidden_grad: bool = False          # linear variant: whether that backward all-reduce happens
     vocab_start: int | None = None
     vocab_size: int | None = None
+    target_range: tuple[int, int] = (0, -1)  # min, max of the non-ignored targets (checked only)
+    target_sum: int = 0                      # their two checksums as c1·2**21 + c2 (checked only)
 
     def items(self) -> list[tuple[str, str, str, Any]]:
         """(argument, expectation, kind, value) of every entry the ranks must agree on."""
@@ -223,10 +226,12 @@ class _Call:
         return out
 
     def vector(self, status: int) -> list[int]:
-        """The int64 fingerprint: status, width, given layout, then every item (floats as bits)."""
+        """The int64 fingerprint: status, width, given layout, target summary, then every item
+        (floats as bits)."""
         head = [status, self.width,
                 -1 if self.vocab_start is None else self.vocab_start,
-                -1 if self.vocab_size is None else self.vocab_size]
+                -1 if self.vocab_size is None else self.vocab_size,
+                *self.target_range, self.target_sum]
         vals = [_f2i(v) if kind in ("float", "softcap") else int(v)
                 for _, _, kind, v in self.items()]
         return [min(max(v, _INT64[0]), _INT64[1]) for v in head + vals]
@@ -305,6 +310,12 @@ def _exchange_errors(table: torch.Tensor, err: BaseException | None, group: Any,
     raise exc
 
 
+def _exchanges(world: int, vocab_start: Any, vocab_size: Any, validate: Any) -> bool:
+    """Whether the call exchanges its fingerprint: several ranks, and the layout is not given
+    in full (``vocab_start`` and ``vocab_size``) unless ``validate=True`` asks for it."""
+    return world > 1 and (vocab_start is None or vocab_size is None or validate is True)
+
+
 def _agree(call: _Call, err: BaseException | None, group: Any, world: int, rank: int,
            device: torch.device | None, validate: Any) -> tuple[int, int, bool]:
     """(vocab_start, vocab_size, exchanged) once every rank agrees; else the same error on all.
@@ -320,7 +331,7 @@ def _agree(call: _Call, err: BaseException | None, group: Any, world: int, rank:
         size = start + call.width if call.vocab_size is None else call.vocab_size
         _check_range([start], [size], [call.width], [rank])
         return start, size, False
-    if call.vocab_start is not None and call.vocab_size is not None and validate is not True:
+    if not _exchanges(world, call.vocab_start, call.vocab_size, validate):
         if err is not None:
             raise err
         _check_range([call.vocab_start], [call.vocab_size], [call.width], [rank])
@@ -333,7 +344,7 @@ def _agree(call: _Call, err: BaseException | None, group: Any, world: int, rank:
     _exchange_errors(table, err, group, world, rank, comm)
     cols = table.tolist()
     for j, (arg, expected, kind, _) in enumerate(call.items()):
-        vals = [row[4 + j] for row in cols]
+        vals = [row[_HEAD + j] for row in cols]
         odd = _odd_one(vals)
         if odd is not None:
             r, r0 = odd
@@ -350,7 +361,44 @@ def _agree(call: _Call, err: BaseException | None, group: Any, world: int, rank:
         raise ValueError(f"Expected `vocab_size` {_SAME}, but rank {r} has {sizes[r]} where "
                          f"rank {r0} has {sizes[r0]}.")
     _check_range(starts, sizes, widths, list(range(world)))
+    if call.check_values:  # agreed above: the same on every rank
+        _check_targets(cols, sizes[0], call.opts.ignore_index)
     return starts[rank], sizes[rank], True
+
+
+def _target_summary(target: torch.Tensor, ignore_index: int) -> tuple[tuple[int, int], int]:
+    """((min, max) of the non-ignored targets, or (0, −1) if none; packed checksums)."""
+    y = target.reshape(-1).to(torch.long)
+    valid = y != ignore_index
+    c1, c2 = _target_checksums(y, y.device).tolist()
+    if not bool(valid.any()):
+        return (0, -1), c1 * 2**21 + c2
+    lo, hi = torch.stack([y[valid].min(), y[valid].max()]).tolist()
+    return (lo, hi), c1 * 2**21 + c2
+
+
+def _check_targets(cols: list[list[int]], size: int, ignore_index: int) -> None:
+    """Targets in [0, K) on every rank, then the same targets on every rank (same error on all)."""
+    bad = {}
+    for r, row in enumerate(cols):
+        lo, hi = row[4], row[5]
+        if lo <= hi and (lo < 0 or hi >= size):
+            bad[r] = lo if lo < 0 else hi
+    expected = f"class indices in [0, {size}) or ignore_index={ignore_index}"
+    if bad:
+        if len(bad) == len(cols) and len(set(bad.values())) == 1:
+            raise V.fail("target", expected, bad[0])  # everywhere: the single-process error
+        r = min(bad)
+        raise V.fail("target", f"{expected} on every rank of the group",
+                     f"{bad[r]} on rank {r}")
+    sums = [row[6] for row in cols]
+    odd = _odd_one(sums)
+    if odd is not None:
+        r, r0 = odd
+        show = lambda v: f"checksums ({v >> 21}, {v & (2**21 - 1)})"  # noqa: E731
+        raise ValueError(f"Expected `target` to be the same tensor on every rank of the group, "
+                         f"but rank {r}'s has {show(sums[r])} where rank {r0}'s has "
+                         f"{show(sums[r0])}.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,17 +579,17 @@ def _target_checksums(target: torch.Tensor, device: torch.device) -> torch.Tenso
     return torch.stack([c1, c2]).to(device)
 
 
-def _agreement_vector(st_target: torch.Tensor, call: _Call | None, bad: bool, world: int,
+def _agreement_vector(st_target: torch.Tensor, call: _Call, bad: bool, world: int,
                       rank: int, device: torch.device) -> torch.Tensor:
     """``[v, −v]`` with v = [target checksums (2), lowest-bad-rank flag, call items (float64)].
 
-    It rides in the forward's MAX all-reduce (no extra collective): afterwards each entry's max
-    and min over the ranks are known on every rank. The call's items are left out (``call`` None)
-    when the fingerprint exchange has already compared them.
+    Used when there was no fingerprint exchange (``vocab_start`` and ``vocab_size`` given): it
+    rides in the forward's MAX all-reduce (no extra collective), after which each entry's max and
+    min over the ranks are known on every rank.
     """
     f64 = torch.float64
     flag = float(world - rank) if bad else 0.0
-    items = call.floats() if call is not None else []
+    items = call.floats()
     v = torch.cat([_target_checksums(st_target, device).to(f64),
                    torch.tensor([flag, *items], dtype=f64, device=device)])
     return torch.cat([v, -v])
@@ -551,7 +599,7 @@ def _check_agreement(st: _Setup, maxed: torch.Tensor) -> None:
     """Raise the same error on every rank from the MAX-reduced agreement vector."""
     half = maxed.numel() // 2
     hi, lo = maxed[:half].tolist(), (-maxed[half:]).tolist()
-    for j, (arg, expected, kind, _) in enumerate(st.call.items() if half > 3 else []):
+    for j, (arg, expected, kind, _) in enumerate(st.call.items()):
         if hi[3 + j] != lo[3 + j]:
             raise ValueError(f"Expected `{arg}` {expected}, but the ranks hold values from "
                              f"{_show(kind, lo[3 + j])} to {_show(kind, hi[3 + j])} (compared in "
@@ -673,7 +721,7 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
         raise V.fail("vocab_size", 'at least 2 with spread="others"', size)
     call = call if call is not None else _Call("local_logits", "weight")
     bad_target = None
-    if check_values and target.numel() > 0:  # on the target's own device: one host read
+    if check_values and not exchanged and target.numel() > 0:  # exchanged: checked in _agree
         yt = target.to(torch.long)
         bad = (yt != opts.ignore_index) & ((yt < 0) | (yt >= size))
         if bool(bad.any()):
@@ -711,9 +759,9 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
         zero = torch.zeros_like(plan.w_y)
         w_loc = weight.detach().to(device=device, dtype=acc)
         w_share = torch.where(in_shard, w_loc[y_local], zero) if width > 0 else zero
-    agree = (_agreement_vector(target, None if exchanged else call, bad_target is not None,
-                               world, rank, device)
-             if check_values and world > 1 else None)
+    # nothing rides in the MAX when the fingerprint exchange has compared everything already
+    agree = (_agreement_vector(target, call, bad_target is not None, world, rank, device)
+             if check_values and world > 1 and not exchanged else None)
     return _Setup(opts, plan_opts, plan, sh, target, size, weight, prior, check_values, group,
                   world, acc, w_share, scalars, agree, call, bad_target)
 
@@ -793,8 +841,17 @@ def vocab_parallel_cross_entropy(
 
     (``weight_mode="torch"``; see :func:`labelsmooth.cross_entropy` for ``"target"``). The forward
     pass does one ``MAX`` and one ``SUM`` all-reduce of per-row vectors (O(N) bytes, never O(N·K)),
-    plus one tiny ``all_gather`` of the shard widths unless ``vocab_start`` and ``vocab_size`` are
-    given; the backward pass communicates nothing.
+    plus one ``all_gather`` of a 19-integer fingerprint of the call (it carries the shard widths)
+    unless ``vocab_start`` and ``vocab_size`` are given; the backward pass communicates nothing.
+
+    Every rank must make the same call (rows, dtype, options, a prior/weight on all ranks or none,
+    targets). The fingerprint lets every rank check that, and each rank's own argument checks, so
+    that a disagreement or a rank's bad argument raises the same ``ValueError`` on every rank
+    (naming the argument and the rank) instead of a hang. With ``vocab_start`` and ``vocab_size``
+    given nothing is exchanged (no collective is added): options and targets are then compared
+    inside the ``MAX`` all-reduce when values are checked, but a different number of rows or an
+    argument rejected on one rank only is not caught unless ``validate=True``, which restores the
+    exchange (docs/distributed.md, "Ranks that disagree").
 
     PyTorch equivalent (one process, full logits):
     ``F.cross_entropy(torch.cat(shards, 1), target, weight_full, ignore_index=ignore_index,
@@ -826,7 +883,8 @@ def vocab_parallel_cross_entropy(
             available), ``"fused"``, or ``"reference"`` (plain PyTorch with autograd through the
             collectives; the test oracle).
         validate: check target values and the prior (``None``: on CPU only). The global prior sum
-            travels in the forward ``SUM`` all-reduce, so validation adds no collective.
+            travels in the forward ``SUM`` all-reduce, so validation adds no collective;
+            ``True`` also exchanges the fingerprint when ``vocab_start``/``vocab_size`` are given.
 
     Returns:
         The loss in ``local_logits``' dtype, identical on every rank: a scalar for ``mean``/``sum``,
@@ -834,8 +892,12 @@ def vocab_parallel_cross_entropy(
 
     Raises:
         TypeError: non-tensor or non-floating logits, non-integer targets, wrong argument types.
+            On a group, a TypeError of one rank is raised on every rank as an error that is both a
+            TypeError and a ValueError.
         ValueError: shape mismatches, out-of-range targets, bad options, shard lengths of
-            ``weight``/``prior`` that are not this rank's width, a prior not summing to 1.
+            ``weight``/``prior`` that are not this rank's width, a prior not summing to 1; ranks
+            that disagree (rows, dtype, options, prior/weight given, targets) or an argument
+            rejected on another rank: the same error on every rank of the group.
 
     Examples:
         Without an initialised process group this is :func:`labelsmooth.cross_entropy`:
@@ -855,7 +917,8 @@ def vocab_parallel_cross_entropy(
         x_in, group, vocab_start, vocab_size = _unwrap_dtensor(x_in, class_dim, "local_logits")
     group, world, rank = _group_info(group)
     # Local checks; a failure is held until every rank has joined the agreement exchange.
-    call, err = _Call("local_logits", "weight", vocab_start=vocab_start, vocab_size=vocab_size), None
+    call = _Call("local_logits", "weight", vocab_start=vocab_start, vocab_size=vocab_size)
+    err: Exception | None = None
     try:
         x_in = V.check_floating("local_logits", V.check_tensor("local_logits", x_in))
         target = _replicated_local(V.check_tensor("target", target), "target")
@@ -880,6 +943,8 @@ def vocab_parallel_cross_entropy(
         call = dataclasses.replace(call, rows=target.numel(), width=width, dtype=x_in.dtype,
                                    opts=opts, prior=prior is not None, weight=weight is not None,
                                    check_values=check_values)
+        if check_values and _exchanges(world, vocab_start, vocab_size, validate):
+            call.target_range, call.target_sum = _target_summary(target, opts.ignore_index)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by _agree
         err = e
     device = x_in.device if isinstance(x_in, torch.Tensor) else None
@@ -1057,6 +1122,12 @@ def vocab_parallel_linear_cross_entropy(
     Returns:
         The loss, identical on every rank, in ``hidden``'s dtype.
 
+    Raises:
+        TypeError, ValueError: as :func:`vocab_parallel_cross_entropy`, whose agreement check
+            (one fingerprint exchange, the same error on every rank) also covers the hidden size
+            and whether ``hidden`` requires grad (its gradient is all-reduced in backward). The
+            fingerprint has 21 integers here.
+
     Examples:
         >>> h = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
         >>> w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -1074,7 +1145,8 @@ def vocab_parallel_linear_cross_entropy(
         w, group, vocab_start, vocab_size = _unwrap_dtensor(w, 0, "local_weight")
     group, world, rank = _group_info(group)
     # Local checks; a failure is held until every rank has joined the agreement exchange.
-    call, err = _Call("hidden", "class_weight", vocab_start=vocab_start, vocab_size=vocab_size), None
+    call = _Call("hidden", "class_weight", vocab_start=vocab_start, vocab_size=vocab_size)
+    err: Exception | None = None
     try:
         hidden = _replicated_local(V.check_tensor("hidden", hidden), "hidden")
         hidden = V.check_floating("hidden", hidden)
@@ -1107,6 +1179,8 @@ def vocab_parallel_linear_cross_entropy(
             prior=prior is not None, weight=class_weight is not None, check_values=check_values,
             hidden_size=hidden.shape[-1],
             hidden_grad=torch.is_grad_enabled() and hidden.requires_grad)
+        if check_values and _exchanges(world, vocab_start, vocab_size, validate):
+            call.target_range, call.target_sum = _target_summary(target, opts.ignore_index)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by _agree
         err = e
     device = hidden.device if isinstance(hidden, torch.Tensor) else None

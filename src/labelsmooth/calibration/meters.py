@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from labelsmooth._comm import collective_device
 from labelsmooth._validation import _Shown, check_validate, fail
 from labelsmooth.calibration._stats import (
     bin_stats,
@@ -56,13 +57,12 @@ def _dist():
     return dist
 
 
-def _comm_device(group: Any) -> torch.device:
-    """Device on which the group's backend can communicate (CUDA for NCCL, else CPU)."""
-    dist = _dist()
-    backend = str(dist.get_backend(group))
-    if backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def _comm_device(group: Any, device: torch.device | None = None) -> torch.device:
+    """Device for a collective of ``group`` on data living on ``device``: the one rule of
+    :func:`labelsmooth._comm.collective_device` (the data's own device where the backend
+    communicates on it)."""
+    _dist()
+    return collective_device(group, device)
 
 
 class BinnedCalibrationMeter:
@@ -243,7 +243,7 @@ class BinnedCalibrationMeter:
         device = self._state["counts"].device if self._state is not None else _comm_device(group)
         if self._state is None:
             self._state = self._zeros(device)
-        comm = _comm_device(group)
+        comm = _comm_device(group, device)
         keys = list(self._shapes())
         flat = torch.cat([self._state[k].reshape(-1) for k in keys]).to(comm)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
