@@ -33,6 +33,8 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "out": "sweep-out",
     "device": "cpu",
     "threads": 1,
+    "workers": None,  # None: one worker process per core (1 on an accelerator)
+    "num_classes": None,  # None: from the labels
     "n_bins": 15,
     "n_bootstrap": 1000,
     "split_seed": 0,
@@ -200,7 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         default=S,
         type=_pos_int,
-        help="torch CPU threads (default 1: the models are tiny)",
+        help="torch CPU threads per run (default 1: the models are tiny)",
+    )
+    s.add_argument(
+        "--workers",
+        default=S,
+        type=_pos_int,
+        metavar="N",
+        help="runs trained at once, each in its own process (default: one per CPU core on "
+        "--device cpu, 1 on an accelerator; 1 trains in this process)",
+    )
+    s.add_argument(
+        "--num-classes",
+        dest="num_classes",
+        default=S,
+        type=_int_at_least(2),
+        metavar="K",
+        help="number of classes (default: from the labels); integer labels below K keep their "
+        "index, so classes without examples are kept",
     )
     s.add_argument(
         "--n-bins", dest="n_bins", default=S, type=_pos_int, help="ECE bins (default 15)"
@@ -350,6 +369,13 @@ def _load_config_file(path: str) -> dict[str, Any]:
 def _check_value(key: str, value: Any) -> Any:
     """Validate one configuration value (from a file: argparse has not seen it)."""
     d = SWEEP_DEFAULTS[key]
+    if key in ("workers", "num_classes"):  # optional integers (a file may not say "none")
+        lowest = 2 if key == "num_classes" else 1
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ValueError(f"config: {key} must be an integer >= {lowest}, got {value!r}")
+        return value
 
     def bad(expected: str) -> ValueError:
         return ValueError(f"config: {key} must be {expected}, got {value!r}")
@@ -446,18 +472,73 @@ def resolve_sweep_config(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # subcommands
 # ---------------------------------------------------------------------------------------------
+def _first_run_checks(cfg: dict[str, Any]) -> None:
+    """What can fail for want of a package or a device, checked before any data or training.
+
+    Raises:
+        ValueError: an unusable ``--device``.
+        ImportError: a package the chosen dataset or the report needs is missing.
+    """
+    import importlib.util
+
+    from labelsmooth.experiments.executor import check_device
+    from labelsmooth.experiments.sweep import require_report_dependencies
+
+    try:
+        check_device(cfg["device"])
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
+    needs = {"mnist1d": ("mnist1d", "mnist1d"), "digits": ("sklearn", "scikit-learn")}
+    dataset = str(cfg["dataset"]).lower()
+    if dataset in needs:
+        module, package = needs[dataset]
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(
+                f"dataset {dataset!r} needs the {package} package: "
+                "pip install 'labelsmooth[experiments]'"
+            )
+    if cfg["report"]:
+        try:
+            require_report_dependencies()
+        except ImportError as e:
+            raise ImportError(str(e).replace("report=False, --no-report", "--no-report")) from None
+
+
+def _verdict_lines(res: Any) -> list[str]:
+    """The verdict's headline and each claim with its status, for the terminal."""
+    from labelsmooth.experiments.report import verdict
+
+    try:
+        v = verdict(res.summary)
+    except Exception as e:  # the terminal summary never hides the saved results
+        return [f"verdict: could not be judged ({type(e).__name__}: {e})"]
+    lines = []
+    best = v.get("best") or {}
+    if best:
+        parts = [f"{metric} ε={eps:g}" for metric, eps in best.items() if eps is not None]
+        if parts:
+            lines.append("verdict: best factor by test " + ", ".join(parts))
+    for claim in v.get("claims", []):
+        lines.append(f"  [{claim.get('status', '?')}] {claim.get('claim', '')}")
+    return lines
+
+
 def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
     try:
         cfg = resolve_sweep_config(args)
     except ValueError as e:
         parser.error(str(e))
+    try:
+        _first_run_checks(cfg)
+    except ValueError as e:
+        parser.error(str(e))
+    except ImportError as e:
+        print(f"labelsmooth sweep: {e}", file=sys.stderr)
+        return 1
     from labelsmooth.experiments import load_dataset, sweep
     from labelsmooth.experiments.train import TrainSettings
 
     try:
-        data = load_dataset(
-            cfg["dataset"], split_seed=cfg["split_seed"], label_column=cfg["label_column"]
-        )
         settings = TrainSettings(
             epochs=cfg["epochs"],
             batch_size=cfg["batch_size"],
@@ -470,20 +551,21 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             n_bootstrap=cfg["n_bootstrap"],
             proj_classes=tuple(cfg["proj_classes"]),
         )
-        import torch
-
-        try:
-            dev = torch.device(cfg["device"])
-        except RuntimeError as e:
-            raise ValueError(f"--device {cfg['device']!r} is not a torch device ({e})") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {cfg['device']}: CUDA is not available on this machine")
+        data = load_dataset(
+            cfg["dataset"],
+            split_seed=cfg["split_seed"],
+            label_column=cfg["label_column"],
+            num_classes=cfg["num_classes"],
+        )
     except (ValueError, RuntimeError) as e:
         parser.error(str(e))
     except ImportError as e:
         print(f"labelsmooth sweep: {e}", file=sys.stderr)
         return 1
-    extra = {k: cfg[k] for k in ("out", "threads", "config", "label_column", "progress", "report")}
+    extra = {
+        k: cfg[k]
+        for k in ("out", "threads", "config", "label_column", "progress", "report")
+    }
     extra["sources"] = cfg["sources"]
     extra["command"] = command
     t0 = time.perf_counter()
@@ -497,6 +579,7 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             out=cfg["out"],
             split_seed=cfg["split_seed"],
             threads=cfg["threads"],
+            workers=cfg["workers"],
             progress=cfg["progress"],
             report=cfg["report"],
             extra_config=extra,
@@ -511,12 +594,21 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     except ValueError as e:
         print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
+    except (RuntimeError, OSError, ImportError) as e:
         print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - t0
-    print(f"{len(res.runs)} runs in {cfg['out']} ({elapsed:.1f} s this invocation)")
-    for name in ("results.json", "results.csv", "history.csv", "report.md", "report.html"):
+    trained = len(res.runs) - res.reused
+    how = (
+        f"{res.reused} reused from an earlier invocation, {trained} trained"
+        if res.reused
+        else f"{trained} trained"
+    )
+    print(f"{len(res.runs)} runs in {cfg['out']} ({how}; {elapsed:.1f} s this invocation)")
+    if res.rows:
+        for line in _verdict_lines(res):
+            print(line)
+    for name in ("report.html", "report.md", "results.json", "results.csv", "history.csv"):
         if name in res.paths:
             print(f"  {name:13s} {res.paths[name]}")
     return 0

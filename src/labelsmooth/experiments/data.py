@@ -12,7 +12,9 @@ deterministic) and digits ships with scikit-learn. Both are optional extras impo
 from __future__ import annotations
 
 import csv
+import math
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +78,9 @@ def _check_labels(
     """
     if y.ndim != 1:
         raise ValueError(f"labels from {source} must be 1-D, got shape {tuple(y.shape)}")
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        i = int(np.argwhere(~np.isfinite(y))[0][0])
+        raise ValueError(f"labels from {source}: label {y[i]} at row {i}; labels must be finite")
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(
@@ -84,9 +89,38 @@ def _check_labels(
         )
     if np.issubdtype(y.dtype, np.integer) and classes.min() >= 0:
         contiguous = classes.max() == len(classes) - 1
-        if contiguous or (num_classes is not None and classes.max() < num_classes):
+        if num_classes is not None and classes.max() >= num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} but labels from {source} go up to {classes.max()}; "
+                f"give num_classes >= {classes.max() + 1}, or leave it out to map the "
+                f"{len(classes)} labels present to 0..{len(classes) - 1}"
+            )
+        if contiguous or num_classes is not None:
             return y.astype(np.int64), int(classes.max()) + 1, None
     return codes.reshape(-1).astype(np.int64), len(classes), tuple(classes.tolist())
+
+
+def _check_finite(a: np.ndarray, what: str, source: str) -> None:
+    """Refuse NaN or ±inf features, naming the first bad row and column.
+
+    Example:
+        >>> _check_finite(np.array([[1.0, 2.0], [3.0, np.nan]]), "x", "my.npz")
+        Traceback (most recent call last):
+        ...
+        ValueError: my.npz: non-finite feature x[1, 1] = nan (row 1, column 1, counting from 0; 1 such value in all); features must be finite numbers
+    """
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return
+    where = np.argwhere(bad)
+    first = tuple(int(i) for i in where[0])
+    col = ", ".join(str(i) for i in first[1:]) if len(first) > 2 else str(first[1])
+    idx = ", ".join(str(i) for i in first)
+    raise ValueError(
+        f"{source}: non-finite feature {what}[{idx}] = {a[first]} (row {first[0]}, column {col}, "
+        f"counting from 0; {len(where)} such value{'s' if len(where) > 1 else ''} in all); "
+        "features must be finite numbers"
+    )
 
 
 def make_splits(
@@ -138,6 +172,7 @@ def make_splits(
         )
     if not np.issubdtype(xa.dtype, np.number):
         raise ValueError(f"features of {name} must be numeric, got dtype {xa.dtype}")
+    _check_finite(xa, "x", name)
     has_test = x_test is not None or y_test is not None
     if has_test:
         if x_test is None or y_test is None:
@@ -148,6 +183,9 @@ def make_splits(
             raise ValueError(
                 f"x_test {tuple(xt.shape)} / y_test {tuple(yt.shape)} do not match x {tuple(xa.shape)}"
             )
+        if not np.issubdtype(xt.dtype, np.number):
+            raise ValueError(f"test features of {name} must be numeric, got dtype {xt.dtype}")
+        _check_finite(xt, "x_test", name)
         all_y, k, label_values = _check_labels(np.concatenate([ya, yt]), name, num_classes)
         ya, yt = all_y[: len(ya)], all_y[len(ya) :]
         shares = np.asarray(fractions[:3], dtype=float)
@@ -189,7 +227,7 @@ def make_splits(
     return Splits(name=name, num_classes=int(k), label_values=label_values, **tensors)
 
 
-def _mnist1d(split_seed: int) -> Splits:
+def _mnist1d(split_seed: int, num_classes: int | None = None) -> Splits:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -212,10 +250,11 @@ def _mnist1d(split_seed: int) -> Splits:
         split_seed=split_seed,
         standardize=False,
         name="mnist1d",
+        num_classes=num_classes,
     )
 
 
-def _digits(split_seed: int) -> Splits:
+def _digits(split_seed: int, num_classes: int | None = None) -> Splits:
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:  # pragma: no cover
@@ -223,10 +262,29 @@ def _digits(split_seed: int) -> Splits:
             "dataset 'digits' needs scikit-learn: pip install 'labelsmooth[experiments]'"
         ) from e
     d = load_digits()
-    return make_splits(d.data, d.target, split_seed=split_seed, name="digits")
+    return make_splits(
+        d.data, d.target, split_seed=split_seed, name="digits", num_classes=num_classes
+    )
 
 
-def _load_npz(path: str, split_seed: int, fractions: tuple[float, float, float, float]) -> Splits:
+def _load_npz(
+    path: str,
+    split_seed: int,
+    fractions: tuple[float, float, float, float],
+    num_classes: int | None = None,
+) -> Splits:
+    try:
+        return _read_npz(path, split_seed, fractions, num_classes)
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+
+
+def _read_npz(
+    path: str,
+    split_seed: int,
+    fractions: tuple[float, float, float, float],
+    num_classes: int | None,
+) -> Splits:
     with np.load(path, allow_pickle=False) as f:
         keys = set(f.files)
         xk = next((k for k in ("x", "X", "features", "data") if k in keys), None)
@@ -247,14 +305,24 @@ def _load_npz(path: str, split_seed: int, fractions: tuple[float, float, float, 
         fractions=fractions,
         split_seed=split_seed,
         name=os.path.basename(path),
+        num_classes=num_classes,
     )
 
 
 def _load_csv(
-    path: str, label_column: str, split_seed: int, fractions: tuple[float, float, float, float]
+    path: str,
+    label_column: str,
+    split_seed: int,
+    fractions: tuple[float, float, float, float],
+    num_classes: int | None = None,
 ) -> Splits:
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text CSV file ({e})") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
     if not rows:
         raise ValueError(f"{path}: the CSV file is empty")
     header = [h.strip() for h in rows[0]]
@@ -272,9 +340,16 @@ def _load_csv(
         if len(r) != len(header):
             raise ValueError(f"{path}, line {i}: {len(r)} fields, the header has {len(header)}")
         try:
-            feats.append([float(c) for n, c in enumerate(r) if n != j])
+            vals = [float(c) for n, c in enumerate(r) if n != j]
         except ValueError as e:
             raise ValueError(f"{path}, line {i}: non-numeric feature ({e})") from None
+        if not all(math.isfinite(v) for v in vals):
+            n_bad = next(n for n, c in enumerate(r) if n != j and not math.isfinite(float(c)))
+            raise ValueError(
+                f"{path}, line {i}, column {header[n_bad]!r}: non-finite feature "
+                f"{r[n_bad].strip()!r}; features must be finite numbers"
+            )
+        feats.append(vals)
         labels.append(r[j].strip())
     if len(header) < 2:
         raise ValueError(f"{path}: the CSV has only the label column, no features")
@@ -291,6 +366,7 @@ def _load_csv(
         fractions=fractions,
         split_seed=split_seed,
         name=os.path.basename(path),
+        num_classes=num_classes,
     )
 
 
@@ -300,6 +376,7 @@ def load_dataset(
     split_seed: int = 0,
     label_column: str = "label",
     fractions: tuple[float, float, float, float] = (0.6, 0.1, 0.1, 0.2),
+    num_classes: int | None = None,
 ) -> Splits:
     """Load a built-in dataset by name, or the user's own from a ``.npz`` / ``.csv`` path.
 
@@ -312,10 +389,14 @@ def load_dataset(
       numeric feature.
 
     User data is split by ``fractions`` (train, val, cal, test) and standardised with the
-    training split's statistics.
+    training split's statistics. Non-finite features (NaN, ±inf) are refused, naming the row and
+    column. Labels that are not the class indices ``0..K-1`` are mapped to them (the original
+    values are in :attr:`Splits.label_values`); with ``num_classes`` given, non-negative integer
+    labels below it are kept as they are, so classes without examples keep their index.
 
     Raises:
-        ValueError: unknown name, missing file or label column, fewer than two classes.
+        ValueError: unknown name, missing or unreadable file, missing label column, fewer than
+            two classes, a non-finite feature, labels beyond ``num_classes``.
 
     Example:
         >>> load_dataset("imagenet")
@@ -327,23 +408,29 @@ def load_dataset(
         raise TypeError(f"dataset must be a name or a path, got {type(name).__name__}")
     name = os.fspath(name)
     key = name.lower()
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2
+    ):
+        raise ValueError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
     if key == "mnist1d":
-        return _mnist1d(split_seed)
+        return _mnist1d(split_seed, num_classes)
     if key == "digits":
-        return _digits(split_seed)
+        return _digits(split_seed, num_classes)
     ext = os.path.splitext(key)[1]
     if ext in (".npz", ".csv"):
         if not os.path.isfile(name):
             raise ValueError(f"dataset file {name!r} does not exist")
         if ext == ".npz":
-            return _load_npz(name, split_seed, fractions)
-        return _load_csv(name, label_column, split_seed, fractions)
+            return _load_npz(name, split_seed, fractions, num_classes)
+        return _load_csv(name, label_column, split_seed, fractions, num_classes)
     raise ValueError(
         f"dataset must be one of {BUILTIN_DATASETS} or a path to a .npz/.csv file, got {name!r}"
     )
 
 
-def as_splits(data: Any, *, split_seed: int = 0, label_column: str = "label") -> Splits:
+def as_splits(
+    data: Any, *, split_seed: int = 0, label_column: str = "label", num_classes: int | None = None
+) -> Splits:
     """Coerce what the sweep API accepts into :class:`Splits`.
 
     ``data`` may be a :class:`Splits`, a dataset name or path (see :func:`load_dataset`), a
@@ -357,7 +444,9 @@ def as_splits(data: Any, *, split_seed: int = 0, label_column: str = "label") ->
     if isinstance(data, Splits):
         return data
     if isinstance(data, (str, os.PathLike)):
-        return load_dataset(data, split_seed=split_seed, label_column=label_column)
+        return load_dataset(
+            data, split_seed=split_seed, label_column=label_column, num_classes=num_classes
+        )
     if isinstance(data, Mapping):
         if "x" not in data or "y" not in data:
             raise ValueError(f"a data mapping needs keys 'x' and 'y', got {sorted(data)}")
@@ -367,6 +456,7 @@ def as_splits(data: Any, *, split_seed: int = 0, label_column: str = "label") ->
             x_test=data.get("x_test"),
             y_test=data.get("y_test"),
             split_seed=split_seed,
+            num_classes=num_classes,
         )
     if isinstance(data, tuple) and len(data) in (2, 4):
         return make_splits(
@@ -374,6 +464,7 @@ def as_splits(data: Any, *, split_seed: int = 0, label_column: str = "label") ->
             x_test=data[2] if len(data) == 4 else None,
             y_test=data[3] if len(data) == 4 else None,
             split_seed=split_seed,
+            num_classes=num_classes,
         )
     raise TypeError(
         "data must be Splits, a dataset name or path, (x, y), (x, y, x_test, y_test) or a "

@@ -24,7 +24,8 @@ import io
 import json
 import math
 import os
-import tempfile
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,23 @@ import torch
 from torch import nn
 
 from labelsmooth.experiments.data import Splits, as_splits
+from labelsmooth.experiments.executor import (
+    RunJob,
+    RunProgress,
+    RunTask,
+    check_device,
+    make_executor,
+)
 from labelsmooth.experiments.models import build_model
+from labelsmooth.experiments.rundir import (
+    DamagedRunError,
+    DirectoryLock,
+    atomic_write,
+    prepare_out_dir,
+    read_run,
+    write_json,
+    write_npz,
+)
 from labelsmooth.experiments.train import TrainSettings, train_run
 
 __all__ = ["DEFAULT_SMOOTHING", "SweepResult", "flatten_run", "load_runs", "summarize", "sweep"]
@@ -56,6 +73,8 @@ class SweepResult:
         out: the output directory, or None when nothing was written.
         paths: the files written (name → path).
         complete: False when the sweep was interrupted.
+        reused: how many runs were read back from ``out`` instead of trained.
+        notes: what the sweep noted on the way (remapped labels, runs trained again, ...).
     """
 
     config: dict[str, Any]
@@ -66,6 +85,8 @@ class SweepResult:
     out: str | None = None
     paths: dict[str, str] = field(default_factory=dict)
     complete: bool = True
+    reused: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def run_key(smoothing: float, seed: int) -> str:
@@ -82,34 +103,9 @@ def run_key(smoothing: float, seed: int) -> str:
     return f"eps{short if float(short) == smoothing else repr(float(smoothing))}_seed{seed}"
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename over ``path``."""
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (temporary file, then rename)."""
-    _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    _atomic_write(path, buf.getvalue())
+# File writing lives in rundir.py; these names stay importable from here.
+_atomic_write = atomic_write
+_write_npz = write_npz
 
 
 def _data_fingerprint(splits: Splits) -> str:
@@ -224,7 +220,11 @@ def write_history_csv(path: str, records: Sequence[dict[str, Any]]) -> None:
 
 
 def load_runs(out: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]]]:
-    """Read every finished run (records and arrays) from ``out/runs``."""
+    """Read every finished run (records and arrays) from ``out/runs``.
+
+    A damaged run file (invalid JSON, not a run record, a missing or truncated ``.npz``) is
+    skipped with a ``UserWarning`` naming it; re-running the sweep trains that run again.
+    """
     runs_dir = os.path.join(out, "runs")
     records, arrays = [], {}
     if not os.path.isdir(runs_dir):
@@ -232,15 +232,42 @@ def load_runs(out: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.nd
     for name in sorted(os.listdir(runs_dir)):
         if not name.endswith(".json") or name.startswith("."):
             continue
-        with open(os.path.join(runs_dir, name)) as fh:
-            rec = json.load(fh)
+        try:
+            rec, arr = read_run(os.path.join(runs_dir, name), check=flatten_run)
+        except DamagedRunError as e:
+            warnings.warn(
+                f"skipping a damaged run file: {e}; re-run the sweep to train that run again",
+                stacklevel=2,
+            )
+            continue
         records.append(rec)
-        npz = os.path.join(runs_dir, name[:-5] + ".npz")
-        if os.path.exists(npz):
-            with np.load(npz) as f:
-                arrays[name[:-5]] = {k: f[k] for k in f.files}
+        arrays[name[:-5]] = arr
     records.sort(key=lambda r: (r["smoothing"], r["seed"]))
     return records, arrays
+
+
+class BuiltinModel:
+    """A picklable zero-argument builder of a built-in model (so worker processes can use it)."""
+
+    def __init__(self, name: str, feature_shape: Sequence[int], num_classes: int) -> None:
+        self.name = name
+        self.feature_shape = tuple(feature_shape)
+        self.num_classes = num_classes
+
+    def __call__(self) -> nn.Module:
+        return build_model(self.name, self.feature_shape, self.num_classes)
+
+
+class ShapedModelFn:
+    """``fn(feature_shape, num_classes)`` as a zero-argument builder; picklable when ``fn`` is."""
+
+    def __init__(self, fn: Callable[..., nn.Module], feature_shape: Sequence[int], k: int) -> None:
+        self.fn = fn
+        self.feature_shape = tuple(feature_shape)
+        self.num_classes = k
+
+    def __call__(self) -> nn.Module:
+        return self.fn(self.feature_shape, self.num_classes)
 
 
 def _resolve_model_fn(
@@ -248,7 +275,7 @@ def _resolve_model_fn(
 ) -> tuple[Callable[[], nn.Module], str]:
     if model_fn is None:
         build_model(model, splits.feature_shape, splits.num_classes)  # validate the name early
-        return (lambda: build_model(model, splits.feature_shape, splits.num_classes)), model
+        return BuiltinModel(model, splits.feature_shape, splits.num_classes), model
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
     name = getattr(model_fn, "__qualname__", type(model_fn).__name__)
@@ -261,7 +288,7 @@ def _resolve_model_fn(
     except (TypeError, ValueError):  # builtins without a signature
         required = []
     if len(required) == 2:
-        return (lambda: model_fn(splits.feature_shape, splits.num_classes)), name
+        return ShapedModelFn(model_fn, splits.feature_shape, splits.num_classes), name
     if required:
         raise TypeError(
             f"model_fn must take no arguments or (feature_shape, num_classes); {name} takes "
@@ -312,6 +339,7 @@ def sweep(
     out: str | os.PathLike[str] | None = None,
     split_seed: int = 0,
     threads: int | None = None,
+    workers: int | None = 1,
     progress: bool = True,
     report: bool = True,
     extra_config: dict[str, Any] | None = None,
@@ -331,18 +359,32 @@ def sweep(
         model: the built-in model name when ``model_fn`` is None (``"mlp"`` or ``"cnn"``).
         settings: training settings; or pass them as keywords (``epochs=…``, ``lr=…``).
         out: output directory. With it, every run is saved as it finishes, finished runs are
-            skipped on a re-run, and ``results.*`` plus the report are written. None keeps
-            everything in memory.
+            skipped on a re-run (a damaged run file is named and that run trained again), and
+            ``results.*`` plus the report are written. One sweep at a time: the directory is
+            locked while a sweep writes to it. None keeps everything in memory.
         split_seed: seed of the train/val/cal/test split (fixed across runs).
         threads: ``torch.set_num_threads`` during the sweep (restored afterwards); None keeps
-            the current setting.
+            the current setting. With several workers, the threads of each worker (None: 1).
+        workers: runs trained at once, each in its own process (``spawn``); 1 (the default)
+            trains in this process, None uses one worker per core (1 on an accelerator). The
+            numbers equal the serial sweep's with the same thread count. A ``model_fn`` that
+            cannot be pickled (a lambda, a closure) runs serially, with a warning; a script
+            that calls ``sweep(workers=...)`` at import time needs an
+            ``if __name__ == "__main__":`` guard. See :mod:`labelsmooth.experiments.executor`.
         progress: show tqdm progress bars (if tqdm is installed).
         report: write ``report.md``/``report.html`` and figures (needs matplotlib and ``out``).
         extra_config: more entries for the saved configuration (e.g. the CLI's own).
 
     Returns:
         A :class:`SweepResult`. On Ctrl-C the finished runs are kept (on disk and in the partial
-        ``results.*``) and ``KeyboardInterrupt`` is re-raised.
+        ``results.*``), worker processes are ended and ``KeyboardInterrupt`` is re-raised.
+
+    Raises:
+        ValueError: bad arguments, or ``out`` holds runs of another configuration.
+        ImportError: ``report=True`` with ``out`` but matplotlib is missing (checked before any
+            data is loaded).
+        labelsmooth.experiments.rundir.SweepLockedError: another sweep is writing to ``out``.
+        labelsmooth.experiments.rundir.OutputDirError: ``out`` cannot be written.
 
     Example:
         >>> data = (torch.randn(80, 6), torch.arange(80) % 2)
@@ -357,7 +399,18 @@ def sweep(
         settings = TrainSettings(**settings_kwargs)
     elif settings_kwargs:
         raise TypeError(f"pass either settings or keywords, not both ({sorted(settings_kwargs)})")
+    # Everything that can fail for want of a package or a device fails before data or training.
+    check_device(settings.device)
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise ValueError(f"workers must be a positive int or None (one per core), got {workers!r}")
+    if report and out is not None:
+        require_report_dependencies()
     splits = as_splits(data, split_seed=split_seed)
+    notes: list[str] = []
+    if getattr(splits, "label_values", None) is not None:
+        _note(label_mapping_note(splits), notes)
     k = splits.num_classes
     if k >= 3 and any(c >= k for c in settings.proj_classes):
         raise ValueError(
@@ -408,21 +461,117 @@ def sweep(
     ):
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     out_dir = os.fspath(out) if out is not None else None
-    runs_dir = os.path.join(out_dir, "runs") if out_dir is not None else None
+    runs_dir = prepare_out_dir(out_dir) if out_dir is not None else None
+    lock = DirectoryLock(out_dir) if out_dir is not None else None
+    if lock is not None:
+        lock.acquire()  # held until the results and the report are written
+    try:
+        return _sweep_locked(
+            config=config,
+            run_identity=run_identity,
+            fingerprint=fingerprint,
+            factors=factors,
+            seed_list=seed_list,
+            build=build,
+            splits=splits,
+            settings=settings,
+            out_dir=out_dir,
+            runs_dir=runs_dir,
+            threads=threads,
+            workers=workers,
+            progress=progress,
+            report=report,
+            notes=notes,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _note(message: str, notes: list[str], display: RunProgress | None = None) -> None:
+    """Record a note in the result and print it on stderr (above the progress bar if any)."""
+    notes.append(message)
+    if display is not None:
+        display.write(f"note: {message}")
+    else:
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def require_report_dependencies() -> None:
+    """Raise ImportError now if the report cannot be drawn (before hours of training).
+
+    Example:
+        >>> require_report_dependencies()  # matplotlib is installed here
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"the report needs matplotlib ({e}): pip install 'labelsmooth[experiments]', "
+            "or turn the report off (report=False, --no-report)"
+        ) from None
+
+
+def label_mapping_note(splits: Splits) -> str:
+    """The note printed when labels were remapped to class indices ``0..K-1``.
+
+    Example:
+        >>> from labelsmooth.experiments.data import make_splits
+        >>> s = make_splits(torch.randn(30, 2), torch.tensor([0, 1, 5] * 10), name="mine.csv")
+        >>> label_mapping_note(s)
+        'mine.csv: labels mapped to class indices 0..2 (0→0, 1→1, 5→2); pass num_classes (--num-classes) to keep integer labels as they are, with empty classes'
+    """
+    values = list(splits.label_values or ())
+    shown = ", ".join(f"{v}→{i}" for i, v in enumerate(values[:12]))
+    if len(values) > 12:
+        shown += f", … ({len(values)} in all)"
+    msg = f"{splits.name}: labels mapped to class indices 0..{len(values) - 1} ({shown})"
+    if values and all(isinstance(v, int) and v >= 0 for v in values):
+        msg += (
+            "; pass num_classes (--num-classes) to keep integer labels as they are, with "
+            "empty classes"
+        )
+    return msg
+
+
+def _sweep_locked(
+    *,
+    config: dict[str, Any],
+    run_identity: dict[str, Any],
+    fingerprint: str,
+    factors: list[float],
+    seed_list: list[int],
+    build: Callable[[], nn.Module],
+    splits: Splits,
+    settings: TrainSettings,
+    out_dir: str | None,
+    runs_dir: str | None,
+    threads: int | None,
+    workers: int | None,
+    progress: bool,
+    report: bool,
+    notes: list[str],
+) -> SweepResult:
+    """The body of :func:`sweep` once ``out`` (if any) is locked: resume, run, save, report."""
     records: dict[str, dict[str, Any]] = {}
     arrays: dict[str, dict[str, np.ndarray]] = {}
-    todo: list[tuple[float, int]] = []
+    todo: list[RunTask] = []
+    redo: list[str] = []
     # Seeds outer, factors inner: after an interruption every factor has the same seeds.
     for seed in seed_list:
         for eps in factors:
             key = run_key(eps, seed)
             path = os.path.join(runs_dir, key + ".json") if runs_dir else None
             if path and os.path.exists(path):
-                with open(path) as fh:
-                    rec = json.load(fh)
+                try:
+                    rec, arr = read_run(path, check=flatten_run)
+                except DamagedRunError as e:
+                    redo.append(f"{e.path} is damaged ({e.reason}); training run {key} again")
+                    todo.append(RunTask(key, eps, seed))
+                    continue
                 if rec.get("fingerprint") != fingerprint:
                     theirs = rec.get("identity", {})
+                    theirs = theirs if isinstance(theirs, dict) else {}
                     diff = sorted(
                         k
                         for k in set(theirs) | set(run_identity)
@@ -440,59 +589,51 @@ def sweep(
                         "delete that file or choose another output directory"
                     )
                 records[key] = rec
-                npz = path[:-5] + ".npz"
-                if os.path.exists(npz):
-                    with np.load(npz) as f:
-                        arrays[key] = {k: f[k] for k in f.files}
+                arrays[key] = arr
             else:
-                todo.append((eps, seed))
+                todo.append(RunTask(key, eps, seed))
+    for message in redo:
+        _note(message, notes)
+    reused = len(records)
 
+    job = RunJob(train_fn=train_run, build=build, splits=splits, settings=settings)
+    executor = make_executor(
+        workers, job, len(todo), threads=threads, warn=lambda m: _note(m, notes)
+    )
+    config["workers"] = executor.workers
     if runs_dir is not None:
-        os.makedirs(runs_dir, exist_ok=True)
         write_json(os.path.join(out_dir, "config.json"), config)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
 
-    bar_cls = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm as bar_cls
-        except ImportError:  # progress bars are an optional extra
-            bar_cls = None
     complete = True
-    outer = bar_cls(total=len(todo), desc="runs", unit="run") if bar_cls and todo else None
+    display = RunProgress(len(todo), enabled=progress, reused=reused)
+
+    def on_done(task: RunTask, rec: dict[str, Any], arr: dict[str, np.ndarray]) -> None:
+        rec["fingerprint"] = fingerprint
+        rec["identity"] = json.loads(json.dumps(run_identity, default=str))
+        rec["key"] = task.key
+        if runs_dir:
+            write_npz(os.path.join(runs_dir, task.key + ".npz"), arr)
+            write_json(os.path.join(runs_dir, task.key + ".json"), rec)  # written last: "done"
+        records[task.key] = rec
+        arrays[task.key] = arr
+        display.finished(task)
+
     try:
-        for eps, seed in todo:
-            key = run_key(eps, seed)
-            if outer is not None:
-                outer.set_description(f"ε={eps:g} seed={seed}")
-            inner = (
-                bar_cls(total=settings.epochs, desc="epochs", unit="ep", leave=False)
-                if bar_cls
-                else None
-            )
-            try:
-                rec, arr = train_run(build, splits, eps, seed, settings, progress=inner)
-            finally:
-                if inner is not None:
-                    inner.close()
-            rec["fingerprint"] = fingerprint
-            rec["identity"] = json.loads(json.dumps(run_identity, default=str))
-            rec["key"] = key
-            if runs_dir:
-                _write_npz(os.path.join(runs_dir, key + ".npz"), arr)
-                write_json(os.path.join(runs_dir, key + ".json"), rec)  # written last: "done"
-            records[key] = rec
-            arrays[key] = arr
-            if outer is not None:
-                outer.update(1)
+        executor.run(
+            job,
+            todo,
+            display.started,
+            on_done,
+            epoch_progress=lambda task: display.epoch_bar(task, settings.epochs),
+        )
     except BaseException:  # Ctrl-C or a crash: what is on disk is an incomplete sweep
         complete = False
         raise
     finally:
-        if outer is not None:
-            outer.close()
+        display.close()
         torch.set_num_threads(old_threads)
         ordered = sorted(records.values(), key=lambda r: (r["smoothing"], r["seed"]))
         rows = [flatten_run(r) for r in ordered]
@@ -506,6 +647,8 @@ def sweep(
             arrays=arrays,
             out=out_dir,
             complete=complete,
+            reused=reused,
+            notes=notes,
         )
         if out_dir is not None and ordered:
             result.paths["results.json"] = os.path.join(out_dir, "results.json")

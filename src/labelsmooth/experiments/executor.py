@@ -1,0 +1,442 @@
+"""Where a sweep's runs execute: one after another in this process, or in worker processes.
+
+The sweep hands an executor a :class:`RunJob` (what every run shares: the training function,
+the model builder, the data and the settings) and the list of :class:`RunTask` to do. The
+executor calls ``on_start(task)`` when a run begins and ``on_done(task, record, arrays)`` when it
+has finished, always in the calling process. The sweep saves each run from ``on_done``, so files
+are written by one process only, atomically, and resume works the same whatever the executor.
+
+* :class:`SerialExecutor` runs the tasks in order in this process (``workers=1``).
+* :class:`ProcessExecutor` runs them in a :class:`concurrent.futures.ProcessPoolExecutor` with
+  the ``spawn`` start method, one torch thread per worker by default. At most ``workers`` runs
+  are in flight at a time, so "running" is exact and Ctrl-C has little to cancel.
+
+Another engine (a Ray executor, say) implements :class:`RunExecutor`: run every task, call the
+two callbacks in the calling process, stop everything and re-raise on the first error or on
+``KeyboardInterrupt``.
+
+Results do not depend on the executor: :func:`~labelsmooth.experiments.train.train_run` seeds
+everything from the run's seed, so with the same thread count a run gives the same numbers in
+any process (the timings aside).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ProcessExecutor",
+    "RunExecutor",
+    "RunJob",
+    "RunProgress",
+    "RunTask",
+    "SerialExecutor",
+    "check_device",
+    "default_workers",
+    "make_executor",
+]
+
+OnStart = Callable[["RunTask"], None]
+OnDone = Callable[["RunTask", dict[str, Any], dict[str, np.ndarray]], None]
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One run of the sweep: its file stem, smoothing factor and seed."""
+
+    key: str
+    smoothing: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """What every run of a sweep shares; calling it with a task trains that run.
+
+    Attributes:
+        train_fn: ``train_fn(build, splits, smoothing, seed, settings, progress=...)`` returning
+            ``(record, arrays)`` (:func:`~labelsmooth.experiments.train.train_run`).
+        build: zero-argument callable returning a fresh model.
+        splits: the data.
+        settings: the training settings.
+
+    To run in worker processes the job must pickle, and its functions must be importable there
+    (defined at module level, not a lambda or a closure).
+    """
+
+    train_fn: Callable[..., tuple[dict[str, Any], dict[str, np.ndarray]]]
+    build: Callable[[], Any]
+    splits: Any
+    settings: Any
+
+    def __call__(
+        self, task: RunTask, progress: Any = None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return self.train_fn(
+            self.build, self.splits, task.smoothing, task.seed, self.settings, progress=progress
+        )
+
+
+class RunExecutor(abc.ABC):
+    """Runs the tasks of a sweep; see the module docstring for the contract."""
+
+    #: a short name for messages and the saved configuration
+    name: str = "executor"
+    #: how many runs may be in flight at once
+    workers: int = 1
+
+    @abc.abstractmethod
+    def run(
+        self,
+        job: RunJob,
+        tasks: Sequence[RunTask],
+        on_start: OnStart,
+        on_done: OnDone,
+        *,
+        epoch_progress: Callable[[RunTask], Any] | None = None,
+    ) -> None:
+        """Run every task. ``on_start``/``on_done`` are called in this process.
+
+        ``epoch_progress(task)`` may return a per-epoch progress object (``update``,
+        ``set_postfix``, ``close``) for executors that can tick one; others ignore it.
+        On the first failure, or on ``KeyboardInterrupt``, stop every run still going and
+        re-raise; runs already reported through ``on_done`` are kept by the caller.
+        """
+
+
+class SerialExecutor(RunExecutor):
+    """Every run in this process, one after another (``workers=1``)."""
+
+    name = "serial"
+    workers = 1
+
+    def run(
+        self,
+        job: RunJob,
+        tasks: Sequence[RunTask],
+        on_start: OnStart,
+        on_done: OnDone,
+        *,
+        epoch_progress: Callable[[RunTask], Any] | None = None,
+    ) -> None:
+        for task in tasks:
+            on_start(task)
+            bar = epoch_progress(task) if epoch_progress is not None else None
+            try:
+                record, arrays = job(task, progress=bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            on_done(task, record, arrays)
+
+
+# --- worker side ------------------------------------------------------------------------------
+_WORKER_JOB: RunJob | None = None
+
+
+def _init_worker(payload: bytes, threads: int) -> None:
+    """Runs once in each worker: Ctrl-C is the parent's to handle; load the job; set threads."""
+    global _WORKER_JOB
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    _WORKER_JOB = pickle.loads(payload)
+
+
+def _run_in_worker(task: RunTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    assert _WORKER_JOB is not None, "worker used without _init_worker"  # internal invariant
+    return _WORKER_JOB(task)
+
+
+def _unpicklable_reason(job: RunJob) -> str | None:
+    """Why ``job`` cannot reach a spawned worker, or None when it can (as far as we can tell)."""
+    try:
+        pickle.dumps(job)
+    except Exception as e:  # PicklingError, AttributeError ("local object"), TypeError, ...
+        return f"{type(e).__name__}: {e}"
+    main = sys.modules.get("__main__")
+    if main is not None and not getattr(main, "__file__", None):
+        # An interactive session: functions defined there pickle by name but a spawned worker
+        # cannot import them.
+        for fn in (job.train_fn, job.build, getattr(job.build, "fn", None)):
+            if fn is not None and getattr(fn, "__module__", None) == "__main__":
+                return f"{getattr(fn, '__qualname__', fn)!s} is defined in an interactive session"
+    return None
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end the worker processes now (no orphans)."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():  # pragma: no cover - a worker that ignores SIGTERM
+            p.kill()
+            p.join(timeout=5)
+
+
+class ProcessExecutor(RunExecutor):
+    """Runs in ``workers`` spawned processes (:class:`concurrent.futures.ProcessPoolExecutor`).
+
+    Each worker receives the job once (pickled) and sets ``torch.set_num_threads(threads)``.
+    Workers ignore SIGINT: a Ctrl-C reaches this process, which ends the workers, keeps the runs
+    already reported and re-raises ``KeyboardInterrupt``.
+    """
+
+    name = "processes"
+
+    def __init__(self, workers: int, threads: int = 1) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, got {workers!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        self.workers = workers
+        self.threads = threads
+
+    def run(
+        self,
+        job: RunJob,
+        tasks: Sequence[RunTask],
+        on_start: OnStart,
+        on_done: OnDone,
+        *,
+        epoch_progress: Callable[[RunTask], Any] | None = None,
+    ) -> None:
+        if not tasks:
+            return
+        import multiprocessing
+
+        payload = pickle.dumps(job)
+        pool = ProcessPoolExecutor(
+            max_workers=min(self.workers, len(tasks)),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(payload, self.threads),
+        )
+        queue = list(tasks)
+        inflight: dict[Future[Any], RunTask] = {}
+
+        def submit_next() -> None:
+            if queue:
+                task = queue.pop(0)
+                inflight[pool.submit(_run_in_worker, task)] = task
+                on_start(task)
+
+        try:
+            for _ in range(self.workers):
+                submit_next()
+            while inflight:
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                # report in task order when several finish together (stable output)
+                for fut in sorted(done, key=lambda f: tasks.index(inflight[f])):
+                    task = inflight.pop(fut)
+                    try:
+                        record, arrays = fut.result()
+                    except BrokenProcessPool as e:
+                        raise RuntimeError(
+                            "a worker process died or could not start (out of memory, killed, "
+                            "or the model function cannot be imported in a fresh process; a "
+                            "script that calls sweep() at import time needs an "
+                            "`if __name__ == '__main__':` guard); re-run with workers=1 "
+                            f"(--workers 1) to run in this process ({e})"
+                        ) from e
+                    on_done(task, record, arrays)
+                    submit_next()
+        except BaseException:
+            _stop_pool(pool)
+            raise
+        pool.shutdown(wait=True)
+
+
+def default_workers(device: str = "cpu") -> int:
+    """The default number of worker processes: one per usable core on CPU, 1 on an accelerator.
+
+    Example:
+        >>> default_workers("cuda") == 1 and default_workers("cpu") >= 1
+        True
+    """
+    if torch.device(device).type != "cpu":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def make_executor(
+    workers: int | None,
+    job: RunJob,
+    n_tasks: int,
+    *,
+    threads: int | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> RunExecutor:
+    """The executor for ``workers`` (None = :func:`default_workers`), ``n_tasks`` runs.
+
+    One worker, or at most one task, runs in this process. A job that cannot be sent to worker
+    processes (a lambda or closure as the model function) also runs here, after ``warn`` says why.
+    """
+    if workers is None:
+        workers = default_workers(getattr(job.settings, "device", "cpu"))
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int or None (one per core), got {workers!r}")
+    if workers == 1 or n_tasks <= 1:
+        return SerialExecutor()
+    reason = _unpicklable_reason(job)
+    if reason is not None:
+        if warn is not None:
+            warn(
+                f"running the {n_tasks} runs one at a time in this process, not in {workers} "
+                f"workers: the model function cannot be sent to a worker process ({reason}); "
+                "define it at module level in an importable file to run in parallel"
+            )
+        return SerialExecutor()
+    return ProcessExecutor(workers, threads=threads or 1)
+
+
+def check_device(device: str) -> torch.device:
+    """Parse ``device`` and check it exists here, before any data is loaded or model trained.
+
+    Raises:
+        ValueError: not a torch device, or its backend (CUDA, MPS) is not available, or the
+            device index is beyond the devices present.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+        >>> check_device("gpu0")
+        Traceback (most recent call last):
+        ...
+        ValueError: device 'gpu0' is not a torch device (expected e.g. 'cpu', 'cuda', 'cuda:1')
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device {device!r} is not a torch device (expected e.g. 'cpu', 'cuda', 'cuda:1')"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device {device!r}: this machine has {n} CUDA device(s)")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ValueError(f"device {device!r}: that backend is not available on this machine")
+    return dev
+
+
+class RunProgress:
+    """One display for the whole sweep: runs done of total, running, waiting, and the ETA.
+
+    With tqdm (the ``experiments`` extra) a single bar; its ETA is the remaining runs over the
+    rate at which runs have finished so far, so it holds for any number of workers. Without
+    tqdm, one line per finished run on stderr. ``enabled=False`` shows nothing.
+    """
+
+    def __init__(self, total: int, *, enabled: bool = True, reused: int = 0) -> None:
+        import time
+
+        self.total = total
+        self.done = 0
+        self.running: list[str] = []
+        self.reused = reused
+        self._time = time.perf_counter
+        self._t0 = self._time()
+        self._tqdm: Any = None
+        self.bar: Any = None
+        self.enabled = enabled and total > 0
+        if self.enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # progress bars are an optional extra: plain lines instead
+                tqdm = None
+            self._tqdm = tqdm
+            if tqdm is not None:
+                desc = f"runs ({reused} reused)" if reused else "runs"
+                self.bar = tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
+
+    def _postfix(self) -> dict[str, Any]:
+        waiting = self.total - self.done - len(self.running)
+        return {"running": len(self.running), "waiting": waiting}
+
+    def started(self, task: RunTask) -> None:
+        self.running.append(task.key)
+        if self.bar is not None:
+            self.bar.set_postfix(self._postfix())
+
+    def finished(self, task: RunTask) -> None:
+        if task.key in self.running:
+            self.running.remove(task.key)
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix(self._postfix(), refresh=False)
+            self.bar.update(1)
+        elif self.enabled:
+            elapsed = self._time() - self._t0
+            eta = elapsed / self.done * (self.total - self.done)
+            p = self._postfix()
+            print(
+                f"run {self.done}/{self.total} done ({task.key}); running {p['running']}, "
+                f"waiting {p['waiting']}, ETA {_clock(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def epoch_bar(self, task: RunTask, epochs: int) -> Any:
+        """A per-epoch bar under the runs bar (serial runs only), or None."""
+        if self.bar is None:
+            return None
+        return self._tqdm(total=epochs, desc=task.key, unit="ep", leave=False, dynamic_ncols=True)
+
+    def write(self, message: str) -> None:
+        """Print a line to stderr without breaking the bar."""
+        if self.bar is not None:
+            self._tqdm.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _clock(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``.
+
+    Example:
+        >>> _clock(3725), _clock(185), _clock(41.6)
+        ('1h02m', '3m05s', '42s')
+    """
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
