@@ -200,6 +200,14 @@ def test_meter_rejects_before_changing_its_state():
     assert len(sample) == 0
 
 
+def test_reliability_diagram_rejects_raw_logits():
+    pytest.importorskip("matplotlib")
+    from labelsmooth.calibration.plots import reliability_diagram
+
+    with pytest.raises(ValueError, match="pass from_logits=True"):
+        reliability_diagram(torch.tensor([[3.0, -1.0], [-2.0, 4.0]]), torch.tensor([0, 1]))
+
+
 def test_fit_temperature_rejects_bad_labels_and_logits():
     z = torch.tensor([[2.0, -1.0], [0.0, 1.0]])
     with pytest.raises(ValueError, match=r"Expected `labels` to be class indices in \[0, 2\)"):

@@ -229,6 +229,18 @@ def test_float32_states_after_set_dtype_still_accumulate():
     assert metric.compute().item() == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.parametrize("binning", ["width", "mass"])
+def test_merge_state_equals_one_metric(binning):
+    x, y = _case(7, 160, 4)
+    a = ExpectedCalibrationError(12, binning=binning, from_logits=True)
+    b = ExpectedCalibrationError(12, binning=binning, from_logits=True)
+    a.update(x[:70], y[:70])
+    b.update(x[70:], y[70:])
+    a.merge_state(b)
+    want = cal.expected_calibration_error(x, y, 12, binning=binning, from_logits=True).item()
+    assert a.compute().item() == pytest.approx(want, abs=1e-14)
+
+
 def test_metric_collection_forward_and_pickle():
     import pickle
 

@@ -26,6 +26,7 @@ from labelsmooth.calibration._stats import (
     ce_from_stats,
     check_n_bins,
     confidence_correct,
+    host_check,
     prepare,
     width_bins,
 )
@@ -50,8 +51,11 @@ def _require_matplotlib() -> None:
         ) from exc
 
 
-def _diagram_data(probs: Any, labels: Any, n_bins: int, from_logits: bool) -> dict[str, Any]:
-    p, y = prepare(probs, labels, from_logits)
+def _diagram_data(
+    probs: Any, labels: Any, n_bins: int, from_logits: bool, validate: bool | None = None
+) -> dict[str, Any]:
+    # A diagram reads every value to the host anyway: values are checked unless validate=False.
+    p, y = prepare(probs, labels, from_logits, validate, check=host_check(validate))
     conf, correct = confidence_correct(p, y)
     counts, s_conf, s_acc = bin_stats(width_bins(conf, n_bins), conf, correct, n_bins)
     ece = float(ce_from_stats(counts, s_conf, s_acc, "l1"))
@@ -225,6 +229,7 @@ def reliability_diagram(
     n_bins: int = 15,
     *,
     from_logits: bool = False,
+    validate: bool | None = None,
     ax: Axes | None = None,
     title: str | None = None,
     intervals: bool = True,
@@ -240,6 +245,8 @@ def reliability_diagram(
         labels: ``(N,)`` integer class indices.
         n_bins: number of equal-width bins ``M``.
         from_logits: apply a softmax first.
+        validate: ``False`` skips the value checks (probabilities in ``[0, 1]`` summing to 1,
+            labels in ``[0, K)``), which run on every device otherwise.
         ax: draw into this axes' slot, which is split into the diagram and the histogram below
             it (the axes itself is replaced); a new figure otherwise.
         title: optional axes title.
@@ -257,7 +264,7 @@ def reliability_diagram(
     """
     _require_matplotlib()
     n_bins = check_n_bins(n_bins)
-    data = _diagram_data(probs, labels, n_bins, from_logits)
+    data = _diagram_data(probs, labels, n_bins, from_logits, validate)
     if ax is None:
         from matplotlib.figure import Figure
 
@@ -274,6 +281,7 @@ def reliability_diagrams(
     n_bins: int = 15,
     *,
     from_logits: bool = False,
+    validate: bool | None = None,
     ncols: int | None = None,
     intervals: bool = True,
 ) -> Figure:
@@ -283,6 +291,7 @@ def reliability_diagrams(
         models: ordered mapping ``name -> (probs, labels)``; the name is the panel title.
         n_bins: number of equal-width bins ``M`` (the same for every panel).
         from_logits: the tensors are logits.
+        validate: as in :func:`reliability_diagram`.
         ncols: panels per row (default: all in one row, at most 4).
         intervals: draw 95% Wilson intervals on the per-bin accuracies.
 
@@ -316,7 +325,7 @@ def reliability_diagrams(
             raise ValueError(
                 f"models[{name!r}] must be a (probs, labels) tuple, got {type(pair).__name__}"
             )
-        data = _diagram_data(pair[0], pair[1], n_bins, from_logits)
+        data = _diagram_data(pair[0], pair[1], n_bins, from_logits, validate)
         ax = fig.add_subplot(nrows, ncols, i + 1)
         _draw(ax, data, n_bins, str(name), ylabel=(i % ncols == 0), intervals=intervals)
     return fig
