@@ -26,19 +26,22 @@ def _no_current_device():
     raise AssertionError("torch.cuda.current_device() must not be consulted for CUDA data")
 
 
-@pytest.mark.parametrize("backend, data, expected", [
-    ("gloo", "cpu", "cpu"),
-    ("gloo", None, "cpu"),
-    ("nccl", "cuda:3", "cuda:3"),             # the data's GPU, whatever the current device
-    ("cpu:gloo,cuda:nccl", "cuda:1", "cuda:1"),
-    ("cpu:gloo,cuda:nccl", "cpu", "cpu"),
-    ("cpu:gloo,cuda:nccl", None, "cpu"),
-    ("my_backend", "meta", "meta"),           # an unknown backend: trust the data's device
+@pytest.mark.parametrize("backend, data, op, expected", [
+    ("gloo", "cpu", "all_reduce", "cpu"),
+    ("gloo", None, "all_reduce", "cpu"),
+    ("gloo", "cuda:1", "all_reduce", "cuda:1"),      # gloo reduces CUDA tensors ...
+    ("gloo", "cuda:1", "all_gather", "cpu"),         # ... but gathers only CPU ones
+    ("nccl", "cuda:3", "all_gather", "cuda:3"),
+    ("nccl", "cuda:3", "all_reduce", "cuda:3"),      # the data's GPU, whatever the current one
+    ("cpu:gloo,cuda:nccl", "cuda:1", "all_gather", "cuda:1"),
+    ("cpu:gloo,cuda:nccl", "cpu", "all_gather", "cpu"),
+    ("cpu:gloo,cuda:nccl", None, "all_reduce", "cpu"),
+    ("my_backend", "meta", "all_gather", "meta"),    # an unknown backend: trust the data's device
 ])
-def test_collective_device_is_keyed_on_the_data(backend, data, expected) -> None:
+def test_collective_device_is_keyed_on_the_data(backend, data, op, expected) -> None:
     with mock.patch("torch.distributed.get_backend", return_value=backend), \
          mock.patch("torch.cuda.current_device", _no_current_device):
-        assert collective_device(None, data) == torch.device(expected)
+        assert collective_device(None, data, op=op) == torch.device(expected)
 
 
 def test_cpu_data_on_an_nccl_group_goes_to_the_groups_gpu() -> None:
@@ -59,6 +62,9 @@ def test_backend_device_types() -> None:
         assert backend_device_types(None) == ("cpu", "cuda")
     with mock.patch("torch.distributed.get_backend", return_value="nccl"):
         assert backend_device_types(None) == ("cuda",)
+    with mock.patch("torch.distributed.get_backend", return_value="gloo"):
+        assert backend_device_types(None, "all_reduce") == ("cpu", "cuda")
+        assert backend_device_types(None, "all_gather") == ("cpu",)
 
 
 def test_meters_use_the_same_rule() -> None:
@@ -113,12 +119,12 @@ def test_fingerprint_goes_where_the_rule_says(monkeypatch: pytest.MonkeyPatch) -
     """The fingerprint exchange asks the rule with the logits' device (CPU here, gloo)."""
     fake = _FakeGroup(monkeypatch, "gloo")
     asked: list = []
-    monkeypatch.setattr(D, "collective_device",
-                        lambda group, device=None: asked.append(device) or torch.device("cpu"))
+    monkeypatch.setattr(D, "collective_device", lambda group, device=None, op="all_reduce":
+                        asked.append((device, op)) or torch.device("cpu"))
     x = torch.randn(3, 4, dtype=torch.float64)
     loss = D.vocab_parallel_cross_entropy(x, torch.tensor([0, 5, 7]), label_smoothing=0.1)
     assert torch.isfinite(loss)
-    assert asked == [torch.device("cpu")]
+    assert asked == [(torch.device("cpu"), "all_gather")]
     assert fake.calls[0] == ("all_gather", torch.device("cpu"))
 
 
@@ -143,3 +149,17 @@ def test_checksums_of_a_cpu_target_join_the_logits_device() -> None:
     st = D._setup(torch.tensor([0, 5, 7]), 4, 0, 8, None, None, opts, torch.device("meta"),
                   torch.float32, True, None, 2, 0, call, True)
     assert st.agree is None
+
+
+def test_first_call_does_not_import_dtensor() -> None:
+    """Recognising DTensor input must not import torch.distributed.tensor (seconds of sympy
+    imports on the first call of every program; 8 s measured here under load)."""
+    import subprocess
+    import sys
+    code = ("import sys, torch; "
+            "from labelsmooth.distributed import vocab_parallel_cross_entropy as f;"
+            "f(torch.randn(2, 3), torch.tensor([0, 2]), label_smoothing=0.1);"
+            "print('torch.distributed.tensor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

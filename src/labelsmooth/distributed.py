@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import struct
+import sys
 from typing import Any, Literal
 
 import torch
@@ -117,7 +118,8 @@ def vocab_shard_range(local_width: int, group: Group = None) -> tuple[int, int]:
 
 
 def _all_gather_widths(width: int, group: Any, world: int) -> list[int]:
-    mine = torch.tensor([width], dtype=torch.long, device=collective_device(group))
+    mine = torch.tensor([width], dtype=torch.long,
+                        device=collective_device(group, op="all_gather"))
     out = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(out, mine, group=group)
     return [int(t) for t in out]
@@ -336,7 +338,7 @@ def _agree(call: _Call, err: BaseException | None, group: Any, world: int, rank:
             raise err
         _check_range([call.vocab_start], [call.vocab_size], [call.width], [rank])
         return call.vocab_start, call.vocab_size, False
-    comm = collective_device(group, device)
+    comm = collective_device(group, device, op="all_gather")  # the logits' GPU under NCCL
     mine = torch.tensor(call.vector(0 if err is None else 1), dtype=torch.long, device=comm)
     out = [torch.zeros_like(mine) for _ in range(world)]
     dist.all_gather(out, mine, group=group)
@@ -407,11 +409,11 @@ def _check_targets(cols: list[list[int]], size: int, ignore_index: int) -> None:
 
 
 def _is_dtensor(t: Any) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - old torch
-        return False
-    return isinstance(t, DTensor)
+    # A DTensor exists only once torch.distributed.tensor is imported; importing it here would
+    # cost seconds (sympy) on the first call of a program that never uses DTensors.
+    mod = sys.modules.get("torch.distributed.tensor")
+    dtensor = getattr(mod, "DTensor", None) if mod is not None else None
+    return dtensor is not None and isinstance(t, dtensor)
 
 
 def _unwrap_dtensor(t: torch.Tensor, class_dim: int,
