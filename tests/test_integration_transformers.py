@@ -173,6 +173,24 @@ def test_shift_labels_for_causal_lm():
     labels = torch.tensor([[1, 2, 3, -100]])
     assert shift_labels_for_causal_lm(labels).tolist() == [[2, 3, -100, -100]]
     assert shift_labels_for_causal_lm(labels, ignore_index=-1).tolist() == [[2, 3, -100, -1]]
+    # Sequence classification (one label per example) must not be shifted: a clear error.
+    with pytest.raises(ValueError, match="shift_labels=False"):
+        loss_func(0.1)(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    got = loss_func(0.1, shift_labels=False)(torch.randn(4, 3, dtype=torch.float64),
+                                              torch.tensor([0, 1, 2, -100]))
+    assert got.ndim == 0 and torch.isfinite(got)
+
+
+def test_fused_head_evaluates_like_hf_label_smoothing(tmp_path):
+    losses = []
+    for fused in (True, False):
+        model = use_fused_loss(gpt2(), 0.1) if fused else gpt2()
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to="none",
+            use_cpu=True, label_smoothing_factor=0.0 if fused else 0.1, disable_tqdm=True)
+        trainer = transformers.Trainer(model=model, args=args, eval_dataset=dataset())
+        losses.append(trainer.evaluate()["eval_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
 @pytest.mark.parametrize("build", [gpt2, llama], ids=["gpt2", "llama"])

@@ -85,8 +85,11 @@ def shift_labels_for_causal_lm(labels: torch.Tensor, ignore_index: int = -100) -
                 [   2, -100, -100]])
     """
     labels = V.check_tensor("labels", labels)
-    if labels.dim() < 1:
-        raise V.fail("labels", "a tensor of shape (..., sequence)", tuple(labels.shape))
+    if labels.dim() < 2:
+        # One label per example (sequence classification) has no next token to shift to.
+        raise V.fail("labels", "a (batch, sequence) tensor to shift for a causal LM (pass "
+                     "shift_labels=False for labels already aligned with the logits)",
+                     tuple(labels.shape))
     return F.pad(labels[..., 1:], (0, 1), value=ignore_index)
 
 
