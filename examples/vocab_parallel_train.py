@@ -85,6 +85,10 @@ def main() -> None:
     params = list(trunk.parameters()) + [shard_w, shard_b]
     opt = torch.optim.Adam(params, lr=args.lr)
     loss_kw = dict(label_smoothing=args.label_smoothing, spread=args.spread, z_loss=args.z_loss)
+    # With vocab_start/vocab_size given, a step makes only the loss's two all-reduces. On the first
+    # step, validate=True adds one all_gather of the call's fingerprint: if any rank's batch,
+    # options or targets differ (or one rank rejects its arguments), every rank raises the same
+    # ValueError naming the rank, rather than hanging.
     if reference is not None:
         ref_opt = torch.optim.Adam([*reference[0].parameters(), *reference[1].parameters()],
                                    lr=args.lr)
@@ -98,13 +102,14 @@ def main() -> None:
         i = (step * args.batch) % len(x_all)
         x, y = x_all[i:i + args.batch], y_all[i:i + args.batch]
         h = trunk(x)
+        check = True if step == 0 else None  # None: the default (value checks on CPU only)
         if args.variant == "linear":
             loss = vocab_parallel_linear_cross_entropy(h, shard_w, y, shard_b, vocab_start=start,
-                                                       vocab_size=vocab, **loss_kw)
+                                                       vocab_size=vocab, validate=check, **loss_kw)
         else:
             logits = copy_to_vocab_parallel(h) @ shard_w.T + shard_b  # all-reduces d(h) in backward
             loss = vocab_parallel_cross_entropy(logits, y, vocab_start=start, vocab_size=vocab,
-                                                **loss_kw)
+                                                validate=check, **loss_kw)
         opt.zero_grad()
         loss.backward()
         opt.step()
