@@ -16,6 +16,7 @@ import math
 import re
 import socket
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -68,13 +69,29 @@ def _entry(rank: int, world: int, port: int, job: str, workdir: str) -> None:
         dist.destroy_process_group()
 
 
+SPAWN_TIMEOUT = 600.0  # seconds for one battery: a hung group fails the test, not the suite
+
+
 def _spawn(world: int, job: str, data) -> list:
-    """Run ``JOBS[job](rank, world, data)`` on ``world`` gloo ranks; return each rank's result."""
+    """Run ``JOBS[job](rank, world, data)`` on ``world`` gloo ranks; return each rank's result.
+
+    The group is killed, and the test fails, if it has not finished within ``SPAWN_TIMEOUT``."""
     with tempfile.TemporaryDirectory() as d:
         torch.save(data, Path(d) / "in.pt")
         try:
-            mp.start_processes(_entry, args=(world, _free_port(), job, d), nprocs=world, join=True,
-                               start_method=START_METHOD)
+            ctx = mp.start_processes(_entry, args=(world, _free_port(), job, d), nprocs=world,
+                                     join=False, start_method=START_METHOD)
+            deadline = time.monotonic() + SPAWN_TIMEOUT
+            while not ctx.join(timeout=0.5):
+                if time.monotonic() > deadline:
+                    for p in ctx.processes:
+                        if p.is_alive():
+                            p.kill()
+                        p.join()
+                    raise AssertionError(f"{job} on {world} processes: no result after "
+                                         f"{SPAWN_TIMEOUT:.0f} s (killed)")
+        except AssertionError:
+            raise
         except Exception:  # report every rank's traceback, the first failure first
             errs = sorted((f for f in [*Path(d).glob("err*.txt"), *Path(d).glob("fault*.txt")]
                            if f.stat().st_size), key=lambda f: f.stat().st_mtime)
