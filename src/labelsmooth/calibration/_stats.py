@@ -68,49 +68,61 @@ def _first(mask: torch.Tensor) -> int:
 
 
 def check_values(x: torch.Tensor, labels: torch.Tensor, from_logits: bool, arg: str) -> None:
-    """Value checks (they read the data: a host-device sync on accelerators).
+    """Value checks (they read the data: one host-device sync on accelerators).
 
     * labels are class indices in ``[0, K)``;
     * logits (``from_logits=True``) contain no NaN and no ``+inf``, and every row has a finite
-      entry (``-inf`` masks a class);
-    * probabilities are finite, in ``[0, 1]``, and each row sums to 1 within
-      :func:`~labelsmooth._validation.prior_sum_slack` of the input dtype (the rule for priors).
+      entry (``-inf`` masks a class): the row maximum is finite;
+    * probabilities are finite, in ``[0, 1]`` (minimum >= 0, maximum <= 1; NaN fails both),
+      and each row sums to 1 within :func:`~labelsmooth._validation.prior_sum_slack` of the input
+      dtype (the rule for priors).
+
+    Reductions only (no ``(N, K)`` temporaries), and one read of a flag tensor when all is well;
+    the failing row is located only to write the message.
     """
     k = x.shape[1]
-    bad = (labels < 0) | (labels >= k)
-    if bool(bad.any()):
-        i = _first(bad)
+    label_bad = (labels < 0) | (labels >= k)
+    if from_logits:
+        row_bad = ~torch.isfinite(x.amax(dim=1))
+        sum_bad = None
+    else:
+        lo, hi = torch.aminmax(x)  # over the whole tensor (fast); the row is found on failure
+        range_ok = (lo >= 0) & (hi <= 1)  # NaN fails both
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        sums = x.sum(dim=1, dtype=acc)
+        slack = prior_sum_slack(x.dtype, k)
+        sum_bad = ~((sums - 1.0).abs() <= slack)
+    flags = [label_bad.any()]
+    flags += [row_bad.any()] if sum_bad is None else [~range_ok, sum_bad.any()]
+    if not bool(torch.stack(flags).any()):
+        return
+    if bool(flags[0]):
+        i = _first(label_bad)
         got = _Shown(f"labels[{i}] = {int(labels[i])}")
         raise fail("labels", f"class indices in [0, {k})", got)
     if from_logits:
-        bad_rows = (torch.isnan(x) | (x == math.inf)).any(dim=1) | (x == -math.inf).all(dim=1)
-        if bool(bad_rows.any()):
-            i = _first(bad_rows)
-            raise fail(
-                arg,
-                "logits without NaN or +inf and with a finite entry in every row",
-                _Shown(f"{arg}[{i}] = {tensor_value(x[i])}"),
-            )
-        return
+        i = _first(row_bad)
+        raise fail(
+            arg,
+            "logits without NaN or +inf and with a finite entry in every row",
+            _Shown(f"{arg}[{i}] = {tensor_value(x[i])}"),
+        )
     hint = "; pass from_logits=True for logits"  # the usual cause of out-of-range "probabilities"
-    bad_rows = (torch.isnan(x) | (x < 0) | (x > 1)).any(dim=1)
-    if bool(bad_rows.any()):
-        i = _first(bad_rows)
+    if bool(flags[1]):
+        row_bad = ~((x.amin(dim=1) >= 0) & (x.amax(dim=1) <= 1))
+        i = _first(row_bad)
         raise fail(
             arg,
             f"probabilities, finite and in [0, 1]{hint}",
             _Shown(f"{arg}[{i}] = {tensor_value(x[i])}"),
         )
-    slack = prior_sum_slack(x.dtype, k)
-    sums = x.sum(dim=1, dtype=torch.float64)
-    bad_rows = (sums - 1.0).abs() > slack
-    if bool(bad_rows.any()):
-        i = _first(bad_rows)
-        raise fail(
-            arg,
-            f"probabilities with rows summing to 1 (within {slack:.3g}{hint})",
-            _Shown(f"{arg}[{i}] = {tensor_value(x[i])} summing to {float(sums[i]):.6g}"),
-        )
+    assert sum_bad is not None  # internal: set on the probabilities path
+    i = _first(sum_bad)
+    raise fail(
+        arg,
+        f"probabilities with rows summing to 1 (within {slack:.3g}{hint})",
+        _Shown(f"{arg}[{i}] = {tensor_value(x[i])} summing to {float(sums[i]):.6g}"),
+    )
 
 
 def checked(
