@@ -467,3 +467,29 @@ def test_the_end_of_a_sweep_prints_the_verdict_the_report_and_what_was_reused(tm
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "2 reused from an earlier invocation, 0 trained" in out
+
+
+def test_workers_and_num_classes_from_flags_and_config_files(tmp_path, capsys):
+    from labelsmooth.cli import build_parser, resolve_sweep_config
+
+    cfg = resolve_sweep_config(build_parser().parse_args(["sweep"]))
+    assert cfg["workers"] is None and cfg["num_classes"] is None  # one per core; from labels
+    (tmp_path / "c.toml").write_text("workers = 2\nnum-classes = 6\n")
+    cfg = resolve_sweep_config(build_parser().parse_args(["sweep", "--config", str(tmp_path / "c.toml")]))
+    assert (cfg["workers"], cfg["num_classes"]) == (2, 6)
+    cfg = resolve_sweep_config(
+        build_parser().parse_args(["sweep", "--config", str(tmp_path / "c.toml"), "--workers", "1"])
+    )
+    assert cfg["workers"] == 1 and cfg["sources"]["workers"] == "flag"
+    for text, msg in [("workers = 0", "workers must be an integer >= 1"),
+                      ("num-classes = 1", "num_classes must be an integer >= 2"),
+                      ("workers = true", "workers must be an integer")]:  # fmt: skip
+        (tmp_path / "bad.toml").write_text(text + "\n")
+        with pytest.raises(ValueError, match=msg):
+            resolve_sweep_config(
+                build_parser().parse_args(["sweep", "--config", str(tmp_path / "bad.toml")])
+            )
+    for argv in (["--workers", "0"], ["--num-classes", "1"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["sweep", *argv])
+        assert "must be >=" in capsys.readouterr().err
