@@ -302,6 +302,10 @@ def test_damaged_run_files_are_named_and_trained_again(tmp_path, monkeypatch, ca
     assert res.complete and res.reused == 0
     assert _strip_timings(res.rows) == _strip_timings(first.rows)
     assert len(sweep_mod.load_runs(str(tmp_path))[0]) == 3
+    # A run of another configuration is never "repaired" (overwritten), even with bad arrays.
+    (runs / "eps0_seed0.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"different configuration \(differs in \['epochs'\]"):
+        sweep(**{**kw, "epochs": 3})
 
 
 def test_a_record_missing_its_metrics_or_arrays_is_damaged(tmp_path):
@@ -463,7 +467,16 @@ def test_the_end_of_a_sweep_prints_the_verdict_the_report_and_what_was_reused(tm
     out = capsys.readouterr().out
     assert "(2 trained;" in out and "reused" not in out
     assert str(tmp_path / "report.html") in out
-    assert "verdict:" in out and "[" in out  # each claim with its status
+    saved = json.loads((tmp_path / "results.json").read_text())
+    claims = saved.get("verdict")
+    if not isinstance(claims, list):  # the verdict before it was saved as typed claims
+        from labelsmooth.experiments.report import verdict
+
+        claims = verdict(saved["summary"])["claims"]
+    status_lines = [line for line in out.splitlines() if line.startswith("  ")]
+    assert claims and len(status_lines) >= len(claims)
+    for c in claims:  # each claim with its status
+        assert any(c["status"] in line for line in status_lines), (c, out)
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "2 reused from an earlier invocation, 0 trained" in out

@@ -506,20 +506,24 @@ def _first_run_checks(cfg: dict[str, Any]) -> None:
 
 def _verdict_lines(res: Any) -> list[str]:
     """The verdict's headline and each claim with its status, for the terminal."""
-    from labelsmooth.experiments.report import verdict
-
     try:
-        v = verdict(res.summary)
+        v = getattr(res, "verdict", None)
+        if v is not None:  # typed claims, rendered by the one module that words them
+            from labelsmooth.experiments.render import render_text
+
+            return render_text(v).splitlines()
+        from labelsmooth.experiments.report import verdict
+
+        old = verdict(res.summary)
     except Exception as e:  # the terminal summary never hides the saved results
         return [f"verdict: could not be judged ({type(e).__name__}: {e})"]
     lines = []
-    best = v.get("best") or {}
-    if best:
-        parts = [f"{metric} ε={eps:g}" for metric, eps in best.items() if eps is not None]
-        if parts:
-            lines.append("verdict: best factor by test " + ", ".join(parts))
-    for claim in v.get("claims", []):
-        lines.append(f"  [{claim.get('status', '?')}] {claim.get('claim', '')}")
+    best = old.get("best") or {}
+    parts = [f"{metric} ε={eps:g}" for metric, eps in best.items() if eps is not None]
+    if parts:
+        lines.append("verdict: best factor by test " + ", ".join(parts))
+    for claim in old.get("claims", []):
+        lines.append(f"  {claim.get('status', '?'):<13} {claim.get('claim', '')}")
     return lines
 
 

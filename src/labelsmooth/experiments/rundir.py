@@ -32,7 +32,10 @@ __all__ = [
     "OutputDirError",
     "SweepLockedError",
     "atomic_write",
+    "check_record",
     "prepare_out_dir",
+    "read_arrays",
+    "read_record",
     "read_run",
     "write_json",
     "write_npz",
@@ -209,6 +212,45 @@ def _read_holder(fd: int) -> str:
     return ", ".join(parts)
 
 
+def read_record(json_path: str) -> dict[str, Any]:
+    """Read a run's record (``.json``); raise :class:`DamagedRunError` unless it is a JSON object
+    with ``smoothing`` and ``seed``."""
+    try:
+        with open(json_path, "rb") as fh:
+            rec = json.loads(fh.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        raise DamagedRunError(json_path, f"not valid JSON ({e})") from None
+    except OSError as e:
+        raise DamagedRunError(json_path, f"cannot be read ({e.strerror})") from None
+    if not isinstance(rec, dict) or "smoothing" not in rec or "seed" not in rec:
+        got = type(rec).__name__ if not isinstance(rec, dict) else f"keys {sorted(rec)[:8]}"
+        raise DamagedRunError(json_path, f"not a run record (got {got})")
+    return rec
+
+
+def read_arrays(npz_path: str) -> dict[str, np.ndarray]:
+    """Read a run's arrays (``.npz``), every member; raise :class:`DamagedRunError` if missing,
+    truncated or corrupt."""
+    if not os.path.exists(npz_path):
+        raise DamagedRunError(npz_path, "missing (the run's arrays)")
+    try:
+        with np.load(npz_path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}  # reads every member: a bad CRC raises here
+    except Exception as e:  # BadZipFile, EOFError, OSError, ValueError (pickled object)...
+        raise DamagedRunError(npz_path, f"not a readable .npz ({type(e).__name__}: {e})") from None
+
+
+def check_record(json_path: str, rec: dict[str, Any], check: Callable[[dict[str, Any]], Any]) -> None:
+    """Run ``check(rec)`` (e.g. the sweep's flattening of a run); any exception it raises
+    becomes a :class:`DamagedRunError` naming ``json_path``."""
+    try:
+        check(rec)
+    except Exception as e:
+        raise DamagedRunError(
+            json_path, f"an incomplete run record ({type(e).__name__}: {e})"
+        ) from None
+
+
 def read_run(
     json_path: str, check: Callable[[dict[str, Any]], Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -221,29 +263,8 @@ def read_run(
         DamagedRunError: unreadable or invalid JSON, a record that is not a run, a missing,
             truncated or corrupt ``.npz``.
     """
-    try:
-        with open(json_path, "rb") as fh:
-            rec = json.loads(fh.read().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        raise DamagedRunError(json_path, f"not valid JSON ({e})") from None
-    except OSError as e:
-        raise DamagedRunError(json_path, f"cannot be read ({e.strerror})") from None
-    if not isinstance(rec, dict) or "smoothing" not in rec or "seed" not in rec:
-        got = type(rec).__name__ if not isinstance(rec, dict) else f"keys {sorted(rec)[:8]}"
-        raise DamagedRunError(json_path, f"not a run record (got {got})")
+    rec = read_record(json_path)
     if check is not None:
-        try:
-            check(rec)
-        except Exception as e:
-            raise DamagedRunError(
-                json_path, f"an incomplete run record ({type(e).__name__}: {e})"
-            ) from None
-    npz = json_path[:-5] + ".npz" if json_path.endswith(".json") else json_path + ".npz"
-    if not os.path.exists(npz):
-        raise DamagedRunError(npz, "missing (the run's arrays)")
-    try:
-        with np.load(npz, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}  # reads every member: a bad CRC raises here
-    except Exception as e:  # BadZipFile, EOFError, OSError, ValueError (pickled object)...
-        raise DamagedRunError(npz, f"not a readable .npz ({type(e).__name__}: {e})") from None
-    return rec, arrays
+        check_record(json_path, rec, check)
+    stem = json_path[:-5] if json_path.endswith(".json") else json_path
+    return rec, read_arrays(stem + ".npz")

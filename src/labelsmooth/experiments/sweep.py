@@ -47,7 +47,10 @@ from labelsmooth.experiments.rundir import (
     DamagedRunError,
     DirectoryLock,
     atomic_write,
+    check_record,
     prepare_out_dir,
+    read_arrays,
+    read_record,
     read_run,
     write_json,
     write_npz,
@@ -564,11 +567,12 @@ def _sweep_locked(
             path = os.path.join(runs_dir, key + ".json") if runs_dir else None
             if path and os.path.exists(path):
                 try:
-                    rec, arr = read_run(path, check=flatten_run)
+                    rec = read_record(path)
                 except DamagedRunError as e:
                     redo.append(f"{e.path} is damaged ({e.reason}); training run {key} again")
                     todo.append(RunTask(key, eps, seed))
                     continue
+                # A run of another configuration is an error, not damage: never overwrite it.
                 if rec.get("fingerprint") != fingerprint:
                     theirs = rec.get("identity", {})
                     theirs = theirs if isinstance(theirs, dict) else {}
@@ -588,6 +592,13 @@ def _sweep_locked(
                         f"seed={rec.get('seed')!r}, expected smoothing={eps!r}, seed={seed!r}; "
                         "delete that file or choose another output directory"
                     )
+                try:
+                    check_record(path, rec, flatten_run)
+                    arr = read_arrays(path[:-5] + ".npz")
+                except DamagedRunError as e:
+                    redo.append(f"{e.path} is damaged ({e.reason}); training run {key} again")
+                    todo.append(RunTask(key, eps, seed))
+                    continue
                 records[key] = rec
                 arrays[key] = arr
             else:
