@@ -240,6 +240,20 @@ def test_use_fused_loss_checks_and_repatches(tmp_path):
     use_fused_loss(model, 0.3)  # replaces the options, keeps the original forward
     assert model.forward.__func__.original is original
     assert model.forward.__func__.label_smoothing == 0.3
+    # A deep copy (EMA, a teacher) runs its own weights, fused or not.
+    import copy
+
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.lm_head.weight.mul_(2.0)  # tied to the input embedding in GPT-2
+    ids = torch.randint(0, VOCAB, (2, 5))
+    want = transformers.GPT2LMHeadModel.forward(twin, input_ids=ids).logits
+    torch.testing.assert_close(twin(input_ids=ids).logits, want)
+    assert not torch.allclose(model(input_ids=ids).logits, want)
+    batch = torch.utils.data.default_collate(dataset(2))
+    twin_loss = twin(**batch).loss
+    use_fused_loss(twin, 0.3)
+    assert twin(**batch).loss == twin_loss and model(**batch).loss != twin_loss
     model.save_pretrained(tmp_path)  # the class and its weights are untouched
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path)
     assert max_diff(reloaded.state_dict(), model.state_dict()) == 0.0

@@ -257,9 +257,12 @@ def _head_transform(config: Any) -> tuple[float, float | None]:
 class _FusedForward:
     """The replacement forward :func:`use_fused_loss` installs (picklable, inspectable)."""
 
-    def __init__(self, original: Callable[..., Any], label_smoothing: float, shift_labels: bool,
-                 ignore_index: int, options: dict[str, Any]) -> None:
+    def __init__(self, original: Callable[..., Any], bound: bool, label_smoothing: float,
+                 shift_labels: bool, ignore_index: int, options: dict[str, Any]) -> None:
+        # The original forward, unbound (called with the model first) unless it was an instance
+        # attribute not bound to this model: a deep copy of the model then calls its own forward.
         self.original = original
+        self.bound = bound
         self.label_smoothing = V.check_smoothing(label_smoothing)
         self.shift_labels = _check_bool("shift_labels", shift_labels)
         self.ignore_index = V.check_ignore_index(ignore_index)
@@ -270,8 +273,9 @@ class _FusedForward:
         except (TypeError, ValueError):  # pragma: no cover - builtins
             sig = None
         if sig is not None:
-            params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-            params += list(sig.parameters.values())
+            params = list(sig.parameters.values())
+            if bound or not params:
+                params.insert(0, inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD))
             if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
                 params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
             self.__signature__ = sig.replace(parameters=params)
@@ -279,7 +283,9 @@ class _FusedForward:
     def __call__(self, model: Any, *args: Any, labels: torch.Tensor | None = None,
                  num_items_in_batch: torch.Tensor | int | None = None, **kwargs: Any) -> Any:
         if labels is None:
-            return self.original(*args, **kwargs)
+            if self.bound:
+                return self.original(*args, **kwargs)
+            return self.original(model, *args, **kwargs)
         base, head = _output_head(model)
         base_kwargs = {k: v for k, v in kwargs.items() if k not in _HEAD_ONLY_KWARGS}
         base_kwargs["return_dict"] = True
@@ -361,9 +367,15 @@ def use_fused_loss(
     """
     _check_options(linear_cross_entropy, options, _FUSED_OWNED, "use_fused_loss")
     _output_head(model)  # fail now on a model without a linear output layer
-    current = model.__dict__.get("forward")
-    original = current.__func__.original if isinstance(current, types.MethodType) and isinstance(
-        getattr(current, "__func__", None), _FusedForward) else model.forward
-    fused = _FusedForward(original, label_smoothing, shift_labels, ignore_index, dict(options))
+    current = model.forward
+    func = getattr(current, "__func__", None)
+    if isinstance(func, _FusedForward):  # patched before: keep the first original
+        original, bound = func.original, func.bound
+    elif isinstance(current, types.MethodType) and current.__self__ is model:
+        original, bound = func, False
+    else:  # pragma: no cover - a forward replaced by a plain callable
+        original, bound = current, True
+    fused = _FusedForward(original, bound, label_smoothing, shift_labels, ignore_index,
+                          dict(options))
     model.forward = types.MethodType(fused, model)
     return model
