@@ -156,9 +156,11 @@ def _check_range(starts: list[int], sizes: list[int], widths: list[int], ranks: 
 # rank whose own argument check fails would leave the others blocked in the next collective. So
 # every rank validates locally, catching its error, then joins ONE exchange of a fixed-size int64
 # fingerprint (the shard-width all_gather that the default layout needs anyway): status, width,
-# rows, dtype, options, prior/weight given, ... Every rank then sees the same table and raises the
-# same error. The options (not the rows) also ride in the forward's MAX all-reduce, for free, so
-# that with vocab_start/vocab_size given (no exchange) disagreeing options are still caught.
+# rows, dtype, options, prior/weight given, targets' range and checksums... Every rank then sees
+# the same table and raises the same error. With vocab_start/vocab_size given there is no exchange
+# (none is added); when values are checked, the options and targets then ride in the forward's MAX
+# all-reduce instead, for free, and disagreeing ones are still caught (rows cannot be: the MAX
+# itself has one entry per row).
 
 _DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _CHOICES = {"reduction": ("none", "mean", "sum"), "spread": ("all", "others"),
