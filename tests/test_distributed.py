@@ -509,6 +509,9 @@ def test_linear_dtensor_and_layout() -> None:
             _close(p["gh"], h.grad, dtype, f"{name}: grad hidden, rank {r}")
             ar = [n for nm, n, _ in p["fwd"] if nm == "all_reduce"]
             assert len(ar) <= 3 and all(n <= 4 * c["y"].numel() + 2 for n in ar), (name, p["fwd"])
+            # the 21-integer fingerprint (7 head entries, 14 items) carries the shard widths
+            ag = [n for nm, n, _ in p["fwd"] if nm == "all_gather"]
+            assert ag == [21], f"{name}: all_gathers {ag}"
             bwd_ar = [n for nm, n, _ in p["bwd"] if nm == "all_reduce"]
             assert bwd_ar == [h.numel()], f"{name}: backward all-reduces {bwd_ar} (d(hidden) only)"
         _close(res[0]["linear"][i]["loss"], ref.detach(), dtype, f"{name}: loss")
