@@ -348,3 +348,56 @@ def test_all_reduce_two_gloo_processes():
             assert torch.equal(out["labels"], y)
             for k, v in want_sample.items():
                 assert out["sample"][k].item() == pytest.approx(v.item(), abs=1e-12), k
+
+
+def _mismatch_worker(rank: int, world: int, port: int, workdir: str, case: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    x, y = _case(11, 40, 4)
+    try:
+        if case == "n_bins":
+            meter = BinnedCalibrationMeter(15 if rank == 0 else 10, num_classes=4)
+        elif case == "num_classes":
+            meter = BinnedCalibrationMeter(15, num_classes=4 if rank == 0 else None)
+        else:  # keep_probs on one rank only: rows of different widths
+            meter = SampleCalibrationMeter(15, keep_probs=rank == 0)
+        meter.update(x[rank::world], y[rank::world])
+        try:
+            meter.all_reduce()
+        except ValueError as exc:
+            (Path(workdir) / f"msg{rank}.txt").write_text(str(exc))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "case, pattern",
+    [
+        ("n_bins", r"same n_bins \(rank 0: 15\), but got n_bins = 10 on rank 1"),
+        ("num_classes", r"same num_classes \(rank 0: 4\), but got num_classes = 0 on rank 1"),
+        ("keep_probs", r"same keep_probs \(rank 0: 1\), but got keep_probs = 0 on rank 1"),
+    ],
+)
+def test_all_reduce_of_differently_built_meters_raises_on_every_rank(case, pattern):
+    # Before: mismatched buffers reached the collective (an error on one side, a hang or garbage
+    # on the other). Now one small exchange of settings first; every rank raises the same error.
+    import re
+
+    with tempfile.TemporaryDirectory() as d:
+        mp.start_processes(
+            _mismatch_worker,
+            args=(2, _free_port(), d, case),
+            nprocs=2,
+            join=True,
+            start_method=START_METHOD,
+        )
+        messages = [(Path(d) / f"msg{r}.txt").read_text() for r in range(2)]
+    assert messages[0] == messages[1]
+    assert re.search(pattern, messages[0]), messages[0]
+    assert messages[0].startswith("Expected `meter on every rank` to be built with the same")

@@ -65,6 +65,32 @@ def _comm_device(group: Any, device: torch.device | None = None) -> torch.device
     return collective_device(group, device)
 
 
+def _disagreement(rows: list[list[int]], names: tuple[str, ...], skip_zero: tuple[str, ...] = ()):
+    """The first (rank, name, value, rank-0 value) where a rank's settings differ, or None.
+
+    ``rows[r]`` holds rank r's values for ``names``; a name in ``skip_zero`` is compared only
+    between ranks where it is non-zero (a rank without samples reports 0 columns).
+    """
+    for j, name in enumerate(names):
+        values = [(r, row[j]) for r, row in enumerate(rows) if name not in skip_zero or row[j]]
+        for r, v in values[1:]:
+            if v != values[0][1]:
+                return r, name, v, values[0]
+    return None
+
+
+def _raise_disagreement(found: Any, what: str) -> None:
+    """The same ValueError on every rank (each saw the same gathered settings)."""
+    if found is None:
+        return
+    rank, name, value, (first_rank, first_value) = found
+    raise fail(
+        f"{what} on every rank",
+        f"built with the same {name} (rank {first_rank}: {first_value})",
+        _Shown(f"{name} = {value} on rank {rank}"),
+    )
+
+
 class BinnedCalibrationMeter:
     """Fixed-bin streaming calibration meter with ``O(n_bins x num_classes)`` state.
 
@@ -236,14 +262,23 @@ class BinnedCalibrationMeter:
     def all_reduce(self, group: Any = None) -> BinnedCalibrationMeter:
         """Sum the state over all ranks of ``group`` (every rank must call it); returns ``self``.
 
-        All state tensors travel in one flat float64 buffer, so this is a single collective.
-        Counts are integers below 2**53, so they reduce exactly.
+        All state tensors travel in one flat float64 buffer; before it, the ranks exchange their
+        settings (``n_bins``, ``num_classes``: three integers), so meters built differently raise
+        the same ValueError on every rank instead of reducing mismatched buffers.  Counts are
+        integers below 2**53, so they reduce exactly.
         """
         dist = _dist()
         device = self._state["counts"].device if self._state is not None else _comm_device(group)
         if self._state is None:
             self._state = self._zeros(device)
         comm = _comm_device(group, device)
+        names = ("n_bins", "num_classes", "state size")
+        mine = torch.tensor(
+            [self.n_bins, self.num_classes or 0, self.state_numel], dtype=torch.int64, device=comm
+        )
+        rows = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(rows, mine, group=group)
+        _raise_disagreement(_disagreement([r.tolist() for r in rows], names), "meter")
         keys = list(self._shapes())
         flat = torch.cat([self._state[k].reshape(-1) for k in keys]).to(comm)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
@@ -564,9 +599,19 @@ class SampleCalibrationMeter:
         # Rows travel as float64 (exact for float32 values and integer labels); afterwards they
         # go back to float32 unless some rank held float64 data.
         wide = int(any(c.dtype == torch.float64 for c in self._conf))
-        meta = torch.tensor([n_local, k, wide], dtype=torch.int64, device=comm)
+        meta = torch.tensor(
+            [n_local, k, wide, int(self.keep_probs), self.n_bins], dtype=torch.int64, device=comm
+        )
         metas = [torch.zeros_like(meta) for _ in range(world)]
         dist.all_gather(metas, meta, group=group)
+        # Settings that shape the exchange must agree, or every rank raises the same error.
+        settings = [m.tolist()[1:] for m in metas]
+        found = _disagreement(
+            [[s[2], s[3], s[0]] for s in settings],
+            ("keep_probs", "n_bins", "number of classes"),
+            skip_zero=("number of classes",),
+        )
+        _raise_disagreement(found, "meter")
         sizes = [int(m[0]) for m in metas]
         k = max(int(m[1]) for m in metas)
         dtype = torch.float64 if max(int(m[2]) for m in metas) else torch.float32
