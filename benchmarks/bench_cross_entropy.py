@@ -23,9 +23,10 @@ bandwidth = bytes that must move ÷ time: 3 × logits bytes for a loss (read in 
 backward, write the gradient) and 2 × for the copy; ``bw/copy`` is the ratio to the copy.
 
 Method (see ``benchmarks/_common.py``): every (provider, shape) runs in a fresh process. Time: the
-median of ``--repeat`` forward+backward calls (``torch.autograd.grad`` of the loss w.r.t. leaf
-logits) after ``--warmup`` calls, default allocator; in-place providers refill the logits before
-every call, untimed. Peak memory beyond the logits (CPU): a second fresh process with
+median of ``--repeat`` forward+backward calls (``torch.autograd.grad`` of the loss w.r.t. the
+logits) after ``--warmup`` calls, default allocator. The logits are non-leaf for every provider,
+as a model produces them: before every call, untimed, ``x = src * 1.0`` from a leaf ``src`` (the
+in-place providers refuse leaves, so leaf logits would time them out of place). Peak memory beyond the logits (CPU): a second fresh process with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so the resident set follows live tensors; after a warm-up, reset
 ``VmHWM`` and report ``VmHWM − VmRSS`` around one call, the returned gradient included. CUDA:
 ``max_memory_allocated`` over one call minus the allocated memory before it.
@@ -71,6 +72,7 @@ PROVIDER_ENV = {
     "fused-eager-inplace": {"LABELSMOOTH_FUSED_KERNELS": "eager"},
     "fused-4k-pages": {"LABELSMOOTH_HUGEPAGES": "0"},
 }
+#: Providers that must write the gradient over the logits: the worker checks that they did.
 INPLACE = {"fused-inplace", "fused-eager-inplace", "triton-inplace", "liger"}
 FLOORS = {"clone", "exp", "copy"}
 
@@ -90,31 +92,39 @@ CUDA_SHAPES = [(8192, 32000), (8192, 128256), (32768, 128256), (4096, 256000)]
 # Worker: one provider, one shape, in this (fresh) process.
 
 
-def _make(provider: str, x, y, eps: float):
-    """Return (call, setup): ``call()`` runs forward + backward and returns the gradient."""
+def _make(provider: str, src, y, eps: float, state: dict):
+    """Return (call, setup): ``call()`` runs forward + backward and returns the gradient (and
+    records in ``state["in_place"]`` whether it was written over the logits).
+
+    Every provider gets non-leaf logits, as a model's output layer produces them: ``setup``
+    (untimed, before every call) makes ``x = src * 1.0`` from the leaf ``src``, and ``call``
+    differentiates with respect to that ``x``. The in-place providers refuse to overwrite a leaf
+    (it would destroy data the caller owns), so leaf logits would silently time them out of place;
+    a fresh ``x`` each call also means they never see logits overwritten by the previous call.
+    """
     import torch
     import torch.nn.functional as F
 
+    def setup():
+        state.pop("x", None)  # free the previous logits (and gradient) first
+        with torch.enable_grad():
+            state["x"] = src * 1.0
+
     def autograd_of(loss_fn):
         def call():
+            x = state["x"]
             loss = loss_fn(x, y)
             (g,) = torch.autograd.grad(loss, x)
+            state["in_place"] = g.data_ptr() == x.data_ptr()
             return g
 
         return call
 
-    refill = None
-    if provider in INPLACE:
-
-        def refill():
-            with torch.no_grad():
-                x.normal_()
-
     if provider == "torch":
-        return autograd_of(lambda a, b: F.cross_entropy(a, b, label_smoothing=eps)), None
+        return autograd_of(lambda a, b: F.cross_entropy(a, b, label_smoothing=eps)), setup
     if provider == "torch.compile":
         fn = torch.compile(lambda a, b: F.cross_entropy(a, b, label_smoothing=eps))
-        return autograd_of(fn), None
+        return autograd_of(fn), setup
     if provider.startswith(("fused", "triton")):
         import labelsmooth as ls
 
@@ -124,17 +134,17 @@ def _make(provider: str, x, y, eps: float):
             lambda a, b: ls.cross_entropy(
                 a, b, label_smoothing=eps, impl=impl, inplace_backward=inplace
             )
-        ), refill
+        ), setup
     if provider == "liger":
         from liger_kernel.transformers import LigerCrossEntropyLoss
 
         loss = LigerCrossEntropyLoss(label_smoothing=eps)
-        return autograd_of(lambda a, b: loss(a, b)), refill
+        return autograd_of(lambda a, b: loss(a, b)), setup
     if provider in ("clone", "copy"):
-        return (lambda: x.detach().clone()), None
+        return (lambda: src.detach().clone()), None
     if provider == "exp":
-        buf = torch.empty_like(x)
-        return (lambda: torch.exp(x.detach(), out=buf)), None
+        buf = torch.empty_like(src)
+        return (lambda: torch.exp(src.detach(), out=buf)), None
     raise ValueError(
         f"Expected `provider` to be one of {CPU_PROVIDERS + CUDA_PROVIDERS}, but got {provider!r}."
     )
@@ -148,10 +158,17 @@ def worker(case: dict) -> dict:
     dev = torch.device(case["device"])
     dtype = getattr(torch, case["dtype"])
     n, k = case["rows"], case["vocab"]
-    x = torch.randn(n, k, device=dev, dtype=dtype).requires_grad_()
+    src = torch.randn(n, k, device=dev, dtype=dtype).requires_grad_()
     y = torch.randint(0, k, (n,), device=dev)
-    call, setup = _make(case["provider"], x, y, case["smoothing"])
+    state: dict = {}
+    call, setup = _make(case["provider"], src, y, case["smoothing"], state)
     cuda = dev.type == "cuda"
+    if setup is not None:  # one checked call: in-place providers must really write in place
+        setup()
+        call()
+        in_place = bool(state.get("in_place"))
+        if (case["provider"] in INPLACE) != in_place:
+            return {"error": f"{case['provider']}: gradient written in place = {in_place}"}
 
     def once():
         g = call()
