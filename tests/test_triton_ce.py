@@ -27,7 +27,12 @@ pytest.importorskip("triton")
 import labelsmooth as ls  # noqa: E402
 from labelsmooth import ops  # noqa: E402
 from labelsmooth.ops import reference, triton_ce  # noqa: E402
-from tests.helpers import TOL, assert_no_worse_than, torch_loss_and_grad  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    TOL,
+    assert_no_worse_than,
+    assert_within_truth,
+    torch_loss_and_grad,
+)
 
 CPU = torch.device("cpu")
 HAS_CUDA = torch.cuda.is_available()
@@ -111,6 +116,105 @@ def _check(ours, peer, truth, dtype, grad_tol=None):
     assert_no_worse_than(ours[0], peer[0], truth[0], TOL[dtype], "loss")
     assert_no_worse_than(ours[1], peer[1], truth[1],
                          grad_tol if grad_tol is not None else TOL[dtype], "grad")
+
+
+# --- the GPU judge (issue 17 item 5) --------------------------------------------------------------
+# Every GPU test judges loss and gradient per element against float64 truth computed from the same
+# rounded inputs: error ≤ the peer's own error (PyTorch where it has the options, else the
+# reference op in the same dtype) + RTOL·|truth|, plus, in half precision, error ≤ RTOL·|truth| on
+# its own (the kernels work in float32 and round once). A kernel that scales small gradient entries
+# by 1 % fails; test_gpu_judge_rejects_a_one_percent_perturbation proves it under the interpreter.
+
+RTOL = {torch.float32: 2.0 ** -14, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -10}
+TORCH_OPTIONS = {"weight", "label_smoothing", "reduction", "ignore_index"}
+
+
+def _judge(ours, peer, truth, dtype):
+    rtol = RTOL[dtype]
+    for i, what in ((0, "loss"), (1, "grad")):
+        assert_within_truth(ours[i], truth[i], rtol=rtol, peer=peer[i], what=what)
+        if dtype != torch.float32:
+            # fp16 gradients of ~1/(R·K) are subnormal: half its step is the floor there
+            floor = 2.0 ** -25 / max(float(truth[i].abs().max()), 1e-30) if dtype == torch.float16 \
+                else 2.0 ** -20
+            assert_within_truth(ours[i], truth[i], rtol=rtol, atol_of_max=max(floor, 2.0 ** -20),
+                                what=f"{what} (own bound)")
+
+
+def _judged_case(x, target, reduction, kw, dtype):
+    """Run triton, the float64 truth and the peer (PyTorch when it has every option), then judge.
+
+    The upstream gradient reaches the losses in their dtype, so the truth gets it rounded alike."""
+    g = _upstream(x.shape[0], reduction, x.device).to(dtype).double()
+    kw = dict(kw, reduction=reduction)
+    t64 = target.double() if target.is_floating_point() else target
+    truth = torch_loss_and_grad(x.double(), t64, g, fn=ls.cross_entropy, impl="reference",
+                                **{k: (v.double() if isinstance(v, torch.Tensor) else v)
+                                   for k, v in kw.items()})
+    if set(kw) <= TORCH_OPTIONS:
+        peer = torch_loss_and_grad(x, target, g, **kw)
+    else:
+        peer = torch_loss_and_grad(x, target, g, fn=ls.cross_entropy, impl="reference", **kw)
+    ours = torch_loss_and_grad(x, target, g, fn=ls.cross_entropy, impl="triton", **kw)
+    _judge(ours, peer, truth, dtype)
+
+
+def _gpu_index_case(dtype, name, r, k, device=DEV):
+    kw = _cast(_options(name, k, device), dtype)
+    red = kw.pop("reduction", "none")
+    torch.manual_seed(0)
+    x, y = _logits(r, k, dtype, device=device), _target(r, k, device=device)
+    _judged_case(x, y, red, kw, dtype)
+
+
+def _gpu_prob_case(name, r, k, dtype=torch.float32, device=DEV):
+    torch.manual_seed(0)
+    x = _logits(r, k, dtype, device=device)
+    t = torch.softmax(torch.randn(r, k, device=device) * 2, 1)
+    _judged_case(x, t, "none", _prob_options(name, k), dtype)
+
+
+@pytest.fixture
+def perturbed_backward(monkeypatch):
+    """The index backward kernel's output with every non-target entry scaled by 1.01."""
+    real = triton_ce._index_bwd_launch
+
+    def launch(dx, x, y, *args):
+        real(dx, x, y, *args)
+        with torch.no_grad():
+            scale = torch.full(dx.shape, 1.01, device=dx.device)
+            scale[torch.arange(dx.shape[0], device=dx.device), y] = 1.0
+            dx.copy_(dx.float() * scale)
+
+    monkeypatch.setattr(triton_ce, "_index_bwd_launch", launch)
+
+
+JUDGE_CASES = [(torch.float32, "eps"), (torch.float32, "prior"), (torch.bfloat16, "eps"),
+               (torch.float16, "zloss")]
+
+
+@pytest.mark.parametrize("dtype, name", JUDGE_CASES, ids=["f32-eps", "f32-prior", "bf16-eps",
+                                                          "f16-zloss"])
+def test_gpu_judge_accepts_the_kernel(dtype, name, small_block):
+    """The GPU tests' judge, run here on the interpreted kernels: it accepts them …"""
+    _gpu_index_case(dtype, name, 8, 1000)
+
+
+@pytest.mark.parametrize("dtype, name", JUDGE_CASES, ids=["f32-eps", "f32-prior", "bf16-eps",
+                                                          "f16-zloss"])
+def test_gpu_judge_rejects_a_one_percent_perturbation(dtype, name, small_block,
+                                                      perturbed_backward):
+    """… and rejects them once the backward's non-target entries are off by 1 % (the old
+    absolute tolerance, 1.6e-2 in bf16 on entries of ~1e-4, accepted a 10 % error)."""
+    with pytest.raises(AssertionError, match="grad"):
+        _gpu_index_case(dtype, name, 8, 1000)
+
+
+def test_old_absolute_tolerance_accepted_the_perturbation(small_block, perturbed_backward):
+    """What the tightening buys: the old bf16 check passes the same 1 %-perturbed kernel."""
+    kw = _cast(_options("eps", 1000), torch.bfloat16)
+    x, y = _logits(8, 1000, torch.bfloat16), _target(8, 1000)
+    _check(*_three_way(x, y, "none", kw), torch.bfloat16)  # no AssertionError
 
 
 # --- availability and registration ---------------------------------------------------------------
@@ -613,12 +717,7 @@ def test_kernels_compile_for_sm90_with_128bit_accesses_and_no_spills():
                          ids=["f32", "bf16", "f16"])
 @pytest.mark.parametrize("name", OPTION_NAMES)
 def test_gpu_index_parity_large_vocab(dtype, name):
-    r, k = 64, 32003  # unaligned, several chunks and a masked tail
-    kw = _cast(_options(name, k), dtype)
-    red = kw.pop("reduction", "none")
-    x, y = _logits(r, k, dtype), _target(r, k)
-    tol = GRAD_TOL32 if dtype == torch.float32 else None
-    _check(*_three_way(x, y, red, kw), dtype, tol)
+    _gpu_index_case(dtype, name, 64, 32003)  # unaligned, several chunks and a masked tail
 
 
 @gpu
@@ -646,12 +745,10 @@ def test_gpu_confident_bf16_at_32k(eps):
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("name", ["plain", "eps-w", "target-mode", "softcap-z"])
-def test_gpu_prob_parity(name):
-    r, k = 32, 32003
-    x = _logits(r, k, torch.float32)
-    t = torch.softmax(torch.randn(r, k, device=DEV) * 2, 1)
-    _check(*_three_way(x, t, "none", _prob_options(name, k)), torch.float32, GRAD_TOL32)
+def test_gpu_prob_parity(name, dtype):
+    _gpu_prob_case(name, 32, 32003, dtype)
 
 
 @gpu
@@ -687,26 +784,47 @@ def test_gpu_cuda_graph_capture_of_forward_and_backward(inplace):
         src.copy_(torch.randn_like(src))
     graph.replay()
     torch.cuda.synchronize()
-    expect = torch_loss_and_grad(src.detach(), y, torch.ones((), device=DEV), fn=ls.cross_entropy,
-                                 impl="reference", label_smoothing=0.1, z_loss=1e-4)
-    torch.testing.assert_close(static_loss.float(), expect[0].float(), rtol=2e-2, atol=2e-2)
-    torch.testing.assert_close(src.grad.float(), expect[1].float(), rtol=2e-2, atol=1e-6)
+    one = torch.ones((), device=DEV)
+    kw = dict(fn=ls.cross_entropy, impl="reference", label_smoothing=0.1, z_loss=1e-4)
+    truth = torch_loss_and_grad(src.detach().double(), y, one, **kw)
+    peer = torch_loss_and_grad(src.detach(), y, one, **kw)
+    # the replay computed on the new logits: judged per element like every GPU test
+    _judge((static_loss.detach(), src.grad), peer, truth, torch.bfloat16)
 
 
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("inplace", [False, True])
 def test_gpu_compile_fullgraph_reduce_overhead(inplace):
-    """torch.compile(fullgraph=True) with CUDA graphs (mode="reduce-overhead") at the op level."""
+    """torch.compile(fullgraph=True) with CUDA graphs (mode="reduce-overhead") at the op level:
+    judged against the float64 reference (not against Triton itself), and the graphs must really
+    have been captured (no cudagraph skip, at least one recorded graph)."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import cudagraph_trees
+
+    torch._dynamo.reset()
+    counters.clear()
     x, y, ct, cs, _, _, cz, _, _ = _index_args(64, 32000, torch.bfloat16)
     compiled = torch.compile(_op_level_loss(inplace), fullgraph=True, mode="reduce-overhead")
     for _ in range(3):  # record, then replay
         loss = compiled(x, y, ct, cs, cz)
         (g,) = torch.autograd.grad(loss, x)
-    loss_e = _op_level_loss(False)(x, y, ct, cs, cz)
-    (g_e,) = torch.autograd.grad(loss_e, x)
-    torch.testing.assert_close(loss, loss_e)
-    torch.testing.assert_close(g, g_e)
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    mgr = cudagraph_trees.get_manager(x.device.index or 0, create_if_none_exists=False)
+    assert mgr is not None and next(mgr.graph_counter) >= 1, "no CUDA graph was recorded"
+
+    def op_loss(xx, rows):
+        xx = xx * 2.0
+        loss, _ = rows(xx, y, ct, cs, None, 0.1 / x.shape[1], cz, 4.0, False)
+        return loss.sum() / x.shape[0]
+
+    x64 = x.detach().double().requires_grad_()
+    truth = op_loss(x64, reference.index_rows)
+    truth = (truth.detach(), torch.autograd.grad(truth, x64)[0])
+    xp = x.detach().clone().requires_grad_()
+    peer = op_loss(xp, reference.index_rows)
+    peer = (peer.detach(), torch.autograd.grad(peer, xp)[0])
+    _judge((loss.detach(), g), peer, truth, torch.bfloat16)
 
 
 @gpu
@@ -753,15 +871,15 @@ def test_gpu_64bit_offsets():
     xr = x.requires_grad_()
     loss = ls.cross_entropy(xr * 1.0, y, reduction="none", label_smoothing=0.1, impl="triton",
                             inplace_backward=True)
-    tail = torch_loss_and_grad(x.detach()[-4:], y[-4:], torch.ones(4, device=DEV),
-                               fn=ls.cross_entropy, impl="reference", reduction="none",
-                               label_smoothing=0.1)
-    torch.testing.assert_close(loss[-4:].float(), tail[0].float(), rtol=1e-2, atol=1e-2)
+    kw = dict(fn=ls.cross_entropy, impl="reference", reduction="none", label_smoothing=0.1)
+    one = torch.ones(4, device=DEV, dtype=torch.float64)
+    tail = torch_loss_and_grad(x.detach()[-4:].double(), y[-4:], one, **kw)
+    peer = torch_loss_and_grad(x.detach()[-4:], y[-4:], one, **kw)
     assert torch.allclose(loss[:-4].float(), torch.tensor(math.log(k), device=DEV), rtol=1e-2)
     g = torch.zeros(r, device=DEV, dtype=torch.bfloat16)
     g[-4:] = 1
     loss.backward(g)
-    torch.testing.assert_close(xr.grad[-4:].float(), tail[1].float(), rtol=2e-2, atol=1e-6)
+    _judge((loss.detach()[-4:], xr.grad[-4:]), peer, tail, torch.bfloat16)
 
 
 def test_inplace_backward_never_overwrites_a_leaf():
