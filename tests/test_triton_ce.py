@@ -189,19 +189,19 @@ def perturbed_backward(monkeypatch):
     monkeypatch.setattr(triton_ce, "_index_bwd_launch", launch)
 
 
-JUDGE_CASES = [(torch.float32, "eps"), (torch.float32, "prior"), (torch.bfloat16, "eps"),
-               (torch.float16, "zloss")]
+JUDGE_CASES = [pytest.param(torch.float32, "eps", id="f32-eps"),
+               pytest.param(torch.float32, "prior", id="f32-prior", marks=pytest.mark.slow),
+               pytest.param(torch.bfloat16, "eps", id="bf16-eps"),
+               pytest.param(torch.float16, "zloss", id="f16-zloss", marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("dtype, name", JUDGE_CASES, ids=["f32-eps", "f32-prior", "bf16-eps",
-                                                          "f16-zloss"])
+@pytest.mark.parametrize("dtype, name", JUDGE_CASES)
 def test_gpu_judge_accepts_the_kernel(dtype, name, small_block):
     """The GPU tests' judge, run here on the interpreted kernels: it accepts them …"""
     _gpu_index_case(dtype, name, 8, 1000)
 
 
-@pytest.mark.parametrize("dtype, name", JUDGE_CASES, ids=["f32-eps", "f32-prior", "bf16-eps",
-                                                          "f16-zloss"])
+@pytest.mark.parametrize("dtype, name", JUDGE_CASES)
 def test_gpu_judge_rejects_a_one_percent_perturbation(dtype, name, small_block,
                                                       perturbed_backward):
     """… and rejects them once the backward's non-target entries are off by 1 % (the old
