@@ -124,6 +124,35 @@ def test_values_equal_the_functions_for_any_batching(name, from_logits, dtype):
     assert one.compute().item() == pytest.approx(want, rel=1e-14, abs=1e-15)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_ignore_index_leaves_those_rows_out(name):
+    x, y = _case(8, 120, 5)
+    padded = y.clone()
+    padded[::3] = -100
+    keep = padded != -100
+    make, ref = _cases(10, 5)[name]
+    want = ref(x[keep], y[keep], True).item()
+    metric = make(True)
+    metric.ignore_index = -100  # as if constructed with ignore_index=-100
+    for lo in range(0, 120, 40):
+        metric.update(x[lo : lo + 40], padded[lo : lo + 40])
+    metric.update(x[:3][:1], padded[:1])  # a batch with only ignored rows adds nothing
+    assert metric.compute().item() == pytest.approx(want, rel=1e-12, abs=1e-13)
+
+
+def test_ignore_index_argument():
+    x, y = _case(8, 60, 4)
+    padded = torch.where(torch.arange(60) % 2 == 0, y, torch.full_like(y, -100))
+    metric = ExpectedCalibrationError(10, from_logits=True, ignore_index=-100)
+    metric.update(x, padded)
+    want = cal.expected_calibration_error(x[0::2], y[0::2], 10, from_logits=True)
+    assert metric.compute().item() == pytest.approx(want.item(), abs=1e-15)
+    with pytest.raises(ValueError, match=r"labels\[1\] = -100"):
+        ExpectedCalibrationError(10, from_logits=True).update(x, padded)
+    with pytest.raises(TypeError, match="Expected `ignore_index` to be an int"):
+        NegativeLogLikelihood(ignore_index=1.5)
+
+
 def test_hand_computed_values():
     probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]], dtype=torch.float64)
     labels = torch.tensor([0, 1, 1])

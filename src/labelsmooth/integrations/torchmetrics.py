@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'labelsmooth[torchmetrics]'"
     ) from exc
 
-from labelsmooth._validation import check_choice, fail
+from labelsmooth._validation import check_choice, check_ignore_index, fail
 from labelsmooth.calibration.meters import (
     BinnedCalibrationMeter,
     SampleCalibrationMeter,
@@ -86,9 +86,11 @@ class _CalibrationMetric(Metric):
         num_classes: int | None = None,
         from_logits: bool = False,
         validate: bool | None = None,
+        ignore_index: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.ignore_index = None if ignore_index is None else check_ignore_index(ignore_index)
         self._key = key
         self.binning = check_choice("binning", binning, _BINNINGS)
         self._meter: BinnedCalibrationMeter | SampleCalibrationMeter
@@ -112,7 +114,17 @@ class _CalibrationMetric(Metric):
         self.from_logits = from_logits
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of ``(N, K)`` probabilities (logits with ``from_logits=True``) and labels."""
+        """Add a batch of ``(N, K)`` probabilities (logits with ``from_logits=True``) and labels.
+
+        With ``ignore_index``, rows whose label equals it are left out (as torchmetrics does: a
+        boolean selection, so a host-device sync on CUDA).
+        """
+        if self.ignore_index is not None and isinstance(target, torch.Tensor):
+            keep = target != self.ignore_index
+            if isinstance(preds, torch.Tensor) and preds.dim() == 2 and keep.dim() == 1:
+                preds, target = preds[keep], target[keep]
+                if target.numel() == 0:
+                    return
         if isinstance(self._meter, BinnedCalibrationMeter):
             for name, value in self._meter.batch_state(preds, target, self._parts).items():
                 state = getattr(self, name)
@@ -154,6 +166,8 @@ class ExpectedCalibrationError(_CalibrationMetric):
         from_logits: ``update`` receives logits (a softmax in float32 or wider is applied).
         validate: check values (probabilities in ``[0, 1]`` summing to 1, labels in ``[0, K)``):
             ``None`` on CPU only, ``True`` everywhere (a host-device sync), ``False`` never.
+        ignore_index: rows with this label are left out (e.g. ``-100`` padding); every class
+            here takes it.
         kwargs: ``torchmetrics.Metric`` options (``sync_on_compute``, ``dist_sync_fn``, ...).
 
     Example:
@@ -172,12 +186,19 @@ class ExpectedCalibrationError(_CalibrationMetric):
         binning: str = "width",
         from_logits: bool = False,
         validate: bool | None = None,
+        ignore_index: int | None = None,
         **kwargs: Any,
     ) -> None:
         check_choice("norm", norm, ("l1", "l2", "max"))
         key = {"l1": "ece", "l2": "rms_ce", "max": "mce"}[norm]
         super().__init__(
-            key, n_bins, binning=binning, from_logits=from_logits, validate=validate, **kwargs
+            key,
+            n_bins,
+            binning=binning,
+            from_logits=from_logits,
+            validate=validate,
+            ignore_index=ignore_index,
+            **kwargs,
         )
         self.norm = norm
 
@@ -209,13 +230,20 @@ class DebiasedCalibrationError(_CalibrationMetric):
         squared: bool = False,
         from_logits: bool = False,
         validate: bool | None = None,
+        ignore_index: int | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(squared, bool):
             raise fail("squared", "a bool", squared, TypeError)
         key = "debiased_ce_squared" if squared else "debiased_ce"
         super().__init__(
-            key, n_bins, binning=binning, from_logits=from_logits, validate=validate, **kwargs
+            key,
+            n_bins,
+            binning=binning,
+            from_logits=from_logits,
+            validate=validate,
+            ignore_index=ignore_index,
+            **kwargs,
         )
         self.squared = squared
 
@@ -238,9 +266,16 @@ class SignedCalibrationGap(_CalibrationMetric):
     higher_is_better = None
 
     def __init__(
-        self, *, from_logits: bool = False, validate: bool | None = None, **kwargs: Any
+        self,
+        *,
+        from_logits: bool = False,
+        validate: bool | None = None,
+        ignore_index: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__("gap", 1, from_logits=from_logits, validate=validate, **kwargs)
+        super().__init__(
+            "gap", 1, from_logits=from_logits, validate=validate, ignore_index=ignore_index, **kwargs
+        )
 
 
 class NegativeLogLikelihood(_CalibrationMetric):
@@ -255,10 +290,21 @@ class NegativeLogLikelihood(_CalibrationMetric):
     """
 
     def __init__(
-        self, *, from_logits: bool = False, validate: bool | None = None, **kwargs: Any
+        self,
+        *,
+        from_logits: bool = False,
+        validate: bool | None = None,
+        ignore_index: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            "nll", 1, parts=("nll",), from_logits=from_logits, validate=validate, **kwargs
+            "nll",
+            1,
+            parts=("nll",),
+            from_logits=from_logits,
+            validate=validate,
+            ignore_index=ignore_index,
+            **kwargs,
         )
 
 
@@ -274,10 +320,21 @@ class BrierScore(_CalibrationMetric):
     """
 
     def __init__(
-        self, *, from_logits: bool = False, validate: bool | None = None, **kwargs: Any
+        self,
+        *,
+        from_logits: bool = False,
+        validate: bool | None = None,
+        ignore_index: int | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
-            "brier", 1, parts=("brier",), from_logits=from_logits, validate=validate, **kwargs
+            "brier",
+            1,
+            parts=("brier",),
+            from_logits=from_logits,
+            validate=validate,
+            ignore_index=ignore_index,
+            **kwargs,
         )
 
 
@@ -301,6 +358,7 @@ class ClasswiseCalibrationError(_CalibrationMetric):
         *,
         from_logits: bool = False,
         validate: bool | None = None,
+        ignore_index: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -310,6 +368,7 @@ class ClasswiseCalibrationError(_CalibrationMetric):
             num_classes=num_classes,
             from_logits=from_logits,
             validate=validate,
+            ignore_index=ignore_index,
             **kwargs,
         )
         self.num_classes = num_classes
