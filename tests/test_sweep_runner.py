@@ -169,7 +169,8 @@ def test_ctrl_c_with_workers_keeps_finished_runs_and_ends_the_workers(tmp_path, 
 
 
 @pytest.mark.slow
-def test_sigint_to_the_cli_with_workers_exits_130_and_leaves_no_process(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_signal_to_the_cli_with_workers_leaves_no_process(tmp_path, sig):
     out = tmp_path / "o"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     cmd = [sys.executable, "-m", "labelsmooth", "sweep", "--dataset", "digits", "--epochs", "30",
@@ -191,14 +192,29 @@ def test_sigint_to_the_cli_with_workers_exits_130_and_leaves_no_process(tmp_path
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.stderr.read()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "re-run the same command to resume" in err and "Traceback" not in err
     assert children, "the sweep started no worker process"
-    time.sleep(0.5)
-    assert [c for c in children if os.path.exists(f"/proc/{c}")] == []
+    if sig == signal.SIGKILL:  # no clean-up in the parent: the workers notice it is gone
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, err
+        assert "re-run the same command to resume" in err and "Traceback" not in err
+    gone = time.time() + 10
+    while time.time() < gone and any(os.path.exists(f"/proc/{c}") for c in children):
+        time.sleep(0.2)
+    alive = []
+    for c in children:
+        try:
+            with open(f"/proc/{c}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] != "Z":  # a zombie has exited
+                    alive.append(c)
+        except OSError:
+            pass
+    assert alive == []
     assert not [p for p in os.listdir(out / "runs") if p.startswith(".tmp")]
+    saved = [p for p in os.listdir(out / "runs") if p.endswith(".json")]
+    assert saved, "the finished run was not kept"
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -573,6 +575,13 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     extra["sources"] = cfg["sources"]
     extra["command"] = command
     t0 = time.perf_counter()
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM (kill, a job scheduler): stop as Ctrl-C does
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, terminated)
     try:
         res = sweep(
             data=data,
@@ -601,6 +610,9 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     except (RuntimeError, OSError, ImportError) as e:
         print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     elapsed = time.perf_counter() - t0
     trained = len(res.runs) - res.reused
     how = (

@@ -146,10 +146,27 @@ class SerialExecutor(RunExecutor):
 _WORKER_JOB: RunJob | None = None
 
 
-def _init_worker(payload: bytes, threads: int) -> None:
-    """Runs once in each worker: Ctrl-C is the parent's to handle; load the job; set threads."""
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """End this worker when its parent is gone (killed with SIGKILL, say): no orphan keeps
+    training, or waits for work, after the sweep that started it has died."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(every)
+
+    threading.Thread(target=watch, name="labelsmooth-parent-watch", daemon=True).start()
+
+
+def _init_worker(payload: bytes, threads: int, parent: int) -> None:
+    """Runs once in each worker: Ctrl-C is the parent's to handle; die with the parent; load
+    the job; set threads."""
     global _WORKER_JOB
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent)
     torch.set_num_threads(threads)
     _WORKER_JOB = pickle.loads(payload)
 
@@ -198,7 +215,8 @@ class ProcessExecutor(RunExecutor):
 
     Each worker receives the job once (pickled) and sets ``torch.set_num_threads(threads)``.
     Workers ignore SIGINT: a Ctrl-C reaches this process, which ends the workers, keeps the runs
-    already reported and re-raises ``KeyboardInterrupt``.
+    already reported and re-raises ``KeyboardInterrupt``. A worker whose parent dies without
+    ending it (SIGKILL) exits within a second.
     """
 
     name = "processes"
@@ -229,7 +247,7 @@ class ProcessExecutor(RunExecutor):
             max_workers=min(self.workers, len(tasks)),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(payload, self.threads),
+            initargs=(payload, self.threads, os.getpid()),
         )
         queue = list(tasks)
         inflight: dict[Future[Any], RunTask] = {}
