@@ -86,7 +86,7 @@ def test_targets_agrees_with_the_library(capsys):
         (["sweep", "--smoothing", "0", "1.2"], "smoothing must be in [0, 1], got 1.2"),
         (
             ["sweep", "--dataset", "cifar10", "--no-progress"],
-            "dataset must be one of ('mnist1d', 'digits')",
+            "dataset must be one of ('mnist1d', 'digits', 'fashion-mnist')",
         ),
         (["sweep", "--seeds", "0"], "must be >= 1, got 0"),
         (["sweep", "--model", "resnet"], "invalid choice: 'resnet'"),

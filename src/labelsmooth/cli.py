@@ -41,12 +41,13 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "n_bootstrap": 1000,
     "split_seed": 0,
     "label_column": "label",
+    "data_dir": None,  # None: the dataset's default directory (fashion-mnist)
     "proj_classes": [0, 1, 2],
     "progress": True,
     "report": True,
 }
 
-_DATASET_HELP = "'mnist1d', 'digits', or a path to a .npz (x, y[, x_test, y_test]) or .csv file"
+_DATASET_HELP = "'mnist1d', 'digits', 'fashion-mnist', or a path to a .npz (x, y[, x_test, y_test]) or .csv file"
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -145,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="label_column",
         default=S,
         help=f"label column of a CSV dataset (default {d['label_column']})",
+    )
+    s.add_argument(
+        "--data-dir",
+        dest="data_dir",
+        default=S,
+        metavar="DIR",
+        help="directory of the fashion-mnist IDX .gz files (default "
+        "/usr/share/datasets/fashion-mnist, Debian package dataset-fashion-mnist)",
     )
     s.add_argument(
         "--model", default=S, choices=("mlp", "cnn"), help=f"built-in model (default {d['model']})"
@@ -371,6 +380,10 @@ def _load_config_file(path: str) -> dict[str, Any]:
 def _check_value(key: str, value: Any) -> Any:
     """Validate one configuration value (from a file: argparse has not seen it)."""
     d = SWEEP_DEFAULTS[key]
+    if key == "data_dir":
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"config: data_dir must be a directory path, got {value!r}")
+        return value
     if key in ("workers", "num_classes"):  # optional integers (a file may not say "none")
         lowest = 2 if key == "num_classes" else 1
         if value is None:
@@ -562,6 +575,7 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             split_seed=cfg["split_seed"],
             label_column=cfg["label_column"],
             num_classes=cfg["num_classes"],
+            data_dir=cfg["data_dir"],
         )
     except (ValueError, RuntimeError) as e:
         parser.error(str(e))

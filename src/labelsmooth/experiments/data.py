@@ -25,7 +25,7 @@ import torch
 __all__ = ["BUILTIN_DATASETS", "Splits", "load_dataset", "make_splits"]
 
 #: Names accepted by :func:`load_dataset` besides paths to ``.npz`` / ``.csv`` files.
-BUILTIN_DATASETS = ("mnist1d", "digits")
+BUILTIN_DATASETS = ("mnist1d", "digits", "fashion-mnist")
 
 _SPLIT_NAMES = ("train", "val", "cal", "test")
 
@@ -377,6 +377,7 @@ def load_dataset(
     label_column: str = "label",
     fractions: tuple[float, float, float, float] = (0.6, 0.1, 0.1, 0.2),
     num_classes: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
 ) -> Splits:
     """Load a built-in dataset by name, or the user's own from a ``.npz`` / ``.csv`` path.
 
@@ -384,6 +385,11 @@ def load_dataset(
       its 1000 test signals are the test split and the 4000 others are split 70/15/15 into
       train / val / cal.
     * ``"digits"``: scikit-learn's 8×8 digits (1797 × 64, 10 classes), standardised.
+    * ``"fashion-mnist"``: Fashion-MNIST read from the standard IDX ``.gz`` files in ``data_dir``
+      (default ``/usr/share/datasets/fashion-mnist``, Debian package ``dataset-fashion-mnist``):
+      a seeded 12,000 / 2,000 / 2,000 train / val / cal subset of the 60,000 training images and
+      the official 10,000 test images, shape ``(1, 28, 28)``
+      (:mod:`labelsmooth.experiments.fashion`).
     * ``*.npz``: arrays ``x`` and ``y`` (optionally ``x_test`` and ``y_test``).
     * ``*.csv``: a header row; the column ``label_column`` holds the labels, every other column a
       numeric feature.
@@ -402,7 +408,7 @@ def load_dataset(
         >>> load_dataset("imagenet")
         Traceback (most recent call last):
         ...
-        ValueError: dataset must be one of ('mnist1d', 'digits') or a path to a .npz/.csv file, got 'imagenet'
+        ValueError: dataset must be one of ('mnist1d', 'digits', 'fashion-mnist') or a path to a .npz/.csv file, got 'imagenet'
     """
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"dataset must be a name or a path, got {type(name).__name__}")
@@ -416,6 +422,10 @@ def load_dataset(
         return _mnist1d(split_seed, num_classes)
     if key == "digits":
         return _digits(split_seed, num_classes)
+    if key in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
+        from labelsmooth.experiments.fashion import load_fashion_mnist
+
+        return load_fashion_mnist(data_dir, split_seed=split_seed, num_classes=num_classes)
     ext = os.path.splitext(key)[1]
     if ext in (".npz", ".csv"):
         if not os.path.isfile(name):
