@@ -104,7 +104,7 @@ def need_impl(impl: str) -> None:
 
 def assert_within_truth(
     ours: torch.Tensor, truth: torch.Tensor, *, rtol: float, peer: torch.Tensor | None = None,
-    atol_of_max: float = 2.0 ** -20, what: str = "value",
+    atol_of_max: float = 2.0 ** -20, what: str = "value", scale: torch.Tensor | None = None,
 ) -> None:
     """Per element: |ours − truth| ≤ |peer − truth| + rtol·|truth| + atol_of_max·max|truth|.
 
@@ -114,7 +114,9 @@ def assert_within_truth(
     dtype) adds its own error as allowance; without it the bound is absolute (what a kernel that
     rounds once from float32 must meet). The ``atol_of_max`` floor (default 2**-20 of the
     largest |truth|) covers float32 cancellation where the truth itself is nearly 0. NaN and ±inf
-    must sit where the truth has them.
+    must sit where the truth has them. For a sum of rounded products (a matmul's output: dW, dh),
+    pass ``scale`` = the same sum of absolute values (e.g. ``|G|ᵀ|H|``): the relative tolerance
+    then applies to it instead of to ``|truth|``, which cancellation can make arbitrarily small.
     """
     ours, truth = ours.detach().double(), truth.detach().double()
     assert ours.shape == truth.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(truth.shape)}"
@@ -123,11 +125,12 @@ def assert_within_truth(
     assert torch.equal(ours.isinf(), inf) and torch.equal(ours[inf], truth[inf]), (
         f"{what}: ±inf pattern differs from the truth")
     fin = truth.isfinite()
-    ours, truth = ours[fin], truth[fin]
+    mag = truth.abs() if scale is None else scale.detach().double().abs()
+    ours, truth, mag = ours[fin], truth[fin], mag[fin]
     if truth.numel() == 0:
         return
     err = (ours - truth).abs()
-    allowed = rtol * truth.abs() + atol_of_max * truth.abs().max()
+    allowed = rtol * mag + atol_of_max * mag.max()
     if peer is not None:
         allowed = allowed + (peer.detach().double()[fin] - truth).abs().nan_to_num(0)
     bad = err > allowed
