@@ -49,6 +49,10 @@ class Splits:
     y_test: torch.Tensor
     #: original label of class index ``k`` when labels were remapped to ``0..K-1``, else None
     label_values: tuple[Any, ...] | None = None
+    #: clean training labels when ``y_train`` carries label noise (see ``experiments.noise``)
+    y_train_clean: torch.Tensor | None = None
+    #: what noise was added to ``y_train`` (rate, kind, seed, flipped count), else None
+    label_noise: dict[str, Any] | None = None
 
     @property
     def feature_shape(self) -> tuple[int, ...]:

@@ -142,6 +142,8 @@ def flatten_run(record: dict[str, Any]) -> dict[str, Any]:
     for part in ("train", "test"):
         if f"cluster_spread_{part}" in record:
             row[f"cluster_spread_{part}"] = record[f"cluster_spread_{part}"]
+    for k, v in (record.get("memorisation") or {}).items():  # label noise (noise.py)
+        row[f"memo_{k}"] = v
     row["train_seconds"] = record["train_seconds"]
     return row
 
@@ -436,6 +438,7 @@ def sweep(
             else json.loads(json.dumps(list(splits.label_values), default=str))
         ),
         "feature_shape": list(splits.feature_shape),
+        "label_noise": getattr(splits, "label_noise", None),
         "data_fingerprint": _data_fingerprint(splits),
         **settings.as_dict(),
         **(extra_config or {}),

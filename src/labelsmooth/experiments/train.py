@@ -329,6 +329,10 @@ def train_run(
         "train_seconds": train_seconds,
         "eval_seconds": time.perf_counter() - t0 - train_seconds,
     }
+    if getattr(splits, "y_train_clean", None) is not None:  # label noise: what was memorised
+        from labelsmooth.experiments.noise import memorisation
+
+        record["memorisation"] = memorisation(_logits(model, splits.x_train, device), splits)
     arrays = {"test_logits": test_logits.numpy(), "test_labels": splits.y_test.numpy()}
     classes = tuple(c for c in settings.proj_classes if c < k)
     if len(classes) == 3:
