@@ -54,7 +54,7 @@ def test_gpu_fused_linear_parity_and_memory(dtype):
     b64 = torch.randn(v, generator=g, dtype=torch.float64) * 0.1
     y = torch.randint(0, v, (n,), generator=g)
     y[::7] = -100
-    cw = (torch.rand(v, generator=g, dtype=torch.float64) + 0.5)
+    cw = (torch.rand(v, generator=g, dtype=torch.float64) + 0.5).to(dtype).double()  # as seen
     hid, w, b = (t.to(dtype).to(dev) for t in (hid64, w64, b64))
     y, cw = y.to(dev), cw.to(dev)
     kw = dict(label_smoothing=0.1)
@@ -110,7 +110,8 @@ def test_gpu_prob_target_gradient_wrt_the_target(dtype):
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(r, k, generator=g, dtype=torch.float64) * 3).to(dtype).to(dev)
     t = torch.softmax(torch.randn(r, k, generator=g, dtype=torch.float64) * 2, 1).to(dtype).to(dev)
-    wt = (torch.rand(k, generator=g, dtype=torch.float64) + 0.5).to(dev)
+    # class weights rounded to the dtype first: the truth must see the weights the losses see
+    wt = (torch.rand(k, generator=g, dtype=torch.float64) + 0.5).to(dtype).double().to(dev)
     up = (torch.rand(r, generator=g, dtype=torch.float64) + 0.5).to(dtype).double().to(dev)
 
     def run(fn, xx, tt, w, **extra):
