@@ -31,6 +31,7 @@ def _no_current_device():
     ("gloo", None, "all_reduce", "cpu"),
     ("gloo", "cuda:1", "all_reduce", "cuda:1"),      # gloo reduces CUDA tensors ...
     ("gloo", "cuda:1", "all_gather", "cpu"),         # ... but gathers only CPU ones
+    ("gloo", "cuda:1", None, "cpu"),                 # a buffer for any collective: CPU
     ("nccl", "cuda:3", "all_gather", "cuda:3"),
     ("nccl", "cuda:3", "all_reduce", "cuda:3"),      # the data's GPU, whatever the current one
     ("cpu:gloo,cuda:nccl", "cuda:1", "all_gather", "cuda:1"),
@@ -65,6 +66,7 @@ def test_backend_device_types() -> None:
     with mock.patch("torch.distributed.get_backend", return_value="gloo"):
         assert backend_device_types(None, "all_reduce") == ("cpu", "cuda")
         assert backend_device_types(None, "all_gather") == ("cpu",)
+        assert backend_device_types(None) == ("cpu",)
 
 
 def test_meters_use_the_same_rule() -> None:
@@ -74,6 +76,11 @@ def test_meters_use_the_same_rule() -> None:
          mock.patch("torch.distributed.get_backend", return_value="nccl"), \
          mock.patch("torch.cuda.current_device", _no_current_device):
         assert meters._comm_device(None, torch.device("cuda", 1)) == torch.device("cuda", 1)
+    with mock.patch("torch.distributed.is_available", return_value=True), \
+         mock.patch("torch.distributed.is_initialized", return_value=True), \
+         mock.patch("torch.distributed.get_backend", return_value="gloo"):
+        # gloo: the meters' buffer goes through all_gather and all_reduce, so CUDA state -> CPU
+        assert meters._comm_device(None, torch.device("cuda", 1)) == torch.device("cpu")
     assert not hasattr(D, "_collective_device")  # no second copy of the rule
 
 
@@ -119,7 +126,7 @@ def test_fingerprint_goes_where_the_rule_says(monkeypatch: pytest.MonkeyPatch) -
     """The fingerprint exchange asks the rule with the logits' device (CPU here, gloo)."""
     fake = _FakeGroup(monkeypatch, "gloo")
     asked: list = []
-    monkeypatch.setattr(D, "collective_device", lambda group, device=None, op="all_reduce":
+    monkeypatch.setattr(D, "collective_device", lambda group, device=None, op=None:
                         asked.append((device, op)) or torch.device("cpu"))
     x = torch.randn(3, 4, dtype=torch.float64)
     loss = D.vocab_parallel_cross_entropy(x, torch.tensor([0, 5, 7]), label_smoothing=0.1)

@@ -46,9 +46,9 @@ def _backends(group: Any) -> dict[str, str] | None:
     return None
 
 
-def backend_device_types(group: Any, op: str = "all_reduce") -> tuple[str, ...] | None:
-    """Device types on which the backend(s) of ``group`` run the collective ``op``, or None if
-    the backend is unknown.
+def backend_device_types(group: Any, op: str | None = None) -> tuple[str, ...] | None:
+    """Device types on which the backend(s) of ``group`` run the collective ``op`` (None: every
+    collective), or None if the backend is unknown.
 
     ``"cpu:gloo,cuda:nccl"`` gives ``("cpu", "cuda")``; a single backend name is looked up in
     ``torch.distributed.Backend.backend_capability`` (``nccl``: CUDA; ``gloo``: CPU, and CUDA for
@@ -78,12 +78,14 @@ def _group_cuda_device(group: Any) -> torch.device:
 
 
 def collective_device(group: Any, device: torch.device | str | None = None,
-                      op: str = "all_reduce") -> torch.device:
+                      op: str | None = None) -> torch.device:
     """The device on which to hand data living on ``device`` to the collective ``op`` of ``group``.
 
     ``device`` itself when the group's backend runs ``op`` on its type (an unknown backend is
     trusted to); otherwise CPU when the backend communicates on CPU, else the group's CUDA device.
     ``device=None`` (data not yet on any device, e.g. a count) follows the same preference.
+    ``op=None`` asks for a device on which every collective runs (for a buffer that goes through
+    several): gloo then keeps CUDA data on the CPU.
 
     Examples:
         >>> from unittest import mock
@@ -93,6 +95,9 @@ def collective_device(group: Any, device: torch.device | str | None = None,
         >>> with mock.patch("torch.distributed.get_backend", return_value="gloo"):
         ...     collective_device(None, "cuda:1", op="all_gather")  # gloo: no CUDA all_gather
         device(type='cpu')
+        >>> with mock.patch("torch.distributed.get_backend", return_value="gloo"):
+        ...     collective_device(None, "cuda:1", op="all_reduce")  # ... but a CUDA all_reduce
+        device(type='cuda', index=1)
         >>> with mock.patch("torch.distributed.get_backend", return_value="nccl"):
         ...     collective_device(None, torch.device("cuda", 3))  # the data's GPU, not the current
         device(type='cuda', index=3)
