@@ -47,6 +47,7 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "distill": False,  # True: a teacher per ε, a student distilled from each (distill.py)
     "distill_temperature": 2.0,
     "student": "same",
+    "suite": None,  # a suite name (suite.py): several testbeds, one report
     "proj_classes": [0, 1, 2],
     "progress": True,
     "report": True,
@@ -203,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("same", "mlp-small"),
         help="student architecture: the teacher's, or an MLP with one hidden layer of 128 "
         "(default same)",
+    )
+    s.add_argument(
+        "--suite",
+        default=S,
+        choices=("default",),
+        help="run a documented set of testbeds (default: MNIST-1D MLP and CNN, digits, "
+        "Fashion-MNIST) into --out/<testbed>/ and write suite.md with a verdict per testbed and "
+        "a claims × testbeds table; --dataset/--model are ignored",
     )
     s.add_argument(
         "--data-dir",
@@ -510,6 +519,7 @@ def _check_value(key: str, value: Any) -> Any:
         "schedule": ("constant", "cosine"),
         "noise_kind": ("symmetric", "asymmetric"),
         "student": ("same", "mlp-small"),
+        "suite": ("default",),
     }
     if key in choices and value not in choices[key]:
         raise bad(f"one of {choices[key]}")
@@ -619,6 +629,8 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     except ImportError as e:
         print(f"labelsmooth sweep: {e}", file=sys.stderr)
         return 1
+    if cfg["suite"]:
+        return _cmd_suite(cfg)
     from labelsmooth.experiments import load_dataset, sweep
     from labelsmooth.experiments.train import TrainSettings
 
@@ -735,6 +747,39 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
                   f"{c['noise_kind']} {c['noise_rate']:g}{extra_txt}")
         for name, path in noise["paths"].items():
             print(f"  {name:13s} {path}")
+    return 0
+
+
+def _cmd_suite(cfg: dict[str, Any]) -> int:
+    """``sweep --suite NAME``: every testbed of the suite, then suite.md (suite.py)."""
+    from labelsmooth.experiments.suite import run_suite
+
+    given = cfg.get("sources", {})
+    try:
+        summary = run_suite(
+            cfg["suite"],
+            out=cfg["out"],
+            smoothing=cfg["smoothing"] if given.get("smoothing", "default") != "default" else None,
+            seeds=cfg["seeds"] if given.get("seeds", "default") != "default" else None,
+            workers=cfg["workers"],
+            threads=cfg["threads"],
+            progress=cfg["progress"],
+            report=cfg["report"],
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are kept; re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except ValueError as e:
+        print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
+        return 2
+    print(f"suite {cfg['suite']!r}: {len(summary['testbeds'])} testbeds in "
+          f"{summary['seconds']:.0f} s")
+    for t in summary["testbeds"]:
+        acc = t.get("baseline_accuracy")
+        print(f"  {t['name']:<18} " + (t.get("error") or f"baseline accuracy {acc:.3f}"))
+    for name, path in summary["paths"].items():
+        print(f"  {name:13s} {path}")
     return 0
 
 
