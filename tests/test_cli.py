@@ -208,7 +208,9 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     cfg = res["config"]
     assert cfg["epochs"] == 2 and cfg["smoothing"] == [0.0, 0.1] and cfg["dataset"] == "mnist1d"
-    assert cfg["sources"]["epochs"] == "flag" and cfg["sources"]["lr"] == "default"
+    # the mnist1d-mlp recipe supplies what no flag set; its reference rides along
+    assert cfg["sources"]["epochs"] == "flag" and cfg["sources"]["lr"] == "recipe"
+    assert cfg["recipe"]["name"] == "mnist1d-mlp" and cfg["recipe"]["reference"]["minimum"] == 0.66
     assert [(r["smoothing"], r["seed"]) for r in res["runs"]] == [(0.0, 0), (0.1, 0)]
     run = res["runs"][1]
     assert len(run["history"]) == 2
@@ -216,7 +218,8 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
         float(labelsmooth.entropy_floor(10, 0.1))
     )
     t = run["test"]
-    assert t["ece_low"] <= t["ece_high"] and 0 <= t["ece"] <= 1
+    assert 0 <= t["ece"] <= 1 and 0 <= t["ece_debiased"] <= 1
+    assert 1 <= run["selected_epoch"] <= 2
     assert 0.1 < t["accuracy"] < 1.0  # learnt something in 2 epochs (chance is 0.1)
     assert {"temperature", "temperature_scaled"} <= set(run)
     assert [s["smoothing"] for s in res["summary"]] == [0.0, 0.1]
@@ -233,11 +236,14 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert float(hist[3]["entropy_floor"]) == pytest.approx(0.5003, abs=1e-4)  # H(q'), K=10, ε=0.1
 
     md = (out / "report.md").read_text()
-    assert "## Verdict" in md and "Best factor by test NLL" in md
+    assert "## Verdict" in md and "validation" in md and "Scope:" in md
+    assert "Best factor by test" not in md  # the test split chooses nothing
+    assert [c["status"] for c in res["verdict"]] and res["selection"]["split"] == "val"
     assert "Müller" in md and "(reliability.png)" in md
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4
-    assert 'src="http' not in html and '.png"' not in html  # self-contained
+    assert 'src="http' not in html and 'src="reliability.png' not in html  # self-contained
+    assert 'href="reliability.png"' in html  # and each figure links to its full-size file
 
     # Re-running resumes: no run is trained again, the results are the same.
     assert main(argv) == 0

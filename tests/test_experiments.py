@@ -22,7 +22,7 @@ from labelsmooth.experiments import (
     train_run,
 )
 from labelsmooth.experiments.models import penultimate, project_activations
-from labelsmooth.experiments.report import verdict
+from labelsmooth.experiments.verdict import verdict
 from labelsmooth.experiments.train import cluster_spread
 
 # The module (the package attribute `sweep` is the function).
@@ -75,7 +75,7 @@ def test_mnist1d_builtin_is_offline_and_split(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     s = load_dataset("mnist1d")
     assert s.num_classes == 10 and s.feature_shape == (40,)
-    assert s.sizes() == {"train": 2800, "val": 600, "cal": 600, "test": 1000}
+    assert s.sizes() == {"train": 3200, "val": 400, "cal": 400, "test": 1000}
     assert set(s.y_train.unique().tolist()) == set(range(10))
 
 
@@ -144,8 +144,13 @@ def test_train_run_logs_losses_and_entropy_floor():
     for h in rec["history"]:
         assert h["entropy_floor"] == pytest.approx(floor)
         assert h["train_loss"] >= floor  # the smoothed loss cannot go below H(q')
-        assert {"train_nll", "val_nll", "val_ece", "val_gap", "val_accuracy"} <= set(h)
-    assert set(rec["test"]) >= {"accuracy", "nll", "brier", "ece", "smooth_ece", "gap"}
+        assert {"train_nll", "val_nll", "val_accuracy"} <= set(h)
+    assert set(rec["test"]) >= {"accuracy", "nll", "brier", "ece", "ece_debiased", "smooth_ece", "gap"}
+    # the kept checkpoint is the epoch with the lowest validation NLL, evaluated there
+    best = min(rec["history"], key=lambda h: h["val_nll"])
+    assert rec["selected_epoch"] == best["epoch"]
+    assert rec["val"]["nll"] == pytest.approx(best["val_nll"], rel=1e-6)
+    assert {"nll", "accuracy", "loss"} <= set(rec["train"])
     assert rec["temperature"] > 0
     assert arr["test_logits"].shape == (data.sizes()["test"], 3)
     assert arr["proj_train"].shape[1] == 2
@@ -366,47 +371,6 @@ def test_cluster_spread_is_scale_free():
     assert cluster_spread(tight, lab) < cluster_spread(pts, lab)
 
 
-def _summary_row(eps, ece, gap, nll, acc, loss, tr_acc=1.0, sd=0.01):
-    keys = {
-        "test_ece": ece,
-        "test_gap": gap,
-        "test_nll": nll,
-        "test_accuracy": acc,
-        "final_train_loss": loss,
-        "final_train_accuracy": tr_acc,
-    }
-    row = {"smoothing": eps, "n_seeds": 3}
-    for k, v in keys.items():
-        row[f"{k}_mean"], row[f"{k}_std"] = v, sd
-    return row
-
-
-def test_verdict_from_numbers():
-    summary = [
-        _summary_row(0.0, 0.20, 0.20, 1.30, 0.60, 0.10),
-        _summary_row(0.1, 0.03, 0.01, 1.10, 0.61, 0.60),
-        _summary_row(0.5, 0.25, -0.25, 1.40, 0.60, 1.70),
-    ]
-    v = verdict(summary)
-    assert v["best"] == {"nll": 0.1, "ece": 0.1, "accuracy": 0.1}
-    status = {c["claim"]: c["status"] for c in v["claims"]}
-    assert status["smoothing curbs overconfidence and improves calibration"] == "held"
-    assert status["the training loss is higher with smoothing"] == "held"
-    assert status["too large a factor (0.5) underfits"] == "partly"  # flat, not less accurate
-    assert status["the factor matters (it is a hyper-parameter to choose)"] == "held"
-
-
-def test_verdict_says_when_claims_fail():
-    summary = [  # an already-calibrated baseline that smoothing makes worse
-        _summary_row(0.0, 0.02, 0.01, 0.10, 0.97, 0.05),
-        _summary_row(0.1, 0.10, -0.10, 0.20, 0.97, 0.04),
-    ]
-    status = {c["claim"]: c["status"] for c in verdict(summary)["claims"]}
-    assert status["smoothing curbs overconfidence and improves calibration"] == "did not hold"
-    assert status["the training loss is higher with smoothing"] == "did not hold"
-    assert status["too large a factor (0.5) underfits"] == "not tested"
-
-
 def test_report_without_baseline_or_intervals(tmp_path):
     pytest.importorskip("matplotlib")
     res = sweep(
@@ -416,155 +380,14 @@ def test_report_without_baseline_or_intervals(tmp_path):
         out=tmp_path,
         progress=False,
         **FAST,
-    )  # n_bootstrap=0: no intervals anywhere
+    )  # n_bootstrap=0: no test-set bootstrap; one seed: no seed-level interval either
     md = (tmp_path / "report.md").read_text()
-    assert "not tested" in md  # no ε = 0 in the sweep: the calibration claim cannot be judged
+    assert "No ε = 0 run" in md and "Only one seed" in md  # warned, not judged
+    assert res.verdict is not None and res.verdict.claims == [] or all(
+        c.status == "inconclusive" for c in res.verdict.claims
+    )
     assert "projection.png" not in md  # the picture compares against ε = 0
-    assert {"report.md", "report.html", "metrics.png", "training.png", "reliability.png"} <= set(
-        res.paths
-    )
-    assert (
-        "[" not in md.split("## Results per smoothing factor")[1].split("\n")[4]
-    )  # no CI brackets
-    assert "resamples" not in md and "no bootstrap intervals" in md  # no 0-resample CI claim
-
-
-def _ci_row(eps, ece, ece_ci, gap, gap_ci, n_seeds=1, **extra):
-    """A summary row with bootstrap intervals (one seed, no spread unless given)."""
-    row = _summary_row(eps, ece, gap, 1.0, 0.9, 0.5 + eps, sd=0.0)
-    row["n_seeds"] = n_seeds
-    row["test_ece_low_mean"], row["test_ece_high_mean"] = ece_ci
-    row["test_gap_low_mean"], row["test_gap_high_mean"] = gap_ci
-    row.update(extra)
-    return row
-
-
-def _claim(summary, start):
-    return next(c for c in verdict(summary)["claims"] if c["claim"].startswith(start))
-
-
-def test_verdict_without_intervals_and_one_seed_is_undecidable():
-    # std 0 over one seed is not "no noise": no difference may count as beyond the intervals.
-    summary = [
-        {**_summary_row(0.0, 0.05, 0.03, 1.0, 0.90, 0.5, sd=0.0), "n_seeds": 1},
-        {**_summary_row(0.2, 0.08, -0.05, 1.1, 0.91, 0.8, sd=0.0), "n_seeds": 1},
-    ]
-    matters = _claim(summary, "the factor matters")
-    assert matters["status"].startswith("undecidable")
-    assert "beyond the intervals" not in matters["evidence"]
-    cal = _claim(summary, "smoothing curbs")
-    assert "overconfident" not in cal["evidence"].split(";")[0]  # +0.03 alone proves nothing
-
-
-def test_verdict_calls_the_baseline_miscalibrated_only_beyond_its_interval():
-    smoothed = _ci_row(0.1, 0.04, (0.03, 0.05), -0.01, (-0.02, 0.0))
-    for gap, ci, word in [
-        (-0.01, (-0.03, 0.01), "not clearly miscalibrated"),
-        (0.01, (-0.01, 0.03), "not clearly miscalibrated"),
-        (-0.05, (-0.07, -0.03), "underconfident"),
-        (0.05, (0.03, 0.07), "overconfident"),
-    ]:
-        base = _ci_row(0.0, 0.06, (0.05, 0.07), gap, ci)
-        first = _claim([base, smoothed], "smoothing curbs")["evidence"].split(";")[0]
-        assert first.split(" — ")[1].startswith(word), first
-
-
-def test_verdict_overlapping_ece_intervals_are_inconclusive():
-    # Lower mean ECE but overlapping intervals and an underconfident baseline: not "partly".
-    summary = [
-        _ci_row(0.0, 0.050, (0.03, 0.07), -0.30, (-0.33, -0.27)),
-        _ci_row(0.1, 0.049, (0.03, 0.07), 0.04, (0.02, 0.06)),
-    ]
-    assert _claim(summary, "smoothing curbs")["status"] == "inconclusive (within the noise)"
-    # separated intervals: partly (the baseline is not overconfident, so not "held")
-    summary[1] = _ci_row(0.1, 0.01, (0.005, 0.02), 0.0, (-0.01, 0.01))
-    assert _claim(summary, "smoothing curbs")["status"] == "partly"
-    # a clearly overconfident baseline whose gap smoothing shrinks, ECE within the noise: partly
-    summary = [
-        _ci_row(0.0, 0.050, (0.03, 0.07), 0.05, (0.03, 0.07)),
-        _ci_row(0.1, 0.049, (0.03, 0.07), 0.01, (-0.01, 0.03)),
-    ]
-    assert _claim(summary, "smoothing curbs")["status"] == "partly"
-
-
-def test_verdict_underconfident_from_a_factor_on_needs_every_larger_factor():
-    base = _ci_row(0.0, 0.05, (0.04, 0.06), 0.04, (0.03, 0.05))
-    summary = [
-        base,
-        _ci_row(0.1, 0.04, (0.03, 0.05), -0.05, (-0.08, -0.02)),
-        _ci_row(0.2, 0.06, (0.05, 0.07), -0.03, (-0.06, 0.01)),  # interval contains 0
-    ]
-    ev = _claim(summary, "smoothing curbs")["evidence"]
-    assert "from ε=0.1 on" not in ev and "underconfident (gap interval below 0) at ε=0.1" in ev
-    summary[2] = _ci_row(0.2, 0.06, (0.05, 0.07), -0.08, (-0.10, -0.06))
-    assert "from ε=0.1 on" in _claim(summary, "smoothing curbs")["evidence"]
-
-
-def _literature_sentence(summary):
-    from types import SimpleNamespace
-
-    from labelsmooth.experiments.report import _blocks
-
-    res = SimpleNamespace(config={}, summary=summary, complete=True, rows=[])
-    blocks = _blocks(res, verdict(summary), {}, None)
-    (p,) = [b[1] for b in blocks if b[0] == "p" and b[1].startswith("Here the")]
-    return p
-
-
-def test_literature_sentence_checks_the_easy_data_pattern():
-    ts = {"ts_ece_mean": 0.05, "ts_ece_std": 0.0, "temperature_mean": 1.0, "temperature_std": 0.0}
-    easy = "already close to calibrated"
-    # strongly underconfident baseline, overconfident smoothed model: not the easy-data pattern
-    summary = [
-        _ci_row(0.0, 0.30, (0.27, 0.33), -0.30, (-0.33, -0.27), **ts),
-        _ci_row(0.1, 0.31, (0.28, 0.34), 0.31, (0.28, 0.34), **ts),
-    ]
-    assert easy not in _literature_sentence(summary)
-    # calibrated baseline but a smoothed factor whose gap interval contains 0: not "every factor"
-    summary = [
-        _ci_row(0.0, 0.02, (0.01, 0.03), 0.0, (-0.01, 0.01), **ts),
-        _ci_row(0.1, 0.03, (0.02, 0.04), -0.01, (-0.02, 0.005), **ts),
-        _ci_row(0.2, 0.08, (0.07, 0.09), -0.08, (-0.09, -0.07), **ts),
-    ]
-    assert easy not in _literature_sentence(summary)
-    summary[1] = _ci_row(0.1, 0.03, (0.02, 0.04), -0.03, (-0.04, -0.02), **ts)
-    assert easy in _literature_sentence(summary)
-
-
-def test_temperature_note_judges_the_change_against_the_intervals():
-    def base(ts_ece, ts_ci):
-        return _ci_row(
-            0.0,
-            0.0162,
-            (0.010, 0.025),
-            0.0,
-            (-0.01, 0.01),
-            ts_ece_mean=ts_ece,
-            ts_ece_low_mean=ts_ci[0],
-            ts_ece_high_mean=ts_ci[1],
-            temperature_mean=1.0,
-        )
-
-    smoothed = _ci_row(
-        0.1, 0.05, (0.04, 0.06), -0.04, (-0.05, -0.03), ts_ece_mean=0.02, temperature_mean=0.8
-    )
-    note = verdict([base(0.0159, (0.010, 0.024)), smoothed])["notes"][0]
-    assert "lowers" not in note and "unchanged within the intervals (0.0162 → 0.0159)" in note
-    note = verdict([base(0.0020, (0.001, 0.004)), smoothed])["notes"][0]
-    assert "lowers its ECE from 0.016 to 0.002" in note
-
-
-def test_factor_claim_says_only_when_temperature_scaling_shrinks_the_nll_span():
-    rows = [
-        _summary_row(0.0, 0.05, 0.02, 1.00, 0.9, 0.5),
-        _summary_row(0.1, 0.04, 0.0, 1.01, 0.9, 0.6),
-    ]
-    rows[0].update(ts_nll_mean=0.90, ts_nll_std=0.0)
-    rows[1].update(ts_nll_mean=1.00, ts_nll_std=0.0)  # span 0.10 after vs 0.01 before
-    ev = _claim(rows, "the factor matters")["evidence"]
-    assert "span 0.900–1.000" in ev and "only" not in ev
-    rows[1]["ts_nll_mean"] = 0.905
-    assert "span only 0.900–0.905" in _claim(rows, "the factor matters")["evidence"]
+    assert {"report.md", "report.html", "training.png", "reliability.png"} <= set(res.paths)
 
 
 def test_close_factors_get_their_own_runs(tmp_path):
@@ -595,14 +418,17 @@ def test_metrics_figure_names_the_configured_bins():
     from labelsmooth.experiments.report import _eps, _fig_metrics
 
     rows = [
-        _summary_row(0.0, 0.05, 0.02, 1.0, 0.9, 0.5),
-        _summary_row(0.1, 0.04, 0.0, 1.0, 0.9, 0.6),
+        {"smoothing": e, "seed": s, "test_ece": 0.05 - e / 10 + 0.001 * s, "test_accuracy": 0.9,
+         "val_nll": 1.0}
+        for e in (0.0, 0.1)
+        for s in range(3)
     ]
-    res = SimpleNamespace(config={"n_bins": 7, "dataset": "toy", "model": "mlp"}, summary=rows)
+    res = SimpleNamespace(config={"n_bins": 7, "dataset": "toy", "model": "mlp"}, rows=rows)
     fig = _fig_metrics(res, plt)
     titles = [ax.get_title() for ax in fig.axes]
     plt.close(fig)
-    assert "test ECE (7 bins)" in titles and "test ECE (15 bins)" not in titles
+    assert "Δ test ECE (7 bins, fraction)" in titles
+    assert not any("15 bins" in t for t in titles)
     assert _eps(0.1) == "0.1" and _eps(0.1234561) != _eps(0.1234564)  # labels tell factors apart
 
 
@@ -624,7 +450,8 @@ def test_labels_that_are_not_class_indices_are_remapped_and_reported():
     res = sweep(data=(x, base + 1), smoothing=[0.1], seeds=1, progress=False, report=False, **FAST)
     assert res.config["label_values"] == [1, 2] and res.config["num_classes"] == 2
     fake = SimpleNamespace(config=res.config, summary=res.summary, complete=True, rows=[])
-    text = " ".join(b[1] for b in _blocks(fake, verdict(res.summary), {}, None) if b[0] == "p")
+    v = verdict(res.rows, res.config).as_dict()
+    text = " ".join(b[1] for b in _blocks(fake, v, {}, None) if b[0] == "p")
     assert "remapped" in text and "0 ← 1, 1 ← 2" in text
 
 
@@ -651,31 +478,40 @@ def test_reliability_figure_bins_like_the_table():
         arrays={"k": {"test_logits": z.numpy(), "test_labels": y.numpy()}},
     )
     fig = _fig_reliability(res, plt)
-    texts = [
-        t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
-    ]
+    titles = [ax.get_title() for ax in fig.axes]
+    legends = [ax.get_legend() for ax in fig.axes]
     plt.close(fig)
-    assert f"ECE = {100 * table_ece:.2f}%  (M = 15)" in texts, texts
+    # the panel's ECE is the table's, in the table's units (a fraction), in the panel title
+    assert any(f"ECE = {table_ece:.3f} (M = 15)" in t for t in titles), titles
+    # and no legend sits inside a plotting area, over the bars: one figure legend below
+    assert legends == [None] * len(legends) and len(fig.legends) == 1
 
 
-def test_literature_sentence_says_lowers_only_beyond_the_intervals():
-    ts = {"temperature_mean": 1.1, "temperature_std": 0.0}
-    summary = [  # smaller means, overlapping intervals everywhere
-        _ci_row(
-            0.0,
-            0.050,
-            (0.03, 0.07),
-            0.03,
-            (0.01, 0.05),
-            ts_ece_mean=0.048,
-            ts_ece_low_mean=0.03,
-            ts_ece_high_mean=0.07,
-            **ts,
-        ),
-        _ci_row(0.1, 0.049, (0.03, 0.07), 0.01, (-0.01, 0.03), **ts),
-    ]
-    p = _literature_sentence(summary)
-    assert "same direction" not in p
-    assert "smoothing does not clearly lower the ECE, temperature scaling does not clearly" in p
-    summary[1] = _ci_row(0.1, 0.010, (0.005, 0.02), 0.0, (-0.01, 0.01), **ts)
-    assert "smoothing lowers the ECE" in _literature_sentence(summary)
+
+
+# --------------------------------------------------------------------------------------------
+# recipes
+# --------------------------------------------------------------------------------------------
+def test_recipes_name_their_reference_and_are_used_by_default():
+    from labelsmooth.experiments import RECIPES, recipe_for
+
+    for (ds, model), r in RECIPES.items():
+        assert r.name == f"{ds}-{model}" and recipe_for(ds.upper(), model) is r
+        assert 0 < r.reference["minimum"] <= r.reference["accuracy"] <= 1 and r.reference["source"]
+        assert r.train_settings().patience > 0  # early stopping on validation NLL, documented
+        assert r.seeds >= 5
+    s = RECIPES[("mnist1d", "mlp")].train_settings(lr=0.01, epochs=None)
+    assert s.lr == 0.01 and s.epochs == RECIPES[("mnist1d", "mlp")].settings["epochs"]
+    # user data has no recipe and no reference; the verdict's scope says so
+    res = sweep(data=make_splits(*_toy(120)), smoothing=[0.0], seeds=1, progress=False,
+                report=False, **FAST)
+    assert res.config["recipe"] is None and res.verdict.scope["reference"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "minimum"), [("mlp", 0.66)])
+def test_mnist1d_recipe_reaches_its_reference(model, minimum):
+    res = sweep(data="mnist1d", model=model, smoothing=[0.0], progress=False, report=False,
+                n_bootstrap=0)
+    acc = np.mean([r["test"]["accuracy"] for r in res.runs])
+    assert len(res.runs) == 5 and acc >= minimum, acc

@@ -18,20 +18,26 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SWEEP_DEFAULTS", "build_parser", "main", "resolve_sweep_config"]
+__all__ = ["SWEEP_DEFAULTS", "apply_recipe", "build_parser", "main", "resolve_sweep_config"]
 
-#: Defaults of ``labelsmooth sweep`` (the documented demo: MNIST-1D, 5 factors × 3 seeds).
+#: Defaults of ``labelsmooth sweep`` (the documented demo: MNIST-1D, 5 factors × 5 seeds). For a
+#: dataset and model with a built-in recipe (``labelsmooth.experiments.RECIPES``) the recipe's
+#: seeds, epochs, batch size, learning rate, weight decay, schedule, patience and dropout replace
+#: these defaults; a config file or a flag overrides either.
 SWEEP_DEFAULTS: dict[str, Any] = {
     "dataset": "mnist1d",
     "model": "mlp",
     "smoothing": [0.0, 0.05, 0.1, 0.2, 0.5],
     "spread": "all",
-    "seeds": 3,
+    "seeds": 5,
     "epochs": 40,
     "batch_size": 128,
     "lr": 1e-3,
     "weight_decay": 0.0,
     "schedule": "constant",
+    "patience": 0,
+    "dropout": 0.0,
+    "select_ece": False,
     "out": "sweep-out",
     "device": "cpu",
     "threads": 1,
@@ -107,6 +113,16 @@ def _pos_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(v) or v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _unit_interval_open(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text}")
     return v
 
 
@@ -270,6 +286,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=S,
         choices=("constant", "cosine"),
         help="learning-rate schedule (default constant)",
+    )
+    s.add_argument(
+        "--patience",
+        default=S,
+        type=_nonneg_int,
+        help="stop a run after this many epochs without a lower validation NLL, 0 = never; "
+        "the checkpoint with the lowest validation NLL is kept either way (default: the "
+        "recipe's, else 0)",
+    )
+    s.add_argument(
+        "--dropout",
+        default=S,
+        type=_unit_interval_open,
+        help="dropout after each hidden layer of the built-in MLP (default: the recipe's, else 0)",
+    )
+    s.add_argument(
+        "--select-ece",
+        dest="select_ece",
+        default=S,
+        action="store_true",
+        help="also choose the factor on validation ECE (reported beside the validation-NLL "
+        "choice; the claims use the NLL choice)",
     )
     s.add_argument(
         "--out", default=S, metavar="DIR", help=f"output directory (default ./{d['out']})"
@@ -497,7 +535,7 @@ def _check_value(key: str, value: Any) -> Any:
     if isinstance(d, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
-        lowest = 0 if key in ("n_bootstrap", "split_seed") else 1
+        lowest = 0 if key in ("n_bootstrap", "split_seed", "patience") else 1
         if value < lowest:
             raise bad(f"an integer >= {lowest}")
         return value
@@ -510,6 +548,8 @@ def _check_value(key: str, value: Any) -> Any:
             raise bad("a number")
         if (key == "lr" and value <= 0) or value < 0:
             raise bad("a positive number" if key == "lr" else "a number >= 0")
+        if key == "dropout" and value >= 1:
+            raise bad("a number in [0, 1)")
         return float(value)
     if not isinstance(value, str):
         raise bad("a string")
@@ -595,31 +635,49 @@ def _first_run_checks(cfg: dict[str, Any]) -> None:
 
 
 def _verdict_lines(res: Any) -> list[str]:
-    """The verdict's headline and each claim with its status, for the terminal."""
+    """The verdict's scope, headline and each claim with its status, for the terminal."""
+    from labelsmooth.experiments.render import claim_title, headline, scope_sentence
+
+    v = getattr(res, "verdict", None)
+    if v is None:
+        return []
     try:
-        v = getattr(res, "verdict", None)
-        if v is not None:  # typed claims, rendered by the one module that words them
-            from labelsmooth.experiments.render import render_text
-
-            return render_text(v).splitlines()
-        from labelsmooth.experiments.report import verdict
-
-        old = verdict(res.summary)
+        lines = ["verdict: " + headline(v), "  " + scope_sentence(v).replace("`", "")]
+        lines += [f"  [{c.status}] {claim_title(c.as_dict())}" for c in v.claims]
     except Exception as e:  # the terminal summary never hides the saved results
-        return [f"verdict: could not be judged ({type(e).__name__}: {e})"]
-    lines = []
-    best = old.get("best") or {}
-    parts = [f"{metric} ε={eps:g}" for metric, eps in best.items() if eps is not None]
-    if parts:
-        lines.append("verdict: best factor by test " + ", ".join(parts))
-    for claim in old.get("claims", []):
-        lines.append(f"  {claim.get('status', '?'):<13} {claim.get('claim', '')}")
+        return [f"verdict: could not be rendered ({type(e).__name__}: {e})"]
     return lines
+
+
+def apply_recipe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Replace the settings still at their built-in default with the (dataset, model) recipe's.
+
+    Settings from a config file or a flag stay; the replaced ones get the source ``"recipe"``.
+
+    Example:
+        >>> cfg = apply_recipe(resolve_sweep_config(build_parser().parse_args(["sweep"])))
+        >>> cfg["recipe"], cfg["lr"], cfg["sources"]["lr"]
+        ('mnist1d-mlp', 0.003, 'recipe')
+    """
+    from labelsmooth.experiments.train import recipe_for
+
+    cfg = dict(cfg)
+    rec = recipe_for(cfg["dataset"], cfg["model"])
+    cfg["recipe"] = rec.name if rec is not None else None
+    if rec is None:
+        return cfg
+    sources = dict(cfg["sources"])
+    for key, value in {**rec.settings, "seeds": rec.seeds}.items():
+        if key in cfg and sources.get(key) == "default":
+            cfg[key] = value
+            sources[key] = "recipe"
+    cfg["sources"] = sources
+    return cfg
 
 
 def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
     try:
-        cfg = resolve_sweep_config(args)
+        cfg = apply_recipe(resolve_sweep_config(args))
     except ValueError as e:
         parser.error(str(e))
     try:
@@ -641,6 +699,8 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             lr=cfg["lr"],
             weight_decay=cfg["weight_decay"],
             schedule=cfg["schedule"],
+            patience=cfg["patience"],
+            dropout=cfg["dropout"],
             spread=cfg["spread"],
             device=cfg["device"],
             n_bins=cfg["n_bins"],
@@ -694,6 +754,7 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             seeds=cfg["seeds"],
             model=cfg["model"],
             settings=settings,
+            select_on=("nll", "ece") if cfg["select_ece"] else ("nll",),
             out=cfg["out"],
             split_seed=cfg["split_seed"],
             threads=cfg["threads"],

@@ -20,7 +20,11 @@ BUILTIN_MODELS = ("mlp", "cnn")
 
 
 class MLP(nn.Module):
-    """Multi-layer perceptron on flattened features: ``Linear → ReLU`` blocks, then a linear head.
+    """Multi-layer perceptron on flattened features: ``Linear → ReLU (→ Dropout)`` blocks, then a
+    linear head.
+
+    ``dropout > 0`` adds ``nn.Dropout(dropout)`` after every hidden ReLU (active in training mode
+    only).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -28,12 +32,22 @@ class MLP(nn.Module):
         torch.Size([3, 10])
     """
 
-    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] = (256, 256)):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: tuple[int, ...] = (256, 256),
+        dropout: float = 0.0,
+    ):
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             width = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_classes)
@@ -119,11 +133,14 @@ class CNN2d(nn.Module):
         return self.head(self.body(self.conv(x)))
 
 
-def build_model(name: str, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_model(
+    name: str, feature_shape: tuple[int, ...], num_classes: int, *, dropout: float = 0.0
+) -> nn.Module:
     """Build a built-in model for features of ``feature_shape`` and ``num_classes`` outputs.
 
-    ``"mlp"``: two hidden layers of 256 (ReLU). ``"cnn"``: :class:`CNN1d` (features are read as
-    a 1-D signal: ``(L,)`` or ``(C, L)``), or :class:`CNN2d` for images ``(C, H, W)``.
+    ``"mlp"``: two hidden layers of 256 (ReLU, then dropout ``dropout`` when > 0). ``"cnn"``:
+    :class:`CNN1d` (features are read as a 1-D signal: ``(L,)`` or ``(C, L)``), or
+    :class:`CNN2d` for images ``(C, H, W)``.
 
     Example:
         >>> type(build_model("mlp", (64,), 10)).__name__
@@ -135,7 +152,7 @@ def build_model(name: str, feature_shape: tuple[int, ...], num_classes: int) -> 
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     name = name.lower()
     if name == "mlp":
-        return MLP(math.prod(feature_shape), num_classes)
+        return MLP(math.prod(feature_shape), num_classes, dropout=dropout)
     if len(feature_shape) == 1:
         return CNN1d(feature_shape[0], num_classes)
     if len(feature_shape) == 2:

@@ -55,9 +55,18 @@ from labelsmooth.experiments.rundir import (
     write_json,
     write_npz,
 )
-from labelsmooth.experiments.train import TrainSettings, train_run
+from labelsmooth.experiments.train import TrainSettings, recipe_for, train_run
+from labelsmooth.experiments.verdict import Verdict, bootstrap_intervals, verdict
 
-__all__ = ["DEFAULT_SMOOTHING", "SweepResult", "flatten_run", "load_runs", "summarize", "sweep"]
+__all__ = [
+    "DEFAULT_SMOOTHING",
+    "SweepResult",
+    "flatten_run",
+    "load_runs",
+    "results_json",
+    "summarize",
+    "sweep",
+]
 
 #: Smoothing factors of the default sweep.
 DEFAULT_SMOOTHING = (0.0, 0.05, 0.1, 0.2, 0.5)
@@ -78,6 +87,8 @@ class SweepResult:
         complete: False when the sweep was interrupted.
         reused: how many runs were read back from ``out`` instead of trained.
         notes: what the sweep noted on the way (remapped labels, runs trained again, ...).
+        verdict: the judged claims (:func:`labelsmooth.experiments.verdict.verdict`), None
+            without runs.
     """
 
     config: dict[str, Any]
@@ -90,6 +101,7 @@ class SweepResult:
     complete: bool = True
     reused: int = 0
     notes: list[str] = field(default_factory=list)
+    verdict: Verdict | None = None
 
 
 def run_key(smoothing: float, seed: int) -> str:
@@ -121,23 +133,48 @@ def _data_fingerprint(splits: Splits) -> str:
 def flatten_run(record: dict[str, Any]) -> dict[str, Any]:
     """The flat row of ``results.csv`` for one run record.
 
+    Everything is measured on the run's kept checkpoint (lowest validation NLL):
+    ``selected_epoch``/``epochs_run``, ``test_*`` (as trained), ``temperature`` and ``ts_*``
+    (after temperature scaling), ``nll_calibration`` (``test_nll − ts_nll``; ``ts_nll`` is the
+    refinement part), ``val_*``, ``train_*`` (training split in evaluation mode: hard-label
+    ``train_nll``, ``train_accuracy``, smoothed ``train_loss``), the entropy floor, the cluster
+    spreads and the training time. Records written before checkpoint selection existed fall
+    back to their last epoch.
+
     Example:
         >>> rec = {"smoothing": 0.1, "seed": 0, "entropy_floor": 0.5, "temperature": 0.9,
-        ...        "train_seconds": 1.0, "test": {"ece": 0.02}, "temperature_scaled": {"ece": 0.01},
+        ...        "train_seconds": 1.0, "test": {"ece": 0.02, "nll": 1.0},
+        ...        "temperature_scaled": {"ece": 0.01, "nll": 0.9}, "selected_epoch": 1,
         ...        "history": [{"epoch": 1, "train_loss": 0.7, "val_nll": 1.0}]}
-        >>> flatten_run(rec)["ts_ece"], flatten_run(rec)["final_train_loss"]
-        (0.01, 0.7)
+        >>> r = flatten_run(rec)
+        >>> r["ts_ece"], r["train_loss"], r["selected_epoch"], round(r["nll_calibration"], 3)
+        (0.01, 0.7, 1, 0.1)
     """
     row: dict[str, Any] = {"smoothing": record["smoothing"], "seed": record["seed"]}
+    hist = record.get("history") or [{}]
+    sel = record.get("selected_epoch", len(hist))
+    row["selected_epoch"] = sel
+    row["epochs_run"] = record.get("epochs_run", len(hist))
     for k, v in record["test"].items():
         row[f"test_{k}"] = v
     row["temperature"] = record["temperature"]
     for k, v in record["temperature_scaled"].items():
         row[f"ts_{k}"] = v
-    last = record["history"][-1]
-    for k, v in last.items():
-        if k not in ("epoch", "entropy_floor"):
-            row[f"final_{k}"] = v
+    if "nll" in record["test"] and "nll" in record["temperature_scaled"]:
+        row["nll_calibration"] = record["test"]["nll"] - record["temperature_scaled"]["nll"]
+    kept = next((h for h in hist if h.get("epoch") == sel), hist[-1])
+    val = record.get("val") or {
+        k[4:]: v for k, v in kept.items() if k.startswith("val_")
+    }
+    for k, v in val.items():
+        row[f"val_{k}"] = v
+    train = record.get("train") or {
+        "loss": kept.get("train_loss"),
+        "nll": kept.get("train_nll"),
+        "accuracy": kept.get("train_accuracy"),
+    }
+    for k, v in train.items():
+        row[f"train_{k}"] = v
     row["entropy_floor"] = record["entropy_floor"]
     for part in ("train", "test"):
         if f"cluster_spread_{part}" in record:
@@ -175,6 +212,40 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[f"{k}_mean"] = float(vals.mean())
             entry[f"{k}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
         out.append(entry)
+    return out
+
+
+def _judge(
+    config: dict[str, Any],
+    records: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    arrays: dict[str, dict[str, np.ndarray]],
+    settings: TrainSettings,
+) -> Verdict:
+    """The verdict of the finished runs, with the paired test-set bootstrap attached."""
+    boot = bootstrap_intervals(
+        records, arrays, n_resamples=settings.n_bootstrap, n_bins=settings.n_bins
+    )
+    return verdict(rows, config, select_on=tuple(config.get("select_on", ("nll",))),
+                   bootstrap=boot)
+
+
+def results_json(result: SweepResult) -> dict[str, Any]:
+    """The content of ``results.json``: configuration, ``verdict`` (a list of ``{"claim",
+    "status", ...}``), ``selection`` (``{"split": "val", "metric", "best_smoothing", ...}``),
+    ``scope``, paired ``comparisons``, per-factor ``summary`` and every run (each with its
+    ``selected_epoch``)."""
+    out: dict[str, Any] = {"config": result.config}
+    if result.verdict is not None:
+        v = result.verdict.as_dict()
+        out["verdict"] = v["verdict"]
+        out["selection"] = v["selection"]
+        out["selections"] = v["selections"]
+        out["scope"] = v["scope"]
+        out["comparisons"] = v["comparisons"]
+        out["factors"] = v["factors"]
+    out["summary"] = result.summary
+    out["runs"] = result.runs
     return out
 
 
@@ -254,13 +325,16 @@ def load_runs(out: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.nd
 class BuiltinModel:
     """A picklable zero-argument builder of a built-in model (so worker processes can use it)."""
 
-    def __init__(self, name: str, feature_shape: Sequence[int], num_classes: int) -> None:
+    def __init__(
+        self, name: str, feature_shape: Sequence[int], num_classes: int, dropout: float = 0.0
+    ) -> None:
         self.name = name
         self.feature_shape = tuple(feature_shape)
         self.num_classes = num_classes
+        self.dropout = dropout
 
     def __call__(self) -> nn.Module:
-        return build_model(self.name, self.feature_shape, self.num_classes)
+        return build_model(self.name, self.feature_shape, self.num_classes, dropout=self.dropout)
 
 
 class ShapedModelFn:
@@ -276,11 +350,11 @@ class ShapedModelFn:
 
 
 def _resolve_model_fn(
-    model_fn: Any, model: str, splits: Splits
+    model_fn: Any, model: str, splits: Splits, dropout: float = 0.0
 ) -> tuple[Callable[[], nn.Module], str]:
     if model_fn is None:
         build_model(model, splits.feature_shape, splits.num_classes)  # validate the name early
-        return BuiltinModel(model, splits.feature_shape, splits.num_classes), model
+        return BuiltinModel(model, splits.feature_shape, splits.num_classes, dropout), model
     if not callable(model_fn):
         raise TypeError(f"model_fn must be callable, got {type(model_fn).__name__}")
     name = getattr(model_fn, "__qualname__", type(model_fn).__name__)
@@ -338,9 +412,11 @@ def sweep(
     data: Any = "mnist1d",
     smoothing: Sequence[float] = DEFAULT_SMOOTHING,
     *,
-    seeds: int | Sequence[int] = 3,
+    seeds: int | Sequence[int] | None = None,
     model: str = "mlp",
     settings: TrainSettings | None = None,
+    recipe: str | None = "auto",
+    select_on: Sequence[str] = ("nll",),
     out: str | os.PathLike[str] | None = None,
     split_seed: int = 0,
     threads: int | None = None,
@@ -360,9 +436,19 @@ def sweep(
             :class:`~labelsmooth.experiments.data.Splits`, ``(x, y)``, ``(x, y, x_test, y_test)``
             or a mapping with those keys.
         smoothing: the factors ε to try (each in ``[0, 1]``).
-        seeds: a count (seeds ``0..n-1``) or an explicit list.
+        seeds: a count (seeds ``0..n-1``) or an explicit list; None: the recipe's (5). Each
+            seed is one paired unit: every factor gets the same initialisation and batch order.
         model: the built-in model name when ``model_fn`` is None (``"mlp"`` or ``"cnn"``).
-        settings: training settings; or pass them as keywords (``epochs=…``, ``lr=…``).
+        settings: training settings; or pass them as keywords (``epochs=…``, ``lr=…``), which
+            then override the recipe's.
+        recipe: ``"auto"`` uses the built-in recipe of (dataset, built-in model) when there is
+            one (:data:`labelsmooth.experiments.train.RECIPES`) for the settings not given, and
+            records it (with its reference accuracy) in the configuration; None uses
+            :class:`~labelsmooth.experiments.train.TrainSettings` defaults and no reference.
+            When ``settings`` is given, the recipe only supplies the reference accuracy.
+        select_on: validation metrics the factor is chosen on: ``("nll",)``, or
+            ``("nll", "ece")`` to report the validation-ECE choice beside it (the claims always
+            use the validation-NLL choice).
         out: output directory. With it, every run is saved as it finishes, finished runs are
             skipped on a re-run (a damaged run file is named and that run trained again), and
             ``results.*`` plus the report are written. One sweep at a time: the directory is
@@ -399,13 +485,19 @@ def sweep(
         [(0.0, 0), (0.1, 0)]
     """
     factors = _check_smoothing_list(smoothing)
-    seed_list = _seed_list(seeds)
-    if settings is None:
-        settings = TrainSettings(**settings_kwargs)
-    elif settings_kwargs:
+    if isinstance(select_on, str):
+        select_on = (select_on,)
+    select_on = tuple(select_on)
+    if not select_on or select_on[0] != "nll" or any(m not in ("nll", "ece") for m in select_on):
+        raise ValueError(
+            f"select_on must be ('nll',) or ('nll', 'ece'), got {select_on!r}"
+        )
+    if recipe not in ("auto", None):
+        raise ValueError(f"recipe must be 'auto' or None, got {recipe!r}")
+    if settings is not None and settings_kwargs:
         raise TypeError(f"pass either settings or keywords, not both ({sorted(settings_kwargs)})")
     # Everything that can fail for want of a package or a device fails before data or training.
-    check_device(settings.device)
+    check_device(settings.device if settings is not None else settings_kwargs.get("device", "cpu"))
     if workers is not None and (
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
     ):
@@ -416,13 +508,21 @@ def sweep(
     notes: list[str] = []
     if getattr(splits, "label_values", None) is not None:
         _note(label_mapping_note(splits), notes)
+    rec_obj = recipe_for(splits.name, model) if recipe == "auto" and model_fn is None else None
+    if settings is None:
+        settings = (
+            rec_obj.train_settings(**settings_kwargs)
+            if rec_obj is not None
+            else TrainSettings(**settings_kwargs)
+        )
+    seed_list = _seed_list(seeds if seeds is not None else (rec_obj.seeds if rec_obj else 5))
     k = splits.num_classes
     if k >= 3 and any(c >= k for c in settings.proj_classes):
         raise ValueError(
             f"proj_classes must be 3 classes below num_classes={k} for the penultimate-layer "
             f"picture, got {list(settings.proj_classes)}"
         )
-    build, model_name = _resolve_model_fn(model_fn, model, splits)
+    build, model_name = _resolve_model_fn(model_fn, model, splits, settings.dropout)
     config: dict[str, Any] = {
         "dataset": splits.name,
         "model": model_name,
@@ -441,6 +541,9 @@ def sweep(
         "label_noise": getattr(splits, "label_noise", None),
         "data_fingerprint": _data_fingerprint(splits),
         **settings.as_dict(),
+        # the built-in recipe these settings start from and the accuracy it is checked against
+        "recipe": rec_obj.as_dict() if rec_obj is not None else None,
+        "select_on": list(select_on),
         **(extra_config or {}),
     }
     # Runs are reusable when everything that shapes one run matches: the data, the model and the
@@ -663,13 +766,11 @@ def _sweep_locked(
             complete=complete,
             reused=reused,
             notes=notes,
+            verdict=_judge(config, ordered, rows, arrays, settings) if ordered else None,
         )
         if out_dir is not None and ordered:
             result.paths["results.json"] = os.path.join(out_dir, "results.json")
-            write_json(
-                result.paths["results.json"],
-                {"config": config, "summary": summary, "runs": ordered},
-            )
+            write_json(result.paths["results.json"], results_json(result))
             result.paths["results.csv"] = os.path.join(out_dir, "results.csv")
             write_csv(result.paths["results.csv"], rows, summary)
             result.paths["history.csv"] = os.path.join(out_dir, "history.csv")

@@ -1,11 +1,22 @@
 """One training run at one smoothing factor and one seed, and its evaluation.
 
 A run trains with :func:`labelsmooth.cross_entropy_with_stats` (the smoothed loss for the
-gradient, the hard-label NLL for the log), logs per epoch the smoothed training loss, the
+gradient, the hard-label NLL for the log) and logs per epoch the smoothed training loss, the
 hard-label training NLL, the entropy floor ``H(q')`` below which the smoothed loss cannot fall,
-and validation metrics; then evaluates on the test split (accuracy, NLL, Brier, ECE with a
-bootstrap CI, smooth ECE, the signed gap mean confidence − accuracy) and again after temperature
-scaling fitted on the calibration split.
+and the validation NLL and accuracy.
+
+**Checkpoint selection (early stopping).** After every epoch the validation NLL (hard labels, the
+validation split carved from the training data) is compared with the best so far; the run keeps
+the weights of the epoch with the lowest validation NLL and stops once ``patience`` epochs in a
+row have not improved it (``patience=0``: train all ``epochs``, still keep the best epoch). The
+kept checkpoint is then evaluated: on the training split in evaluation mode (hard-label NLL,
+accuracy, smoothed loss), on validation, on the test split (accuracy, NLL, Brier, ECE, debiased
+and plug-in L2 calibration error, smooth ECE, the signed gap mean confidence − accuracy) and on
+the test split again after temperature scaling fitted on the separate calibration split. The
+test split is only reported; it chooses nothing.
+
+**Recipes.** :data:`RECIPES` holds the built-in training recipes per (dataset, model), each with
+the published accuracy it is checked against (see :class:`Recipe`).
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from labelsmooth import calibration as cal
 from labelsmooth.experiments.data import Splits
 from labelsmooth.experiments.models import penultimate, project_activations
 
-__all__ = ["TrainSettings", "evaluate_logits", "train_run"]
+__all__ = ["RECIPES", "Recipe", "TrainSettings", "evaluate_logits", "recipe_for", "train_run"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +44,7 @@ class TrainSettings:
     """Everything about a run except the smoothing factor and the seed.
 
     Attributes:
-        epochs: passes over the training split.
+        epochs: at most this many passes over the training split.
         batch_size: examples per step.
         lr: Adam learning rate.
         weight_decay: Adam (L2) weight decay.
@@ -42,9 +53,15 @@ class TrainSettings:
             ``"others"`` (ε/(K−1)); see :func:`labelsmooth.smooth_targets`.
         device: torch device for training.
         n_bins: ECE bins (15, as in Guo et al. and Müller et al.).
-        n_bootstrap: bootstrap resamples for the confidence intervals (0 turns them off).
+        n_bootstrap: resamples of the paired test-set bootstrap of the differences between
+            factors in the report (0 turns it off); a run itself computes no bootstrap.
         proj_classes: the three classes of the penultimate-layer picture.
         proj_points: at most this many examples per class in that picture.
+        patience: stop after this many epochs in a row without a lower validation NLL
+            (0: never stop early). The checkpoint with the lowest validation NLL is kept either
+            way.
+        dropout: dropout probability after each hidden layer of the built-in MLP (ignored by
+            other models).
     """
 
     epochs: int = 40
@@ -58,12 +75,22 @@ class TrainSettings:
     n_bootstrap: int = 1000
     proj_classes: tuple[int, int, int] = (0, 1, 2)
     proj_points: int = 200
+    patience: int = 0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"patience must be an int >= 0, got {self.patience!r}")
+        if not (
+            isinstance(self.dropout, (int, float))
+            and not isinstance(self.dropout, bool)
+            and 0.0 <= self.dropout < 1.0
+        ):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 0:
             raise ValueError(f"n_bootstrap must be an int >= 0, got {self.n_bootstrap!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -81,6 +108,122 @@ class TrainSettings:
         d = asdict(self)
         d["proj_classes"] = list(self.proj_classes)
         return d
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A built-in training recipe for one (dataset, model) and the accuracy it is checked against.
+
+    Attributes:
+        name: ``"<dataset>-<model>"``.
+        settings: :class:`TrainSettings` fields that differ from its defaults.
+        seeds: default number of paired seeds.
+        reference: ``{"accuracy", "minimum", "source"}``: the published test accuracy of this
+            kind of model on this dataset, the mean test accuracy at ε = 0 the recipe is checked
+            to reach (the report warns below it), and where the reference comes from.
+        note: how the recipe was set and what it reached when checked.
+    """
+
+    name: str
+    settings: dict[str, Any]
+    seeds: int
+    reference: dict[str, Any]
+    note: str = ""
+
+    def train_settings(self, **overrides: Any) -> TrainSettings:
+        """The recipe's :class:`TrainSettings`, with ``overrides`` (None values ignored)."""
+        kw = {**self.settings, **{k: v for k, v in overrides.items() if v is not None}}
+        if "proj_classes" in kw:
+            kw["proj_classes"] = tuple(kw["proj_classes"])
+        return TrainSettings(**kw)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Built-in recipes, keyed by ``(dataset, model)``. MNIST-1D references: the MNIST-1D README
+#: (Greydanus 2020): MLP 68%, CNN 94% test accuracy. The validation split (10% of the 4000
+#: training signals, seeded by ``split_seed``) chooses each run's checkpoint; another 10% fits the
+#: temperature; the 1000 test signals only report.
+RECIPES: dict[tuple[str, str], Recipe] = {
+    ("mnist1d", "mlp"): Recipe(
+        name="mnist1d-mlp",
+        settings={
+            "epochs": 60,
+            "batch_size": 100,
+            "lr": 3e-3,
+            "schedule": "constant",
+            "dropout": 0.3,
+            "patience": 15,
+        },
+        seeds=5,
+        reference={
+            "accuracy": 0.68,
+            "minimum": 0.66,
+            "source": "MNIST-1D README, MLP",
+        },
+        note=(
+            "Adam lr 3e-3, batch 100, 2×256 ReLU MLP with dropout 0.3, at most 60 epochs, early "
+            "stopping on validation NLL with patience 15. Without dropout the validation NLL of "
+            "the unsmoothed MLP bottoms out within ~10 epochs at ~0.59 test accuracy."
+        ),
+    ),
+    ("mnist1d", "cnn"): Recipe(
+        name="mnist1d-cnn",
+        settings={
+            "epochs": 80,
+            "batch_size": 100,
+            "lr": 3e-3,
+            "schedule": "cosine",
+            "patience": 20,
+        },
+        seeds=5,
+        reference={
+            "accuracy": 0.94,
+            "minimum": 0.90,
+            "source": "MNIST-1D README, CNN",
+        },
+        note=(
+            "Adam lr 3e-3, batch 100, cosine schedule over at most 80 epochs, early stopping on "
+            "validation NLL with patience 20."
+        ),
+    ),
+    ("digits", "mlp"): Recipe(
+        name="digits-mlp",
+        settings={
+            "epochs": 60,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "schedule": "constant",
+            "dropout": 0.3,
+            "patience": 15,
+        },
+        seeds=5,
+        reference={
+            "accuracy": 0.97,
+            "minimum": 0.95,
+            "source": "scikit-learn digits, MLP (typical 97–98%)",
+        },
+        note=(
+            "Adam lr 1e-3, batch 64, 2×256 ReLU MLP with dropout 0.3, at most 60 epochs, early "
+            "stopping on validation NLL with patience 15."
+        ),
+    ),
+}
+
+
+def recipe_for(dataset: Any, model: Any) -> Recipe | None:
+    """The built-in recipe for ``(dataset, model)`` (names, case-insensitive), or None.
+
+    Example:
+        >>> recipe_for("mnist1d", "mlp").reference["minimum"]
+        0.66
+        >>> recipe_for("my.csv", "mlp") is None
+        True
+    """
+    if not isinstance(dataset, str) or not isinstance(model, str):
+        return None
+    return RECIPES.get((dataset.lower(), model.lower()))
 
 
 @torch.no_grad()
@@ -105,7 +248,12 @@ def evaluate_logits(
     seed: int = 0,
     smooth: bool = True,
 ) -> dict[str, float]:
-    """Accuracy, NLL, Brier, ECE, smooth ECE, signed gap and mean confidence of ``logits``.
+    """Accuracy, NLL, Brier, ECE, debiased and plug-in L2 calibration error, smooth ECE, signed
+    gap and mean confidence of ``logits``.
+
+    ``ece`` is the plug-in top-label ECE (L1, ``n_bins`` equal-width bins); ``rmsce`` its plug-in
+    L2 version and ``ece_debiased`` the debiased L2 estimate (Kumar et al. 2019) of the same
+    quantity — all three are fractions (0.05 = 5 points of probability).
 
     With ``n_bootstrap > 0`` also the percentile bootstrap 95% interval (``<metric>_low`` and
     ``<metric>_high``) of ECE, NLL, accuracy and the gap, from
@@ -123,6 +271,8 @@ def evaluate_logits(
         "nll": float(cal.negative_log_likelihood(logits.double(), labels, from_logits=True)),
         "brier": float(cal.brier_score(probs, labels)),
         "ece": float(cal.expected_calibration_error(probs, labels, n_bins)),
+        "rmsce": float(cal.expected_calibration_error(probs, labels, n_bins, norm="l2")),
+        "ece_debiased": float(cal.debiased_calibration_error(probs, labels, n_bins)),
         "gap": float(_gap(probs, labels, n_bins)),
         "confidence": float(probs.max(dim=-1).values.mean()),
     }
@@ -192,6 +342,14 @@ def _projection(
     return arrays
 
 
+def _fast_val(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device):
+    """Validation NLL (hard labels, float64) and accuracy of ``model`` (one host read)."""
+    z = _logits(model, x, device).double()
+    nll = torch.nn.functional.cross_entropy(z, y)
+    acc = (z.argmax(-1) == y).double().mean()
+    return tuple(torch.stack([nll, acc]).tolist())
+
+
 def train_run(
     model_fn: Callable[[], nn.Module],
     splits: Splits,
@@ -201,11 +359,13 @@ def train_run(
     *,
     progress: Any = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Train ``model_fn()`` with label smoothing ``smoothing`` and seed ``seed``, then evaluate.
+    """Train ``model_fn()`` with label smoothing ``smoothing`` and seed ``seed``, then evaluate
+    the checkpoint with the lowest validation NLL.
 
     Determinism: ``torch.manual_seed(seed)`` is set right before ``model_fn()`` (so the
-    initialisation depends on the seed only) and the batch order comes from a generator seeded
-    with ``seed``. With the same thread count and device, the same call gives the same numbers.
+    initialisation depends on the seed only, the same for every factor) and the batch order and
+    dropout masks come from generators seeded with ``seed``. With the same thread count and
+    device, the same call gives the same numbers.
 
     Args:
         model_fn: zero-argument callable returning a fresh ``nn.Module`` whose output is logits
@@ -213,14 +373,16 @@ def train_run(
         splits: the data (see :func:`labelsmooth.experiments.data.load_dataset`).
         smoothing: the label-smoothing factor ε in ``[0, 1]``.
         seed: the training seed.
-        settings: epochs, optimiser and evaluation settings.
+        settings: epochs, optimiser, early stopping and evaluation settings.
         progress: a ``tqdm``-like object with ``update()`` and ``set_postfix()`` ticked once per
             epoch, or None.
 
     Returns:
         ``(record, arrays)``: ``record`` is JSON-serialisable (settings, per-epoch ``history``,
-        ``test`` and ``temperature_scaled`` metrics, ``temperature``, timing); ``arrays`` holds
-        the test logits and labels and the penultimate-layer projection for the report.
+        ``selected_epoch`` (1-based epoch of the kept checkpoint), ``epochs_run``, ``train``,
+        ``val``, ``test`` and ``temperature_scaled`` metrics of that checkpoint,
+        ``temperature``, timing); ``arrays`` holds the test logits and labels and the
+        penultimate-layer projection for the report.
 
     Example:
         >>> from labelsmooth.experiments.data import make_splits
@@ -228,8 +390,8 @@ def train_run(
         >>> data = make_splits(torch.randn(60, 4), torch.arange(60) % 3)
         >>> rec, arr = train_run(lambda: MLP(4, 3, hidden=(8,)), data, 0.1, 0,
         ...                      TrainSettings(epochs=2, n_bootstrap=0))
-        >>> len(rec["history"]), arr["test_logits"].shape
-        (2, (12, 3))
+        >>> len(rec["history"]), 1 <= rec["selected_epoch"] <= 2, arr["test_logits"].shape
+        (2, True, (12, 3))
     """
     smoothing = float(smoothing)
     if not 0.0 <= smoothing <= 1.0:
@@ -247,9 +409,11 @@ def train_run(
     gen = torch.Generator().manual_seed(seed)
     floor = float(labelsmooth.entropy_floor(k, smoothing, spread=settings.spread)) + 0.0  # no -0.0
     x_tr, y_tr = splits.x_train.to(device), splits.y_train.to(device)
+    y_val = splits.y_val
     n = x_tr.shape[0]
     history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
+    best_nll, best_epoch, best_state, stale = math.inf, 0, None, 0
+    t0, c0 = time.perf_counter(), time.process_time()
     for epoch in range(settings.epochs):
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
@@ -277,9 +441,7 @@ def train_run(
             sched.step()
         loss_sum, nll_sum, correct = (sums / n).tolist()
         model.eval()
-        val = evaluate_logits(
-            _logits(model, splits.x_val, device), splits.y_val, n_bins=settings.n_bins, smooth=False
-        )
+        val_nll, val_acc = _fast_val(model, splits.x_val, y_val, device)
         history.append(
             {
                 "epoch": epoch + 1,
@@ -287,35 +449,51 @@ def train_run(
                 "train_nll": nll_sum,
                 "train_accuracy": correct,
                 "entropy_floor": floor,
-                **{f"val_{key}": v for key, v in val.items()},
+                "val_nll": val_nll,
+                "val_accuracy": val_acc,
             }
         )
+        if val_nll < best_nll:  # NaN never improves
+            best_nll, best_epoch, stale = val_nll, epoch + 1, 0
+            best_state = {name: t.detach().clone() for name, t in model.state_dict().items()}
+        else:
+            stale += 1
         if progress is not None:
             progress.update(1)
             progress.set_postfix(
-                loss=f"{loss_sum:.3f}", val_acc=f"{val['accuracy']:.3f}", refresh=False
+                loss=f"{loss_sum:.3f}", val_nll=f"{val_nll:.3f}", best=best_epoch, refresh=False
             )
+        if settings.patience and stale >= settings.patience:
+            break
+    epochs_run = len(history)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:  # validation NLL was never finite: keep the last weights, and say so
+        best_epoch = epochs_run
     train_seconds = time.perf_counter() - t0
+    train_cpu_seconds = time.process_time() - c0  # this process's CPU time: load-independent
 
     model.eval()
-    test_logits = _logits(model, splits.x_test, device)
-    test = evaluate_logits(
-        test_logits,
-        splits.y_test,
-        n_bins=settings.n_bins,
-        n_bootstrap=settings.n_bootstrap,
-        seed=seed,
+    # The kept checkpoint on the training split, in evaluation mode (no dropout): how well it
+    # fits the hard labels, and the smoothed loss it was trained on.
+    tr_logits = _logits(model, splits.x_train, device)
+    tr_stats = labelsmooth.cross_entropy_with_stats(
+        tr_logits, splits.y_train, label_smoothing=smoothing, spread=settings.spread
     )
+    train = {
+        "nll": float(tr_stats.nll),
+        "loss": float(tr_stats.loss),
+        "accuracy": float((tr_logits.argmax(-1) == splits.y_train).double().mean()),
+    }
+    val = evaluate_logits(
+        _logits(model, splits.x_val, device), y_val, n_bins=settings.n_bins, smooth=False
+    )
+    test_logits = _logits(model, splits.x_test, device)
+    test = evaluate_logits(test_logits, splits.y_test, n_bins=settings.n_bins)
     cal_logits = _logits(model, splits.x_cal, device)
     fit = cal.fit_temperature(cal_logits, splits.y_cal, n_bins=settings.n_bins)
     ts_logits = cal.apply_temperature(test_logits, fit.temperature)
-    ts = evaluate_logits(
-        ts_logits,
-        splits.y_test,
-        n_bins=settings.n_bins,
-        n_bootstrap=settings.n_bootstrap,
-        seed=seed,
-    )
+    ts = evaluate_logits(ts_logits, splits.y_test, n_bins=settings.n_bins)
     record: dict[str, Any] = {
         "smoothing": smoothing,
         "seed": int(seed),
@@ -323,10 +501,16 @@ def train_run(
         "settings": settings.as_dict(),
         "entropy_floor": floor,
         "history": history,
+        "selected_epoch": best_epoch,
+        "epochs_run": epochs_run,
+        "stopped_early": epochs_run < settings.epochs,
+        "train": train,
+        "val": val,
         "test": test,
         "temperature": fit.temperature,
         "temperature_scaled": ts,
         "train_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu_seconds,
         "eval_seconds": time.perf_counter() - t0 - train_seconds,
     }
     if getattr(splits, "y_train_clean", None) is not None:  # label noise: what was memorised

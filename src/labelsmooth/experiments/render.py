@@ -1,0 +1,326 @@
+"""Sentences from the verdict data: the one place the sweep's claims become prose.
+
+:func:`labelsmooth.experiments.verdict.verdict` decides; this module only words its decisions,
+for ``report.md`` / ``report.html`` (:func:`verdict_blocks`) and for the terminal
+(:func:`render_text`). Every function accepts a :class:`~labelsmooth.experiments.verdict.Verdict`
+or its JSON form (``Verdict.as_dict()``, as stored in ``results.json``), so a finished sweep can
+be re-rendered from its file.
+
+Example:
+    >>> from labelsmooth.experiments.verdict import verdict
+    >>> rows = [{"smoothing": e, "seed": s, "test_ece": ece + 0.001 * s, "val_nll": 1.0 - e}
+    ...         for e, ece in ((0.0, 0.2), (0.1, 0.05)) for s in range(3)]
+    >>> print(render_text(verdict(rows)).splitlines()[-1])
+      held          smoothing at ε = 0.1 (the smoothed factor with the lowest validation NLL) gives a lower test ECE than the unsmoothed model: −0.1500 [−0.1500, −0.1500] (seed-level paired difference, 95% t-interval; Holm p = 0.000 over 1 factor)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "claim_sentence",
+    "claim_title",
+    "headline",
+    "render_text",
+    "scope_sentence",
+    "verdict_blocks",
+    "warning_sentences",
+]
+
+_METRIC_WORDS = {
+    "nll": "test NLL",
+    "brier": "test Brier score",
+    "ece": "test ECE",
+    "ece_debiased": "debiased test calibration error",
+    "accuracy": "test accuracy",
+    "gap": "signed gap",
+    "train_nll": "hard-label training NLL",
+    "train_accuracy": "training accuracy",
+    "test_accuracy": "test accuracy",
+    "val_nll": "validation NLL",
+}
+
+_WARNINGS = {
+    "one_seed": (
+        "Only one seed: there is no seed-to-seed spread to measure the noise, so every "
+        "comparison is inconclusive. Use at least 3 seeds (default 5)."
+    ),
+    "few_seeds": (
+        "Fewer than 5 seeds: the seed-level intervals are wide and few differences can be "
+        "resolved."
+    ),
+    "no_baseline": (
+        "No ε = 0 run: nothing to compare the smoothed models against; add 0 to the factors."
+    ),
+    "baseline_below_reference": (
+        "The unsmoothed baseline is below the accuracy its recipe is checked against: it may be "
+        "mis-trained, and claims that smoothing helps may only say that it repairs a poor "
+        "baseline."
+    ),
+    "still_improving": (
+        "In at least half the runs the kept checkpoint is the last epoch trained: validation NLL "
+        "was still falling, so training may be too short (raise --epochs)."
+    ),
+}
+
+
+def _d(v: Any) -> dict[str, Any]:
+    if isinstance(v, Mapping):
+        return dict(v)
+    return v.as_dict()
+
+
+def _eps(e: Any) -> str:
+    if e is None:
+        return "–"
+    e = float(e)
+    short = f"{e:g}"
+    return short if float(short) == e else repr(e)
+
+
+def _f(v: Any, nd: int = 3, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    s = f"{v:+.{nd}f}" if signed else f"{v:.{nd}f}"
+    return s.replace("-", "−")
+
+
+def _interval(c: Mapping[str, Any], nd: int = 4) -> str:
+    """``mean [low, high]`` of a paired difference (seed-level t-interval)."""
+    return (
+        f"{_f(c.get('mean'), nd, True)} [{_f(c.get('low'), nd, True)}, "
+        f"{_f(c.get('high'), nd, True)}]"
+    )
+
+
+def scope_sentence(v: Any) -> str:
+    """Testbed, baseline accuracy against its reference, seeds and epochs, in one sentence."""
+    s = _d(v)["scope"]
+    ref = s.get("reference")
+    acc = s.get("baseline_accuracy")
+    acc_s = _f(acc) if acc is not None else "–"
+    if s.get("baseline_accuracy_sd") is not None:
+        acc_s += f" ± {_f(s['baseline_accuracy_sd'])}"
+    if ref:
+        ref_s = (
+            f"reference {_f(ref.get('accuracy'), 2)} ({ref.get('source')}; this recipe is checked "
+            f"to reach ≥ {_f(ref.get('minimum'), 2)})"
+        )
+    else:
+        ref_s = "no published reference for this testbed"
+    ep = s.get("epochs")
+    sel = ""
+    if s.get("selected_epoch_min") is not None:
+        sel = (
+            f", keeping each run's checkpoint with the lowest validation NLL (epochs "
+            f"{s['selected_epoch_min']}–{s['selected_epoch_max']} kept"
+            + (f", patience {s['patience']}" if s.get("patience") else "")
+            + ")"
+        )
+    recipe = f" (recipe `{s['recipe']}`)" if s.get("recipe") else ""
+    n = s.get("n_seeds", 0)
+    return (
+        f"Scope: {s.get('model')} on {s.get('dataset')}{recipe}, factors "
+        f"{', '.join(_eps(e) for e in s.get('factors', []))}, {n} paired seed{'s' if n != 1 else ''}, "
+        f"up to {ep} epochs{sel}; unsmoothed test accuracy {acc_s} against a {ref_s}."
+    )
+
+
+def warning_sentences(v: Any) -> list[str]:
+    """One sentence per warning code in the scope."""
+    return [_WARNINGS.get(w, w) for w in _d(v)["scope"].get("warnings", [])]
+
+
+def _selection_sentence(sel: Mapping[str, Any]) -> str:
+    m = _METRIC_WORDS.get(sel["metric"], sel["metric"]).replace("test ", "")
+    if sel.get("candidate") is None:
+        return f"No factor could be chosen on validation {m} (no validation numbers)."
+    means = sel.get("means", {})
+    mv = means.get(repr(float(sel["candidate"])))
+    if sel.get("best_smoothing") is not None:
+        return (
+            f"Chosen on the validation split by {m}: **ε = {_eps(sel['best_smoothing'])}** "
+            f"(mean {_f(mv, 4)}), better than every other factor beyond the paired, "
+            "Holm-adjusted interval."
+        )
+    tied = ", ".join(_eps(e) for e in sel.get("tied_with", []))
+    return (
+        f"No best factor on validation {m}: ε = {_eps(sel['candidate'])} has the lowest mean "
+        f"({_f(mv, 4)}) but cannot be told from ε = {tied} (paired, Holm-adjusted); a tie "
+        "names no best."
+    )
+
+
+def headline(v: Any) -> str:
+    """The verdict in one sentence: what validation chose and how the main claims came out."""
+    d = _d(v)
+    sel = d["selection"]
+    claims = {c["claim"]: c for c in d["verdict"]}
+    if sel.get("candidate") is None:
+        return "No verdict: the runs have no validation numbers."
+    parts = []
+    if sel.get("best_smoothing") is not None:
+        parts.append(f"validation NLL chose ε = {_eps(sel['best_smoothing'])}")
+    else:
+        parts.append(
+            f"no factor is best on validation NLL (ε = {_eps(sel['candidate'])} ties with "
+            + ", ".join(_eps(e) for e in sel.get("tied_with", []))
+            + ")"
+        )
+    eps = sel.get("smoothed_choice")
+    if eps is not None:
+        words = []
+        for name, what in (
+            ("lower_nll_than_baseline", "NLL"),
+            ("lower_ece_than_baseline", "ECE"),
+            ("lower_nll_than_baseline_ts", "NLL vs the temperature-scaled baseline"),
+        ):
+            c = claims.get(name)
+            if c is None:
+                continue
+            word = {"held": "lower", "did not hold": "higher", "inconclusive": "tied"}[c["status"]]
+            words.append(f"{what} {word}")
+        if words:
+            parts.append(f"at ε = {_eps(eps)} the smoothed model's " + ", ".join(words))
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def claim_sentence(c: Any) -> str:
+    """The claim as a sentence with the numbers behind its status (no status word)."""
+    c = _d(c) if not isinstance(c, Mapping) else dict(c)
+    name, eps = c["claim"], _eps(c.get("factor"))
+    chosen = f"smoothing at ε = {eps} (the smoothed factor with the lowest validation NLL)"
+    holm = (
+        f" (seed-level paired difference, 95% t-interval; Holm p = {_f(c.get('p_holm'), 3)} "
+        f"over {c.get('family')} factor{'s' if c.get('family') != 1 else ''})"
+        if c.get("p_holm") is not None
+        else ""
+    )
+    if name == "baseline_overconfident":
+        return (
+            "the unsmoothed model is overconfident (mean confidence above accuracy on test): "
+            f"signed gap {_interval(c)}"
+        )
+    if name.startswith("lower_") and name.endswith("_than_baseline"):
+        m = name[len("lower_") : -len("_than_baseline")]
+        s = (
+            f"{chosen} gives a lower {_METRIC_WORDS[m]} than the unsmoothed model: "
+            f"{_interval(c)}{holm}"
+        )
+        deb = c.get("debiased")
+        if deb:
+            s += f"; debiased calibration error (L2) {_interval(deb)}"
+        return s
+    if name.startswith("lower_") and name.endswith("_than_baseline_ts"):
+        m = name[len("lower_") : -len("_than_baseline_ts")]
+        s = (
+            f"{chosen}, as trained, gives a lower {_METRIC_WORDS[m]} than the unsmoothed model "
+            f"after temperature scaling: {_interval(c)}{holm}"
+        )
+        deb = c.get("debiased")
+        if deb:
+            s += f"; debiased calibration error (L2) {_interval(deb)}"
+        return s
+    if name == "better_refinement_than_baseline":
+        return (
+            f"{chosen} has a lower refinement loss (test NLL after temperature scaling) than the "
+            f"unsmoothed model: {_interval(c)}{holm}; the calibration part (NLL − NLL after TS) "
+            f"is {_f(c.get('calibration_nll'), 4)} at ε = {eps} and "
+            f"{_f(c.get('baseline_calibration_nll'), 4)} at ε = 0"
+        )
+    if name == "higher_accuracy_than_baseline":
+        return f"{chosen} has a higher test accuracy than the unsmoothed model: {_interval(c)}{holm}"
+    if name == "higher_train_nll_than_baseline":
+        return (
+            f"{chosen} fits the training labels less well: its hard-label training NLL (kept "
+            f"checkpoint, evaluation mode) is higher than the unsmoothed model's: "
+            f"{_interval(c)}{holm}"
+        )
+    if name == "large_factor_underfits":
+        if c.get("reason") == "is_chosen":
+            return (
+                f"ε = {eps} underfits: it is itself the factor validation NLL chose, so it does "
+                "not fall below it"
+            )
+        tr, te = c.get("train_accuracy", {}), c.get("test_accuracy", {})
+        return (
+            f"ε = {eps} underfits: both its training and its test accuracy fall below those of "
+            f"ε = {_eps(c.get('chosen'))} (chosen on validation NLL) beyond the paired 95% "
+            f"interval: training {_interval(tr)}, test {_interval(te)}"
+        )
+    if name == "large_factor_underconfident":
+        return (
+            f"ε = {eps} leaves the model underconfident (mean confidence below accuracy on "
+            f"test): signed gap {_interval(c)}"
+        )
+    return name.replace("_", " ")
+
+
+_TITLES = {
+    "baseline_overconfident": "the unsmoothed model is overconfident (signed gap > 0)",
+    "lower_nll_than_baseline": "ε = {e} has a lower test NLL than ε = 0",
+    "lower_brier_than_baseline": "ε = {e} has a lower test Brier score than ε = 0",
+    "lower_ece_than_baseline": "ε = {e} has a lower test ECE than ε = 0",
+    "lower_nll_than_baseline_ts": "ε = {e} has a lower test NLL than ε = 0 after temperature scaling",
+    "lower_brier_than_baseline_ts": (
+        "ε = {e} has a lower test Brier score than ε = 0 after temperature scaling"
+    ),
+    "lower_ece_than_baseline_ts": "ε = {e} has a lower test ECE than ε = 0 after temperature scaling",
+    "better_refinement_than_baseline": "ε = {e} has a lower NLL after temperature scaling (refinement)",
+    "higher_accuracy_than_baseline": "ε = {e} is more accurate on test than ε = 0",
+    "higher_train_nll_than_baseline": "ε = {e} has a higher hard-label training NLL than ε = 0",
+    "large_factor_underfits": "ε = {e} underfits (train and test accuracy below ε = {c})",
+    "large_factor_underconfident": "ε = {e} is underconfident (signed gap < 0)",
+}
+
+
+def claim_title(c: Any) -> str:
+    """The claim in a few words, with its factor (for one terminal line).
+
+    Example:
+        >>> claim_title({"claim": "lower_ece_than_baseline", "status": "held", "factor": 0.1})
+        'ε = 0.1 has a lower test ECE than ε = 0'
+    """
+    c = c if isinstance(c, Mapping) else _d(c)
+    t = _TITLES.get(c["claim"], c["claim"].replace("_", " "))
+    return t.format(e=_eps(c.get("factor")), c=_eps(c.get("chosen")))
+
+
+def render_text(v: Any) -> str:
+    """Plain text for the terminal: headline, scope, warnings, then ``status  claim`` lines."""
+    d = _d(v)
+    lines = [headline(d), scope_sentence(d).replace("**", "").replace("`", "")]
+    lines += ["warning: " + w for w in warning_sentences(d)]
+    for c in d["verdict"]:
+        lines.append(f"  {c['status']:<13} {claim_sentence(c)}".replace("**", ""))
+    return "\n".join(lines)
+
+
+def verdict_blocks(v: Any) -> list[tuple]:
+    """Report blocks (``("p", text)``, ``("li", text)``, ``("table", head, rows)``) of the
+    verdict section, for :mod:`labelsmooth.experiments.report`."""
+    d = _d(v)
+    b: list[tuple] = [("p", scope_sentence(d))]
+    for w in warning_sentences(d):
+        b.append(("p", f"**Warning:** {w}"))
+    b.append(("p", f"**{headline(d)}**"))
+    b.append(("p", _selection_sentence(d["selection"])))
+    for extra in d.get("selections", [])[1:]:
+        b.append(("p", _selection_sentence(extra)))
+    for c in d["verdict"]:
+        b.append(("li", f"**{c['status'].capitalize()}:** {claim_sentence(c)}."))
+    b.append(
+        (
+            "p",
+            "A claim *held* when the paired seed-level interval of its difference excludes 0 in "
+            "the claimed direction, *did not hold* when it excludes 0 the other way, and is "
+            "*inconclusive* when it contains 0. Comparisons of several factors with the baseline "
+            f"are Holm-adjusted (family-wise α = {d['scope'].get('alpha', 0.05):g}). "
+            "Nothing is chosen on the test split.",
+        )
+    )
+    return b
