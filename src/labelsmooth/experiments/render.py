@@ -172,19 +172,29 @@ def headline(v: Any) -> str:
         )
     eps = sel.get("smoothed_choice")
     if eps is not None:
-        words = []
-        for name, what in (
-            ("lower_nll_than_baseline", "NLL"),
-            ("lower_ece_than_baseline", "ECE"),
-            ("lower_nll_than_baseline_ts", "NLL vs the temperature-scaled baseline"),
-        ):
-            c = claims.get(name)
-            if c is None:
-                continue
-            word = {"held": "lower", "did not hold": "higher", "inconclusive": "tied"}[c["status"]]
-            words.append(f"{what} {word}")
+        change = {"held": "lowers", "did not hold": "raises", "inconclusive": "does not clearly change"}
+        words = [
+            f"{change[claims[n]['status']]} the {what}"
+            for n, what in (("lower_nll_than_baseline", "test NLL"), ("lower_ece_than_baseline", "ECE"))
+            if n in claims
+        ]
+        ts = claims.get("lower_nll_than_baseline_ts")
+        if ts is not None:
+            words.append(
+                {
+                    "held": "beats",
+                    "did not hold": "loses to",
+                    "inconclusive": "ties with",
+                }[ts["status"]]
+                + " temperature scaling of the unsmoothed model on NLL"
+            )
         if words:
-            parts.append(f"at ε = {_eps(eps)} the smoothed model's " + ", ".join(words))
+            parts.append(
+                f"smoothing at ε = {_eps(eps)} (the smoothed factor validation prefers) "
+                + ", ".join(words[:-1])
+                + (" and " if len(words) > 1 else "")
+                + words[-1]
+            )
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + "."
 
