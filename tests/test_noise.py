@@ -155,3 +155,29 @@ def test_cli_flags_and_config(tmp_path):
     f.write_text("label_noise = [1.5]\n")
     with pytest.raises(ValueError, match="label_noise"):
         resolve_sweep_config(p.parse_args(["sweep", "--config", str(f)]))
+
+
+def test_npz_marks_its_noisy_labels(tmp_path):
+    import numpy as np
+
+    from labelsmooth.experiments.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3))
+    y_clean = np.arange(100) % 4
+    y = y_clean.copy()
+    y[:30] = (y[:30] + 1) % 4
+    p = tmp_path / "d.npz"
+    np.savez(p, x=x, y=y, y_clean=y_clean)
+    s = load_dataset(str(p))
+    plain = load_dataset(str(p).replace("d.npz", "d.npz"))  # same file, same split
+    assert torch.equal(s.x_train, plain.x_train)
+    np.savez(tmp_path / "c.npz", x=x, y=y_clean)
+    clean = load_dataset(str(tmp_path / "c.npz"))
+    for part in ("val", "cal", "test"):  # the held-out splits take the clean labels
+        assert torch.equal(getattr(s, f"y_{part}"), getattr(clean, f"y_{part}"))
+    assert torch.equal(s.y_train_clean, clean.y_train)
+    assert s.label_noise["flipped"] == int((s.y_train != clean.y_train).sum()) > 0
+    np.savez(p, x=x, y=y, y_clean=y_clean[:50])
+    with pytest.raises(ValueError, match="y_clean has shape"):
+        load_dataset(str(p))

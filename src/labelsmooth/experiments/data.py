@@ -12,6 +12,7 @@ deterministic) and digits ships with scikit-learn. Both are optional extras impo
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import zipfile
@@ -308,15 +309,27 @@ def _read_npz(
         x, y = f[xk], f[yk]
         xt = next((f[k] for k in ("x_test", "X_test") if k in keys), None)
         yt = next((f[k] for k in ("y_test", "labels_test") if k in keys), None)
-    return make_splits(
-        x,
-        y,
-        x_test=xt,
-        y_test=yt,
-        fractions=fractions,
-        split_seed=split_seed,
-        name=os.path.basename(path),
-        num_classes=num_classes,
+        y_clean = f["y_clean"] if "y_clean" in keys else None
+    kw: dict[str, Any] = {
+        "x_test": xt, "y_test": yt, "fractions": fractions, "split_seed": split_seed,
+        "name": os.path.basename(path), "num_classes": num_classes,
+    }
+    if y_clean is None:
+        return make_splits(x, y, **kw)
+    # y holds noisy labels and y_clean the clean ones: train on y, keep val/cal/test clean.
+    if y_clean.shape != y.shape:
+        raise ValueError(f"{path}: y_clean has shape {y_clean.shape}, y has {y.shape}")
+    clean = make_splits(x, y_clean, **kw)
+    noisy = make_splits(x, y, **kw)  # the same seeded permutation: the same rows in each split
+    if noisy.label_values != clean.label_values or noisy.num_classes != clean.num_classes:
+        raise ValueError(
+            f"{path}: y and y_clean name different classes; give both as the same label values"
+        )
+    flipped = int((noisy.y_train != clean.y_train).sum())
+    info = {"rate": flipped / max(1, len(clean.y_train)), "kind": "given (y vs y_clean)",
+            "flipped": flipped, "clean_splits": ["val", "cal", "test"]}
+    return dataclasses.replace(
+        clean, y_train=noisy.y_train, y_train_clean=clean.y_train, label_noise=info
     )
 
 
@@ -401,7 +414,11 @@ def load_dataset(
       a seeded 12,000 / 2,000 / 2,000 train / val / cal subset of the 60,000 training images and
       the official 10,000 test images, shape ``(1, 28, 28)``
       (:mod:`labelsmooth.experiments.fashion`).
-    * ``*.npz``: arrays ``x`` and ``y`` (optionally ``x_test`` and ``y_test``).
+    * ``*.npz``: arrays ``x`` and ``y`` (optionally ``x_test`` and ``y_test``). The test arrays
+      are assumed clean. If ``y`` is noisy, add ``y_clean`` (the clean labels of the same rows):
+      training then uses ``y`` while validation, calibration and test take ``y_clean`` (and
+      memorisation is measured); without it, validation and calibration are carved from ``y``
+      and are as noisy as it is.
     * ``*.csv``: a header row; the column ``label_column`` holds the labels, every other column a
       numeric feature.
 
