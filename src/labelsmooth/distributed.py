@@ -59,7 +59,14 @@ from labelsmooth.functional import (
     plan_index,
 )
 from labelsmooth.ops import linear_ce
-from labelsmooth.ops._math import acc_dtype, apply_softcap, finite_or_zero, grad_coef, row_loss
+from labelsmooth.ops._math import (
+    acc_dtype,
+    apply_softcap,
+    grad_coef,
+    row_loss,
+    row_ref,
+    shift_sum,
+)
 from labelsmooth.targets import Spread
 
 __all__ = [
@@ -491,9 +498,10 @@ class _Shard:
 
 
 def _partials(engine, x: torch.Tensor, sh: _Shard) -> list[torch.Tensor]:
-    """Per-row [max, Σ exp(x − max), x_y share, Σ s·x share] of one shard (accumulation dtype).
+    """Per-row [max, Σ exp(x − ref), x_y share, Σ s·(ref − x) share] of one shard.
 
-    As in the fused engine, the sum of exponentials is taken relative to 0 where the max is ±inf.
+    In the accumulation dtype, relative to the shard's reference ``ref`` = ``row_ref(max)`` (the
+    max; 0 for an all −inf row), as the fused engine's ``row_partials``.
     """
     acc = acc_dtype(x.dtype)
     if x.shape[1] == 0:  # an empty shard contributes nothing
@@ -528,13 +536,17 @@ class _SumAcrossRanks(torch.autograd.Function):
 
 def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
              scalars: list[torch.Tensor], group: Any, world: int, differentiable: bool = False,
-             maxed: torch.Tensor | None = None, on_max: Any = None
-             ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
-    r"""Global lse and summed rows/scalars: one MAX and one SUM all-reduce of per-row vectors.
+             maxed: torch.Tensor | None = None, on_max: Any = None, shifts: list | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor],
+                        torch.Tensor | None]:
+    r"""Global (ref, lse − ref) and summed rows/scalars: one MAX and one SUM all-reduce.
 
-    ``m_r``/``se_r``: this shard's row max and sum of exponentials relative to it (relative to 0
-    where the max is ±inf). ``maxed`` (a few numbers) rides along in the MAX all-reduce, returned
-    reduced; ``on_max(maxed)`` is called before the SUM all-reduce. The sums travel and are
+    ``m_r``/``se_r``: this shard's row max and sum of exponentials relative to ``row_ref(m_r)``.
+    ``maxed`` (a few numbers) rides along in the MAX all-reduce, returned reduced;
+    ``on_max(maxed)`` is called before the SUM all-reduce. ``shifts[i]``, when given, is the share
+    sum :math:`S_r` of ``rows[i]`` = :math:`\sum_c s_c(\mathrm{ref}_r - x_c)`: that row is moved to
+    the global reference before the sum (every row statistic stays relative to the row max, so
+    float32 keeps its digits at large logits). The sums travel and are
     combined in float64 whatever the logits' dtype (O(N)
     numbers, so the shard order adds almost no rounding); the results come back in the accumulation
     dtype, with :math:`\mathrm{lse} = M + \log \sum_r e_r e^{m_r - M}` formed in that dtype
@@ -545,18 +557,22 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
     m_r, se_r = m_r.detach().to(f64), se_r.to(f64)
     rows, scalars = [t.to(f64) for t in rows], [t.to(f64) for t in scalars]
     if world == 1:
-        return (finite_or_zero(m_r).to(acc) + torch.log(se_r.to(acc)), [t.to(acc) for t in rows],
+        return (row_ref(m_r).to(acc), torch.log(se_r.to(acc)), [t.to(acc) for t in rows],
                 [t.to(acc) for t in scalars], maxed)
     n = m_r.shape[0]
     m = m_r.clone() if maxed is None else torch.cat([m_r, maxed.to(m_r.dtype)])
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-    m, maxed = finite_or_zero(m[:n]), (None if maxed is None else m[n:])
+    m, maxed = row_ref(m[:n]), (None if maxed is None else m[n:])
     if on_max is not None and maxed is not None:  # before the SUM: ranks that disagree stop here
         on_max(maxed)
     # Each share rescaled to the global max, guarded as ops._math.merge_max_sumexp: sums are
-    # relative to finite_or_zero(own max), and an empty share (sum 0) adds exactly 0.
+    # relative to row_ref(own max), and an empty share (sum 0) adds exactly 0.
     share = torch.where(se_r == 0, torch.zeros_like(se_r),
-                        se_r * torch.exp(finite_or_zero(m_r) - m))
+                        se_r * torch.exp(row_ref(m_r) - m))
+    if shifts is not None:
+        rows = [r if sh_ is None else shift_sum(r, sh_.to(f64) if torch.is_tensor(sh_) else sh_,
+                                                row_ref(m_r), m)
+                for r, sh_ in zip(rows, shifts)]
     flat = torch.cat([torch.stack([share, *rows]).reshape(-1),
                       *[t.reshape(1).to(m_r.dtype) for t in scalars]])
     if differentiable:
@@ -565,8 +581,8 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     k = 1 + len(rows)
     stacked = flat[: k * n].reshape(k, n).to(acc)
-    lse = m.to(acc) + torch.log(stacked[0])
-    return lse, list(stacked[1:]), [t.to(acc) for t in flat[k * n:]], maxed
+    return (m.to(acc), torch.log(stacked[0]), list(stacked[1:]), [t.to(acc) for t in flat[k * n:]],
+            maxed)
 
 
 def _target_checksums(target: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -628,36 +644,37 @@ def _check_agreement(st: _Setup, maxed: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _row_loss(sh: _Shard, lse, x_y, sx, S, ct, cs, cz):
-    return row_loss(lse, x_y, sx if sh.smooths else None, S, ct, cs, cz)
+def _row_loss(sh: _Shard, ref, lse_rel, x_y, dsx, S, ct, cs, cz):
+    return row_loss(ref, lse_rel, x_y, dsx if sh.smooths else None, S, ct, cs, cz)
 
 
-def _coef_p(sh: _Shard, lse, S, ct, cs, cz):
-    return grad_coef(lse, S, ct, cs if sh.smooths else None, cz)
+def _coef_p(sh: _Shard, ref, lse_rel, S, ct, cs, cz):
+    return grad_coef(ref + lse_rel, S, ct, cs if sh.smooths else None, cz)
 
 
-def _grad_shard(engine, x, sh: _Shard, lse, coef_p, ct, cs, g) -> torch.Tensor:
+def _grad_shard(engine, x, sh: _Shard, ref, lse_rel, coef_p, ct, cs, g) -> torch.Tensor:
     if x.shape[1] == 0:
         return torch.zeros_like(x)
-    return engine.grad_rows(x, sh.y, lse, coef_p, ct, cs, sh.s, sh.s_uniform, sh.softcap, g,
-                            target_mask=sh.in_shard)
+    return engine.grad_rows(x, sh.y, lse_rel, coef_p, ct, cs, sh.s, sh.s_uniform, sh.softcap, g,
+                            target_mask=sh.in_shard, ref=ref)
 
 
 class _RowsFromStats(torch.autograd.Function):
     """Per-row loss from the global statistics; the backward writes this shard's gradient."""
 
     @staticmethod
-    def forward(ctx, x, engine, sh, lse, x_y, sx, S, ct, cs, cz):  # type: ignore[override]
+    def forward(ctx, x, engine, sh, ref, lse_rel, x_y, sx, S, ct, cs,  # type: ignore[override]
+                cz):
         ctx.engine, ctx.sh = engine, sh
-        coef_p = _coef_p(sh, lse, S, ct, cs, cz)
-        ctx.save_for_backward(x, lse, coef_p, ct, cs)
-        return _row_loss(sh, lse, x_y, sx, S, ct, cs, cz)
+        coef_p = _coef_p(sh, ref, lse_rel, S, ct, cs, cz)
+        ctx.save_for_backward(x, ref, lse_rel, coef_p, ct, cs)
+        return _row_loss(sh, ref, lse_rel, x_y, sx, S, ct, cs, cz)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        x, lse, coef_p, ct, cs = ctx.saved_tensors
-        dx = _grad_shard(ctx.engine, x, ctx.sh, lse, coef_p, ct, cs, g.contiguous())
-        return (dx,) + (None,) * 9
+        x, ref, lse_rel, coef_p, ct, cs = ctx.saved_tensors
+        dx = _grad_shard(ctx.engine, x, ctx.sh, ref, lse_rel, coef_p, ct, cs, g.contiguous())
+        return (dx,) + (None,) * 10
 
 
 # --------------------------------------------------------------------------------------------
@@ -694,6 +711,7 @@ class _Setup:
     agree: torch.Tensor | None     # rides in the MAX all-reduce (validation, several ranks)
     call: _Call                    # what the ranks must agree on
     bad_target: Exception | None   # this rank's out-of-range target error, raised after the MAX
+    width: int = 0                 # K_r, this rank's number of classes
 
 
 def _check_prior_shard(prior: torch.Tensor | None, opts: Any, check_values: bool) -> None:
@@ -767,24 +785,30 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
     agree = (_agreement_vector(target, call, bad_target is not None, world, rank, device)
              if check_values and world > 1 and not exchanged else None)
     return _Setup(opts, plan_opts, plan, sh, target, size, weight, prior, check_values, group,
-                  world, acc, w_share, scalars, agree, call, bad_target)
+                  world, acc, w_share, scalars, agree, call, bad_target, width)
 
 
 def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
-    """All-reduce the shard partials; return (lse, x_y, Σ s·x, S, final plan) for every row."""
+    """All-reduce the shard partials; return (ref, lse − ref, x_y, Σ s·(ref − x), S, final plan).
+
+    ``ref`` is the global row reference (the max): every row quantity stays relative to it.
+    """
     rows = [xy_r, sx_r] + ([st.w_share] if st.w_share is not None else [])
-    lse, summed, tot, _ = _combine(m_r, se_r, rows, st.scalars, st.group, st.world,
-                                   differentiable, st.agree,
-                                   on_max=lambda maxed: _check_agreement(st, maxed))
+    sh = st.sh
+    s_local = sh.s.sum() if sh.s is not None else sh.s_uniform * st.width
+    ref, lse_rel, summed, tot, _ = _combine(m_r, se_r, rows, st.scalars, st.group, st.world,
+                                            differentiable, st.agree,
+                                            on_max=lambda maxed: _check_agreement(st, maxed),
+                                            shifts=[None, s_local] + [None] * (len(rows) - 2))
     S = tot[0] if st.sh.s is not None else st.sh.s_uniform * st.size
     if st.prior is not None and st.check_values:
         # the single-process tolerance rule, over the global vocabulary
         V.check_prior_sum(float(tot[-1].detach()), st.prior.dtype, st.size)
     plan = st.plan
     if st.weight is not None:
-        plan = plan_index(st.target, st.size, st.plan_opts, st.weight, device=lse.device,
+        plan = plan_index(st.target, st.size, st.plan_opts, st.weight, device=ref.device,
                           acc=st.acc, check_values=False, w_y=summed[2])
-    return lse, summed[0], summed[1], S, plan
+    return ref, lse_rel, summed[0], summed[1], S, plan
 
 
 def _reference_rows(x: torch.Tensor, st: _Setup):
@@ -796,18 +820,21 @@ def _reference_rows(x: torch.Tensor, st: _Setup):
         se_r = xy_r = sx_r = xc.sum(-1)
     else:
         m_r = xc.detach().amax(-1)
-        se_r = torch.exp(xc - finite_or_zero(m_r)[:, None]).sum(-1)
+        d = row_ref(m_r)[:, None] - xc  # relative to the shard's max (precision)
+        se_r = torch.exp(-d).sum(-1)
         # a select, not a product with the mask: 0·(−inf) at a placeholder column would be NaN
         xy_gathered = xc.gather(1, sh.y[:, None])[:, 0]
         xy_r = torch.where(sh.in_shard, xy_gathered, torch.zeros_like(xy_gathered))
-        if sh.s is not None:
-            sx_r = xc @ sh.s
+        if sh.s is not None:  # a zero share counts 0 even at a −inf logit (0·log 0 = 0)
+            s_on = sh.s != 0
+            sx_r = torch.where(s_on[None, :] | ~torch.isinf(d), d, 0.0) @ sh.s
         elif sh.s_uniform != 0.0:
-            sx_r = sh.s_uniform * xc.sum(-1)
+            sx_r = sh.s_uniform * d.sum(-1)
         else:  # no smoothing term (ε = 0): 0·Σx would be NaN at a −inf logit
             sx_r = torch.zeros_like(m_r)
-    lse, x_y, sx, S, plan = _globals(st, m_r, se_r, xy_r, sx_r, differentiable=True)
-    return _row_loss(sh, lse, x_y, sx, S, plan.ct, plan.cs, plan.cz), lse.detach(), plan
+    ref, lse_rel, x_y, sx, S, plan = _globals(st, m_r, se_r, xy_r, sx_r, differentiable=True)
+    loss = _row_loss(sh, ref, lse_rel, x_y, sx, S, plan.ct, plan.cs, plan.cz)
+    return loss, (ref + lse_rel).detach(), plan
 
 
 def vocab_parallel_cross_entropy(
@@ -963,9 +990,10 @@ def vocab_parallel_cross_entropy(
         loss_rows, lse, plan = _reference_rows(x, st)
     else:
         with torch.no_grad():
-            lse, x_y, sx, S, plan = _globals(st, *_partials(engine, x.detach(), st.sh))
-        loss_rows = _RowsFromStats.apply(x, engine, st.sh, lse, x_y, sx, S, plan.ct, plan.cs,
-                                         plan.cz)
+            ref, lse_rel, x_y, sx, S, plan = _globals(st, *_partials(engine, x.detach(), st.sh))
+        loss_rows = _RowsFromStats.apply(x, engine, st.sh, ref, lse_rel, x_y, sx, S, plan.ct,
+                                         plan.cs, plan.cz)
+        lse = ref + lse_rel
     return finish_index(loss_rows, lse, None, plan, opts, tuple(target.shape), x_in.dtype,
                         False).loss
 
@@ -1028,17 +1056,18 @@ class _LinearRows(torch.autograd.Function):
     chunk, writes d(hidden) (summed over ranks) and this rank's d(weight), d(bias)."""
 
     @staticmethod
-    def forward(ctx, h, w, b, engine, sh, lse, x_y, sx, S, ct, cs, cz,  # type: ignore[override]
-                chunk, group, world):
+    def forward(ctx, h, w, b, engine, sh, ref, lse_rel, x_y, sx, S, ct, cs,  # type: ignore[override]
+                cz, chunk, group, world):
         ctx.engine, ctx.sh, ctx.chunk, ctx.group, ctx.world = engine, sh, chunk, group, world
         ctx.has_bias = b is not None
-        coef_p = _coef_p(sh, lse, S, ct, cs, cz)
-        ctx.save_for_backward(h, w, b if b is not None else h.new_empty(0), lse, coef_p, ct, cs)
-        return _row_loss(sh, lse, x_y, sx, S, ct, cs, cz)
+        coef_p = _coef_p(sh, ref, lse_rel, S, ct, cs, cz)
+        ctx.save_for_backward(h, w, b if b is not None else h.new_empty(0), ref, lse_rel, coef_p,
+                              ct, cs)
+        return _row_loss(sh, ref, lse_rel, x_y, sx, S, ct, cs, cz)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        h, w, b, lse, coef_p, ct, cs = ctx.saved_tensors
+        h, w, b, ref, lse, coef_p, ct, cs = ctx.saved_tensors
         b = b if ctx.has_bias else None
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], (
             ctx.has_bias and ctx.needs_input_grad[2])
@@ -1056,15 +1085,15 @@ class _LinearRows(torch.autograd.Function):
             r1 = min(h.shape[0], r0 + ctx.chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
             logits = linear_ce._logits(h[r0:r1], w, b)
-            gl = _grad_shard(ctx.engine, logits, part, lse[r0:r1], coef_p[r0:r1], ct[r0:r1],
-                             cs[r0:r1], g[r0:r1])
+            gl = _grad_shard(ctx.engine, logits, part, ref[r0:r1], lse[r0:r1], coef_p[r0:r1],
+                             ct[r0:r1], cs[r0:r1], g[r0:r1])
             if need_h:
                 dh[r0:r1] = gl @ w
             linear_ce._accumulate(gl, h[r0:r1], w, grads, slice(r0, r1), cols, None, dw_cols)
         if need_h and ctx.world > 1:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=ctx.group)
         return (dh.to(h.dtype) if need_h else None, dw.to(w.dtype) if need_w else None,
-                db.to(b.dtype) if need_b else None) + (None,) * 12
+                db.to(b.dtype) if need_b else None) + (None,) * 13
 
 
 def vocab_parallel_linear_cross_entropy(
@@ -1201,13 +1230,14 @@ def vocab_parallel_linear_cross_entropy(
 
     rows_n, sh = h.shape[0], st.sh
     with torch.no_grad():  # statistics chunk by chunk: the local logits are never held in full
-        parts = torch.empty(4, rows_n, dtype=st.acc, device=h.device)  # m, se, x_y, Σ s·x
+        parts = torch.empty(4, rows_n, dtype=st.acc, device=h.device)  # m, se, x_y, Σ s(ref−x)
         for r0 in range(0, rows_n, chunk):
             r1 = min(rows_n, r0 + chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
             parts[:, r0:r1] = torch.stack(
                 _partials(engine, linear_ce._logits(h[r0:r1], w, bias), part))
-        lse, x_y, sx, S, plan = _globals(st, *parts)
-    loss_rows = _LinearRows.apply(h, w, bias, engine, sh, lse, x_y, sx, S, plan.ct, plan.cs,
-                                  plan.cz, chunk, group, world)
+        ref, lse_rel, x_y, sx, S, plan = _globals(st, *parts)
+    loss_rows = _LinearRows.apply(h, w, bias, engine, sh, ref, lse_rel, x_y, sx, S, plan.ct,
+                                  plan.cs, plan.cz, chunk, group, world)
+    lse = ref + lse_rel
     return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss

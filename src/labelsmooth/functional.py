@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from labelsmooth import _validation as V
 from labelsmooth import ops
 from labelsmooth.ops._consumed import _check_not_consumed
-from labelsmooth.ops._math import acc_dtype, apply_softcap
+from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref
 from labelsmooth.targets import Spread, binary_targets, smoothing_coefficients
 
 Reduction = Literal["none", "mean", "sum"]
@@ -128,8 +128,21 @@ def cross_entropy(
             checks (an out-of-range index is then undefined behaviour, as in a raw gather).
 
     Returns:
-        The loss in ``input``'s dtype: a scalar for ``mean``/``sum``, else the target's shape
-        (the input's shape without the class dimension for probability targets).
+        The loss, a scalar for ``mean``/``sum``, else the target's shape (the input's shape
+        without the class dimension for probability targets). Its dtype is ``input``'s; with
+        probability targets it is promoted as PyTorch's, with the target's and ``weight``'s dtypes
+        (float32 logits with float64 targets give a float64 loss, computed in float64). Gradients
+        are always in ``input``'s dtype. (Index targets with a ``weight`` of another dtype, which
+        PyTorch refuses, give ``input``'s dtype.)
+
+    Non-finite values, one rule: the loss is NaN where PyTorch's is NaN — a row holding a NaN or
+    +inf logit (its softmax is undefined; its gradient is NaN too), an all −inf row, and a
+    ``mean`` whose normaliser :math:`\sum_n w_{y_n}` is 0 (all elements ignored: NaN loss, zero
+    gradient; target weights summing to 0: NaN loss and gradient, even when ε > 0 would make the
+    numerator positive). It is +inf where a −inf logit carries target or smoothing mass. A class
+    whose mass is exactly 0 (a zero ``prior`` entry or class weight, a zero target probability,
+    a target term with coefficient 0) contributes 0 even at a −inf logit: 0·log 0 = 0, so a
+    masked vocabulary with a prior of 0 there gives a finite loss.
 
     Raises:
         TypeError: non-tensor or non-floating input, non-integer index targets, wrong argument types.
@@ -208,7 +221,29 @@ def _reduce(
     if reduction == "none":
         return rows.reshape(shape)
     total = rows.sum()
-    return total / denom if reduction == "mean" else total
+    if reduction == "sum":
+        return total
+    if isinstance(denom, torch.Tensor):
+        # A zero normaliser (every element ignored, or target weights summing to 0) gives a NaN
+        # mean and NaN gradients for the rows that count, as PyTorch, whose target term is then
+        # 0/0, even when the smoothing term alone would give ±inf (one rule, no sync).
+        denom = torch.where(denom == 0, torch.full_like(denom, float("nan")), denom)
+    return total / denom
+
+
+def _check_positional(ignore_index: object, reduction: object) -> None:
+    """Refuse torch's deprecated positional slots: ``F.cross_entropy(x, t, w, size_average,
+    ignore_index, reduce, reduction)`` puts None/bools where labelsmooth has ``ignore_index`` and
+    ``reduction``."""
+    if (ignore_index is None or isinstance(ignore_index, bool)
+            or reduction is None or isinstance(reduction, (bool, int))):
+        raise TypeError(
+            f"Expected `ignore_index` to be an int and `reduction` a string, but got "
+            f"ignore_index={ignore_index!r}, reduction={reduction!r}: torch's deprecated "
+            "`size_average`/`reduce` positional slots are not accepted. Pass the options by "
+            "keyword, e.g. cross_entropy(input, target, weight, ignore_index=-100, "
+            "reduction='mean', label_smoothing=0.0)."
+        )
 
 
 @dataclass(frozen=True)
@@ -401,10 +436,13 @@ def finish_index(
     out_shape: tuple[int, ...],
     out_dtype: torch.dtype,
     stats: bool,
+    nll_rows: torch.Tensor | None = None,
 ) -> CrossEntropyStats:
     """Apply the reduction once, outside the per-row work; optionally the logging statistics.
 
-    ``x_y`` is the (soft-capped) target logit per row, needed only when ``stats`` is True.
+    ``x_y`` is the (soft-capped) target logit per row, needed only when ``stats`` is True and
+    ``nll_rows`` (the per-row weighted NLL :math:`w_y(\mathrm{lse} - x_y)`, computed by an op
+    relative to the row max) is not given.
     """
     # Ignored rows carry zero coefficients, but 0·inf is NaN when their (padding) logits hold ±inf
     # at the placeholder class; PyTorch leaves them out, so zero them by selection (no sync).
@@ -414,7 +452,9 @@ def finish_index(
     if not stats:
         return CrossEntropyStats(loss, loss, loss, lse)
     with torch.no_grad():
-        nll_rows = torch.where(plan.valid, (lse - x_y.to(lse.dtype)) * plan.w_y, 0.0)
+        if nll_rows is None:
+            nll_rows = (lse - x_y.to(lse.dtype)) * plan.w_y
+        nll_rows = torch.where(plan.valid, nll_rows, 0.0)
         # select, not multiply: an ignored row's lse may be ±inf (cz = 0 there, and 0·inf = nan)
         z_rows = (torch.where(plan.valid, plan.cz * lse.square(), 0.0) if plan.cz is not None
                   else torch.zeros_like(lse))
@@ -428,6 +468,7 @@ def _cross_entropy(
     z_loss, softcap, impl, inplace_backward, validate, *, stats: bool,
 ) -> CrossEntropyStats:
     # 1. Arguments that need no tensor data.
+    _check_positional(ignore_index, reduction)
     input = V.check_floating("input", V.check_tensor("input", input))
     target = V.check_tensor("target", target)
     if input.dim() < 1:
@@ -472,13 +513,14 @@ def _cross_entropy(
                       check_values=check_values)
     loss_rows, lse = op.index_rows(x, plan.y, plan.ct, plan.cs, plan.s, plan.s_uniform, plan.cz,
                                    opts.softcap, opts.inplace_backward)
-    x_y = None
+    nll_rows = None
     if stats:
         with torch.no_grad():
-            x_y = x.gather(1, plan.y[:, None])[:, 0].to(acc)
-            if opts.softcap is not None:
-                x_y = apply_softcap(x_y, opts.softcap)
-    return finish_index(loss_rows, lse, x_y, plan, opts, tuple(target.shape), input.dtype, stats)
+            # the unsmoothed NLL by the same op (relative to the row max: exact at large logits)
+            nll_rows, _ = op.index_rows(x.detach(), plan.y, plan.w_y, torch.zeros_like(plan.w_y),
+                                        None, 0.0, None, opts.softcap, False)
+    return finish_index(loss_rows, lse, None, plan, opts, tuple(target.shape), input.dtype, stats,
+                        nll_rows)
 
 
 def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values,
@@ -492,6 +534,14 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
     if target.device != input.device:
         raise V.fail("target", f"on the input's device {input.device} (probability targets are "
                      "not copied across devices)", str(target.device))
+    # The result dtype promotes as PyTorch's: logits, targets and weight together (float32 logits
+    # with float64 targets give a float64 loss); the gradient stays in the input's dtype. A
+    # float64 result is also computed in float64 (the logits are read through a float64 copy).
+    out_dtype = torch.promote_types(input.dtype, target.dtype)
+    if weight is not None:
+        out_dtype = torch.promote_types(out_dtype, weight.dtype)
+    if out_dtype == torch.float64 and acc != torch.float64:
+        x, acc = x.to(torch.float64), torch.float64
     a, b = smoothing_coefficients(
         num_classes, opts.label_smoothing, spread=opts.spread, prior=opts.prior,
         check_values=_check_prior_values(opts, check_values),
@@ -524,19 +574,22 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         loss_rows = rs * loss_rows
         cz = opts.z_loss * rs.detach() if opts.z_loss > 0.0 else None  # for the stats
     out_shape = tuple(input.shape[:1] + input.shape[2:]) if input.dim() >= 2 else ()
-    loss = _reduce(loss_rows, opts.reduction, denom, out_shape).to(input.dtype)
+    loss = _reduce(loss_rows, opts.reduction, denom, out_shape).to(out_dtype)
     if not stats:
         return CrossEntropyStats(loss, loss, loss, lse)
     with torch.no_grad():
-        xf = x.to(acc)
-        if opts.softcap is not None:
-            xf = apply_softcap(xf, opts.softcap)
+        xf = apply_softcap(x.to(acc), opts.softcap)
         tq = t.to(acc) * w_op if w_op is not None else t.to(acc)
-        nll_rows = rs.detach() * (lse * tq.sum(-1) - (tq * xf).sum(-1))
+        # Σ_c t_c (lse − x_c) relative to the row max (precision at large logits); 0·log 0 = 0
+        ref = row_ref(xf.amax(-1))
+        d = ref[:, None] - xf
+        lse_rel = torch.logsumexp(-d, -1)
+        d = torch.where((tq == 0) & torch.isinf(d), 0.0, d)
+        nll_rows = rs.detach() * ((tq * d).sum(-1) + tq.sum(-1) * lse_rel)
         z_rows = cz * lse.square() if cz is not None else torch.zeros_like(lse)
         denom = denom.detach() if isinstance(denom, torch.Tensor) else denom
-        nll = _reduce(nll_rows, opts.reduction, denom, out_shape).to(input.dtype)
-        zl = _reduce(z_rows, opts.reduction, denom, out_shape).to(input.dtype)
+        nll = _reduce(nll_rows, opts.reduction, denom, out_shape).to(out_dtype)
+        zl = _reduce(z_rows, opts.reduction, denom, out_shape).to(out_dtype)
     return CrossEntropyStats(loss, nll, zl, lse.reshape(out_shape))
 
 
@@ -577,6 +630,9 @@ def binary_cross_entropy_with_logits(
     """
     input = V.check_floating("input", V.check_tensor("input", input))
     target = V.check_tensor("target", target)
+    if not torch.compiler.is_compiling():
+        # as every cross-entropy loss: logits overwritten by an in-place backward are refused
+        _check_not_consumed(input)
     if target.shape != input.shape:
         raise V.fail("target", f"of the input's shape {tuple(input.shape)}", tuple(target.shape))
     reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)

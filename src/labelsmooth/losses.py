@@ -9,6 +9,7 @@ from labelsmooth import _validation as V
 from labelsmooth.functional import (
     Impl,
     Reduction,
+    _check_positional,
     WeightMode,
     binary_cross_entropy_with_logits,
     check_at_construction,
@@ -65,6 +66,7 @@ class CrossEntropyLoss(nn.Module):
     ) -> None:
         super().__init__()
         # Check every hyper-parameter now, so a bad configuration fails where it is written.
+        _check_positional(ignore_index, reduction)
         opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                              z_loss, softcap, impl, inplace_backward, validate)
         weight = check_at_construction(weight, prior, opts)

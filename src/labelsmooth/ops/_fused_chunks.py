@@ -20,7 +20,7 @@ import os
 import torch
 
 from labelsmooth.ops import _fused_inductor as _ind
-from labelsmooth.ops._math import acc_dtype, apply_softcap, finite_or_zero, merge_max_sumexp
+from labelsmooth.ops._math import acc_dtype, apply_softcap, merge_max_sumexp, row_ref, shift_sum
 
 #: Elements per block (rows × columns): 4 MiB of float32, cache-resident on the reference machine.
 CHUNK_ELEMS = 1 << 20
@@ -98,36 +98,39 @@ def row_partials(
     *,
     chunk_elems: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""Per-row statistics of the (soft-capped) logits in chunked passes.
+    r"""Per-row statistics of the (soft-capped) logits in chunked passes, relative to the row max.
 
     For each row :math:`n` of ``x`` (R, K), with :math:`x'` the soft-capped logits
-    (:math:`c\tanh(x/c)` when ``softcap=c``, else :math:`x`):
+    (:math:`c\tanh(x/c)` when ``softcap=c``, else :math:`x`) and :math:`r_n` =
+    :func:`~labelsmooth.ops._math.row_ref` of the row max (the max itself; 0 for an all −inf row):
 
     .. math::
 
-        m_n = \max_c x'_{n,c}, \quad \mathrm{sumexp}_n = \sum_c e^{x'_{n,c} - m_n}, \quad
-        x_{y,n} = x'_{n, y_n}\,[\mathrm{mask}_n], \quad sx_n = \sum_c s_c\, x'_{n,c}
+        m_n = \max_c x'_{n,c}, \quad \mathrm{sumexp}_n = \sum_c e^{x'_{n,c} - r_n}, \quad
+        x_{y,n} = x'_{n, y_n}\,[\mathrm{mask}_n], \quad dsx_n = \sum_c s_c\,(r_n - x'_{n,c})
 
-    so that :math:`\mathrm{lse}_n = m_n + \log \mathrm{sumexp}_n` (where :math:`m_n = \pm\infty` the
-    sum is taken relative to 0 instead, so an all −inf row gives sumexp 0 and lse −inf).
+    so that :math:`\mathrm{lse}_n = r_n + \log \mathrm{sumexp}_n`. ``dsx`` is taken relative to the
+    max so that it keeps float32 precision when the logits carry a large offset; a class with a
+    zero share counts 0 even at a −inf logit (0·log 0 = 0). A row holding +inf or NaN gets a NaN
+    ``sumexp`` (its loss and gradient are NaN, as in PyTorch).
 
     Args:
         x: (R, K) logits, any floating dtype and strides.
         y: (R,) integer target columns; valid where ``target_mask`` is True, ignored elsewhere.
-        s: (K,) smoothing shares, or None for the uniform share ``s_uniform`` (0 = no term, sx = 0).
+        s: (K,) smoothing shares, or None for the uniform share ``s_uniform`` (0 = no term, dsx = 0).
         s_uniform: the uniform share when ``s`` is None.
         softcap: soft-capping constant c, or None.
         target_mask: (R,) bool, None meaning all True; rows where False get ``x_y = 0``.
         chunk_elems: elements per block (default :data:`CHUNK_ELEMS`).
 
     Returns:
-        ``(m, sumexp, x_y, sx)``, each (R,) in the accumulation dtype.
+        ``(m, sumexp, x_y, dsx)``, each (R,) in the accumulation dtype.
 
     Examples:
         >>> x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 3.0, 3.0]])
-        >>> m, se, xy, sx = row_partials(x, torch.tensor([2, 0]), None, 0.5, None)
-        >>> m, xy, sx
-        (tensor([2., 3.]), tensor([2., 3.]), tensor([1.5000, 4.5000]))
+        >>> m, se, xy, dsx = row_partials(x, torch.tensor([2, 0]), None, 0.5, None)
+        >>> m, xy, dsx
+        (tensor([2., 3.]), tensor([2., 3.]), tensor([1.5000, 0.0000]))
         >>> torch.allclose(m + se.log(), torch.logsumexp(x, 1))
         True
     """
@@ -144,10 +147,14 @@ def row_partials(
     sx = torch.zeros(rows, dtype=acc, device=dev)
     if rows == 0:
         return m, sumexp, x_y, sx
+    share_on = None
     if s is not None:
         s = s.to(device=dev, dtype=acc)
+        # zero shares must count 0 at a −inf logit; on the CPU, look once whether there are any
+        if dev.type != "cpu" or bool((s == 0).any()):
+            share_on = s != 0
     if chunk_elems is None and _ind.use_inductor(x):
-        ok, res = _ind.stats(x, ys, s, target_mask, softcap, want_sx)
+        ok, res = _ind.stats(x, ys, s, share_on, target_mask, softcap, want_sx)
         if ok:
             m, sumexp, x_y, sx = res
             if s is None and want_sx:
@@ -159,6 +166,7 @@ def row_partials(
     ws_e = torch.empty(br, bc, dtype=acc, device=dev)
     for r0 in range(0, rows, br):
         r1 = min(rows, r0 + br)
+        ref = None
         for c0 in range(0, max(cols, 1), bc):
             c1 = min(cols, c0 + bc)
             xb = x[r0:r1, c0:c1]
@@ -167,18 +175,36 @@ def row_partials(
                 xf.amax(1) if c1 > c0 else torch.full((r1 - r0,), -torch.inf, dtype=acc, device=dev)
             )
             e = ws_e[: r1 - r0, : c1 - c0]
-            refb = finite_or_zero(mb)
+            refb = row_ref(mb)
             torch.sub(xf, refb[:, None], out=e)
-            seb = e.exp_().sum(1)
+            sxb = None
             if want_sx:
-                sxb = xf @ s[c0:c1] if s is not None else xf.sum(1)
-                sx[r0:r1] += sxb
+                # Σ s_c (ref − x_c) from the shifted block, before it turns into exponentials
+                if s is None:
+                    sxb = e.sum(1).neg_()
+                elif share_on is None:
+                    sxb = (e @ s[c0:c1]).neg_()
+                else:
+                    sxb = (torch.where(share_on[c0:c1], e, 0.0) @ s[c0:c1]).neg_()
+            seb = e.exp_().sum(1)
             if c0 == 0:
                 m[r0:r1] = mb
                 sumexp[r0:r1] = seb
+                ref = refb
+                if sxb is not None:
+                    sx[r0:r1] = sxb
+                    big_s = (c1 - c0) if s is None else s[c0:c1].sum()
             else:
-                # online merge: each sum is relative to the finite version of its max
+                # online merge: each sum is relative to the reference of its own max
                 m[r0:r1], sumexp[r0:r1] = merge_max_sumexp(m[r0:r1], sumexp[r0:r1], mb, seb)
+                new_ref = row_ref(m[r0:r1])
+                if sxb is not None:
+                    sb = (c1 - c0) if s is None else s[c0:c1].sum()
+                    sx[r0:r1] = shift_sum(sx[r0:r1], big_s, ref, new_ref) + shift_sum(
+                        sxb, sb, refb, new_ref
+                    )
+                    big_s = big_s + sb
+                ref = new_ref
     if s is None and want_sx:
         sx.mul_(s_uniform)
     return m, sumexp, x_y, sx
@@ -200,6 +226,7 @@ def grad_rows(
     out: torch.Tensor | None = None,
     *,
     chunk_elems: int | None = None,
+    ref: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Write :math:`\partial \mathrm{loss}/\partial x` row block by row block.
 
@@ -215,10 +242,15 @@ def grad_rows(
     computed in the accumulation dtype from the original logit and rounded once, so confident
     rows (:math:`p_y \to 1`) keep their precision.
 
+    With ``ref`` (the :func:`~labelsmooth.ops._math.row_ref` of the row max) ``lse`` is taken
+    relative to it, :math:`p = e^{(x' - r) - L}`: at large logits an absolute float32 lse is off
+    by up to half its ulp (0.03 at 1e6), every probability by as much relatively.
+
     Args:
         x: (R, K) logits. lse, coef_p, ct, cs, grad: (R,) in the accumulation dtype.
         y, s, s_uniform, softcap, target_mask: as in :func:`row_partials`.
         out: destination (R, K) in ``x.dtype``; allocated when None; may be ``x`` itself.
+        ref: (R,) reference of ``lse`` (see above), or None for an absolute ``lse``.
 
     Returns:
         ``out``.
@@ -242,6 +274,12 @@ def grad_rows(
         return out
     ys = _safe_index(y, target_mask)
     lse, coef_p, ct, cs, grad = (v.to(acc) for v in (lse, coef_p, ct, cs, grad))
+    # p = exp(x' − ref) · exp(−L): the shift by the row's own reference is exact, and 1/sumexp
+    # folds into the per-row factor (no extra pass over the block)
+    if ref is None:
+        ref, inv = lse, None
+    else:
+        ref, inv = ref.to(acc), torch.exp(-lse)
     if s is not None:
         s = s.to(device=dev, dtype=acc)
     smoothing = s is not None or s_uniform != 0.0
@@ -252,7 +290,9 @@ def grad_rows(
         t = torch.tanh(xy / softcap)
         xy, dy = softcap * t, 1 - t * t
     tgt = ct if target_mask is None else torch.where(target_mask, ct, torch.zeros_like(ct))
-    gy = coef_p * torch.exp(xy - lse) - tgt
+    z = xy - ref if inv is None else (xy - ref) - lse
+    # cp·e^z − tgt as cp·(e^z − 1) + (cp − tgt): a confident row (p_y → 1) keeps its digits
+    gy = coef_p * torch.expm1(z) + (coef_p - tgt)
     if smoothing:
         gy = gy - cs * (s[ys] if s is not None else s_uniform)
     gy = gy * grad if dy is None else gy * grad * dy
@@ -263,12 +303,13 @@ def grad_rows(
     # multiplying would give 0·inf = nan when their (padding) logits hold ±inf or nan.
     live = (a[:, 0] != 0) | (b != 0) | (tgt * grad != 0)
     gy = torch.where(live, gy, torch.zeros_like(gy))
+    ap = a if inv is None else a * inv[:, None]
     if chunk_elems is None and _ind.use_inductor(x):
         ok = _ind.grad(
             x,
             ys,
-            lse,
-            a[:, 0],
+            ref,
+            ap[:, 0],
             grad * tgt,
             b if s is not None else None,
             s,
@@ -297,10 +338,10 @@ def grad_rows(
                 t = ws_t[: r1 - r0, : c1 - c0]
                 t.copy_(xb).div_(softcap).tanh_()
                 torch.mul(t, softcap, out=w)
-                w.sub_(lse[r0:r1, None])
+                w.sub_(ref[r0:r1, None])
             else:
-                torch.sub(xb, lse[r0:r1, None], out=w)
-            w.exp_().mul_(a[r0:r1])
+                torch.sub(xb, ref[r0:r1, None], out=w)
+            w.exp_().mul_(ap[r0:r1])
             if s is not None:
                 w.addr_(b[r0:r1], s[c0:c1], alpha=-1)
             elif bu is not None:

@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from labelsmooth.ops._math import acc_dtype, apply_softcap, finite_or_zero
+from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref
 
 #: Smallest logits (elements) for which the compiled kernels are used under "auto": 4 Mi elements.
 MIN_NUMEL = 1 << 22
@@ -58,31 +58,34 @@ def use_inductor(x: torch.Tensor) -> bool:
     return m == "inductor" or x.numel() >= MIN_NUMEL
 
 
-def _stats(x, y, s, mask, softcap: float | None, want_sx: bool):
+def _stats(x, y, s, share_on, mask, softcap: float | None, want_sx: bool):
     xf = apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
     m = xf.amax(1)
-    # exponentials are taken relative to a finite reference so that an all −inf row gives
-    # sumexp = 0 and lse = m + log(sumexp) = −inf (as torch.logsumexp), not nan
-    ref = finite_or_zero(m)
-    sumexp = torch.exp(xf - ref[:, None]).sum(1)
+    # everything relative to the row's reference (its max; 0 for an all −inf row, whose sumexp
+    # is then 0 and lse −inf as torch.logsumexp's): float32 keeps its digits at large offsets
+    ref = row_ref(m)
+    d = ref[:, None] - xf
+    sumexp = torch.exp(-d).sum(1)
     x_y = xf.gather(1, y[:, None])[:, 0]
     if mask is not None:
         x_y = torch.where(mask, x_y, torch.zeros_like(x_y))
     if not want_sx:
         sx = torch.zeros_like(m)
-    elif s is not None:
-        sx = (xf * s[None, :]).sum(1)
-    else:
-        sx = xf.sum(1)
+    elif s is None:
+        sx = d.sum(1)
+    elif share_on is None:
+        sx = (d * s[None, :]).sum(1)
+    else:  # a zero share counts 0 even at a −inf logit (0·log 0 = 0)
+        sx = torch.where(share_on[None, :], d * s[None, :], torch.zeros((), dtype=d.dtype)).sum(1)
     return m, sumexp, x_y, sx
 
 
-def _grad_value(x, y, lse, a, bt, b, s, bu, live, softcap: float | None):
+def _grad_value(x, y, ref, a, bt, b, s, bu, live, softcap: float | None):
     xf = x.to(acc_dtype(x.dtype))
     if softcap is not None:
         t = torch.tanh(xf / softcap)
         xf = softcap * t
-    g = torch.exp(xf - lse[:, None]) * a[:, None]
+    g = torch.exp(xf - ref[:, None]) * a[:, None]
     if s is not None:
         g = g - b[:, None] * s[None, :]
     elif bu is not None:
@@ -96,12 +99,12 @@ def _grad_value(x, y, lse, a, bt, b, s, bu, live, softcap: float | None):
     return g.to(x.dtype)
 
 
-def _grad_into(x, y, lse, a, bt, b, s, bu, live, out, softcap: float | None):
-    out.copy_(_grad_value(x, y, lse, a, bt, b, s, bu, live, softcap))
+def _grad_into(x, y, ref, a, bt, b, s, bu, live, out, softcap: float | None):
+    out.copy_(_grad_value(x, y, ref, a, bt, b, s, bu, live, softcap))
 
 
-def _grad_inplace(x, y, lse, a, bt, b, s, bu, live, softcap: float | None):
-    x.copy_(_grad_value(x, y, lse, a, bt, b, s, bu, live, softcap))
+def _grad_inplace(x, y, ref, a, bt, b, s, bu, live, softcap: float | None):
+    x.copy_(_grad_value(x, y, ref, a, bt, b, s, bu, live, softcap))
 
 
 def _compiled(name: str, fn):
@@ -149,15 +152,22 @@ def _run(name: str, fn, *args):
     return True, out
 
 
-def stats(x, y, s, mask, softcap, want_sx):
-    """(ok, (m, sumexp, x_y, sx_unscaled)) — see :func:`._fused_chunks.row_partials`."""
-    return _run("stats", _stats, x, y, s, mask, softcap, want_sx)
+def stats(x, y, s, share_on, mask, softcap, want_sx):
+    """(ok, (m, sumexp, x_y, dsx_unscaled)) — see :func:`._fused_chunks.row_partials`.
+
+    ``share_on``: (K,) bool, False where the share is 0 (None when no share is 0).
+    """
+    return _run("stats", _stats, x, y, s, share_on, mask, softcap, want_sx)
 
 
-def grad(x, y, lse, a, bt, b, s, bu, softcap, out, live):
-    """ok — writes ``out`` (which may be ``x``); rows where ``live`` is False get 0."""
+def grad(x, y, ref, a, bt, b, s, bu, softcap, out, live):
+    r"""ok — writes ``out`` (which may be ``x``); rows where ``live`` is False get 0.
+
+    The probability term is :math:`a_n e^{x'_{n,j} - \mathrm{ref}_n}` (the caller folds the
+    1/sumexp of a row-relative lse into ``a``).
+    """
     if out is x:
-        ok, _ = _run("grad_inplace", _grad_inplace, x, y, lse, a, bt, b, s, bu, live, softcap)
+        ok, _ = _run("grad_inplace", _grad_inplace, x, y, ref, a, bt, b, s, bu, live, softcap)
     else:
-        ok, _ = _run("grad_into", _grad_into, x, y, lse, a, bt, b, s, bu, live, out, softcap)
+        ok, _ = _run("grad_into", _grad_into, x, y, ref, a, bt, b, s, bu, live, out, softcap)
     return ok

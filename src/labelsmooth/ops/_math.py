@@ -4,9 +4,12 @@ One home for each so that the engines cannot drift apart:
 
 * :func:`acc_dtype` — the accumulation dtype rule;
 * :func:`apply_softcap` — :math:`c\tanh(x/c)`;
-* :func:`finite_or_zero` — the finite reference of a running max;
+* :func:`row_ref` — the reference point (the row max, 0 for an all −inf row) that every row
+  statistic is taken relative to, so float32 keeps its precision at large logits;
+* :func:`shift_sum` — move a share-weighted sum :math:`\sum_c s_c(r - x_c)` to another reference;
 * :func:`merge_max_sumexp` — the online merge of two (max, sum of exponentials) partials;
-* :func:`row_loss` — :math:`ct(\mathrm{lse}-x_y) + cs(S\,\mathrm{lse}-\sum_c s_c x_c) + cz\,\mathrm{lse}^2`;
+* :func:`row_loss` — :math:`ct(\mathrm{lse}-x_y) + cs(S\,\mathrm{lse}-\sum_c s_c x_c) + cz\,\mathrm{lse}^2`,
+  evaluated relative to the row max;
 * :func:`grad_coef` — the coefficient of :math:`p` in the gradient, :math:`ct + cs\,S + 2\,cz\,\mathrm{lse}`.
 
 All are plain differentiable tensor expressions with no host-device sync.
@@ -24,6 +27,8 @@ __all__ = [
     "grad_coef",
     "merge_max_sumexp",
     "row_loss",
+    "row_ref",
+    "shift_sum",
 ]
 
 
@@ -48,9 +53,7 @@ def apply_softcap(x: Tensor, c: float | None) -> Tensor:
 
 
 def finite_or_zero(m: Tensor) -> Tensor:
-    """``m`` with ±inf replaced by 0 (NaN kept): the reference point for exponentials.
-
-    Exponentials taken relative to it stay finite for an all −inf row (sumexp 0, lse −inf).
+    """``m`` with ±inf replaced by 0 (NaN kept).
 
     Examples:
         >>> finite_or_zero(torch.tensor([1.5, -float("inf"), float("inf")]))
@@ -59,16 +62,48 @@ def finite_or_zero(m: Tensor) -> Tensor:
     return torch.where(torch.isinf(m), torch.zeros_like(m), m)
 
 
+def row_ref(m: Tensor) -> Tensor:
+    r"""The reference point of a row's exponentials: its max ``m``, with −inf replaced by 0.
+
+    Every engine takes the row's statistics relative to it — :math:`\sum_c e^{x_c - r}`,
+    :math:`r - x_y`, :math:`\sum_c s_c (r - x_c)` — so their rounding errors stay at the scale of
+    the loss, not of the logits (a row offset by 1e6 loses nothing). An all −inf row gets 0
+    (sum 0, lse −inf, as :func:`torch.logsumexp`). A row holding +inf or NaN keeps its max, so
+    its sum of exponentials is NaN and so are its loss and gradient, as in PyTorch.
+
+    Examples:
+        >>> row_ref(torch.tensor([1.5, -float("inf"), float("inf")]))
+        tensor([1.5000, 0.0000,    inf])
+    """
+    return torch.where(m == -torch.inf, torch.zeros_like(m), m)
+
+
+def shift_sum(d: Tensor, S: Tensor | float, old: Tensor, new: Tensor) -> Tensor:
+    r"""Move :math:`d = \sum_c s_c (r_{old} - x_c)` to the reference ``new``: :math:`d + S(r_{new} - r_{old})`.
+
+    ``S`` is :math:`\sum_c s_c` over the same classes; a part with ``S == 0`` (no smoothing mass,
+    an empty block) is returned unchanged, so no ``0·inf`` appears.
+
+    Examples:
+        >>> shift_sum(torch.tensor([1.0]), 2.0, torch.tensor([3.0]), torch.tensor([5.0]))
+        tensor([5.])
+    """
+    moved = d + S * (new - old)
+    if isinstance(S, Tensor):
+        return torch.where(S == 0, d, moved)
+    return d if S == 0 else moved
+
+
 def merge_max_sumexp(m1: Tensor, e1: Tensor, m2: Tensor, e2: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Merge two partials (max, Σexp relative to ``finite_or_zero(max)``) of the same rows.
+    r"""Merge two partials (max, Σexp relative to ``row_ref(max)``) of the same rows.
 
     .. math::
 
         m = \max(m_1, m_2), \quad e = e_1 e^{\bar m_1 - \bar m} + e_2 e^{\bar m_2 - \bar m},
-        \quad \bar m = \mathrm{finite\_or\_zero}(m)
+        \quad \bar m = \mathrm{row\_ref}(m)
 
-    A part with sum 0 (all −inf, or empty) adds exactly 0, so a ``+inf`` max or an empty block
-    never produces ``0·inf = nan``; :math:`\bar m + \log e` is then the lse of the union.
+    A part with sum 0 (all −inf, or empty) adds exactly 0; :math:`\bar m + \log e` is then the
+    lse of the union (NaN when a part holds +inf, as :func:`row_ref` says).
 
     Examples:
         >>> a, b = torch.tensor([[0.0, 1.0]]), torch.tensor([[3.0, -float("inf")]])
@@ -77,43 +112,57 @@ def merge_max_sumexp(m1: Tensor, e1: Tensor, m2: Tensor, e2: Tensor) -> tuple[Te
         True
     """
     m = torch.maximum(m1, m2)
-    ref = finite_or_zero(m)
+    ref = row_ref(m)
     zero = torch.zeros_like(e1)
-    e = torch.where(e1 == 0, zero, e1 * torch.exp(finite_or_zero(m1) - ref)) + torch.where(
-        e2 == 0, zero, e2 * torch.exp(finite_or_zero(m2) - ref)
+    e = torch.where(e1 == 0, zero, e1 * torch.exp(row_ref(m1) - ref)) + torch.where(
+        e2 == 0, zero, e2 * torch.exp(row_ref(m2) - ref)
     )
     return m, e
 
 
 def row_loss(
-    lse: Tensor,
+    ref: Tensor,
+    lse_rel: Tensor,
     x_y: Tensor,
-    sx: Tensor | None,
+    dsx: Tensor | None,
     S: Tensor | float,
     ct: Tensor,
     cs: Tensor | None,
     cz: Tensor | None,
 ) -> Tensor:
-    r"""Per-row loss :math:`ct(\mathrm{lse}-x_y) + cs(S\,\mathrm{lse} - sx) + cz\,\mathrm{lse}^2`.
+    r"""Per-row loss from statistics taken relative to the row's reference :math:`r` (its max).
+
+    .. math::
+
+        \ell = ct\,\big((r - x_y) + L\big) + cs\,\Big(\sum_c s_c (r - x_c) + S\,L\Big)
+                + cz\,(r + L)^2, \qquad L = \log \sum_c e^{x_c - r}
+
+    which is :math:`ct(\mathrm{lse}-x_y) + cs(S\,\mathrm{lse}-\sum_c s_c x_c) + cz\,\mathrm{lse}^2`
+    without its cancellation: every term is at the scale of the loss, whatever the logits'
+    offset. A target term with ``ct == 0`` is exactly 0 even at a −inf target logit (0·log 0 = 0).
 
     Args:
-        lse: (R,) log-sum-exp of the (soft-capped) logits.
+        ref: (R,) the reference :func:`row_ref` of the row max.
+        lse_rel: (R,) :math:`L`, the log of the sum of exponentials relative to ``ref``.
         x_y: (R,) target logit (0 on ignored rows).
-        sx: (R,) :math:`\sum_c s_c x_c`, or None when there is no smoothing term.
+        dsx: (R,) :math:`\sum_c s_c (r - x_c)` (zero-share classes counting 0), or None when there
+            is no smoothing term.
         S: :math:`\sum_c s_c` (tensor or float; global when the vocabulary is sharded).
         ct, cs, cz: (R,) coefficients; ``cs``/``cz`` None drop their term.
 
     Examples:
         >>> one = torch.ones(1)
-        >>> row_loss(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([3.0]), 2.0,
-        ...          one, 0.5 * one, 0.25 * one)
+        >>> row_loss(torch.tensor([1.5]), torch.tensor([0.5]), torch.tensor([1.0]),
+        ...          torch.tensor([0.0]), 2.0, one, 0.5 * one, 0.25 * one)
         tensor([2.5000])
     """
-    loss = ct * (lse - x_y)
-    if sx is not None and cs is not None:
-        loss = loss + cs * (S * lse - sx)
+    dy = ref - x_y
+    dy = torch.where(ct == 0, torch.zeros_like(dy), dy)
+    loss = ct * (dy + lse_rel)
+    if dsx is not None and cs is not None:
+        loss = loss + cs * (dsx + S * lse_rel)
     if cz is not None:
-        loss = loss + cz * lse.square()
+        loss = loss + cz * (ref + lse_rel).square()
     return loss
 
 

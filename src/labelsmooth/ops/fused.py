@@ -65,7 +65,7 @@ from labelsmooth.ops._fused_chunks import (  # noqa: F401  (re-exported primitiv
     grad_rows,
     row_partials,
 )
-from labelsmooth.ops._math import apply_softcap, grad_coef, row_loss
+from labelsmooth.ops._math import apply_softcap, grad_coef, row_loss, row_ref
 
 __all__ = ["grad_rows", "index_rows", "is_available", "prob_rows", "row_partials"]
 
@@ -98,25 +98,27 @@ def _index_fwd(
     cz: Optional[Tensor],
     softcap: Optional[float],
     inplace: bool,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     acc = acc_dtype(x.dtype)
-    m, sumexp, x_y, sx = row_partials(x, y, s, s_uniform, softcap)
-    lse = m + sumexp.log()
+    m, sumexp, x_y, dsx = row_partials(x, y, s, s_uniform, softcap)
+    ref, lse_rel = row_ref(m), sumexp.log()  # lse = ref + lse_rel, kept apart (precision)
     smoothing = s is not None or s_uniform != 0.0
     big_s = _shares_sum(s, s_uniform, x.shape[1], acc)
-    return row_loss(lse, x_y, sx if smoothing else None, big_s, ct, cs, cz), lse
+    loss = row_loss(ref, lse_rel, x_y, dsx if smoothing else None, big_s, ct, cs, cz)
+    return loss, ref, lse_rel
 
 
 @_index_fwd.register_fake
 def _(x, y, ct, cs, s, s_uniform, cz, softcap, inplace):
     acc = acc_dtype(x.dtype)
-    return x.new_empty(x.shape[:1], dtype=acc), x.new_empty(x.shape[:1], dtype=acc)
+    return tuple(x.new_empty(x.shape[:1], dtype=acc) for _ in range(3))
 
 
-def _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, out):
+def _index_grad(grad, x, y, ref, lse_rel, ct, cs, s, s_uniform, cz, softcap, out):
     acc = acc_dtype(x.dtype)
-    coef_p = grad_coef(lse, _shares_sum(s, s_uniform, x.shape[1], acc), ct, cs, cz)
-    return grad_rows(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad.to(acc), out=out)
+    coef_p = grad_coef(ref + lse_rel, _shares_sum(s, s_uniform, x.shape[1], acc), ct, cs, cz)
+    return grad_rows(x, y, lse_rel, coef_p, ct, cs, s, s_uniform, softcap, grad.to(acc), out=out,
+                     ref=ref)
 
 
 @torch.library.custom_op("labelsmooth::fused_index_bwd", mutates_args=())
@@ -124,6 +126,7 @@ def _index_bwd(
     grad: Tensor,
     x: Tensor,
     y: Tensor,
+    ref: Tensor,
     lse: Tensor,
     ct: Tensor,
     cs: Tensor,
@@ -132,11 +135,11 @@ def _index_bwd(
     cz: Optional[Tensor],
     softcap: Optional[float],
 ) -> Tensor:
-    return _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, None)
+    return _index_grad(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap, None)
 
 
 @_index_bwd.register_fake
-def _(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap):
+def _(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -145,6 +148,7 @@ def _index_bwd_inplace(
     grad: Tensor,
     x: Tensor,
     y: Tensor,
+    ref: Tensor,
     lse: Tensor,
     ct: Tensor,
     cs: Tensor,
@@ -153,19 +157,19 @@ def _index_bwd_inplace(
     cz: Optional[Tensor],
     softcap: Optional[float],
 ) -> None:
-    _index_grad(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap, x)
+    _index_grad(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap, x)
 
 
 @_index_bwd_inplace.register_fake
-def _(grad, x, y, lse, ct, cs, s, s_uniform, cz, softcap):
+def _(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap):
     return None
 
 
 def _index_setup(ctx, inputs, output):
     x, y, ct, cs, s, s_uniform, cz, softcap, inplace = inputs
-    _, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(x, y, lse, ct, cs, s, cz)
+    _, ref, lse_rel = output
+    ctx.mark_non_differentiable(ref, lse_rel)
+    ctx.save_for_backward(x, y, ref, lse_rel, ct, cs, s, cz)
     ctx.s_uniform, ctx.softcap = s_uniform, softcap
     ctx.inplace = inplace and may_write_in_place(x)
 
@@ -186,9 +190,11 @@ def _index_grad_differentiable(grad, x, y, ct, cs, s, s_uniform, cz, softcap):
     small-scale use (gradient penalties, gradcheck), so only the first order is fused.
     """
     xf, d = _capped(x, softcap)
-    lse = torch.logsumexp(xf, 1)
-    coef = grad_coef(lse, _shares_sum(s, s_uniform, x.shape[1], xf.dtype), ct, cs, cz)
-    g = coef[:, None] * torch.exp(xf - lse[:, None])
+    ref = row_ref(xf.detach().amax(1))
+    z = xf - ref[:, None]
+    lse_rel = torch.logsumexp(z, 1)
+    coef = grad_coef(ref + lse_rel, _shares_sum(s, s_uniform, x.shape[1], xf.dtype), ct, cs, cz)
+    g = coef[:, None] * torch.exp(z - lse_rel[:, None])
     if s is not None:
         g = g - cs[:, None] * s.to(xf.dtype)[None, :]
     elif s_uniform != 0.0:
@@ -199,22 +205,22 @@ def _index_grad_differentiable(grad, x, y, ct, cs, s, s_uniform, cz, softcap):
     return (grad.to(xf.dtype)[:, None] * g).to(x.dtype)
 
 
-def _index_backward(ctx, grad_loss, grad_lse):
-    x, y, lse, ct, cs, s, cz = ctx.saved_tensors
+def _index_backward(ctx, grad_loss, grad_ref, grad_lse):
+    x, y, ref, lse, ct, cs, s, cz = ctx.saved_tensors
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         # create_graph=True: a differentiable (unfused, never in-place) gradient
         gx = _index_grad_differentiable(grad_loss, x, y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap)
         return gx, None, None, None, None, None, None, None, None
     if ctx.inplace:
         torch.ops.labelsmooth.fused_index_bwd_(
-            grad_loss, x, y, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap
+            grad_loss, x, y, ref, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap
         )
         if not torch.compiler.is_compiling():
             _mark_consumed(x)
         gx = x
     else:
         gx = torch.ops.labelsmooth.fused_index_bwd(
-            grad_loss, x, y, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap
+            grad_loss, x, y, ref, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap
         )
     return gx, None, None, None, None, None, None, None, None
 
@@ -255,15 +261,22 @@ def index_rows(
     """
     if not torch.compiler.is_compiling():
         _check_not_consumed(x)
-    return _index_fwd(x, y, ct, cs, s, float(s_uniform), cz, softcap, bool(inplace_backward))
+    loss, ref, lse_rel = _index_fwd(
+        x, y, ct, cs, s, float(s_uniform), cz, softcap, bool(inplace_backward)
+    )
+    return loss, ref + lse_rel
 
 
 # --------------------------------------------------------------------------------------------
 # Probability targets.
 
 
-def _prob_sums(x, t, w, a, b, b_uniform, softcap):
-    """Per row Q = Σ_c q_c and Σ_c q_c x'_c with q = w (a t + b), chunked."""
+def _prob_sums(x, t, w, a, b, b_uniform, softcap, ref):
+    """Per row Q = Σ_c q_c and Σ_c q_c (ref − x'_c) with q = w (a t + b), chunked.
+
+    Relative to the row reference (its max) so that float32 keeps its digits at large logits; a
+    class with q_c = 0 counts 0 even at a −inf logit (0·log 0 = 0).
+    """
     rows, cols = x.shape
     acc = acc_dtype(x.dtype)
     big_q = torch.zeros(rows, dtype=acc, device=x.device)
@@ -279,9 +292,9 @@ def _prob_sums(x, t, w, a, b, b_uniform, softcap):
             q = q + (bv[c0:c1] if bv is not None else b_uniform)
             if wv is not None:
                 q = q * wv[c0:c1]
-            xf = apply_softcap(x[r0:r1, c0:c1].to(acc), softcap)
+            d = ref[r0:r1, None] - apply_softcap(x[r0:r1, c0:c1].to(acc), softcap)
             big_q[r0:r1] += q.sum(1)
-            qx[r0:r1] += (q * xf).sum(1)
+            qx[r0:r1] += torch.where(q == 0, 0.0, q * d).sum(1)
     return big_q, qx
 
 
@@ -297,32 +310,36 @@ def _prob_fwd(
     cz: Optional[Tensor],
     softcap: Optional[float],
     inplace: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     m, sumexp, _, _ = row_partials(
         x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), None, 0.0, softcap
     )
-    lse = m + sumexp.log()
-    big_q, qx = _prob_sums(x, t, w, a, b, b_uniform, softcap)
-    loss = rs * (big_q * lse - qx)
+    ref, lse_rel = row_ref(m), sumexp.log()
+    big_q, qd = _prob_sums(x, t, w, a, b, b_uniform, softcap, ref)
+    loss = rs * (qd + big_q * lse_rel)
     if cz is not None:
-        loss = loss + cz * lse.square()
-    return loss, lse, big_q  # Q is saved for the backward, which then never reads t for it
+        loss = loss + cz * (ref + lse_rel).square()
+    # Q is saved for the backward, which then never reads t for it
+    return loss, ref, lse_rel, big_q
 
 
 @_prob_fwd.register_fake
 def _(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace):
     acc = acc_dtype(x.dtype)
-    return tuple(x.new_empty(x.shape[:1], dtype=acc) for _ in range(3))
+    return tuple(x.new_empty(x.shape[:1], dtype=acc) for _ in range(4))
 
 
 def _prob_grad(
-    grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t, out, want_dx=True
+    grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t, out, want_dx=True
 ):
-    """(dx, dt): dx = g (cp p − rs q) x'′, cp = rs Q + 2 cz lse; dt = g rs a w (lse − x')."""
+    """(dx, dt): dx = g (cp p − rs q) x'′, cp = rs Q + 2 cz lse; dt = g rs a w (lse − x').
+
+    ``lse`` is relative to ``ref`` (the row max): p = exp((x' − ref) − lse).
+    """
     rows, cols = x.shape
     acc = acc_dtype(x.dtype)
     grad = grad.to(acc)
-    coef = grad_coef(lse, 1.0, torch.zeros_like(lse), rs * big_q, cz)
+    coef = grad_coef(ref + lse, 1.0, torch.zeros_like(lse), rs * big_q, cz)
     gp = (grad * coef)[:, None]
     gq = (grad * rs)[:, None]
     if out is None and want_dx:
@@ -344,6 +361,7 @@ def _prob_grad(
             q = tq + (bv[c0:c1] if bv is not None else b_uniform)
             if wv is not None:
                 q = q * wv[c0:c1]
+            xf = xf - ref[r0:r1, None]  # relative to the row max from here on
             if dt is not None:
                 dtb = gq[r0:r1] * a * (lse[r0:r1, None] - xf)
                 if wv is not None:
@@ -363,6 +381,7 @@ def _prob_bwd(
     grad: Tensor,
     x: Tensor,
     t: Tensor,
+    ref: Tensor,
     lse: Tensor,
     big_q: Tensor,
     w: Optional[Tensor],
@@ -374,12 +393,14 @@ def _prob_bwd(
     softcap: Optional[float],
     need_t: bool,
 ) -> tuple[Tensor, Tensor]:
-    dx, dt = _prob_grad(grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t, None)
+    dx, dt = _prob_grad(
+        grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t, None
+    )
     return dx, (dt if dt is not None else t.new_empty(0))
 
 
 @_prob_bwd.register_fake
-def _(grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t):
+def _(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t):
     dt = torch.empty_like(t, memory_format=torch.contiguous_format) if need_t else t.new_empty(0)
     return torch.empty_like(x, memory_format=torch.contiguous_format), dt
 
@@ -389,6 +410,7 @@ def _prob_bwd_inplace(
     grad: Tensor,
     x: Tensor,
     t: Tensor,
+    ref: Tensor,
     lse: Tensor,
     big_q: Tensor,
     w: Optional[Tensor],
@@ -404,22 +426,23 @@ def _prob_bwd_inplace(
     dt = None
     if need_t:
         _, dt = _prob_grad(
-            grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, True, None, want_dx=False
+            grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, True, None,
+            want_dx=False,
         )
-    _prob_grad(grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, False, x)
+    _prob_grad(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, False, x)
     return dt if dt is not None else t.new_empty(0)
 
 
 @_prob_bwd_inplace.register_fake
-def _(grad, x, t, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t):
+def _(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t):
     return torch.empty_like(t, memory_format=torch.contiguous_format) if need_t else t.new_empty(0)
 
 
 def _prob_setup(ctx, inputs, output):
     x, t, w, a, b, b_uniform, rs, cz, softcap, inplace = inputs
-    _, lse, big_q = output
-    ctx.mark_non_differentiable(lse, big_q)
-    ctx.save_for_backward(x, t, lse, big_q, w, b, rs, cz)
+    _, ref, lse, big_q = output
+    ctx.mark_non_differentiable(ref, lse, big_q)
+    ctx.save_for_backward(x, t, ref, lse, big_q, w, b, rs, cz)
     ctx.a, ctx.b_uniform, ctx.softcap = a, b_uniform, softcap
     ctx.inplace = inplace and may_write_in_place(x)
 
@@ -427,11 +450,13 @@ def _prob_setup(ctx, inputs, output):
 def _prob_grad_differentiable(grad, x, t, w, a, b, b_uniform, rs, cz, softcap, need_t):
     """Differentiable (dx, dt) for double backward; see :func:`_index_grad_differentiable`."""
     xf, d = _capped(x, softcap)
+    ref = row_ref(xf.detach().amax(1))
+    xf = xf - ref[:, None]  # relative to the row max (precision at large logits)
     lse = torch.logsumexp(xf, 1)
     q = a * t.to(xf.dtype) + (b.to(xf.dtype) if b is not None else b_uniform)
     if w is not None:
         q = q * w.to(xf.dtype)
-    coef = grad_coef(lse, 1.0, torch.zeros_like(lse), rs * q.sum(1), cz)
+    coef = grad_coef(ref + lse, 1.0, torch.zeros_like(lse), rs * q.sum(1), cz)
     g = grad.to(xf.dtype)[:, None]
     dx = g * (coef[:, None] * torch.exp(xf - lse[:, None]) - rs[:, None] * q)
     if d is not None:
@@ -445,8 +470,8 @@ def _prob_grad_differentiable(grad, x, t, w, a, b, b_uniform, rs, cz, softcap, n
     return dx.to(x.dtype), dt
 
 
-def _prob_backward(ctx, grad_loss, grad_lse, grad_q):
-    x, t, lse, big_q, w, b, rs, cz = ctx.saved_tensors
+def _prob_backward(ctx, grad_loss, grad_ref, grad_lse, grad_q):
+    x, t, ref, lse, big_q, w, b, rs, cz = ctx.saved_tensors
     need_t = bool(ctx.needs_input_grad[1])
     if not ctx.needs_input_grad[0] and not torch.compiler.is_compiling():
         # only the targets need a gradient: never touch (let alone overwrite) the logits
@@ -455,6 +480,7 @@ def _prob_backward(ctx, grad_loss, grad_lse, grad_q):
                 grad_loss,
                 x,
                 t,
+                ref,
                 lse,
                 big_q,
                 w,
@@ -474,7 +500,9 @@ def _prob_backward(ctx, grad_loss, grad_lse, grad_q):
             grad_loss, x, t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t
         )
         return dx, dt, None, None, None, None, None, None, None, None
-    args = (grad_loss, x, t, lse, big_q, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t)
+    args = (
+        grad_loss, x, t, ref, lse, big_q, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t
+    )
     if ctx.inplace:
         dt = torch.ops.labelsmooth.fused_prob_bwd_(*args)
         if not torch.compiler.is_compiling():
@@ -521,7 +549,7 @@ def prob_rows(
     """
     if not torch.compiler.is_compiling():
         _check_not_consumed(x)
-    loss, lse, _ = _prob_fwd(
+    loss, ref, lse_rel, _ = _prob_fwd(
         x, t, w, float(a), b, float(b_uniform), rs, cz, softcap, bool(inplace_backward)
     )
-    return loss, lse
+    return loss, ref + lse_rel

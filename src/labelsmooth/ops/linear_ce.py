@@ -65,7 +65,14 @@ import torch
 from labelsmooth import _validation as V
 from labelsmooth import ops
 from labelsmooth.functional import IndexPlan, LossOptions, finish_index
-from labelsmooth.ops._math import acc_dtype, grad_coef, merge_max_sumexp, row_loss
+from labelsmooth.ops._math import (
+    acc_dtype,
+    grad_coef,
+    merge_max_sumexp,
+    row_loss,
+    row_ref,
+    shift_sum,
+)
 
 MiB = 1 << 20
 #: Default bytes for one chunk of logits on the CPU and other non-CUDA devices.
@@ -282,22 +289,31 @@ def run_chunks(
     *,
     row_scale: torch.Tensor | None = None,
     grads: _Grads | None = None,
-    lse_known: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Walk the logits chunk by chunk; return the per-row ``(loss, lse)`` in the accumulation dtype.
+    lse_known: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Walk the logits chunk by chunk; return the per-row ``(loss, ref, lse_rel)``.
+
+    All three in the accumulation dtype; :math:`\\mathrm{lse} = \\mathrm{ref} + \\mathrm{lse\\_rel}`
+    with ``ref`` the row max (:func:`~labelsmooth.ops._math.row_ref`; 0 with the ``"op"`` engines,
+    whose lse is absolute), kept apart so that float32 keeps its digits at large logits.
 
     With ``grads`` given, also write :math:`\\mathrm{row\\_scale}_n\\,\\partial\\ell_n/\\partial x`
     through the three matmuls into ``grads``. With ``lse_known`` (a recomputing backward) the
-    statistics pass is skipped and the returned loss is meaningless.
+    statistics pass is skipped and the returned loss is meaningless; it is the ``(ref, lse_rel)``
+    pair a forward returned.
     """
     kind, mod = engine
     n, _ = h.shape
     vocab = w.shape[0]
     acc = acc_dtype(h.dtype)
     loss = torch.zeros(n, dtype=acc, device=h.device)
-    lse = torch.empty(n, dtype=acc, device=h.device) if lse_known is None else lse_known
+    if lse_known is None:
+        ref = torch.zeros(n, dtype=acc, device=h.device)
+        lse = torch.empty(n, dtype=acc, device=h.device)
+    else:
+        ref, lse = lse_known
     if n == 0:
-        return loss, lse
+        return loss, ref, lse
     big_s = plan.s.sum() if plan.s is not None else plan.s_uniform * vocab
     smoothing = plan.s is not None or plan.s_uniform != 0.0
     rows, cols = chunks.rows, chunks.cols
@@ -331,7 +347,7 @@ def run_chunks(
         # The fused primitives, one vocabulary block at a time.
         blocks = [(c0, min(vocab, c0 + cols)) for c0 in range(0, vocab, cols)]
         if lse_known is None:
-            m = se = xy = sx = None
+            m = se = xy = sx = ref_c = s_seen = None
             keep = None
             for c0, c1 in blocks:
                 x = _logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
@@ -340,20 +356,25 @@ def run_chunks(
                 mask = (y >= c0) & (y < c1) if split else None
                 pm, pse, pxy, psx = mod.row_partials(x, y - c0 if split else y, s_blk,
                                                      plan.s_uniform, opts.softcap, mask)
+                # the block's share sum: its Σ s_c (ref − x_c) moves with the reference
+                s_b = s_blk.sum() if s_blk is not None else plan.s_uniform * (c1 - c0)
                 if m is None:
-                    m, se, xy, sx = pm, pse, pxy, psx
-                else:  # online merge of (max, Σexp) across vocabulary blocks
+                    m, se, xy, sx, ref_c, s_seen = pm, pse, pxy, psx, row_ref(pm), s_b
+                else:  # online merge of (max, Σexp, Σ s(ref − x)) across vocabulary blocks
                     m, se = merge_max_sumexp(m, se, pm, pse)
-                    xy, sx = xy + pxy, sx + psx
+                    new_ref = row_ref(m)
+                    sx = shift_sum(sx, s_seen, ref_c, new_ref) + shift_sum(psx, s_b, row_ref(pm),
+                                                                            new_ref)
+                    xy, ref_c, s_seen = xy + pxy, new_ref, s_seen + s_b
                 keep = x
-            lse_c = m + torch.log(se)
-            loss[rsl] = row_loss(lse_c, xy, sx if smoothing else None, big_s, ct, cs, cz)
-            lse[rsl] = lse_c
+            lse_c = torch.log(se)
+            loss[rsl] = row_loss(ref_c, lse_c, xy, sx if smoothing else None, big_s, ct, cs, cz)
+            ref[rsl], lse[rsl] = ref_c, lse_c
         else:
-            lse_c, keep = lse_known[rsl], None
+            ref_c, lse_c, keep = ref[rsl], lse[rsl], None
         if grads is None:
             continue
-        coef_p = grad_coef(lse_c, big_s, ct, cs if smoothing else None, cz)
+        coef_p = grad_coef(ref_c + lse_c, big_s, ct, cs if smoothing else None, cz)
         dh_acc = torch.zeros(r1 - r0, h.shape[1], dtype=acc, device=h.device) \
             if split and grads.dh is not None else None
         for c0, c1 in blocks:
@@ -365,11 +386,11 @@ def run_chunks(
             s_blk = plan.s[c0:c1] if plan.s is not None else None
             mask = (y >= c0) & (y < c1) if split else None
             g = mod.grad_rows(x, y - c0 if split else y, lse_c, coef_p, ct, cs, s_blk,
-                              plan.s_uniform, opts.softcap, row_scale[rsl], mask, out=x)
+                              plan.s_uniform, opts.softcap, row_scale[rsl], mask, out=x, ref=ref_c)
             _accumulate(g, hc, w, grads, rsl, slice(c0, c1), dh_acc, dw_cols)
         if dh_acc is not None:
             grads.dh[rsl] = dh_acc
-    return loss, lse
+    return loss, ref, lse
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,18 +431,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(w.shape, dtype=acc, device=w.device) if needs[1] else None,
                 torch.zeros(w.shape[0], dtype=acc, device=w.device) if needs[2] else None,
             )
-            loss_rows, lse = run_chunks(engine, h, w, b, plan, opts, chunks, row_scale=scale,
-                                        grads=grads)
+            loss_rows, ref, lse = run_chunks(engine, h, w, b, plan, opts, chunks,
+                                             row_scale=scale, grads=grads)
             ctx.grads = grads
         else:
-            loss_rows, lse = run_chunks(engine, h, w, b, plan, opts, chunks)
-        ctx.save_for_backward(h, w, b, lse)
-        return _reduced(loss_rows, lse, plan, opts, out_shape, out_dtype)
+            loss_rows, ref, lse = run_chunks(engine, h, w, b, plan, opts, chunks)
+        ctx.save_for_backward(h, w, b, ref, lse)
+        return _reduced(loss_rows, ref + lse, plan, opts, out_shape, out_dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        h, w, b, lse = ctx.saved_tensors
+        h, w, b, ref, lse = ctx.saved_tensors
         grads, ctx.grads = ctx.grads, None  # hand the buffers to autograd exactly once
         if grads is None:
             # Recompute: the upstream gradient (per row for "none") is folded in before GᵀH.
@@ -437,7 +458,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(w.shape, dtype=ctx.acc, device=w.device) if needs[1] else None,
                 torch.zeros(w.shape[0], dtype=ctx.acc, device=w.device) if needs[2] else None,
             )
-            known = lse if ctx.engine[0] == "fused" else None
+            known = (ref, lse) if ctx.engine[0] == "fused" else None
             run_chunks(ctx.engine, h, w, b, ctx.plan, ctx.opts, ctx.chunks, row_scale=scale,
                        grads=grads, lse_known=known)
         else:
@@ -477,9 +498,9 @@ def linear_index_loss(
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _LinearCrossEntropy.apply(h, w, b, engine, plan, opts, chunks, out_shape, h.dtype,
                                          grad_in_forward)
-    loss_rows, lse = run_chunks(engine, h.detach(), w.detach(),
-                                b.detach() if b is not None else None, plan, opts, chunks)
-    return _reduced(loss_rows, lse, plan, opts, out_shape, h.dtype)
+    loss_rows, ref, lse = run_chunks(engine, h.detach(), w.detach(),
+                                     b.detach() if b is not None else None, plan, opts, chunks)
+    return _reduced(loss_rows, ref + lse, plan, opts, out_shape, h.dtype)
 
 
 def check_chunking(chunk_size: object, memory_budget: object) -> None:

@@ -10,11 +10,27 @@ from __future__ import annotations
 
 import torch
 
-from labelsmooth.ops._math import acc_dtype, apply_softcap
+from labelsmooth.ops._math import acc_dtype, apply_softcap, row_loss, row_ref
 
 
 def _prepare(x: torch.Tensor, softcap: float | None) -> torch.Tensor:
     return apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
+
+
+def _shifted(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ref, z, L): the row reference (its max), z = x − ref (differentiable), L = logsumexp(z).
+
+    Every quantity relative to the row max, as in the other engines: the loss is then accurate to
+    the scale of the loss, not of the logits (a float32 lse near 1e6 is off by up to 0.03).
+    """
+    ref = row_ref(xf.detach().amax(-1)) if xf.shape[-1] > 0 else xf.detach().sum(-1)
+    z = xf - ref[:, None]
+    return ref, z, torch.logsumexp(z, dim=-1)
+
+
+def _zero_mass(v: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """``v`` with 0 where ``mass`` is 0 and ``v`` is infinite: 0·log 0 counts as 0."""
+    return torch.where((mass == 0) & torch.isinf(v), torch.zeros((), dtype=v.dtype), v)
 
 
 def index_rows(
@@ -29,22 +45,21 @@ def index_rows(
     inplace_backward: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     xf = _prepare(x, softcap)
-    lse_out = torch.logsumexp(xf.detach(), dim=-1)
+    ref_out, _, lse_out = _shifted(xf.detach())
     # Rows without coefficients (ignored rows) are computed on zeroed logits, so that neither
     # their loss nor their gradient depends on what they hold (±inf padding would give nan).
     live = (ct != 0) | (cs != 0) if cz is None else (ct != 0) | (cs != 0) | (cz != 0)
     xf = torch.where(live[:, None], xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
-    lse = torch.logsumexp(xf, dim=-1)
+    ref, z, lse_rel = _shifted(xf)
     x_y = xf.gather(1, y[:, None])[:, 0]
-    loss = ct * (lse - x_y)
+    dsx, big_s = None, 0.0
     if s is not None:
         s = s.to(xf.dtype)
-        loss = loss + cs * (s.sum() * lse - xf @ s)
+        dsx, big_s = _zero_mass(-z, s[None, :]) @ s, s.sum()
     elif s_uniform != 0.0:
-        loss = loss + cs * (s_uniform * (xf.shape[-1] * lse - xf.sum(-1)))
-    if cz is not None:
-        loss = loss + cz * lse.square()
-    return loss, lse_out
+        dsx, big_s = s_uniform * (-z).sum(-1), s_uniform * xf.shape[-1]
+    loss = row_loss(ref, lse_rel, x_y, dsx, big_s, ct, cs, cz)
+    return loss, ref_out + lse_out
 
 
 def prob_rows(
@@ -63,9 +78,9 @@ def prob_rows(
     q = a * t.to(xf.dtype) + (b.to(xf.dtype) if b is not None else b_uniform)
     if w is not None:
         q = q * w.to(xf.dtype)
-    logp = torch.log_softmax(xf, dim=-1)
-    lse = torch.logsumexp(xf, dim=-1)
-    loss = rs * -(q * logp).sum(-1)
+    ref, z, lse_rel = _shifted(xf)
+    # Σ_c q_c (lse − x_c) = Σ_c q_c (ref − x_c) + Q·L, with 0·log 0 = 0 where q_c = 0
+    loss = rs * ((q * _zero_mass(-z, q)).sum(-1) + q.sum(-1) * lse_rel)
     if cz is not None:
-        loss = loss + cz * lse.square()
-    return loss, lse.detach()
+        loss = loss + cz * (ref + lse_rel).square()
+    return loss, (ref + lse_rel).detach()
