@@ -127,3 +127,13 @@ def test_bad_input(call, exc, words):
         call()
     for w in words:
         assert w in str(info.value), f"{w!r} not in {str(info.value)!r}"
+
+
+def test_refuses_logits_overwritten_by_an_in_place_backward():
+    """Issue 13.6: the same consumed-logits check every cross-entropy loss makes."""
+    h = torch.randn(3, 4, requires_grad=True) * 1.0  # an activation: written in place
+    ls.cross_entropy(h, torch.tensor([0, 1, 2]), inplace_backward=True, impl="fused").backward()
+    with pytest.raises(RuntimeError, match="`input`.*overwritten"):
+        ls.binary_cross_entropy_with_logits(h, torch.zeros(3, 4))
+    with pytest.raises(RuntimeError, match="`input`.*overwritten"):
+        ls.BCEWithLogitsLoss()(h, torch.zeros(3, 4))

@@ -841,16 +841,23 @@ def test_merge_max_sumexp_guards_infinite_and_empty_parts():
     m2, e2 = torch.tensor([inf, 3.0, -inf, -inf]), torch.tensor([1.0, 1.0, 0.0, 0.0])
     m, e = merge_max_sumexp(m1, e1, m2, e2)
     assert m.tolist() == [inf, 3.0, inf, 0.0]
-    assert not torch.isnan(e).any()
-    assert e[1] == 1.0 and e[3] == 1.0
+    assert e[1] == 1.0 and e[3] == 1.0  # an all −inf or empty part adds exactly 0
+    assert torch.isnan(e[[0, 2]]).all()  # a row holding +inf is NaN, as torch's log_softmax
 
 
 def test_row_loss_and_grad_coef_by_hand():
     from labelsmooth.ops._math import grad_coef, row_loss
 
-    lse, xy, sx = torch.tensor([2.0, -math.inf]), torch.tensor([1.0, 0.0]), torch.tensor([3.0, 0.0])
+    lse, xy = torch.tensor([2.0, -math.inf]), torch.tensor([1.0, 0.0])
+    ref, lse_rel = torch.tensor([1.5, 0.0]), torch.tensor([0.5, -math.inf])  # lse = ref + L
+    dsx = torch.tensor([0.0, 0.0])  # Σ s(ref − x) = S·ref − Σ s·x = 2·1.5 − 3
     ct, cs, cz = torch.tensor([0.9, 0.0]), torch.tensor([1.0, 0.0]), torch.tensor([0.5, 0.0])
-    # 0.9·(2−1) + 1·(2·2 − 3) + 0.5·4 = 3.9;  cp = 0.9 + 2 + 2·0.5·2 = 4.9
-    assert torch.allclose(row_loss(lse, xy, sx, 2.0, ct, cs, cz)[0], torch.tensor(3.9))
+    # 0.9·((1.5−1) + 0.5) + 1·(0 + 2·0.5) + 0.5·2² = 3.9, i.e. 0.9·(2−1) + (2·2 − 3) + 0.5·4
+    assert torch.allclose(row_loss(ref, lse_rel, xy, dsx, 2.0, ct, cs, cz)[0], torch.tensor(3.9))
+    # a target term with ct = 0 is 0 at a −inf target logit (0·log 0 = 0), not NaN
+    one = torch.ones(1)
+    zero_t = row_loss(torch.zeros(1), torch.zeros(1), torch.tensor([-math.inf]), None, 1.0,
+                      0 * one, None, None)
+    assert zero_t.tolist() == [0.0]
     cp = grad_coef(lse, 2.0, ct, cs, cz)
     assert torch.allclose(cp[0], torch.tensor(4.9)) and cp[1] == 0.0  # not 0·inf = nan

@@ -9,10 +9,11 @@ communicates per-row vectors only (O(N), never O(N·K)):
 
 1. every rank computes, in one fused pass over its shard, its row maximum :math:`m_r` and
    :math:`e_r = \sum_{c \in r} e^{x_c - m_r}`, its share of the target logit (non-zero on the
-   owning rank only) and of :math:`\sum_c s_c x_c`;
+   owning rank only) and of :math:`\sum_c s_c (m_r - x_c)`;
 2. one ``MAX`` all-reduce of :math:`m_r` gives the row maximum :math:`M`;
 3. one ``SUM`` all-reduce of the stacked rows
-   :math:`[e_r e^{m_r - M},\ x_y,\ \sum s_c x_c,\ w_y]` (each rank's share)
+   :math:`[e_r e^{m_r - M},\ x_y,\ \sum s_c (M - x_c),\ w_y]` (each rank's share; the
+   smoothing share moved to :math:`M` by adding :math:`S_r (M - m_r)`)
    (plus the scalar :math:`S` share when the shares are not uniform) gives
    :math:`\mathrm{lse} = M + \log\sum_r e_r e^{m_r - M}` and the rest.
 
@@ -27,7 +28,10 @@ Then, with the per-row coefficients :math:`c_t, c_s, c_z` of
     \frac{\partial \ell_n}{\partial x_j} = (c_t + c_s S + 2 c_z \mathrm{lse})\,p_j
              - c_t [j = y] - c_s s_j .
 
-The loss is the same on every rank and equals the single-process loss on the concatenated logits.
+evaluated as :math:`c_t((M - x_y) + L) + c_s(\sum_c s_c(M - x_c) + S L) + c_z (M + L)^2` with
+:math:`L = \mathrm{lse} - M` (:func:`labelsmooth.ops._math.row_loss`), so float32 keeps its
+precision at large logits. The loss is the same on every rank and equals the single-process loss
+on the concatenated logits.
 Because the global lse and coefficients are saved, the backward pass needs **no communication**:
 each rank writes the gradient of its own slice. Every global quantity — including K itself, the
 *global* vocabulary — is reduced across ranks, which is where Megatron-LM's vocab-parallel loss

@@ -441,7 +441,7 @@ def finish_index(
     """Apply the reduction once, outside the per-row work; optionally the logging statistics.
 
     ``x_y`` is the (soft-capped) target logit per row, needed only when ``stats`` is True and
-    ``nll_rows`` (the per-row weighted NLL :math:`w_y(\mathrm{lse} - x_y)`, computed by an op
+    ``nll_rows`` (the per-row weighted NLL :math:`w_y(\\mathrm{lse} - x_y)`, computed by an op
     relative to the row max) is not given.
     """
     # Ignored rows carry zero coefficients, but 0·inf is NaN when their (padding) logits hold ±inf

@@ -23,7 +23,6 @@ from torch import Tensor
 __all__ = [
     "acc_dtype",
     "apply_softcap",
-    "finite_or_zero",
     "grad_coef",
     "merge_max_sumexp",
     "row_loss",
@@ -50,16 +49,6 @@ def apply_softcap(x: Tensor, c: float | None) -> Tensor:
         tensor([0., 2.])
     """
     return x if c is None else c * torch.tanh(x / c)
-
-
-def finite_or_zero(m: Tensor) -> Tensor:
-    """``m`` with ±inf replaced by 0 (NaN kept).
-
-    Examples:
-        >>> finite_or_zero(torch.tensor([1.5, -float("inf"), float("inf")]))
-        tensor([1.5000, 0.0000, 0.0000])
-    """
-    return torch.where(torch.isinf(m), torch.zeros_like(m), m)
 
 
 def row_ref(m: Tensor) -> Tensor:
