@@ -884,3 +884,28 @@ def test_torch_positional_size_average_reduce_slots_are_refused(args):
         ls.cross_entropy(x, y, *args)
     with pytest.raises(TypeError, match=r"size_average`/`reduce`"):
         ls.CrossEntropyLoss(*args)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "fused-inductor"])
+@pytest.mark.parametrize("k", [10, 1000])
+def test_confident_rows_keep_their_tiny_loss(impl, k, monkeypatch):
+    """Beyond torch: a row whose target logit is 20 above the rest has a loss of ~1e-8..1e-7,
+    which float32 log_softmax rounds to 0 or 1.2e-7 (torch loses it). The sum of exponentials in
+    float64 with the max's 1 apart keeps it to float32 relative precision, loss and p_y − 1."""
+    impl = _impl(impl, monkeypatch)
+    x = torch.randn(8, k)
+    y = torch.randint(0, k, (8,))
+    x[torch.arange(8), y] = x.amax(1) + 20
+    leaf = x.clone().requires_grad_()
+    loss = ls.cross_entropy(leaf, y, reduction="none", impl=impl)
+    (g,) = torch.autograd.grad(loss.sum(), leaf)
+    xd = x.double().requires_grad_()
+    truth = F.cross_entropy(xd, y, reduction="none")
+    (gt,) = torch.autograd.grad(truth.sum(), xd)
+    assert (truth > 0).all()
+    rel = ((loss.double() - truth) / truth).abs().max().item()
+    assert rel < 1e-5, rel
+    gy, gty = g.gather(1, y[:, None]).double(), gt.gather(1, y[:, None])
+    rel_g = ((gy - gty) / gty).abs().max().item()
+    bound = 1e-5 if impl != "reference" else 1.0  # the reference's autograd rounds p_y − 1 as torch
+    assert rel_g < bound, rel_g

@@ -50,7 +50,7 @@ def test_row_partials_hand_values():
     x = torch.tensor([[0.0, math.log(3.0)], [5.0, 5.0]])
     m, se, xy, sx = fused.row_partials(x, torch.tensor([1, 0]), None, 0.5, None)
     torch.testing.assert_close(m, torch.tensor([math.log(3.0), 5.0]))
-    torch.testing.assert_close(se, torch.tensor([4.0 / 3.0, 2.0]))
+    torch.testing.assert_close(se, torch.tensor([4.0 / 3.0, 2.0], dtype=torch.float64))
     torch.testing.assert_close(xy, torch.tensor([math.log(3.0), 5.0]))
     # ½·Σ (max − x): relative to the row max (float32 keeps its digits at large logits)
     torch.testing.assert_close(sx, torch.tensor([0.5 * math.log(3.0), 0.0]))
@@ -84,7 +84,7 @@ def test_row_partials_matches_dense(monkeypatch, dtype, shares, softcap, blocks)
     share = s.double() if s is not None else torch.full((k,), su, dtype=torch.float64)
     sx_ref = (xf.amax(1, keepdim=True) - xf) @ share  # Σ s_c (max − x_c): relative to the max
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    assert m.dtype == se.dtype == xy.dtype == sx.dtype == acc
+    assert m.dtype == xy.dtype == sx.dtype == acc and se.dtype == torch.float64
     tol = {"rtol": 1e-12, "atol": 1e-12} if acc == torch.float64 else {"rtol": 2e-6, "atol": 2e-5}
     torch.testing.assert_close((m + se.log()).double(), lse, **tol)
     torch.testing.assert_close(xy.double(), torch.where(mask, xy_ref, 0.0), **tol)

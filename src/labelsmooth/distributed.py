@@ -70,6 +70,7 @@ from labelsmooth.ops._math import (
     row_loss,
     row_ref,
     shift_sum,
+    sum_exp,
 )
 from labelsmooth.targets import Spread
 
@@ -510,9 +511,10 @@ def _partials(engine, x: torch.Tensor, sh: _Shard) -> list[torch.Tensor]:
     acc = acc_dtype(x.dtype)
     if x.shape[1] == 0:  # an empty shard contributes nothing
         z = torch.zeros(x.shape[0], dtype=acc, device=x.device)
-        return [torch.full_like(z, -math.inf), z, z.clone(), z.clone()]
+        return [torch.full_like(z, -math.inf), z.double(), z.clone(), z.clone()]
     parts = engine.row_partials(x, sh.y, sh.s, sh.s_uniform, sh.softcap, target_mask=sh.in_shard)
-    return [t.to(acc) for t in parts]
+    # the sum of exponentials stays float64 (a confident row's 1 + 1e-7 needs it)
+    return [t if i == 1 else t.to(acc) for i, t in enumerate(parts)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -561,7 +563,7 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
     m_r, se_r = m_r.detach().to(f64), se_r.to(f64)
     rows, scalars = [t.to(f64) for t in rows], [t.to(f64) for t in scalars]
     if world == 1:
-        return (row_ref(m_r).to(acc), torch.log(se_r.to(acc)), [t.to(acc) for t in rows],
+        return (row_ref(m_r).to(acc), torch.log(se_r).to(acc), [t.to(acc) for t in rows],
                 [t.to(acc) for t in scalars], maxed)
     n = m_r.shape[0]
     m = m_r.clone() if maxed is None else torch.cat([m_r, maxed.to(m_r.dtype)])
@@ -584,9 +586,9 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
     else:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     k = 1 + len(rows)
-    stacked = flat[: k * n].reshape(k, n).to(acc)
-    return (m.to(acc), torch.log(stacked[0]), list(stacked[1:]), [t.to(acc) for t in flat[k * n:]],
-            maxed)
+    stacked = flat[: k * n].reshape(k, n)
+    return (m.to(acc), torch.log(stacked[0]).to(acc), list(stacked[1:].to(acc)),
+            [t.to(acc) for t in flat[k * n:]], maxed)
 
 
 def _target_checksums(target: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -825,7 +827,7 @@ def _reference_rows(x: torch.Tensor, st: _Setup):
     else:
         m_r = xc.detach().amax(-1)
         d = row_ref(m_r)[:, None] - xc  # relative to the shard's max (precision)
-        se_r = torch.exp(-d).sum(-1)
+        se_r = sum_exp(-d)
         # a select, not a product with the mask: 0·(−inf) at a placeholder column would be NaN
         xy_gathered = xc.gather(1, sh.y[:, None])[:, 0]
         xy_r = torch.where(sh.in_shard, xy_gathered, torch.zeros_like(xy_gathered))
@@ -1234,13 +1236,14 @@ def vocab_parallel_linear_cross_entropy(
 
     rows_n, sh = h.shape[0], st.sh
     with torch.no_grad():  # statistics chunk by chunk: the local logits are never held in full
-        parts = torch.empty(4, rows_n, dtype=st.acc, device=h.device)  # m, se, x_y, Σ s(ref−x)
+        parts = torch.empty(4, rows_n, dtype=st.acc, device=h.device)  # m, -, x_y, Σ s(ref−x)
+        se = torch.empty(rows_n, dtype=torch.float64, device=h.device)  # Σ exp: float64
         for r0 in range(0, rows_n, chunk):
             r1 = min(rows_n, r0 + chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
-            parts[:, r0:r1] = torch.stack(
-                _partials(engine, linear_ce._logits(h[r0:r1], w, bias), part))
-        ref, lse_rel, x_y, sx, S, plan = _globals(st, *parts)
+            pm, se[r0:r1], pxy, psx = _partials(engine, linear_ce._logits(h[r0:r1], w, bias), part)
+            parts[0, r0:r1], parts[2, r0:r1], parts[3, r0:r1] = pm, pxy, psx
+        ref, lse_rel, x_y, sx, S, plan = _globals(st, parts[0], se, parts[2], parts[3])
     loss_rows = _LinearRows.apply(h, w, bias, engine, sh, ref, lse_rel, x_y, sx, S, plan.ct,
                                   plan.cs, plan.cz, chunk, group, world)
     lse = ref + lse_rel

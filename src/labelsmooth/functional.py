@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from labelsmooth import _validation as V
 from labelsmooth import ops
 from labelsmooth.ops._consumed import _check_not_consumed
-from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref
+from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref, sum_exp
 from labelsmooth.targets import Spread, binary_targets, smoothing_coefficients
 
 Reduction = Literal["none", "mean", "sum"]
@@ -583,7 +583,7 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         # Σ_c t_c (lse − x_c) relative to the row max (precision at large logits); 0·log 0 = 0
         ref = row_ref(xf.amax(-1))
         d = ref[:, None] - xf
-        lse_rel = torch.logsumexp(-d, -1)
+        lse_rel = torch.log(sum_exp(-d)).to(acc)
         d = torch.where((tq == 0) & torch.isinf(d), 0.0, d)
         nll_rows = rs.detach() * ((tq * d).sum(-1) + tq.sum(-1) * lse_rel)
         z_rows = cz * lse.square() if cz is not None else torch.zeros_like(lse)

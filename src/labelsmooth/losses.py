@@ -9,8 +9,8 @@ from labelsmooth import _validation as V
 from labelsmooth.functional import (
     Impl,
     Reduction,
-    _check_positional,
     WeightMode,
+    _check_positional,
     binary_cross_entropy_with_logits,
     check_at_construction,
     check_options,

@@ -109,7 +109,10 @@ def row_partials(
         m_n = \max_c x'_{n,c}, \quad \mathrm{sumexp}_n = \sum_c e^{x'_{n,c} - r_n}, \quad
         x_{y,n} = x'_{n, y_n}\,[\mathrm{mask}_n], \quad dsx_n = \sum_c s_c\,(r_n - x'_{n,c})
 
-    so that :math:`\mathrm{lse}_n = r_n + \log \mathrm{sumexp}_n`. ``dsx`` is taken relative to the
+    so that :math:`\mathrm{lse}_n = r_n + \log \mathrm{sumexp}_n`. ``sumexp`` is float64 for
+    every input dtype, the terms at the max summed apart (as :func:`~labelsmooth.ops._math.sum_exp`):
+    for a confident row it is :math:`1 + r` with :math:`r \approx 10^{-7}` the row's loss, which
+    float32 cannot hold. ``dsx`` is taken relative to the
     max so that it keeps float32 precision when the logits carry a large offset; a class with a
     zero share counts 0 even at a −inf logit (0·log 0 = 0). A row holding +inf or NaN gets a NaN
     ``sumexp`` (its loss and gradient are NaN, as in PyTorch).
@@ -124,7 +127,7 @@ def row_partials(
         chunk_elems: elements per block (default :data:`CHUNK_ELEMS`).
 
     Returns:
-        ``(m, sumexp, x_y, dsx)``, each (R,) in the accumulation dtype.
+        ``(m, sumexp, x_y, dsx)``, each (R,) in the accumulation dtype but ``sumexp`` (float64).
 
     Examples:
         >>> x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 3.0, 3.0]])
@@ -142,7 +145,7 @@ def row_partials(
     if target_mask is not None:
         x_y = torch.where(target_mask, x_y, torch.zeros_like(x_y))
     m = torch.empty(rows, dtype=acc, device=dev)
-    sumexp = torch.empty(rows, dtype=acc, device=dev)
+    sumexp = torch.empty(rows, dtype=torch.float64, device=dev)
     want_sx = s is not None or s_uniform != 0.0
     sx = torch.zeros(rows, dtype=acc, device=dev)
     if rows == 0:
@@ -164,6 +167,7 @@ def row_partials(
     need_copy = softcap is not None or x.dtype != acc
     ws_x = torch.empty(br, bc, dtype=acc, device=dev) if need_copy else None
     ws_e = torch.empty(br, bc, dtype=acc, device=dev)
+    ws_tie = torch.empty(br, bc, dtype=torch.bool, device=dev)
     for r0 in range(0, rows, br):
         r1 = min(rows, r0 + br)
         ref = None
@@ -186,7 +190,10 @@ def row_partials(
                     sxb = (e @ s[c0:c1]).neg_()
                 else:
                     sxb = (torch.where(share_on[c0:c1], e, 0.0) @ s[c0:c1]).neg_()
-            seb = e.exp_().sum(1)
+            # the terms at the block max (e^0 = 1) apart, summed in float64 (see sum_exp)
+            tie = torch.eq(e, 0, out=ws_tie[: r1 - r0, : c1 - c0])
+            ties = tie.sum(1).to(torch.float64)
+            seb = e.exp_().masked_fill_(tie, 0).sum(1).to(torch.float64) + ties
             if c0 == 0:
                 m[r0:r1] = mb
                 sumexp[r0:r1] = seb
@@ -319,6 +326,8 @@ def grad_rows(
             live,
         )
         if ok:
+            # the target column again, from the expm1 form computed above (p_y → 1 keeps digits)
+            out.scatter_(1, ys[:, None], gy.to(out.dtype)[:, None])
             return out
 
     # On the CPU, reading an (R,) flag costs no device sync: skip the fill when every row is live

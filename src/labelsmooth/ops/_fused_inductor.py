@@ -65,7 +65,11 @@ def _stats(x, y, s, share_on, mask, softcap: float | None, want_sx: bool):
     # is then 0 and lse −inf as torch.logsumexp's): float32 keeps its digits at large offsets
     ref = row_ref(m)
     d = ref[:, None] - xf
-    sumexp = torch.exp(-d).sum(1)
+    # the terms at the max (e^0 = 1) apart, then float64: a confident row keeps its tiny excess
+    tie = d == 0
+    sumexp = torch.where(tie, torch.zeros((), dtype=d.dtype), torch.exp(-d)).sum(1).to(
+        torch.float64
+    ) + tie.sum(1).to(torch.float64)
     x_y = xf.gather(1, y[:, None])[:, 0]
     if mask is not None:
         x_y = torch.where(mask, x_y, torch.zeros_like(x_y))

@@ -101,7 +101,7 @@ def _index_fwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     acc = acc_dtype(x.dtype)
     m, sumexp, x_y, dsx = row_partials(x, y, s, s_uniform, softcap)
-    ref, lse_rel = row_ref(m), sumexp.log()  # lse = ref + lse_rel, kept apart (precision)
+    ref, lse_rel = row_ref(m), sumexp.log().to(acc)  # lse = ref + lse_rel, kept apart (precision)
     smoothing = s is not None or s_uniform != 0.0
     big_s = _shares_sum(s, s_uniform, x.shape[1], acc)
     loss = row_loss(ref, lse_rel, x_y, dsx if smoothing else None, big_s, ct, cs, cz)
@@ -314,7 +314,7 @@ def _prob_fwd(
     m, sumexp, _, _ = row_partials(
         x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), None, 0.0, softcap
     )
-    ref, lse_rel = row_ref(m), sumexp.log()
+    ref, lse_rel = row_ref(m), sumexp.log().to(acc_dtype(x.dtype))
     big_q, qd = _prob_sums(x, t, w, a, b, b_uniform, softcap, ref)
     loss = rs * (qd + big_q * lse_rel)
     if cz is not None:

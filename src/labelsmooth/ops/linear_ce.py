@@ -367,7 +367,7 @@ def run_chunks(
                                                                             new_ref)
                     xy, ref_c, s_seen = xy + pxy, new_ref, s_seen + s_b
                 keep = x
-            lse_c = torch.log(se)
+            lse_c = torch.log(se).to(acc)  # se is float64 (ops._math.sum_exp)
             loss[rsl] = row_loss(ref_c, lse_c, xy, sx if smoothing else None, big_s, ct, cs, cz)
             ref[rsl], lse[rsl] = ref_c, lse_c
         else:

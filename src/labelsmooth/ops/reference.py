@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from labelsmooth.ops._math import acc_dtype, apply_softcap, row_loss, row_ref
+from labelsmooth.ops._math import acc_dtype, apply_softcap, row_loss, row_ref, sum_exp
 
 
 def _prepare(x: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -25,7 +25,7 @@ def _shifted(xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     """
     ref = row_ref(xf.detach().amax(-1)) if xf.shape[-1] > 0 else xf.detach().sum(-1)
     z = xf - ref[:, None]
-    return ref, z, torch.logsumexp(z, dim=-1)
+    return ref, z, torch.log(sum_exp(z)).to(xf.dtype)
 
 
 def _zero_mass(v: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
