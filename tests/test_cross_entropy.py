@@ -905,7 +905,8 @@ def test_confident_rows_keep_their_tiny_loss(impl, k, monkeypatch):
     assert (truth > 0).all()
     rel = ((loss.double() - truth) / truth).abs().max().item()
     assert rel < 1e-5, rel
+    if impl == "reference":
+        return  # its autograd rounds p_y to float32 before subtracting 1, as torch's does
     gy, gty = g.gather(1, y[:, None]).double(), gt.gather(1, y[:, None])
     rel_g = ((gy - gty) / gty).abs().max().item()
-    bound = 1e-5 if impl != "reference" else 1.0  # the reference's autograd rounds p_y − 1 as torch
-    assert rel_g < bound, rel_g
+    assert rel_g < 1e-5, rel_g

@@ -110,7 +110,7 @@ def test_row_partials_infinite_rows(monkeypatch, blocks):
         ]
     )
     m, se, _, _ = fused.row_partials(x, torch.zeros(4, dtype=torch.long), None, 0.0, None)
-    torch.testing.assert_close((m + se.log())[:3], torch.logsumexp(x, 1)[:3])
+    torch.testing.assert_close((m + se.log())[:3].float(), torch.logsumexp(x, 1)[:3])
     assert torch.isnan(se[3])
 
 
