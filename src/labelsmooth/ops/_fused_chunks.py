@@ -134,7 +134,7 @@ def row_partials(
         >>> m, se, xy, dsx = row_partials(x, torch.tensor([2, 0]), None, 0.5, None)
         >>> m, xy, dsx
         (tensor([2., 3.]), tensor([2., 3.]), tensor([1.5000, 0.0000]))
-        >>> torch.allclose(m + se.log(), torch.logsumexp(x, 1))
+        >>> torch.allclose((m + se.log()).float(), torch.logsumexp(x, 1))
         True
     """
     rows, cols = x.shape
@@ -184,12 +184,13 @@ def row_partials(
             sxb = None
             if want_sx:
                 # Σ s_c (ref − x_c) from the shifted block, before it turns into exponentials
+                # (0 − Σ, not −Σ: a row of equal logits gets +0, not −0)
                 if s is None:
-                    sxb = e.sum(1).neg_()
+                    sxb = 0.0 - e.sum(1)
                 elif share_on is None:
-                    sxb = (e @ s[c0:c1]).neg_()
+                    sxb = 0.0 - e @ s[c0:c1]
                 else:
-                    sxb = (torch.where(share_on[c0:c1], e, 0.0) @ s[c0:c1]).neg_()
+                    sxb = 0.0 - torch.where(share_on[c0:c1], e, 0.0) @ s[c0:c1]
             # the terms at the block max (e^0 = 1) apart, summed in float64 (see sum_exp)
             tie = torch.eq(e, 0, out=ws_tie[: r1 - r0, : c1 - c0])
             ties = tie.sum(1).to(torch.float64)
