@@ -52,3 +52,14 @@ def test_run_suite_tiny(tmp_path):
     doc = json.loads((tmp_path / "o" / "suite.json").read_text())
     assert doc["suite"] == "tiny" and (tmp_path / "o" / "digits-tiny" / "results.json").exists()
     assert "## Claims × testbeds" in (tmp_path / "o" / "suite.md").read_text()
+
+
+def test_modes_do_not_combine(capsys):
+    from labelsmooth.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--suite", "default", "--distill", "--no-report"])
+    assert e.value.code == 2
+    assert "--suite and --distill cannot be combined" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--distill", "--label-noise", "0.2", "--no-report"])

@@ -687,6 +687,10 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     except ImportError as e:
         print(f"labelsmooth sweep: {e}", file=sys.stderr)
         return 1
+    modes = [m for m, on in (("--suite", cfg["suite"]), ("--distill", cfg["distill"]),
+                             ("--label-noise", cfg["label_noise"])) if on]
+    if len(modes) > 1:
+        parser.error(f"{' and '.join(modes)} cannot be combined; run them one at a time")
     if cfg["suite"]:
         return _cmd_suite(cfg)
     from labelsmooth.experiments import load_dataset, sweep
