@@ -42,6 +42,8 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "threads": 1,
     "workers": None,  # None: one worker process per core (1 on an accelerator)
+    "executor": "local",  # "ray": the runs as Ray tasks (executor.RayExecutor)
+    "ray_address": None,  # None: a local Ray instance for the sweep
     "num_classes": None,  # None: from the labels
     "n_bins": 15,
     "n_bootstrap": 1000,
@@ -328,6 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--device cpu, 1 on an accelerator; 1 trains in this process)",
     )
     s.add_argument(
+        "--executor",
+        default=S,
+        choices=("local", "ray"),
+        help="local: this machine's processes (--workers); ray: each run a Ray task (one CPU) "
+        "on a local Ray instance or the cluster at --ray-address (needs labelsmooth[ray]; "
+        "default local)",
+    )
+    s.add_argument(
+        "--ray-address",
+        dest="ray_address",
+        default=S,
+        metavar="ADDR",
+        help="with --executor ray: a running Ray cluster ('auto' after `ray start`, or "
+        "ray://HOST:10001); default: start a local Ray instance for this sweep",
+    )
+    s.add_argument(
         "--num-classes",
         dest="num_classes",
         default=S,
@@ -494,6 +512,10 @@ def _check_value(key: str, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
             raise ValueError(f"config: data_dir must be a directory path, got {value!r}")
         return value
+    if key == "ray_address":
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"config: ray_address must be a Ray address string, got {value!r}")
+        return value
     if key in ("workers", "num_classes"):  # optional integers (a file may not say "none")
         lowest = 2 if key == "num_classes" else 1
         if value is None:
@@ -560,6 +582,7 @@ def _check_value(key: str, value: Any) -> Any:
         "noise_kind": ("symmetric", "asymmetric"),
         "student": ("same", "mlp-small"),
         "suite": ("default",),
+        "executor": ("local", "ray"),
     }
     if key in choices and value not in choices[key]:
         raise bad(f"one of {choices[key]}")
@@ -618,6 +641,15 @@ def _first_run_checks(cfg: dict[str, Any]) -> None:
         check_device(cfg["device"])
     except ValueError as e:
         raise ValueError(f"--{e}") from None
+    if cfg.get("ray_address") is not None and cfg.get("executor") != "ray":
+        raise ValueError("--ray-address needs --executor ray")
+    if cfg.get("executor") == "ray":
+        if cfg.get("distill") or cfg.get("suite"):
+            raise ValueError("--executor ray runs the plain sweep and --label-noise; not yet "
+                             "--distill or --suite (use --workers there)")
+        from labelsmooth.experiments.executor import require_ray
+
+        require_ray()
     needs = {"mnist1d": ("mnist1d", "mnist1d"), "digits": ("sklearn", "scikit-learn")}
     dataset = str(cfg["dataset"]).lower()
     if dataset in needs:
@@ -763,6 +795,8 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             split_seed=cfg["split_seed"],
             threads=cfg["threads"],
             workers=cfg["workers"],
+            executor=cfg["executor"],
+            ray_address=cfg["ray_address"],
             progress=cfg["progress"],
             report=cfg["report"],
             extra_config=extra,

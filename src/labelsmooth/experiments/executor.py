@@ -11,9 +11,11 @@ are written by one process only, atomically, and resume works the same whatever 
   the ``spawn`` start method, one torch thread per worker by default. At most ``workers`` runs
   are in flight at a time, so "running" is exact and Ctrl-C has little to cancel.
 
-Another engine (a Ray executor, say) implements :class:`RunExecutor`: run every task, call the
-two callbacks in the calling process, stop everything and re-raise on the first error or on
-``KeyboardInterrupt``.
+* :class:`RayExecutor` runs them as Ray tasks (one CPU, one torch thread each) on a local Ray
+  instance it starts, or on a cluster it connects to (``address``); results come back here.
+
+Another engine implements :class:`RunExecutor`: run every task, call the two callbacks in the
+calling process, stop everything and re-raise on the first error or on ``KeyboardInterrupt``.
 
 Results do not depend on the executor: :func:`~labelsmooth.experiments.train.train_run` seeds
 everything from the run's seed, so with the same thread count a run gives the same numbers in
@@ -38,6 +40,7 @@ import torch
 
 __all__ = [
     "ProcessExecutor",
+    "RayExecutor",
     "RunExecutor",
     "RunJob",
     "RunProgress",
@@ -46,6 +49,7 @@ __all__ = [
     "check_device",
     "default_workers",
     "make_executor",
+    "require_ray",
 ]
 
 OnStart = Callable[["RunTask"], None]
@@ -282,6 +286,149 @@ class ProcessExecutor(RunExecutor):
             _stop_pool(pool)
             raise
         pool.shutdown(wait=True)
+
+
+# --- Ray ------------------------------------------------------------------------------------
+RAY_MISSING = (
+    "executor 'ray' (--executor ray) needs the ray package: pip install 'labelsmooth[ray]'"
+)
+
+
+def require_ray() -> None:
+    """Raise ImportError with a one-line install hint when Ray is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ImportError(RAY_MISSING)
+
+
+def _ray_run(job: RunJob, task: RunTask, threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The body of one Ray task: a run with ``threads`` torch threads, its result returned."""
+    torch.set_num_threads(threads)
+    return job(task)
+
+
+class RayExecutor(RunExecutor):
+    """Runs as Ray tasks (``num_cpus=1`` each, ``threads`` torch threads), results sent back.
+
+    The job (model function, data arrays, settings) is put in Ray's object store once, from
+    this process, and every task reads it from there: the nodes need labelsmooth (and the
+    module of a custom model function) importable, but not the data files. Each finished run
+    returns its record and arrays to this process, which saves it (``on_done``), so resume
+    works as with the other executors.
+
+    Args:
+        address: a running Ray cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
+            None starts a local instance with ``workers`` CPUs, shut down when the sweep ends.
+            When Ray is already initialised in this process, that instance is used and left up.
+        workers: runs in flight at once; None: the cluster's CPUs (local: one per core).
+        threads: torch threads per run.
+        init_kwargs: more keywords for ``ray.init`` (``object_store_memory``, ...).
+
+    A ``KeyboardInterrupt`` (or a failed run) cancels the outstanding tasks
+    (``ray.cancel(force=True)``); runs already reported are kept by the caller.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        threads: int = 1,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ValueError(f"ray_address must be a non-empty string or None, got {address!r}")
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+        ):
+            raise ValueError(f"workers must be a positive int or None, got {workers!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        require_ray()
+        self.address = address
+        self.workers = workers if workers is not None else 0  # 0: known once connected
+        self._max_inflight = workers
+        self.threads = threads
+        self.init_kwargs = dict(init_kwargs or {})
+
+    def _connect(self) -> bool:
+        """Start or connect to Ray; True when this executor did (and so shuts it down)."""
+        import ray
+
+        if ray.is_initialized():
+            return False
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+        kwargs.update(self.init_kwargs)
+        if self.address is not None:
+            kwargs.pop("include_dashboard", None)  # a cluster's own setting
+            ray.init(address=self.address, **kwargs)
+        else:
+            kwargs.setdefault("num_cpus", self._max_inflight or default_workers())
+            ray.init(**kwargs)
+        return True
+
+    def run(
+        self,
+        job: RunJob,
+        tasks: Sequence[RunTask],
+        on_start: OnStart,
+        on_done: OnDone,
+        *,
+        epoch_progress: Callable[[RunTask], Any] | None = None,
+    ) -> None:
+        if not tasks:
+            return
+        import ray
+
+        started = self._connect()
+        try:
+            limit = self._max_inflight
+            if limit is None:
+                limit = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self.workers = limit
+            remote = ray.remote(num_cpus=1, max_retries=0)(_ray_run)
+            job_ref = ray.put(job)
+            queue = list(tasks)
+            inflight: dict[Any, RunTask] = {}
+
+            def submit_next() -> None:
+                if queue:
+                    task = queue.pop(0)
+                    inflight[remote.remote(job_ref, task, self.threads)] = task
+                    on_start(task)
+
+            try:
+                for _ in range(limit):
+                    submit_next()
+                while inflight:
+                    done, _ = ray.wait(list(inflight), num_returns=1)
+                    # also take whatever else has finished by now, reported in task order
+                    more, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
+                    ready = set(done) | set(more)
+                    for ref in sorted(ready, key=lambda r: tasks.index(inflight[r])):
+                        task = inflight.pop(ref)
+                        try:
+                            record, arrays = ray.get(ref)
+                        except ray.exceptions.RayTaskError as e:
+                            # the run's own exception, raised here as itself when Ray can
+                            cause = getattr(e, "cause", None)
+                            if isinstance(cause, BaseException):
+                                raise cause from e
+                            raise
+                        on_done(task, record, arrays)
+                        submit_next()
+            except BaseException:
+                for ref in inflight:
+                    try:
+                        ray.cancel(ref, force=True)
+                    except Exception:  # pragma: no cover - already finished or node gone
+                        pass
+                raise
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def default_workers(device: str = "cpu") -> int:

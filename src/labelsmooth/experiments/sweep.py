@@ -36,11 +36,14 @@ from torch import nn
 
 from labelsmooth.experiments.data import Splits, as_splits
 from labelsmooth.experiments.executor import (
+    RayExecutor,
+    RunExecutor,
     RunJob,
     RunProgress,
     RunTask,
     check_device,
     make_executor,
+    require_ray,
 )
 from labelsmooth.experiments.models import build_model
 from labelsmooth.experiments.rundir import (
@@ -421,6 +424,8 @@ def sweep(
     split_seed: int = 0,
     threads: int | None = None,
     workers: int | None = 1,
+    executor: str = "local",
+    ray_address: str | None = None,
     progress: bool = True,
     report: bool = True,
     extra_config: dict[str, Any] | None = None,
@@ -462,6 +467,12 @@ def sweep(
             cannot be pickled (a lambda, a closure) runs serially, with a warning; a script
             that calls ``sweep(workers=...)`` at import time needs an
             ``if __name__ == "__main__":`` guard. See :mod:`labelsmooth.experiments.executor`.
+        executor: ``"local"`` (this process or ``workers`` processes) or ``"ray"``: the runs
+            as Ray tasks, one CPU each (the ``ray`` extra). With Ray, ``workers`` caps the runs
+            in flight (None: the cluster's CPUs) and sizes the local instance it starts.
+        ray_address: with ``executor="ray"``, a running cluster to use (``"auto"``,
+            ``"ray://head:10001"``); None starts a local Ray instance for this sweep (or uses
+            the one already initialised in this process).
         progress: show tqdm progress bars (if tqdm is installed).
         report: write ``report.md``/``report.html`` and figures (needs matplotlib and ``out``).
         extra_config: more entries for the saved configuration (e.g. the CLI's own).
@@ -472,8 +483,8 @@ def sweep(
 
     Raises:
         ValueError: bad arguments, or ``out`` holds runs of another configuration.
-        ImportError: ``report=True`` with ``out`` but matplotlib is missing (checked before any
-            data is loaded).
+        ImportError: ``report=True`` with ``out`` but matplotlib is missing, or
+            ``executor="ray"`` without Ray (checked before any data is loaded).
         labelsmooth.experiments.rundir.SweepLockedError: another sweep is writing to ``out``.
         labelsmooth.experiments.rundir.OutputDirError: ``out`` cannot be written.
 
@@ -502,6 +513,18 @@ def sweep(
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
     ):
         raise ValueError(f"workers must be a positive int or None (one per core), got {workers!r}")
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if ray_address is not None and executor != "ray":
+        raise ValueError(f"ray_address={ray_address!r} needs executor='ray', got {executor!r}")
+    if executor == "ray":
+        require_ray()
+        device = settings.device if settings is not None else settings_kwargs.get("device", "cpu")
+        if torch.device(device).type != "cpu":
+            raise ValueError(
+                f"executor='ray' trains on CPU (each run one Ray task with one CPU), got "
+                f"device={device!r}; use executor='local' on an accelerator"
+            )
     if report and out is not None:
         require_report_dependencies()
     splits = as_splits(data, split_seed=split_seed)
@@ -588,6 +611,8 @@ def sweep(
             runs_dir=runs_dir,
             threads=threads,
             workers=workers,
+            executor=executor,
+            ray_address=ray_address,
             progress=progress,
             report=report,
             notes=notes,
@@ -660,6 +685,8 @@ def _sweep_locked(
     progress: bool,
     report: bool,
     notes: list[str],
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> SweepResult:
     """The body of :func:`sweep` once ``out`` (if any) is locked: resume, run, save, report."""
     records: dict[str, dict[str, Any]] = {}
@@ -714,10 +741,15 @@ def _sweep_locked(
     reused = len(records)
 
     job = RunJob(train_fn=train_run, build=build, splits=splits, settings=settings)
-    executor = make_executor(
-        workers, job, len(todo), threads=threads, warn=lambda m: _note(m, notes)
-    )
-    config["workers"] = executor.workers
+    if executor == "ray":
+        runner: RunExecutor = RayExecutor(ray_address, workers=workers, threads=threads or 1)
+        config["executor"] = "ray"
+        config["ray_address"] = ray_address
+    else:
+        runner = make_executor(
+            workers, job, len(todo), threads=threads, warn=lambda m: _note(m, notes)
+        )
+    config["workers"] = runner.workers if runner.workers else workers
     if runs_dir is not None:
         write_json(os.path.join(out_dir, "config.json"), config)
     old_threads = torch.get_num_threads()
@@ -739,7 +771,7 @@ def _sweep_locked(
         display.finished(task)
 
     try:
-        executor.run(
+        runner.run(
             job,
             todo,
             display.started,
