@@ -63,3 +63,21 @@ def test_modes_do_not_combine(capsys):
     assert "--suite and --distill cannot be combined" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sweep", "--distill", "--label-noise", "0.2", "--no-report"])
+
+
+def test_suite_cli_passes_only_typed_factors(monkeypatch, tmp_path):
+    import labelsmooth.experiments.suite as suite_mod
+    from labelsmooth.cli import main
+
+    seen = {}
+
+    def fake(name, **kw):
+        seen.update(kw, name=name)
+        return {"testbeds": [], "seconds": 0.0, "paths": {}}
+
+    monkeypatch.setattr(suite_mod, "run_suite", fake)
+    assert main(["sweep", "--suite", "default", "--no-report", "--out", str(tmp_path)]) == 0
+    assert seen["name"] == "default" and seen["smoothing"] is None and seen["seeds"] is None
+    assert main(["sweep", "--suite", "default", "--no-report", "--seeds", "2",
+                 "--smoothing", "0", "0.2", "--out", str(tmp_path)]) == 0
+    assert seen["seeds"] == 2 and seen["smoothing"] == [0.0, 0.2]

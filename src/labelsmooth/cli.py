@@ -854,12 +854,14 @@ def _cmd_suite(cfg: dict[str, Any]) -> int:
     from labelsmooth.experiments.suite import run_suite
 
     given = cfg.get("sources", {})
+    mine = (None, "default", "recipe")
     try:
         summary = run_suite(
             cfg["suite"],
             out=cfg["out"],
-            smoothing=cfg["smoothing"] if given.get("smoothing", "default") != "default" else None,
-            seeds=cfg["seeds"] if given.get("seeds", "default") != "default" else None,
+            # only what the user typed (flag or file) overrides the suite's own factors and seeds
+            smoothing=cfg["smoothing"] if given.get("smoothing") not in mine else None,
+            seeds=cfg["seeds"] if given.get("seeds") not in mine else None,
             workers=cfg["workers"],
             threads=cfg["threads"],
             progress=cfg["progress"],

@@ -177,11 +177,9 @@ def paired_status(
     out["diff"] = float(d.mean())
     if d.size < 2:
         return out
-    from scipy import stats as sstats
+    from labelsmooth.experiments.stats import t_interval
 
-    sd = float(d.std(ddof=1))
-    half = float(sstats.t.ppf(0.5 + level / 2, d.size - 1)) * sd / math.sqrt(d.size)
-    lo, hi = out["diff"] - half, out["diff"] + half
+    _, _, lo, hi = t_interval(d.tolist(), level)
     out["low"], out["high"] = lo, hi
     if lo > 0 or hi < 0:
         out["status"] = "held" if (1 if lo > 0 else -1) == want else "did not hold"

@@ -209,6 +209,40 @@ RECIPES: dict[tuple[str, str], Recipe] = {
             "stopping on validation NLL with patience 15."
         ),
     ),
+    # Fashion-MNIST: a seeded 12k/2k/2k train/val/cal subset of the 60k training images, the
+    # official 10k test images (experiments/fashion.py). References on the full 60k: MLP
+    # 256-128-100 0.883, small CNNs 0.876-0.925 (Xiao et al. 2017 and the dataset's benchmark).
+    ("fashion-mnist", "mlp"): Recipe(
+        name="fashion-mnist-mlp",
+        settings={"epochs": 10, "batch_size": 128, "lr": 1e-3, "schedule": "cosine", "patience": 4},
+        seeds=5,
+        reference={
+            "accuracy": 0.883,
+            "minimum": 0.85,
+            "source": "Xiao et al. 2017, MLP 256-128-100 on all 60k training images",
+        },
+        note=(
+            "Adam lr 1e-3, batch 128, 2×256 ReLU MLP, 10 epochs with a cosine schedule on the "
+            "12k subset, early stopping on validation NLL with patience 4; measured 0.866 test accuracy at ε = 0 (seed 0, last epoch), 102 s on "
+            "one thread of a heavily loaded 2-core machine. A scikit-learn MLP on a 10k subset "
+            "reached 0.857-0.861."
+        ),
+    ),
+    ("fashion-mnist", "cnn"): Recipe(
+        name="fashion-mnist-cnn",
+        settings={"epochs": 6, "batch_size": 128, "lr": 1e-3, "schedule": "cosine", "patience": 3},
+        seeds=5,
+        reference={
+            "accuracy": 0.90,
+            "minimum": 0.85,
+            "source": "Xiao et al. 2017 benchmark, small CNNs 0.876-0.925 on all 60k images",
+        },
+        note=(
+            "CNN2d (16/32 3×3 conv maps, 2×2 max-pool, 128 hidden), Adam lr 1e-3, batch 128, 6 "
+            "epochs cosine on the 12k subset, patience 3; measured 0.869 at ε = 0 (seed 0, last epoch), "
+            "412 s on one thread of a heavily loaded 2-core machine (about 4× the MLP)."
+        ),
+    ),
 }
 
 
@@ -516,7 +550,7 @@ def train_run(
     if getattr(splits, "y_train_clean", None) is not None:  # label noise: what was memorised
         from labelsmooth.experiments.noise import memorisation
 
-        record["memorisation"] = memorisation(_logits(model, splits.x_train, device), splits)
+        record["memorisation"] = memorisation(tr_logits, splits)
     arrays = {"test_logits": test_logits.numpy(), "test_labels": splits.y_test.numpy()}
     classes = tuple(c for c in settings.proj_classes if c < k)
     if len(classes) == 3:
