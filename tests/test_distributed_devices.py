@@ -170,3 +170,22 @@ def test_first_call_does_not_import_dtensor() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_online_label_smoothing_all_reduces_where_the_rule_says(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """OnlineLabelSmoothing.next_epoch asks the shared rule for its all-reduce device (before, it
+    all-reduced its buffers on their own device: CPU buffers on an NCCL group would fail)."""
+    from labelsmooth import online
+
+    fake = _FakeGroup(monkeypatch, "gloo")
+    asked: list = []
+    monkeypatch.setattr(online, "collective_device", lambda group, device=None, op=None:
+                        asked.append((device, op)) or torch.device("cpu"))
+    loss = online.OnlineLabelSmoothing(3)
+    loss(torch.tensor([[5.0, 0.0, 0.0], [0.0, 4.0, 0.0]]), torch.tensor([0, 1]))
+    loss.next_epoch()
+    assert asked == [(torch.device("cpu"), "all_reduce")]
+    assert fake.calls == [("all_reduce", torch.device("cpu"))]
+    # identical ranks: the all-reduced sums double, the per-class mean is unchanged
+    assert torch.allclose(loss.soft_targets.sum(1), torch.ones(3, dtype=loss.soft_targets.dtype))

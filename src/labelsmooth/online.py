@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from labelsmooth import _validation as V
+from labelsmooth._comm import collective_device
 from labelsmooth.functional import Impl, Reduction, cross_entropy
 from labelsmooth.ops._math import acc_dtype
 from labelsmooth.targets import smooth_targets
@@ -165,7 +166,11 @@ class OnlineLabelSmoothing(nn.Module):
         """
         stats = torch.cat([self.correct_sum, self.correct_count[:, None]], 1)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
-            dist.all_reduce(stats, group=group)
+            # the shared collective-device rule: CPU buffers on an NCCL group go through the GPU
+            comm = collective_device(group, stats.device, op="all_reduce")
+            moved = stats.to(comm)
+            dist.all_reduce(moved, group=group)
+            stats = moved.to(stats.device)
         sums, counts = stats[:, :-1], stats[:, -1]
         seen = counts > 0
         mean = sums / counts.clamp_min(1.0)[:, None]
