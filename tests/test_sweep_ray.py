@@ -38,6 +38,7 @@ def local_ray():
     if ray.is_initialized():  # pragma: no cover - someone else's instance
         pytest.skip("Ray is already initialised in this process")
     ray.init(
+        address="local",  # a new instance, even where a `ray start` cluster runs
         num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024**2,
         log_to_driver=False,
     )

@@ -366,7 +366,8 @@ class RayExecutor(RunExecutor):
             ray.init(address=self.address, **kwargs)
         else:
             kwargs.setdefault("num_cpus", self._max_inflight or default_workers())
-            ray.init(**kwargs)
+            # "local": always a new instance, never a cluster `ray start` left on this machine
+            ray.init(address="local", **kwargs)
         return True
 
     def run(
