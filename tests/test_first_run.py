@@ -48,8 +48,9 @@ def _names(reqs: list[str]) -> set[str]:
 def test_demo_extra_is_only_what_the_demo_needs_and_test_has_the_integrations():
     extras = _pyproject()["project"]["optional-dependencies"]
     demo = _names(_extra_closure(extras, "demo"))
-    assert {"matplotlib", "mnist1d", "scikit-learn", "tqdm"} <= demo
-    assert not demo & {"triton", "pytest", "transformers", "torchmetrics", "lightning", "scipy"}
+    # scipy: the verdict's seed-level t intervals (experiments/stats.py)
+    assert {"matplotlib", "mnist1d", "scikit-learn", "scipy", "tqdm"} <= demo
+    assert not demo & {"triton", "pytest", "transformers", "torchmetrics", "lightning", "ray"}
     dev = _names(_extra_closure(extras, "dev"))
     assert {"triton", "pytest", "transformers", "accelerate", "torchmetrics", "lightning"} <= dev
     assert not (dev | demo) & {"torchvision", "timm"}  # no CPU build of torchvision exists here

@@ -379,7 +379,9 @@ def test_extremely_confident_rows_no_worse_than_torch(dtype):
                      ("reference", dict(fn=ls.cross_entropy, impl="reference"))):
         grad = torch_loss_and_grad(x, y, g, **kw)[1]
         errs[name] = float(((grad[rows, y].double() - truth[rows, y]) / truth[rows, y]).abs().max())
-    assert errs["ours"] <= min(errs["torch"], errs["reference"]), errs
+    # no worse than torch; the reference now keeps these rows' sum of exponentials in float64
+    # (more exact than both), so it is no longer the bar
+    assert errs["ours"] <= errs["torch"], errs
     assert errs["ours"] < 0.05, errs
 
 
@@ -569,7 +571,9 @@ def test_prob_parity_float32(name, shape, small_block):
     r, k = shape
     x = _logits(r, k, torch.float32)
     t = torch.softmax(torch.randn(r, k, dtype=torch.float64) * 2, 1).float().to(DEV)
-    _check(*_three_way(x, t, "none", _prob_options(name, k)), torch.float32, GRAD_TOL32)
+    # weights in the logits' dtype: a float64 weight promotes the loss to float64, as torch's
+    _check(*_three_way(x, t, "none", _cast(_prob_options(name, k), torch.float32)), torch.float32,
+           GRAD_TOL32)
 
 
 def test_prob_target_gradient_and_inplace(small_block):

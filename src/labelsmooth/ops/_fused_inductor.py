@@ -31,6 +31,9 @@ from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref
 #: Smallest logits (elements) for which the compiled kernels are used under "auto": 4 Mi elements.
 MIN_NUMEL = 1 << 22
 
+#: Compiled variants allowed per kernel (dtypes × softcap × option flags), above dynamo's 8.
+_RECOMPILE_LIMIT = 64
+
 _STATE = {"broken": False}
 _CACHE: dict[str, object] = {}
 #: Kernels that compiled and ran at least once in this process.
@@ -137,7 +140,9 @@ def _run(name: str, fn, *args):
     ordinary error of a kernel that already ran: those are re-raised.
     """
     try:
-        with torch.no_grad():
+        # each dtype/option combination is a guard variant of the same code object; dynamo's
+        # default limit of 8 would switch the kernels off for the whole process (fullgraph raises)
+        with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
             out = _compiled(name, fn)(*args)
     except (MemoryError, torch.OutOfMemoryError):
         raise
