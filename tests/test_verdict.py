@@ -312,3 +312,123 @@ def test_resampled_statistics_are_the_metrics_of_the_resamples():
     assert r["nll"] == pytest.approx(m["nll"][idx].mean(axis=1), abs=1e-12)
     c = stats.resample_counts(120, 7, seed=5)
     assert c.sum(axis=1).tolist() == [120.0] * 7 and (c == counts).all()  # same draws
+
+
+# --------------------------------------------------------------------------------------------
+# label noise and distillation claims (issue 18): planted truths
+# --------------------------------------------------------------------------------------------
+NOISE = {"rate": 0.2, "kind": "symmetric", "seed": 0, "flipped": 100}
+
+
+def _noisy(acc_gain, memo_drop=0.3, **kw):
+    """ε = 0.1 is chosen on validation; its clean test accuracy differs from ε = 0's by
+    ``acc_gain`` (0: a tie); it memorises fewer flipped labels by ``memo_drop``."""
+    base = {"memo_noisy_label_accuracy": 0.9, "memo_true_label_accuracy": 0.05,
+            "memo_clean_example_accuracy": 0.99}
+    fx = {0.0: {}, 0.1: {"val_nll": -0.1, "test_accuracy": acc_gain,
+                        "memo_noisy_label_accuracy": -memo_drop,
+                        "memo_true_label_accuracy": memo_drop * 0.8},
+          0.3: {"val_nll": 0.05, "test_accuracy": acc_gain / 2}}
+    rows = _rows(fx, **kw)
+    g = np.random.default_rng(7)
+    for r in rows:
+        for k, v in base.items():
+            r[k] = v + fx[r["smoothing"]].get(k, 0.0) + g.normal(0, 0.002)
+    return rows
+
+
+@pytest.mark.parametrize("gain, expect", [(0.05, "held"), (-0.05, "did not hold"),
+                                          (0.0, "inconclusive")])
+def test_noise_claim_follows_the_planted_truth(gain, expect):
+    cfg = {"label_noise": NOISE}
+    v = verdict(_noisy(gain, noise=0.01), cfg)
+    c = v.claim("smoothing_helps_under_label_noise")
+    assert c is not None and c.status == expect
+    assert c.numbers["factor"] == 0.1 and c.numbers["selected_on"] == {"split": "val", "metric": "nll"}
+    assert c.numbers["noise_rate"] == 0.2 and c.numbers["mean"] == pytest.approx(gain, abs=0.02)
+    memo = c.numbers["memorisation"]
+    assert memo["memo_noisy_label_accuracy"]["baseline"] == pytest.approx(0.9, abs=0.01)
+    assert memo["memo_noisy_label_accuracy"]["smoothed"] == pytest.approx(0.6, abs=0.01)
+    assert memo["noisy_label_accuracy_diff"]["different"]  # memorises fewer flipped labels
+    # the factor table carries the memorisation means (the report's memorisation table)
+    f0 = next(f for f in v.factors if f["smoothing"] == 0.0)
+    assert f0["memo_noisy_label_accuracy"] == pytest.approx(0.9, abs=0.01)
+    # the JSON form and the renderer know the claim
+    d = v.as_dict()
+    import json
+
+    j = json.loads(json.dumps(d))
+    names = [x["claim"] for x in j["verdict"]]
+    assert names.index("smoothing_helps_under_label_noise") == len(names) - 1
+    text = render.render_text(j)
+    assert "label noise" in text and "20%" in text
+    assert render.claim_title(c.as_dict()).startswith("ε = 0.1 ")
+
+
+def test_noise_claim_only_with_noise_and_one_seed_is_inconclusive():
+    assert verdict(_rows(HELPS)).claim("smoothing_helps_under_label_noise") is None
+    clean = verdict(_noisy(0.05), {"label_noise": {**NOISE, "rate": 0.0}})
+    assert clean.claim("smoothing_helps_under_label_noise") is None  # rate 0: the clean run
+    one = verdict(_noisy(0.05, seeds=range(1)), {"label_noise": NOISE})
+    assert one.claim("smoothing_helps_under_label_noise").status == "inconclusive"
+    no_base = [r for r in _noisy(0.05) if r["smoothing"] > 0]
+    c = verdict(no_base, {"label_noise": NOISE}).claim("smoothing_helps_under_label_noise")
+    assert c.status == "inconclusive" and "ε = 0" in c.numbers["reason"]
+
+
+def _distilled(student_change, **kw):
+    """Teachers: ε = 0.1 is chosen on the teachers' validation NLL and is itself *more*
+    accurate; its students differ from ε = 0's students by ``student_change``."""
+    fx = {0.0: {}, 0.1: {"val_nll": -0.1, "test_accuracy": 0.02},
+          0.3: {"val_nll": 0.05, "test_accuracy": 0.01}}
+    rows = _rows(fx, **kw)
+    g = np.random.default_rng(3)
+    for r in rows:
+        e = r["smoothing"]
+        change = {0.0: 0.0, 0.1: student_change, 0.3: student_change}[e]
+        r["student_test_accuracy"] = 0.80 + change + g.normal(0, 0.002)
+        r["student_test_nll"] = 0.60 - change + g.normal(0, 0.002)
+        r["student_test_ece"] = 0.05 + g.normal(0, 0.002)
+    return rows
+
+
+@pytest.mark.parametrize("change, expect", [(-0.04, "held"), (0.04, "did not hold"),
+                                            (0.0, "inconclusive")])
+def test_distill_claim_follows_the_planted_truth(change, expect):
+    v = verdict(_distilled(change, noise=0.01), {"distill": {"student": "same", "temperature": 2.0}})
+    c = v.claim("smoothed_teachers_distil_worse_students")
+    assert c is not None and c.status == expect, c.numbers
+    n = c.numbers
+    assert n["factor"] == 0.1 and n["selected_on"]["of"] == "teachers" and n["temperature"] == 2.0
+    assert 0 < n["teacher_test_accuracy"]["mean"] < 0.05  # planted +0.02, seed noise 0.01
+    assert [p["factor"] for p in n["per_factor"]] == [0.1, 0.3]
+    assert v.claim("smoothing_helps_under_label_noise") is None
+    text = render.render_text(json_roundtrip(v.as_dict()))
+    assert "distil" in text and "teacher" in text
+
+
+def json_roundtrip(d):
+    import json
+
+    return json.loads(json.dumps(d))
+
+
+def test_distill_claim_needs_a_baseline_teacher():
+    rows = [r for r in _distilled(-0.04) if r["smoothing"] > 0]
+    c = verdict(rows).claim("smoothed_teachers_distil_worse_students")
+    assert c.status == "inconclusive" and "ε = 0" in c.numbers["reason"]
+    assert verdict(_rows(HELPS)).claim("smoothed_teachers_distil_worse_students") is None
+
+
+def test_new_claims_recomputed_from_results_csv(tmp_path):
+    """results.csv carries memo_* and student_* columns: the statuses come back from it."""
+    rows = _noisy(0.05)
+    for r, d in zip(rows, _distilled(-0.04)):
+        r.update({k: v for k, v in d.items() if k.startswith("student_")})
+    path = os.path.join(tmp_path, "results.csv")
+    write_csv(path, rows, summarize(rows))
+    with open(path) as fh:
+        read = list(csv.DictReader(fh))
+    for name in ("smoothing_helps_under_label_noise", "smoothed_teachers_distil_worse_students"):
+        assert verdict(read, {"label_noise": NOISE}).claim(name).status == \
+            verdict(rows, {"label_noise": NOISE}).claim(name).status == "held"

@@ -122,8 +122,20 @@ def scope_sentence(v: Any) -> str:
         )
     recipe = f" (recipe `{s['recipe']}`)" if s.get("recipe") else ""
     n = s.get("n_seeds", 0)
+    targets = ""
+    if s.get("label_noise") and s["label_noise"].get("rate"):
+        targets = (
+            f", trained on labels with {_noise_words(s['label_noise'])} (validation, "
+            "calibration and test labels clean)"
+        )
+    if s.get("distill"):
+        d = s["distill"]
+        targets += (
+            f", each teacher distilled into a {d.get('student', 'same')} student at "
+            f"T = {_f(d.get('temperature'), 1)}"
+        )
     return (
-        f"Scope: {s.get('model')} on {s.get('dataset')}{recipe}, factors "
+        f"Scope: {s.get('model')} on {s.get('dataset')}{recipe}{targets}, factors "
         f"{', '.join(_eps(e) for e in s.get('factors', []))}, {n} paired seed{'s' if n != 1 else ''}, "
         f"up to {ep} epochs{sel}; unsmoothed test accuracy {acc_s} against a {ref_s}."
     )
@@ -267,7 +279,71 @@ def claim_sentence(c: Any) -> str:
             f"ε = {eps} leaves the model underconfident (mean confidence below accuracy on "
             f"test): signed gap {_interval(c)}"
         )
+    if name == "smoothing_helps_under_label_noise":
+        return _noise_sentence(c, chosen, holm)
+    if name == "smoothed_teachers_distil_worse_students":
+        return _distill_sentence(c, holm)
     return name.replace("_", " ")
+
+
+def _noise_words(c: Mapping[str, Any]) -> str:
+    """``20% symmetric label noise`` from a claim or a scope's ``label_noise``."""
+    rate, kind = c.get("noise_rate", c.get("rate")), c.get("noise_kind", c.get("kind"))
+    pct = "noisy labels" if rate is None else f"{100 * float(rate):g}% label noise"
+    if kind and rate is not None:
+        pct = f"{100 * float(rate):g}% {kind} label noise"
+    return pct
+
+
+def _noise_sentence(c: Mapping[str, Any], chosen: str, holm: str) -> str:
+    words = _noise_words(c)
+    if c.get("reason"):
+        return f"smoothing helps under {words}: not judged ({c['reason']})"
+    s = (
+        f"under {words} in the training labels, {chosen} reaches a higher clean test accuracy "
+        f"than the unsmoothed model trained on the same noisy labels: {_interval(c)}{holm}"
+    )
+    for key, what in (("test_nll", "clean test NLL"), ("test_ece", "clean test ECE")):
+        d = c.get(key)
+        if d:
+            s += f"; {what} {_interval(d)}"
+    memo = c.get("memorisation") or {}
+    noisy, true = memo.get("memo_noisy_label_accuracy"), memo.get("memo_true_label_accuracy")
+    if noisy and true:
+        s += (
+            f"; memorisation (training accuracy on the flipped examples against their noisy "
+            f"label / their true label): {_f(noisy.get('smoothed'))} / {_f(true.get('smoothed'))} "
+            f"at ε = {_eps(c.get('factor'))} against {_f(noisy.get('baseline'))} / "
+            f"{_f(true.get('baseline'))} at ε = 0"
+        )
+        d = memo.get("noisy_label_accuracy_diff")
+        if d:
+            s += f" (paired difference on the noisy label {_interval(d)})"
+    return s
+
+
+def _distill_sentence(c: Mapping[str, Any], holm: str) -> str:
+    eps = _eps(c.get("factor"))
+    if c.get("reason"):
+        return f"smoothed teachers distil worse students: not judged ({c['reason']})"
+    how = ""
+    if c.get("student") or c.get("temperature"):
+        how = (
+            f" ({c.get('student') or 'same'} student on the teacher's soft targets at "
+            f"T = {_f(c.get('temperature'), 1) if c.get('temperature') else '–'}, no smoothing)"
+        )
+    s = (
+        f"the students of teachers trained at ε = {eps} (the smoothed teacher factor with the "
+        f"lowest validation NLL of the teachers){how} are less accurate on test than the "
+        f"students of unsmoothed teachers: {_interval(c)}{holm}"
+    )
+    nll = c.get("student_test_nll")
+    if nll:
+        s += f"; student test NLL {_interval(nll)}"
+    t = c.get("teacher_test_accuracy")
+    if t:
+        s += f"; the teachers themselves, test accuracy {_interval(t)}"
+    return s
 
 
 _TITLES = {
@@ -285,6 +361,12 @@ _TITLES = {
     "higher_train_nll_than_baseline": "ε = {e} has a higher hard-label training NLL than ε = 0",
     "large_factor_underfits": "ε = {e} underfits (train and test accuracy below ε = {c})",
     "large_factor_underconfident": "ε = {e} is underconfident (signed gap < 0)",
+    "smoothing_helps_under_label_noise": (
+        "ε = {e} has a higher clean test accuracy than ε = 0 under label noise"
+    ),
+    "smoothed_teachers_distil_worse_students": (
+        "ε = {e} teachers distil less accurate students than ε = 0 teachers"
+    ),
 }
 
 

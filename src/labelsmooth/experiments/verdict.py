@@ -25,7 +25,20 @@ that file gets the same statuses:
   ``large_factor_underfits``                largest ε ≥ 0.3 has lower train *and* test accuracy
                                             than the validation-chosen ε (both 95% intervals)
   ``large_factor_underconfident``           largest ε ≥ 0.3 has a signed gap < 0
+  ``smoothing_helps_under_label_noise``     (training labels noisy) ε* has a higher *clean*
+                                            test accuracy than ε = 0 trained on the same noisy
+                                            labels (Lukasik et al. 2020); memorisation of the
+                                            flipped examples beside it
+  ``smoothed_teachers_distil_worse_students``  (distillation) students of ε* teachers have a
+                                            lower test accuracy than students of ε = 0
+                                            teachers (Müller et al. 2019, §5); ε* is chosen on
+                                            the *teachers'* validation NLL
   ========================================  ==================================================
+
+  The last two are judged only when the rows carry what they need: label noise (the
+  configuration's ``label_noise`` with a rate > 0, or ``memo_*`` columns) and students
+  (``student_test_*`` columns, :mod:`labelsmooth.experiments.distill`). Validation and test
+  labels are clean in both, so the selection stays on validation and the comparison on test.
 
   "held" means the paired interval excludes 0 in the claimed direction, "did not hold" that it
   excludes 0 in the other direction, "inconclusive" that it contains 0 (or there is one seed).
@@ -81,6 +94,18 @@ CLAIMS = (
     "higher_train_nll_than_baseline",
     "large_factor_underfits",
     "large_factor_underconfident",
+    "smoothing_helps_under_label_noise",
+    "smoothed_teachers_distil_worse_students",
+)
+
+NOISE_CLAIM = "smoothing_helps_under_label_noise"
+DISTILL_CLAIM = "smoothed_teachers_distil_worse_students"
+
+#: Memorisation columns of a run trained on noisy labels (:func:`labelsmooth.experiments.noise.memorisation`).
+MEMO_KEYS = (
+    "memo_noisy_label_accuracy",
+    "memo_true_label_accuracy",
+    "memo_clean_example_accuracy",
 )
 
 #: The smallest factor the underfitting / underconfidence claims call "large".
@@ -279,6 +304,14 @@ def comparisons(
     fams.append(("train", "train_nll", "train_nll", "train_nll"))
     fams.append(("train", "train_accuracy", "train_accuracy", "train_accuracy"))
     fams.append(("val", "val_nll", "val_nll", "val_nll"))
+    # label noise: how much of the flipped training labels each factor memorised
+    fams.append(("memorisation", "memo_noisy_label_accuracy", "memo_noisy_label_accuracy",
+                 "memo_noisy_label_accuracy"))
+    fams.append(("memorisation", "memo_true_label_accuracy", "memo_true_label_accuracy",
+                 "memo_true_label_accuracy"))
+    # distillation: the students of each teacher factor against the students of ε = 0 teachers
+    for m in ("accuracy", "nll", "ece"):
+        fams.append(("student", f"student_{m}", f"student_test_{m}", f"student_test_{m}"))
     for kind, name, ka, kb in fams:
         fam = []
         for f in factors:
@@ -413,6 +446,10 @@ def verdict(
         "reference": dict(ref) if ref else None,
         "alpha": alpha,
         "warnings": warnings,
+        # what the training labels / targets were: noisy (noise.py), a teacher's (distill.py)
+        "label_noise": dict(cfg["label_noise"]) if isinstance(cfg.get("label_noise"), Mapping)
+        else None,
+        "distill": dict(cfg["distill"]) if isinstance(cfg.get("distill"), Mapping) else None,
     }
 
     # per-factor summary numbers the renderer shows beside the claims (NLL decomposition)
@@ -433,6 +470,7 @@ def verdict(
                 "val_nll": _mean(by, f, "val_nll"),
                 "train_nll": _mean(by, f, "train_nll"),
                 "train_accuracy": _mean(by, f, "train_accuracy"),
+                **{k: _mean(by, f, k) for k in _OPTIONAL_FACTOR_KEYS if _has(rows, k)},
             }
         )
 
@@ -498,6 +536,14 @@ def verdict(
             claims.append(Claim("large_factor_underconfident", _sign_status(s, -1),
                                 {"factor": big, "metric": "test_gap", **s}))
 
+    noise = scope["label_noise"]
+    if (noise is not None and _num(noise.get("rate")) > 0) or (
+        noise is None and any(_has(rows, k) for k in MEMO_KEYS)
+    ):
+        claims.append(_noise_claim(by, cs, eps, noise, base_ok))
+    if _has(rows, "student_test_accuracy"):
+        claims.append(_distill_claim(by, cs, eps, scope["distill"], base_ok))
+
     return Verdict(
         scope=scope,
         selection={k: v for k, v in sel.items() if k != "comparisons"},
@@ -506,6 +552,85 @@ def verdict(
         comparisons=[c.as_dict() for c in cs],
         factors=factor_rows,
     )
+
+
+#: Per-factor means added to ``Verdict.factors`` when the rows have them (noise, distillation).
+_OPTIONAL_FACTOR_KEYS = (
+    *MEMO_KEYS,
+    "student_test_accuracy",
+    "student_test_nll",
+    "student_test_ece",
+)
+
+
+def _has(rows: Sequence[Mapping[str, Any]], key: str) -> bool:
+    """Whether some run row has a finite value for ``key``."""
+    return any(
+        r.get("kind", "run") == "run" and math.isfinite(_num(r.get(key))) for r in rows
+    )
+
+
+def _cmp(cs: Sequence[stats.PairedDiff], kind: str, metric: str, eps: float | None):
+    d = _find(cs, kind, metric, eps)
+    return None if d is None else d.as_dict()
+
+
+def _noise_claim(by, cs, eps, noise, base_ok) -> Claim:
+    """``smoothing_helps_under_label_noise``: ε* (validation NLL, clean labels) against ε = 0,
+    both trained on the same noisy labels, on *clean* test accuracy (Holm over the factors);
+    the test NLL / ECE comparisons and the memorisation of the flipped examples beside it."""
+    info: dict[str, Any] = {
+        "factor": eps,
+        "noise_rate": None if noise is None else noise.get("rate"),
+        "noise_kind": None if noise is None else noise.get("kind"),
+        "selected_on": {"split": "val", "metric": "nll"},
+    }
+    d = _find(cs, "baseline", "accuracy", eps) if base_ok and eps is not None else None
+    if d is None:
+        info["reason"] = "needs ε = 0 and a smoothed factor, on the same seeds"
+        return Claim(NOISE_CLAIM, INCONCLUSIVE, info)
+    info.update(d.as_dict())
+    info["test_nll"] = _cmp(cs, "baseline", "nll", eps)
+    info["test_ece"] = _cmp(cs, "baseline", "ece", eps)
+    memo: dict[str, Any] = {}
+    for key in MEMO_KEYS:
+        memo[key] = {"smoothed": _mean(by, eps, key), "baseline": _mean(by, 0.0, key)}
+    memo["noisy_label_accuracy_diff"] = _cmp(cs, "memorisation", "memo_noisy_label_accuracy", eps)
+    memo["true_label_accuracy_diff"] = _cmp(cs, "memorisation", "memo_true_label_accuracy", eps)
+    info["memorisation"] = memo
+    return Claim(NOISE_CLAIM, _status(d, +1), info)
+
+
+def _distill_claim(by, cs, eps, spec, base_ok) -> Claim:
+    """``smoothed_teachers_distil_worse_students``: the students of the ε* teachers (ε* chosen
+    on the teachers' validation NLL) against the students of the ε = 0 teachers, on test
+    accuracy (Holm over the teacher factors); ``held`` when they are less accurate."""
+    info: dict[str, Any] = {
+        "factor": eps,
+        "selected_on": {"split": "val", "metric": "nll", "of": "teachers"},
+        "student": None if spec is None else spec.get("student"),
+        "temperature": None if spec is None else spec.get("temperature"),
+    }
+    d = _find(cs, "student", "student_accuracy", eps) if base_ok and eps is not None else None
+    if d is None:
+        info["reason"] = "needs a teacher at ε = 0 and a smoothed teacher, on the same seeds"
+        return Claim(DISTILL_CLAIM, INCONCLUSIVE, info)
+    info.update(d.as_dict())
+    info["student_test_nll"] = _cmp(cs, "student", "student_nll", eps)
+    info["teacher_test_accuracy"] = _cmp(cs, "baseline", "accuracy", eps)
+    info["teacher_test_nll"] = _cmp(cs, "baseline", "nll", eps)
+    per = []
+    for f in sorted(by):
+        if f == 0.0:
+            continue
+        per.append({
+            "factor": f,
+            "student_test_accuracy": _cmp(cs, "student", "student_accuracy", f),
+            "student_test_nll": _cmp(cs, "student", "student_nll", f),
+            "teacher_test_accuracy": _cmp(cs, "baseline", "accuracy", f),
+        })
+    info["per_factor"] = per
+    return Claim(DISTILL_CLAIM, _status(d, -1), info)
 
 
 def bootstrap_intervals(
