@@ -18,7 +18,7 @@ communicates per-row vectors only (O(N), never O(N·K)):
    :math:`\mathrm{lse} = M + \log\sum_r e_r e^{m_r - M}` and the rest.
 
 Then, with the per-row coefficients :math:`c_t, c_s, c_z` of
-:func:`labelsmooth.functional.plan_index`,
+:func:`labelsmooth._plan.plan_index`,
 
 .. math::
 
@@ -54,10 +54,10 @@ import torch.distributed as dist
 
 from labelsmooth import _validation as V
 from labelsmooth._comm import collective_device
-from labelsmooth.functional import (
+from labelsmooth._plan import (
     Reduction,
     WeightMode,
-    _rows,
+    as_rows,
     check_options,
     finish_index,
     plan_index,
@@ -988,7 +988,7 @@ def vocab_parallel_cross_entropy(
     start, size, exchanged = _agree(call, err, group, world, rank, device, validate)
 
     # (R, K_r) with classes last; explicit row count so an empty shard (K_r = 0) reshapes too
-    x = (_rows(x_in, width) if width > 0 or x_in.dim() < 3
+    x = (as_rows(x_in, width) if width > 0 or x_in.dim() < 3
          else x_in.movedim(1, -1).reshape(target.numel(), 0))
     st = _setup(target.reshape(-1), width, start, size, weight, prior, opts, x.device,
                 acc_dtype(x.dtype), check_values, group, world, rank, call, exchanged)
@@ -1085,17 +1085,17 @@ class _LinearRows(torch.autograd.Function):
         sh = ctx.sh
         # dW and db through the single-process accumulation: float32 (float64) sums of products
         # that are never rounded to half precision first
-        grads = linear_ce._Grads(None, dw, db)
-        dw_cols, cols = linear_ce._dw_block_cols(ctx.chunk), slice(0, w.shape[0])
+        grads = linear_ce.Grads(None, dw, db)
+        dw_cols, cols = linear_ce.dw_block_cols(ctx.chunk), slice(0, w.shape[0])
         for r0 in range(0, h.shape[0], ctx.chunk):
             r1 = min(h.shape[0], r0 + ctx.chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
-            logits = linear_ce._logits(h[r0:r1], w, b)
+            logits = linear_ce.logits(h[r0:r1], w, b)
             gl = _grad_shard(ctx.engine, logits, part, ref[r0:r1], lse[r0:r1], coef_p[r0:r1],
                              ct[r0:r1], cs[r0:r1], g[r0:r1])
             if need_h:
                 dh[r0:r1] = gl @ w
-            linear_ce._accumulate(gl, h[r0:r1], w, grads, slice(r0, r1), cols, None, dw_cols)
+            linear_ce.accumulate(gl, h[r0:r1], w, grads, slice(r0, r1), cols, None, dw_cols)
         if need_h and ctx.world > 1:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=ctx.group)
         return (dh.to(h.dtype) if need_h else None, dw.to(w.dtype) if need_w else None,
@@ -1230,7 +1230,7 @@ def vocab_parallel_linear_cross_entropy(
                 acc_dtype(h.dtype), check_values, group, world, rank, call, exchanged)
     out_shape = tuple(target.shape)
     if engine is None:  # reference: full local logits, autograd through the collectives
-        x = linear_ce._logits(copy_to_vocab_parallel(h, group), w, bias)
+        x = linear_ce.logits(copy_to_vocab_parallel(h, group), w, bias)
         loss_rows, lse, plan = _reference_rows(x, st)
         return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss
 
@@ -1241,7 +1241,7 @@ def vocab_parallel_linear_cross_entropy(
         for r0 in range(0, rows_n, chunk):
             r1 = min(rows_n, r0 + chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
-            pm, se[r0:r1], pxy, psx = _partials(engine, linear_ce._logits(h[r0:r1], w, bias), part)
+            pm, se[r0:r1], pxy, psx = _partials(engine, linear_ce.logits(h[r0:r1], w, bias), part)
             parts[0, r0:r1], parts[2, r0:r1], parts[3, r0:r1] = pm, pxy, psx
         ref, lse_rel, x_y, sx, S, plan = _globals(st, parts[0], se, parts[2], parts[3])
     loss_rows = _LinearRows.apply(h, w, bias, engine, sh, ref, lse_rel, x_y, sx, S, plan.ct,

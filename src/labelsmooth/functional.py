@@ -1,27 +1,38 @@
-r"""Label-smoothed losses: argument validation, the coefficients of each convention, reductions.
+r"""Label-smoothed losses: the public functions, PyTorch-style keywords in, one loss out.
 
 The per-row work is done by an implementation from :mod:`labelsmooth.ops` chosen by ``impl=``;
-everything shared by all implementations (validation, weights, ignore mask, reduction and its
-normaliser) lives here, once.
+everything shared by all implementations (options, weights, ignore mask, reduction and its
+normaliser) lives once in :mod:`labelsmooth._plan`, re-exported here.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from labelsmooth import _validation as V
 from labelsmooth import ops
+from labelsmooth._plan import (  # noqa: F401 - re-exported: the planning layer's public home
+    CrossEntropyStats,
+    Impl,
+    IndexPlan,
+    LossOptions,
+    apply_reduction,
+    as_rows,
+    Reduction,
+    WeightMode,
+    check_at_construction,
+    check_options,
+    check_prior_values,
+    finish_index,
+    plan_index,
+)
 from labelsmooth.ops._consumed import _check_not_consumed
 from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref, sum_exp
 from labelsmooth.targets import Spread, binary_targets, smoothing_coefficients
 
-Reduction = Literal["none", "mean", "sum"]
-WeightMode = Literal["torch", "target"]
-Impl = Literal["auto", "reference", "fused", "triton"]
+# the historical private names, kept for code that imported them
+_rows, _reduce, _check_prior_values = as_rows, apply_reduction, check_prior_values
 
 __all__ = [
     "CrossEntropyStats",
@@ -29,23 +40,6 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_with_stats",
 ]
-
-
-class CrossEntropyStats(NamedTuple):
-    """What :func:`cross_entropy_with_stats` returns.
-
-    Attributes:
-        loss: the differentiable objective (smoothed cross-entropy + z-loss), reduced.
-        nll: the unsmoothed (hard-label) negative log-likelihood, reduced like ``loss``; detached.
-        z_loss: the z-loss term included in ``loss``, reduced like ``loss``; detached.
-        lse: per-element log-sum-exp of the (soft-capped) logits, shape of the loss before
-            reduction; detached.
-    """
-
-    loss: torch.Tensor
-    nll: torch.Tensor
-    z_loss: torch.Tensor
-    lse: torch.Tensor
 
 
 def cross_entropy(
@@ -163,10 +157,11 @@ def cross_entropy(
         >>> cross_entropy(x, y, label_smoothing=0.15)
         tensor(0.5046)
     """
-    return _cross_entropy(
-        input, target, weight, ignore_index, reduction, label_smoothing, spread, prior,
-        weight_mode, z_loss, softcap, impl, inplace_backward, validate, stats=False,
-    ).loss
+    _check_positional(ignore_index, reduction)
+    input, target = _check_pair(input, target)
+    opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
+                         z_loss, softcap, impl, inplace_backward, validate)
+    return _cross_entropy(input, target, weight, opts, stats=False).loss
 
 
 def cross_entropy_with_stats(
@@ -200,35 +195,11 @@ def cross_entropy_with_stats(
         >>> torch.nn.functional.cross_entropy(x, torch.tensor([0, 1]))
         tensor(0.3171)
     """
-    return _cross_entropy(
-        input, target, weight, ignore_index, reduction, label_smoothing, spread, prior,
-        weight_mode, z_loss, softcap, impl, inplace_backward, validate, stats=True,
-    )
-
-
-def _rows(t: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(C) → (1, C); (N, C) as is; (N, C, d...) → (N·d..., C) with classes last."""
-    if t.dim() == 1:
-        return t.unsqueeze(0)
-    if t.dim() == 2:
-        return t
-    return t.movedim(1, -1).reshape(-1, num_classes)
-
-
-def _reduce(
-    rows: torch.Tensor, reduction: str, denom: torch.Tensor | float, shape: tuple[int, ...],
-) -> torch.Tensor:
-    if reduction == "none":
-        return rows.reshape(shape)
-    total = rows.sum()
-    if reduction == "sum":
-        return total
-    if isinstance(denom, torch.Tensor):
-        # A zero normaliser (every element ignored, or target weights summing to 0) gives a NaN
-        # mean and NaN gradients for the rows that count, as PyTorch, whose target term is then
-        # 0/0, even when the smoothing term alone would give ±inf (one rule, no sync).
-        denom = torch.where(denom == 0, torch.full_like(denom, float("nan")), denom)
-    return total / denom
+    _check_positional(ignore_index, reduction)
+    input, target = _check_pair(input, target)
+    opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
+                         z_loss, softcap, impl, inplace_backward, validate)
+    return _cross_entropy(input, target, weight, opts, stats=True)
 
 
 def _check_positional(ignore_index: object, reduction: object) -> None:
@@ -246,235 +217,21 @@ def _check_positional(ignore_index: object, reduction: object) -> None:
         )
 
 
-@dataclass(frozen=True)
-class LossOptions:
-    """Validated loss options shared by every entry point (cross_entropy, linear, distributed)."""
-
-    ignore_index: int
-    reduction: str
-    label_smoothing: float
-    spread: str
-    prior: torch.Tensor | None
-    weight_mode: str
-    z_loss: float
-    softcap: float | None
-    impl: str
-    inplace_backward: bool
-    validate: bool | None
-
-
-def check_options(
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    spread: str = "all",
-    prior: torch.Tensor | None = None,
-    weight_mode: str = "torch",
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    impl: str = "auto",
-    inplace_backward: bool = False,
-    validate: bool | None = None,
-) -> LossOptions:
-    """Check every option that needs no tensor data; raise ValueError/TypeError otherwise."""
-    if not isinstance(inplace_backward, bool):
-        raise V.fail("inplace_backward", "a bool", inplace_backward, TypeError)
-    V.check_validate(validate)
-    if prior is not None:
-        V.check_floating("prior", V.check_tensor("prior", prior))
-    return LossOptions(
-        ignore_index=V.check_ignore_index(ignore_index),
-        reduction=V.check_choice("reduction", reduction, V.REDUCTIONS),
-        label_smoothing=V.check_smoothing(label_smoothing),
-        spread=V.check_choice("spread", spread, V.SPREADS),
-        prior=prior,
-        weight_mode=V.check_choice("weight_mode", weight_mode, V.WEIGHT_MODES),
-        z_loss=V.check_nonnegative("z_loss", z_loss),
-        softcap=V.check_softcap(softcap),
-        impl=V.check_choice("impl", impl, ops.IMPLS),
-        inplace_backward=inplace_backward,
-        validate=validate,
-    )
-
-
-@dataclass
-class IndexPlan:
-    r"""Per-row coefficients of the index-target loss (see :mod:`labelsmooth.ops` for the contract).
-
-    Attributes:
-        y: (R,) int64 safe target indices (ignored rows point at class 0 with zero coefficients).
-        valid: (R,) bool, False for ignored rows.
-        w_y: (R,) weight of each row's target class (1 without weights, 0 when ignored).
-        ct, cs, cz: the ops' target, smoothing and z-loss coefficients (``cz`` None without z-loss).
-        s, s_uniform: the smoothing shares, a (K,) vector or a uniform float.
-        denom: the ``mean`` normaliser, :math:`\sum_n w_{y_n}` (0-d).
-    """
-
-    y: torch.Tensor
-    valid: torch.Tensor
-    w_y: torch.Tensor
-    ct: torch.Tensor
-    cs: torch.Tensor
-    cz: torch.Tensor | None
-    s: torch.Tensor | None
-    s_uniform: float
-    denom: torch.Tensor
-
-
-def plan_index(
-    target: torch.Tensor,
-    num_classes: int,
-    opts: LossOptions,
-    weight: torch.Tensor | None,
-    *,
-    device: torch.device,
-    acc: torch.dtype,
-    check_values: bool,
-    w_y: torch.Tensor | None = None,
-) -> IndexPlan:
-    """Fold the convention, class weights and ignore mask into per-row coefficients.
-
-    Args:
-        target: (R,) integer class indices (already flattened).
-        num_classes: K, the full number of classes (the global vocabulary when sharded).
-        opts: validated options.
-        weight: (K,) class weights or None. Under vocabulary sharding pass the local shard here
-            and the gathered target weights as ``w_y``.
-        device, acc: where and in which dtype the coefficients live.
-        check_values: check that indices lie in [0, K) (reads values).
-        w_y: (R,) weights of each row's target class when they cannot be gathered locally.
-    """
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
-    a, b = smoothing_coefficients(
-        num_classes, opts.label_smoothing, spread=opts.spread, prior=opts.prior,
-        check_values=_check_prior_values(opts, check_values),
-    )
-    y = target.to(device=device, dtype=torch.long)
-    valid = y != opts.ignore_index
-    if check_values and y.numel() > 0:
-        bad = valid & ((y < 0) | (y >= num_classes))
-        if bool(bad.any()):
-            raise V.fail("target", f"class indices in [0, {num_classes}) or ignore_index="
-                         f"{opts.ignore_index}", int(y[bad][0]))
-    y_safe = torch.where(valid, y, torch.zeros_like(y))
-    validf = valid.to(acc)
-    w = weight.detach().to(device=device, dtype=acc) if weight is not None else None
-    if isinstance(b, torch.Tensor):
-        b = b.to(device=device, dtype=acc)
-    if w_y is None:
-        w_y = w[y_safe] * validf if w is not None else validf
-    else:
-        w_y = w_y.to(acc) * validf
-    ct = a * w_y
-    if opts.weight_mode == "torch":
-        cs = validf
-        if w is not None:
-            # PyTorch: the smoothing mass of class c is weighted by w_c (pytorch#104776).
-            b = b * w
-    else:
-        cs = w_y
-    if opts.label_smoothing == 0.0:
-        # No smoothing term at all (not a term with zero shares): 0·(lse − x_c) is NaN where a
-        # logit is −inf (masked vocabulary), while PyTorch's unsmoothed loss stays finite there.
-        s, s_uniform = None, 0.0
-    else:
-        s, s_uniform = (b, 0.0) if isinstance(b, torch.Tensor) else (None, float(b))
-    cz = opts.z_loss * w_y if opts.z_loss > 0.0 else None  # weighted and normalised like the loss
-    return IndexPlan(y_safe, valid, w_y, ct, cs, cz, s, s_uniform, w_y.sum())
-
-
-def check_at_construction(
-    weight: torch.Tensor | None, prior: torch.Tensor | None, opts: LossOptions,
-    weight_arg: str = "weight",
-) -> torch.Tensor | None:
-    """The class-weight and prior checks a loss module makes when it is built (one rule for all).
-
-    The vocabulary is unknown before the first call, so the prior's own length stands for it:
-    :func:`labelsmooth.smoothing_coefficients` checks spread/prior compatibility and (on the CPU
-    unless ``validate=False``) that the prior is a distribution, as at call time. ``weight`` (named
-    ``weight_arg`` in messages) must be a floating 1-D tensor of the prior's length. Returns it.
-
-    Examples:
-        >>> opts = check_options(label_smoothing=0.1)
-        >>> check_at_construction(None, torch.tensor([0.5, 0.5]), opts)
-        >>> check_at_construction(torch.ones(3), torch.tensor([0.5, 0.5]), opts)
-        Traceback (most recent call last):
-        ...
-        ValueError: Expected `prior` to be of the weight's length 3, but got 2.
-    """
-    if weight is not None:
-        weight = V.check_floating(weight_arg, V.check_tensor(weight_arg, weight))
-        if weight.dim() != 1:
-            raise V.fail(weight_arg, "a 1-D tensor (one entry per class)", tuple(weight.shape))
-    if prior is not None:
-        if prior.dim() != 1:
-            raise V.fail("prior", "a 1-D tensor (one entry per class)", tuple(prior.shape))
-        smoothing_coefficients(prior.shape[0], opts.label_smoothing, spread=opts.spread,
-                               prior=prior, check_values=_check_prior_values(opts, opts.validate is True),
-                               arg="label_smoothing")
-        if weight is not None and weight.shape != prior.shape:
-            what = "the weight's" if weight_arg == "weight" else f"{weight_arg}'s"
-            raise V.fail("prior", f"of {what} length {weight.shape[0]}", prior.shape[0])
-    return weight
-
-
-def _check_prior_values(opts: LossOptions, check_values: bool) -> bool:
-    # A prior on the CPU is read without a device sync, so the default (validate=None) checks it
-    # even for CUDA inputs; validate=False skips every value check.
-    if check_values:
-        return True
-    return opts.validate is None and opts.prior is not None and opts.prior.device.type == "cpu"
-
-
-def finish_index(
-    loss_rows: torch.Tensor,
-    lse: torch.Tensor,
-    x_y: torch.Tensor | None,
-    plan: IndexPlan,
-    opts: LossOptions,
-    out_shape: tuple[int, ...],
-    out_dtype: torch.dtype,
-    stats: bool,
-    nll_rows: torch.Tensor | None = None,
-) -> CrossEntropyStats:
-    """Apply the reduction once, outside the per-row work; optionally the logging statistics.
-
-    ``x_y`` is the (soft-capped) target logit per row, needed only when ``stats`` is True and
-    ``nll_rows`` (the per-row weighted NLL :math:`w_y(\\mathrm{lse} - x_y)`, computed by an op
-    relative to the row max) is not given.
-    """
-    # Ignored rows carry zero coefficients, but 0·inf is NaN when their (padding) logits hold ±inf
-    # at the placeholder class; PyTorch leaves them out, so zero them by selection (no sync).
-    loss_rows = torch.where(plan.valid, loss_rows, torch.zeros((), dtype=loss_rows.dtype,
-                                                               device=loss_rows.device))
-    loss = _reduce(loss_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
-    if not stats:
-        return CrossEntropyStats(loss, loss, loss, lse)
-    with torch.no_grad():
-        if nll_rows is None:
-            nll_rows = (lse - x_y.to(lse.dtype)) * plan.w_y
-        nll_rows = torch.where(plan.valid, nll_rows, 0.0)
-        # select, not multiply: an ignored row's lse may be ±inf (cz = 0 there, and 0·inf = nan)
-        z_rows = (torch.where(plan.valid, plan.cz * lse.square(), 0.0) if plan.cz is not None
-                  else torch.zeros_like(lse))
-        nll = _reduce(nll_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
-        zl = _reduce(z_rows, opts.reduction, plan.denom, out_shape).to(out_dtype)
-    return CrossEntropyStats(loss, nll, zl, lse.reshape(out_shape))
-
-
-def _cross_entropy(
-    input, target, weight, ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
-    z_loss, softcap, impl, inplace_backward, validate, *, stats: bool,
-) -> CrossEntropyStats:
-    # 1. Arguments that need no tensor data.
-    _check_positional(ignore_index, reduction)
+def _check_pair(input: object, target: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checks of ``input`` and ``target`` that come before the options (error order)."""
     input = V.check_floating("input", V.check_tensor("input", input))
     target = V.check_tensor("target", target)
     if input.dim() < 1:
         raise V.fail("input", "a tensor of shape (C), (N, C) or (N, C, d1, ..., dk)", tuple(input.shape))
-    opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
-                         z_loss, softcap, impl, inplace_backward, validate)
+    return input, target
+
+
+def _cross_entropy(
+    input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, opts: LossOptions,
+    *, stats: bool,
+) -> CrossEntropyStats:
+    """The loss for checked tensors and validated options (one typed object from here on)."""
+    validate = opts.validate
     num_classes = input.shape[1] if input.dim() >= 2 else input.shape[0]
     if num_classes < 1:
         raise V.fail("input", "a tensor with at least one class (class dimension C >= 1)",
@@ -490,7 +247,7 @@ def _cross_entropy(
     if not torch.compiler.is_compiling():
         # every implementation refuses logits overwritten by an earlier in-place backward
         _check_not_consumed(input)
-    x = _rows(input, num_classes)
+    x = as_rows(input, num_classes)
     acc = acc_dtype(input.dtype)
 
     if target.shape == input.shape:
@@ -549,7 +306,7 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
     if isinstance(b, torch.Tensor):
         b = b.to(device=input.device, dtype=acc)
     w = weight.detach().to(device=input.device, dtype=acc) if weight is not None else None
-    t = _rows(target, num_classes)
+    t = as_rows(target, num_classes)
     rows = x.shape[0]
     ones = torch.ones(rows, dtype=acc, device=input.device)
     if opts.label_smoothing == 0.0:
@@ -574,7 +331,7 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         loss_rows = rs * loss_rows
         cz = opts.z_loss * rs.detach() if opts.z_loss > 0.0 else None  # for the stats
     out_shape = tuple(input.shape[:1] + input.shape[2:]) if input.dim() >= 2 else ()
-    loss = _reduce(loss_rows, opts.reduction, denom, out_shape).to(out_dtype)
+    loss = apply_reduction(loss_rows, opts.reduction, denom, out_shape).to(out_dtype)
     if not stats:
         return CrossEntropyStats(loss, loss, loss, lse)
     with torch.no_grad():
@@ -588,8 +345,8 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         nll_rows = rs.detach() * ((tq * d).sum(-1) + tq.sum(-1) * lse_rel)
         z_rows = cz * lse.square() if cz is not None else torch.zeros_like(lse)
         denom = denom.detach() if isinstance(denom, torch.Tensor) else denom
-        nll = _reduce(nll_rows, opts.reduction, denom, out_shape).to(out_dtype)
-        zl = _reduce(z_rows, opts.reduction, denom, out_shape).to(out_dtype)
+        nll = apply_reduction(nll_rows, opts.reduction, denom, out_shape).to(out_dtype)
+        zl = apply_reduction(z_rows, opts.reduction, denom, out_shape).to(out_dtype)
     return CrossEntropyStats(loss, nll, zl, lse.reshape(out_shape))
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from labelsmooth import _validation as V
-from labelsmooth.functional import (
+from labelsmooth._plan import (
     Impl,
     Reduction,
     WeightMode,

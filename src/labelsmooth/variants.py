@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from labelsmooth import _validation as V
-from labelsmooth.functional import Impl, Reduction, WeightMode, _rows, cross_entropy
+from labelsmooth._plan import Impl, Reduction, WeightMode, as_rows
+from labelsmooth.functional import cross_entropy
 from labelsmooth.ops._math import acc_dtype
 from labelsmooth.targets import Spread
 
@@ -89,7 +90,7 @@ def _index_problem(
     validf = valid.to(acc)
     w_y = weight.detach().to(device=input.device, dtype=acc)[y] * validf if weight is not None \
         else validf
-    return _rows(input, num_classes), y, valid, w_y, expected, num_classes, reduction, weight
+    return as_rows(input, num_classes), y, valid, w_y, expected, num_classes, reduction, weight
 
 
 def _finish(rows: torch.Tensor, valid: torch.Tensor, w_y: torch.Tensor, reduction: str,

@@ -2,7 +2,7 @@ r"""Implementations of the per-row label-smoothed cross-entropy, one per file, b
 
 Every implementation module (``reference``, ``fused``, ``triton_ce``) provides the same two
 autograd-aware functions. Reductions, weights' normalisers and argument checks live in
-:mod:`labelsmooth.functional`; an op only does per-row work on a 2-D ``(R, K)`` view.
+:mod:`labelsmooth._plan`; an op only does per-row work on a 2-D ``(R, K)`` view.
 
 **Index targets** — ``index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)``
 
@@ -27,7 +27,7 @@ autograd-aware functions. Reductions, weights' normalisers and argument checks l
   the implementation must then make any later use of ``x`` by autograd fail loudly.
 * a row whose coefficients are all zero (an ignored row) must get a gradient of exactly 0,
   whatever its logits hold (±inf or NaN padding): implementations select, never multiply by 0.
-  Its loss entry may be NaN; the caller discards it by selection (``functional.finish_index``).
+  Its loss entry may be NaN; the caller discards it by selection (``_plan.finish_index``).
 
 **Probability targets** — ``prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward)``
 
@@ -49,8 +49,7 @@ from types import ModuleType
 import torch
 
 from labelsmooth import _validation as V
-
-IMPLS = ("auto", "reference", "fused", "triton")
+from labelsmooth._plan import IMPLS
 _MODULES = {"reference": "reference", "fused": "fused", "triton": "triton_ce"}
 
 

@@ -8,7 +8,7 @@ one-hot or smoothed targets:
   :math:`ct(\mathrm{lse} - x_y) + cs(S\,\mathrm{lse} - \sum_c s_c x_c) + cz\,\mathrm{lse}^2`.
 * **backward** — the gradient :math:`g_n\,(cp_n p_{n,j} - ct_n[j=y_n] - cs_n s_j)` is recomputed
   from the saved logits and lse block by block (:func:`grad_rows`), so the forward keeps nothing
-  but (R,) vectors. The reduction is applied outside (:mod:`labelsmooth.functional`), so the
+  but (R,) vectors. The reduction is applied outside (:mod:`labelsmooth._plan`), so the
   backward receives the per-row upstream gradient and works for every reduction.
 * **in place** (``inplace_backward=True``) — the backward writes the gradient into the logits'
   own storage: forward + backward need no memory of the logits' size.

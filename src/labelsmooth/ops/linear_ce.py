@@ -8,8 +8,8 @@ vocabulary block by vocabulary block), so at most one chunk of logits is alive a
 * statistics: ``x_c = h_c W^T + b`` then the per-row partials (max, Σexp, target logit,
   :math:`\sum_c s_c x_c`) of :func:`labelsmooth.ops.fused.row_partials`, merged online across
   vocabulary blocks, give :math:`\mathrm{lse}` and the per-row loss (the per-row coefficients
-  ``ct, cs, cz, s`` come from :func:`labelsmooth.functional.plan_index`, the reduction from
-  :func:`labelsmooth.functional.finish_index`, so no formula is written twice);
+  ``ct, cs, cz, s`` come from :func:`labelsmooth._plan.plan_index`, the reduction from
+  :func:`labelsmooth._plan.finish_index`, so no formula is written twice);
 * gradient: :func:`labelsmooth.ops.fused.grad_rows` writes
   :math:`g_n\,\partial\ell_n/\partial x` over the logits chunk in place, then three matmuls
   accumulate :math:`\partial h_c = G W`, :math:`\partial W \mathrel{+}= G^\top h_c` (in float32, or
@@ -51,6 +51,10 @@ states and of one 16 MiB block of its logits gradient, multiplied straight into 
 accumulator is what keeps a long sum of chunk products exact (half-precision accumulation drifts),
 but for a bfloat16 weight it costs 4·V·H bytes next to the 2·V·H-byte gradient — at 8192 tokens ×
 H 4096 × V 128256 that is as much as the full bfloat16 logits.
+
+**Internal API** (shared with :mod:`labelsmooth.distributed`, whose vocabulary-parallel linear
+loss reuses the same GEMMs and float32 accumulation): :func:`logits`, :class:`Grads`,
+:func:`accumulate`, :func:`dw_block_cols`, :func:`check_chunking` and the default budgets.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ import torch
 
 from labelsmooth import _validation as V
 from labelsmooth import ops
-from labelsmooth.functional import IndexPlan, LossOptions, finish_index
+from labelsmooth._plan import IndexPlan, LossOptions, finish_index, reduction_scale
 from labelsmooth.ops._math import (
     acc_dtype,
     grad_coef,
@@ -163,7 +167,7 @@ def _round_cols(cols: int, vocab: int, engine: str) -> int:
 # ----------------------------------------------------------------------------------------------
 
 @dataclass
-class _Grads:
+class Grads:
     """Gradient destinations (None where not wanted), filled chunk by chunk."""
 
     dh: torch.Tensor | None
@@ -171,8 +175,8 @@ class _Grads:
     db: torch.Tensor | None  # float32 (float64) accumulator
 
 
-def _logits(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
-            out: torch.Tensor | None = None) -> torch.Tensor:
+def logits(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
     """``hc @ w.T + b`` (one fused GEMM); into ``out`` when given, else a fresh differentiable
     tensor (the vocabulary-parallel loss uses both)."""
     if b is None:
@@ -191,9 +195,7 @@ def _chunk_activation(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None)
     never runs). Must be called with grad enabled.
     """
     hc = hc.detach().requires_grad_(True)  # an alias of the rows, no copy
-    return _logits(hc, w.detach(), b.detach() if b is not None else None)
-
-
+    return logits(hc, w.detach(), b.detach() if b is not None else None)
 
 
 #: (device type, device index, input dtype) → whether ``torch.addmm(..., out_dtype=float32)``
@@ -245,12 +247,12 @@ def mixed_addmm_supported(device: torch.device, dtype: torch.dtype) -> bool:
     return ok
 
 
-def _dw_block_cols(rows: int) -> int:
+def dw_block_cols(rows: int) -> int:
     """Vocabulary columns per float32 block of a low-precision logits gradient (16 MiB)."""
     return max(1, (DEFAULT_MEMORY_BUDGET // 4) // (max(1, rows) * 4))
 
 
-def _accumulate(g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor, grads: _Grads,
+def accumulate(g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor, grads: Grads,
                 rsl: slice, csl: slice, dh_acc: torch.Tensor | None, dw_cols: int) -> None:
     """dh[rows] (+)= g W[cols];  dW[cols] += gᵀ h_c;  db[cols] += Σ_n g  (g in the logits dtype)."""
     if grads.dh is not None:
@@ -288,7 +290,7 @@ def run_chunks(
     chunks: ChunkPlan,
     *,
     row_scale: torch.Tensor | None = None,
-    grads: _Grads | None = None,
+    grads: Grads | None = None,
     lse_known: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Walk the logits chunk by chunk; return the per-row ``(loss, ref, lse_rel)``.
@@ -319,7 +321,7 @@ def run_chunks(
     rows, cols = chunks.rows, chunks.cols
     buf = torch.empty(rows * cols if kind == "fused" else 0, dtype=h.dtype, device=h.device)
     split = cols < vocab
-    dw_cols = _dw_block_cols(rows)
+    dw_cols = dw_block_cols(rows)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
         rsl = slice(r0, r1)
@@ -329,7 +331,7 @@ def run_chunks(
         if kind == "op":
             # A fresh chunk each time: an in-place backward marks its logits as consumed.
             if grads is None:
-                x = _logits(hc, w, b, torch.empty(r1 - r0, vocab, dtype=h.dtype, device=h.device))
+                x = logits(hc, w, b, torch.empty(r1 - r0, vocab, dtype=h.dtype, device=h.device))
                 lr, ls = mod.index_rows(x, y, ct, cs, plan.s, plan.s_uniform, cz, opts.softcap, False)
                 del x  # freed before the next chunk is allocated
             else:
@@ -339,7 +341,7 @@ def run_chunks(
                                             opts.softcap, True)
                     (g,) = torch.autograd.grad(lr, x, row_scale[rsl].to(lr.dtype))
                 del x  # g is the chunk's own memory (in place) or, for the reference op, a copy
-                _accumulate(g, hc, w, grads, rsl, slice(0, vocab), None, dw_cols)
+                accumulate(g, hc, w, grads, rsl, slice(0, vocab), None, dw_cols)
                 del g  # free the chunk before the next one is allocated (one chunk alive)
                 lr = lr.detach()
             loss[rsl], lse[rsl] = lr, ls
@@ -350,7 +352,7 @@ def run_chunks(
             m = se = xy = sx = ref_c = s_seen = None
             keep = None
             for c0, c1 in blocks:
-                x = _logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
+                x = logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
                             buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
                 s_blk = plan.s[c0:c1] if plan.s is not None else None
                 mask = (y >= c0) & (y < c1) if split else None
@@ -381,13 +383,13 @@ def run_chunks(
             if keep is not None and not split:
                 x = keep  # the single block's logits are still in the buffer
             else:
-                x = _logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
+                x = logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
                             buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
             s_blk = plan.s[c0:c1] if plan.s is not None else None
             mask = (y >= c0) & (y < c1) if split else None
             g = mod.grad_rows(x, y - c0 if split else y, lse_c, coef_p, ct, cs, s_blk,
                               plan.s_uniform, opts.softcap, row_scale[rsl], mask, out=x, ref=ref_c)
-            _accumulate(g, hc, w, grads, rsl, slice(c0, c1), dh_acc, dw_cols)
+            accumulate(g, hc, w, grads, rsl, slice(c0, c1), dh_acc, dw_cols)
         if dh_acc is not None:
             grads.dh[rsl] = dh_acc
     return loss, ref, lse
@@ -401,32 +403,17 @@ def _reduced(loss_rows, lse, plan, opts, out_shape, out_dtype):
     return finish_index(loss_rows, lse, None, plan, opts, out_shape, out_dtype, False).loss
 
 
-def _reduction_scale(plan: IndexPlan, opts: LossOptions, n: int, acc: torch.dtype,
-                     out_shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """d(reduced loss)/d(row loss), taken from ``finish_index`` itself (the normaliser lives there).
-
-    Ignored rows get 0, so a batch in which every token is ignored has zero gradients (as in
-    PyTorch) instead of 0·∞.
-    """
-    with torch.enable_grad():
-        r = torch.zeros(n, dtype=acc, device=device, requires_grad=True)
-        out = _reduced(r, r.detach(), plan, opts, out_shape, acc)
-        (d,) = torch.autograd.grad(out, r)
-    return torch.where(plan.valid, d, torch.zeros_like(d))
-
-
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, w, b, engine, plan, opts, chunks, out_shape, out_dtype, grad_in_forward):
         needs = ctx.needs_input_grad[:3]
         acc = acc_dtype(h.dtype)
-        n = h.shape[0]
         ctx.engine, ctx.plan, ctx.opts, ctx.chunks = engine, plan, opts, chunks
         ctx.out_shape, ctx.acc = out_shape, acc
         ctx.grads = None
         if grad_in_forward and opts.reduction != "none":
-            scale = _reduction_scale(plan, opts, n, acc, out_shape, h.device)
-            grads = _Grads(
+            scale = reduction_scale(plan, opts)
+            grads = Grads(
                 torch.empty_like(h) if needs[0] else None,
                 torch.zeros(w.shape, dtype=acc, device=w.device) if needs[1] else None,
                 torch.zeros(w.shape[0], dtype=acc, device=w.device) if needs[2] else None,
@@ -447,13 +434,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if grads is None:
             # Recompute: the upstream gradient (per row for "none") is folded in before GᵀH.
             needs = ctx.needs_input_grad[:3]
-            n = h.shape[0]
             if ctx.opts.reduction == "none":
                 scale = grad_out.reshape(-1).to(ctx.acc) * ctx.plan.valid
             else:
-                scale = _reduction_scale(ctx.plan, ctx.opts, n, ctx.acc, ctx.out_shape, h.device)
+                scale = reduction_scale(ctx.plan, ctx.opts)
                 scale = scale * grad_out.to(ctx.acc)
-            grads = _Grads(
+            grads = Grads(
                 torch.empty_like(h) if needs[0] else None,
                 torch.zeros(w.shape, dtype=ctx.acc, device=w.device) if needs[1] else None,
                 torch.zeros(w.shape[0], dtype=ctx.acc, device=w.device) if needs[2] else None,

@@ -9,7 +9,7 @@ two-pass kernels of :mod:`labelsmooth.ops._triton_kernels`:
   ``lse``), plus :math:`Q=\sum_c q_c` for probability targets;
 * backward — one more read: :math:`p` recomputed from those statistics, the gradient scaled by
   the per-row upstream gradient and written once (the reduction's normaliser arrives inside that
-  gradient: reductions happen outside, in :mod:`labelsmooth.functional`).
+  gradient: reductions happen outside, in :mod:`labelsmooth._plan`).
 
 With ``inplace_backward=True`` the backward writes the gradient over the logits' own memory and
 returns that tensor as the gradient, so the loss needs no memory beyond (R,) vectors. The write
