@@ -7,6 +7,8 @@ normaliser) lives once in :mod:`labelsmooth._plan`, re-exported here.
 
 from __future__ import annotations
 
+import math  # noqa: F401 (the docstring examples use it)
+
 import torch
 import torch.nn.functional as F
 
@@ -29,6 +31,7 @@ from labelsmooth._plan import (  # noqa: F401 - re-exported: the planning layer'
 )
 from labelsmooth.ops._consumed import _check_not_consumed
 from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref, sum_exp
+from labelsmooth.ops._terms import NO_TERMS, Terms, check_impl_supports, check_terms
 from labelsmooth.targets import Spread, binary_targets, smoothing_coefficients
 
 # the historical private names, kept for code that imported them
@@ -58,6 +61,9 @@ def cross_entropy(
     impl: Impl = "auto",
     inplace_backward: bool = False,
     validate: bool | None = None,
+    confidence_penalty: float = 0.0,
+    poly: float = 0.0,
+    focal_gamma: float | str | None = None,
 ) -> torch.Tensor:
     r"""Label-smoothed cross-entropy between logits and class indices or class probabilities.
 
@@ -94,6 +100,35 @@ def cross_entropy(
     :math:`(\sum_c w_c t_c)\sum_c q_c(\mathrm{lse}-x_c)` and ``mean`` divides by
     :math:`\sum_n\sum_c w_c t_{n,c}`, so one-hot probabilities equal index targets.
 
+    **Optional terms** (Pereyra et al. 2017; Leng et al. 2022; Lin et al. 2017, Mukhoti et al. 2020).
+    Write the loss above as :math:`\ell_{CE} = \sum_c m_c(\mathrm{lse} - x_c)`, with the per-class
+    target mass :math:`m_c = w_c q_c` (``"torch"``; index targets: :math:`a w_y[c=y] + b_c w_c`) or
+    :math:`m_c = r\,q_c` (``"target"``, :math:`r = w_y`, or :math:`\sum_c w_c t_c` for
+    probability targets), and :math:`p = \mathrm{softmax}(x)` (after the soft-cap). Each term
+    composes with every option above (ignored elements get none; the z-loss is still added;
+    reductions and normalisers are unchanged); :math:`r` below is the z-loss's row scale
+    (:math:`w_y` for index targets, 1 for probability targets under ``"torch"``).
+
+    * ``focal_gamma=γ`` replaces :math:`\ell_{CE}` by
+      :math:`\sum_c m_c (1-p_c)^\gamma(\mathrm{lse}-x_c)`, i.e. :math:`-\sum_c q_c(1-p_c)^\gamma\log p_c`
+      without weights; ``"flsd-53"`` uses γ = 5 where :math:`p_y < 0.2`, else 3 (per element,
+      :math:`p_y` read without gradient; for probability targets :math:`p_y = \sum_c t_c p_c`).
+      Gradient: with :math:`u_c = m_c[\gamma p_c(1-p_c)^{\gamma-1}\log p_c - (1-p_c)^\gamma]`,
+      :math:`\partial\ell/\partial x_j = u_j - p_j\sum_c u_c` (γ = 0 gives :math:`p_j M - m_j`).
+    * ``poly=ε₁`` (Poly-1) adds :math:`\varepsilon_1\sum_c m_c(1-p_c)`, which is
+      :math:`\varepsilon_1(1-p_t)` with :math:`p_t = \sum_c q_c p_c` whenever the mass sums to 1
+      (no class weights; normalised targets): the first coefficient of the cross-entropy's
+      polynomial expansion raised by ε₁. Gradient: :math:`\varepsilon_1 p_j(\sum_c m_c p_c - m_j)`.
+    * ``confidence_penalty=β`` adds :math:`-\beta\,r\,H(p)`,
+      :math:`H(p) = -\sum_c p_c\log p_c = \mathrm{lse} - \sum_c p_c x_c`.
+      Gradient: :math:`\beta\,r\,p_j(x_j - \sum_c p_c x_c)`.
+
+    PyTorch equivalent without weights (index targets, ``q = smooth_targets(y, K, ε)``,
+    ``logp = x.log_softmax(-1)``, ``p = logp.exp()``):
+    ``(-(q * (1 - p)**γ * logp).sum(-1) + ε₁ * (1 - (q * p).sum(-1)) + β * (p * logp).sum(-1)).mean()``.
+    Only ``impl="reference"`` evaluates these terms (autograd through the formula above);
+    ``impl="auto"`` picks it when a term is set, and ``"fused"``/``"triton"`` raise a ValueError.
+
     Args:
         input: logits of shape (C), (N, C) or (N, C, d1, ..., dk); any floating dtype.
         target: class indices of shape (), (N) or (N, d1, ..., dk) (any integer dtype; moved to
@@ -120,6 +155,9 @@ def cross_entropy(
             ``None`` (default) checks tensors on the CPU only, so accelerators never wait for a
             host-device sync; ``True`` always checks (one sync per call on CUDA); ``False`` never
             checks (an out-of-range index is then undefined behaviour, as in a raw gather).
+        confidence_penalty: β ≥ 0, the weight of the entropy bonus :math:`-\beta H(p)`.
+        poly: ε₁ (any finite real; the Poly-1 paper uses ε₁ ∈ [−1, 1]) of :math:`\varepsilon_1(1 - p_t)`.
+        focal_gamma: γ ≥ 0 of the focal modulation, ``"flsd-53"``, or None (0 or None: off).
 
     Returns:
         The loss, a scalar for ``mean``/``sum``, else the target's shape (the input's shape
@@ -156,12 +194,24 @@ def cross_entropy(
         tensor(0.5046)
         >>> cross_entropy(x, y, label_smoothing=0.15)
         tensor(0.5046)
+
+        The terms (a hand check: uniform logits over 2 classes give p = (½, ½), so the focal
+        factor is ½ = 0.5 per γ, Poly-1 adds ε₁/2 and the penalty subtracts β·log 2):
+
+        >>> u, t = torch.zeros(1, 2), torch.tensor([0])
+        >>> cross_entropy(u, t, focal_gamma=1.0), 0.5 * math.log(2)
+        (tensor(0.3466), 0.34657359027997264)
+        >>> cross_entropy(u, t, poly=1.0), math.log(2) + 0.5
+        (tensor(1.1931), 1.1931471805599454)
+        >>> cross_entropy(u, t, confidence_penalty=0.5), math.log(2) - 0.5 * math.log(2)
+        (tensor(0.3466), 0.34657359027997264)
     """
     _check_positional(ignore_index, reduction)
     input, target = _check_pair(input, target)
     opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                          z_loss, softcap, impl, inplace_backward, validate)
-    return _cross_entropy(input, target, weight, opts, stats=False).loss
+    terms = check_terms(confidence_penalty, poly, focal_gamma)
+    return _cross_entropy(input, target, weight, opts, stats=False, terms=terms).loss
 
 
 def cross_entropy_with_stats(
@@ -180,6 +230,9 @@ def cross_entropy_with_stats(
     impl: Impl = "auto",
     inplace_backward: bool = False,
     validate: bool | None = None,
+    confidence_penalty: float = 0.0,
+    poly: float = 0.0,
+    focal_gamma: float | str | None = None,
 ) -> CrossEntropyStats:
     r""":func:`cross_entropy` plus the unsmoothed NLL, the z-loss and the log-sum-exp, for logging.
 
@@ -199,7 +252,8 @@ def cross_entropy_with_stats(
     input, target = _check_pair(input, target)
     opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                          z_loss, softcap, impl, inplace_backward, validate)
-    return _cross_entropy(input, target, weight, opts, stats=True)
+    terms = check_terms(confidence_penalty, poly, focal_gamma)
+    return _cross_entropy(input, target, weight, opts, stats=True, terms=terms)
 
 
 def _check_positional(ignore_index: object, reduction: object) -> None:
@@ -228,7 +282,7 @@ def _check_pair(input: object, target: object) -> tuple[torch.Tensor, torch.Tens
 
 def _cross_entropy(
     input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, opts: LossOptions,
-    *, stats: bool,
+    *, stats: bool, terms: Terms = NO_TERMS,
 ) -> CrossEntropyStats:
     """The loss for checked tensors and validated options (one typed object from here on)."""
     validate = opts.validate
@@ -243,7 +297,9 @@ def _cross_entropy(
             raise V.fail("weight.requires_grad", "False (no gradient flows to class weights; "
                          "pass weight.detach())", True)
     check_values = V.should_check_values(validate, input, target)
-    op = ops.resolve(opts.impl, input.device)
+    # the optional terms live in the reference engine only: "auto" picks it, others raise
+    op = ops.resolve(check_impl_supports(opts.impl, terms), input.device)
+    tkw = dict(terms=terms) if terms.active else {}
     if not torch.compiler.is_compiling():
         # every implementation refuses logits overwritten by an earlier in-place backward
         _check_not_consumed(input)
@@ -251,7 +307,8 @@ def _cross_entropy(
     acc = acc_dtype(input.dtype)
 
     if target.shape == input.shape:
-        return _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values, stats)
+        return _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values,
+                            stats, tkw)
 
     # 2. Index targets: dtype and shape first, then (optionally) values.
     expected = tuple(input.shape[:1] + input.shape[2:]) if input.dim() >= 2 else ()
@@ -268,8 +325,10 @@ def _cross_entropy(
                      tuple(target.shape))
     plan = plan_index(target.reshape(-1), num_classes, opts, weight, device=input.device, acc=acc,
                       check_values=check_values)
+    if terms.active:
+        tkw["row_scale"] = plan.w_y
     loss_rows, lse = op.index_rows(x, plan.y, plan.ct, plan.cs, plan.s, plan.s_uniform, plan.cz,
-                                   opts.softcap, opts.inplace_backward)
+                                   opts.softcap, opts.inplace_backward, **tkw)
     nll_rows = None
     if stats:
         with torch.no_grad():
@@ -281,7 +340,7 @@ def _cross_entropy(
 
 
 def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values,
-                 stats) -> CrossEntropyStats:
+                 stats, tkw) -> CrossEntropyStats:
     if not target.is_floating_point():
         raise V.fail("target", "a floating tensor of class probabilities when shaped like input",
                      target.dtype, TypeError)
@@ -318,7 +377,7 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         denom = float(rows) if opts.weight_mode == "torch" else rs.sum()
         cz = opts.z_loss * rs if opts.z_loss > 0.0 else None
         loss_rows, lse = op.prob_rows(x, t, w_op, a, b_vec, b_uniform, rs, cz, opts.softcap,
-                                      opts.inplace_backward)
+                                      opts.inplace_backward, **tkw)
     else:
         # The row scale Σ_c w_c t_c depends on the target, so it is applied here, outside the op:
         # autograd then carries its share of ∂ℓ/∂t (ops treat their rs argument as a constant).
@@ -327,7 +386,7 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         denom = rs.sum()
         cz_op = opts.z_loss * ones if opts.z_loss > 0.0 else None
         loss_rows, lse = op.prob_rows(x, t, None, a, b_vec, b_uniform, ones, cz_op, opts.softcap,
-                                      opts.inplace_backward)
+                                      opts.inplace_backward, **tkw)
         loss_rows = rs * loss_rows
         cz = opts.z_loss * rs.detach() if opts.z_loss > 0.0 else None  # for the stats
     out_shape = tuple(input.shape[:1] + input.shape[2:]) if input.dim() >= 2 else ()

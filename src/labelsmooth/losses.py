@@ -16,6 +16,7 @@ from labelsmooth.functional import (
     check_options,
     cross_entropy,
 )
+from labelsmooth.ops._terms import check_impl_supports, check_terms
 from labelsmooth.targets import Spread
 
 __all__ = ["BCEWithLogitsLoss", "CrossEntropyLoss"]
@@ -34,7 +35,8 @@ class CrossEntropyLoss(nn.Module):
     reduced like PyTorch (``mean`` divides by :math:`\sum_n w_{y_n}` over kept elements). PyTorch
     equivalent with torch's arguments alone: ``torch.nn.CrossEntropyLoss(weight, ignore_index=...,
     reduction=..., label_smoothing=ε)``. See :func:`labelsmooth.cross_entropy` for every argument
-    (``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``, ``impl``, ``validate``).
+    (``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``, ``impl``, ``validate``,
+    and the terms ``confidence_penalty``, ``poly``, ``focal_gamma``).
 
     Hyper-parameters are checked once, here (a bad value raises at construction); ``weight`` and
     ``prior`` are buffers, so they follow ``.to(device)`` and appear in the ``state_dict``.
@@ -63,6 +65,9 @@ class CrossEntropyLoss(nn.Module):
         impl: Impl = "auto",
         inplace_backward: bool = False,
         validate: bool | None = None,
+        confidence_penalty: float = 0.0,
+        poly: float = 0.0,
+        focal_gamma: float | str | None = None,
     ) -> None:
         super().__init__()
         # Check every hyper-parameter now, so a bad configuration fails where it is written.
@@ -70,6 +75,11 @@ class CrossEntropyLoss(nn.Module):
         opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                              z_loss, softcap, impl, inplace_backward, validate)
         weight = check_at_construction(weight, prior, opts)
+        terms = check_terms(confidence_penalty, poly, focal_gamma)
+        check_impl_supports(opts.impl, terms)
+        self.confidence_penalty = terms.confidence_penalty
+        self.poly = terms.poly
+        self.focal_gamma = terms.focal_gamma
         self.ignore_index = opts.ignore_index
         self.reduction = opts.reduction
         self.label_smoothing = opts.label_smoothing
@@ -88,7 +98,8 @@ class CrossEntropyLoss(nn.Module):
             input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
             spread=self.spread, prior=self.prior, weight_mode=self.weight_mode, z_loss=self.z_loss,
             softcap=self.softcap, impl=self.impl, inplace_backward=self.inplace_backward,
-            validate=self.validate,
+            validate=self.validate, confidence_penalty=self.confidence_penalty, poly=self.poly,
+            focal_gamma=self.focal_gamma,
         )
 
     def extra_repr(self) -> str:
@@ -99,6 +110,9 @@ class CrossEntropyLoss(nn.Module):
             parts.append(f"z_loss={self.z_loss}")
         if self.softcap is not None:
             parts.append(f"softcap={self.softcap}")
+        for name in ("confidence_penalty", "poly", "focal_gamma"):
+            if getattr(self, name):
+                parts.append(f"{name}={getattr(self, name)!r}")
         parts.append(f"impl={self.impl!r}")
         return ", ".join(parts)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from labelsmooth.ops._math import acc_dtype, apply_softcap, row_loss, row_ref, sum_exp
+from labelsmooth.ops._terms import NO_TERMS, Terms, term_rows
 
 
 def _prepare(x: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -43,12 +44,20 @@ def index_rows(
     cz: torch.Tensor | None,
     softcap: float | None,
     inplace_backward: bool = False,
+    *,
+    terms: Terms = NO_TERMS,
+    row_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """See :mod:`labelsmooth.ops`; ``terms`` (reference only) adds the focal / Poly-1 /
+    confidence-penalty terms of :mod:`labelsmooth.ops._terms`, the penalty scaled by
+    ``row_scale`` (R,) (the rows' target weights ``w_y``, 0 on ignored rows)."""
     xf = _prepare(x, softcap)
     ref_out, _, lse_out = _shifted(xf.detach())
     # Rows without coefficients (ignored rows) are computed on zeroed logits, so that neither
     # their loss nor their gradient depends on what they hold (±inf padding would give nan).
     live = (ct != 0) | (cs != 0) if cz is None else (ct != 0) | (cs != 0) | (cz != 0)
+    if terms.confidence_penalty:
+        live = live | (row_scale != 0)
     xf = torch.where(live[:, None], xf, torch.zeros((), dtype=xf.dtype, device=xf.device))
     ref, z, lse_rel = _shifted(xf)
     x_y = xf.gather(1, y[:, None])[:, 0]
@@ -58,6 +67,20 @@ def index_rows(
         dsx, big_s = _zero_mass(-z, s[None, :]) @ s, s.sum()
     elif s_uniform != 0.0:
         dsx, big_s = s_uniform * (-z).sum(-1), s_uniform * xf.shape[-1]
+    if terms.active:
+        # the target mass m_c = ct [c = y] + cs s_c, dense (this is the oracle, not the fast path)
+        mass = torch.zeros_like(xf).scatter(1, y[:, None], ct[:, None].to(xf.dtype))
+        if s is not None:
+            mass = mass + cs[:, None].to(xf.dtype) * s[None, :]
+        elif s_uniform != 0.0:
+            mass = mass + cs[:, None].to(xf.dtype) * s_uniform
+        p_y = torch.exp(z.gather(1, y[:, None])[:, 0] - lse_rel).detach()
+        focal, extra = term_rows(z, lse_rel, mass, terms, row_scale, p_y)
+        if focal is not None:  # the focal part replaces the cross-entropy; the z-loss stays
+            loss = focal if cz is None else focal + cz * (ref + lse_rel).square()
+        else:
+            loss = row_loss(ref, lse_rel, x_y, dsx, big_s, ct, cs, cz)
+        return loss + extra, ref_out + lse_out
     loss = row_loss(ref, lse_rel, x_y, dsx, big_s, ct, cs, cz)
     return loss, ref_out + lse_out
 
@@ -73,14 +96,28 @@ def prob_rows(
     cz: torch.Tensor | None,
     softcap: float | None,
     inplace_backward: bool = False,
+    *,
+    terms: Terms = NO_TERMS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """See :mod:`labelsmooth.ops`; ``terms`` (reference only) as in :func:`index_rows`, on the
+    mass ``rs·q`` (q below), the confidence penalty scaled by ``rs`` and ``focal_gamma="flsd-53"``
+    reading :math:`p_y = \\sum_c t_c p_c` (the unsmoothed target's probability)."""
     xf = _prepare(x, softcap)
     q = a * t.to(xf.dtype) + (b.to(xf.dtype) if b is not None else b_uniform)
     if w is not None:
         q = q * w.to(xf.dtype)
     ref, z, lse_rel = _shifted(xf)
-    # Σ_c q_c (lse − x_c) = Σ_c q_c (ref − x_c) + Q·L, with 0·log 0 = 0 where q_c = 0
-    loss = rs * ((q * _zero_mass(-z, q)).sum(-1) + q.sum(-1) * lse_rel)
+    focal = extra = None
+    if terms.active:
+        p_y = (t.to(xf.dtype) * torch.exp(z - lse_rel[:, None])).sum(-1).detach()
+        focal, extra = term_rows(z, lse_rel, rs[:, None] * q, terms, rs, p_y)
+    if focal is not None:
+        loss = focal
+    else:
+        # Σ_c q_c (lse − x_c) = Σ_c q_c (ref − x_c) + Q·L, with 0·log 0 = 0 where q_c = 0
+        loss = rs * ((q * _zero_mass(-z, q)).sum(-1) + q.sum(-1) * lse_rel)
+    if extra is not None:
+        loss = loss + extra
     if cz is not None:
         loss = loss + cz * (ref + lse_rel).square()
     return loss, (ref + lse_rel).detach()
