@@ -30,9 +30,10 @@ def test_claim_statuses_on_planted_truths():
     better = distill_claims(_rows(0.80, 0.85))[0]
     tie = distill_claims(_rows(0.80, 0.80) + [])[0]
     assert worse["status"] == "held" and better["status"] == "did not hold"
-    assert worse["smoothing"] == 0.1  # chosen on the teachers' validation NLL, not on test
-    assert worse["teacher_test_accuracy"]["diff"] == pytest.approx(0.02)
-    assert [e["smoothing"] for e in worse["per_factor"]] == [0.1, 0.3]
+    assert worse["factor"] == 0.1  # chosen on the teachers' validation NLL, not on test
+    assert worse["selected_on"] == {"split": "val", "metric": "nll", "of": "teachers"}
+    assert worse["teacher_test_accuracy"]["mean"] == pytest.approx(0.02)
+    assert [e["factor"] for e in worse["per_factor"]] == [0.1, 0.3]
     # a tie: differences that straddle 0
     rows = _rows(0.80, 0.80)
     for r in rows:
@@ -90,3 +91,28 @@ def test_cli_flags():
     assert resolve_sweep_config(p.parse_args(["sweep"]))["distill"] is False
     with pytest.raises(SystemExit):
         p.parse_args(["sweep", "--student", "resnet"])
+
+
+@pytest.mark.slow
+def test_distill_runs_through_the_executor_and_resumes(tmp_path):
+    """Teacher/student runs are sweep runs: 2 worker processes give the serial numbers, a re-run
+    reuses them, and results.json carries the claim in its verdict."""
+    kw = dict(smoothing=[0.0, 0.2], seeds=2, model="mlp", student="mlp-small",
+              settings=TrainSettings(epochs=2, batch_size=32, n_bootstrap=0), threads=1)
+    serial = distill_sweep(_splits(), out=str(tmp_path / "a"), workers=1, **kw)
+    pool = distill_sweep(_splits(), out=str(tmp_path / "b"), workers=2, **kw)
+    key = ("smoothing", "seed", "teacher_test_accuracy", "student_test_accuracy", "student_test_nll")
+    assert [[r[k] for k in key] for r in serial["rows"]] == [[r[k] for k in key] for r in pool["rows"]]
+    again = distill_sweep(_splits(), out=str(tmp_path / "a"), workers=1, **kw)
+    assert again["result"].reused == 4 and again["rows"] == serial["rows"]
+    doc = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert doc["config"]["distill"] == {"student": "mlp-small", "temperature": 2.0}
+    assert doc["verdict"][-1]["claim"] == "smoothed_teachers_distil_worse_students"
+    assert "student_test_accuracy" in (tmp_path / "a" / "results.csv").read_text()
+    # a plain sweep cannot reuse a distillation's runs (different run identity)
+    from labelsmooth.experiments.sweep import sweep
+
+    with pytest.raises(ValueError, match="different configuration"):
+        sweep(data=_splits(), smoothing=[0.0], seeds=1, model="mlp", out=str(tmp_path / "a"),
+              settings=TrainSettings(epochs=2, batch_size=32, n_bootstrap=0), progress=False,
+              report=False)

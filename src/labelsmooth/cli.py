@@ -644,9 +644,9 @@ def _first_run_checks(cfg: dict[str, Any]) -> None:
     if cfg.get("ray_address") is not None and cfg.get("executor") != "ray":
         raise ValueError("--ray-address needs --executor ray")
     if cfg.get("executor") == "ray":
-        if cfg.get("distill") or cfg.get("suite"):
-            raise ValueError("--executor ray runs the plain sweep and --label-noise; not yet "
-                             "--distill or --suite (use --workers there)")
+        if cfg.get("suite"):
+            raise ValueError("--executor ray runs the plain sweep, --label-noise and --distill; "
+                             "not yet --suite (use --workers there)")
         from labelsmooth.experiments.executor import require_ray
 
         require_ray()
@@ -770,7 +770,7 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, terminated)
     if cfg["distill"]:
-        return _cmd_distill(cfg, data, settings)
+        return _cmd_distill(cfg, data, settings, extra)
     noise = None
     run_sweep = sweep
     if cfg["label_noise"]:
@@ -884,9 +884,13 @@ def _cmd_suite(cfg: dict[str, Any]) -> int:
     return 0
 
 
-def _cmd_distill(cfg: dict[str, Any], data: Any, settings: Any) -> int:
-    """``sweep --distill``: teachers at each ε, students on their soft targets (distill.py)."""
+def _cmd_distill(cfg: dict[str, Any], data: Any, settings: Any, extra: dict[str, Any]) -> int:
+    """``sweep --distill``: teachers at each ε, students on their soft targets (distill.py).
+
+    The teacher/student runs go through the sweep's executors (``--workers``, ``--executor
+    ray``), resume from ``--out`` and get the sweep's report and verdict."""
     from labelsmooth.experiments.distill import distill_sweep
+    from labelsmooth.experiments.render import claim_sentence
 
     t0 = time.perf_counter()
     try:
@@ -901,22 +905,31 @@ def _cmd_distill(cfg: dict[str, Any], data: Any, settings: Any) -> int:
             split_seed=cfg["split_seed"],
             threads=cfg["threads"],
             out=cfg["out"],
+            workers=cfg["workers"],
+            executor=cfg["executor"],
+            ray_address=cfg["ray_address"],
+            progress=cfg["progress"],
+            report=cfg["report"],
+            extra_config=extra,
         )
     except KeyboardInterrupt:
-        print("\ninterrupted: distillation keeps no partial results", file=sys.stderr)
+        print(
+            f"\ninterrupted: finished teacher/student runs are kept in "
+            f"{os.path.join(cfg['out'], 'runs')}; re-run the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except ValueError as e:
         print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError, ImportError) as e:
+        print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
+        return 1
     print(f"{len(res['rows'])} teacher/student pairs in {time.perf_counter() - t0:.1f} s")
+    for line in _verdict_lines(res["result"]):
+        print(line)
     for c in res["claims"]:
-        acc = c.get("student_test_accuracy")
-        more = (
-            f" (teacher ε={c['smoothing']:g} vs 0: student test accuracy {acc['smoothed']:.3f} "
-            f"vs {acc['baseline']:.3f}, paired diff {acc['diff']:+.4f})"
-            if acc else ""
-        )
-        print(f"  {c['status']:<13} smoothed teachers distil worse students{more}")
+        print(f"  {c['status']}: {claim_sentence(c)}")
     for name, path in res["paths"].items():
         print(f"  {name:13s} {path}")
     return 0

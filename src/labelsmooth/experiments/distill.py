@@ -51,14 +51,96 @@ DEFAULT_TEMPERATURE = 2.0
 STUDENTS = ("same", "mlp-small")
 
 
-def _student_fn(student: str, teacher_model: str, feature_shape: Sequence[int], k: int):
-    from labelsmooth.experiments.models import MLP, build_model
+class StudentBuilder:
+    """A picklable zero-argument builder of the student (so worker processes and Ray can use it)."""
 
-    if student == "same":
-        return lambda: build_model(teacher_model, tuple(feature_shape), k)
-    if student == "mlp-small":
-        return lambda: MLP(math.prod(feature_shape), k, hidden=(128,))
-    raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
+    def __init__(self, student: str, teacher_model: str, feature_shape: Sequence[int], k: int):
+        if student not in STUDENTS:
+            raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
+        self.student, self.teacher_model = student, teacher_model
+        self.feature_shape, self.num_classes = tuple(feature_shape), int(k)
+
+    def __call__(self) -> nn.Module:
+        from labelsmooth.experiments.models import MLP, build_model
+
+        if self.student == "same":
+            return build_model(self.teacher_model, self.feature_shape, self.num_classes)
+        return MLP(math.prod(self.feature_shape), self.num_classes, hidden=(128,))
+
+
+def _student_fn(student: str, teacher_model: str, feature_shape: Sequence[int], k: int):
+    return StudentBuilder(student, teacher_model, feature_shape, k)
+
+
+class DistillRun:
+    """The sweep's ``train_fn`` for distillation: train the teacher exactly as a sweep run
+    (:func:`~labelsmooth.experiments.train.train_run`), then a student on its soft targets
+    (:func:`distill_student`); the student's numbers go to ``record["student"]``.
+
+    Picklable (module-level, no closures), so the runs go through the same executors as the
+    plain sweep: ``workers`` processes or Ray tasks, with resume and one progress display.
+    """
+
+    def __init__(self, student_build: StudentBuilder, temperature: float) -> None:
+        self.student_build = student_build
+        self.temperature = float(temperature)
+
+    def __call__(
+        self, build: Any, splits: Any, smoothing: float, seed: int, settings: Any,
+        progress: Any = None,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        from labelsmooth.experiments.train import _logits, train_run
+
+        holder: dict[str, nn.Module] = {}
+
+        def keep() -> nn.Module:
+            holder["m"] = build()
+            return holder["m"]
+
+        rec, arrays = train_run(keep, splits, smoothing, seed, settings, progress=progress)
+        teacher = holder["m"]  # train_run restores the kept checkpoint in place
+        teacher.eval()
+        with torch.no_grad():
+            z = _logits(teacher, splits.x_train, torch.device(settings.device))
+        st = distill_student(self.student_build, splits, z, seed, settings,
+                             temperature=self.temperature)
+        rec["student"] = {
+            "model": self.student_build.student,
+            "temperature": self.temperature,
+            "test": st["test"],
+            "val_nll": st["val_nll"],
+            "selected_epoch": st["selected_epoch"],
+            "train_seconds": st["train_seconds"],
+        }
+        return rec, arrays
+
+
+def distill_train_fn(
+    spec: Mapping[str, Any], model: str, splits: Any
+) -> tuple[DistillRun, dict[str, Any]]:
+    """``(train_fn, config)`` for :func:`~labelsmooth.experiments.sweep.sweep`'s ``distill``.
+
+    Example:
+        >>> from labelsmooth.experiments.data import make_splits
+        >>> s = make_splits(torch.randn(40, 3), torch.arange(40) % 2)
+        >>> distill_train_fn({"student": "mlp-small"}, "mlp", s)[1]
+        {'student': 'mlp-small', 'temperature': 2.0}
+    """
+    from labelsmooth.experiments.models import BUILTIN_MODELS
+
+    if not isinstance(spec, Mapping):
+        raise TypeError(f"distill must be a mapping like {{'student': 'same'}}, got {spec!r}")
+    unknown = set(spec) - {"student", "temperature"}
+    if unknown:
+        raise ValueError(f"distill takes 'student' and 'temperature', got {sorted(unknown)}")
+    if model not in BUILTIN_MODELS:
+        raise ValueError(f"model must be one of {BUILTIN_MODELS} for distillation, got {model!r}")
+    student = spec.get("student", "same")
+    t = spec.get("temperature", DEFAULT_TEMPERATURE)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a positive number, got {t!r}")
+    fn = DistillRun(StudentBuilder(student, model, splits.feature_shape, splits.num_classes), t)
+    return fn, {"student": student, "temperature": float(t)}
 
 
 def distill_student(
@@ -140,6 +222,17 @@ def _val_nll(record: Mapping[str, Any]) -> float:
     return float(kept.get("val_nll", math.nan))
 
 
+def _pair_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One teacher/student pair of ``distill.json`` from a sweep row (teacher = the run)."""
+    out = {"smoothing": row["smoothing"], "seed": row["seed"], "teacher_val_nll": row.get("val_nll")}
+    for key in ("accuracy", "nll", "ece"):
+        out[f"teacher_test_{key}"] = row.get(f"test_{key}")
+        out[f"student_test_{key}"] = row.get(f"student_test_{key}")
+    out["student_val_nll"] = row.get("student_val_nll")
+    out["student_selected_epoch"] = row.get("student_selected_epoch")
+    return out
+
+
 def distill_sweep(
     data: Any,
     *,
@@ -152,69 +245,56 @@ def distill_sweep(
     split_seed: int = 0,
     threads: int | None = 1,
     out: str | None = None,
+    workers: int | None = 1,
+    executor: str = "local",
+    ray_address: str | None = None,
+    progress: bool = False,
+    report: bool = False,
+    extra_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a teacher per (ε, seed), distil a student from it, and judge the claim.
 
-    Runs in this process (one run at a time). Writes ``distill.json`` and ``distill.md`` to
-    ``out`` when given. Returns ``{"rows", "claims", "config", "paths"}``; each row has the
-    teacher factor ``smoothing``, ``seed``, ``teacher_test_*``, ``teacher_val_nll`` and
-    ``student_test_*``.
+    The runs are a :func:`~labelsmooth.experiments.sweep.sweep` whose every run is a teacher
+    followed by its student (:class:`DistillRun`): the same executors (``workers`` processes,
+    ``executor="ray"``), resume from ``out``, progress display, ``results.*`` and report (with
+    the verdict, which judges ``smoothed_teachers_distil_worse_students``). ``distill.json`` and
+    ``distill.md`` in ``out`` hold the teacher/student pairs and the claim.
+
+    Returns ``{"rows", "claims", "config", "paths", "result"}``; each row has the teacher
+    factor ``smoothing``, ``seed``, ``teacher_test_*``, ``teacher_val_nll`` and
+    ``student_test_*``; ``result`` is the sweep's :class:`SweepResult`.
     """
     import json
 
-    from labelsmooth.experiments.data import as_splits
-    from labelsmooth.experiments.models import BUILTIN_MODELS, build_model
     from labelsmooth.experiments.noise import jsonable
-    from labelsmooth.experiments.train import TrainSettings, _logits, train_run
+    from labelsmooth.experiments.sweep import sweep
+    from labelsmooth.experiments.train import TrainSettings
 
     settings = settings or TrainSettings()
-    if model not in BUILTIN_MODELS:
-        raise ValueError(f"model must be one of {BUILTIN_MODELS} for distillation, got {model!r}")
     if student not in STUDENTS:
         raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
     factors = [float(e) for e in smoothing]
     if 0.0 not in factors:
         raise ValueError(f"distillation needs the unsmoothed teacher ε = 0 among {factors}")
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    splits = as_splits(data, split_seed=split_seed)
-    k, shape = splits.num_classes, splits.feature_shape
-    student_fn = _student_fn(student, model, shape, k)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    rows = []
-    for eps in factors:
-        for seed in seed_list:
-            holder: dict[str, nn.Module] = {}
-
-            def build() -> nn.Module:
-                holder["m"] = build_model(model, shape, k)
-                return holder["m"]
-
-            rec, _ = train_run(build, splits, eps, seed, settings)
-            teacher = holder["m"]  # train_run trains (and restores the kept checkpoint) in place
-            teacher.eval()
-            with torch.no_grad():
-                z = _logits(teacher, splits.x_train, torch.device(settings.device))
-            st = distill_student(student_fn, splits, z, seed, settings, temperature=temperature)
-            row = {"smoothing": eps, "seed": seed, "teacher_val_nll": _val_nll(rec)}
-            for key in ("accuracy", "nll", "ece"):
-                row[f"teacher_test_{key}"] = rec["test"].get(key)
-                row[f"student_test_{key}"] = st["test"].get(key)
-            row["student_val_nll"] = st["val_nll"]
-            row["student_selected_epoch"] = st["selected_epoch"]
-            rows.append(row)
-    claims = distill_claims(rows)
+    res = sweep(
+        data=data, smoothing=factors, seeds=seeds, model=model, settings=settings,
+        split_seed=split_seed, threads=threads, workers=workers, executor=executor,
+        ray_address=ray_address, out=out, progress=progress, report=report,
+        extra_config=extra_config, distill={"student": student, "temperature": temperature},
+    )
+    rows = [_pair_row(r) for r in res.rows]
+    claims = [res.verdict.claim(DISTILL_CLAIM).as_dict()] if res.verdict is not None else []
     config = {
-        "dataset": splits.name,
+        "dataset": res.config.get("dataset"),
         "teacher_model": model,
         "student": student,
         "temperature": float(temperature),
         "smoothing": factors,
-        "seeds": seed_list,
+        "seeds": res.config.get("seeds"),
         "split_seed": split_seed,
         **settings.as_dict(),
     }
-    paths: dict[str, str] = {}
+    paths: dict[str, str] = dict(res.paths)
     if out is not None:
         from labelsmooth.experiments.rundir import atomic_write
 
@@ -226,11 +306,22 @@ def distill_sweep(
             paths["distill.json"], json.dumps(jsonable(doc), indent=2, allow_nan=False).encode()
         )
         atomic_write(paths["distill.md"], render_distill(claims, rows, config).encode())
-    return {"rows": rows, "claims": claims, "config": config, "paths": paths}
+    return {"rows": rows, "claims": claims, "config": config, "paths": paths, "result": res}
 
 
-def distill_claims(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The claim ``smoothed_teachers_distil_worse_students`` from per-(ε, seed) rows.
+DISTILL_CLAIM = "smoothed_teachers_distil_worse_students"
+
+
+def distill_claims(
+    rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The claim ``smoothed_teachers_distil_worse_students`` from teacher/student pairs.
+
+    The pairs (``teacher_val_nll``, ``teacher_test_*``, ``student_test_*`` per factor and seed)
+    are judged by :func:`labelsmooth.experiments.verdict.verdict` — the one home of the claim:
+    ε* is the smoothed teacher factor with the lowest mean teacher validation NLL, and its
+    students are compared with the ε = 0 teachers' students on test accuracy (paired over
+    seeds, Holm over the teacher factors).
 
     Example:
         >>> rows = [{"smoothing": e, "seed": s, "teacher_val_nll": 1 - e,
@@ -240,60 +331,32 @@ def distill_claims(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         >>> distill_claims(rows)[0]["status"]
         'held'
     """
-    from labelsmooth.experiments.noise import _finite_mean, _num, paired_status
+    from labelsmooth.experiments.verdict import verdict
 
-    by: dict[float, dict[int, Mapping[str, Any]]] = {}
+    mapped = []
     for r in rows:
-        by.setdefault(float(r["smoothing"]), {})[int(r["seed"])] = r
-    claim: dict[str, Any] = {
-        "claim": "smoothed_teachers_distil_worse_students",
-        "status": "inconclusive",
-        "selected_on": "teacher val_nll",
-        "smoothing": None,
-        "per_factor": [],
-    }
-    smoothed = [f for f in by if f > 0]
-    if 0.0 not in by or not smoothed:
-        claim["reason"] = "needs a teacher at ε = 0 and a smoothed teacher"
-        return [claim]
-
-    def mean(f: float, key: str) -> float:
-        return _finite_mean(_num(r.get(key)) for r in by[f].values())
-
-    eps = min(smoothed, key=lambda f: (mean(f, "teacher_val_nll"), f))
-    if not math.isfinite(mean(eps, "teacher_val_nll")):
-        eps = max(smoothed)
-    claim["smoothing"] = eps
-    for f in sorted(smoothed):
-        seeds = sorted(set(by[f]) & set(by[0.0]))
-        entry: dict[str, Any] = {"smoothing": f, "seeds": seeds}
-        for who in ("student", "teacher"):
-            for metric, want in (("accuracy", -1), ("nll", +1)):
-                key = f"{who}_test_{metric}"
-                a = [_num(by[f][s].get(key)) for s in seeds]
-                b = [_num(by[0.0][s].get(key)) for s in seeds]
-                res = paired_status(a, b, want=want)
-                entry[key] = {
-                    "smoothed": _finite_mean(a),
-                    "baseline": _finite_mean(b),
-                    **{k: res[k] for k in ("diff", "low", "high", "status")},
-                }
-        claim["per_factor"].append(entry)
-        if f == eps:
-            claim["status"] = entry["student_test_accuracy"]["status"]
-            claim["student_test_accuracy"] = entry["student_test_accuracy"]
-            claim["student_test_nll"] = entry["student_test_nll"]
-            claim["teacher_test_accuracy"] = entry["teacher_test_accuracy"]
-            claim["teacher_test_nll"] = entry["teacher_test_nll"]
-            claim["seeds"] = seeds
-    return [claim]
+        m = {k: v for k, v in r.items() if not k.startswith("teacher_")}
+        m.setdefault("val_nll", r.get("teacher_val_nll"))
+        for key in ("accuracy", "nll", "ece"):
+            if f"teacher_test_{key}" in r:
+                m.setdefault(f"test_{key}", r[f"teacher_test_{key}"])
+        mapped.append(m)
+    cfg = {"distill": {k: config[k] for k in ("student", "temperature") if k in config}} \
+        if config else None
+    c = verdict(mapped, cfg).claim(DISTILL_CLAIM)
+    if c is None:  # no student numbers at all
+        return [{"claim": DISTILL_CLAIM, "status": "inconclusive",
+                 "reason": "no student test accuracy in the rows"}]
+    return [c.as_dict()]
 
 
 def render_distill(
     claims: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
 ) -> str:
-    """Markdown: teacher and student numbers per teacher ε, and the claim."""
+    """Markdown: teacher and student numbers per teacher ε, and the claim (worded by
+    :mod:`labelsmooth.experiments.render`)."""
     from labelsmooth.experiments.noise import _finite_mean, _fmt, _num
+    from labelsmooth.experiments.render import claim_sentence
 
     lines = [
         "# Distillation from smoothed teachers",
@@ -319,24 +382,5 @@ def render_distill(
         )
     lines.append("")
     for c in claims:
-        line = f"- **smoothed teachers distil worse students**: **{c['status']}**"
-        acc = c.get("student_test_accuracy")
-        if acc:
-            t_acc = c["teacher_test_accuracy"]
-            line += (
-                f". Teacher ε={c['smoothing']:g} (chosen on the teachers' validation NLL) vs ε=0: "
-                f"student test accuracy {_fmt(acc['smoothed'])} vs {_fmt(acc['baseline'])}, "
-                f"paired difference {_fmt(acc['diff'], 4)} [95% CI {_fmt(acc['low'], 4)}, "
-                f"{_fmt(acc['high'], 4)}]; the teachers themselves: {_fmt(t_acc['smoothed'])} vs "
-                f"{_fmt(t_acc['baseline'])} ({_fmt(t_acc['diff'], 4)} [{_fmt(t_acc['low'], 4)}, "
-                f"{_fmt(t_acc['high'], 4)}])"
-            )
-            nll = c["student_test_nll"]
-            line += (
-                f"; student NLL difference {_fmt(nll['diff'], 4)} [{_fmt(nll['low'], 4)}, "
-                f"{_fmt(nll['high'], 4)}]"
-            )
-        else:
-            line += f" ({c.get('reason', '')})"
-        lines.append(line)
+        lines.append(f"- **{c['status'].capitalize()}:** {claim_sentence(c)}.")
     return "\n".join(lines) + "\n"

@@ -130,8 +130,10 @@ def scope_sentence(v: Any) -> str:
         )
     if s.get("distill"):
         d = s["distill"]
+        who = {"same": "a student of the teacher's architecture",
+               "mlp-small": "a one-hidden-layer MLP student (128 units)"}
         targets += (
-            f", each teacher distilled into a {d.get('student', 'same')} student at "
+            f", each teacher distilled into {who.get(d.get('student'), 'a student')} at "
             f"T = {_f(d.get('temperature'), 1)}"
         )
     return (
@@ -329,7 +331,7 @@ def _distill_sentence(c: Mapping[str, Any], holm: str) -> str:
     how = ""
     if c.get("student") or c.get("temperature"):
         how = (
-            f" ({c.get('student') or 'same'} student on the teacher's soft targets at "
+            f" ({'a student of the same architecture' if c.get('student') in (None, 'same') else 'a small MLP student'} on the teacher's soft targets at "
             f"T = {_f(c.get('temperature'), 1) if c.get('temperature') else '–'}, no smoothing)"
         )
     s = (

@@ -290,6 +290,8 @@ _KIND_WORDS = {
     "refinement": "after TS, vs ε = 0 after TS",
     "train": "training split, vs ε = 0",
     "val": "validation, vs ε = 0",
+    "memorisation": "flipped training examples, vs ε = 0",
+    "student": "students, vs students of ε = 0 teachers",
 }
 _METRIC_NAMES = {
     "nll": "NLL",
@@ -301,6 +303,11 @@ _METRIC_NAMES = {
     "train_nll": "hard-label NLL",
     "train_accuracy": "accuracy",
     "val_nll": "NLL",
+    "memo_noisy_label_accuracy": "accuracy vs noisy label",
+    "memo_true_label_accuracy": "accuracy vs true label",
+    "student_accuracy": "test accuracy",
+    "student_nll": "test NLL",
+    "student_ece": "test ECE",
 }
 
 
@@ -314,7 +321,7 @@ def _comparison_table(v: dict[str, Any]) -> Block:
     head = ["comparison", "ε", "Δ mean [95% t-CI over seeds]", "Holm p", "different",
             "effect d_z", "test-set bootstrap 95%"]
     rows = []
-    order = ["baseline", "baseline_ts", "refinement", "train", "val"]
+    order = ["baseline", "baseline_ts", "refinement", "train", "val", "memorisation", "student"]
     for kind in order:
         for c in v["comparisons"]:
             if c["reference_kind"] != kind:
@@ -364,6 +371,57 @@ def _literature(v: dict[str, Any]) -> list[Block]:
                 "temperature scaling lower an overconfident baseline's ECE to similar levels.",
             )
         )
+    return b
+
+
+def _noise_and_distill_blocks(v: dict[str, Any]) -> list[Block]:
+    """Memorisation (label noise) and teacher/student tables from the verdict's factor rows."""
+    b: list[Block] = []
+    fs = v.get("factors", [])
+    if any(f.get("memo_noisy_label_accuracy") is not None for f in fs):
+        noise = v["scope"].get("label_noise") or {}
+        rate = noise.get("rate")
+        b.append(("h2", "Label noise: memorisation"))
+        b.append((
+            "p",
+            (f"{100 * rate:g}% of the training labels were flipped ({noise.get('kind')}; "
+             f"{noise.get('flipped')} examples). " if rate is not None else "")
+            + "Validation, calibration and test labels are clean: the test columns are clean "
+            "test metrics. Memorisation is the kept model's accuracy on the flipped training "
+            "examples against the noisy label it was trained on and against their true label "
+            "(mean over seeds); a model that memorised every flipped label scores 1 and 0.",
+        ))
+        rows = []
+        for f in fs:
+            rows.append([
+                _eps(f["smoothing"]), _fmt(f.get("test_accuracy")), _fmt(f.get("test_nll")),
+                _fmt(f.get("test_ece")), _fmt(f.get("memo_noisy_label_accuracy")),
+                _fmt(f.get("memo_true_label_accuracy")), _fmt(f.get("memo_clean_example_accuracy")),
+            ])
+        b.append(("table", ["ε", "clean test acc", "clean test NLL", "clean test ECE",
+                            "flipped: acc vs noisy label", "flipped: acc vs true label",
+                            "unflipped: train acc"], rows))
+    if any(f.get("student_test_accuracy") is not None for f in fs):
+        d = v["scope"].get("distill") or {}
+        b.append(("h2", "Distillation: teachers and their students"))
+        b.append((
+            "p",
+            "Each run is a teacher trained at ε; a student "
+            + ("of the teacher's architecture" if d.get("student") in (None, "same")
+               else "MLP with one hidden layer of 128")
+            + f" is trained on its soft targets at T = {d.get('temperature', 2.0):g} (loss "
+            "T²·CE, no hard labels, no smoothing) and keeps its epoch of lowest validation NLL. "
+            "Means over seeds; the paired student comparisons are in the table above.",
+        ))
+        rows = []
+        for f in fs:
+            rows.append([
+                _eps(f["smoothing"]), _fmt(f.get("test_accuracy")), _fmt(f.get("test_nll")),
+                _fmt(f.get("student_test_accuracy")), _fmt(f.get("student_test_nll")),
+                _fmt(f.get("student_test_ece")),
+            ])
+        b.append(("table", ["teacher ε", "teacher test acc", "teacher test NLL",
+                            "student test acc", "student test NLL", "student test ECE"], rows))
     return b
 
 
@@ -494,6 +552,7 @@ def _blocks(
             "are measured on the kept checkpoint in evaluation mode, on the hard labels.",
         )
     )
+    b += _noise_and_distill_blocks(v)
     captions = {
         "reliability": "Reliability diagrams on the test split, one per factor (first seed).",
         "metrics": (

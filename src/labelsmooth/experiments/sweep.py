@@ -184,6 +184,12 @@ def flatten_run(record: dict[str, Any]) -> dict[str, Any]:
             row[f"cluster_spread_{part}"] = record[f"cluster_spread_{part}"]
     for k, v in (record.get("memorisation") or {}).items():  # label noise (noise.py)
         row[f"memo_{k}"] = v
+    student = record.get("student")
+    if isinstance(student, dict):  # distillation (distill.py): the student of this teacher
+        for k, v in (student.get("test") or {}).items():
+            row[f"student_test_{k}"] = v
+        row["student_val_nll"] = student.get("val_nll")
+        row["student_selected_epoch"] = student.get("selected_epoch")
     row["train_seconds"] = record["train_seconds"]
     return row
 
@@ -429,6 +435,7 @@ def sweep(
     progress: bool = True,
     report: bool = True,
     extra_config: dict[str, Any] | None = None,
+    distill: dict[str, Any] | None = None,
     **settings_kwargs: Any,
 ) -> SweepResult:
     """Train one model per smoothing factor × seed and measure what smoothing did.
@@ -476,6 +483,10 @@ def sweep(
         progress: show tqdm progress bars (if tqdm is installed).
         report: write ``report.md``/``report.html`` and figures (needs matplotlib and ``out``).
         extra_config: more entries for the saved configuration (e.g. the CLI's own).
+        distill: ``{"student": "same"|"mlp-small", "temperature": T}`` makes every run a
+            teacher that is then distilled into a student (:mod:`labelsmooth.experiments.distill`;
+            built-in models only); the student's test metrics are the ``student_test_*``
+            columns and the verdict judges ``smoothed_teachers_distil_worse_students``.
 
     Returns:
         A :class:`SweepResult`. On Ctrl-C the finished runs are kept (on disk and in the partial
@@ -546,6 +557,14 @@ def sweep(
             f"picture, got {list(settings.proj_classes)}"
         )
     build, model_name = _resolve_model_fn(model_fn, model, splits, settings.dropout)
+    train_fn: Callable[..., Any] = train_run
+    distill_cfg = None
+    if distill is not None:
+        from labelsmooth.experiments.distill import distill_train_fn
+
+        if model_fn is not None:
+            raise ValueError("distill needs a built-in model (model=...), not model_fn")
+        train_fn, distill_cfg = distill_train_fn(distill, model, splits)
     config: dict[str, Any] = {
         "dataset": splits.name,
         "model": model_name,
@@ -569,6 +588,8 @@ def sweep(
         "select_on": list(select_on),
         **(extra_config or {}),
     }
+    if distill_cfg is not None:
+        config["distill"] = distill_cfg
     # Runs are reusable when everything that shapes one run matches: the data, the model and the
     # training settings — not the list of factors or seeds (adding some reuses what is there),
     # nor threads, paths or progress bars.
@@ -581,6 +602,7 @@ def sweep(
         "feature_shape",
         "data_fingerprint",
         *settings.as_dict(),
+        *(["distill"] if distill_cfg is not None else []),
     ]
     run_identity = {k: config[k] for k in identity_keys}
     fingerprint = hashlib.sha256(
@@ -616,6 +638,7 @@ def sweep(
             progress=progress,
             report=report,
             notes=notes,
+            train_fn=train_fn,
         )
     finally:
         if lock is not None:
@@ -687,6 +710,7 @@ def _sweep_locked(
     notes: list[str],
     executor: str = "local",
     ray_address: str | None = None,
+    train_fn: Callable[..., Any] = train_run,
 ) -> SweepResult:
     """The body of :func:`sweep` once ``out`` (if any) is locked: resume, run, save, report."""
     records: dict[str, dict[str, Any]] = {}
@@ -740,7 +764,7 @@ def _sweep_locked(
         _note(message, notes)
     reused = len(records)
 
-    job = RunJob(train_fn=train_run, build=build, splits=splits, settings=settings)
+    job = RunJob(train_fn=train_fn, build=build, splits=splits, settings=settings)
     if executor == "ray":
         runner: RunExecutor = RayExecutor(ray_address, workers=workers, threads=threads or 1)
         config["executor"] = "ray"
