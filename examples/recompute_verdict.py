@@ -31,6 +31,15 @@ PAIRED = {
     "higher_accuracy_than_baseline": ("test_accuracy", "test_accuracy", +1),
     "higher_train_nll_than_baseline": ("train_nll", "train_nll", +1),
 }
+# claims judged only when results.csv has their columns: (column that must be there, claim, ...)
+OPTIONAL = {
+    # trained on noisy labels: clean test accuracy of ε* against ε = 0 (memo_* columns present)
+    "smoothing_helps_under_label_noise": (
+        "memo_noisy_label_accuracy", "test_accuracy", "test_accuracy", +1),
+    # --distill: the students of ε* teachers against the students of ε = 0 teachers
+    "smoothed_teachers_distil_worse_students": (
+        "student_test_accuracy", "student_test_accuracy", "student_test_accuracy", -1),
+}
 
 
 def holm(p):
@@ -56,7 +65,11 @@ def main(out: str) -> int:
         return np.array([float(by[f][s][key]) for s in seeds])
 
     mine = {}
-    for claim, (ka, kb, want) in PAIRED.items():
+    paired = dict(PAIRED)
+    for claim, (needs, ka, kb, want) in OPTIONAL.items():
+        if rows and rows[0].get(needs, "") != "":
+            paired[claim] = (ka, kb, want)
+    for claim, (ka, kb, want) in paired.items():
         p = [stats.ttest_rel(col(f, ka), col(0.0, kb)).pvalue for f in smoothed]
         adj = holm([1.0 if np.isnan(x) else x for x in p])
         i = smoothed.index(eps)

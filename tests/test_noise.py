@@ -99,8 +99,8 @@ def test_claim_statuses_on_planted_truths():
     hurts = noise_claims({0.2: _rows(0.76, 0.70)})[0]
     tie = noise_claims({0.2: _rows(0.70, 0.70)})[0]
     assert (helps["status"], hurts["status"], tie["status"]) == ("held", "did not hold", "inconclusive")
-    assert helps["smoothing"] == 0.1 and helps["selected_on"] == "val_nll"
-    assert helps["test_accuracy"]["diff"] == pytest.approx(0.06)
+    assert helps["factor"] == 0.1 and helps["selected_on"] == {"split": "val", "metric": "nll"}
+    assert helps["mean"] == pytest.approx(0.06) and helps["noise_rate"] == 0.2
     # rate 0 is not a noise claim; one per positive rate
     both = noise_claims({0.0: _rows(0.9, 0.9), 0.2: _rows(0.7, 0.76), 0.4: _rows(0.6, 0.5)})
     assert [(c["noise_rate"], c["status"]) for c in both] == [(0.2, "held"), (0.4, "did not hold")]
@@ -137,6 +137,12 @@ def test_noise_sweep_end_to_end(tmp_path):
     assert doc["claims"][0]["claim"] == "smoothing_helps_under_label_noise"
     assert doc["claims"][0]["status"] in ("held", "did not hold", "inconclusive")
     assert "| 0.3 | 0.2 |" in (tmp_path / "noise.md").read_text()
+    # several rates: out/report.md is the report over the rates, with each rate's verdict
+    rep = (tmp_path / "report.md").read_text()
+    assert "## Noise rate 0.3" in rep and "## Noise rate 0" in rep and "| 0.3 | 0.2 |" in rep
+    # the claim is the noisy sweep's own verdict claim
+    own = res["results"][0.3].verdict.claim("smoothing_helps_under_label_noise")
+    assert doc["claims"][0]["status"] == own.status
 
 
 def test_cli_flags_and_config(tmp_path):

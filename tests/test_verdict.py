@@ -432,3 +432,32 @@ def test_new_claims_recomputed_from_results_csv(tmp_path):
     for name in ("smoothing_helps_under_label_noise", "smoothed_teachers_distil_worse_students"):
         assert verdict(read, {"label_noise": NOISE}).claim(name).status == \
             verdict(rows, {"label_noise": NOISE}).claim(name).status == "held"
+
+
+def test_recompute_verdict_example_agrees_on_the_new_claims(tmp_path, capsys):
+    """examples/recompute_verdict.py (scipy + a hand Holm) re-derives the noise and distillation
+    statuses from results.csv and finds no mismatch with results.json."""
+    pytest.importorskip("scipy")
+    import importlib.util
+    import json
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(
+        "recompute_verdict", os.path.join(here, "..", "examples", "recompute_verdict.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = _noisy(0.05)
+    for r, d in zip(rows, _distilled(-0.04)):
+        r.update({k: v for k, v in d.items() if k.startswith("student_")})
+    write_csv(os.path.join(tmp_path, "results.csv"), rows, summarize(rows))
+    v = verdict(rows, {"label_noise": NOISE})
+    (tmp_path / "results.json").write_text(json.dumps({"verdict": v.as_dict()["verdict"]}))
+    assert mod.main(str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "smoothing_helps_under_label_noise  recomputed: held" in out
+    assert "smoothed_teachers_distil_worse_students recomputed: held" in out
+    # a wrong status in results.json is caught
+    bad = v.as_dict()["verdict"]
+    bad[-1]["status"] = "did not hold"
+    (tmp_path / "results.json").write_text(json.dumps({"verdict": bad}))
+    assert mod.main(str(tmp_path)) == 1

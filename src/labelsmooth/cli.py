@@ -835,15 +835,10 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
         if len(noise["results"]) > 1:
             print(f"(the report above is the sweep at noise {max(noise['results']):g}; "
                   "each rate has its own directory)")
-        for c in noise["claims"]:
-            acc = c.get("test_accuracy") or {}
-            extra_txt = (
-                f" (ε={c['smoothing']:g} vs 0: clean test accuracy {acc['smoothed']:.3f} vs "
-                f"{acc['baseline']:.3f}, paired diff {acc['diff']:+.4f})"
-                if acc else ""
-            )
-            print(f"  {c['status']:<13} smoothing helps under label noise "
-                  f"{c['noise_kind']} {c['noise_rate']:g}{extra_txt}")
+        from labelsmooth.experiments.render import claim_sentence
+
+        for c in noise["claims"]:  # each noisy sweep's verdict claim, worded by render.py
+            print(f"  {c['status']}: {claim_sentence(c)}")
         for name, path in noise["paths"].items():
             print(f"  {name:13s} {path}")
     return 0

@@ -20,9 +20,11 @@ symmetric label noise. :func:`add_label_noise` makes that testable on any datase
   accuracy against the noisy label it was trained on (how much noise it memorised) and against
   the true label (how much it recovered), beside its accuracy on the untouched examples.
 
-The claim ``smoothing_helps_under_label_noise`` (:func:`noise_claims`) compares, per noise rate
-and paired over seeds, the clean test accuracy of the validation-chosen smoothed factor with that
-of ε = 0.
+The claim ``smoothing_helps_under_label_noise`` is judged by
+:func:`labelsmooth.experiments.verdict.verdict` (its one home, in every noisy sweep's verdict):
+per noise rate, the smoothed factor with the lowest validation NLL (clean validation labels)
+against ε = 0 on clean test accuracy, paired over seeds, Holm over the factors.
+:func:`noise_claims` collects it per rate; :func:`noise_sweep` writes the rates side by side.
 """
 
 from __future__ import annotations
@@ -225,30 +227,18 @@ def _by_factor_seed(rows: Iterable[Mapping[str, Any]]) -> dict[float, dict[int, 
     return by
 
 
-def _val_choice(by: Mapping[float, Mapping[int, Mapping[str, Any]]]) -> float | None:
-    """The ε > 0 with the lowest mean validation NLL (``val_nll``, else ``final_val_nll``)."""
-    best, best_v = None, math.inf
-    for f, runs in by.items():
-        if f <= 0:
-            continue
-        vals = [_num(r.get("val_nll", r.get("final_val_nll"))) for r in runs.values()]
-        vals = [v for v in vals if math.isfinite(v)]
-        if vals and float(np.mean(vals)) < best_v:
-            best, best_v = f, float(np.mean(vals))
-    return best
-
-
 def noise_claims(
     rows_by_rate: Mapping[float, Iterable[Mapping[str, Any]]], *, kind: str = "symmetric"
 ) -> list[dict[str, Any]]:
     """The claim ``smoothing_helps_under_label_noise``, once per noise rate > 0.
 
-    For each rate: the smoothed factor ε* is chosen on validation NLL (never on test); its clean
-    test accuracy is compared with ε = 0's, paired over seeds (:func:`paired_status`, want +1).
-    The numbers behind it: ε*, both mean accuracies, the paired difference and interval, the
-    same for clean test NLL (lower is better) and ECE, and the memorisation of both.
+    Each rate's rows are judged by :func:`labelsmooth.experiments.verdict.verdict` with that
+    rate's noise: ε* is chosen on validation NLL (never on test) and its clean test accuracy is
+    compared with ε = 0's, paired over seeds and Holm-adjusted over the factors; the clean test
+    NLL and ECE comparisons and the memorisation of both factors come with it.
 
-    Returns a list of ``{"claim", "status", "noise_rate", "noise_kind", ...}``.
+    Returns a list of the claims' JSON form (``{"claim", "status", "factor", "noise_rate",
+    "noise_kind", "mean", "low", "high", ...}``).
 
     Example:
         >>> rows = [{"smoothing": e, "seed": s, "test_accuracy": a + 0.001 * s, "val_nll": 1 - e}
@@ -256,44 +246,15 @@ def noise_claims(
         >>> noise_claims({0.2: rows})[0]["status"]
         'held'
     """
+    from labelsmooth.experiments.verdict import NOISE_CLAIM, verdict
+
     out = []
     for rate in sorted(rows_by_rate):
         if rate <= 0:
             continue
-        by = _by_factor_seed(rows_by_rate[rate])
-        eps = _val_choice(by)
-        claim: dict[str, Any] = {
-            "claim": "smoothing_helps_under_label_noise",
-            "status": "inconclusive",
-            "noise_rate": float(rate),
-            "noise_kind": kind,
-            "smoothing": eps,
-            "selected_on": "val_nll",
-        }
-        if eps is None or 0.0 not in by:
-            claim["reason"] = "needs ε = 0 and a smoothed factor"
-            out.append(claim)
-            continue
-        seeds = sorted(set(by[eps]) & set(by[0.0]))
-        claim["seeds"] = seeds
-        for metric, want in (("accuracy", +1), ("nll", -1), ("ece", -1)):
-            a = [_num(by[eps][s].get(f"test_{metric}")) for s in seeds]
-            b = [_num(by[0.0][s].get(f"test_{metric}")) for s in seeds]
-            res = paired_status(a, b, want=want)
-            claim[f"test_{metric}"] = {
-                "smoothed": _finite_mean(a),
-                "baseline": _finite_mean(b),
-                **{k: res[k] for k in ("diff", "low", "high", "status")},
-            }
-        claim["status"] = claim["test_accuracy"]["status"]
-        for f, name in ((0.0, "baseline"), (eps, "smoothed")):
-            memo = {}
-            for key in ("noisy_label_accuracy", "true_label_accuracy"):
-                vals = [_num(by[f][s].get(f"memo_{key}")) for s in seeds]
-                vals = [v for v in vals if math.isfinite(v)]
-                memo[key] = float(np.mean(vals)) if vals else math.nan
-            claim[f"memorisation_{name}"] = memo
-        out.append(claim)
+        cfg = {"label_noise": {"rate": float(rate), "kind": kind}}
+        c = verdict(list(rows_by_rate[rate]), cfg).claim(NOISE_CLAIM)
+        out.append(c.as_dict())
     return out
 
 
@@ -323,8 +284,13 @@ def _fmt(v: Any, nd: int = 3) -> str:
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
-def render_noise(claims: Sequence[Mapping[str, Any]], table: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown: the per-rate table and each rate's claim with its numbers."""
+def render_noise(
+    claims: Sequence[Mapping[str, Any]],
+    table: Sequence[Mapping[str, Any]],
+    sections: Mapping[float, Sequence[str]] | None = None,
+) -> str:
+    """Markdown: the per-rate table, each rate's claim with its numbers (worded by
+    :mod:`labelsmooth.experiments.render`), then ``sections`` (lines per rate) if given."""
     lines = [
         "# Label noise",
         "",
@@ -344,30 +310,19 @@ def render_noise(claims: Sequence[Mapping[str, Any]], table: Sequence[Mapping[st
             f"{_fmt(e['memo_noisy_label_accuracy'])} | {_fmt(e['memo_true_label_accuracy'])} |"
         )
     lines.append("")
+    from labelsmooth.experiments.render import claim_sentence
+
     for c in claims:
-        acc = c.get("test_accuracy") or {}
-        eps = c.get("smoothing")
-        line = (
-            f"- **smoothing helps under label noise** ({c['noise_kind']} {c['noise_rate']:g}): "
-            f"**{c['status']}**"
-        )
-        if acc:
-            line += (
-                f". ε={eps:g} (chosen on validation NLL) vs ε=0, clean test accuracy "
-                f"{_fmt(acc['smoothed'])} vs {_fmt(acc['baseline'])}, paired difference "
-                f"{_fmt(acc['diff'], 4)} [95% CI {_fmt(acc['low'], 4)}, {_fmt(acc['high'], 4)}] "
-                f"over {len(c.get('seeds', []))} seeds"
-            )
-            nll = c.get("test_nll") or {}
-            if nll:
-                line += (
-                    f"; test NLL difference {_fmt(nll['diff'], 4)} "
-                    f"[{_fmt(nll['low'], 4)}, {_fmt(nll['high'], 4)}] ({nll['status']} lower)"
-                )
-        else:
-            line += f" ({c.get('reason', '')})"
-        lines.append(line)
+        lines.append(f"- **{c['status'].capitalize()}:** {claim_sentence(c)}.")
+    for rate, extra in (sections or {}).items():
+        lines += ["", f"## Noise rate {rate:g}", "", *extra]
     return "\n".join(lines) + "\n"
+
+
+def _title(c: Any) -> str:
+    from labelsmooth.experiments.render import claim_title
+
+    return claim_title(c.as_dict())
 
 
 def noise_sweep(
@@ -383,7 +338,8 @@ def noise_sweep(
 
     With one rate the sweep writes to ``out`` itself; with several, to ``out/noise<rate>/`` each
     (rate 0 is the clean data). ``out/noise.md`` and ``out/noise.json`` hold the per-rate table
-    (:func:`noise_table`) and the claims (:func:`noise_claims`).
+    (:func:`noise_table`: clean test metrics and memorisation per rate and ε) and the claim per
+    rate; with several rates ``out/report.md`` is that report, with each rate's verdict.
 
     Returns ``{"claims", "table", "results": {rate: SweepResult}, "paths"}``.
     """
@@ -406,8 +362,16 @@ def noise_sweep(
             sub = out if len(rates) == 1 else os.path.join(out, f"noise{r:g}")
         d = splits if r == 0 else add_label_noise(splits, r, kind=kind, seed=noise_seed)
         results[r] = sweep(data=d, out=sub, **sweep_kwargs)
+    from labelsmooth.experiments.render import headline, scope_sentence
+    from labelsmooth.experiments.verdict import NOISE_CLAIM
+
     rows = {r: res.rows for r, res in results.items()}
-    claims = noise_claims(rows, kind=kind)
+    # the claim as each noisy sweep's verdict judged it (the same rows give the same status)
+    claims = [
+        results[r].verdict.claim(NOISE_CLAIM).as_dict()
+        for r in sorted(results)
+        if r > 0 and results[r].verdict is not None and results[r].verdict.claim(NOISE_CLAIM)
+    ]
     table = noise_table(rows)
     paths: dict[str, str] = {}
     if out is not None:
@@ -416,7 +380,28 @@ def noise_sweep(
         paths["noise.md"] = os.path.join(out, "noise.md")
         paths["noise.json"] = os.path.join(out, "noise.json")
         os.makedirs(out, exist_ok=True)
-        atomic_write(paths["noise.md"], render_noise(claims, table).encode())
+        sections: dict[float, list[str]] = {}
+        if len(rates) > 1:  # one report over the rates: each rate's verdict, linked
+            for r in sorted(results):
+                res = results[r]
+                if res.verdict is None:
+                    continue
+                link = f"noise{r:g}/report.md"
+                sections[r] = [
+                    scope_sentence(res.verdict),
+                    "",
+                    f"**{headline(res.verdict)}**",
+                    "",
+                    *(f"- {c.status}: {_title(c)}" for c in res.verdict.claims),
+                    "",
+                    f"Full report: [{link}]({link})"
+                    if "report.md" in res.paths else f"Results: noise{r:g}/results.json",
+                ]
+        text = render_noise(claims, table, sections)
+        atomic_write(paths["noise.md"], text.encode())
+        if len(rates) > 1:  # out/ has no sweep report of its own: this is the report
+            paths["report.md"] = os.path.join(out, "report.md")
+            atomic_write(paths["report.md"], text.encode())
         doc = {"kind": kind, "rates": rates, "claims": claims, "table": table}
         atomic_write(
             paths["noise.json"], json.dumps(jsonable(doc), indent=2, allow_nan=False).encode()

@@ -209,6 +209,22 @@ def headline(v: Any) -> str:
                 + (" and " if len(words) > 1 else "")
                 + words[-1]
             )
+    nc = claims.get("smoothing_helps_under_label_noise")
+    if nc is not None and not nc.get("reason"):
+        parts.append(
+            f"under {_noise_words(nc)} it "
+            + {"held": "raises", "did not hold": "lowers",
+               "inconclusive": "does not clearly change"}[nc["status"]]
+            + " the clean test accuracy"
+        )
+    dc = claims.get("smoothed_teachers_distil_worse_students")
+    if dc is not None and not dc.get("reason"):
+        parts.append(
+            f"students of ε = {_eps(dc.get('factor'))} teachers are "
+            + {"held": "less accurate than", "did not hold": "more accurate than",
+               "inconclusive": "not clearly different from"}[dc["status"]]
+            + " students of unsmoothed teachers"
+        )
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + "."
 
