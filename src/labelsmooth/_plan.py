@@ -26,6 +26,7 @@ from typing import Literal, NamedTuple
 import torch
 
 from labelsmooth import _validation as V
+from labelsmooth import _vocab
 from labelsmooth.targets import smoothing_coefficients
 
 Reduction = Literal["none", "mean", "sum"]
@@ -92,6 +93,8 @@ class LossOptions:
     impl: str
     inplace_backward: bool
     validate: bool | None
+    num_classes: int | None = None  # padded vocabulary: only the first V columns are classes
+    class_mask: torch.Tensor | None = None  # (K,) bool, True = a class (see labelsmooth._vocab)
 
 
 def check_options(
@@ -106,6 +109,8 @@ def check_options(
     impl: str = "auto",
     inplace_backward: bool = False,
     validate: bool | None = None,
+    num_classes: int | None = None,
+    class_mask: torch.Tensor | None = None,
 ) -> LossOptions:
     """Check every option that needs no tensor data; raise ValueError/TypeError otherwise."""
     if not isinstance(inplace_backward, bool):
@@ -125,6 +130,8 @@ def check_options(
         impl=V.check_choice("impl", impl, IMPLS),
         inplace_backward=inplace_backward,
         validate=validate,
+        num_classes=V.check_num_classes(num_classes),
+        class_mask=None if class_mask is None else V.check_class_mask(class_mask),
     )
 
 
@@ -179,7 +186,7 @@ def plan_index(
         raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
     a, b = smoothing_coefficients(
         num_classes, opts.label_smoothing, spread=opts.spread, prior=opts.prior,
-        check_values=check_prior_values(opts, check_values),
+        check_values=check_prior_values(opts, check_values), class_mask=opts.class_mask,
     )
     y = target.to(device=device, dtype=torch.long)
     valid = y != opts.ignore_index
@@ -189,6 +196,8 @@ def plan_index(
             raise V.fail("target", f"class indices in [0, {num_classes}) or ignore_index="
                          f"{opts.ignore_index}", int(y[bad][0]))
     y_safe = torch.where(valid, y, torch.zeros_like(y))
+    if check_values:
+        _vocab.check_mask_targets(y_safe, valid, opts.class_mask)
     validf = valid.to(acc)
     w = weight.detach().to(device=device, dtype=acc) if weight is not None else None
     if isinstance(b, torch.Tensor):
@@ -203,6 +212,8 @@ def plan_index(
         if w is not None:
             # PyTorch: the smoothing mass of class c is weighted by w_c (pytorch#104776).
             b = b * w
+            if opts.class_mask is not None:  # a masked class's weight is never read
+                b = torch.where(opts.class_mask, b, torch.zeros((), dtype=b.dtype, device=b.device))
     else:
         cs = w_y
     if opts.label_smoothing == 0.0:

@@ -93,6 +93,41 @@ def check_class_vector(arg: str, value: Any, num_classes: int) -> torch.Tensor:
     return value
 
 
+def check_num_classes(value: Any) -> int | None:
+    """The ``num_classes`` option (a padded vocabulary's real size V): None or an int ≥ 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise fail("num_classes", "None or a positive int (the number of real classes)", value,
+                   TypeError)
+    if value < 1:
+        raise fail("num_classes", "None or a positive int (the number of real classes)", value)
+    return int(value)
+
+
+def check_class_mask(value: Any, num_classes: int | None = None) -> torch.Tensor:
+    """The ``class_mask`` option: a 1-D bool tensor, True for a class (of length ``num_classes``)."""
+    value = check_tensor("class_mask", value)
+    if value.dtype != torch.bool:
+        raise fail("class_mask", "a bool tensor (True = a class, False = padding/masked)",
+                   value.dtype, TypeError)
+    if value.dim() != 1:
+        raise fail("class_mask", "a 1-D tensor (one entry per class)", tuple(value.shape))
+    if num_classes is not None and value.shape[0] != num_classes:
+        raise fail("class_mask", f"a 1-D tensor of length {num_classes} (one entry per logit "
+                   "column)", tuple(value.shape))
+    return value
+
+
+def check_mask_count(n_valid: int, needed: int, spread: str = "all") -> None:
+    """A class mask must leave ``needed`` classes (1; 2 for ``spread="others"``)."""
+    if n_valid < needed:
+        why = ('spread="others" puts the mass on the other valid classes' if needed > 1
+               else "at least one class must remain")
+        raise fail("class_mask", f"a mask with at least {needed} True entr"
+                   f"{'ies' if needed > 1 else 'y'} ({why})", _Shown(f"{n_valid} valid classes"))
+
+
 def prior_sum_slack(dtype: torch.dtype, num_classes: int) -> float:
     """How far a prior's sum may miss 1: 1e-4 or K ulps of its dtype, whichever is larger.
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from labelsmooth import _validation as V
+from labelsmooth import _vocab
 from labelsmooth import ops
 from labelsmooth._plan import (  # noqa: F401 - re-exported: the planning layer's public home
     CrossEntropyStats,
@@ -64,6 +65,8 @@ def cross_entropy(
     confidence_penalty: float = 0.0,
     poly: float = 0.0,
     focal_gamma: float | str | None = None,
+    num_classes: int | None = None,
+    class_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Label-smoothed cross-entropy between logits and class indices or class probabilities.
 
@@ -159,6 +162,24 @@ def cross_entropy(
         poly: ε₁ (any finite real; the Poly-1 paper uses ε₁ ∈ [−1, 1]) of :math:`\varepsilon_1(1 - p_t)`.
         focal_gamma: γ ≥ 0 of the focal modulation, ``"flsd-53"``, or None (0 or None: off).
 
+        num_classes: V ≤ C for a padded vocabulary: only the first V columns are classes, the rest
+            is padding, never read (the logits are narrowed, a view) and given exactly zero
+            gradient. ``weight``, ``prior`` and ``class_mask`` may have length C or V;
+            probability targets are narrowed like the logits.
+        class_mask: optional (C,) bool tensor, True for a class: masked columns are excluded from
+            the softmax and from the smoothing mass (selected away, so ±inf/NaN there is harmless,
+            and their gradient is exactly 0). Put it on the logits' device.
+
+            With either option the loss and gradient equal the dense loss on the valid
+            sub-vocabulary of :math:`V` classes: shares :math:`\varepsilon/V`
+            (``spread="all"``) or :math:`\varepsilon/(V-1)` (``"others"``); a ``prior`` is
+            restricted to the valid classes and **renormalised** there (its mass on masked classes
+            is redistributed in proportion; see :func:`labelsmooth.targets.restrict_prior`); class
+            weights of masked classes are never read. An index target at a masked class raises
+            where values are checked (``validate``); unchecked, its logit counts as −inf and that
+            element's loss is +inf. Probability targets are restricted to the valid classes as
+            given (mass on masked classes dropped, not renormalised). No host sync.
+
     Returns:
         The loss, a scalar for ``mean``/``sum``, else the target's shape (the input's shape
         without the class dimension for probability targets). Its dtype is ``input``'s; with
@@ -171,7 +192,8 @@ def cross_entropy(
     +inf logit (its softmax is undefined; its gradient is NaN too), an all −inf row, and a
     ``mean`` whose normaliser :math:`\sum_n w_{y_n}` is 0 (all elements ignored: NaN loss, zero
     gradient; target weights summing to 0: NaN loss and gradient, even when ε > 0 would make the
-    numerator positive). It is +inf where a −inf logit carries target or smoothing mass. A class
+    numerator positive). It is +inf where a −inf logit carries target or smoothing mass (a masked
+    vocabulary: pass ``class_mask``/``num_classes``, which take the class out instead). A class
     whose mass is exactly 0 (a zero ``prior`` entry or class weight, a zero target probability,
     a target term with coefficient 0) contributes 0 even at a −inf logit: 0·log 0 = 0, so a
     masked vocabulary with a prior of 0 there gives a finite loss.
@@ -205,11 +227,26 @@ def cross_entropy(
         (tensor(1.1931), 1.1931471805599454)
         >>> cross_entropy(u, t, confidence_penalty=0.5), math.log(2) - 0.5 * math.log(2)
         (tensor(0.3466), 0.34657359027997264)
+
+        A vocabulary padded from 2 to 3 columns (the pad holds garbage): the loss and gradient
+        of the 2 real classes, and no gradient for the pad:
+
+        >>> xp = torch.tensor([[2.0, 0.0, float("nan")]], requires_grad=True)
+        >>> loss = cross_entropy(xp, torch.tensor([0]), label_smoothing=0.1, num_classes=2)
+        >>> dense = torch.nn.functional.cross_entropy(xp[:, :2], torch.tensor([0]), label_smoothing=0.1)
+        >>> round(loss.item(), 4), round(dense.item(), 4)
+        (0.2269, 0.2269)
+        >>> mask = torch.tensor([True, True, False])
+        >>> masked = cross_entropy(xp, torch.tensor([0]), label_smoothing=0.1, class_mask=mask)
+        >>> round(masked.item(), 4)
+        0.2269
+        >>> loss.backward(); xp.grad
+        tensor([[-0.0692,  0.0692,  0.0000]])
     """
     _check_positional(ignore_index, reduction)
     input, target = _check_pair(input, target)
     opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
-                         z_loss, softcap, impl, inplace_backward, validate)
+                         z_loss, softcap, impl, inplace_backward, validate, num_classes, class_mask)
     terms = check_terms(confidence_penalty, poly, focal_gamma)
     return _cross_entropy(input, target, weight, opts, stats=False, terms=terms).loss
 
@@ -233,6 +270,8 @@ def cross_entropy_with_stats(
     confidence_penalty: float = 0.0,
     poly: float = 0.0,
     focal_gamma: float | str | None = None,
+    num_classes: int | None = None,
+    class_mask: torch.Tensor | None = None,
 ) -> CrossEntropyStats:
     r""":func:`cross_entropy` plus the unsmoothed NLL, the z-loss and the log-sum-exp, for logging.
 
@@ -251,7 +290,7 @@ def cross_entropy_with_stats(
     _check_positional(ignore_index, reduction)
     input, target = _check_pair(input, target)
     opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
-                         z_loss, softcap, impl, inplace_backward, validate)
+                         z_loss, softcap, impl, inplace_backward, validate, num_classes, class_mask)
     terms = check_terms(confidence_penalty, poly, focal_gamma)
     return _cross_entropy(input, target, weight, opts, stats=True, terms=terms)
 
@@ -290,6 +329,12 @@ def _cross_entropy(
     if num_classes < 1:
         raise V.fail("input", "a tensor with at least one class (class dimension C >= 1)",
                      tuple(input.shape))
+    if opts.num_classes is not None or opts.class_mask is not None:
+        # padded / masked vocabulary: narrow to the first V columns (a view), check the mask
+        input, target, weight, opts = _vocab.restrict(
+            input, target, weight, opts, num_classes, class_dim=1 if input.dim() >= 2 else 0,
+            check_values=V.should_check_values(validate, input, target))
+        num_classes = input.shape[1] if input.dim() >= 2 else input.shape[0]
     if weight is not None:
         weight = V.check_class_vector("weight", weight, num_classes)
         if weight.requires_grad and torch.is_grad_enabled():
@@ -305,6 +350,8 @@ def _cross_entropy(
         _check_not_consumed(input)
     x = as_rows(input, num_classes)
     acc = acc_dtype(input.dtype)
+    # masked columns → −inf by selection (soft-cap applied first, then dropped from opts)
+    x, opts = _vocab.mask_rows(x, opts)
 
     if target.shape == input.shape:
         return _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_values,
@@ -360,12 +407,22 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         x, acc = x.to(torch.float64), torch.float64
     a, b = smoothing_coefficients(
         num_classes, opts.label_smoothing, spread=opts.spread, prior=opts.prior,
-        check_values=_check_prior_values(opts, check_values),
+        check_values=_check_prior_values(opts, check_values), class_mask=opts.class_mask,
     )
     if isinstance(b, torch.Tensor):
         b = b.to(device=input.device, dtype=acc)
     w = weight.detach().to(device=input.device, dtype=acc) if weight is not None else None
     t = as_rows(target, num_classes)
+    if opts.class_mask is not None:
+        # probability mass on masked classes is dropped (their logits are −inf), as are their
+        # weights
+        zero = torch.zeros((), dtype=t.dtype, device=t.device)
+        t = torch.where(opts.class_mask, t, zero)
+        if w is not None:
+            w = torch.where(opts.class_mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+    t_op = t
+    if isinstance(a, torch.Tensor):  # spread="others" over a mask: a 0-d tensor, folded into t
+        t_op, a = t * a.to(device=t.device, dtype=torch.promote_types(t.dtype, acc)), 1.0
     rows = x.shape[0]
     ones = torch.ones(rows, dtype=acc, device=input.device)
     if opts.label_smoothing == 0.0:
@@ -376,7 +433,7 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         rs, w_op = ones, (w if opts.weight_mode == "torch" else None)
         denom = float(rows) if opts.weight_mode == "torch" else rs.sum()
         cz = opts.z_loss * rs if opts.z_loss > 0.0 else None
-        loss_rows, lse = op.prob_rows(x, t, w_op, a, b_vec, b_uniform, rs, cz, opts.softcap,
+        loss_rows, lse = op.prob_rows(x, t_op, w_op, a, b_vec, b_uniform, rs, cz, opts.softcap,
                                       opts.inplace_backward, **tkw)
     else:
         # The row scale Σ_c w_c t_c depends on the target, so it is applied here, outside the op:
@@ -385,7 +442,7 @@ def _prob_target(op, input, target, x, weight, opts, acc, num_classes, check_val
         rs = t.to(acc) @ w
         denom = rs.sum()
         cz_op = opts.z_loss * ones if opts.z_loss > 0.0 else None
-        loss_rows, lse = op.prob_rows(x, t, None, a, b_vec, b_uniform, ones, cz_op, opts.softcap,
+        loss_rows, lse = op.prob_rows(x, t_op, None, a, b_vec, b_uniform, ones, cz_op, opts.softcap,
                                       opts.inplace_backward, **tkw)
         loss_rows = rs * loss_rows
         cz = opts.z_loss * rs.detach() if opts.z_loss > 0.0 else None  # for the stats

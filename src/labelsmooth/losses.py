@@ -38,8 +38,10 @@ class CrossEntropyLoss(nn.Module):
     (``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``, ``impl``, ``validate``,
     and the terms ``confidence_penalty``, ``poly``, ``focal_gamma``).
 
-    Hyper-parameters are checked once, here (a bad value raises at construction); ``weight`` and
-    ``prior`` are buffers, so they follow ``.to(device)`` and appear in the ``state_dict``.
+    Hyper-parameters are checked once, here (a bad value raises at construction); ``weight``,
+    ``prior`` and ``class_mask`` are buffers, so they follow ``.to(device)`` and appear in the
+    ``state_dict``. ``num_classes=V`` / ``class_mask`` treat a padded or masked vocabulary as in
+    :func:`labelsmooth.cross_entropy`.
 
     Examples:
         >>> loss_fn = CrossEntropyLoss(label_smoothing=0.1)
@@ -49,6 +51,7 @@ class CrossEntropyLoss(nn.Module):
 
     weight: torch.Tensor | None
     prior: torch.Tensor | None
+    class_mask: torch.Tensor | None
 
     def __init__(
         self,
@@ -68,12 +71,15 @@ class CrossEntropyLoss(nn.Module):
         confidence_penalty: float = 0.0,
         poly: float = 0.0,
         focal_gamma: float | str | None = None,
+        num_classes: int | None = None,
+        class_mask: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         # Check every hyper-parameter now, so a bad configuration fails where it is written.
         _check_positional(ignore_index, reduction)
         opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
-                             z_loss, softcap, impl, inplace_backward, validate)
+                             z_loss, softcap, impl, inplace_backward, validate, num_classes,
+                             class_mask)
         weight = check_at_construction(weight, prior, opts)
         terms = check_terms(confidence_penalty, poly, focal_gamma)
         check_impl_supports(opts.impl, terms)
@@ -90,8 +96,10 @@ class CrossEntropyLoss(nn.Module):
         self.impl = opts.impl
         self.inplace_backward = opts.inplace_backward
         self.validate = opts.validate
+        self.num_classes = opts.num_classes
         self.register_buffer("weight", weight)
         self.register_buffer("prior", prior)
+        self.register_buffer("class_mask", opts.class_mask)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(
@@ -99,7 +107,7 @@ class CrossEntropyLoss(nn.Module):
             spread=self.spread, prior=self.prior, weight_mode=self.weight_mode, z_loss=self.z_loss,
             softcap=self.softcap, impl=self.impl, inplace_backward=self.inplace_backward,
             validate=self.validate, confidence_penalty=self.confidence_penalty, poly=self.poly,
-            focal_gamma=self.focal_gamma,
+            focal_gamma=self.focal_gamma, num_classes=self.num_classes, class_mask=self.class_mask,
         )
 
     def extra_repr(self) -> str:
@@ -110,6 +118,10 @@ class CrossEntropyLoss(nn.Module):
             parts.append(f"z_loss={self.z_loss}")
         if self.softcap is not None:
             parts.append(f"softcap={self.softcap}")
+        if self.num_classes is not None:
+            parts.append(f"num_classes={self.num_classes}")
+        if self.class_mask is not None:
+            parts.append(f"class_mask=<{int(self.class_mask.shape[0])} columns>")
         for name in ("confidence_penalty", "poly", "focal_gamma"):
             if getattr(self, name):
                 parts.append(f"{name}={getattr(self, name)!r}")

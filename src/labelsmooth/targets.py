@@ -39,6 +39,7 @@ __all__ = [
     "cutmix_box",
     "entropy_floor",
     "mixup_targets",
+    "restrict_prior",
     "smooth_probabilities",
     "smooth_targets",
     "smoothing_coefficients",
@@ -53,7 +54,8 @@ def smoothing_coefficients(
     prior: torch.Tensor | None = None,
     check_values: bool = True,
     arg: str = "smoothing",
-) -> tuple[float, float | torch.Tensor]:
+    class_mask: torch.Tensor | None = None,
+) -> tuple[float | torch.Tensor, float | torch.Tensor]:
     r"""Coefficients ``(a, b)`` of the smoothed target :math:`q = a\,t + b`.
 
     Args:
@@ -63,11 +65,20 @@ def smoothing_coefficients(
             K−1 non-target classes (ε/(K−1) each, fairseq/Megatron).
         prior: optional length-K distribution replacing the uniform share: :math:`b = \varepsilon p`.
             Only with ``spread="all"``.
-        check_values: check that ``prior`` is a distribution (reads its values).
+        check_values: check that ``prior`` is a distribution (reads its values); with a
+            ``class_mask``, also that it leaves enough classes (reads the mask).
         arg: the name under which ``smoothing`` is reported in errors.
+        class_mask: optional (K,) bool tensor, True for the classes that exist (a masked or padded
+            vocabulary). The smoothing mass is then spread over the :math:`V` valid classes only:
+            :math:`b_c = \varepsilon/V` (``"all"``) or :math:`\varepsilon/(V-1)` (``"others"``) on
+            valid classes and exactly 0 on masked ones; a prior is restricted to the valid classes
+            and renormalised there (:func:`restrict_prior`). :math:`V` is counted on the device,
+            without a host sync, so ``b`` is then always a float64 (K,) tensor on the mask's device
+            and ``a`` a 0-d tensor for ``"others"``.
 
     Returns:
-        ``a`` as a float and ``b`` as a float (uniform share) or a (K,) tensor (prior).
+        ``a`` as a float (0-d tensor for ``spread="others"`` with a ``class_mask``) and ``b`` as a
+        float (uniform share) or a (K,) tensor (prior, or any ``class_mask``).
 
     Examples:
         >>> smoothing_coefficients(4, 0.1)
@@ -75,6 +86,11 @@ def smoothing_coefficients(
         >>> a, b = smoothing_coefficients(4, 0.3, spread="others")
         >>> round(a, 6), round(b, 6)
         (0.6, 0.1)
+
+        Over a padded vocabulary only the valid classes share ε:
+
+        >>> smoothing_coefficients(4, 0.3, class_mask=torch.tensor([True, True, True, False]))
+        (0.7, tensor([0.1000, 0.1000, 0.1000, 0.0000], dtype=torch.float64))
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
         raise V.fail("num_classes", "a positive int", num_classes, TypeError)
@@ -90,12 +106,68 @@ def smoothing_coefficients(
         if num_classes < 2:
             raise V.fail("spread", f'"all" with {num_classes} class (spread="others" puts the mass on '
                          "the K-1 other classes, so it needs at least 2 classes)", spread)
+    if class_mask is not None:
+        return _masked_coefficients(num_classes, eps, spread, prior, check_values, class_mask)
+    if spread == "others":
         share = eps / (num_classes - 1)
         return 1.0 - eps - share, share
     if prior is not None:
         prior = V.check_prior(prior, num_classes, check_values=check_values)
         return 1.0 - eps, eps * prior
     return 1.0 - eps, eps / num_classes
+
+
+def _masked_coefficients(
+    num_classes: int, eps: float, spread: str, prior: torch.Tensor | None, check_values: bool,
+    class_mask: torch.Tensor,
+) -> tuple[float | torch.Tensor, torch.Tensor]:
+    """:func:`smoothing_coefficients` over the valid classes of ``class_mask`` (no host sync)."""
+    mask = V.check_class_mask(class_mask, num_classes)
+    n_valid = mask.sum(dtype=torch.float64)
+    if check_values:
+        V.check_mask_count(int(n_valid), 2 if spread == "others" else 1, spread)
+    zero = torch.zeros((), dtype=torch.float64, device=mask.device)
+    if spread == "others":
+        share = eps / (n_valid - 1)
+        return 1.0 - eps - share, torch.where(mask, share, zero)
+    if prior is not None:
+        prior = V.check_prior(prior, num_classes, check_values=check_values)
+        return 1.0 - eps, eps * restrict_prior(prior, mask, check_values=check_values)
+    return 1.0 - eps, torch.where(mask, eps / n_valid, zero)
+
+
+def restrict_prior(
+    prior: torch.Tensor, keep: torch.Tensor | int, *, check_values: bool = True,
+) -> torch.Tensor:
+    r"""A prior restricted to the valid classes and renormalised there (the one rule).
+
+    :math:`p'_c = p_c\,[c\ \text{valid}] / \sum_{c'\ \text{valid}} p_{c'}` in float64: masked
+    classes get exactly 0, so a prior over a padded vocabulary (e.g. unigram counts with zeros on
+    the padding) can be passed as is, and mass a prior puts on masked classes is redistributed in
+    proportion over the others.
+
+    Args:
+        prior: (K,) distribution (checked by the caller).
+        keep: (K,) bool mask of valid classes, or an int V: the first V classes are valid (the
+            result then has length V).
+        check_values: raise if the valid classes carry no prior mass (reads the values).
+
+    Examples:
+        >>> restrict_prior(torch.tensor([0.4, 0.4, 0.2]), 2)
+        tensor([0.5000, 0.5000], dtype=torch.float64)
+        >>> restrict_prior(torch.tensor([0.5, 0.25, 0.25]), torch.tensor([False, True, True]))
+        tensor([0.0000, 0.5000, 0.5000], dtype=torch.float64)
+    """
+    p = prior.to(torch.float64)
+    if isinstance(keep, torch.Tensor):
+        p = torch.where(keep.to(p.device), p, torch.zeros((), dtype=p.dtype, device=p.device))
+    else:
+        p = p[:keep]
+    total = p.sum()
+    if check_values and not float(total) > 0.0:
+        raise V.fail("prior", "a distribution with mass on the valid classes (num_classes / "
+                     "class_mask leave only those)", V.tensor_value(prior))
+    return p / total
 
 
 def _check_index_target(
