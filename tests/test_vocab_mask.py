@@ -389,3 +389,23 @@ def test_smoothing_coefficients_class_mask():
     a, b = ls.smoothing_coefficients(5, 0.2, spread="others",
                                      class_mask=torch.tensor([True, True, False, True, False]))
     assert float(a) == pytest.approx(0.7) and b.tolist() == pytest.approx([0.1, 0.1, 0, 0.1, 0])
+
+
+@pytest.mark.parametrize("term", [dict(focal_gamma=2.0), dict(poly=1.0),
+                                  dict(confidence_penalty=0.3)])
+@pytest.mark.parametrize("kind", ["num_classes", "class_mask"])
+def test_terms_compose_with_the_mask(term, kind):
+    """confidence_penalty / poly / focal terms see the sub-vocabulary's softmax only."""
+    kw, keep = _keep(kind)
+    x = torch.randn(5, K, dtype=torch.float64)
+    y = keep[:5]
+    g = torch.tensor(1.0, dtype=torch.float64)
+    ours = torch_loss_and_grad(_garbage(x, keep), y, g, fn=ls.cross_entropy, label_smoothing=0.1,
+                               **term, **kw)
+    want = torch_loss_and_grad(x[:, keep], _sub(y, keep), g, fn=ls.cross_entropy,
+                               label_smoothing=0.1, **term)
+    torch.testing.assert_close(ours[0], want[0])
+    torch.testing.assert_close(ours[1][:, keep], want[1])
+    pad = torch.ones(K, dtype=torch.bool)
+    pad[keep] = False
+    assert torch.equal(ours[1][:, pad], torch.zeros_like(ours[1][:, pad]))
