@@ -34,7 +34,7 @@ from labelsmooth import _validation as V
 from labelsmooth.ops._math import acc_dtype, apply_softcap
 from labelsmooth.targets import restrict_prior
 
-__all__ = ["check_mask_targets", "mask_rows", "narrow_vector", "restrict"]
+__all__ = ["check_mask_targets", "mask_rows", "narrow_options", "narrow_vector", "restrict"]
 
 
 def narrow_vector(
@@ -52,21 +52,16 @@ def narrow_vector(
     return value
 
 
-def restrict(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None,
-    opts: Any,
-    width: int,
-    *,
-    class_dim: int,
+def narrow_options(
+    opts: Any, width: int, weight: torch.Tensor | None, *, device: torch.device,
     check_values: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
-    """Apply ``opts.num_classes`` (narrow to the first V columns) and check ``opts.class_mask``.
+) -> tuple[torch.Tensor | None, Any]:
+    """Apply ``opts.num_classes`` to the per-class vectors and check ``opts.class_mask``.
 
-    Returns ``(input, target, weight, opts)`` for a dense problem over V columns, ``opts`` holding
-    the narrowed, device-resident mask (or None) and the restricted prior. ``target`` is narrowed
-    only when it holds probabilities (shaped like ``input``).
+    ``width`` is the number of logit columns K. Returns ``(weight, opts)`` for a dense problem
+    over the first V columns (V = ``num_classes``, or K): the class weights, prior and mask
+    narrowed when they have length K (a prior is then restricted and renormalised), the mask on
+    ``device``. The caller narrows the logits (or the projection) to V columns itself.
     """
     nc = opts.num_classes
     prior = opts.prior
@@ -76,9 +71,6 @@ def restrict(
             raise V.fail("num_classes", f"at most the logits' class dimension {width} (the first "
                          "num_classes columns are the classes, the rest padding)", nc)
         if nc < width:
-            if target.shape == input.shape and target.dim() == input.dim():
-                target = target.narrow(class_dim, 0, nc)
-            input = input.narrow(class_dim, 0, nc)
             weight = narrow_vector("weight", weight, width, nc)
             mask = narrow_vector("class_mask", mask, width, nc)
             if prior is not None and prior.dim() == 1 and prior.shape[0] == width:
@@ -89,11 +81,35 @@ def restrict(
         width = nc
     if mask is not None:
         mask = V.check_class_mask(mask, width)
-        if mask.device != input.device:
-            mask = mask.to(input.device)
+        if mask.device != device:
+            mask = mask.to(device)
         if check_values:
             V.check_mask_count(int(mask.sum()), 2 if opts.spread == "others" else 1, opts.spread)
-    opts = dataclasses.replace(opts, prior=prior, class_mask=mask)
+    return weight, dataclasses.replace(opts, prior=prior, class_mask=mask)
+
+
+def restrict(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    opts: Any,
+    width: int,
+    *,
+    class_dim: int,
+    check_values: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Any]:
+    """:func:`narrow_options`, and the logits narrowed to their first V columns (a view).
+
+    Returns ``(input, target, weight, opts)`` for a dense problem over V columns; ``target`` is
+    narrowed only when it holds probabilities (shaped like ``input``).
+    """
+    nc = opts.num_classes
+    if nc is not None and nc < width:
+        if target.shape == input.shape and target.dim() == input.dim():
+            target = target.narrow(class_dim, 0, nc)
+        input = input.narrow(class_dim, 0, nc)
+    weight, opts = narrow_options(opts, width, weight, device=input.device,
+                                  check_values=check_values)
     return input, target, weight, opts
 
 

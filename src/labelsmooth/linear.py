@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from labelsmooth import _validation as V
+from labelsmooth import _vocab
 from labelsmooth._plan import (
     Impl,
     Reduction,
@@ -44,6 +45,8 @@ def linear_cross_entropy(
     validate: bool | None = None,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
+    num_classes: int | None = None,
+    class_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Label-smoothed cross-entropy of a linear projection, computed chunk by chunk.
 
@@ -82,6 +85,17 @@ def linear_cross_entropy(
         memory_budget: bytes allowed for one chunk of logits (default 64 MiB on CPU, 128 MiB on
             CUDA); when not even :data:`labelsmooth.ops.linear_ce.MIN_ROWS` full rows fit, the
             vocabulary is split too.
+        num_classes: V for a padded output layer: only the first V rows of ``weight`` (and
+            entries of ``bias``) are classes. The projection is narrowed to them (a view, zero
+            cost: the padded rows are never multiplied) and their gradients are exactly 0.
+        class_mask: optional bool tensor with one entry per row of ``weight``, True for a class:
+            masked classes are excluded from the softmax and the smoothing mass, each logits
+            chunk selected to −inf there (this runs the per-chunk op path, without vocabulary
+            splitting); their weight and bias gradients are exactly 0. Masked rows of
+            ``weight`` must hold finite values (they still enter ∂hidden = G·W, with G's masked
+            columns 0; padding past ``num_classes`` is never read at all). Both options follow
+            :func:`labelsmooth.cross_entropy`'s rules (shares over the valid classes, prior
+            renormalised there, targets at masked classes refused when values are checked).
 
     Returns:
         The loss in ``hidden``'s dtype: a scalar for ``mean``/``sum``, else ``target``'s shape.
@@ -103,7 +117,8 @@ def linear_cross_entropy(
         hidden, weight, target, bias, class_weight=class_weight, ignore_index=ignore_index,
         reduction=reduction, label_smoothing=label_smoothing, spread=spread, prior=prior,
         weight_mode=weight_mode, z_loss=z_loss, softcap=softcap, impl=impl, validate=validate,
-        chunk_size=chunk_size, memory_budget=memory_budget,
+        chunk_size=chunk_size, memory_budget=memory_budget, num_classes=num_classes,
+        class_mask=class_mask,
     )
 
 
@@ -111,6 +126,7 @@ def _linear_cross_entropy(
     hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction="mean",
     label_smoothing=0.0, spread="all", prior=None, weight_mode="torch", z_loss=0.0, softcap=None,
     impl="auto", validate=None, chunk_size=None, memory_budget=None, grad_in_forward=True,
+    num_classes=None, class_mask=None,
 ) -> torch.Tensor:
     # ``grad_in_forward=False`` always recomputes the logits in backward (measured in the benchmark).
     hidden = V.check_floating("hidden", V.check_tensor("hidden", hidden))
@@ -134,8 +150,17 @@ def _linear_cross_entropy(
         raise V.fail("target", f"of shape {tuple(hidden.shape[:-1])} (hidden's leading "
                      "dimensions)", tuple(target.shape))
     opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
-                         z_loss, softcap, impl, False, validate)
+                         z_loss, softcap, impl, False, validate, num_classes, class_mask)
     linear_ce.check_chunking(chunk_size, memory_budget)
+    if opts.num_classes is not None or opts.class_mask is not None:
+        # padded / masked vocabulary: the projection narrowed to its first V rows (views)
+        class_weight, opts = _vocab.narrow_options(
+            opts, vocab, class_weight, device=hidden.device,
+            check_values=V.should_check_values(validate, hidden, target))
+        if opts.num_classes is not None and opts.num_classes < vocab:
+            vocab = opts.num_classes
+            weight = weight[:vocab]
+            bias = bias[:vocab] if bias is not None else None
     if class_weight is not None:
         class_weight = V.check_class_vector("class_weight", class_weight, vocab)
     if not isinstance(grad_in_forward, bool):
@@ -167,6 +192,7 @@ class LinearCrossEntropyLoss(nn.Module):
 
     class_weight: torch.Tensor | None
     prior: torch.Tensor | None
+    class_mask: torch.Tensor | None
 
     def __init__(
         self,
@@ -184,11 +210,13 @@ class LinearCrossEntropyLoss(nn.Module):
         validate: bool | None = None,
         chunk_size: int | None = None,
         memory_budget: int | None = None,
+        num_classes: int | None = None,
+        class_mask: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         # Fail where the configuration is written, not at the first forward.
         opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
-                             z_loss, softcap, impl, False, validate)
+                             z_loss, softcap, impl, False, validate, num_classes, class_mask)
         linear_ce.check_chunking(chunk_size, memory_budget)
         class_weight = check_at_construction(class_weight, prior, opts, weight_arg="class_weight")
         self.ignore_index = opts.ignore_index
@@ -202,8 +230,10 @@ class LinearCrossEntropyLoss(nn.Module):
         self.validate = opts.validate
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
+        self.num_classes = opts.num_classes
         self.register_buffer("class_weight", class_weight)
         self.register_buffer("prior", prior)
+        self.register_buffer("class_mask", opts.class_mask)
 
     def forward(self, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -213,10 +243,13 @@ class LinearCrossEntropyLoss(nn.Module):
             label_smoothing=self.label_smoothing, spread=self.spread, prior=self.prior,
             weight_mode=self.weight_mode, z_loss=self.z_loss, softcap=self.softcap, impl=self.impl,
             validate=self.validate, chunk_size=self.chunk_size, memory_budget=self.memory_budget,
+            num_classes=self.num_classes, class_mask=self.class_mask,
         )
 
     def extra_repr(self) -> str:
         return (f"label_smoothing={self.label_smoothing}, spread={self.spread!r}, "
                 f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
                 f"impl={self.impl!r}, chunk_size={self.chunk_size}, "
-                f"memory_budget={self.memory_budget}")
+                f"memory_budget={self.memory_budget}"
+                + (f", num_classes={self.num_classes}" if self.num_classes is not None else "")
+                + (", class_mask=<set>" if self.class_mask is not None else ""))

@@ -67,7 +67,7 @@ from types import ModuleType
 import torch
 
 from labelsmooth import _validation as V
-from labelsmooth import ops
+from labelsmooth import _vocab, ops
 from labelsmooth._plan import IndexPlan, LossOptions, finish_index, reduction_scale
 from labelsmooth.ops._math import (
     acc_dtype,
@@ -332,15 +332,18 @@ def run_chunks(
             # A fresh chunk each time: an in-place backward marks its logits as consumed.
             if grads is None:
                 x = logits(hc, w, b, torch.empty(r1 - r0, vocab, dtype=h.dtype, device=h.device))
-                lr, ls = mod.index_rows(x, y, ct, cs, plan.s, plan.s_uniform, cz, opts.softcap, False)
-                del x  # freed before the next chunk is allocated
+                # a masked vocabulary: masked columns → −inf by selection (softcap applied first)
+                xm, o = _vocab.mask_rows(x, opts)
+                lr, ls = mod.index_rows(xm, y, ct, cs, plan.s, plan.s_uniform, cz, o.softcap, False)
+                del x, xm  # freed before the next chunk is allocated
             else:
                 with torch.enable_grad():
                     x = _chunk_activation(hc, w, b)
-                    lr, ls = mod.index_rows(x, y, ct, cs, plan.s, plan.s_uniform, cz,
-                                            opts.softcap, True)
+                    xm, o = _vocab.mask_rows(x, opts)
+                    lr, ls = mod.index_rows(xm, y, ct, cs, plan.s, plan.s_uniform, cz,
+                                            o.softcap, True)
                     (g,) = torch.autograd.grad(lr, x, row_scale[rsl].to(lr.dtype))
-                del x  # g is the chunk's own memory (in place) or, for the reference op, a copy
+                del x, xm  # g is the chunk's own memory (in place) or, for the reference op, a copy
                 accumulate(g, hc, w, grads, rsl, slice(0, vocab), None, dw_cols)
                 del g  # free the chunk before the next one is allocated (one chunk alive)
                 lr = lr.detach()
@@ -477,7 +480,13 @@ def linear_index_loss(
     chunking and for ``grad_in_forward``.
     """
     engine = _row_engine(opts.impl, h.device)
+    if opts.class_mask is not None and engine[0] == "fused":
+        # a masked vocabulary runs the per-chunk op path (the mask is applied to whole rows of
+        # the chunk by selection, which the block primitives do not do), without vocabulary split
+        engine = ("op", engine[1])
     name = "fused" if engine[0] == "fused" else engine[1].__name__.rsplit(".", 1)[-1]
+    if opts.class_mask is not None and name == "fused":
+        name = "fused-op"  # plan_chunks: full rows (no vocabulary split), input-dtype logits
     chunks = plan_chunks(h.shape[0], w.shape[0], h.dtype, h.device, chunk_size=chunk_size,
                          memory_budget=memory_budget, engine=name)
     tensors = [t for t in (h, w, b) if t is not None]
