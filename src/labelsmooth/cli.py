@@ -56,6 +56,9 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "distill_temperature": 2.0,
     "student": "same",
     "suite": None,  # a suite name (suite.py): several testbeds, one report
+    "method": None,  # method names (methods.py): compare them; [] = the default methods
+    "method_grid": [],  # ["focal=1,2", ...]: strength grids replacing the defaults
+    "smoothing_schedule": "constant",  # how ε moves over a run (labelsmooth.schedules.named)
     "proj_classes": [0, 1, 2],
     "progress": True,
     "report": True,
@@ -255,6 +258,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=S,
         choices=("all", "others"),
         help="smoothing mass over all K classes (ε/K, PyTorch) or the K-1 others (default all)",
+    )
+    s.add_argument(
+        "--smoothing-schedule",
+        dest="smoothing_schedule",
+        default=S,
+        choices=("constant", "linear", "cosine", "step"),
+        help="how ε moves over a run (labelsmooth.schedules.named): constant; linear or cosine "
+        "from ε down to 0 over --epochs; step: ε for the first half of the epochs, then 0 "
+        "(two-stage smoothing)",
+    )
+    s.add_argument(
+        "--method",
+        dest="method",
+        default=S,
+        nargs="*",
+        choices=("ls", "confidence_penalty", "focal", "poly", "label_relaxation", "margin"),
+        metavar="METHOD",
+        help="compare methods on one testbed instead of sweeping ε: each at every strength of "
+        "its grid, strength and ranking chosen on validation, paired seed-level intervals "
+        "against the baseline and baseline + temperature scaling (writes methods.md/json/csv). "
+        "Names: ls confidence_penalty focal poly label_relaxation margin; without names: all "
+        "but margin",
+    )
+    s.add_argument(
+        "--method-grid",
+        dest="method_grid",
+        default=S,
+        nargs="+",
+        metavar="METHOD=V1,V2",
+        help="strength grids replacing the defaults (ls 0.05,0.1,0.2,0.5; confidence_penalty "
+        "0.1,0.5,1; focal 1,2,3,flsd-53; poly 1,2; label_relaxation 0.05,0.1; margin 0.1)",
     )
     s.add_argument(
         "--seeds",
@@ -508,6 +542,24 @@ def _check_value(key: str, value: Any) -> Any:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                 raise ValueError(f"config: label_noise rates must be numbers in [0, 1), got {v!r}")
         return [float(v) for v in vals]
+    if key == "method":
+        from labelsmooth.experiments.methods import METHODS
+
+        if value is None:
+            return None
+        vals = value if isinstance(value, list) else [value]
+        if any(v not in METHODS for v in vals):
+            raise ValueError(f"config: method must list names from {METHODS}, got {value!r}")
+        return vals
+    if key == "method_grid":
+        from labelsmooth.experiments.methods import parse_grid
+
+        vals = value if isinstance(value, list) else [value]
+        try:
+            parse_grid([str(v) for v in vals])
+        except ValueError as e:
+            raise ValueError(f"config: {e}") from None
+        return [str(v) for v in vals]
     if key == "data_dir":
         if value is not None and not isinstance(value, str):
             raise ValueError(f"config: data_dir must be a directory path, got {value!r}")
@@ -583,6 +635,7 @@ def _check_value(key: str, value: Any) -> Any:
         "student": ("same", "mlp-small"),
         "suite": ("default",),
         "executor": ("local", "ray"),
+        "smoothing_schedule": ("constant", "linear", "cosine", "step"),
     }
     if key in choices and value not in choices[key]:
         raise bad(f"one of {choices[key]}")
@@ -721,8 +774,17 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
         return 1
     modes = [m for m, on in (("--suite", cfg["suite"]), ("--distill", cfg["distill"]),
                              ("--label-noise", cfg["label_noise"])) if on]
+    if cfg["method"] is not None:
+        modes.append("--method")
     if len(modes) > 1:
         parser.error(f"{' and '.join(modes)} cannot be combined; run them one at a time")
+    if cfg["smoothing_schedule"] != "constant" and (cfg["distill"] or cfg["suite"]):
+        parser.error("--smoothing-schedule works with the plain sweep, --label-noise and "
+                     "--method; not yet --distill or --suite")
+    if cfg["method_grid"] and cfg["method"] is None:
+        parser.error("--method-grid needs --method")
+    if cfg["method"] is not None and cfg["executor"] != "local":
+        parser.error("--method runs with --executor local (use --workers)")
     if cfg["suite"]:
         return _cmd_suite(cfg)
     from labelsmooth.experiments import load_dataset, sweep
@@ -771,6 +833,8 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
         previous = signal.signal(signal.SIGTERM, terminated)
     if cfg["distill"]:
         return _cmd_distill(cfg, data, settings, extra)
+    if cfg["method"] is not None:
+        return _cmd_methods(cfg, data, settings, extra, t0)
     noise = None
     run_sweep = sweep
     if cfg["label_noise"]:
@@ -791,6 +855,8 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             model=cfg["model"],
             settings=settings,
             select_on=("nll", "ece") if cfg["select_ece"] else ("nll",),
+            **({"smoothing_schedule": cfg["smoothing_schedule"]}
+               if cfg["smoothing_schedule"] != "constant" else {}),
             out=cfg["out"],
             split_seed=cfg["split_seed"],
             threads=cfg["threads"],
@@ -841,6 +907,44 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             print(f"  {c['status']}: {claim_sentence(c)}")
         for name, path in noise["paths"].items():
             print(f"  {name:13s} {path}")
+    return 0
+
+
+def _cmd_methods(cfg: dict[str, Any], data: Any, settings: Any, extra: dict[str, Any],
+                 t0: float) -> int:
+    """``sweep --method ...``: the method comparison (experiments/methods.py)."""
+    from labelsmooth.experiments.methods import DEFAULT_METHODS, compare_methods
+
+    try:
+        res = compare_methods(
+            data,
+            cfg["method"] or DEFAULT_METHODS,
+            grids=cfg["method_grid"],
+            seeds=cfg["seeds"],
+            model=cfg["model"],
+            settings=settings,
+            smoothing_schedule=cfg["smoothing_schedule"],
+            out=cfg["out"],
+            split_seed=cfg["split_seed"],
+            threads=cfg["threads"],
+            workers=cfg["workers"],
+            progress=cfg["progress"],
+            extra_config=extra,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are kept in {os.path.join(cfg['out'], 'runs')}; "
+              "re-run the same command to resume", file=sys.stderr)
+        return 130
+    except ValueError as e:
+        print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
+        return 2
+    elapsed = time.perf_counter() - t0
+    trained = len(res.rows) - res.reused
+    print(f"{len(res.rows)} runs in {cfg['out']} ({res.reused} reused, {trained} trained; "
+          f"{elapsed:.1f} s this invocation)")
+    print(res.text)
+    for name, path in res.paths.items():
+        print(f"  {name:13s} {path}")
     return 0
 
 

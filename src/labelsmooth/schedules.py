@@ -35,7 +35,7 @@ from typing import Any
 
 from labelsmooth import _validation as V
 
-__all__ = ["Schedule", "constant", "cosine", "linear", "step", "two_stage"]
+__all__ = ["NAMES", "Schedule", "constant", "cosine", "linear", "named", "step", "two_stage"]
 
 
 def _check_value(arg: str, value: Any, allow_negative: bool) -> float:
@@ -220,6 +220,37 @@ def step(
         raise V.fail("milestones", "increasing epochs", list(milestones))
     gamma = V.check_smoothing(gamma, "gamma")
     return _Step(start, ms, gamma)
+
+
+#: the schedules :func:`named` builds from one strength and a number of epochs
+NAMES = ("constant", "linear", "cosine", "step")
+
+
+def named(kind: str, value: float, epochs: float) -> Schedule:
+    """The schedule ``kind`` for a run of ``epochs`` epochs that starts at strength ``value``
+    (what ``labelsmooth sweep --smoothing-schedule`` uses).
+
+    ``constant``: ``value`` throughout; ``linear`` / ``cosine``: from ``value`` down to 0 at
+    epoch ``epochs``; ``step``: ``value`` for the first half of the epochs, then 0 (two-stage
+    smoothing, Xu et al. 2020, with T = epochs / 2).
+
+    Examples:
+        >>> s = named("step", 0.1, 4)
+        >>> [s(e) for e in range(4)], named("linear", 0.2, 4)(2)
+        ([0.1, 0.1, 0.0, 0.0], 0.1)
+        >>> named("warmup", 0.1, 4)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected `smoothing_schedule` to be one of ('constant', 'linear', 'cosine', 'step'), but got 'warmup'.
+    """
+    kind = V.check_choice("smoothing_schedule", kind, NAMES)
+    if kind == "constant":
+        return constant(value)
+    if kind == "linear":
+        return linear(value, 0.0, epochs)
+    if kind == "cosine":
+        return cosine(value, 0.0, epochs)
+    return two_stage(value, until=epochs / 2)
 
 
 def _check_flag(allow_negative: Any) -> bool:

@@ -18,6 +18,7 @@ progress.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import inspect
 import io
@@ -426,6 +427,7 @@ def sweep(
     settings: TrainSettings | None = None,
     recipe: str | None = "auto",
     select_on: Sequence[str] = ("nll",),
+    smoothing_schedule: str = "constant",
     out: str | os.PathLike[str] | None = None,
     split_seed: int = 0,
     threads: int | None = None,
@@ -461,6 +463,10 @@ def sweep(
         select_on: validation metrics the factor is chosen on: ``("nll",)``, or
             ``("nll", "ece")`` to report the validation-ECE choice beside it (the claims always
             use the validation-NLL choice).
+        smoothing_schedule: how each run's ε moves over its epochs, one of
+            :data:`labelsmooth.schedules.NAMES` (:func:`labelsmooth.schedules.named`: the factor
+            is the starting value; ``linear``/``cosine`` decay it to 0 over ``epochs``, ``step``
+            drops it to 0 at half the epochs).
         out: output directory. With it, every run is saved as it finishes, finished runs are
             skipped on a re-run (a damaged run file is named and that run trained again), and
             ``results.*`` plus the report are written. One sweep at a time: the directory is
@@ -514,6 +520,12 @@ def sweep(
         raise ValueError(
             f"select_on must be ('nll',) or ('nll', 'ece'), got {select_on!r}"
         )
+    from labelsmooth.schedules import NAMES as _SCHEDULES
+
+    if smoothing_schedule not in _SCHEDULES:
+        raise ValueError(
+            f"smoothing_schedule must be one of {_SCHEDULES}, got {smoothing_schedule!r}"
+        )
     if recipe not in ("auto", None):
         raise ValueError(f"recipe must be 'auto' or None, got {recipe!r}")
     if settings is not None and settings_kwargs:
@@ -558,6 +570,10 @@ def sweep(
         )
     build, model_name = _resolve_model_fn(model_fn, model, splits, settings.dropout)
     train_fn: Callable[..., Any] = train_run
+    if smoothing_schedule != "constant":
+        if distill is not None:
+            raise ValueError("smoothing_schedule needs the plain sweep, not distill")
+        train_fn = functools.partial(train_run, smoothing_schedule=smoothing_schedule)
     distill_cfg = None
     if distill is not None:
         from labelsmooth.experiments.distill import distill_train_fn
@@ -586,6 +602,7 @@ def sweep(
         # the built-in recipe these settings start from and the accuracy it is checked against
         "recipe": rec_obj.as_dict() if rec_obj is not None else None,
         "select_on": list(select_on),
+        **({"smoothing_schedule": smoothing_schedule} if smoothing_schedule != "constant" else {}),
         **(extra_config or {}),
     }
     if distill_cfg is not None:
@@ -603,6 +620,8 @@ def sweep(
         "data_fingerprint",
         *settings.as_dict(),
         *(["distill"] if distill_cfg is not None else []),
+        # only when set, so the run directories of constant-ε sweeps keep their fingerprint
+        *(["smoothing_schedule"] if smoothing_schedule != "constant" else []),
     ]
     run_identity = {k: config[k] for k in identity_keys}
     fingerprint = hashlib.sha256(

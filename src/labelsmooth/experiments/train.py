@@ -392,6 +392,8 @@ def train_run(
     settings: TrainSettings = TrainSettings(),
     *,
     progress: Any = None,
+    smoothing_schedule: str = "constant",
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Train ``model_fn()`` with label smoothing ``smoothing`` and seed ``seed``, then evaluate
     the checkpoint with the lowest validation NLL.
@@ -410,6 +412,13 @@ def train_run(
         settings: epochs, optimiser, early stopping and evaluation settings.
         progress: a ``tqdm``-like object with ``update()`` and ``set_postfix()`` ticked once per
             epoch, or None.
+        smoothing_schedule: how ε moves over the run, one of
+            :data:`labelsmooth.schedules.NAMES` (:func:`labelsmooth.schedules.named` with
+            ``smoothing`` as the start and ``settings.epochs`` as the length; applied per epoch).
+        loss: another training objective ``loss(logits, targets) -> scalar`` replacing the
+            smoothed cross-entropy (a picklable object for worker processes, e.g. a
+            :class:`labelsmooth.experiments.methods.Method`); the log keeps the hard-label
+            NLL, and ``smoothing`` then only sets the logged entropy floor.
 
     Returns:
         ``(record, arrays)``: ``record`` is JSON-serialisable (settings, per-epoch ``history``,
@@ -441,7 +450,20 @@ def train_run(
         else None
     )
     gen = torch.Generator().manual_seed(seed)
-    floor = float(labelsmooth.entropy_floor(k, smoothing, spread=settings.spread)) + 0.0  # no -0.0
+    eps_at = labelsmooth.schedules.named(smoothing_schedule, smoothing, settings.epochs)
+
+    def floor_at(eps: float) -> float:
+        return float(labelsmooth.entropy_floor(k, eps, spread=settings.spread)) + 0.0  # no -0.0
+
+    def objective(logits: torch.Tensor, yb: torch.Tensor, eps: float):
+        """(training loss, hard-label NLL) of a batch."""
+        if loss is not None:
+            return loss(logits, yb), torch.nn.functional.cross_entropy(logits.detach(), yb)
+        st = labelsmooth.cross_entropy_with_stats(
+            logits, yb, label_smoothing=eps, spread=settings.spread
+        )
+        return st.loss, st.nll
+
     x_tr, y_tr = splits.x_train.to(device), splits.y_train.to(device)
     y_val = splits.y_val
     n = x_tr.shape[0]
@@ -449,6 +471,8 @@ def train_run(
     best_nll, best_epoch, best_state, stale = math.inf, 0, None, 0
     t0, c0 = time.perf_counter(), time.process_time()
     for epoch in range(settings.epochs):
+        eps = eps_at(epoch)
+        floor = floor_at(eps)
         model.train()
         order = torch.randperm(n, generator=gen).to(device)
         # Sums stay on the device; one host read per epoch, none per step.
@@ -457,17 +481,15 @@ def train_run(
             idx = order[i : i + settings.batch_size]
             logits = model(x_tr[idx])
             yb = y_tr[idx]
-            stats = labelsmooth.cross_entropy_with_stats(
-                logits, yb, label_smoothing=smoothing, spread=settings.spread
-            )
+            batch_loss, batch_nll = objective(logits, yb, eps)
             opt.zero_grad(set_to_none=True)
-            stats.loss.backward()
+            batch_loss.backward()
             opt.step()
             m = idx.shape[0]
             sums += torch.stack(
                 [
-                    stats.loss.detach().double() * m,
-                    stats.nll.double() * m,
+                    batch_loss.detach().double() * m,
+                    batch_nll.double() * m,
                     (logits.detach().argmax(-1) == yb).sum().double(),
                 ]
             )
@@ -511,12 +533,11 @@ def train_run(
     # The kept checkpoint on the training split, in evaluation mode (no dropout): how well it
     # fits the hard labels, and the smoothed loss it was trained on.
     tr_logits = _logits(model, splits.x_train, device)
-    tr_stats = labelsmooth.cross_entropy_with_stats(
-        tr_logits, splits.y_train, label_smoothing=smoothing, spread=settings.spread
-    )
+    with torch.no_grad():  # the objective of the kept checkpoint's epoch
+        tr_loss, tr_nll = objective(tr_logits, splits.y_train, eps_at(best_epoch - 1))
     train = {
-        "nll": float(tr_stats.nll),
-        "loss": float(tr_stats.loss),
+        "nll": float(tr_nll),
+        "loss": float(tr_loss),
         "accuracy": float((tr_logits.argmax(-1) == splits.y_train).double().mean()),
     }
     val = evaluate_logits(
@@ -533,7 +554,7 @@ def train_run(
         "seed": int(seed),
         "num_classes": k,
         "settings": settings.as_dict(),
-        "entropy_floor": floor,
+        "entropy_floor": floor_at(eps_at(best_epoch - 1)),
         "history": history,
         "selected_epoch": best_epoch,
         "epochs_run": epochs_run,
@@ -547,6 +568,10 @@ def train_run(
         "train_cpu_seconds": train_cpu_seconds,
         "eval_seconds": time.perf_counter() - t0 - train_seconds,
     }
+    if smoothing_schedule != "constant":
+        record["smoothing_schedule"] = smoothing_schedule
+    if loss is not None:
+        record["loss"] = loss.as_dict() if hasattr(loss, "as_dict") else repr(loss)
     if getattr(splits, "y_train_clean", None) is not None:  # label noise: what was memorised
         from labelsmooth.experiments.noise import memorisation
 
