@@ -49,6 +49,7 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "n_bootstrap": 1000,
     "split_seed": 0,
     "label_column": "label",
+    "split_column": "split",  # CSV column marking each row train/val/cal/test (if present)
     "data_dir": None,  # None: the dataset's default directory (fashion-mnist)
     "label_noise": [],  # training-label noise rates; empty: none
     "noise_kind": "symmetric",
@@ -183,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="label_column",
         default=S,
         help=f"label column of a CSV dataset (default {d['label_column']})",
+    )
+    s.add_argument(
+        "--split-column",
+        dest="split_column",
+        default=S,
+        help="CSV column marking each row train/val/cal/test, when the file has it: only "
+        "train rows may be noisy, val/cal/test rows are assumed clean (default "
+        f"{d['split_column']})",
     )
     s.add_argument(
         "--label-noise",
@@ -809,6 +818,7 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             cfg["dataset"],
             split_seed=cfg["split_seed"],
             label_column=cfg["label_column"],
+            split_column=cfg["split_column"],
             num_classes=cfg["num_classes"],
             data_dir=cfg["data_dir"],
         )
@@ -819,7 +829,7 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
         return 1
     extra = {
         k: cfg[k]
-        for k in ("out", "threads", "config", "label_column", "progress", "report")
+        for k in ("out", "threads", "config", "label_column", "split_column", "progress", "report")
     }
     extra["sources"] = cfg["sources"]
     extra["command"] = command

@@ -143,6 +143,7 @@ def make_splits(
     standardize: bool = True,
     name: str = "custom",
     num_classes: int | None = None,
+    split: Any = None,
 ) -> Splits:
     """Split arrays into train / val / cal / test (a seeded permutation) and wrap them in Splits.
 
@@ -160,6 +161,11 @@ def make_splits(
         standardize: centre and scale every feature with the training split's mean and std.
         name: a label for reports.
         num_classes: override the class count (otherwise ``max label + 1``).
+        split: the split of every row, marked by the data (``"train"``, ``"val"``, ``"cal"``,
+            ``"test"``; see :data:`SPLIT_VALUES` for the accepted spellings) instead of drawn:
+            ``train`` and ``test`` rows are required; ``val`` / ``cal`` rows, when none are
+            marked, are carved from the ``train`` rows (seeded, in proportion to
+            ``fractions``). Not with ``x_test``.
 
     Returns:
         The :class:`Splits`.
@@ -183,6 +189,8 @@ def make_splits(
         raise ValueError(f"features of {name} must be numeric, got dtype {xa.dtype}")
     _check_finite(xa, "x", name)
     has_test = x_test is not None or y_test is not None
+    if split is not None and has_test:
+        raise ValueError(f"{name}: give either a split column or x_test/y_test, not both")
     if has_test:
         if x_test is None or y_test is None:
             raise ValueError("give both x_test and y_test, or neither")
@@ -205,10 +213,13 @@ def make_splits(
         raise ValueError(f"fractions must sum to 1, got {fractions!r}")
     shares = shares / shares.sum()
     n = xa.shape[0]
-    perm = np.random.default_rng(split_seed).permutation(n)
-    bounds = np.floor(np.cumsum(shares) * n + 1e-9).astype(int)
-    bounds[-1] = n
-    parts = np.split(perm, bounds[:-1])
+    if split is not None:
+        parts = _marked_parts(split, n, fractions, split_seed, name)
+    else:
+        perm = np.random.default_rng(split_seed).permutation(n)
+        bounds = np.floor(np.cumsum(shares) * n + 1e-9).astype(int)
+        bounds[-1] = n
+        parts = np.split(perm, bounds[:-1])
     if any(len(p) == 0 for p in parts):
         raise ValueError(
             f"{name}: {n} examples are too few for the split fractions {fractions!r} "
@@ -234,6 +245,77 @@ def make_splits(
         tensors[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(xv))
         tensors[f"y_{split}"] = torch.from_numpy(np.ascontiguousarray(yv)).long()
     return Splits(name=name, num_classes=int(k), label_values=label_values, **tensors)
+
+
+#: Values a split column may hold (case-insensitive), and the split each one names.
+SPLIT_VALUES = {
+    "train": "train", "training": "train",
+    "val": "val", "valid": "val", "validation": "val",
+    "cal": "cal", "calib": "cal", "calibration": "cal",
+    "test": "test",
+}
+
+
+def _marked_parts(
+    split: Any, n: int, fractions: tuple[float, float, float, float], seed: int, name: str
+) -> list[np.ndarray]:
+    """Row indices of train / val / cal / test from a per-row split marking.
+
+    Example:
+        >>> parts = _marked_parts(["train"] * 6 + ["test"] * 2, 8, (0.5, 0.25, 0.25, 0.0), 0, "d")
+        >>> [len(p) for p in parts], parts[3].tolist()  # val and cal carved from the train rows
+        ([3, 1, 2, 2], [6, 7])
+    """
+    marks = np.asarray(split).reshape(-1)
+    if marks.shape[0] != n:
+        raise ValueError(f"{name}: the split marking has {marks.shape[0]} rows, the data {n}")
+    names = []
+    for i, m in enumerate(marks):
+        v = SPLIT_VALUES.get(str(m).strip().lower())
+        if v is None:
+            raise ValueError(
+                f"{name}: row {i} has split {str(m)!r}; a split column holds one of "
+                f"{sorted(set(SPLIT_VALUES))} (train is trained on; val, cal and test are "
+                "assumed clean)"
+            )
+        names.append(v)
+    names_a = np.asarray(names)
+    idx = {k: np.flatnonzero(names_a == k) for k in _SPLIT_NAMES}
+    for k in ("train", "test"):
+        if idx[k].size == 0:
+            raise ValueError(f"{name}: the split column marks no {k!r} rows; it needs train and test")
+    missing = [k for k in ("val", "cal") if idx[k].size == 0]
+    if missing:  # carve the unmarked held-out splits from the train rows, seeded
+        share = {"train": fractions[0], "val": fractions[1], "cal": fractions[2]}
+        keep = ["train", *missing]
+        w = np.asarray([share[k] for k in keep], dtype=float)
+        if w.sum() <= 0 or any(share[k] <= 0 for k in missing):
+            raise ValueError(f"{name}: fractions {fractions!r} leave no share for {missing}")
+        perm = np.random.default_rng(seed).permutation(idx["train"])
+        bounds = np.floor(np.cumsum(w / w.sum()) * perm.size + 1e-9).astype(int)
+        bounds[-1] = perm.size
+        for k, part in zip(keep, np.split(perm, bounds[:-1])):
+            idx[k] = part
+    return [idx[k] for k in _SPLIT_NAMES]
+
+
+def _with_clean_labels(source: str, x: Any, y: Any, y_clean: Any, kw: dict[str, Any]) -> Splits:
+    """Train on ``y`` (noisy) while validation, calibration and test take ``y_clean``."""
+    y_clean = np.asarray(y_clean)
+    if y_clean.shape != np.asarray(y).shape:
+        raise ValueError(f"{source}: y_clean has shape {y_clean.shape}, y has {np.asarray(y).shape}")
+    clean = make_splits(x, y_clean, **kw)
+    noisy = make_splits(x, y, **kw)  # the same seeded permutation: the same rows in each split
+    if noisy.label_values != clean.label_values or noisy.num_classes != clean.num_classes:
+        raise ValueError(
+            f"{source}: y and y_clean name different classes; give both as the same label values"
+        )
+    flipped = int((noisy.y_train != clean.y_train).sum())
+    info = {"rate": flipped / max(1, len(clean.y_train)), "kind": "given (y vs y_clean)",
+            "flipped": flipped, "clean_splits": ["val", "cal", "test"]}
+    return dataclasses.replace(
+        clean, y_train=noisy.y_train, y_train_clean=clean.y_train, label_noise=info
+    )
 
 
 def _mnist1d(split_seed: int, num_classes: int | None = None) -> Splits:
@@ -310,27 +392,15 @@ def _read_npz(
         xt = next((f[k] for k in ("x_test", "X_test") if k in keys), None)
         yt = next((f[k] for k in ("y_test", "labels_test") if k in keys), None)
         y_clean = f["y_clean"] if "y_clean" in keys else None
+        split = f["split"] if "split" in keys else None
     kw: dict[str, Any] = {
         "x_test": xt, "y_test": yt, "fractions": fractions, "split_seed": split_seed,
-        "name": os.path.basename(path), "num_classes": num_classes,
+        "name": os.path.basename(path), "num_classes": num_classes, "split": split,
     }
     if y_clean is None:
         return make_splits(x, y, **kw)
     # y holds noisy labels and y_clean the clean ones: train on y, keep val/cal/test clean.
-    if y_clean.shape != y.shape:
-        raise ValueError(f"{path}: y_clean has shape {y_clean.shape}, y has {y.shape}")
-    clean = make_splits(x, y_clean, **kw)
-    noisy = make_splits(x, y, **kw)  # the same seeded permutation: the same rows in each split
-    if noisy.label_values != clean.label_values or noisy.num_classes != clean.num_classes:
-        raise ValueError(
-            f"{path}: y and y_clean name different classes; give both as the same label values"
-        )
-    flipped = int((noisy.y_train != clean.y_train).sum())
-    info = {"rate": flipped / max(1, len(clean.y_train)), "kind": "given (y vs y_clean)",
-            "flipped": flipped, "clean_splits": ["val", "cal", "test"]}
-    return dataclasses.replace(
-        clean, y_train=noisy.y_train, y_train_clean=clean.y_train, label_noise=info
-    )
+    return _with_clean_labels(path, x, y, y_clean, kw)
 
 
 def _load_csv(
@@ -339,6 +409,7 @@ def _load_csv(
     split_seed: int,
     fractions: tuple[float, float, float, float],
     num_classes: int | None = None,
+    split_column: str | None = "split",
 ) -> Splits:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -356,42 +427,64 @@ def _load_csv(
             f"name it with --label-column"
         )
     j = header.index(label_column)
+    # optional columns that are not features: the split of each row, the clean label
+    sj = header.index(split_column) if split_column and split_column in header else None
+    clean_name = f"{label_column}_clean"
+    cj = header.index(clean_name) if clean_name in header else None
+    skip = {n for n in (j, sj, cj) if n is not None}
     body = [r for r in rows[1:] if any(c.strip() for c in r)]
     if not body:
         raise ValueError(f"{path}: the CSV file has a header but no rows")
-    feats, labels = [], []
+    feats, labels, splits_col, clean = [], [], [], []
     for i, r in enumerate(body, start=2):
         if len(r) != len(header):
             raise ValueError(f"{path}, line {i}: {len(r)} fields, the header has {len(header)}")
         try:
-            vals = [float(c) for n, c in enumerate(r) if n != j]
+            vals = [float(c) for n, c in enumerate(r) if n not in skip]
         except ValueError as e:
             raise ValueError(f"{path}, line {i}: non-numeric feature ({e})") from None
         if not all(math.isfinite(v) for v in vals):
-            n_bad = next(n for n, c in enumerate(r) if n != j and not math.isfinite(float(c)))
+            n_bad = next(n for n, c in enumerate(r) if n not in skip and not math.isfinite(float(c)))
             raise ValueError(
                 f"{path}, line {i}, column {header[n_bad]!r}: non-finite feature "
                 f"{r[n_bad].strip()!r}; features must be finite numbers"
             )
         feats.append(vals)
         labels.append(r[j].strip())
-    if len(header) < 2:
+        if sj is not None:
+            splits_col.append(r[sj].strip())
+        if cj is not None:
+            clean.append(r[cj].strip())
+    if len(header) - len(skip) < 1:
         raise ValueError(f"{path}: the CSV has only the label column, no features")
+    if sj is not None:
+        bad = next((n for n, v in enumerate(splits_col) if v.lower() not in SPLIT_VALUES), None)
+        if bad is not None:
+            raise ValueError(
+                f"{path}, line {bad + 2}, column {split_column!r}: split {splits_col[bad]!r}; "
+                f"the split column holds one of {sorted(set(SPLIT_VALUES))} (train rows are "
+                "trained on; val, cal and test rows are assumed clean)"
+            )
+    kw: dict[str, Any] = {
+        "fractions": fractions, "split_seed": split_seed, "name": os.path.basename(path),
+        "num_classes": num_classes, "split": splits_col if sj is not None else None,
+    }
+    x = np.asarray(feats, dtype=np.float32)
+    if cj is not None:
+        return _with_clean_labels(path, x, _csv_labels(labels), _csv_labels(clean), kw)
+    return make_splits(x, _csv_labels(labels), **kw)
+
+
+def _csv_labels(labels: list[str]) -> np.ndarray:
+    """Numeric labels stay numbers (so ``"2"`` is class 2); others are categories."""
     lab = np.asarray(labels)
-    try:  # numeric labels stay numbers (so "2" is class 2), others are categories
+    try:
         as_int = lab.astype(np.int64)
         if np.array_equal(as_int.astype(str), lab):
-            lab = as_int
+            return as_int
     except ValueError:
         pass
-    return make_splits(
-        np.asarray(feats, dtype=np.float32),
-        lab,
-        fractions=fractions,
-        split_seed=split_seed,
-        name=os.path.basename(path),
-        num_classes=num_classes,
-    )
+    return lab
 
 
 def load_dataset(
@@ -402,6 +495,7 @@ def load_dataset(
     fractions: tuple[float, float, float, float] = (0.6, 0.1, 0.1, 0.2),
     num_classes: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
+    split_column: str | None = "split",
 ) -> Splits:
     """Load a built-in dataset by name, or the user's own from a ``.npz`` / ``.csv`` path.
 
@@ -420,7 +514,21 @@ def load_dataset(
       memorisation is measured); without it, validation and calibration are carved from ``y``
       and are as noisy as it is.
     * ``*.csv``: a header row; the column ``label_column`` holds the labels, every other column a
-      numeric feature.
+      numeric feature, except two optional columns:
+
+      - ``split_column`` (default ``split``): the split of each row, ``train``, ``val``
+        (or ``valid``/``validation``), ``cal`` (or ``calib``/``calibration``) or ``test``
+        (case-insensitive). **Only the train rows may be noisy: val, cal and test rows are
+        assumed clean** — validation chooses checkpoints and ε, calibration fits the
+        temperature, test reports — so mark your trusted, carefully labelled rows as those.
+        Train and test rows are required; when no val or cal rows are marked, they are carved
+        from the train rows (seeded by ``split_seed``, in proportion to ``fractions``) and are
+        then as noisy as the train rows.
+      - ``<label_column>_clean`` (e.g. ``label_clean``): the clean label of each row, as NPZ's
+        ``y_clean``: training uses ``label``, validation / calibration / test use the clean one,
+        and the report measures memorisation of the train rows whose two labels differ.
+
+      An ``.npz`` may mark its rows the same way with an array ``split``.
 
     User data is split by ``fractions`` (train, val, cal, test) and standardised with the
     training split's statistics. Non-finite features (NaN, ±inf) are refused, naming the row and
@@ -460,7 +568,7 @@ def load_dataset(
             raise ValueError(f"dataset file {name!r} does not exist")
         if ext == ".npz":
             return _load_npz(name, split_seed, fractions, num_classes)
-        return _load_csv(name, label_column, split_seed, fractions, num_classes)
+        return _load_csv(name, label_column, split_seed, fractions, num_classes, split_column)
     raise ValueError(
         f"dataset must be one of {BUILTIN_DATASETS} or a path to a .npz/.csv file, got {name!r}"
     )
