@@ -315,15 +315,15 @@ def _check_parity(world: int, cases: list[dict], results: list[list[dict]]) -> N
             assert 1 <= len(ar) <= 3, f"{name}: {len(ar)} all-reduces"
             # MAX: the N row maxima; when nothing was exchanged (vocab_start/vocab_size given)
             # and values are checked (CPU), + [v, -v], v = 2 target checksums, 1 range flag and
-            # the 12 fingerprint items
-            assert ar[0] == rows + (2 * (3 + 12) if c["explicit"] else 0), (
+            # the 14 fingerprint items
+            assert ar[0] == rows + (2 * (3 + 14) if c["explicit"] else 0), (
                 f"{name}: MAX all-reduce size {ar[0]}, N={rows}")
             assert all(n <= 4 * rows + 2 for n in ar[1:]), (
                 f"{name}: all-reduce sizes {ar}, N={rows}")
-            # one all_gather of the 19-entry fingerprint (status, width, layout, target summary,
-            # 12 items), which carries the shard widths; none when vocab_start and vocab_size
+            # one all_gather of the 21-entry fingerprint (status, width, layout, target summary,
+            # 14 items), which carries the shard widths; none when vocab_start and vocab_size
             # are given
-            assert ag == ([] if c["explicit"] else [19]), f"{name}: all_gathers {ag}"
+            assert ag == ([] if c["explicit"] else [21]), f"{name}: all_gathers {ag}"
             assert p["bwd"] == [], f"{name}: backward communicated {p['bwd']}"
 
 
@@ -509,9 +509,9 @@ def test_linear_dtensor_and_layout() -> None:
             _close(p["gh"], h.grad, dtype, f"{name}: grad hidden, rank {r}")
             ar = [n for nm, n, _ in p["fwd"] if nm == "all_reduce"]
             assert len(ar) <= 3 and all(n <= 4 * c["y"].numel() + 2 for n in ar), (name, p["fwd"])
-            # the 21-integer fingerprint (7 head entries, 14 items) carries the shard widths
+            # the 23-integer fingerprint (7 head entries, 16 items) carries the shard widths
             ag = [n for nm, n, _ in p["fwd"] if nm == "all_gather"]
-            assert ag == [21], f"{name}: all_gathers {ag}"
+            assert ag == [23], f"{name}: all_gathers {ag}"
             bwd_ar = [n for nm, n, _ in p["bwd"] if nm == "all_reduce"]
             assert bwd_ar == [h.numel()], f"{name}: backward all-reduces {bwd_ar} (d(hidden) only)"
         _close(res[0]["linear"][i]["loss"], ref.detach(), dtype, f"{name}: loss")
@@ -966,3 +966,122 @@ def test_large_logit_offsets_across_ranks(world: int) -> None:
                 assert_no_worse_than(got["loss"], peer_l, truth_l, 1e-6, f"loss {what}")
                 assert_no_worse_than(got["grad"], peer_g[:, sl], truth_g[:, sl], 1e-6,
                                      f"grad {what}")
+
+
+# --------------------------------------------------------------------------------------------
+# Padded and masked vocabularies (num_classes= global V, class_mask= this rank's shard)
+# --------------------------------------------------------------------------------------------
+
+
+def _job_vocab_mask(rank: int, world: int, data: dict) -> list:
+    """Each case: loss and gradient slices of both losses (logits, linear), both engines."""
+    widths = data["widths"]
+    sl = slice(sum(widths[:rank]), sum(widths[:rank + 1]))
+    out = []
+    for case in data["cases"]:
+        opt = dict(case["opt"])
+        for name in ("weight", "prior", "class_mask"):
+            if name in opt:
+                opt[name] = opt[name][sl]
+        res = {}
+        for impl in ("auto", "reference"):
+            x = case["x"][:, sl].clone().requires_grad_()
+            loss = vocab_parallel_cross_entropy(x, case["y"], impl=impl, **opt)
+            (g,) = torch.autograd.grad(loss, x, case["g"])
+            res[impl] = (loss.detach(), g)
+            h = case["h"].clone().requires_grad_()
+            w = case["w"][sl].clone().requires_grad_()
+            b = case["b"][sl].clone().requires_grad_()
+            lopt = {("class_weight" if k == "weight" else k): v for k, v in opt.items()}
+            loss = vocab_parallel_linear_cross_entropy(h, w, case["y"], b, impl=impl,
+                                                       chunk_size=3, **lopt)
+            res["linear-" + impl] = (loss.detach(), *torch.autograd.grad(loss, (h, w, b),
+                                                                         case["g"]))
+        out.append(res)
+    return out
+
+
+JOBS["vocab_mask"] = _job_vocab_mask
+
+
+def test_padded_and_masked_vocabulary_across_ranks() -> None:
+    """num_classes (global V) and class_mask shards on 2 gloo ranks: loss and gradient slices
+    equal the single-process cross_entropy with the same options (itself equal to the dense loss
+    on the valid sub-vocabulary); padded/masked columns and projection rows get exactly 0, and
+    garbage (±inf, NaN) in masked logits is harmless."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 1], dtype=torch.bool)
+    w = torch.rand(K, generator=g, dtype=torch.float64) + 0.5
+    prior = torch.rand(K, generator=g, dtype=torch.float64)
+    prior = prior / prior.sum()
+    opts = [
+        dict(label_smoothing=0.1, num_classes=9),
+        dict(label_smoothing=0.2, spread="others", class_mask=mask, weight=w, z_loss=1e-2),
+        dict(label_smoothing=0.3, class_mask=mask, prior=prior, weight=w, weight_mode="target",
+             reduction="sum"),
+        dict(label_smoothing=0.1, num_classes=10, class_mask=mask, softcap=2.0),
+    ]
+    cases = []
+    for opt in opts:
+        valid = mask.clone() if "class_mask" in opt else torch.ones(K, dtype=torch.bool)
+        if "num_classes" in opt:
+            valid[opt["num_classes"]:] = False
+        keep = valid.nonzero()[:, 0]
+        y = keep[torch.randint(0, keep.numel(), (N,), generator=g)]
+        y[3] = -100
+        x = torch.randn(N, K, generator=g, dtype=torch.float64) * 2
+        xg = x.clone()
+        junk = torch.tensor([math.nan, math.inf, -math.inf], dtype=torch.float64)
+        for i, c in enumerate((~valid).nonzero()[:, 0].tolist()):
+            xg[:, c] = junk[i % 3]
+        cases.append(dict(x=xg, x_clean=x, y=y, opt=opt, valid=valid,
+                          g=torch.tensor(1.3, dtype=torch.float64) if opt.get("reduction") else
+                          torch.tensor(0.7, dtype=torch.float64),
+                          h=torch.randn(N, H, generator=g, dtype=torch.float64),
+                          w=torch.randn(K, H, generator=g, dtype=torch.float64),
+                          b=torch.randn(K, generator=g, dtype=torch.float64)))
+    res = _spawn(2, "vocab_mask", {"widths": [7, 4], "cases": cases})
+    for ci, case in enumerate(cases):
+        opt, valid = case["opt"], case["valid"]
+        xr = case["x"].clone().requires_grad_()
+        ref = ls.cross_entropy(xr, case["y"], impl="reference", **opt)
+        (g_ref,) = torch.autograd.grad(ref, xr, case["g"])
+        lin = [t.clone().requires_grad_() for t in (case["h"], case["w"], case["b"])]
+        lref = ls.cross_entropy(lin[0] @ lin[1].T + lin[2], case["y"], impl="reference", **opt)
+        lg = torch.autograd.grad(lref, lin, case["g"])
+        for r, sl in enumerate((slice(0, 7), slice(7, 11))):
+            for impl in ("auto", "reference"):
+                what = f"case {ci} rank {r} {impl}"
+                loss, grad = res[r][ci][impl]
+                torch.testing.assert_close(loss, ref.detach(), msg=what)
+                torch.testing.assert_close(grad, g_ref[:, sl], msg=what)
+                assert torch.equal(grad[:, ~valid[sl]], torch.zeros_like(grad[:, ~valid[sl]]))
+                loss, dh, dw, db = res[r][ci]["linear-" + impl]
+                torch.testing.assert_close(loss, lref.detach(), msg="linear " + what)
+                torch.testing.assert_close(dh, lg[0], msg="linear " + what)
+                torch.testing.assert_close(dw, lg[1][sl], msg="linear " + what)
+                torch.testing.assert_close(db, lg[2][sl], msg="linear " + what)
+                assert torch.equal(dw[~valid[sl]], torch.zeros_like(dw[~valid[sl]]))
+                assert torch.equal(db[~valid[sl]], torch.zeros_like(db[~valid[sl]]))
+
+
+def test_masked_vocabulary_single_process_and_errors() -> None:
+    """Without a process group the masked loss is cross_entropy's; bad options raise."""
+    mask = torch.tensor([True, False, True, True])
+    x = torch.randn(3, 4, dtype=torch.float64)
+    y = torch.tensor([0, 2, 3])
+    for kw in (dict(class_mask=mask), dict(num_classes=3), dict(num_classes=3, class_mask=mask,
+                                                                 spread="others")):
+        got = vocab_parallel_cross_entropy(x, y if "num_classes" not in kw else
+                                           torch.tensor([0, 2, 2]), label_smoothing=0.2, **kw)
+        want = ls.cross_entropy(x, y if "num_classes" not in kw else torch.tensor([0, 2, 2]),
+                                label_smoothing=0.2, **kw)
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="`target`"):
+        vocab_parallel_cross_entropy(x, torch.tensor([1, 2, 3]), class_mask=mask)
+    with pytest.raises(ValueError, match="`num_classes`"):
+        vocab_parallel_cross_entropy(x, y, num_classes=5)
+    with pytest.raises(ValueError, match="`class_mask`"):
+        vocab_parallel_cross_entropy(x, y, class_mask=mask[:3])
+    with pytest.raises(TypeError, match="`class_mask`"):
+        vocab_parallel_cross_entropy(x, y, class_mask=mask.long())

@@ -53,6 +53,7 @@ import torch
 import torch.distributed as dist
 
 from labelsmooth import _validation as V
+from labelsmooth import _vocab
 from labelsmooth._comm import collective_device
 from labelsmooth._plan import (
     Reduction,
@@ -72,7 +73,7 @@ from labelsmooth.ops._math import (
     shift_sum,
     sum_exp,
 )
-from labelsmooth.targets import Spread
+from labelsmooth.targets import Spread, masked_shares
 
 __all__ = [
     "copy_to_vocab_parallel",
@@ -209,6 +210,8 @@ class _Call:
     vocab_size: int | None = None
     target_range: tuple[int, int] = (0, -1)  # min, max of the non-ignored targets (checked only)
     target_sum: int = 0                      # their two checksums as c1·2**21 + c2 (checked only)
+    num_classes: int = -1              # padded vocabulary: the global V (-1: not given)
+    class_mask: bool = False           # a class-mask shard given
 
     def items(self) -> list[tuple[str, str, str, Any]]:
         """(argument, expectation, kind, value) of every entry the ranks must agree on."""
@@ -233,6 +236,9 @@ class _Call:
                  self.prior),
                 (self.weight_arg, "to be given on every rank of the group or on none", "given",
                  self.weight),
+                ("num_classes", _SAME, "int", self.num_classes),
+                ("class_mask", "to be given on every rank of the group or on none", "given",
+                 self.class_mask),
                 ("validate", "to select value checks on every rank of the group or on none "
                  "(validate=None checks on CPU only)", "checks", self.check_values)]
         if self.rows_arg == "hidden":
@@ -718,6 +724,7 @@ class _Setup:
     call: _Call                    # what the ranks must agree on
     bad_target: Exception | None   # this rank's out-of-range target error, raised after the MAX
     width: int = 0                 # K_r, this rank's number of classes
+    a_mask: Any = None             # spread="others" over a masked vocabulary: a (0-d tensor)
 
 
 def _check_prior_shard(prior: torch.Tensor | None, opts: Any, check_values: bool) -> None:
@@ -737,7 +744,8 @@ def _check_prior_shard(prior: torch.Tensor | None, opts: Any, check_values: bool
 
 
 def _setup(target, width, start, size, weight, prior, opts, device, acc, check_values, group,
-           world, rank: int = 0, call: _Call | None = None, exchanged: bool = True) -> _Setup:
+           world, rank: int = 0, call: _Call | None = None, exchanged: bool = True,
+           mask: torch.Tensor | None = None) -> _Setup:
     """Fold convention, weights and ignore mask into coefficients for this shard (no collective).
 
     The local checks (:func:`_check_prior_shard`, arguments) are done and agreed on before this.
@@ -775,6 +783,11 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
     y_local = plan.y - start
     in_shard = plan.valid & (y_local >= 0) & (y_local < width)
     y_local = torch.where(in_shard, y_local, torch.zeros_like(y_local))
+    a_mask = None
+    if mask is not None:
+        s, a_mask = _mask_shares(mask, prior, weight, opts, y_local, in_shard, check_values,
+                                 group, world, device, acc)
+        s_uniform = 0.0
     sh = _Shard(y_local, in_shard, s, s_uniform, opts.softcap)
 
     scalars = []  # non-row numbers carried by the SUM all-reduce
@@ -790,8 +803,85 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
     # nothing rides in the MAX when the fingerprint exchange has compared everything already
     agree = (_agreement_vector(target, call, bad_target is not None, world, rank, device)
              if check_values and world > 1 and not exchanged else None)
+    if a_mask is not None:
+        plan = _with_target_coef(plan, a_mask)
     return _Setup(opts, plan_opts, plan, sh, target, size, weight, prior, check_values, group,
-                  world, acc, w_share, scalars, agree, call, bad_target, width)
+                  world, acc, w_share, scalars, agree, call, bad_target, width, a_mask)
+
+
+def _with_target_coef(plan: Any, a: torch.Tensor) -> Any:
+    """The plan with the target coefficient ct = a·w_y (spread="others" over a masked vocabulary,
+    where a = 1 − ε − ε/(V−1) depends on the global count V of valid classes)."""
+    return dataclasses.replace(plan, ct=a.to(plan.w_y.dtype) * plan.w_y)
+
+
+def _check_mask_options(num_classes: Any, class_mask: Any,
+                        width: int) -> tuple[int | None, torch.Tensor | None]:
+    """This rank's local checks of ``num_classes`` (global V) and its ``class_mask`` shard."""
+    num_classes = V.check_num_classes(num_classes)
+    if class_mask is not None:
+        if _is_dtensor(class_mask):
+            class_mask = class_mask.to_local()
+        class_mask = V.check_class_mask(class_mask, width)
+    return num_classes, class_mask
+
+
+def _local_mask(class_mask: torch.Tensor | None, num_classes: int | None, start: int, width: int,
+                size: int, device: torch.device) -> torch.Tensor | None:
+    """This shard's (K_r,) bool mask of valid classes from ``class_mask`` and ``num_classes``.
+
+    ``num_classes`` and ``size`` are agreed on every rank, so its error is the same everywhere.
+    """
+    if class_mask is None and num_classes is None:
+        return None
+    if num_classes is not None and num_classes > size:
+        raise V.fail("num_classes", f"at most the global vocabulary size {size} (the first "
+                     "num_classes classes are real, the rest padding)", num_classes)
+    mask = (class_mask.to(device) if class_mask is not None
+            else torch.ones(width, dtype=torch.bool, device=device))
+    if num_classes is not None:
+        mask = mask & (torch.arange(start, start + width, device=device) < num_classes)
+    return mask
+
+
+def _mask_shares(mask, prior, weight, opts, y_local, in_shard, check_values, group, world,
+                 device, acc):
+    """(local shares s, a or None) over the valid classes of a masked, sharded vocabulary.
+
+    One ``SUM`` all-reduce of three numbers — the valid classes, the prior mass on them and the
+    targets that point at masked classes, each rank's count — gives the global counts the shares
+    need (:func:`labelsmooth.targets.masked_shares`, the single-process formulas); they are read
+    on the host only when values are checked, and then every rank raises the same error.
+    """
+    f64 = torch.float64
+    zero = torch.zeros((), dtype=f64, device=device)
+    width = mask.shape[0]
+    bad = ((in_shard & ~mask[y_local]).sum(dtype=f64) if width > 0 else zero)
+    p = prior.detach().to(device=device, dtype=f64) if prior is not None else None
+    mass = torch.where(mask, p, zero).sum() if p is not None else zero
+    tot = torch.stack([mask.sum(dtype=f64), mass, bad])
+    if world > 1:
+        comm = collective_device(group, device, op="all_reduce")
+        t = tot.to(comm)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        tot = t.to(device)
+    if check_values:  # the same totals on every rank: the same error everywhere
+        n_valid, p_mass, n_bad = tot.tolist()
+        V.check_mask_count(int(n_valid), 2 if opts.spread == "others" else 1, opts.spread)
+        if p is not None and not p_mass > 0.0:
+            raise V.fail("prior", "a distribution with mass on the valid classes (num_classes / "
+                         "class_mask leave only those)", f"a prior with mass {p_mass:.3g} there")
+        if n_bad > 0:
+            raise V.fail("target", "class indices of valid classes (not masked by class_mask, "
+                         "below num_classes)", f"{int(n_bad)} target(s) at masked classes")
+    a, b = masked_shares(mask, opts.label_smoothing, opts.spread, tot[0], p, tot[1])
+    if opts.label_smoothing == 0.0:
+        return None, None
+    s = b.to(acc)
+    if weight is not None and opts.weight_mode == "torch":
+        w = weight.detach().to(device=device, dtype=acc)
+        s = torch.where(mask, s * w, torch.zeros((), dtype=acc, device=device))
+    return s, (a if isinstance(a, torch.Tensor) else None)
 
 
 def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
@@ -814,6 +904,8 @@ def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
     if st.weight is not None:
         plan = plan_index(st.target, st.size, st.plan_opts, st.weight, device=ref.device,
                           acc=st.acc, check_values=False, w_y=summed[2])
+        if st.a_mask is not None:
+            plan = _with_target_coef(plan, st.a_mask)
     return ref, lse_rel, summed[0], summed[1], S, plan
 
 
@@ -861,6 +953,8 @@ def vocab_parallel_cross_entropy(
     softcap: float | None = None,
     impl: ShardImpl = "auto",
     validate: bool | None = None,
+    num_classes: int | None = None,
+    class_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Label-smoothed cross-entropy of logits sharded over the classes across a process group.
 
@@ -878,7 +972,7 @@ def vocab_parallel_cross_entropy(
 
     (``weight_mode="torch"``; see :func:`labelsmooth.cross_entropy` for ``"target"``). The forward
     pass does one ``MAX`` and one ``SUM`` all-reduce of per-row vectors (O(N) bytes, never O(N·K)),
-    plus one ``all_gather`` of a 19-integer fingerprint of the call (it carries the shard widths)
+    plus one ``all_gather`` of a 21-integer fingerprint of the call (it carries the shard widths)
     unless ``vocab_start`` and ``vocab_size`` are given; the backward pass communicates nothing.
 
     Every rank must make the same call (rows, dtype, options, a prior/weight on all ranks or none,
@@ -922,6 +1016,16 @@ def vocab_parallel_cross_entropy(
         validate: check target values and the prior (``None``: on CPU only). The global prior sum
             travels in the forward ``SUM`` all-reduce, so validation adds no collective;
             ``True`` also exchanges the fingerprint when ``vocab_start``/``vocab_size`` are given.
+        num_classes: V ≤ K for a padded vocabulary (Megatron pads to a multiple of 128·TP): only
+            the first V **global** classes are real; the padding is excluded from the softmax and
+            the smoothing mass and gets exactly zero gradient, whatever its logits hold.
+        class_mask: this rank's shard (K_r,) of a bool mask, True for a class; masked classes
+            are treated like padding. With either option the shares are ε/V_valid (ε/(V_valid−1)
+            for ``"others"``) over the global count of valid classes, a prior is restricted to
+            the valid classes and renormalised there, and the result equals
+            :func:`labelsmooth.cross_entropy` with the same options on the concatenated logits.
+            The global counts cost one more ``SUM`` all-reduce of three numbers (no host sync
+            unless values are checked; then a target at a masked class raises on every rank).
 
     Returns:
         The loss in ``local_logits``' dtype, identical on every rank: a scalar for ``mean``/``sum``,
@@ -977,9 +1081,12 @@ def vocab_parallel_cross_entropy(
         _check_layout_args(vocab_start, vocab_size)
         check_values = V.should_check_values(validate, x_in, target)
         _check_prior_shard(prior, opts, check_values)
+        nc_opt, class_mask = _check_mask_options(num_classes, class_mask, width)
         call = dataclasses.replace(call, rows=target.numel(), width=width, dtype=x_in.dtype,
                                    opts=opts, prior=prior is not None, weight=weight is not None,
-                                   check_values=check_values)
+                                   check_values=check_values,
+                                   num_classes=-1 if nc_opt is None else nc_opt,
+                                   class_mask=class_mask is not None)
         if check_values and _exchanges(world, vocab_start, vocab_size, validate):
             call.target_range, call.target_sum = _target_summary(target, opts.ignore_index)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by _agree
@@ -990,8 +1097,13 @@ def vocab_parallel_cross_entropy(
     # (R, K_r) with classes last; explicit row count so an empty shard (K_r = 0) reshapes too
     x = (as_rows(x_in, width) if width > 0 or x_in.dim() < 3
          else x_in.movedim(1, -1).reshape(target.numel(), 0))
-    st = _setup(target.reshape(-1), width, start, size, weight, prior, opts, x.device,
-                acc_dtype(x.dtype), check_values, group, world, rank, call, exchanged)
+    mask = _local_mask(class_mask, nc_opt, start, width, size, x.device)
+    row_opts = opts
+    if mask is not None:  # masked columns → −inf by selection (soft-cap first, then dropped)
+        x, row_opts = _vocab.mask_rows(x, dataclasses.replace(opts, class_mask=mask))
+        row_opts = dataclasses.replace(row_opts, class_mask=None)
+    st = _setup(target.reshape(-1), width, start, size, weight, prior, row_opts, x.device,
+                acc_dtype(x.dtype), check_values, group, world, rank, call, exchanged, mask)
     if engine is None:
         loss_rows, lse, plan = _reference_rows(x, st)
     else:
@@ -1063,8 +1175,9 @@ class _LinearRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, w, b, engine, sh, ref, lse_rel, x_y, sx, S, ct, cs,  # type: ignore[override]
-                cz, chunk, group, world):
+                cz, chunk, group, world, mask=None):
         ctx.engine, ctx.sh, ctx.chunk, ctx.group, ctx.world = engine, sh, chunk, group, world
+        ctx.mask = mask
         ctx.has_bias = b is not None
         coef_p = _coef_p(sh, ref, lse_rel, S, ct, cs, cz)
         ctx.save_for_backward(h, w, b if b is not None else h.new_empty(0), ref, lse_rel, coef_p,
@@ -1090,16 +1203,25 @@ class _LinearRows(torch.autograd.Function):
         for r0 in range(0, h.shape[0], ctx.chunk):
             r1 = min(h.shape[0], r0 + ctx.chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
-            logits = linear_ce.logits(h[r0:r1], w, b)
+            logits = _masked_logits(linear_ce.logits(h[r0:r1], w, b), ctx.mask)
             gl = _grad_shard(ctx.engine, logits, part, ref[r0:r1], lse[r0:r1], coef_p[r0:r1],
                              ct[r0:r1], cs[r0:r1], g[r0:r1])
+            if ctx.mask is not None:  # exactly 0 on masked classes, whatever their logits
+                gl = torch.where(ctx.mask, gl, torch.zeros((), dtype=gl.dtype, device=gl.device))
             if need_h:
                 dh[r0:r1] = gl @ w
             linear_ce.accumulate(gl, h[r0:r1], w, grads, slice(r0, r1), cols, None, dw_cols)
         if need_h and ctx.world > 1:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=ctx.group)
         return (dh.to(h.dtype) if need_h else None, dw.to(w.dtype) if need_w else None,
-                db.to(b.dtype) if need_b else None) + (None,) * 13
+                db.to(b.dtype) if need_b else None) + (None,) * 14
+
+
+def _masked_logits(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Masked classes of a logits chunk replaced by −inf by selection (no soft-cap here)."""
+    if mask is None:
+        return x
+    return torch.where(mask, x, torch.full((), -math.inf, dtype=x.dtype, device=x.device))
 
 
 def vocab_parallel_linear_cross_entropy(
@@ -1124,6 +1246,8 @@ def vocab_parallel_linear_cross_entropy(
     validate: bool | None = None,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
+    num_classes: int | None = None,
+    class_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Vocabulary-parallel output projection fused with the label-smoothed loss.
 
@@ -1157,6 +1281,12 @@ def vocab_parallel_linear_cross_entropy(
         memory_budget: bytes for one chunk of local logits in ``hidden``'s dtype (default 64 MiB
             on CPU, 128 MiB on CUDA, as :func:`labelsmooth.linear_cross_entropy`); the backward
             holds the chunk's gradient as well.
+        num_classes, class_mask: a padded or masked vocabulary, as in
+            :func:`vocab_parallel_cross_entropy` (``class_mask`` is this rank's shard, one entry
+            per row of ``local_weight``). Masked rows of the projection get exactly zero weight
+            and bias gradients; they must hold finite values (they enter ∂hidden with a zero
+            coefficient). With a ``softcap`` too, the local logits are held in full (the
+            reference path).
 
     Returns:
         The loss, identical on every rank, in ``hidden``'s dtype.
@@ -1165,7 +1295,7 @@ def vocab_parallel_linear_cross_entropy(
         TypeError, ValueError: as :func:`vocab_parallel_cross_entropy`, whose agreement check
             (one fingerprint exchange, the same error on every rank) also covers the hidden size
             and whether ``hidden`` requires grad (its gradient is all-reduced in backward). The
-            fingerprint has 21 integers here.
+            fingerprint has 23 integers here.
 
     Examples:
         >>> h = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
@@ -1213,11 +1343,13 @@ def vocab_parallel_linear_cross_entropy(
         _check_layout_args(vocab_start, vocab_size)
         check_values = V.should_check_values(validate, hidden, target)
         _check_prior_shard(prior, opts, check_values)
+        nc_opt, class_mask = _check_mask_options(num_classes, class_mask, width)
         call = dataclasses.replace(
             call, rows=target.numel(), width=width, dtype=hidden.dtype, opts=opts,
             prior=prior is not None, weight=class_weight is not None, check_values=check_values,
             hidden_size=hidden.shape[-1],
-            hidden_grad=torch.is_grad_enabled() and hidden.requires_grad)
+            hidden_grad=torch.is_grad_enabled() and hidden.requires_grad,
+            num_classes=-1 if nc_opt is None else nc_opt, class_mask=class_mask is not None)
         if check_values and _exchanges(world, vocab_start, vocab_size, validate):
             call.target_range, call.target_sum = _target_summary(target, opts.ignore_index)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by _agree
@@ -1226,11 +1358,20 @@ def vocab_parallel_linear_cross_entropy(
     start, size, exchanged = _agree(call, err, group, world, rank, device, validate)
 
     h = hidden.reshape(-1, hidden.shape[-1])
-    st = _setup(target.reshape(-1), width, start, size, class_weight, prior, opts, h.device,
-                acc_dtype(h.dtype), check_values, group, world, rank, call, exchanged)
+    mask = _local_mask(class_mask, nc_opt, start, width, size, h.device)
+    row_opts = opts
+    if mask is not None:
+        # masked classes: −inf by selection, the soft-cap applied before it (reference path)
+        row_opts = dataclasses.replace(opts, softcap=None)
+        if opts.softcap is not None:
+            engine = None
+    st = _setup(target.reshape(-1), width, start, size, class_weight, prior, row_opts, h.device,
+                acc_dtype(h.dtype), check_values, group, world, rank, call, exchanged, mask)
     out_shape = tuple(target.shape)
     if engine is None:  # reference: full local logits, autograd through the collectives
         x = linear_ce.logits(copy_to_vocab_parallel(h, group), w, bias)
+        if mask is not None:
+            x, _ = _vocab.mask_rows(x, dataclasses.replace(opts, class_mask=mask))
         loss_rows, lse, plan = _reference_rows(x, st)
         return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss
 
@@ -1241,10 +1382,11 @@ def vocab_parallel_linear_cross_entropy(
         for r0 in range(0, rows_n, chunk):
             r1 = min(rows_n, r0 + chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
-            pm, se[r0:r1], pxy, psx = _partials(engine, linear_ce.logits(h[r0:r1], w, bias), part)
+            xc = _masked_logits(linear_ce.logits(h[r0:r1], w, bias), mask)
+            pm, se[r0:r1], pxy, psx = _partials(engine, xc, part)
             parts[0, r0:r1], parts[2, r0:r1], parts[3, r0:r1] = pm, pxy, psx
         ref, lse_rel, x_y, sx, S, plan = _globals(st, parts[0], se, parts[2], parts[3])
     loss_rows = _LinearRows.apply(h, w, bias, engine, sh, ref, lse_rel, x_y, sx, S, plan.ct,
-                                  plan.cs, plan.cz, chunk, group, world)
+                                  plan.cs, plan.cz, chunk, group, world, mask)
     lse = ref + lse_rel
     return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss

@@ -126,13 +126,38 @@ def _masked_coefficients(
     n_valid = mask.sum(dtype=torch.float64)
     if check_values:
         V.check_mask_count(int(n_valid), 2 if spread == "others" else 1, spread)
+    if prior is not None:
+        prior = V.check_prior(prior, num_classes, check_values=check_values)
+        return masked_shares(mask, eps, spread, n_valid,
+                             restrict_prior(prior, mask, check_values=check_values), 1.0)
+    return masked_shares(mask, eps, spread, n_valid)
+
+
+def masked_shares(
+    mask: torch.Tensor, eps: float, spread: str, n_valid: torch.Tensor,
+    prior: torch.Tensor | None = None, prior_mass: torch.Tensor | float | None = None,
+) -> tuple[float | torch.Tensor, torch.Tensor]:
+    r"""``(a, b)`` over the valid classes of ``mask``, from counts summed elsewhere.
+
+    The formulas of :func:`smoothing_coefficients` with a ``class_mask``, for a mask that may be
+    one shard of a sharded vocabulary (:mod:`labelsmooth.distributed`): ``n_valid`` is the
+    (global) number of valid classes and ``prior_mass`` the (global) prior mass on them, both
+    tensors summed by the caller. ``b`` is a float64 tensor of ``mask``'s length, 0 on masked
+    classes: :math:`arepsilon/V`, :math:`arepsilon/(V-1)` (``"others"``; then ``a`` is a 0-d
+    tensor) or :math:`arepsilon\,p_c/\sum_{	ext{valid}} p`.
+
+    Examples:
+        >>> m = torch.tensor([True, False, True])
+        >>> masked_shares(m, 0.2, "all", m.sum(dtype=torch.float64))
+        (0.8, tensor([0.1000, 0.0000, 0.1000], dtype=torch.float64))
+    """
     zero = torch.zeros((), dtype=torch.float64, device=mask.device)
     if spread == "others":
         share = eps / (n_valid - 1)
         return 1.0 - eps - share, torch.where(mask, share, zero)
     if prior is not None:
-        prior = V.check_prior(prior, num_classes, check_values=check_values)
-        return 1.0 - eps, eps * restrict_prior(prior, mask, check_values=check_values)
+        p = torch.where(mask, prior.to(device=mask.device, dtype=torch.float64), zero)
+        return 1.0 - eps, eps * p / prior_mass
     return 1.0 - eps, torch.where(mask, eps / n_valid, zero)
 
 
