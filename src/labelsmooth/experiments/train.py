@@ -171,11 +171,12 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("mnist1d", "cnn"): Recipe(
         name="mnist1d-cnn",
         settings={
-            "epochs": 80,
+            "epochs": 40,
             "batch_size": 100,
-            "lr": 3e-3,
+            "lr": 1e-2,
+            "weight_decay": 5e-4,
             "schedule": "cosine",
-            "patience": 20,
+            "patience": 10,
         },
         seeds=5,
         reference={
@@ -184,8 +185,14 @@ RECIPES: dict[tuple[str, str], Recipe] = {
             "source": "MNIST-1D README, CNN",
         },
         note=(
-            "Adam lr 3e-3, batch 100, cosine schedule over at most 80 epochs, early stopping on "
-            "validation NLL with patience 20."
+            "The MNIST-1D reference CNN (three stride-2 convolutions, then the head; "
+            "models.CNN1d) at 64 channels instead of 25, Adam lr 1e-2 (the reference's) with L2 "
+            "weight decay 5e-4, batch 100, cosine schedule over at most 40 epochs, early stopping "
+            "on validation NLL with patience 10. Measured at ε = 0 (seeds 0-4): 0.922, 0.926, "
+            "0.930, 0.938, 0.925 test accuracy (mean 0.928, sd 0.006), kept epochs 15-26, "
+            "14-22 CPU-s of training per run on one thread of a loaded 2-core machine. Without "
+            "weight decay the validation NLL bottoms out near epoch 20, before the accuracy "
+            "peaks (0.85-0.88 at the kept checkpoint); at lr 3e-3 the CNN stays at 0.85-0.87."
         ),
     ),
     ("digits", "mlp"): Recipe(
