@@ -30,7 +30,7 @@ from labelsmooth._plan import (  # noqa: F401 - re-exported: the planning layer'
     finish_index,
     plan_index,
 )
-from labelsmooth.ops._consumed import _check_not_consumed
+from labelsmooth.ops._consumed import _CONSUMED, _check_not_consumed
 from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref, sum_exp
 from labelsmooth.ops._terms import NO_TERMS, Terms, check_impl_supports, check_terms
 from labelsmooth.targets import Spread, binary_targets, smoothing_coefficients
@@ -149,7 +149,13 @@ def cross_entropy(
         z_loss: coefficient z ≥ 0 of the z-loss :math:`z\,\mathrm{lse}^2`.
         softcap: if set to c > 0, logits are first soft-capped to :math:`c\tanh(x/c)` (Gemma 2).
         impl: ``"auto"``, ``"reference"`` (plain PyTorch, the test oracle), ``"fused"`` (chunked CPU
-            engine) or ``"triton"`` (GPU kernel).
+            engine) or ``"triton"`` (GPU kernel). ``"auto"`` hands small inputs (at most
+            ``DIRECT_MAX_NUMEL`` = 2**18 logits) whose options torch expresses exactly (index
+            targets; no prior, z-loss, soft-cap or in-place backward; class weights only at ε = 0)
+            to torch's own ``F.cross_entropy``, where per-call overhead would dominate: same values
+            as torch (a float32 copy for half-precision logits), ignored elements still get a
+            zero gradient. The engines' float64 sum of exponentials, which keeps a confident
+            row's ~1e-8 loss that float32 ``log_softmax`` rounds away, needs an explicit ``impl``.
         inplace_backward: let the backward write the gradient into ``input``'s memory (fused
             implementations only; using ``input`` again afterwards raises, whatever ``impl``).
             Only an activation is overwritten: a leaf (``nn.Parameter``, a tensor you created)
@@ -243,12 +249,101 @@ def cross_entropy(
         >>> loss.backward(); xp.grad
         tensor([[-0.0692,  0.0692,  0.0000]])
     """
+    if (impl == "auto" and prior is None and softcap is None and inplace_backward is False
+            and not z_loss and not confidence_penalty and not poly and focal_gamma is None
+            and num_classes is None and class_mask is None and type(input) in _PLAIN_TENSORS
+            and input.numel() <= DIRECT_MAX_NUMEL):
+        out = _direct(input, target, weight, ignore_index, reduction, label_smoothing, spread,
+                      weight_mode, validate)
+        if out is not None:
+            return out
     _check_positional(ignore_index, reduction)
     input, target = _check_pair(input, target)
     opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                          z_loss, softcap, impl, inplace_backward, validate, num_classes, class_mask)
     terms = check_terms(confidence_penalty, poly, focal_gamma)
     return _cross_entropy(input, target, weight, opts, stats=False, terms=terms).loss
+
+
+#: Largest logits (elements) that ``impl="auto"`` hands to torch's own kernels when the options
+#: allow it (:func:`_direct`): below it per-call overhead dominates, and torch's
+#: log_softmax + nll_loss beats the fused engine (``benchmarks/bench_latency.py``).
+DIRECT_MAX_NUMEL = 1 << 18
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_FLOATS = (torch.float32, torch.float64)
+_HALVES = (torch.bfloat16, torch.float16)
+
+
+def _direct(input, target, weight, ignore_index, reduction, label_smoothing, spread,
+            weight_mode, validate) -> torch.Tensor | None:
+    r"""The small-input path of ``impl="auto"``: torch's own ``F.cross_entropy``, or None.
+
+    Taken only where torch's semantics are exactly labelsmooth's: index targets, no
+    prior/z-loss/soft-cap/in-place backward, class weights only at ε = 0 (with ε > 0 torch weighs
+    the smoothing mass by :math:`w_c` and makes 0·log 0 a NaN at a masked logit), ``spread="others"``
+    as ``"all"`` with :math:`\varepsilon K/(K-1)` (the same target :math:`q`). Low-precision
+    logits go through a float32 copy (labelsmooth accumulates in float32; the gradient is rounded
+    once). Ignored elements' logits are zeroed first, so they get a zero gradient whatever they
+    hold (torch's log_softmax backward gives NaN there). Index values are checked as
+    :func:`plan_index` does (out-of-range indices return None: the general path raises).
+    Anything unusual — a wrong type, a value out of range, another device — returns None and the
+    general path checks and reports it.
+    """
+    if torch.compiler.is_compiling():
+        return None  # compiled models keep the traced custom ops (one graph, no new guards)
+    dtype = input.dtype
+    if dtype not in _FLOATS and dtype not in _HALVES:
+        return None
+    if (type(target) not in _PLAIN_TENSORS or target.is_floating_point() or target.is_complex()
+            or target.dtype == torch.bool or target.device != input.device):
+        return None
+    if (type(ignore_index) is not int or reduction not in V.REDUCTIONS
+            or type(label_smoothing) not in (float, int) or validate not in (None, True, False)
+            or spread not in V.SPREADS or weight_mode not in V.WEIGHT_MODES):
+        return None
+    nd = input.dim()
+    if nd < 1:
+        return None
+    k = input.shape[1] if nd >= 2 else input.shape[0]
+    if k < 1 or target.shape != ((input.shape[:1] + input.shape[2:]) if nd >= 2 else ()):
+        return None
+    eps = float(label_smoothing)
+    if spread == "others" and eps != 0.0:
+        if k < 2:
+            return None
+        eps = eps * k / (k - 1)
+    if not 0.0 <= eps <= 1.0:
+        return None
+    acc = torch.float32 if dtype in _HALVES else dtype
+    if weight is not None:
+        if (eps != 0.0 or type(weight) not in _PLAIN_TENSORS or not weight.is_floating_point()
+                or weight.shape != (k,) or weight.device != input.device
+                or (weight.requires_grad and torch.is_grad_enabled())):
+            return None
+        weight = weight.detach().to(acc)
+    if _CONSUMED:
+        _check_not_consumed(input)
+    y = target if target.dtype == torch.long else target.long()
+    # validate=None reads values on the CPU only (V.should_check_values; not compiling here)
+    check = validate if validate is not None else input.device.type == "cpu"
+    if check and y.numel() > 0:
+        lo, hi = torch.aminmax(y)
+        # every index a class (no element ignored unless ignore_index is a class itself)
+        masked = not (0 <= int(lo) and int(hi) < k) or 0 <= ignore_index < k
+        if masked:
+            ignored = y == ignore_index
+            if bool((~ignored & ((y < 0) | (y >= k))).any()):
+                return None  # the general path names the bad index
+    else:
+        masked, ignored = True, None
+    x = input if acc == dtype else input.to(acc)
+    if masked:
+        if ignored is None:
+            ignored = y == ignore_index
+        x = x.masked_fill(ignored.unsqueeze(1) if nd >= 2 else ignored, 0.0)
+    loss = F.cross_entropy(x, y, weight, ignore_index=ignore_index, reduction=reduction,
+                           label_smoothing=eps)
+    return loss if acc == dtype else loss.to(dtype)
 
 
 def cross_entropy_with_stats(

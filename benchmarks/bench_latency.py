@@ -1,0 +1,211 @@
+"""Forward + backward latency of label-smoothed cross-entropy, from 128×10 to 8192×128256.
+
+What it answers (issue 15.3): does ``labelsmooth`` cost what torch costs at the shapes most
+classification users run, and what does it cost at language-model shapes? Providers, all with
+ε = ``--smoothing`` (default 0.1), reduction ``mean``, random class targets, validation on (the
+default ``validate=None``):
+
+* ``torch``          — eager ``F.cross_entropy(x, y, label_smoothing=ε)``;
+* ``torch.compile``  — ``torch.compile`` of the same function (warm: compiled before timing);
+* ``labelsmooth``    — ``labelsmooth.cross_entropy(x, y, label_smoothing=ε)`` (``impl="auto"``:
+  torch's kernels below ``DIRECT_MAX_NUMEL`` elements, the fused engine above);
+* ``module``         — ``labelsmooth.CrossEntropyLoss(label_smoothing=ε)(x, y)``;
+* ``fused``          — ``impl="fused"``: the general path at every size (what the direct path
+  replaced at small shapes).
+
+Method: one process, one run. The logits are non-leaf, as a model gives them: before every call,
+untimed, ``x = src * 1.0`` from a leaf ``src``; the timed call is the loss plus
+``torch.autograd.grad(loss, x)``. Shapes up to ``--interleave-max`` elements are timed in rounds
+that visit every provider in turn (``--rounds`` rounds of ``--inner`` calls each, the per-call
+mean of a round is one sample), so a change in machine load hits all providers alike; larger
+shapes are timed call by call (``--warmup`` untimed, then ``--repeat`` timed calls, provider after
+provider). Reported: the median wall time, the median process CPU time (all threads; less
+sensitive to a loaded machine than wall time, though not immune), and the ratios of the wall
+medians to ``torch`` and to ``torch.compile`` from the same run.
+
+CPU defaults skip 8192×128256 (4.2 GB of float32 logits; eager torch needs ~3× that beyond them,
+more than a shared 24 GiB machine can spare): ``--big`` adds it. ``--device cuda`` runs every
+shape (timed with CUDA events).
+
+Usage::
+
+    python benchmarks/bench_latency.py                       # CPU table, ~10 min on 2 cores
+    python benchmarks/bench_latency.py --shapes 128x10,256x100 --rounds 60
+    python benchmarks/bench_latency.py --device cuda --big
+
+Writes ``--csv`` (default ``benchmarks/results/latency_<device>.csv``, the environment in ``#``
+comment lines) and ``--md`` (default ``benchmarks/results/latency_<device>.md``, the markdown
+table). Not collected by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _common as C  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import labelsmooth as ls  # noqa: E402
+
+PROVIDERS = ("torch", "torch.compile", "labelsmooth", "module", "fused")
+SHAPES = ((128, 10), (256, 100), (1024, 1000), (4096, 4096), (8192, 32000), (8192, 128256))
+BIG = (8192, 128256)
+
+
+def _providers(names, eps):
+    fns = {}
+    for name in names:
+        if name == "torch":
+            fns[name] = lambda x, y: F.cross_entropy(x, y, label_smoothing=eps)
+        elif name == "torch.compile":
+            fns[name] = torch.compile(lambda x, y: F.cross_entropy(x, y, label_smoothing=eps))
+        elif name == "labelsmooth":
+            fns[name] = lambda x, y: ls.cross_entropy(x, y, label_smoothing=eps)
+        elif name == "module":
+            fns[name] = ls.CrossEntropyLoss(label_smoothing=eps)
+        elif name == "fused":
+            fns[name] = lambda x, y: ls.cross_entropy(x, y, label_smoothing=eps, impl="fused")
+        else:
+            raise ValueError(f"Expected `provider` to be one of {PROVIDERS}, but got {name!r}.")
+    return fns
+
+
+def _step(fn, src, y, sync):
+    """One timed forward + backward on fresh non-leaf logits: (wall s, process CPU s)."""
+    x = src * 1.0
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss = fn(x, y)
+    (g,) = torch.autograd.grad(loss, x)
+    sync()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def measure(shape, fns, args, device, dtype):
+    n, k = shape
+    torch.manual_seed(0)
+    src = torch.randn(n, k, device=device, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, k, (n,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    wall = {p: [] for p in fns}
+    cpu = {p: [] for p in fns}
+    if n * k <= args.interleave_max:
+        for fn in fns.values():  # warm-up (compiles torch.compile for this shape)
+            for _ in range(max(args.warmup, 3)):
+                _step(fn, src, y, sync)
+        for _ in range(args.rounds):
+            for p, fn in fns.items():
+                w = c = 0.0
+                for _ in range(args.inner):
+                    dw, dc = _step(fn, src, y, sync)
+                    w, c = w + dw, c + dc
+                wall[p].append(w / args.inner)
+                cpu[p].append(c / args.inner)
+    else:
+        for p, fn in fns.items():
+            for i in range(args.warmup + args.repeat):
+                dw, dc = _step(fn, src, y, sync)
+                if i >= args.warmup:
+                    wall[p].append(dw)
+                    cpu[p].append(dc)
+                gc.collect()
+    rows = []
+    for p in fns:
+        rows.append({"shape": f"{n}x{k}", "rows": n, "vocab": k, "dtype": str(dtype).replace("torch.", ""),
+                     "provider": p, "samples": len(wall[p]), "median_s": C.median(wall[p]),
+                     "min_s": min(wall[p]), "cpu_median_s": C.median(cpu[p])})
+    base = {r["provider"]: r["median_s"] for r in rows}
+    for r in rows:
+        r["x_torch"] = r["median_s"] / base["torch"] if "torch" in base else float("nan")
+        r["x_compile"] = (r["median_s"] / base["torch.compile"] if "torch.compile" in base
+                          else float("nan"))
+    return rows
+
+
+def _fmt_time(s: float) -> str:
+    if s != s:
+        return "–"
+    return f"{s * 1e6:.0f} µs" if s < 1e-3 else (f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s")
+
+
+def markdown(rows, env, skipped) -> str:
+    out = [f"Forward + backward, {rows[0]['dtype'] if rows else ''}, ε = {env['smoothing']}, "
+           f"{env['device']}, {env['threads']} threads, torch {env['torch']}, git {env['git_commit']}, "
+           f"{env['date_utc']} UTC, load average (1/5/15 min) {env['load_average_1_5_15']} at the "
+           f"start and {env.get('load_average_end', '?')} at the end. Median wall time (median "
+           "process CPU time) and the wall-median ratios from this one run.", "",
+           "| shape | provider | median | CPU | × torch | × torch.compile |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['shape']} | {r['provider']} | {_fmt_time(r['median_s'])} | "
+                   f"{_fmt_time(r['cpu_median_s'])} | {r['x_torch']:.2f} | {r['x_compile']:.2f} |")
+    for s in skipped:
+        out.append(f"| {s} | (skipped) | | | | |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--shapes", default=None, help="comma-separated RxV (default: 128x10 … 8192x32000)")
+    ap.add_argument("--providers", default=",".join(PROVIDERS))
+    ap.add_argument("--smoothing", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--big", action="store_true", help="add 8192x128256 on the CPU")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--inner", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--interleave-max", type=int, default=1 << 20,
+                    help="shapes up to this many elements are timed in interleaved rounds")
+    ap.add_argument("--csv", default=None)
+    ap.add_argument("--md", default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
+    else:
+        shapes = list(SHAPES)
+    skipped = []
+    if device.type == "cpu" and BIG in shapes and not (args.big or args.shapes):
+        shapes.remove(BIG)
+        skipped.append(f"{BIG[0]}x{BIG[1]} (CPU: 4.2 GB logits, eager torch ~3× more; --big)")
+    fns = _providers(args.providers.split(","), args.smoothing)
+    env = C.environment(device=device.type)
+    env["smoothing"] = str(args.smoothing)
+    env["direct_max_numel"] = str(ls.functional.DIRECT_MAX_NUMEL)
+    rows = []
+    for shape in shapes:
+        rows += measure(shape, fns, args, device, dtype)
+        for r in rows[-len(fns):]:
+            print(f"{r['shape']:>12} {r['provider']:>14} {_fmt_time(r['median_s']):>10} "
+                  f"cpu {_fmt_time(r['cpu_median_s']):>10}  x torch {r['x_torch']:.2f}  "
+                  f"x compile {r['x_compile']:.2f}", flush=True)
+        gc.collect()
+    env["load_average_end"] = C.load_average()
+    csv_path = args.csv or HERE / "results" / f"latency_{device.type}.csv"
+    md_path = Path(args.md or HERE / "results" / f"latency_{device.type}.md")
+    C.write_csv(csv_path, rows, env)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(markdown(rows, env, skipped))
+    print()
+    print(md_path.read_text())
+    print(f"CSV: {csv_path}\nmarkdown: {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
