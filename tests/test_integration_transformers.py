@@ -257,3 +257,34 @@ def test_use_fused_loss_checks_and_repatches(tmp_path):
     model.save_pretrained(tmp_path)  # the class and its weights are untouched
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path)
     assert max_diff(reloaded.state_dict(), model.state_dict()) == 0.0
+
+
+@pytest.mark.parametrize("build", [gpt2, llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("kind", ["num_classes", "class_mask"])
+def test_padded_vocabulary_passes_through(build, kind):
+    """A checkpoint whose embedding table is padded past the tokenizer (37 rows, 30 tokens):
+    num_classes= / class_mask= reach cross_entropy (loss_func) and linear_cross_entropy (the
+    fused head); both equal the dense loss on the 30 real columns, and the padded rows of the
+    output layer get exactly zero gradient."""
+    real = 30
+    batch = torch.utils.data.default_collate(dataset(4))
+    batch["input_ids"] = batch["input_ids"] % real
+    batch["labels"] = torch.where(batch["labels"] >= 0, batch["labels"] % real, -100)
+    mask = torch.arange(VOCAB) < real
+    opts = dict(num_classes=real) if kind == "num_classes" else dict(class_mask=mask)
+    plain = build()
+    logits = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    got = loss_func(0.1, spread="others", **opts)(logits, batch["labels"], num_items_in_batch=25)
+    want = loss_func(0.1, spread="others")(logits[..., :real], batch["labels"],
+                                           num_items_in_batch=25)
+    torch.testing.assert_close(got, want)
+    got.backward()
+    head = plain.get_output_embeddings().weight
+    assert torch.equal(head.grad[real:], torch.zeros_like(head.grad[real:]))
+    fused = use_fused_loss(build(), 0.1, spread="others", **opts)
+    out = fused(**batch, num_items_in_batch=25)
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    fhead = fused.get_output_embeddings().weight
+    assert torch.equal(fhead.grad[real:], torch.zeros_like(fhead.grad[real:]))
+    torch.testing.assert_close(fhead.grad, head.grad, rtol=1e-4, atol=1e-6)

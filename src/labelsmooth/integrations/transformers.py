@@ -188,8 +188,10 @@ def loss_func(
         ignore_index: label value that contributes nothing (Hugging Face pads with -100).
         **options: any other keyword argument of :func:`labelsmooth.cross_entropy`: ``weight``,
             ``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``, ``impl``,
-            ``validate``, ... (``reduction`` is fixed by the normalisation above). Tensors move to
-            the logits' device.
+            ``validate``, ``num_classes`` / ``class_mask`` (a vocabulary padded past the
+            tokenizer, e.g. ``num_classes=len(tokenizer)``: the padding leaves the softmax and
+            the smoothing mass), ... (``reduction`` is fixed by the normalisation above). Tensors
+            move to the logits' device.
 
     Returns:
         A picklable callable.
@@ -360,7 +362,9 @@ def use_fused_loss(
         label_smoothing, shift_labels, ignore_index: as in :func:`loss_func`.
         **options: keyword arguments of :func:`labelsmooth.linear_cross_entropy`:
             ``class_weight``, ``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``,
-            ``impl``, ``chunk_size``, ``memory_budget``, ...
+            ``impl``, ``chunk_size``, ``memory_budget``, ``num_classes`` (an output layer padded
+            past the tokenizer: ``num_classes=len(tokenizer)`` narrows it to the real rows, at no
+            cost), ``class_mask``, ...
 
     Returns:
         The same model (patched in place). Calling it again replaces the options.
