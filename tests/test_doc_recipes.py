@@ -18,6 +18,7 @@ PAGES = {
     "huggingface.md": (("transformers", "accelerate"), False),
     "mixup.md": ((), True),
     "compile.md": ((), True),
+    "padded-vocabulary.md": ((), False),
 }
 
 

@@ -477,3 +477,14 @@ def test_linear_module_and_float32():
         ls.linear_cross_entropy(h, w, torch.tensor([0, 1, 2, 4, 5, 7]), class_mask=MASK)
     with pytest.raises(ValueError, match="`num_classes`"):
         ls.linear_cross_entropy(h, w, y, num_classes=K + 1)
+
+
+def test_stats_with_probability_targets():
+    x = torch.randn(4, K, dtype=torch.float64)
+    t = torch.softmax(torch.randn(4, K, dtype=torch.float64), 1)
+    keep = MASK.nonzero()[:, 0]
+    out = ls.cross_entropy_with_stats(_garbage(x, keep), t, label_smoothing=0.1, z_loss=1e-3,
+                                      class_mask=MASK)
+    ref = ls.cross_entropy_with_stats(x[:, keep], t[:, keep], label_smoothing=0.1, z_loss=1e-3)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b)

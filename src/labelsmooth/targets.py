@@ -39,6 +39,7 @@ __all__ = [
     "cutmix_box",
     "entropy_floor",
     "mixup_targets",
+    "masked_shares",
     "restrict_prior",
     "smooth_probabilities",
     "smooth_targets",
