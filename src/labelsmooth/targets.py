@@ -184,11 +184,12 @@ def restrict_prior(
         >>> restrict_prior(torch.tensor([0.5, 0.25, 0.25]), torch.tensor([False, True, True]))
         tensor([0.0000, 0.5000, 0.5000], dtype=torch.float64)
     """
-    p = prior.to(torch.float64)
     if isinstance(keep, torch.Tensor):
-        p = torch.where(keep.to(p.device), p, torch.zeros((), dtype=p.dtype, device=p.device))
+        # to the mask's device (the logits'): a CUDA mask is never read back to the host
+        p = prior.to(device=keep.device, dtype=torch.float64)
+        p = torch.where(keep, p, torch.zeros((), dtype=p.dtype, device=p.device))
     else:
-        p = p[:keep]
+        p = prior.to(torch.float64)[:keep]
     total = p.sum()
     if check_values and not float(total) > 0.0:
         raise V.fail("prior", "a distribution with mass on the valid classes (num_classes / "
