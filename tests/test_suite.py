@@ -28,8 +28,10 @@ def test_claims_table_and_render():
              "reference": {}, "seconds": 0.0, "error": "skipped: no data"},
         ],
     })
-    assert "| c1 | held | inconclusive |" in md and "| c2 | did not hold | – |" in md
+    # b was skipped: the table has a column for every testbed that ran
+    assert "| c1 | held |" in md and "| c2 | did not hold |" in md
     assert "skipped: no data" in md and "0.900" in md
+    assert "## Verdict per testbed" in md and "### a" in md
 
 
 def test_unknown_suite():
@@ -51,7 +53,11 @@ def test_run_suite_tiny(tmp_path):
     assert s["claims"] and all(set(v) == {"digits-tiny"} for v in s["claims"].values())
     doc = json.loads((tmp_path / "o" / "suite.json").read_text())
     assert doc["suite"] == "tiny" and (tmp_path / "o" / "digits-tiny" / "results.json").exists()
-    assert "## Claims × testbeds" in (tmp_path / "o" / "suite.md").read_text()
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert md == (tmp_path / "o" / "suite.md").read_text()
+    assert "## Claims × testbeds" in md and "### digits-tiny" in md and "Scope: mlp on digits" in md
+    assert doc["testbeds"][0]["verdict"]["verdict"][0]["status"] in ("held", "did not hold",
+                                                                     "inconclusive")
 
 
 def test_modes_do_not_combine(capsys):
@@ -81,3 +87,57 @@ def test_suite_cli_passes_only_typed_factors(monkeypatch, tmp_path):
     assert main(["sweep", "--suite", "default", "--no-report", "--seeds", "2",
                  "--smoothing", "0", "0.2", "--out", str(tmp_path)]) == 0
     assert seen["seeds"] == 2 and seen["smoothing"] == [0.0, 0.2]
+
+
+def _summary_with_verdicts():
+    """Two testbeds with planted verdicts (from the verdict tests' synthetic rows)."""
+    from test_verdict import HELPS, _noisy, _rows
+
+    from labelsmooth.experiments.verdict import verdict
+
+    va = verdict(_rows(HELPS)).as_dict()
+    vb = verdict(_noisy(-0.05, noise=0.01), {"label_noise": {"rate": 0.2, "kind": "symmetric"}}).as_dict()
+    per = {"a": [(c["claim"], c["status"]) for c in va["verdict"]],
+           "b": [(c["claim"], c["status"]) for c in vb["verdict"]]}
+    return {
+        "suite": "x", "smoothing": [0.0, 0.1], "seeds": 5, "claims": suite_claims(per),
+        "testbeds": [
+            {"name": "a", "dataset": "d", "model": "mlp", "baseline_accuracy": 0.65,
+             "reference": {}, "seconds": 1.0, "verdict": va},
+            {"name": "b", "dataset": "e", "model": "cnn", "baseline_accuracy": 0.65,
+             "reference": {}, "seconds": 1.0, "verdict": vb},
+        ],
+    }
+
+
+def test_claims_by_testbeds_table_rows_are_claims_and_cells_statuses():
+    from labelsmooth.experiments.suite import claims_table_rows, render_suite_text
+
+    s = _summary_with_verdicts()
+    head, rows = claims_table_rows(s)
+    assert head == ["claim", "a", "b"]
+    assert rows[0][1:] == ["0.1", "0.1"]  # ε* chosen on validation, per testbed
+    by = {r[0]: r[1:] for r in rows}
+    assert by["ε* has a lower test ECE than ε = 0"][0] == "held"  # planted on a: helps
+    # the noise claim is tested on b only, and did not hold there (planted: smoothing hurts)
+    noise = by["ε* has a higher clean test accuracy than ε = 0 under label noise"]
+    assert noise == ["–", "did not hold"]
+    text = render_suite_text(s)
+    assert text.splitlines()[0].split() == ["claim", "a", "b"]
+    md = render_suite(s)
+    assert "| ε* has a higher clean test accuracy than ε = 0 under label noise | – | did not hold |" in md
+    assert md.count("Full report:") == 2 and "20% symmetric label noise" in md
+
+
+def test_suite_cli_prints_the_claims_table(monkeypatch, tmp_path, capsys):
+    import labelsmooth.experiments.suite as suite_mod
+    from labelsmooth.cli import main
+
+    s = _summary_with_verdicts()
+    s.update(seconds=2.0, paths={"report.md": str(tmp_path / "report.md")})
+    monkeypatch.setattr(suite_mod, "run_suite", lambda name, **kw: s)
+    assert main(["sweep", "--suite", "default", "--no-report", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "claims × testbeds" in out
+    line = next(x for x in out.splitlines() if "under label noise" in x)
+    assert line.split()[-4:] == ["–", "did", "not", "hold"]  # not tested on a; did not hold on b

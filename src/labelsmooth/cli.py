@@ -706,9 +706,6 @@ def _first_run_checks(cfg: dict[str, Any]) -> None:
     if cfg.get("ray_address") is not None and cfg.get("executor") != "ray":
         raise ValueError("--ray-address needs --executor ray")
     if cfg.get("executor") == "ray":
-        if cfg.get("suite"):
-            raise ValueError("--executor ray runs the plain sweep, --label-noise and --distill; "
-                             "not yet --suite (use --workers there)")
         from labelsmooth.experiments.executor import require_ray
 
         require_ray()
@@ -975,6 +972,8 @@ def _cmd_suite(cfg: dict[str, Any]) -> int:
             threads=cfg["threads"],
             progress=cfg["progress"],
             report=cfg["report"],
+            executor=cfg["executor"],
+            ray_address=cfg["ray_address"],
         )
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept; re-run the same command to resume",
@@ -988,6 +987,11 @@ def _cmd_suite(cfg: dict[str, Any]) -> int:
     for t in summary["testbeds"]:
         acc = t.get("baseline_accuracy")
         print(f"  {t['name']:<18} " + (t.get("error") or f"baseline accuracy {acc:.3f}"))
+    if summary.get("claims"):
+        from labelsmooth.experiments.suite import render_suite_text
+
+        print("claims × testbeds (status per testbed; – not tested):")
+        print("\n".join("  " + line for line in render_suite_text(summary).splitlines()))
     for name, path in summary["paths"].items():
         print(f"  {name:13s} {path}")
     return 0

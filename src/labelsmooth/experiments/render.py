@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "claim_label",
     "claim_sentence",
     "claim_title",
     "headline",
@@ -386,6 +387,18 @@ _TITLES = {
         "ε = {e} teachers distil less accurate students than ε = 0 teachers"
     ),
 }
+
+
+def claim_label(name: str) -> str:
+    """A claim in a few words without its factor (``ε*`` is the validation-chosen one), for the
+    rows of a claims × testbeds table.
+
+    Example:
+        >>> claim_label("lower_ece_than_baseline")
+        'ε* has a lower test ECE than ε = 0'
+    """
+    t = _TITLES.get(name, name.replace("_", " "))
+    return t.replace("ε = {e}", "ε*").replace("ε = {c}", "the chosen ε")
 
 
 def claim_title(c: Any) -> str:

@@ -38,7 +38,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SUITES", "Testbed", "run_suite", "suite_claims", "render_suite"]
+__all__ = [
+    "SUITES",
+    "Testbed",
+    "claims_table_rows",
+    "render_suite",
+    "render_suite_text",
+    "run_suite",
+    "suite_claims",
+]
 
 
 @dataclass(frozen=True)
@@ -115,15 +123,72 @@ def suite_claims(per_testbed: Mapping[str, Sequence[tuple[str, str]]]) -> dict[s
     return table
 
 
-def render_suite(summary: Mapping[str, Any]) -> str:
-    """Markdown for ``suite.md``: the testbeds, then the claims × testbeds table."""
-    tbs = summary["testbeds"]
+def _cell(status: str | None, eps: Any = None) -> str:
+    if status is None:
+        return "–"
+    return status if eps is None else f"{status} (ε={eps:g})"
+
+
+def claims_table_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)`` of the claims × testbeds table: a row per claim, a column per testbed
+    that ran, each cell the claim's status there (``–``: not tested there); the first row is the
+    smoothed factor validation chose on each testbed."""
+    from labelsmooth.experiments.render import claim_label
+
+    tbs = [t for t in summary["testbeds"] if not t.get("error")]
     names = [t["name"] for t in tbs]
+    head = ["claim", *names]
+    chosen = []
+    for t in tbs:
+        sel = (t.get("verdict") or {}).get("selection") or {}
+        e = sel.get("smoothed_choice")
+        chosen.append("–" if e is None else f"{e:g}")
+    rows = [["ε* (smoothed factor chosen on validation NLL)", *chosen]]
+    for claim, cells in summary["claims"].items():
+        rows.append([claim_label(claim), *(_cell(cells.get(n)) for n in names)])
+    return head, rows
+
+
+def render_suite_text(summary: Mapping[str, Any]) -> str:
+    """The claims × testbeds table as aligned plain text, for the terminal.
+
+    Example:
+        >>> print(render_suite_text({"testbeds": [{"name": "a"}, {"name": "b"}],
+        ...     "claims": {"lower_ece_than_baseline": {"a": "held", "b": "inconclusive"}}}))
+        claim                                          a     b
+        ε* (smoothed factor chosen on validation NLL)  –     –
+        ε* has a lower test ECE than ε = 0             held  inconclusive
+    """
+    head, rows = claims_table_rows(summary)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]
+    )
+
+
+def _testbed_verdict_lines(t: Mapping[str, Any]) -> list[str]:
+    """A testbed's verdict for the suite report: scope, headline, each claim with its status."""
+    from labelsmooth.experiments.render import claim_sentence, headline, scope_sentence
+
+    v = t.get("verdict")
+    if not v:
+        return [f"{t.get('error') or 'no verdict (no finished runs)'}", ""]
+    lines = [scope_sentence(v), "", f"**{headline(v)}**", ""]
+    lines += [f"- **{c['status'].capitalize()}:** {claim_sentence(c)}." for c in v["verdict"]]
+    lines += ["", f"Full report: [{t['name']}/report.md]({t['name']}/report.md)", ""]
+    return lines
+
+
+def render_suite(summary: Mapping[str, Any]) -> str:
+    """Markdown for ``suite.md`` / ``report.md``: the testbeds, the claims × testbeds table,
+    then the verdict of every testbed."""
+    tbs = summary["testbeds"]
     lines = [
         f"# Suite `{summary['suite']}`",
         "",
         f"Smoothing factors {summary['smoothing']}, seeds {summary['seeds']}; each testbed's full "
-        "report is in its own directory.",
+        "report is in its own directory. Every claim is judged per testbed from paired, "
+        "seed-level intervals (Holm over the factors), with ε chosen on the validation split.",
         "",
         "| testbed | dataset | model | baseline test acc (ε=0) | reference | wall time | status |",
         "|---|---|---|---|---|---|---|",
@@ -137,11 +202,15 @@ def render_suite(summary: Mapping[str, Any]) -> str:
             f"| {t['name']} | {t['dataset']} | {t['model']} | {acc_s} | {ref_s} | "
             f"{t.get('seconds', 0):.0f} s | {t.get('error') or 'ran'} |"
         )
-    lines += ["", "## Claims × testbeds", "", "| claim | " + " | ".join(names) + " |",
-              "|---|" + "---|" * len(names)]
-    for claim, cells in summary["claims"].items():
-        lines.append(f"| {claim} | " + " | ".join(cells.get(n, "–") for n in names) + " |")
-    return "\n".join(lines) + "\n"
+    head, rows = claims_table_rows(summary)
+    lines += ["", "## Claims × testbeds", "",
+              "Rows: claims; columns: testbeds; cells: the claim's status there (– not tested).",
+              "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", "## Verdict per testbed", ""]
+    for t in tbs:
+        lines += [f"### {t['name']}", "", *_testbed_verdict_lines(t)]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def run_suite(
@@ -155,6 +224,8 @@ def run_suite(
     progress: bool = True,
     report: bool = True,
     testbeds: Sequence[Testbed] | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run every testbed of suite ``name`` (or the ``testbeds`` given) and write the suite report.
 
@@ -184,7 +255,8 @@ def run_suite(
         try:
             res = sweep(data=tb.dataset, model=tb.model, smoothing=smoothing, seeds=seeds,
                         out=os.path.join(out, tb.name), workers=workers, threads=threads,
-                        progress=progress, report=report, **kw)
+                        progress=progress, report=report, executor=executor,
+                        ray_address=ray_address, **kw)
         except (ValueError, ImportError) as e:  # data or package missing: skip, say why
             entry["error"] = f"skipped: {e}"
             entry["seconds"] = time.perf_counter() - t0
@@ -193,6 +265,7 @@ def run_suite(
         entry["seconds"] = time.perf_counter() - t0
         entry["baseline_accuracy"] = _baseline_accuracy(res.rows)
         entry["claims"] = [{"claim": c, "status": s} for c, s in _claims_of(res)]
+        entry["verdict"] = res.verdict.as_dict() if res.verdict is not None else None
         entry["out"] = os.path.join(out, tb.name)
         per[tb.name] = _claims_of(res)
         done.append(entry)
@@ -207,9 +280,12 @@ def run_suite(
     from labelsmooth.experiments.noise import jsonable
     from labelsmooth.experiments.rundir import atomic_write
 
-    paths = {"suite.json": os.path.join(out, "suite.json"), "suite.md": os.path.join(out, "suite.md")}
+    paths = {"suite.json": os.path.join(out, "suite.json"), "suite.md": os.path.join(out, "suite.md"),
+             "report.md": os.path.join(out, "report.md")}
     atomic_write(paths["suite.json"],
                  json.dumps(jsonable(summary), indent=2, allow_nan=False).encode())
-    atomic_write(paths["suite.md"], render_suite(summary).encode())
+    text = render_suite(summary).encode()
+    atomic_write(paths["suite.md"], text)
+    atomic_write(paths["report.md"], text)  # the suite's one report (suite.md kept by name)
     summary["paths"] = paths
     return summary
