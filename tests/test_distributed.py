@@ -715,8 +715,28 @@ def _job_masked_many(rank: int, world: int, cases: list) -> list:
     return [_job_masked(rank, world, c) for c in cases]
 
 
+def _job_triton(rank: int, world: int, data: dict) -> dict:
+    """The parity battery and the fused linear variant with impl="triton" (interpreter)."""
+    start = sum(data["widths"][:rank])
+    sl = slice(start, start + data["widths"][rank])
+    lin = []
+    for c in data["linear"]:
+        h = c["h"].clone().requires_grad_()
+        W = c["W"][sl].clone().requires_grad_()
+        b = c["b"][sl].clone().requires_grad_() if c["b"] is not None else None
+        opt = dict(c["opt"])
+        if "class_weight" in opt:
+            opt["class_weight"] = opt["class_weight"][sl]
+        loss = vocab_parallel_linear_cross_entropy(h, W, c["y"], b, chunk_size=c["chunk"],
+                                                   impl="triton", **opt)
+        loss.backward(c["grad_out"])
+        lin.append(dict(loss=loss.detach(), gh=h.grad, gW=W.grad,
+                        gb=None if b is None else b.grad))
+    return dict(parity=_job_parity(rank, world, data["cases"]), linear=lin)
+
+
 JOBS = {"parity": _job_parity, "misc": _job_misc, "ddp": _job_ddp, "mesh2d": _job_mesh2d,
-        "masked": _job_masked, "masked_many": _job_masked_many}
+        "masked": _job_masked, "masked_many": _job_masked_many, "triton": _job_triton}
 
 
 # --------------------------------------------------------------------------------------------
@@ -741,7 +761,7 @@ def test_argument_errors() -> None:
     x = torch.randn(3, 4)
     y = torch.tensor([0, 1, 2])
     with pytest.raises(ValueError, match="`impl`"):
-        vocab_parallel_cross_entropy(x, y, impl="triton")
+        vocab_parallel_cross_entropy(x, y, impl="cuda")
     with pytest.raises(ValueError, match="`weight`"):
         vocab_parallel_cross_entropy(x, y, weight=torch.ones(5))
     with pytest.raises(ValueError, match="`prior`"):
@@ -766,6 +786,47 @@ def test_argument_errors() -> None:
                                             memory_budget=-1)
     with pytest.raises(ValueError, match="`local_weight`"):
         vocab_parallel_linear_cross_entropy(torch.randn(3, 2), torch.randn(4, 3), y)
+
+
+def test_triton_on_two_gloo_ranks_under_the_interpreter() -> None:
+    """impl="triton" serves the vocabulary-parallel loss through the two-stage contract
+    (row_partials / grad_rows kernels), here under TRITON_INTERPRET=1 on CPU tensors: 2 gloo ranks
+    with uneven shards, float32, the same checks as the fused engine (loss identical on both ranks
+    and equal to the single process, gradient slices, collectives), and the fused linear variant
+    (gradients of hidden, weight shard and bias shard against the full projection)."""
+    pytest.importorskip("triton")
+    from labelsmooth.ops import triton_ce
+
+    if not triton_ce.is_available(torch.device("cpu")):
+        pytest.skip("Triton interpreter not enabled")
+    world = 2
+    options = [o for i, o in enumerate(_options()) if i in (1, 4, 7, 8, 11, 14, 15, 17, 20)]
+    cases = _make_cases(world, dtypes=(torch.float32,), impls=("triton",), options=options)
+    linear = [c for c in _linear_cases() if c["h"].dtype == torch.float32]
+    widths = [7, 4]
+    res = _spawn(world, "triton", dict(cases=cases, linear=linear, widths=widths))
+    _check_parity(world, cases, [r["parity"] for r in res])
+    for i, c in enumerate(linear):
+        h = c["h"].clone().requires_grad_()
+        W = c["W"].clone().requires_grad_()
+        b = c["b"].clone().requires_grad_() if c["b"] is not None else None
+        opt = dict(c["opt"])
+        cw = opt.pop("class_weight", None)
+        logits = (h @ W.T + (b if b is not None else 0)).reshape(-1, K)
+        ref = ls.cross_entropy(logits, c["y"].reshape(-1), cw, impl="reference", **opt)
+        if ref.dim():
+            ref = ref.reshape(c["y"].shape)
+        ref.backward(c["grad_out"])
+        tol = dict(rtol=1e-5, atol=1e-6)
+        for r in range(world):
+            torch.testing.assert_close(res[r]["linear"][i]["loss"], ref.detach(), **tol)
+            torch.testing.assert_close(res[r]["linear"][i]["gh"], h.grad, **tol)
+        # rank 0 holds classes 0..6, rank 1 classes 7..10
+        torch.testing.assert_close(torch.cat([res[r]["linear"][i]["gW"] for r in range(world)]),
+                                   W.grad, **tol)
+        if b is not None:
+            torch.testing.assert_close(torch.cat([res[r]["linear"][i]["gb"] for r in range(world)]),
+                                       b.grad, **tol)
 
 
 def test_auto_runs_the_fused_engine_per_shard(monkeypatch: pytest.MonkeyPatch) -> None:

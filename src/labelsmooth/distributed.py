@@ -47,7 +47,7 @@ import dataclasses
 import math
 import struct
 import sys
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,7 +55,10 @@ import torch.distributed as dist
 from labelsmooth import _validation as V
 from labelsmooth import _vocab
 from labelsmooth._comm import collective_device
+from labelsmooth import ops
 from labelsmooth._plan import (
+    IMPLS,
+    Impl,
     Reduction,
     WeightMode,
     as_rows,
@@ -66,12 +69,10 @@ from labelsmooth._plan import (
 from labelsmooth.ops import linear_ce
 from labelsmooth.ops._math import (
     acc_dtype,
-    apply_softcap,
     grad_coef,
     row_loss,
     row_ref,
     shift_sum,
-    sum_exp,
 )
 from labelsmooth.targets import Spread, masked_shares
 
@@ -82,8 +83,8 @@ __all__ = [
     "vocab_shard_range",
 ]
 
-_IMPLS = ("auto", "fused", "reference")
-ShardImpl = Literal["auto", "fused", "reference"]
+_IMPLS = IMPLS
+ShardImpl = Impl
 Group = Any  # a torch.distributed.ProcessGroup, or None for the default group
 
 
@@ -475,21 +476,14 @@ def _replicated_local(t: Any, arg: str) -> Any:
 
 
 def _engine(impl: str, device: torch.device):
-    """The module providing ``row_partials``/``grad_rows``, or None for the reference path."""
-    impl = V.check_choice("impl", impl, _IMPLS)
-    if impl == "reference":
-        return None
-    try:
-        from labelsmooth.ops import fused
-    except ImportError:
-        fused = None
-    ok = (fused is not None and hasattr(fused, "row_partials") and hasattr(fused, "grad_rows")
-          and (not hasattr(fused, "is_available") or bool(fused.is_available(device))))
-    if ok:
-        return fused
-    if impl == "fused":
-        raise V.fail("impl", f"an implementation available on device {device.type!r}", impl)
-    return None
+    """The implementation module serving this shard through the two-stage contract of
+    :mod:`labelsmooth.ops` (``row_partials``/``grad_rows``), chosen by the one dispatcher.
+    The reference runs instead with autograd through the collectives (the oracle)."""
+    return ops.resolve(impl, device, ops.BLOCKS)
+
+
+def _is_reference(engine) -> bool:
+    return engine is ops.reference
 
 
 @dataclasses.dataclass
@@ -912,24 +906,9 @@ def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
 def _reference_rows(x: torch.Tensor, st: _Setup):
     """Plain PyTorch per-row loss; autograd derives the gradient through the collectives."""
     sh = st.sh
-    xc = apply_softcap(x.to(st.acc), sh.softcap)
-    if xc.shape[1] == 0:
-        m_r = torch.full((xc.shape[0],), -math.inf, dtype=st.acc, device=x.device)
-        se_r = xy_r = sx_r = xc.sum(-1)
-    else:
-        m_r = xc.detach().amax(-1)
-        d = row_ref(m_r)[:, None] - xc  # relative to the shard's max (precision)
-        se_r = sum_exp(-d)
-        # a select, not a product with the mask: 0·(−inf) at a placeholder column would be NaN
-        xy_gathered = xc.gather(1, sh.y[:, None])[:, 0]
-        xy_r = torch.where(sh.in_shard, xy_gathered, torch.zeros_like(xy_gathered))
-        if sh.s is not None:  # a zero share counts 0 even at a −inf logit (0·log 0 = 0)
-            s_on = sh.s != 0
-            sx_r = torch.where(s_on[None, :] | ~torch.isinf(d), d, 0.0) @ sh.s
-        elif sh.s_uniform != 0.0:
-            sx_r = sh.s_uniform * d.sum(-1)
-        else:  # no smoothing term (ε = 0): 0·Σx would be NaN at a −inf logit
-            sx_r = torch.zeros_like(m_r)
+    # the reference's stage one is differentiable (plain PyTorch)
+    m_r, se_r, xy_r, sx_r = ops.reference.row_partials(x, sh.y, sh.s, sh.s_uniform, sh.softcap,
+                                                       sh.in_shard)
     ref, lse_rel, x_y, sx, S, plan = _globals(st, m_r, se_r, xy_r, sx_r, differentiable=True)
     loss = _row_loss(sh, ref, lse_rel, x_y, sx, S, plan.ct, plan.cs, plan.cz)
     return loss, (ref + lse_rel).detach(), plan
@@ -1010,9 +989,10 @@ def vocab_parallel_cross_entropy(
         weight_mode: ``"torch"`` or ``"target"``, as in :func:`labelsmooth.cross_entropy`.
         z_loss: coefficient of :math:`z\,\mathrm{lse}^2` (the global lse).
         softcap: soft-cap c of the logits, :math:`c\tanh(x/c)`, before everything else.
-        impl: ``"auto"`` (the fused engine of :mod:`labelsmooth.ops.fused` per shard where
-            available), ``"fused"``, or ``"reference"`` (plain PyTorch with autograd through the
-            collectives; the test oracle).
+        impl: ``"auto"`` (as :func:`labelsmooth.ops.resolve`: Triton on CUDA where triton is
+            installed, else the fused engine of :mod:`labelsmooth.ops.fused`, per shard),
+            ``"fused"``, ``"triton"``, or ``"reference"`` (plain PyTorch with autograd through
+            the collectives; the test oracle).
         validate: check target values and the prior (``None``: on CPU only). The global prior sum
             travels in the forward ``SUM`` all-reduce, so validation adds no collective;
             ``True`` also exchanges the fingerprint when ``vocab_start``/``vocab_size`` are given.
@@ -1104,7 +1084,7 @@ def vocab_parallel_cross_entropy(
         row_opts = dataclasses.replace(row_opts, class_mask=None)
     st = _setup(target.reshape(-1), width, start, size, weight, prior, row_opts, x.device,
                 acc_dtype(x.dtype), check_values, group, world, rank, call, exchanged, mask)
-    if engine is None:
+    if _is_reference(engine):
         loss_rows, lse, plan = _reference_rows(x, st)
     else:
         with torch.no_grad():
@@ -1364,11 +1344,11 @@ def vocab_parallel_linear_cross_entropy(
         # masked classes: −inf by selection, the soft-cap applied before it (reference path)
         row_opts = dataclasses.replace(opts, softcap=None)
         if opts.softcap is not None:
-            engine = None
+            engine = ops.reference
     st = _setup(target.reshape(-1), width, start, size, class_weight, prior, row_opts, h.device,
                 acc_dtype(h.dtype), check_values, group, world, rank, call, exchanged, mask)
     out_shape = tuple(target.shape)
-    if engine is None:  # reference: full local logits, autograd through the collectives
+    if _is_reference(engine):  # full local logits, autograd through the collectives
         x = linear_ce.logits(copy_to_vocab_parallel(h, group), w, bias)
         if mask is not None:
             x, _ = _vocab.mask_rows(x, dataclasses.replace(opts, class_mask=mask))

@@ -90,8 +90,8 @@ def linear_cross_entropy(
             cost: the padded rows are never multiplied) and their gradients are exactly 0.
         class_mask: optional bool tensor with one entry per row of ``weight``, True for a class:
             masked classes are excluded from the softmax and the smoothing mass, each logits
-            chunk selected to −inf there (this runs the per-chunk op path, without vocabulary
-            splitting); their weight and bias gradients are exactly 0. Masked rows of
+            block selected to −inf there before the engine sees it; their weight and bias
+            gradients are exactly 0. Masked rows of
             ``weight`` must hold finite values (they still enter ∂hidden = G·W, with G's masked
             columns 0; padding past ``num_classes`` is never read at all). Both options follow
             :func:`labelsmooth.cross_entropy`'s rules (shares over the valid classes, prior

@@ -1,8 +1,38 @@
 r"""Implementations of the per-row label-smoothed cross-entropy, one per file, behind one dispatcher.
 
-Every implementation module (``reference``, ``fused``, ``triton_ce``) provides the same two
-autograd-aware functions. Reductions, weights' normalisers and argument checks live in
-:mod:`labelsmooth._plan`; an op only does per-row work on a 2-D ``(R, K)`` view.
+Every implementation module (``reference``, ``fused``, ``triton_ce``) provides the same contract,
+in two parts, and :func:`resolve` is the one dispatcher that picks the module for every entry
+point (single-device loss, fused linear loss, vocabulary-parallel loss). Reductions, weights'
+normalisers and argument checks live in :mod:`labelsmooth._plan`; an op only does per-row work on
+a 2-D ``(R, K)`` view.
+
+* **Whole rows** (:data:`ROWS`): the autograd-aware ``index_rows`` and ``prob_rows`` below, for
+  the single-device loss.
+* **Blocks of columns** (:data:`BLOCKS`), the two-stage contract, for callers that never hold a
+  whole row (the fused linear loss splits the vocabulary into blocks of its logits chunk; the
+  vocabulary-parallel loss holds one shard per rank). No autograd: plain functions.
+
+  1. *statistics* — ``row_partials(x, y, s, s_uniform, softcap, target_mask=None)`` on a block
+     ``x`` (R, B) of columns ``[c0, c0 + B)``: the caller passes the target column relative to
+     the block (``y − c0``) with ``target_mask`` True where the target lies in it, and the block's
+     shares ``s[c0 : c0 + B]``. Returns per row, relative to :math:`r` =
+     :func:`~labelsmooth.ops._math.row_ref` of the block max (0 for an all −inf row):
+     ``(m, sumexp, x_y, dsx)`` = :math:`\max_c x'_c`, :math:`\sum_c e^{x'_c - r}` (float64),
+     :math:`x'_y` (0 where the target is not in the block), :math:`\sum_c s_c (r - x'_c)`
+     (a zero share counts 0 even at a −inf logit), with :math:`x'` the soft-capped logits; the
+     others in the accumulation dtype.
+  2. *combine* — :func:`~labelsmooth.ops._math.merge_partials` merges two blocks' statistics
+     (one formula for every engine); across ranks the same merge runs as one MAX and one SUM
+     all-reduce (:mod:`labelsmooth.distributed`). Then
+     :math:`\mathrm{lse} = r + L`, :math:`L = \log \mathrm{sumexp}`, the row loss is
+     :func:`~labelsmooth.ops._math.row_loss` and the gradient coefficient
+     :math:`cp = ct + cs\,S + 2\,cz\,\mathrm{lse}` is :func:`~labelsmooth.ops._math.grad_coef`.
+  3. *gradient* — ``grad_rows(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad,
+     target_mask=None, out=None, *, ref=None)`` writes, for the block,
+     :math:`g_n\,(cp_n\,p_{n,j} - ct_n[j = y_n] - cs_n s_j)\,\partial x'/\partial x` with
+     :math:`p = e^{(x' - r) - L}` (``lse`` = :math:`L` relative to ``ref``; absolute when ``ref``
+     is None) into ``out`` (the logits' dtype; may be ``x`` itself: in place) and returns it.
+     Rows with no coefficient get exactly 0.
 
 **Index targets** — ``index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)``
 
@@ -50,7 +80,11 @@ import torch
 
 from labelsmooth import _validation as V
 from labelsmooth._plan import IMPLS
+
 _MODULES = {"reference": "reference", "fused": "fused", "triton": "triton_ce"}
+#: Capabilities: whole rows (index_rows/prob_rows), blocks of columns (row_partials/grad_rows).
+ROWS, BLOCKS = "rows", "blocks"
+_FUNCTIONS = {ROWS: ("index_rows", "prob_rows"), BLOCKS: ("row_partials", "grad_rows")}
 
 
 def _load(name: str) -> ModuleType:
@@ -61,28 +95,37 @@ def _load(name: str) -> ModuleType:
     return module if module is not None else importlib.import_module(qualname)
 
 
-def _available(name: str, device: torch.device) -> bool:
+def _available(name: str, device: torch.device, capability: str = ROWS) -> bool:
     try:
         mod = _load(name)
     except ImportError:
+        return False
+    if not all(hasattr(mod, f) for f in _FUNCTIONS[capability]):
         return False
     check = getattr(mod, "is_available", None)
     return True if check is None else bool(check(device))
 
 
-def resolve(impl: str, device: torch.device) -> ModuleType:
-    """Pick the implementation module for ``impl`` on ``device``.
+def resolve(impl: str, device: torch.device, capability: str = ROWS) -> ModuleType:
+    """Pick the implementation module for ``impl`` on ``device``: the one dispatcher.
 
     ``"auto"`` picks Triton for CUDA tensors when triton is installed, else the fused CPU engine,
-    else the reference.
+    else the reference. ``capability`` is the part of the contract the caller needs
+    (:data:`ROWS` or :data:`BLOCKS`); every shipped implementation provides both.
+
+    Examples:
+        >>> resolve("auto", torch.device("cpu"), BLOCKS).__name__
+        'labelsmooth.ops.fused'
     """
     impl = V.check_choice("impl", impl, IMPLS)
+    if capability not in _FUNCTIONS:
+        raise V.fail("capability", f"one of {tuple(_FUNCTIONS)}", capability)
     if impl == "auto":
         for name in (("triton", "fused") if device.type == "cuda" else ("fused",)):
-            if _available(name, device):
+            if _available(name, device, capability):
                 return _load(name)
         return _load("reference")
-    if not _available(impl, device):
+    if not _available(impl, device, capability):
         raise V.fail("impl", f"an implementation available on device {device.type!r}", impl)
     return _load(impl)
 

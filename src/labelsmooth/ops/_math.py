@@ -10,6 +10,8 @@ One home for each so that the engines cannot drift apart:
   counted apart (confident rows keep their tiny loss);
 * :func:`shift_sum` — move a share-weighted sum :math:`\sum_c s_c(r - x_c)` to another reference;
 * :func:`merge_max_sumexp` — the online merge of two (max, sum of exponentials) partials;
+* :func:`merge_partials` — the merge of two blocks' row statistics (stage one of the two-stage
+  contract of :mod:`labelsmooth.ops`) into those of their union;
 * :func:`row_loss` — :math:`ct(\mathrm{lse}-x_y) + cs(S\,\mathrm{lse}-\sum_c s_c x_c) + cz\,\mathrm{lse}^2`,
   evaluated relative to the row max;
 * :func:`grad_coef` — the coefficient of :math:`p` in the gradient, :math:`ct + cs\,S + 2\,cz\,\mathrm{lse}`.
@@ -27,6 +29,7 @@ __all__ = [
     "apply_softcap",
     "grad_coef",
     "merge_max_sumexp",
+    "merge_partials",
     "row_loss",
     "row_ref",
     "shift_sum",
@@ -131,6 +134,31 @@ def merge_max_sumexp(m1: Tensor, e1: Tensor, m2: Tensor, e2: Tensor) -> tuple[Te
         e2 == 0, zero, e2 * torch.exp(row_ref(m2) - ref)
     )
     return m, e
+
+
+def merge_partials(
+    a: tuple[Tensor, Tensor, Tensor, Tensor], s_a: Tensor | float,
+    b: tuple[Tensor, Tensor, Tensor, Tensor], s_b: Tensor | float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Merge the row statistics ``(m, sumexp, x_y, dsx)`` of two column blocks of the same rows.
+
+    Each block's statistics are relative to :func:`row_ref` of its own max; ``s_a``/``s_b`` are
+    the blocks' share sums :math:`\sum_c s_c`, with which ``dsx`` moves to the union's reference
+    (:func:`shift_sum`). ``x_y`` adds (the target lies in one block; the others hold 0).
+
+    Examples:
+        >>> x = torch.tensor([[0.0, 1.0, 2.0, 5.0]])
+        >>> def part(blk):  # m, Σ e^{x − m}, no target here, Σ ½ (m − x)
+        ...     m = blk.amax(1)
+        ...     return m, (blk - m[:, None]).exp().sum(1), 0 * m, 0.5 * (m[:, None] - blk).sum(1)
+        >>> m, se, _, dsx = merge_partials(part(x[:, :3]), 1.5, part(x[:, 3:]), 0.5)
+        >>> round(float(m + se.log()), 4), float(dsx)
+        (5.0722, 6.0)
+    """
+    m, se = merge_max_sumexp(a[0], a[1], b[0], b[1])
+    new = row_ref(m)
+    dsx = shift_sum(a[3], s_a, row_ref(a[0]), new) + shift_sum(b[3], s_b, row_ref(b[0]), new)
+    return m, se, a[2] + b[2], dsx
 
 
 def row_loss(

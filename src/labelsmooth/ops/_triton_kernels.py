@@ -317,3 +317,115 @@ def _prob_bwd(
                 dt = _round_bf16(dt)
             tl.store(dt_ptr + row * stride_er + c64 * stride_ec, dt.to(dt_ptr.dtype.element_ty),
                      mask=mask)
+
+
+# -------------------------------------------------------------------------------------------------
+# The two-stage contract (see labelsmooth.ops): statistics of a block of columns, then the
+# gradient of a block given the merged statistics. The caller (fused linear loss, vocabulary-
+# parallel loss) merges the blocks' statistics (ops._math.merge_partials, or the all-reduces).
+# -------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _block_partials(
+    x_ptr, stride_xr, stride_xc,
+    y_ptr, on_ptr, s_ptr,
+    m_ptr, d_ptr, xy_ptr, sx_ptr,
+    K, s_uniform, softcap,
+    SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Per row: m = max x', d = Σ e^{x' − r}, x'_y (0 where the target is not in this block) and
+    # Σ s_c (r − x'_c), with r = the row max (0 for an all −inf row), as _index_fwd computes them.
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xr
+    y = tl.load(y_ptr + row)
+    if HAS_MASK:
+        on = tl.load(on_ptr + row) != 0
+    else:
+        on = y == y
+    y_ok = (y >= 0) & (y < K)
+    x_y = tl.load(x_row + tl.where(y_ok & on, y, 0).to(tl.int64) * stride_xc,
+                  mask=K > 0, other=0.0).to(tl.float32)
+    if SOFTCAP:
+        x_y = softcap * _tanh(x_y / softcap)
+    x_y = tl.where(on, tl.where(y_ok, x_y, float("nan")), 0.0)
+    m = float("-inf")
+    d_vec = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    s_lane = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=mask,
+                     other=float("-inf")).to(tl.float32)
+        if SOFTCAP:
+            xb = tl.where(mask, softcap * _tanh(tl.where(mask, xb, 0.0) / softcap),
+                          float("-inf"))
+        m_new = tl.maximum(m, tl.max(xb, 0))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
+        if SMOOTH != 0:
+            if SMOOTH == 1:
+                sv = tl.where(mask, s_uniform, 0.0)
+            else:
+                sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+            acc += s_lane * tl.where(m == float("-inf"), 0.0, m_new - m)
+            dist = tl.where(xb == float("-inf"), float("inf"), m_new - xb)
+            acc += tl.where(sv != 0.0, sv * dist, 0.0)
+            s_lane += sv
+        m = m_new
+    tl.store(m_ptr + row, m)
+    tl.store(d_ptr + row, tl.sum(d_vec, 0))
+    tl.store(xy_ptr + row, x_y)
+    tl.store(sx_ptr + row, tl.sum(acc, 0))
+
+
+@triton.jit
+def _block_grad(
+    x_ptr, stride_xr, stride_xc,
+    dx_ptr, stride_dr, stride_dc,
+    y_ptr, on_ptr, s_ptr, ref_ptr, lse_ptr, cp_ptr, ct_ptr, cs_ptr, g_ptr,
+    K, s_uniform, softcap,
+    SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # dx_j = g·(cp·p_j − ct·[j = y] − cs·s_j)·softcap'(x_j), p_j = e^{(x'_j − r) − L}; rows with
+    # no coefficient read nothing and write zeros. Each element is read before the same lane
+    # writes it, so dx may be x itself (in place).
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xr
+    dx_row = dx_ptr + row * stride_dr
+    g = tl.load(g_ptr + row)
+    y = tl.load(y_ptr + row)
+    if HAS_MASK:
+        on = tl.load(on_ptr + row) != 0
+    else:
+        on = y == y
+    y_ok = (y >= 0) & (y < K)
+    gcp = g * tl.load(cp_ptr + row)
+    gct = tl.where(on, g * tl.load(ct_ptr + row), 0.0)
+    gcs = g * tl.load(cs_ptr + row)
+    ref = tl.load(ref_ptr + row)
+    lse = tl.load(lse_ptr + row)
+    active = (gcp != 0.0) | (gct != 0.0)
+    if SMOOTH != 0:
+        active = active | (gcs != 0.0)
+    bad = on & (gct != 0.0) & (y_ok == 0)  # an out-of-range target (value checks off): NaN row
+    k_load = tl.where(active, K, 0)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=cols < k_load,
+                     other=0.0).to(tl.float32)
+        if SOFTCAP:
+            th = _tanh(xb / softcap)
+            xb = softcap * th
+        grad = gcp * tl.exp((xb - ref) - lse)
+        grad -= tl.where(cols == y, gct, 0.0)
+        if SMOOTH == 1:
+            grad -= gcs * s_uniform
+        if SMOOTH == 2:
+            grad -= gcs * tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        if SOFTCAP:
+            grad *= 1.0 - th * th
+        grad = tl.where(active, tl.where(bad, float("nan"), grad), 0.0)
+        tl.store(dx_row + cols.to(tl.int64) * stride_dc, grad.to(dx_ptr.dtype.element_ty),
+                 mask=mask)

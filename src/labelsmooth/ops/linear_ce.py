@@ -5,21 +5,23 @@ the loss of :func:`labelsmooth.cross_entropy` on the logits :math:`x = hW^\top +
 token chunk by token chunk (and, when one chunk of full rows would not fit the memory budget,
 vocabulary block by vocabulary block), so at most one chunk of logits is alive at any time:
 
-* statistics: ``x_c = h_c W^T + b`` then the per-row partials (max, Σexp, target logit,
-  :math:`\sum_c s_c x_c`) of :func:`labelsmooth.ops.fused.row_partials`, merged online across
-  vocabulary blocks, give :math:`\mathrm{lse}` and the per-row loss (the per-row coefficients
-  ``ct, cs, cz, s`` come from :func:`labelsmooth._plan.plan_index`, the reduction from
-  :func:`labelsmooth._plan.finish_index`, so no formula is written twice);
-* gradient: :func:`labelsmooth.ops.fused.grad_rows` writes
-  :math:`g_n\,\partial\ell_n/\partial x` over the logits chunk in place, then three matmuls
-  accumulate :math:`\partial h_c = G W`, :math:`\partial W \mathrel{+}= G^\top h_c` (in float32, or
-  float64 for float64 inputs) and :math:`\partial b \mathrel{+}= \sum_n G_n`.
+* statistics: ``x_c = h_c W^T + b`` then the per-row statistics (max, Σexp, target logit,
+  :math:`\sum_c s_c x_c`) of each vocabulary block, by the ``row_partials`` of the implementation
+  :func:`labelsmooth.ops.resolve` picks (the two-stage contract of :mod:`labelsmooth.ops`: the
+  fused CPU engine, Triton on CUDA, or the reference), merged across blocks by
+  :func:`~labelsmooth.ops._math.merge_partials`, give :math:`\mathrm{lse}` and the per-row loss
+  (the per-row coefficients ``ct, cs, cz, s`` come from :func:`labelsmooth._plan.plan_index`, the
+  reduction from :func:`labelsmooth._plan.finish_index`, so no formula is written twice);
+* gradient: the implementation's ``grad_rows`` writes :math:`g_n\,\partial\ell_n/\partial x`
+  over the logits chunk in place, then three matmuls accumulate :math:`\partial h_c = G W`,
+  :math:`\partial W \mathrel{+}= G^\top h_c` (in float32, or float64 for float64 inputs) and
+  :math:`\partial b \mathrel{+}= \sum_n G_n`.
 
-On CUDA with Triton (``impl="triton"``, the default there) the per-chunk row work is the Triton
-kernel of :mod:`labelsmooth.ops.triton_ce` with an in-place backward (the chunk is built as an
-autograd activation, so its gradient overwrites it: one chunk of memory), driven through the op
-contract of :mod:`labelsmooth.ops`; the same contract path serves ``impl="reference"`` (the
-plain-PyTorch oracle, chunked). Those paths chunk over tokens only.
+One chunk-sized buffer of logits is allocated per call and reused by every chunk (the gradient
+overwrites it), whatever the implementation. A masked vocabulary (``class_mask``) sets each
+block's masked columns to −inf by selection before the engine sees them (exactly zero gradient
+there); with a soft-cap as well, the engine gets the capped block in the accumulation dtype (one
+more block-sized temporary), since the cap of −inf would be −c.
 
 **When the gradient is computed.** With ``reduction="mean"`` or ``"sum"`` the upstream gradient is
 a scalar, so the gradients are computed during the forward (3 matmuls in all) and the backward
@@ -36,7 +38,7 @@ same peak memory (63 MiB, 13% of the logits).
 
 **Memory budget.** ``memory_budget`` bytes bound the logits chunk: a chunk holds
 ``rows × cols`` logits of ``bytes_per_logit`` bytes (the input dtype's size for the fused and Triton
-paths, whose gradient overwrites the chunk; 12 more for the reference op's float32 temporaries).
+paths, whose gradient overwrites the chunk; 12 more for the reference's float32 temporaries).
 ``rows = budget // (V · bytes_per_logit)`` rounded down to a multiple of 8; if that is below
 :data:`MIN_ROWS`, the chunk is :data:`MIN_ROWS` rows by as many vocabulary columns as fit (a
 multiple of 128), at the price of recomputing each logits block once more (4 matmuls instead of 3).
@@ -59,7 +61,6 @@ loss reuses the same GEMMs and float32 accumulation): :func:`logits`, :class:`Gr
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
@@ -67,15 +68,15 @@ from types import ModuleType
 import torch
 
 from labelsmooth import _validation as V
-from labelsmooth import _vocab, ops
+from labelsmooth import ops
 from labelsmooth._plan import IndexPlan, LossOptions, finish_index, reduction_scale
 from labelsmooth.ops._math import (
     acc_dtype,
+    apply_softcap,
     grad_coef,
-    merge_max_sumexp,
+    merge_partials,
     row_loss,
     row_ref,
-    shift_sum,
 )
 
 MiB = 1 << 20
@@ -85,18 +86,6 @@ DEFAULT_MEMORY_BUDGET = 64 * MiB
 DEFAULT_MEMORY_BUDGET_CUDA = 128 * MiB
 #: Fewest rows per chunk before the vocabulary is split instead (small matmuls are inefficient).
 MIN_ROWS = 64
-
-
-def _row_engine(impl: str, device: torch.device) -> tuple[str, ModuleType]:
-    """("fused", primitives module) or ("op", op module honouring the per-row contract)."""
-    if impl == "auto":
-        impl = "triton" if device.type == "cuda" and ops._available("triton", device) else "fused"
-    if impl == "fused":
-        try:
-            return "fused", importlib.import_module("labelsmooth.ops.fused")
-        except ImportError:  # pragma: no cover - the fused engine ships with the package
-            return "op", ops.resolve("reference", device)
-    return "op", ops.resolve(impl, device)
 
 
 @dataclass(frozen=True)
@@ -147,7 +136,7 @@ def plan_chunks(
     if budget is None:
         budget = DEFAULT_MEMORY_BUDGET_CUDA if device.type == "cuda" else DEFAULT_MEMORY_BUDGET
     rows = budget // (vocab * bpl)
-    if rows >= min(n, MIN_ROWS) or engine != "fused":
+    if rows >= min(n, MIN_ROWS):
         rows = max(1, min(n, rows))
         if rows < n and rows >= 8:
             rows -= rows % 8  # matmul-friendly
@@ -157,7 +146,7 @@ def plan_chunks(
 
 
 def _round_cols(cols: int, vocab: int, engine: str) -> int:
-    if engine != "fused" or cols >= vocab:
+    if cols >= vocab:
         return vocab
     return max(1, cols - cols % 128 if cols >= 128 else cols)
 
@@ -182,20 +171,6 @@ def logits(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
     if b is None:
         return torch.mm(hc, w.t(), out=out) if out is not None else torch.mm(hc, w.t())
     return torch.addmm(b, hc, w.t(), out=out) if out is not None else torch.addmm(b, hc, w.t())
-
-
-def _chunk_activation(hc: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """The logits chunk as an autograd activation (not a leaf), so the op's in-place backward
-    writes its gradient over the chunk's own memory instead of a second chunk-sized buffer.
-
-    ``requires_grad_`` on a fresh chunk would make it a leaf, which the in-place rule
-    (:func:`labelsmooth.ops._consumed.may_write_in_place`) refuses. Here the chunk is the output
-    of the GEMM on a detached alias of the hidden rows: the GEMM saves its inputs, not its output,
-    so overwriting the output is safe, and only ``∂loss/∂x`` is asked for (the GEMM's own backward
-    never runs). Must be called with grad enabled.
-    """
-    hc = hc.detach().requires_grad_(True)  # an alias of the rows, no copy
-    return logits(hc, w.detach(), b.detach() if b is not None else None)
 
 
 #: (device type, device index, input dtype) → whether ``torch.addmm(..., out_dtype=float32)``
@@ -281,7 +256,7 @@ def accumulate(g: torch.Tensor, hc: torch.Tensor, w: torch.Tensor, grads: Grads,
 
 
 def run_chunks(
-    engine: tuple[str, ModuleType],
+    engine: ModuleType,
     h: torch.Tensor,
     w: torch.Tensor,
     b: torch.Tensor | None,
@@ -295,16 +270,19 @@ def run_chunks(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Walk the logits chunk by chunk; return the per-row ``(loss, ref, lse_rel)``.
 
-    All three in the accumulation dtype; :math:`\\mathrm{lse} = \\mathrm{ref} + \\mathrm{lse\\_rel}`
-    with ``ref`` the row max (:func:`~labelsmooth.ops._math.row_ref`; 0 with the ``"op"`` engines,
-    whose lse is absolute), kept apart so that float32 keeps its digits at large logits.
+    ``engine`` is an implementation module of :mod:`labelsmooth.ops` used through its two-stage
+    contract (``row_partials``, ``grad_rows``): statistics of each vocabulary block, merged with
+    :func:`~labelsmooth.ops._math.merge_partials`, then each block's gradient written over the
+    block's own logits. All three results in the accumulation dtype;
+    :math:`\\mathrm{lse} = \\mathrm{ref} + \\mathrm{lse\\_rel}` with ``ref`` the row max
+    (:func:`~labelsmooth.ops._math.row_ref`), kept apart so that float32 keeps its digits at large
+    logits.
 
     With ``grads`` given, also write :math:`\\mathrm{row\\_scale}_n\\,\\partial\\ell_n/\\partial x`
     through the three matmuls into ``grads``. With ``lse_known`` (a recomputing backward) the
     statistics pass is skipped and the returned loss is meaningless; it is the ``(ref, lse_rel)``
     pair a forward returned.
     """
-    kind, mod = engine
     n, _ = h.shape
     vocab = w.shape[0]
     acc = acc_dtype(h.dtype)
@@ -319,8 +297,14 @@ def run_chunks(
     big_s = plan.s.sum() if plan.s is not None else plan.s_uniform * vocab
     smoothing = plan.s is not None or plan.s_uniform != 0.0
     rows, cols = chunks.rows, chunks.cols
-    buf = torch.empty(rows * cols if kind == "fused" else 0, dtype=h.dtype, device=h.device)
+    buf = torch.empty(rows * cols, dtype=h.dtype, device=h.device)  # the one chunk of logits
+    cmask = opts.class_mask
+    if cmask is not None:
+        cmask = cmask.to(device=h.device)
+    # a soft-capped masked vocabulary hands the engine capped logits: no cap left to apply
+    cap = None if cmask is not None and opts.softcap is not None else opts.softcap
     split = cols < vocab
+    blocks = [(c0, min(vocab, c0 + cols)) for c0 in range(0, vocab, cols)]
     dw_cols = dw_block_cols(rows)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
@@ -328,70 +312,63 @@ def run_chunks(
         hc = h[rsl]
         y, ct, cs = plan.y[rsl], plan.ct[rsl], plan.cs[rsl]
         cz = plan.cz[rsl] if plan.cz is not None else None
-        if kind == "op":
-            # A fresh chunk each time: an in-place backward marks its logits as consumed.
-            if grads is None:
-                x = logits(hc, w, b, torch.empty(r1 - r0, vocab, dtype=h.dtype, device=h.device))
-                # a masked vocabulary: masked columns → −inf by selection (softcap applied first)
-                xm, o = _vocab.mask_rows(x, opts)
-                lr, ls = mod.index_rows(xm, y, ct, cs, plan.s, plan.s_uniform, cz, o.softcap, False)
-                del x, xm  # freed before the next chunk is allocated
-            else:
-                with torch.enable_grad():
-                    x = _chunk_activation(hc, w, b)
-                    xm, o = _vocab.mask_rows(x, opts)
-                    lr, ls = mod.index_rows(xm, y, ct, cs, plan.s, plan.s_uniform, cz,
-                                            o.softcap, True)
-                    (g,) = torch.autograd.grad(lr, x, row_scale[rsl].to(lr.dtype))
-                del x, xm  # g is the chunk's own memory (in place) or, for the reference op, a copy
-                accumulate(g, hc, w, grads, rsl, slice(0, vocab), None, dw_cols)
-                del g  # free the chunk before the next one is allocated (one chunk alive)
-                lr = lr.detach()
-            loss[rsl], lse[rsl] = lr, ls
-            continue
-        # The fused primitives, one vocabulary block at a time.
-        blocks = [(c0, min(vocab, c0 + cols)) for c0 in range(0, vocab, cols)]
+
+        def block(c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                             torch.Tensor | None, torch.Tensor | None]:
+            """(engine logits, logits buffer, target column, shares, target mask) of block [c0, c1).
+
+            With a class mask, masked columns become −inf by selection before the engine sees
+            them; with a soft-cap too, the engine gets the capped logits in the accumulation
+            dtype (the cap of −inf is −c, not −inf) and the chain rule is applied here.
+            """
+            x = logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
+                       buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
+            xe = x
+            if cmask is not None:
+                off = ~cmask[c0:c1]
+                if opts.softcap is not None:
+                    xe = apply_softcap(x.to(acc), opts.softcap)  # a new tensor
+                xe.masked_fill_(off[None, :], -torch.inf)
+            s_blk = plan.s[c0:c1] if plan.s is not None else None
+            if not split:
+                return xe, x, y, s_blk, None
+            return xe, x, y - c0, s_blk, (y >= c0) & (y < c1)
+
         if lse_known is None:
-            m = se = xy = sx = ref_c = s_seen = None
-            keep = None
+            stats = None
             for c0, c1 in blocks:
-                x = logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
-                            buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
-                s_blk = plan.s[c0:c1] if plan.s is not None else None
-                mask = (y >= c0) & (y < c1) if split else None
-                pm, pse, pxy, psx = mod.row_partials(x, y - c0 if split else y, s_blk,
-                                                     plan.s_uniform, opts.softcap, mask)
+                blk = block(c0, c1)
+                xe, _, yb, s_blk, mask = blk
+                part = engine.row_partials(xe, yb, s_blk, plan.s_uniform, cap, mask)
                 # the block's share sum: its Σ s_c (ref − x_c) moves with the reference
                 s_b = s_blk.sum() if s_blk is not None else plan.s_uniform * (c1 - c0)
-                if m is None:
-                    m, se, xy, sx, ref_c, s_seen = pm, pse, pxy, psx, row_ref(pm), s_b
-                else:  # online merge of (max, Σexp, Σ s(ref − x)) across vocabulary blocks
-                    m, se = merge_max_sumexp(m, se, pm, pse)
-                    new_ref = row_ref(m)
-                    sx = shift_sum(sx, s_seen, ref_c, new_ref) + shift_sum(psx, s_b, row_ref(pm),
-                                                                            new_ref)
-                    xy, ref_c, s_seen = xy + pxy, new_ref, s_seen + s_b
-                keep = x
-            lse_c = torch.log(se).to(acc)  # se is float64 (ops._math.sum_exp)
-            loss[rsl] = row_loss(ref_c, lse_c, xy, sx if smoothing else None, big_s, ct, cs, cz)
+                if stats is None:
+                    stats, s_seen = part, s_b
+                else:
+                    stats, s_seen = merge_partials(stats, s_seen, part, s_b), s_seen + s_b
+            m, se, xy, sx = stats
+            ref_c = row_ref(m.to(acc))
+            lse_c = torch.log(se).to(acc)  # se is float64 (the contract)
+            loss[rsl] = row_loss(ref_c, lse_c, xy.to(acc), sx.to(acc) if smoothing else None,
+                                 big_s, ct, cs, cz)
             ref[rsl], lse[rsl] = ref_c, lse_c
+            keep = not split  # the single block's logits are still in the buffer
         else:
-            ref_c, lse_c, keep = ref[rsl], lse[rsl], None
+            ref_c, lse_c, keep = ref[rsl], lse[rsl], False
         if grads is None:
             continue
         coef_p = grad_coef(ref_c + lse_c, big_s, ct, cs if smoothing else None, cz)
         dh_acc = torch.zeros(r1 - r0, h.shape[1], dtype=acc, device=h.device) \
             if split and grads.dh is not None else None
         for c0, c1 in blocks:
-            if keep is not None and not split:
-                x = keep  # the single block's logits are still in the buffer
-            else:
-                x = logits(hc, w[c0:c1], b[c0:c1] if b is not None else None,
-                            buf[: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0))
-            s_blk = plan.s[c0:c1] if plan.s is not None else None
-            mask = (y >= c0) & (y < c1) if split else None
-            g = mod.grad_rows(x, y - c0 if split else y, lse_c, coef_p, ct, cs, s_blk,
-                              plan.s_uniform, opts.softcap, row_scale[rsl], mask, out=x, ref=ref_c)
+            # one block: its logits are still in the buffer (and the engine's view of them)
+            xe, x, yb, s_blk, mask = blk if keep else block(c0, c1)
+            g = engine.grad_rows(xe, yb, lse_c, coef_p, ct, cs, s_blk, plan.s_uniform, cap,
+                                 row_scale[rsl], mask, out=xe, ref=ref_c)
+            if g is not x:  # soft-capped masked block: d/dx of c·tanh(x/c), masked columns 0
+                t = torch.tanh(x.to(acc) / opts.softcap)
+                g = torch.where(cmask[c0:c1], g * (1 - t * t), 0.0)
+                g = x.copy_(g)
             accumulate(g, hc, w, grads, rsl, slice(c0, c1), dh_acc, dw_cols)
         if dh_acc is not None:
             grads.dh[rsl] = dh_acc
@@ -447,7 +424,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(w.shape, dtype=ctx.acc, device=w.device) if needs[1] else None,
                 torch.zeros(w.shape[0], dtype=ctx.acc, device=w.device) if needs[2] else None,
             )
-            known = (ref, lse) if ctx.engine[0] == "fused" else None
+            known = (ref, lse)
             run_chunks(ctx.engine, h, w, b, ctx.plan, ctx.opts, ctx.chunks, row_scale=scale,
                        grads=grads, lse_known=known)
         else:
@@ -479,14 +456,8 @@ def linear_index_loss(
     Differentiable with respect to ``h``, ``w`` and ``b``; see the module docstring for the
     chunking and for ``grad_in_forward``.
     """
-    engine = _row_engine(opts.impl, h.device)
-    if opts.class_mask is not None and engine[0] == "fused":
-        # a masked vocabulary runs the per-chunk op path (the mask is applied to whole rows of
-        # the chunk by selection, which the block primitives do not do), without vocabulary split
-        engine = ("op", engine[1])
-    name = "fused" if engine[0] == "fused" else engine[1].__name__.rsplit(".", 1)[-1]
-    if opts.class_mask is not None and name == "fused":
-        name = "fused-op"  # plan_chunks: full rows (no vocabulary split), input-dtype logits
+    engine = ops.resolve(opts.impl, h.device, ops.BLOCKS)
+    name = engine.__name__.rsplit(".", 1)[-1]
     chunks = plan_chunks(h.shape[0], w.shape[0], h.dtype, h.device, chunk_size=chunk_size,
                          memory_budget=memory_budget, engine=name)
     tensors = [t for t in (h, w, b) if t is not None]

@@ -121,3 +121,102 @@ def prob_rows(
     if cz is not None:
         loss = loss + cz * (ref + lse_rel).square()
     return loss, (ref + lse_rel).detach()
+
+
+# --------------------------------------------------------------------------------------------
+# The two-stage contract (see labelsmooth.ops), dense and plain: the oracle of the block engines.
+
+
+def row_partials(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    s: torch.Tensor | None,
+    s_uniform: float,
+    softcap: float | None,
+    target_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Stage one on a block of columns: per row ``(m, sumexp, x_y, dsx)`` relative to the row max.
+
+    As :func:`labelsmooth.ops.fused.row_partials`, in dense plain PyTorch. Differentiable with
+    respect to ``x`` (the max is taken as a constant), so the vocabulary-parallel reference lets
+    autograd derive its gradient through the collectives.
+
+    Examples:
+        >>> x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 3.0, 3.0]])
+        >>> m, se, xy, dsx = row_partials(x, torch.tensor([2, 0]), None, 0.5, None)
+        >>> m, xy, dsx
+        (tensor([2., 3.]), tensor([2., 3.]), tensor([1.5000, 0.0000]))
+    """
+    xf = _prepare(x, softcap)
+    acc = xf.dtype
+    if xf.shape[1] == 0:  # an empty block contributes nothing
+        z = xf.sum(-1)
+        return (torch.full_like(z, -torch.inf).detach(), z.to(torch.float64), z, z)
+    m = xf.detach().amax(-1)
+    d = row_ref(m)[:, None] - xf  # relative to the block's max (precision)
+    se = sum_exp(-d)
+    ys = y.to(torch.long) if target_mask is None else torch.where(target_mask, y.to(torch.long), 0)
+    xy = xf.gather(1, ys[:, None])[:, 0]
+    if target_mask is not None:  # a select: 0·(−inf) at a placeholder column would be NaN
+        xy = torch.where(target_mask, xy, torch.zeros((), dtype=acc, device=xy.device))
+    if s is not None:  # a zero share counts 0 even at a −inf logit (0·log 0 = 0)
+        s = s.to(device=xf.device, dtype=acc)
+        sx = torch.where((s != 0)[None, :] | ~torch.isinf(d), d, 0.0) @ s
+    elif s_uniform != 0.0:
+        sx = s_uniform * d.sum(-1)
+    else:  # no smoothing term (ε = 0): 0·Σx would be NaN at a −inf logit
+        sx = torch.zeros_like(m)
+    return m, se, xy, sx
+
+
+@torch.no_grad()
+def grad_rows(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lse: torch.Tensor,
+    coef_p: torch.Tensor,
+    ct: torch.Tensor,
+    cs: torch.Tensor,
+    s: torch.Tensor | None,
+    s_uniform: float,
+    softcap: float | None,
+    grad: torch.Tensor,
+    target_mask: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    *,
+    ref: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Stage two on a block of columns: its gradient given the merged row statistics.
+
+    As :func:`labelsmooth.ops.fused.grad_rows`, dense: ``g·(cp·p − ct·[j = y] − cs·s)`` times
+    the soft-cap's derivative, rows with no coefficient exactly 0; into ``out`` when given.
+
+    Examples:
+        >>> x = torch.tensor([[0.0, 1.0, 2.0]])
+        >>> one, lse = torch.ones(1), torch.logsumexp(x, 1)
+        >>> grad_rows(x, torch.tensor([2]), lse, one, one, 0 * one, None, 0.0, None, one)
+        tensor([[ 0.0900,  0.2447, -0.3348]])
+    """
+    acc = acc_dtype(x.dtype)
+    xa = x.to(acc)
+    xf = apply_softcap(xa, softcap)
+    lse, coef_p, ct, cs, grad = (v.to(acc) for v in (lse, coef_p, ct, cs, grad))
+    z = xf - lse[:, None] if ref is None else (xf - ref.to(acc)[:, None]) - lse[:, None]
+    g = coef_p[:, None] * torch.exp(z)
+    tgt = ct if target_mask is None else torch.where(target_mask, ct, torch.zeros_like(ct))
+    ys = y.to(torch.long) if target_mask is None else torch.where(target_mask, y.to(torch.long), 0)
+    if x.shape[1] > 0:
+        g.scatter_add_(1, ys[:, None], -tgt[:, None])
+    smoothing = s is not None or s_uniform != 0.0
+    if s is not None:
+        g = g - cs[:, None] * s.to(device=x.device, dtype=acc)[None, :]
+    elif smoothing:
+        g = g - (cs * s_uniform)[:, None]
+    g = g * grad[:, None]
+    if softcap is not None:
+        g = g * (1 - torch.tanh(xa / softcap).square())
+    live = (grad * coef_p != 0) | (grad * tgt != 0) | ((grad * cs != 0) & smoothing)
+    g = torch.where(live[:, None], g, torch.zeros((), dtype=acc, device=x.device))
+    if out is None:
+        return g.to(x.dtype)
+    return out.copy_(g)

@@ -57,7 +57,7 @@ from torch import Tensor
 
 from labelsmooth.ops import reference
 
-__all__ = ["index_rows", "is_available", "prob_rows"]
+__all__ = ["grad_rows", "index_rows", "is_available", "prob_rows", "row_partials"]
 
 # Widest chunk of a row one program handles per loop iteration (a power of two), and the values
 # per thread that set num_warps = BLOCK / (32 · ELEMS_PER_THREAD), at most 32. Defaults 4096 and
@@ -528,3 +528,139 @@ def prob_rows(
         float(b_uniform), rs.to(f32), cz.to(f32) if cz is not None else None,
         None if softcap is None else float(softcap), bool(inplace_backward))
     return loss, lse
+
+
+# -------------------------------------------------------------------------------------------------
+# The two-stage contract (labelsmooth.ops): block statistics, then a block's gradient
+# -------------------------------------------------------------------------------------------------
+
+def _f32(v: Tensor) -> Tensor:
+    return v.to(torch.float32).contiguous()
+
+
+def _mask_arg(y: Tensor, target_mask: Optional[Tensor]) -> tuple[Tensor, bool]:
+    if target_mask is None:
+        return y, False
+    return target_mask.to(torch.int8).contiguous(), True
+
+
+@torch.library.custom_op("labelsmooth::triton_block_partials", mutates_args=())
+def _block_partials(
+    x: Tensor, y: Tensor, s: Optional[Tensor], s_uniform: float, softcap: Optional[float],
+    target_mask: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r, k = x.shape
+    m, d, xy, sx = (torch.empty(r, dtype=torch.float32, device=x.device) for _ in range(4))
+    if r == 0:
+        return m, d, xy, sx
+    y = y.to(torch.long).contiguous()
+    on, has_mask = _mask_arg(y, target_mask)
+    block, warps = _launch_cfg(k)
+    with _on_device(x):
+        _kernels()._block_partials[(r,)](
+            x, x.stride(0), x.stride(1), y, on, _f32(s) if s is not None else y,
+            m, d, xy, sx, k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
+            SMOOTH=_smooth_mode(s, s_uniform), SOFTCAP=softcap is not None, HAS_MASK=has_mask,
+            BLOCK=block, num_warps=warps,
+        )
+    return m, d, xy, sx
+
+
+@_block_partials.register_fake
+def _(x, y, s, s_uniform, softcap, target_mask):
+    r = x.shape[0]
+    return tuple(x.new_empty(r, dtype=torch.float32) for _ in range(4))
+
+
+@torch.no_grad()
+def row_partials(
+    x: Tensor, y: Tensor, s: Optional[Tensor], s_uniform: float, softcap: Optional[float],
+    target_mask: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""Stage one on a block of columns: per row ``(m, sumexp, x_y, dsx)`` relative to the row max.
+
+    The contract of :func:`labelsmooth.ops.fused.row_partials` (see :mod:`labelsmooth.ops`), one
+    Triton program per row; ``sumexp`` is accumulated in float32 and returned as float64. float64
+    logits run the fused engine's plain-PyTorch passes (no float64 kernel).
+
+    Examples:
+        >>> from labelsmooth.ops import fused
+        >>> x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 3.0, 3.0]])
+        >>> partials = row_partials if is_available(x.device) else fused.row_partials
+        >>> m, se, xy, dsx = partials(x, torch.tensor([2, 0]), None, 0.5, None)
+        >>> m, xy, dsx
+        (tensor([2., 3.]), tensor([2., 3.]), tensor([1.5000, 0.0000]))
+    """
+    if x.dtype == torch.float64:
+        from labelsmooth.ops import _fused_chunks
+
+        return _fused_chunks.row_partials(x, y, s, s_uniform, softcap, target_mask,
+                                          chunk_elems=_fused_chunks.CHUNK_ELEMS)
+    m, d, xy, sx = _block_partials(x, y, s, float(s_uniform),
+                                   None if softcap is None else float(softcap), target_mask)
+    return m, d.double(), xy, sx
+
+
+@torch.library.custom_op("labelsmooth::triton_block_grad_out", mutates_args=("out",))
+def _block_grad_out(
+    x: Tensor, y: Tensor, lse: Tensor, coef_p: Tensor, ct: Tensor, cs: Tensor,
+    s: Optional[Tensor], s_uniform: float, softcap: Optional[float], grad: Tensor,
+    target_mask: Optional[Tensor], ref: Tensor, out: Tensor,
+) -> None:
+    """Destination-passing stage two: writes the block's gradient into ``out`` (may alias ``x``)."""
+    r, k = x.shape
+    if r == 0:
+        return
+    # The interpreter's float32 → bfloat16 cast truncates (a GPU's rounds to nearest): there, and
+    # only there, the kernel writes float32 and torch rounds.
+    dst = (torch.empty(out.shape, dtype=torch.float32, device=out.device) if _round_bf16(out)
+           else out)
+    y = y.to(torch.long).contiguous()
+    on, has_mask = _mask_arg(y, target_mask)
+    block, warps = _launch_cfg(k)
+    with _on_device(x):
+        _kernels()._block_grad[(r,)](
+            x, x.stride(0), x.stride(1), dst, dst.stride(0), dst.stride(1),
+            y, on, _f32(s) if s is not None else y, _f32(ref), _f32(lse), _f32(coef_p),
+            _f32(ct), _f32(cs), _f32(grad),
+            k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
+            SMOOTH=_smooth_mode(s, s_uniform), SOFTCAP=softcap is not None, HAS_MASK=has_mask,
+            BLOCK=block, num_warps=warps,
+        )
+    if dst is not out:
+        out.copy_(dst)
+
+
+@torch.no_grad()
+def grad_rows(
+    x: Tensor, y: Tensor, lse: Tensor, coef_p: Tensor, ct: Tensor, cs: Tensor,
+    s: Optional[Tensor], s_uniform: float, softcap: Optional[float], grad: Tensor,
+    target_mask: Optional[Tensor] = None, out: Optional[Tensor] = None, *,
+    ref: Optional[Tensor] = None,
+) -> Tensor:
+    r"""Stage two on a block of columns: its gradient given the merged row statistics, into ``out``.
+
+    The contract of :func:`labelsmooth.ops.fused.grad_rows` (``out`` may be ``x``: in place),
+    through the destination-passing op ``labelsmooth::triton_block_grad_out``. float64 logits run
+    the fused engine's plain-PyTorch passes.
+
+    Examples:
+        >>> from labelsmooth.ops import fused
+        >>> x = torch.tensor([[0.0, 1.0, 2.0]])
+        >>> one, lse = torch.ones(1), torch.logsumexp(x, 1)
+        >>> grads = grad_rows if is_available(x.device) else fused.grad_rows
+        >>> grads(x, torch.tensor([2]), lse, one, one, 0 * one, None, 0.0, None, one)
+        tensor([[ 0.0900,  0.2447, -0.3348]])
+    """
+    if x.dtype == torch.float64:
+        from labelsmooth.ops import _fused_chunks
+
+        return _fused_chunks.grad_rows(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad,
+                                       target_mask, out, chunk_elems=_fused_chunks.CHUNK_ELEMS,
+                                       ref=ref)
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _block_grad_out(x, y, lse, coef_p, ct, cs, s, float(s_uniform),
+                    None if softcap is None else float(softcap), grad, target_mask,
+                    torch.zeros_like(lse) if ref is None else ref, out)
+    return out
