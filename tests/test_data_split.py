@@ -129,3 +129,21 @@ def test_cli_split_column_flag(tmp_path):
     assert resolve_sweep_config(p.parse_args(["sweep"]))["split_column"] == "split"
     cfg = resolve_sweep_config(p.parse_args(["sweep", "--split-column", "part"]))
     assert cfg["split_column"] == "part"
+
+
+def test_sweep_on_a_csv_with_clean_labels_judges_the_noise_claim(tmp_path):
+    """The data's own noisy/clean labels reach the verdict: memorisation columns, the noise
+    claim, and a scope that says which labels were noisy."""
+    from labelsmooth.experiments import TrainSettings, sweep
+    from labelsmooth.experiments.render import scope_sentence
+
+    p = tmp_path / "d.csv"
+    _write_csv(p, clean_col=True)
+    res = sweep(data=load_dataset(str(p)), smoothing=[0.0, 0.2], seeds=2, model="mlp",
+                settings=TrainSettings(epochs=2, batch_size=32, n_bootstrap=0),
+                progress=False, report=False)
+    assert all("memo_noisy_label_accuracy" in r for r in res.rows)
+    c = res.verdict.claim("smoothing_helps_under_label_noise")
+    assert c is not None and c.status in ("held", "did not hold", "inconclusive")
+    assert c.numbers["noise_rate"] == pytest.approx(0.3, abs=0.01)
+    assert "the data's own noisy vs clean labels" in scope_sentence(res.verdict)

@@ -308,9 +308,12 @@ def claim_sentence(c: Any) -> str:
 def _noise_words(c: Mapping[str, Any]) -> str:
     """``20% symmetric label noise`` from a claim or a scope's ``label_noise``."""
     rate, kind = c.get("noise_rate", c.get("rate")), c.get("noise_kind", c.get("kind"))
-    pct = "noisy labels" if rate is None else f"{100 * float(rate):g}% label noise"
+    pct = "noisy labels" if rate is None else f"{100 * float(rate):.3g}% label noise"
     if kind and rate is not None:
-        pct = f"{100 * float(rate):g}% {kind} label noise"
+        if str(kind).startswith("given"):  # the data's own noisy / clean labels (data.py)
+            pct = f"{100 * float(rate):.3g}% label noise (the data's own noisy vs clean labels)"
+        else:
+            pct = f"{100 * float(rate):.3g}% {kind} label noise"
     return pct
 
 
