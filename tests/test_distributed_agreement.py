@@ -100,6 +100,11 @@ def _bad_shape(c: dict) -> None:
     c["args"][-1] = c["args"][-1][:-1]  # the target only
 
 
+def _shard_mask(c: dict) -> None:
+    width = c["sl"].stop - c["sl"].start
+    c["kw"]["class_mask"] = torch.ones(width, dtype=torch.bool)
+
+
 def _rows_arg(fn: str) -> str:
     return "`local_logits`" if fn == "ce" else "`hidden`"
 
@@ -120,6 +125,10 @@ CASES = [
     ("softcap", _set(softcap=5.0), lambda fn: ["`softcap`"], None, {}),
     ("dtype", _dtype32, lambda fn: [_rows_arg(fn), "dtype"], None, {}),
     ("validate", _set(validate=False), lambda fn: ["`validate`"], None, {}),
+    ("class_mask_on_one_rank", _shard_mask, lambda fn: ["`class_mask`"], None, {}),
+    ("num_classes", _set(num_classes=10), lambda fn: ["`num_classes`", "10"], None, {}),
+    ("bad_class_mask", _set(class_mask=torch.ones(2, dtype=torch.int64)),
+     lambda fn: ["`class_mask`", "rejected"], None, {}),
     ("hidden_requires_grad", _no_grad_hidden, lambda fn: ["`hidden`", "grad"], "linear", {}),
     ("bad_value", _set(label_smoothing=1.5), lambda fn: ["`label_smoothing`", "rejected"], None,
      {}),
@@ -130,6 +139,8 @@ CASES = [
     ("target_negative", _target(1, -5), lambda fn: ["`target`", f"[0, {K})"], None, {}),
     ("target_differs", _target(0, 1), lambda fn: ["`target`", "checksums"], None, {}),
     # vocab_start/vocab_size given: no exchange; options and targets compared inside the MAX
+    ("fixed_class_mask_on_one_rank", _shard_mask, lambda fn: ["`class_mask`"], None,
+     dict(fixed=True)),
     ("fixed_label_smoothing", _set(label_smoothing=0.2), lambda fn: ["`label_smoothing`"],
      None, dict(fixed=True)),
     ("fixed_prior_on_one_rank", _shard_vector("prior", 1.0 / K), lambda fn: ["`prior`"], None,
@@ -141,7 +152,7 @@ CASES = [
      dict(fixed=True, validate=True)),
 ]
 # the rank named in the message: the odd one (rank world-1), except where the MAX cannot tell
-NO_RANK = {"fixed_label_smoothing", "fixed_prior_on_one_rank"}
+NO_RANK = {"fixed_label_smoothing", "fixed_prior_on_one_rank", "fixed_class_mask_on_one_rank"}
 
 
 def _cases(fns=FNS) -> list[tuple[str, str]]:

@@ -74,7 +74,7 @@ from labelsmooth.ops._math import (
     row_ref,
     shift_sum,
 )
-from labelsmooth.targets import Spread, masked_shares
+from labelsmooth.targets import Spread, masked_scale
 
 __all__ = [
     "copy_to_vocab_parallel",
@@ -718,7 +718,8 @@ class _Setup:
     call: _Call                    # what the ranks must agree on
     bad_target: Exception | None   # this rank's out-of-range target error, raised after the MAX
     width: int = 0                 # K_r, this rank's number of classes
-    a_mask: Any = None             # spread="others" over a masked vocabulary: a (0-d tensor)
+    mask_at: int | None = None     # masked vocabulary: where its 3 counts sit in ``scalars``
+    prior_at: int | None = None    # where the prior-sum share sits in ``scalars`` (validation)
 
 
 def _check_prior_shard(prior: torch.Tensor | None, opts: Any, check_values: bool) -> None:
@@ -777,18 +778,23 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
     y_local = plan.y - start
     in_shard = plan.valid & (y_local >= 0) & (y_local < width)
     y_local = torch.where(in_shard, y_local, torch.zeros_like(y_local))
-    a_mask = None
+    counts = None
     if mask is not None:
-        s, a_mask = _mask_shares(mask, prior, weight, opts, y_local, in_shard, check_values,
-                                 group, world, device, acc)
+        # unit shares now, scaled by masked_scale once the SUM all-reduce has counted them
+        s, counts = _mask_units(mask, prior, weight, opts, y_local, in_shard, device, acc)
         s_uniform = 0.0
     sh = _Shard(y_local, in_shard, s, s_uniform, opts.softcap)
 
     scalars = []  # non-row numbers carried by the SUM all-reduce
     if s is not None:
         scalars.append(s.sum())
+    prior_at = mask_at = None
     if prior is not None and check_values:
+        prior_at = len(scalars)
         scalars.append(prior.detach().to(device=device, dtype=acc).sum())
+    if counts is not None:
+        mask_at = len(scalars)
+        scalars.extend(counts)
     w_share = None
     if weight is not None:
         zero = torch.zeros_like(plan.w_y)
@@ -797,10 +803,8 @@ def _setup(target, width, start, size, weight, prior, opts, device, acc, check_v
     # nothing rides in the MAX when the fingerprint exchange has compared everything already
     agree = (_agreement_vector(target, call, bad_target is not None, world, rank, device)
              if check_values and world > 1 and not exchanged else None)
-    if a_mask is not None:
-        plan = _with_target_coef(plan, a_mask)
     return _Setup(opts, plan_opts, plan, sh, target, size, weight, prior, check_values, group,
-                  world, acc, w_share, scalars, agree, call, bad_target, width, a_mask)
+                  world, acc, w_share, scalars, agree, call, bad_target, width, mask_at, prior_at)
 
 
 def _with_target_coef(plan: Any, a: torch.Tensor) -> Any:
@@ -838,44 +842,49 @@ def _local_mask(class_mask: torch.Tensor | None, num_classes: int | None, start:
     return mask
 
 
-def _mask_shares(mask, prior, weight, opts, y_local, in_shard, check_values, group, world,
-                 device, acc):
-    """(local shares s, a or None) over the valid classes of a masked, sharded vocabulary.
+def _mask_units(mask, prior, weight, opts, y_local, in_shard, device, acc):
+    r"""(unit shares u or None, this shard's 3 counts) of a masked, sharded vocabulary.
 
-    One ``SUM`` all-reduce of three numbers — the valid classes, the prior mass on them and the
-    targets that point at masked classes, each rank's count — gives the global counts the shares
-    need (:func:`labelsmooth.targets.masked_shares`, the single-process formulas); they are read
-    on the host only when values are checked, and then every rank raises the same error.
+    The shares of the valid classes are :math:`k\,u_c` (:func:`labelsmooth.targets.masked_scale`)
+    with :math:`u_c = 1` (or the prior :math:`p_c`; times :math:`w_c` under ``weight_mode="torch"``)
+    and 0 on masked classes; :math:`k` needs the global count of valid classes (or the prior
+    mass on them). So the shards' partials are taken with the unit shares, and the counts — valid
+    classes, prior mass on them, targets at masked classes — ride as three more numbers in the
+    forward's ``SUM`` all-reduce (no collective is added, and the agreement check in the ``MAX``
+    comes first); :func:`_globals` then scales.
     """
     f64 = torch.float64
     zero = torch.zeros((), dtype=f64, device=device)
     width = mask.shape[0]
-    bad = ((in_shard & ~mask[y_local]).sum(dtype=f64) if width > 0 else zero)
+    bad = (in_shard & ~mask[y_local]).sum(dtype=f64) if width > 0 else zero
     p = prior.detach().to(device=device, dtype=f64) if prior is not None else None
-    mass = torch.where(mask, p, zero).sum() if p is not None else zero
-    tot = torch.stack([mask.sum(dtype=f64), mass, bad])
-    if world > 1:
-        comm = collective_device(group, device, op="all_reduce")
-        t = tot.to(comm)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-        tot = t.to(device)
-    if check_values:  # the same totals on every rank: the same error everywhere
-        n_valid, p_mass, n_bad = tot.tolist()
-        V.check_mask_count(int(n_valid), 2 if opts.spread == "others" else 1, opts.spread)
-        if p is not None and not p_mass > 0.0:
-            raise V.fail("prior", "a distribution with mass on the valid classes (num_classes / "
-                         "class_mask leave only those)", f"a prior with mass {p_mass:.3g} there")
-        if n_bad > 0:
-            raise V.fail("target", "class indices of valid classes (not masked by class_mask, "
-                         "below num_classes)", f"{int(n_bad)} target(s) at masked classes")
-    a, b = masked_shares(mask, opts.label_smoothing, opts.spread, tot[0], p, tot[1])
+    u = torch.where(mask, p, zero) if p is not None else mask.to(f64)
+    counts = [mask.sum(dtype=f64), u.sum() if p is not None else zero, bad]
     if opts.label_smoothing == 0.0:
-        return None, None
-    s = b.to(acc)
+        return None, counts
+    s = u.to(acc)
     if weight is not None and opts.weight_mode == "torch":
         w = weight.detach().to(device=device, dtype=acc)
         s = torch.where(mask, s * w, torch.zeros((), dtype=acc, device=device))
-    return s, (a if isinstance(a, torch.Tensor) else None)
+    return s, counts
+
+
+def _mask_scale(st: _Setup, tot: list[torch.Tensor]):
+    """(k, a or None) from the all-reduced counts; the same errors on every rank when checked."""
+    n_valid, p_mass, n_bad = tot[st.mask_at:st.mask_at + 3]
+    opts = st.opts
+    if st.check_values:  # the same totals on every rank: the same error everywhere
+        nv, pm, nb = (float(t) for t in torch.stack([n_valid, p_mass, n_bad]).tolist())
+        V.check_mask_count(int(nv), 2 if opts.spread == "others" else 1, opts.spread)
+        if st.prior is not None and not pm > 0.0:
+            raise V.fail("prior", "a distribution with mass on the valid classes (num_classes / "
+                         "class_mask leave only those)", f"a prior with mass {pm:.3g} there")
+        if nb > 0:
+            raise V.fail("target", "class indices of valid classes (not masked by class_mask, "
+                         "below num_classes)", f"{int(nb)} target(s) at masked classes")
+    a, k = masked_scale(opts.label_smoothing, opts.spread, n_valid,
+                        p_mass if st.prior is not None else None)
+    return k, (a if isinstance(a, torch.Tensor) else None)
 
 
 def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
@@ -891,16 +900,23 @@ def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
                                             on_max=lambda maxed: _check_agreement(st, maxed),
                                             shifts=[None, s_local] + [None] * (len(rows) - 2))
     S = tot[0] if st.sh.s is not None else st.sh.s_uniform * st.size
-    if st.prior is not None and st.check_values:
+    if st.prior_at is not None:
         # the single-process tolerance rule, over the global vocabulary
-        V.check_prior_sum(float(tot[-1].detach()), st.prior.dtype, st.size)
+        V.check_prior_sum(float(tot[st.prior_at].detach()), st.prior.dtype, st.size)
+    sx, a_mask = summed[1], None
+    if st.mask_at is not None:
+        k, a_mask = _mask_scale(st, tot)
+        if sh.s is not None:  # the unit shares become the shares: s = k·u
+            k = k.to(S.dtype)
+            sx, S = k * sx, k * S
+            sh.s = k.to(sh.s.dtype) * sh.s
     plan = st.plan
     if st.weight is not None:
         plan = plan_index(st.target, st.size, st.plan_opts, st.weight, device=ref.device,
                           acc=st.acc, check_values=False, w_y=summed[2])
-        if st.a_mask is not None:
-            plan = _with_target_coef(plan, st.a_mask)
-    return ref, lse_rel, summed[0], summed[1], S, plan
+    if a_mask is not None:
+        plan = _with_target_coef(plan, a_mask)
+    return ref, lse_rel, summed[0], sx, S, plan
 
 
 def _reference_rows(x: torch.Tensor, st: _Setup):
@@ -1004,8 +1020,9 @@ def vocab_parallel_cross_entropy(
             for ``"others"``) over the global count of valid classes, a prior is restricted to
             the valid classes and renormalised there, and the result equals
             :func:`labelsmooth.cross_entropy` with the same options on the concatenated logits.
-            The global counts cost one more ``SUM`` all-reduce of three numbers (no host sync
-            unless values are checked; then a target at a masked class raises on every rank).
+            The global counts ride in the forward's ``SUM`` all-reduce (three more numbers, no
+            collective added; no host sync unless values are checked, and then a target at a
+            masked class raises the same error on every rank).
 
     Returns:
         The loss in ``local_logits``' dtype, identical on every rank: a scalar for ``mean``/``sum``,

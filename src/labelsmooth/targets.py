@@ -39,6 +39,7 @@ __all__ = [
     "cutmix_box",
     "entropy_floor",
     "mixup_targets",
+    "masked_scale",
     "masked_shares",
     "restrict_prior",
     "smooth_probabilities",
@@ -134,32 +135,48 @@ def _masked_coefficients(
     return masked_shares(mask, eps, spread, n_valid)
 
 
+def masked_scale(
+    eps: float, spread: str, n_valid: torch.Tensor, prior_mass: torch.Tensor | float | None = None,
+) -> tuple[float | torch.Tensor, torch.Tensor]:
+    r"""``(a, k)`` over a masked vocabulary: the target coefficient and the factor of the unit shares.
+
+    The shares are :math:`b_c = k\,u_c` with :math:`u_c = 1` on each valid class (or
+    :math:`u_c = p_c`, a prior restricted to them) and 0 on masked ones: :math:`k = \varepsilon/V`
+    (``"all"``), :math:`\varepsilon/(V-1)` (``"others"``, then :math:`a = 1-\varepsilon-k`, a
+    0-d tensor) or :math:`\varepsilon/\sum_{\text{valid}} p` (a prior; ``prior_mass`` given).
+    ``n_valid`` and ``prior_mass`` are tensors counted by the caller (summed over the ranks of a
+    sharded vocabulary), so nothing is read on the host.
+
+    Examples:
+        >>> masked_scale(0.3, "others", torch.tensor(4.0))
+        (tensor(0.6000), tensor(0.1000))
+    """
+    if spread == "others":
+        k = eps / (n_valid - 1)
+        return 1.0 - eps - k, k
+    if prior_mass is not None:
+        return 1.0 - eps, eps / prior_mass
+    return 1.0 - eps, eps / n_valid
+
+
 def masked_shares(
     mask: torch.Tensor, eps: float, spread: str, n_valid: torch.Tensor,
     prior: torch.Tensor | None = None, prior_mass: torch.Tensor | float | None = None,
 ) -> tuple[float | torch.Tensor, torch.Tensor]:
-    r"""``(a, b)`` over the valid classes of ``mask``, from counts summed elsewhere.
+    r"""``(a, b)`` over the valid classes of ``mask``: :func:`masked_scale` times the unit shares.
 
-    The formulas of :func:`smoothing_coefficients` with a ``class_mask``, for a mask that may be
-    one shard of a sharded vocabulary (:mod:`labelsmooth.distributed`): ``n_valid`` is the
-    (global) number of valid classes and ``prior_mass`` the (global) prior mass on them, both
-    tensors summed by the caller. ``b`` is a float64 tensor of ``mask``'s length, 0 on masked
-    classes: :math:`arepsilon/V`, :math:`arepsilon/(V-1)` (``"others"``; then ``a`` is a 0-d
-    tensor) or :math:`arepsilon\,p_c/\sum_{	ext{valid}} p`.
+    ``b`` is a float64 tensor of ``mask``'s length, exactly 0 on masked classes.
 
     Examples:
         >>> m = torch.tensor([True, False, True])
         >>> masked_shares(m, 0.2, "all", m.sum(dtype=torch.float64))
         (0.8, tensor([0.1000, 0.0000, 0.1000], dtype=torch.float64))
     """
+    a, k = masked_scale(eps, spread, n_valid, prior_mass if prior is not None else None)
     zero = torch.zeros((), dtype=torch.float64, device=mask.device)
-    if spread == "others":
-        share = eps / (n_valid - 1)
-        return 1.0 - eps - share, torch.where(mask, share, zero)
-    if prior is not None:
-        p = torch.where(mask, prior.to(device=mask.device, dtype=torch.float64), zero)
-        return 1.0 - eps, eps * p / prior_mass
-    return 1.0 - eps, torch.where(mask, eps / n_valid, zero)
+    u = (prior.to(device=mask.device, dtype=torch.float64) if prior is not None
+         else torch.ones((), dtype=torch.float64, device=mask.device))
+    return a, torch.where(mask, k * u, zero)
 
 
 def restrict_prior(
