@@ -74,7 +74,7 @@ def variants(vocab: int = 128256):
             out.append((f"index_bwd {tag}", kern._index_bwd,
                         dict(common, dx_ptr="*" + dt, stride_dr="i32", m_ptr=F32, logd_ptr=F32,
                              g_ptr=F32),
-                        dict(c, stride_dc=1, ROUND_BF16=False),
+                        dict(c, stride_dc=1),
                         ("x_ptr", "stride_xr", "dx_ptr", "stride_dr", "K")))
         # targets in float32 next to bf16 logits (soft labels kept in full precision): more
         # registers than bf16 targets
@@ -92,8 +92,7 @@ def variants(vocab: int = 128256):
                 out.append((f"prob_bwd {tag} dt={int(need_dt)}", kern._prob_bwd,
                             dict(pc, dx_ptr="*" + dt, stride_dr="i32", dt_ptr=F32,
                                  stride_er="i32", qsum_ptr=F32, g_ptr=F32),
-                            dict(c, stride_dc=1, stride_ec=1, NEED_DT=need_dt, ROUND_BF16=False,
-                                 ROUND_BF16_DT=False),
+                            dict(c, stride_dc=1, stride_ec=1, NEED_DT=need_dt),
                             ("x_ptr", "stride_xr", "t_ptr", "stride_tr", "dx_ptr", "stride_dr",
                              "dt_ptr", "stride_er", "K")))
     return out, warps

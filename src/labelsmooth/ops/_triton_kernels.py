@@ -60,15 +60,6 @@ def _tanh(u):
 
 
 @triton.jit
-def _round_bf16(v):
-    # fp32 → nearest bf16 value (ties to even), still held in fp32. Only used under the
-    # interpreter, whose fp32→bf16 cast truncates; GPUs' cast already rounds to nearest.
-    bits = v.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _index_fwd(
     x_ptr, stride_xr, stride_xc,
     y_ptr, ct_ptr, cs_ptr, cz_ptr, s_ptr, s_sum_ptr,
@@ -151,7 +142,6 @@ def _index_bwd(
     y_ptr, ct_ptr, cs_ptr, cz_ptr, s_ptr, s_sum_ptr, m_ptr, logd_ptr, g_ptr,
     K, s_uniform, softcap,
     SMOOTH: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
-    ROUND_BF16: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
@@ -198,8 +188,6 @@ def _index_bwd(
         if SOFTCAP:
             grad *= 1.0 - th * th
         grad = tl.where(active, tl.where(y_ok, grad, float("nan")), 0.0)
-        if ROUND_BF16:
-            grad = _round_bf16(grad)
         tl.store(dx_row + cols.to(tl.int64) * stride_dc, grad.to(dx_ptr.dtype.element_ty),
                  mask=mask)
 
@@ -271,8 +259,7 @@ def _prob_bwd(
     w_ptr, b_ptr, rs_ptr, cz_ptr, m_ptr, logd_ptr, qsum_ptr, g_ptr,
     K, a, b_uniform, softcap,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr,
-    NEED_DT: tl.constexpr, BLOCK: tl.constexpr, ROUND_BF16: tl.constexpr,
-    ROUND_BF16_DT: tl.constexpr,
+    NEED_DT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # dℓ/dx_j = g·[rs·(Q p_j − q_j) + 2 cz lse p_j]·softcap'(x_j);  dℓ/dt_j = g·rs·a·w_j·(lse − x_j)
     row = tl.program_id(0).to(tl.int64)
@@ -306,15 +293,11 @@ def _prob_bwd(
         grad = coef * tl.exp((xb - m) - logd) - grs * q
         if SOFTCAP:
             grad *= 1.0 - th * th
-        if ROUND_BF16:
-            grad = _round_bf16(grad)
         tl.store(dx_row + c64 * stride_dc, grad.to(dx_ptr.dtype.element_ty), mask=mask)
         if NEED_DT:
             dt = grs * a * (lse - xb)
             if HAS_W:
                 dt = dt * wb
-            if ROUND_BF16_DT:
-                dt = _round_bf16(dt)
             tl.store(dt_ptr + row * stride_er + c64 * stride_ec, dt.to(dt_ptr.dtype.element_ty),
                      mask=mask)
 

@@ -124,6 +124,20 @@ def _round_bf16(dx: Tensor) -> bool:
     return dx.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _staged(dst: Tensor) -> Tensor:
+    """Where a kernel writes ``dst``: ``dst`` itself, or — under the interpreter only, for bfloat16,
+    whose cast there truncates where a GPU's rounds to nearest — a float32 stand-in that
+    :func:`_unstage` copies back (torch's cast rounds). The kernels carry no interpreter shim."""
+    if _round_bf16(dst):
+        return torch.empty(dst.shape, dtype=torch.float32, device=dst.device)
+    return dst
+
+
+def _unstage(stand_in: Tensor, dst: Tensor) -> None:
+    if stand_in is not dst:
+        dst.copy_(stand_in)
+
+
 def _on_device(x: Tensor):
     """Launch on the logits' GPU, whatever the current device (Triton uses the current one)."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
@@ -207,17 +221,19 @@ def _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, stats, g) -> 
     block, warps = _launch_cfg(k)
     ct, cs = ct.contiguous(), cs.contiguous()
     s_sum = s.sum(dtype=torch.float32) if s is not None else ct
+    out = _staged(dx)
     with _on_device(x):
         _kernels()._index_bwd[(r,)](
             x, x.stride(0), x.stride(1),
-            dx, dx.stride(0), dx.stride(1),
+            out, out.stride(0), out.stride(1),
             y.contiguous(), ct, cs, cz.contiguous() if cz is not None else ct,
             s.contiguous() if s is not None else ct, s_sum, stats[0], stats[1],
             g.to(torch.float32).contiguous(),
             k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
             SMOOTH=_smooth_mode(s, s_uniform), HAS_Z=cz is not None, SOFTCAP=softcap is not None,
-            BLOCK=block, ROUND_BF16=_round_bf16(dx), num_warps=warps,
+            BLOCK=block, num_warps=warps,
         )
+    _unstage(out, dx)
 
 
 @torch.library.custom_op("labelsmooth::triton_index_bwd", mutates_args=())
@@ -383,21 +399,24 @@ def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g
         return
     block, warps = _launch_cfg(k)
     rs = rs.contiguous()
-    dt_arg = dt if dt is not None else dx
+    out = _staged(dx)
+    dt_arg = _staged(dt) if dt is not None else out
     with _on_device(x):
         _kernels()._prob_bwd[(r,)](
             x, x.stride(0), x.stride(1),
             t, t.stride(0), t.stride(1),
-            dx, dx.stride(0), dx.stride(1),
+            out, out.stride(0), out.stride(1),
             dt_arg, dt_arg.stride(0), dt_arg.stride(1),
             w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
             rs, cz.contiguous() if cz is not None else rs, stats[0], stats[1], stats[2],
             g.to(torch.float32).contiguous(),
             k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
             HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
-            SOFTCAP=softcap is not None, NEED_DT=dt is not None, BLOCK=block,
-            ROUND_BF16=_round_bf16(dx), ROUND_BF16_DT=_round_bf16(dt_arg), num_warps=warps,
+            SOFTCAP=softcap is not None, NEED_DT=dt is not None, BLOCK=block, num_warps=warps,
         )
+    _unstage(out, dx)
+    if dt is not None:
+        _unstage(dt_arg, dt)
 
 
 def _dt_buffer(t: Tensor, need_dt: bool) -> Tensor:
@@ -611,10 +630,7 @@ def _block_grad_out(
     r, k = x.shape
     if r == 0:
         return
-    # The interpreter's float32 → bfloat16 cast truncates (a GPU's rounds to nearest): there, and
-    # only there, the kernel writes float32 and torch rounds.
-    dst = (torch.empty(out.shape, dtype=torch.float32, device=out.device) if _round_bf16(out)
-           else out)
+    dst = _staged(out)
     y = y.to(torch.long).contiguous()
     on, has_mask = _mask_arg(y, target_mask)
     block, warps = _launch_cfg(k)
@@ -627,8 +643,7 @@ def _block_grad_out(
             SMOOTH=_smooth_mode(s, s_uniform), SOFTCAP=softcap is not None, HAS_MASK=has_mask,
             BLOCK=block, num_warps=warps,
         )
-    if dst is not out:
-        out.copy_(dst)
+    _unstage(dst, out)
 
 
 @torch.no_grad()
