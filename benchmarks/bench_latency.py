@@ -57,7 +57,7 @@ import torch.nn.functional as F  # noqa: E402
 import labelsmooth as ls  # noqa: E402
 
 PROVIDERS = ("torch", "torch.compile", "labelsmooth", "module", "fused")
-SHAPES = ((128, 10), (256, 100), (1024, 1000), (4096, 4096), (8192, 32000), (8192, 128256))
+SHAPES = ((128, 10), (256, 100), (512, 512), (1024, 1000), (4096, 4096), (8192, 32000), (8192, 128256))
 BIG = (8192, 128256)
 
 

@@ -228,3 +228,27 @@ def test_direct_path_refuses_consumed_logits():
     ls.cross_entropy(x, y, label_smoothing=0.1, impl="fused", inplace_backward=True).backward()
     with pytest.raises(RuntimeError, match="overwritten"):
         ls.cross_entropy(x, y, label_smoothing=0.1)
+
+
+@pytest.mark.slow  # a new interpreter importing torch: several seconds on 2 busy cores
+def test_small_default_call_does_not_import_the_compiler():
+    """A new process's first small loss must not pay for importing torch._dynamo (seconds): the
+    custom ops' dispatch imports it on their first call, the direct path never calls them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, torch, labelsmooth as ls\n"
+        "x = torch.randn(128, 10, requires_grad=True)\n"
+        "y = torch.randint(0, 10, (128,))\n"
+        "ls.cross_entropy(x * 1.0, y, label_smoothing=0.1).backward()\n"
+        "ls.CrossEntropyLoss(label_smoothing=0.1, spread='others')(x * 1.0, y).backward()\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    src = str(Path(ls.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
