@@ -144,3 +144,47 @@ def test_suite_cli_prints_the_claims_table(monkeypatch, tmp_path, capsys):
     assert "claims × testbeds" in out
     line = next(x for x in out.splitlines() if "under label noise" in x)
     assert line.split()[-4:] == ["–", "did", "not", "hold"]  # not tested on a; did not hold on b
+
+
+def test_budget_counts_waves_of_workers_per_testbed():
+    from labelsmooth.experiments.suite import estimate_budget
+
+    a = Testbed("a", "digits", "mlp", run_seconds=10.0, setup_seconds=1.0)
+    b = Testbed("b", "mnist1d", "cnn", run_seconds=4.0)
+    # 3 × 3 = 9 runs per testbed: 5 waves on 2 workers, 9 on 1, 1 on 9
+    assert estimate_budget([a, b], 3, 3, 2)["testbeds"] == {"a": 51.0, "b": 20.0}
+    assert estimate_budget([a, b], 3, 3, 1)["seconds"] == 91.0 + 36.0
+    one = estimate_budget([a], 3, 3, 9)
+    assert one["seconds"] == 11.0 and one["runs"] == 9 and one["known"]
+    assert not estimate_budget([Testbed("c", "digits", "mlp")], 1, 1, 1)["known"]
+    with pytest.raises(ValueError, match="workers must be a positive int, got 0"):
+        estimate_budget([a], 3, 3, 0)
+
+
+def test_default_suite_has_measured_costs_within_the_time_goal():
+    """Every default testbed carries a measured per-run cost, and the default suite's estimate on
+    2 workers stays inside the 15-minute goal (issue 18) with room for a loaded machine."""
+    from labelsmooth.experiments.suite import _DEFAULT_SEEDS, _DEFAULT_SMOOTHING, estimate_budget
+
+    beds = SUITES["default"]
+    assert all(t.run_seconds > 0 and t.setup_seconds >= 0 for t in beds)
+    b = estimate_budget(beds, len(_DEFAULT_SMOOTHING), _DEFAULT_SEEDS, 2)
+    assert b["known"] and b["seconds"] <= 12 * 60, b
+
+
+def test_run_suite_prints_its_estimated_budget(tmp_path, monkeypatch, capsys):
+    import importlib
+
+    sweep_mod = importlib.import_module("labelsmooth.experiments.sweep")
+
+    def boom(**kw):
+        raise ValueError("no data here")
+
+    monkeypatch.setattr(sweep_mod, "sweep", boom)
+    beds = (Testbed("t", "digits", "mlp", run_seconds=30.0, setup_seconds=0.0),)
+    s = run_suite("tiny", out=str(tmp_path), smoothing=[0.0, 0.1], seeds=2, workers=2,
+                  progress=True, report=False, testbeds=beds)
+    err = capsys.readouterr().err
+    assert "suite 'tiny': 4 runs (1 testbed × 2 factors × 2 seeds) on 2 workers" in err
+    assert "estimated 1.0 min" in err
+    assert s["estimated_seconds"] == 60.0 and s["testbeds"][0]["error"] == "skipped: no data here"
