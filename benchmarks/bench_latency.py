@@ -39,7 +39,9 @@ are inflated ~3× over CPU times and wall ratios between near-identical paths (`
 ``module`` differ by one nn.Module call) scatter by ±0.3; the CPU column is the steadier one. With 2
 threads at this load every small call took 35–50 ms (OpenMP waiting for a busy core), which is
 why this table uses one. Before the direct path, ``labelsmooth`` at 128×10 and 256×100 was what
-``fused`` is here (5–7× torch)::
+``fused`` is here (5–7× torch). This run had the direct path up to 4 Mi elements; it is now
+256 Ki (see ``functional.DIRECT_MAX_NUMEL`` for why), so at 1024×1000 ``labelsmooth`` and
+``module`` now cost what ``fused`` costs here::
 
     | shape | provider | median | CPU | × torch | × torch.compile |
     |---|---|---|---|---|---|

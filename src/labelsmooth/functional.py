@@ -150,7 +150,7 @@ def cross_entropy(
         softcap: if set to c > 0, logits are first soft-capped to :math:`c\tanh(x/c)` (Gemma 2).
         impl: ``"auto"``, ``"reference"`` (plain PyTorch, the test oracle), ``"fused"`` (chunked CPU
             engine) or ``"triton"`` (GPU kernel). ``"auto"`` hands small inputs (at most
-            ``DIRECT_MAX_NUMEL`` = 2**22 logits) whose options torch expresses exactly (index
+            ``DIRECT_MAX_NUMEL`` = 2**18 logits) whose options torch expresses exactly (index
             targets; no prior, z-loss, soft-cap or in-place backward; class weights only at ε = 0)
             to torch's own ``F.cross_entropy``, where per-call overhead would dominate: same values
             as torch (a float32 copy for half-precision logits), ignored elements still get a
@@ -266,11 +266,13 @@ def cross_entropy(
 
 
 #: Largest logits (elements) that ``impl="auto"`` hands to torch's own kernels when the options
-#: allow it (:func:`_direct`): 4 Mi, where the fused engine's compiled kernels take over
-#: (``ops._fused_inductor.MIN_NUMEL``). Below it the engine's per-call overhead dominates small
-#: inputs (5–6× torch at 128×10) and its chunked eager kernels cost 1.2–2.4× torch's CPU time
-#: from 1024×1000 to 2048×2000 (``benchmarks/bench_latency.py``, one thread, 2026-12-02).
-DIRECT_MAX_NUMEL = 1 << 22
+#: allow it (:func:`_direct`): 256 Ki. Below it the engine's per-call overhead dominates (5–7×
+#: torch at 128×10 and 256×100, ``benchmarks/bench_latency.py``). Not higher, although the chunked
+#: eager kernels cost 1.2–2.6× torch's CPU time from 1024×1000 to 2048×2000: torch's float32
+#: gradient drifts from the float64 truth as the vocabulary grows (1.4e-5 of the largest entry
+#: at 64×50021, against the engines' one ulp of lse; tests/test_distributed.py holds the
+#: vocabulary-parallel loss to the single-process engine at that precision).
+DIRECT_MAX_NUMEL = 1 << 18
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 _FLOATS = (torch.float32, torch.float64)
 _HALVES = (torch.bfloat16, torch.float16)
