@@ -165,7 +165,8 @@ def cross_entropy(
             host-device sync; ``True`` always checks (one sync per call on CUDA); ``False`` never
             checks (an out-of-range index is then undefined behaviour, as in a raw gather).
         confidence_penalty: β ≥ 0, the weight of the entropy bonus :math:`-\beta H(p)`.
-        poly: ε₁ (any finite real; the Poly-1 paper uses ε₁ ∈ [−1, 1]) of :math:`\varepsilon_1(1 - p_t)`.
+        poly: ε₁ (any finite real; public Poly-1 implementations default to 1 or 2) of
+            :math:`\varepsilon_1(1 - p_t)`.
         focal_gamma: γ ≥ 0 of the focal modulation, ``"flsd-53"``, or None (0 or None: off).
 
         num_classes: V ≤ C for a padded vocabulary: only the first V columns are classes, the rest
