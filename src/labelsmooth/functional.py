@@ -251,7 +251,8 @@ def cross_entropy(
         tensor([[-0.0692,  0.0692,  0.0000]])
     """
     if (impl == "auto" and prior is None and softcap is None and inplace_backward is False
-            and not z_loss and not confidence_penalty and not poly and focal_gamma is None
+            and not z_loss and not confidence_penalty and not poly
+            and (focal_gamma is None or (type(focal_gamma) in (int, float) and focal_gamma == 0))
             and num_classes is None and class_mask is None and type(input) in _PLAIN_TENSORS
             and input.numel() <= DIRECT_MAX_NUMEL):
         out = _direct(input, target, weight, ignore_index, reduction, label_smoothing, spread,
