@@ -200,6 +200,8 @@ def test_stats_and_compiled_calls_keep_the_general_path(monkeypatch):
 def test_direct_path_keeps_the_argument_errors():
     """Bad arguments reach the general path's checks (same messages as before)."""
     x, y = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    with pytest.raises(TypeError, match="z_loss"):
+        ls.cross_entropy(x, y, z_loss=False)
     with pytest.raises(ValueError, match="label_smoothing"):
         ls.cross_entropy(x, y, label_smoothing=1.5)
     with pytest.raises(ValueError, match="reduction"):

@@ -251,8 +251,8 @@ def cross_entropy(
         tensor([[-0.0692,  0.0692,  0.0000]])
     """
     if (impl == "auto" and prior is None and softcap is None and inplace_backward is False
-            and not z_loss and not confidence_penalty and not poly
-            and (focal_gamma is None or (type(focal_gamma) in (int, float) and focal_gamma == 0))
+            and _zero(z_loss) and _zero(confidence_penalty) and _zero(poly)
+            and (focal_gamma is None or _zero(focal_gamma))
             and num_classes is None and class_mask is None and type(input) in _PLAIN_TENSORS
             and input.numel() <= DIRECT_MAX_NUMEL):
         out = _direct(input, target, weight, ignore_index, reduction, label_smoothing, spread,
@@ -276,6 +276,11 @@ def cross_entropy(
 #: vocabulary-parallel loss to the single-process engine at that precision).
 DIRECT_MAX_NUMEL = 1 << 18
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
+def _zero(value: object) -> bool:
+    """A term strength that is a plain Python 0 (anything else goes through the checks)."""
+    return type(value) in (int, float) and value == 0
 _FLOATS = (torch.float32, torch.float64)
 _HALVES = (torch.bfloat16, torch.float16)
 
