@@ -242,7 +242,14 @@ def test_t_interval_and_paired_test_match_scipy():
     one = stats.paired_diff([0.3], [0.2], metric="m", factor=0.1, reference=0.0)
     assert math.isnan(one.low) and not one.different  # one seed measures no noise
     same = stats.paired_diff([0.5, 0.75], [0.25, 0.5], metric="m", factor=0.1, reference=0.0)
-    assert same.p == 0.0 and same.low == same.high == 0.25
+    # Identical differences on every seed: no spread, so the exact sign test decides (p = 2^(1-n)),
+    # not a t statistic of infinity (p = 0 called two seeds "different").
+    assert same.p == 0.5 and same.low == same.high == 0.25 and not same.different
+    five = stats.paired_diff([0.9778] * 5, [0.9667] * 5, metric="m", factor=0.1, reference=0.0)
+    assert five.p == pytest.approx(0.0625) and not five.different
+    six = stats.paired_diff([0.9778] * 6, [0.9667] * 6, metric="m", factor=0.1, reference=0.0)
+    assert six.p == pytest.approx(2.0 ** -5) and six.different and six.direction == 1
+    assert sp.binomtest(6, 6).pvalue == pytest.approx(six.p)  # scipy's exact sign test agrees
 
 
 def test_holm_by_hand():

@@ -325,7 +325,7 @@ def distill_claims(
 
     Example:
         >>> rows = [{"smoothing": e, "seed": s, "teacher_val_nll": 1 - e,
-        ...          "student_test_accuracy": a + 0.001 * s, "student_test_nll": 0.5,
+        ...          "student_test_accuracy": a + 0.001 * s * (1 + e), "student_test_nll": 0.5,
         ...          "teacher_test_accuracy": 0.9, "teacher_test_nll": 0.4}
         ...         for e, a in ((0.0, 0.80), (0.1, 0.75)) for s in range(3)]
         >>> distill_claims(rows)[0]["status"]

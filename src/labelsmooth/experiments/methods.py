@@ -261,8 +261,8 @@ def compare(rows: Sequence[dict[str, Any]], alpha: float = 0.05) -> dict[str, An
     with its ``status``.
 
     Example (a planted truth: method "a" lowers NLL by 0.1 on every seed):
-        >>> rows = [dict(method=m, strength=s, seed=k, val_nll=v - (0.1 if m == "a" else 0),
-        ...              test_nll=v - (0.1 if m == "a" else 0), ts_nll=v)
+        >>> rows = [dict(method=m, strength=s, seed=k, val_nll=v - (0.1 + 0.01 * k if m == "a" else 0),
+        ...              test_nll=v - (0.1 + 0.01 * k if m == "a" else 0), ts_nll=v)
         ...         for k, v in enumerate([1.0, 1.2, 0.9]) for m, s in (("baseline", 0.0), ("a", 1.0))]
         >>> c = compare(rows)
         >>> [(m["method"], m["rank"], m["vs_baseline"]["nll"]["status"]) for m in c["methods"]]

@@ -241,7 +241,7 @@ def noise_claims(
     "noise_kind", "mean", "low", "high", ...}``).
 
     Example:
-        >>> rows = [{"smoothing": e, "seed": s, "test_accuracy": a + 0.001 * s, "val_nll": 1 - e}
+        >>> rows = [{"smoothing": e, "seed": s, "test_accuracy": a + 0.001 * s * (1 + e), "val_nll": 1 - e}
         ...         for e, a in ((0.0, 0.70), (0.1, 0.78)) for s in range(3)]
         >>> noise_claims({0.2: rows})[0]["status"]
         'held'

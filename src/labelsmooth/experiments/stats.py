@@ -7,6 +7,9 @@ comparison this module gives
 
 * the mean paired difference ``d̄`` over the ``n`` seeds, its sample std ``s_d`` and the
   Student-t 95% interval ``d̄ ± t_{0.975, n−1} · s_d / √n`` (a paired t-test, two-sided p-value);
+  when every seed gives the same difference (``s_d = 0``, common for accuracy on a small test
+  split) the t statistic is undefined and the p-value is the exact two-sided sign test,
+  ``2^{1−n}``: two or five identical gains are not evidence (p = 0.5, 0.0625), six are;
 * the effect size ``d_z = d̄ / s_d`` (Cohen's d for paired samples) and the relative change
   ``d̄ / |mean of the reference|``;
 * Holm's step-down adjustment of the p-values over the factors compared (family-wise 5%); a
@@ -77,12 +80,19 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     return m, sd, m - half, m + half
 
 
+def _no_spread(mean: float, sd: float) -> bool:
+    # Differences equal up to float rounding (e.g. the same accuracy gain on every seed).
+    return sd <= 1e-12 * max(1.0, abs(mean))
+
+
 def _t_test(mean: float, sd: float, n: int) -> float:
     """Two-sided one-sample t-test p-value of ``mean`` against 0 (NaN with one value)."""
     if n < 2 or math.isnan(sd):
         return math.nan
-    if sd == 0.0:
-        return 0.0 if mean != 0.0 else 1.0
+    if _no_spread(mean, sd):
+        # Every seed gave the same difference, so the t statistic is undefined (not infinitely
+        # significant): fall back to the exact two-sided sign test, all n signs alike.
+        return 1.0 if mean == 0.0 else min(1.0, 2.0 ** (1 - n))
     t = abs(mean) / (sd / math.sqrt(n))
     return min(1.0, 2.0 * _t_sf(t, n - 1))
 
@@ -183,7 +193,7 @@ def paired_diff(
     p = _t_test(mean, sd, d.size)
     if d.size < 2 or math.isnan(sd):
         es = math.nan
-    elif sd == 0.0:
+    elif _no_spread(mean, sd):
         es = math.copysign(math.inf, mean) if mean != 0 else 0.0
     else:
         es = mean / sd

@@ -227,7 +227,7 @@ def select(
     claims test), None without a smoothed factor.
 
     Example:
-        >>> rows = [{"smoothing": e, "seed": s, "val_nll": v + 0.01 * s}
+        >>> rows = [{"smoothing": e, "seed": s, "val_nll": v + 0.01 * s * (1 + e)}
         ...         for e, v in ((0.0, 1.0), (0.1, 0.8)) for s in range(3)]
         >>> sel = select(rows)
         >>> sel["candidate"], sel["best_smoothing"], sel["smoothed_choice"]
@@ -379,7 +379,8 @@ def verdict(
         A :class:`Verdict`.
 
     Example:
-        >>> rows = [{"smoothing": e, "seed": s, "test_ece": ece + 0.001 * s, "val_nll": 1.0 - e}
+        >>> rows = [{"smoothing": e, "seed": s, "test_ece": ece + 0.001 * s * (1 + e),
+        ...          "val_nll": 1.0 - e + 0.001 * s * (1 + e)}
         ...         for e, ece in ((0.0, 0.2), (0.1, 0.05)) for s in range(3)]
         >>> v = verdict(rows)
         >>> v.claim("lower_ece_than_baseline").status, v.selection["best_smoothing"]
