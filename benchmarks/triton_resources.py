@@ -95,6 +95,21 @@ def variants(vocab: int = 128256):
                             dict(c, stride_dc=1, stride_ec=1, NEED_DT=need_dt),
                             ("x_ptr", "stride_xr", "t_ptr", "stride_tr", "dx_ptr", "stride_dr",
                              "dt_ptr", "stride_er", "K")))
+        # the two-stage contract (fused linear and vocabulary-parallel losses): a block's
+        # statistics and its gradient, with the target mask of a column block
+        bc = dict(x_ptr="*" + dt, stride_xr="i32", y_ptr="*i64", on_ptr="*i8", s_ptr=F32,
+                  K="i32", s_uniform="fp32", softcap="fp32")
+        for smooth, cap in ((1, False), (2, True)) if dt == "bf16" else ((1, True),):
+            c = dict(stride_xc=1, SMOOTH=smooth, SOFTCAP=cap, HAS_MASK=True, BLOCK=block)
+            tag = f"{dt} smooth={smooth} softcap={int(cap)} mask=1"
+            out.append((f"block_partials {tag}", kern._block_partials,
+                        dict(bc, m_ptr=F32, d_ptr=F32, xy_ptr=F32, sx_ptr=F32), c,
+                        ("x_ptr", "stride_xr", "K")))
+            out.append((f"block_grad {tag}", kern._block_grad,
+                        dict(bc, dx_ptr="*" + dt, stride_dr="i32", ref_ptr=F32, lse_ptr=F32,
+                             cp_ptr=F32, ct_ptr=F32, cs_ptr=F32, g_ptr=F32),
+                        dict(c, stride_dc=1),
+                        ("x_ptr", "stride_xr", "dx_ptr", "stride_dr", "K")))
     return out, warps
 
 
@@ -156,7 +171,8 @@ def measure(vocab: int = 128256) -> list[dict]:
         rows.append({"variant": name, "num_warps": warps, "block": consts["BLOCK"], **rep,
                      "warps_per_sm": resident_warps(rep["registers"], warps),
                      "v4_load": "ld.global.v4.b32" in ptx,
-                     "v4_store": ("st.global.v4.b32" in ptx) if kind.endswith("bwd") else None})
+                     "v4_store": (("st.global.v4.b32" in ptx) if kind.endswith(("bwd", "grad"))
+                                  else None)})
     return rows
 
 

@@ -267,13 +267,20 @@ def test_import_without_triton_and_without_interpreter():
 
 
 def test_ops_are_registered_apart_from_the_fused_engine():
-    names = ["triton_index_fwd", "triton_index_bwd", "triton_index_bwd_inplace", "triton_prob_fwd",
-             "triton_prob_bwd", "triton_prob_bwd_inplace"]
+    """One destination-passing backward op per kind (issue 15 item 5): `out` is declared written,
+    so an in-place backward (out = the logits) bumps their version counter."""
+    names = ["triton_index_fwd", "triton_index_bwd_out", "triton_prob_fwd", "triton_prob_bwd_out",
+             "triton_block_partials", "triton_block_grad_out"]
     for n in names:
         assert hasattr(torch.ops.labelsmooth, n), n
-    for n in ("triton_index_bwd_inplace", "triton_prob_bwd_inplace"):
-        arg = getattr(torch.ops.labelsmooth, n).default._schema.arguments[0]
-        assert arg.name == "x" and arg.alias_info.is_write  # declared: autograd bumps the version
+    for n in ("triton_index_bwd", "triton_index_bwd_inplace", "triton_prob_bwd",
+              "triton_prob_bwd_inplace"):
+        assert not hasattr(torch.ops.labelsmooth, n), n  # retired
+    for n, written in (("triton_index_bwd_out", {"out"}), ("triton_prob_bwd_out", {"out", "dt"}),
+                       ("triton_block_grad_out", {"out"})):
+        args = getattr(torch.ops.labelsmooth, n).default._schema.arguments
+        assert {a.name for a in args if a.alias_info is not None and a.alias_info.is_write} \
+            == written, n
 
 
 # --- hand values ---------------------------------------------------------------------------------
@@ -642,6 +649,33 @@ def test_opcheck_prob_forward():
                           test_utils=OPCHECKS)
 
 
+def test_opcheck_backward_out_ops():
+    """The `_out` ops: schema (declared mutation of `out`), fake impl, no autograd on a
+    mutating op; both for a fresh buffer and for out = the logits themselves (in place)."""
+    x, y, ct, cs, s, su, cz, cap, _ = _index_args()
+    x = x.detach()
+    stats = torch.ops.labelsmooth.triton_index_fwd(x, y, ct, cs, s, su, cz, cap, False)[2]
+    g = torch.rand(x.shape[0], device=DEV)
+    fresh = torch.empty_like(x)
+    torch.library.opcheck(torch.ops.labelsmooth.triton_index_bwd_out.default,
+                          (x, y, ct, cs, s, su, cz, cap, stats, g, fresh), test_utils=OPCHECKS)
+    torch.ops.labelsmooth.triton_index_bwd_out(x, y, ct, cs, s, su, cz, cap, stats, g, fresh)
+    want = fresh.clone()
+    xi = x.clone()
+    torch.ops.labelsmooth.triton_index_bwd_out(xi, y, ct, cs, s, su, cz, cap, stats, g, xi)
+    torch.testing.assert_close(xi, want, rtol=0, atol=0)  # in place: the same bits
+    r, k = 3, 11
+    xp = _logits(r, k, torch.float32)
+    t = torch.softmax(torch.randn(r, k, device=DEV), 1)
+    pargs = (xp, t, None, 0.9, None, 0.1 / k, torch.ones(r, device=DEV), None, 2.0)
+    pstats = torch.ops.labelsmooth.triton_prob_fwd(*pargs, False)[2]
+    gp = torch.rand(r, device=DEV)
+    for dt in (None, torch.empty_like(t)):
+        torch.library.opcheck(torch.ops.labelsmooth.triton_prob_bwd_out.default,
+                              (*pargs, pstats, gp, torch.empty_like(xp), dt),
+                              test_utils=OPCHECKS)
+
+
 def _op_level_loss(inplace):
     def fn(x, y, ct, cs, cz):
         xx = x * 2.0  # an intermediate, so the in-place write has a non-leaf to overwrite
@@ -705,7 +739,7 @@ def test_kernels_compile_for_sm90_with_128bit_accesses_and_no_spills():
         pytest.skip(out.stderr.strip())
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(rows) == 22
+    assert len(rows) == 28
     for r in rows:
         assert r["v4_load"] and r["v4_store"] is not False, r
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r

@@ -23,6 +23,13 @@ loads the logits in their own dtype and does all arithmetic in float32.
   (Liger-Kernel #1268). Rows whose coefficients times the upstream gradient are all zero (ignored
   rows) read nothing and write zeros.
 
+The loop bodies are written once, as ``@triton.jit`` helpers that Triton inlines (no call at run
+time): ``_load_stats_chunk`` (soft-capped chunk, −inf padding), ``_online_max_step`` (running max
+and rescaled Σexp), ``_share_dist_step`` (the share-weighted distance to the running max),
+``_row_stats`` (the whole statistics loop of ``_index_fwd`` and ``_block_partials``), ``_grad_row``
+(the gradient loop of ``_index_bwd`` and ``_block_grad``) and ``_prob_q`` (the probability
+targets' mass).
+
 Row offsets are int64 (``program_id`` cast before multiplying by the row stride), so tensors with
 more than 2**31 elements index correctly. Variants are specialised by ``tl.constexpr`` flags:
 ``SMOOTH`` (0: no smoothing term, 1: uniform share, 2: a (K,) share vector), ``HAS_Z`` (z-loss),
@@ -59,6 +66,127 @@ def _tanh(u):
     return tl.where(u < 0.0, -r, r)
 
 
+# -------------------------------------------------------------------------------------------------
+# Shared loop bodies: each formula once, inlined by Triton into every kernel that uses it.
+# -------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP: tl.constexpr):
+    # A chunk of logits for the statistics pass: float32, soft-capped on the real lanes, −inf
+    # padding (so the padding adds e^{-inf} = 0 to every sum).
+    xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=mask,
+                 other=float("-inf")).to(tl.float32)
+    if SOFTCAP:  # cap the real lanes only; the padding stays -inf
+        xb = tl.where(mask, softcap * _tanh(tl.where(mask, xb, 0.0) / softcap), float("-inf"))
+    return xb
+
+
+@triton.jit
+def _online_max_step(m, d_vec, xb):
+    # One step of the online softmax: the new running max, and the per-lane Σ e^{x − max}
+    # rescaled to it. Shift by 0 while all logits so far are -inf (a masked vocabulary slice), so
+    # no exp(-inf - -inf); one cross-warp reduction (the max) per chunk, the sum at the end.
+    m_new = tl.maximum(m, tl.max(xb, 0))
+    shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
+    return m_new, d_vec
+
+
+@triton.jit
+def _share_dist_step(acc, s_lane, m, m_new, xb, sv):
+    # Per-lane Σ s_c (m − x_c) relative to the running max: every term ≥ 0 (no cancellation
+    # whatever the logits' offset), earlier terms moved to a new max by s_seen·(m_new − m).
+    # A -inf logit contributes +inf with a share, 0 without one (0·log 0 = 0), so no
+    # (-inf) − (-inf) NaN from a -inf target or a masked column.
+    acc += s_lane * tl.where(m == float("-inf"), 0.0, m_new - m)
+    dist = tl.where(xb == float("-inf"), float("inf"), m_new - xb)
+    acc += tl.where(sv != 0.0, sv * dist, 0.0)
+    return acc, s_lane + sv
+
+
+@triton.jit
+def _shares(s_ptr, cols, mask, s_uniform, SMOOTH: tl.constexpr):
+    # The smoothing shares of a chunk: the uniform share, or the (K,) vector (0 on padding).
+    if SMOOTH == 1:
+        sv = tl.where(mask, s_uniform, 0.0)
+    else:
+        sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    return sv
+
+
+@triton.jit
+def _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap,
+               SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
+    # One read of a row: (m, Σ e^{x' − m}, Σ s_c (m − x'_c)), m the row max (the sums taken
+    # relative to 0 while the row is all −inf). The statistics of _index_fwd and _block_partials.
+    m = float("-inf")
+    d_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ e^{x - m}, reduced once at the end
+    acc = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ s_c (m - x_c) ≥ 0
+    s_lane = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ s_c of the columns seen so far
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        xb = _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP)
+        m_new, d_vec = _online_max_step(m, d_vec, xb)
+        if SMOOTH != 0:
+            sv = _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
+            acc, s_lane = _share_dist_step(acc, s_lane, m, m_new, xb, sv)
+        m = m_new
+    return m, tl.sum(d_vec, 0), tl.sum(acc, 0)
+
+
+@triton.jit
+def _grad_row(x_row, stride_xc, dx_row, stride_dc, K, y, ref, L, gcp, gct, gcs,
+              s_ptr, s_uniform, softcap, active, bad,
+              SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
+    # dx_j = (gcp·p_j − gct·[j = y] − gcs·s_j)·softcap'(x_j), p_j = e^{(x'_j − ref) − L}: as
+    # precise as the per-row statistics allow (no rounded lse in between), so p_y − 1 keeps its
+    # digits for confident rows; the target's −gct is subtracted in fp32, before rounding to the
+    # output dtype (Liger-Kernel #1268). An inactive row (no coefficient: an ignored target) loads
+    # nothing (a zero-length load bound) and writes exactly 0; a `bad` row (out-of-range target)
+    # writes NaN. Each element is read before the same lane writes it, so dx may be x (in place).
+    k_load = tl.where(active, K, 0)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=cols < k_load,
+                     other=0.0).to(tl.float32)
+        if SOFTCAP:
+            th = _tanh(xb / softcap)
+            xb = softcap * th
+        grad = gcp * tl.exp((xb - ref) - L)
+        grad -= tl.where(cols == y, gct, 0.0)
+        if SMOOTH != 0:
+            grad -= gcs * _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
+        if SOFTCAP:
+            grad *= 1.0 - th * th
+        grad = tl.where(active, tl.where(bad, float("nan"), grad), 0.0)
+        tl.store(dx_row + cols.to(tl.int64) * stride_dc, grad.to(dx_row.dtype.element_ty),
+                 mask=mask)
+
+
+@triton.jit
+def _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform,
+            HAS_W: tl.constexpr, HAS_B: tl.constexpr):
+    # q_c = w_c (a t_c + b_c) of a chunk (0 on padding), and the chunk's class weights (1 without).
+    c64 = cols.to(tl.int64)
+    tb = tl.load(t_row + c64 * stride_tc, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        q = a * tb + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    else:
+        q = a * tb + b_uniform
+    if HAS_W:
+        wb = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        q = q * wb
+    else:
+        wb = tl.where(mask, 1.0, 0.0)
+    return tl.where(mask, q, 0.0), wb
+
+
+# -------------------------------------------------------------------------------------------------
+# Whole rows (index_rows / prob_rows)
+# -------------------------------------------------------------------------------------------------
+
 @triton.jit
 def _index_fwd(
     x_ptr, stride_xr, stride_xc,
@@ -77,38 +205,9 @@ def _index_fwd(
     x_y = tl.load(x_row + tl.where(y_ok, y, 0).to(tl.int64) * stride_xc).to(tl.float32)
     if SOFTCAP:
         x_y = softcap * _tanh(x_y / softcap)
-    m = float("-inf")
-    d_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ e^{x - m}, reduced once at the end
-    acc = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ s_c (m - x_c) ≥ 0
-    s_lane = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ s_c of the columns seen so far
-    for start in range(0, K, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = cols < K
-        xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=mask,
-                     other=float("-inf")).to(tl.float32)
-        if SOFTCAP:  # cap the real lanes only; the padding stays -inf
-            xb = tl.where(mask, softcap * _tanh(tl.where(mask, xb, 0.0) / softcap),
-                          float("-inf"))
-        m_new = tl.maximum(m, tl.max(xb, 0))
-        # Shift by 0 while all logits so far are -inf (a masked vocabulary slice), so no
-        # exp(-inf - -inf); one cross-warp reduction (the max) per chunk, the sum at the end.
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
-        if SMOOTH != 0:
-            if SMOOTH == 1:
-                sv = tl.where(mask, s_uniform, 0.0)
-            else:
-                sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            # Σ s_c (m − x_c) relative to the running max: every term ≥ 0 (no cancellation
-            # whatever the logits' offset), earlier terms moved to a new max by s_seen·(m_new − m).
-            # A -inf logit contributes +inf with a share, 0 without one (0·log 0 = 0), so no
-            # (-inf) − (-inf) NaN from a -inf target or masked column.
-            acc += s_lane * tl.where(m == float("-inf"), 0.0, m_new - m)
-            dist = tl.where(xb == float("-inf"), float("inf"), m_new - xb)
-            acc += tl.where(sv != 0.0, sv * dist, 0.0)
-            s_lane += sv
-        m = m_new
-    logd = tl.log(tl.sum(d_vec, 0))
+    m, d, sdist = _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap, SMOOTH, SOFTCAP,
+                             BLOCK)
+    logd = tl.log(d)
     lse = m + logd
     # lse − x_y as (m − x_y) + log d: exact for a confident row (x_y = m), where rounding lse
     # first would cost ulp(lse) of absolute error in a tiny NLL.
@@ -124,7 +223,7 @@ def _index_fwd(
             big_s = s_uniform * K
         else:
             big_s = tl.load(s_sum_ptr).to(tl.float32)
-        loss += tl.where(cs != 0.0, cs * (big_s * logd + tl.sum(acc, 0)), 0.0)
+        loss += tl.where(cs != 0.0, cs * (big_s * logd + sdist), 0.0)
     if HAS_Z:
         cz = tl.load(cz_ptr + row)
         loss += tl.where(cz != 0.0, cz * lse * lse, 0.0)
@@ -144,8 +243,6 @@ def _index_bwd(
     SMOOTH: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_xr
-    dx_row = dx_ptr + row * stride_dr
     g = tl.load(g_ptr + row)
     m = tl.load(m_ptr + row)
     logd = tl.load(logd_ptr + row)
@@ -165,31 +262,9 @@ def _index_bwd(
         gz = g * tl.load(cz_ptr + row)
         coef += 2.0 * gz * (m + logd)
         active = active | (gz != 0.0)
-    # Inactive rows (ignored targets) load nothing (a zero-length load bound): their gradient
-    # is exactly zero.
-    k_load = tl.where(active, K, 0)
-    for start in range(0, K, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = cols < K
-        xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=cols < k_load,
-                     other=0.0).to(tl.float32)
-        if SOFTCAP:
-            th = _tanh(xb / softcap)
-            xb = softcap * th
-        # p = e^{(x − m) − log d}: as precise as the per-row statistics allow (no rounded lse
-        # in between), so p_y − 1 keeps its digits for confident rows; and the target's −ct is
-        # subtracted in fp32, before rounding to the output dtype.
-        grad = coef * tl.exp((xb - m) - logd)
-        grad -= tl.where(cols == y, gct, 0.0)
-        if SMOOTH == 1:
-            grad -= gcs * s_uniform
-        if SMOOTH == 2:
-            grad -= gcs * tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        if SOFTCAP:
-            grad *= 1.0 - th * th
-        grad = tl.where(active, tl.where(y_ok, grad, float("nan")), 0.0)
-        tl.store(dx_row + cols.to(tl.int64) * stride_dc, grad.to(dx_ptr.dtype.element_ty),
-                 mask=mask)
+    _grad_row(x_ptr + row * stride_xr, stride_xc, dx_ptr + row * stride_dr, stride_dc, K, y,
+              m, logd, coef, gct, gcs, s_ptr, s_uniform, softcap, active, y_ok == 0,
+              SMOOTH, SOFTCAP, BLOCK)
 
 
 @triton.jit
@@ -212,30 +287,11 @@ def _prob_fwd(
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < K
-        c64 = cols.to(tl.int64)
-        xb = tl.load(x_row + c64 * stride_xc, mask=mask, other=float("-inf")).to(tl.float32)
-        if SOFTCAP:  # cap the real lanes only; the padding stays -inf
-            xb = tl.where(mask, softcap * _tanh(tl.where(mask, xb, 0.0) / softcap),
-                          float("-inf"))
-        m_new = tl.maximum(m, tl.max(xb, 0))
-        # Shift by 0 while all logits so far are -inf (a masked vocabulary slice), so no
-        # exp(-inf - -inf); one cross-warp reduction (the max) per chunk, the sum at the end.
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
-        tb = tl.load(t_row + c64 * stride_tc, mask=mask, other=0.0).to(tl.float32)
-        if HAS_B:
-            q = a * tb + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        else:
-            q = a * tb + b_uniform
-        if HAS_W:
-            q = q * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        q = tl.where(mask, q, 0.0)
-        # Σ q_c (m − x_c) relative to the running max (see _index_fwd): no cancellation against
-        # Q·lse at any logit offset; a -inf logit with q_c = 0 contributes 0 (0·log 0 = 0).
-        acc_qx += acc_q * tl.where(m == float("-inf"), 0.0, m_new - m)
-        dist = tl.where(xb == float("-inf"), float("inf"), m_new - xb)
-        acc_qx += tl.where(q != 0.0, q * dist, 0.0)
-        acc_q += q
+        xb = _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP)
+        m_new, d_vec = _online_max_step(m, d_vec, xb)
+        q, _ = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W, HAS_B)
+        # Σ q_c (m − x_c) as the smoothing sum: no cancellation against Q·lse at any offset
+        acc_qx, acc_q = _share_dist_step(acc_qx, acc_q, m, m_new, xb, q)
         m = m_new
     logd = tl.log(tl.sum(d_vec, 0))
     lse = m + logd
@@ -282,14 +338,7 @@ def _prob_bwd(
         if SOFTCAP:
             th = _tanh(xb / softcap)
             xb = softcap * th
-        tb = tl.load(t_row + c64 * stride_tc, mask=mask, other=0.0).to(tl.float32)
-        if HAS_B:
-            q = a * tb + tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        else:
-            q = a * tb + b_uniform
-        if HAS_W:
-            wb = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            q = q * wb
+        q, wb = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W, HAS_B)
         grad = coef * tl.exp((xb - m) - logd) - grs * q
         if SOFTCAP:
             grad *= 1.0 - th * th
@@ -318,6 +367,8 @@ def _block_partials(
 ):
     # Per row: m = max x', d = Σ e^{x' − r}, x'_y (0 where the target is not in this block) and
     # Σ s_c (r − x'_c), with r = the row max (0 for an all −inf row), as _index_fwd computes them.
+    # d is summed in float32 (the caller widens it to float64): a confident row's d = 1 + δ keeps
+    # δ only to fp32's step 1.2e-7, where the fused engine's float64 sum_exp keeps it exactly.
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
     y = tl.load(y_ptr + row)
@@ -331,35 +382,12 @@ def _block_partials(
     if SOFTCAP:
         x_y = softcap * _tanh(x_y / softcap)
     x_y = tl.where(on, tl.where(y_ok, x_y, float("nan")), 0.0)
-    m = float("-inf")
-    d_vec = tl.zeros([BLOCK], dtype=tl.float32)
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    s_lane = tl.zeros([BLOCK], dtype=tl.float32)
-    for start in range(0, K, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = cols < K
-        xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=mask,
-                     other=float("-inf")).to(tl.float32)
-        if SOFTCAP:
-            xb = tl.where(mask, softcap * _tanh(tl.where(mask, xb, 0.0) / softcap),
-                          float("-inf"))
-        m_new = tl.maximum(m, tl.max(xb, 0))
-        shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
-        if SMOOTH != 0:
-            if SMOOTH == 1:
-                sv = tl.where(mask, s_uniform, 0.0)
-            else:
-                sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            acc += s_lane * tl.where(m == float("-inf"), 0.0, m_new - m)
-            dist = tl.where(xb == float("-inf"), float("inf"), m_new - xb)
-            acc += tl.where(sv != 0.0, sv * dist, 0.0)
-            s_lane += sv
-        m = m_new
+    m, d, sdist = _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap, SMOOTH, SOFTCAP,
+                             BLOCK)
     tl.store(m_ptr + row, m)
-    tl.store(d_ptr + row, tl.sum(d_vec, 0))
+    tl.store(d_ptr + row, d)
     tl.store(xy_ptr + row, x_y)
-    tl.store(sx_ptr + row, tl.sum(acc, 0))
+    tl.store(sx_ptr + row, sdist)
 
 
 @triton.jit
@@ -370,12 +398,8 @@ def _block_grad(
     K, s_uniform, softcap,
     SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # dx_j = g·(cp·p_j − ct·[j = y] − cs·s_j)·softcap'(x_j), p_j = e^{(x'_j − r) − L}; rows with
-    # no coefficient read nothing and write zeros. Each element is read before the same lane
-    # writes it, so dx may be x itself (in place).
+    # dx_j = g·(cp·p_j − ct·[j = y] − cs·s_j)·softcap'(x_j), p_j = e^{(x'_j − r) − L} (_grad_row).
     row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_xr
-    dx_row = dx_ptr + row * stride_dr
     g = tl.load(g_ptr + row)
     y = tl.load(y_ptr + row)
     if HAS_MASK:
@@ -386,29 +410,10 @@ def _block_grad(
     gcp = g * tl.load(cp_ptr + row)
     gct = tl.where(on, g * tl.load(ct_ptr + row), 0.0)
     gcs = g * tl.load(cs_ptr + row)
-    ref = tl.load(ref_ptr + row)
-    lse = tl.load(lse_ptr + row)
     active = (gcp != 0.0) | (gct != 0.0)
     if SMOOTH != 0:
         active = active | (gcs != 0.0)
     bad = on & (gct != 0.0) & (y_ok == 0)  # an out-of-range target (value checks off): NaN row
-    k_load = tl.where(active, K, 0)
-    for start in range(0, K, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = cols < K
-        xb = tl.load(x_row + cols.to(tl.int64) * stride_xc, mask=cols < k_load,
-                     other=0.0).to(tl.float32)
-        if SOFTCAP:
-            th = _tanh(xb / softcap)
-            xb = softcap * th
-        grad = gcp * tl.exp((xb - ref) - lse)
-        grad -= tl.where(cols == y, gct, 0.0)
-        if SMOOTH == 1:
-            grad -= gcs * s_uniform
-        if SMOOTH == 2:
-            grad -= gcs * tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        if SOFTCAP:
-            grad *= 1.0 - th * th
-        grad = tl.where(active, tl.where(bad, float("nan"), grad), 0.0)
-        tl.store(dx_row + cols.to(tl.int64) * stride_dc, grad.to(dx_ptr.dtype.element_ty),
-                 mask=mask)
+    _grad_row(x_ptr + row * stride_xr, stride_xc, dx_ptr + row * stride_dr, stride_dc, K, y,
+              tl.load(ref_ptr + row), tl.load(lse_ptr + row), gcp, gct, gcs, s_ptr, s_uniform,
+              softcap, active, bad, SMOOTH, SOFTCAP, BLOCK)

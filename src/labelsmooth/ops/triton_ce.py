@@ -35,9 +35,13 @@ Dtypes: float32, bfloat16 and float16 logits are read as is and accumulated in f
 gradient is written in the logits' dtype. float64 logits are not run by the kernels: they fall back
 to :mod:`labelsmooth.ops.reference` (float64 throughout, never in place).
 
-The ops are registered as ``labelsmooth::triton_index_fwd``, ``labelsmooth::triton_index_bwd``,
-``labelsmooth::triton_index_bwd_inplace`` and the ``triton_prob_*`` counterparts, with fake
-(meta) implementations and autograd formulas, so ``torch.compile(fullgraph=True)`` traces through
+The ops are registered as ``labelsmooth::triton_index_fwd``, ``labelsmooth::triton_prob_fwd``
+and, for the backward, one destination-passing op each (as quack does),
+``labelsmooth::triton_index_bwd_out`` / ``labelsmooth::triton_prob_bwd_out``, declared as mutating
+their ``out`` argument: a fresh buffer, or the logits themselves for the in-place backward (the
+declared mutation is what bumps their version counter); the blocks' stage two is
+``labelsmooth::triton_block_grad_out`` in the same form. With fake (meta) implementations and
+autograd formulas, so ``torch.compile(fullgraph=True)`` traces through
 them and, with no host synchronisation anywhere, CUDA graphs can capture them. Triton itself is
 imported only when a kernel is launched; this module imports without it.
 
@@ -236,32 +240,23 @@ def _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, stats, g) -> 
     _unstage(out, dx)
 
 
-@torch.library.custom_op("labelsmooth::triton_index_bwd", mutates_args=())
-def _index_bwd(
+@torch.library.custom_op("labelsmooth::triton_index_bwd_out", mutates_args=("out",))
+def _index_bwd_out(
     x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
-    cz: Optional[Tensor], softcap: Optional[float], stats: Tensor, g: Tensor,
-) -> Tensor:
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _index_bwd_launch(dx, x, y, ct, cs, s, s_uniform, cz, softcap, stats, g)
-    return dx
-
-
-@_index_bwd.register_fake
-def _(x, y, ct, cs, s, s_uniform, cz, softcap, stats, g):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("labelsmooth::triton_index_bwd_inplace", mutates_args=("x",))
-def _index_bwd_inplace(
-    x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
-    cz: Optional[Tensor], softcap: Optional[float], stats: Tensor, g: Tensor,
+    cz: Optional[Tensor], softcap: Optional[float], stats: Tensor, g: Tensor, out: Tensor,
 ) -> None:
-    _index_bwd_launch(x, x, y, ct, cs, s, s_uniform, cz, softcap, stats, g)
+    """Destination-passing backward: writes the gradient into ``out`` (fresh, or ``x`` itself)."""
+    _index_bwd_launch(out, x, y, ct, cs, s, s_uniform, cz, softcap, stats, g)
 
 
-@_index_bwd_inplace.register_fake
-def _(x, y, ct, cs, s, s_uniform, cz, softcap, stats, g):
+@_index_bwd_out.register_fake
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, stats, g, out):
     return None
+
+
+def _grad_buffer(x: Tensor, inplace: bool) -> Tensor:
+    """Where a backward writes the logits' gradient: ``x`` itself in place, else fresh memory."""
+    return x if inplace else torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _index_setup(ctx, inputs, output) -> None:
@@ -280,13 +275,10 @@ def _index_backward(ctx, g_loss, g_lse, g_stats):
         dx = fused._index_grad_differentiable(g_loss, x, y, ct, cs, s, ctx.s_uniform, cz,
                                               ctx.softcap)
         return dx, None, None, None, None, None, None, None, None
-    args = (y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap, stats, g_loss)
+    dx = _grad_buffer(x, ctx.inplace)
+    _index_bwd_out(x, y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap, stats, g_loss, dx)
     if ctx.inplace:
-        _index_bwd_inplace(x, *args)
         _mark_consumed(x)
-        dx = x
-    else:
-        dx = _index_bwd(x, *args)
     return dx, None, None, None, None, None, None, None, None
 
 
@@ -419,48 +411,20 @@ def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g
         _unstage(dt_arg, dt)
 
 
-def _dt_buffer(t: Tensor, need_dt: bool) -> Tensor:
-    """The target gradient's buffer, or an empty placeholder (custom ops return tensors)."""
-    if need_dt:
-        return torch.empty_like(t, memory_format=torch.contiguous_format)
-    return t.new_empty(0, 0)
-
-
-@torch.library.custom_op("labelsmooth::triton_prob_bwd", mutates_args=())
-def _prob_bwd(
+@torch.library.custom_op("labelsmooth::triton_prob_bwd_out", mutates_args=("out", "dt"))
+def _prob_bwd_out(
     x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
-    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], stats: Tensor,
-    g: Tensor, need_dt: bool,
-) -> tuple[Tensor, Tensor]:
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dt = _dt_buffer(t, need_dt)
-    _prob_bwd_launch(dx, dt if need_dt else None, x, t, w, a, b, b_uniform, rs, cz, softcap,
-                     stats, g)
-    return dx, dt
+    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], stats: Tensor, g: Tensor,
+    out: Tensor, dt: Optional[Tensor],
+) -> None:
+    """Destination-passing backward: the logits' gradient into ``out`` (fresh, or ``x`` itself)
+    and, when ``dt`` is given, the targets' gradient into ``dt``."""
+    _prob_bwd_launch(out, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g)
 
 
-@_prob_bwd.register_fake
-def _(x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g, need_dt):
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    dt = _dt_buffer(t, need_dt)
-    return dx, dt
-
-
-@torch.library.custom_op("labelsmooth::triton_prob_bwd_inplace", mutates_args=("x",))
-def _prob_bwd_inplace(
-    x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
-    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], stats: Tensor,
-    g: Tensor, need_dt: bool,
-) -> Tensor:
-    dt = _dt_buffer(t, need_dt)
-    _prob_bwd_launch(x, dt if need_dt else None, x, t, w, a, b, b_uniform, rs, cz, softcap,
-                     stats, g)
-    return dt
-
-
-@_prob_bwd_inplace.register_fake
-def _(x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g, need_dt):
-    return _dt_buffer(t, need_dt)
+@_prob_bwd_out.register_fake
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g, out, dt):
+    return None
 
 
 def _prob_setup(ctx, inputs, output) -> None:
@@ -480,14 +444,12 @@ def _prob_backward(ctx, g_loss, g_lse, g_stats):
         dx, dt = fused._prob_grad_differentiable(g_loss, x, t, w, ctx.a, b, ctx.b_uniform, rs,
                                                  cz, ctx.softcap, need_dt)
         return dx, dt, None, None, None, None, None, None, None, None
-    args = (t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, stats, g_loss, need_dt)
+    dx = _grad_buffer(x, ctx.inplace)
+    dt = torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt else None
+    _prob_bwd_out(x, t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, stats, g_loss, dx, dt)
     if ctx.inplace:
-        dt = _prob_bwd_inplace(x, *args)
         _mark_consumed(x)
-        dx = x
-    else:
-        dx, dt = _prob_bwd(x, *args)
-    return dx, (dt if need_dt else None), None, None, None, None, None, None, None, None
+    return dx, dt, None, None, None, None, None, None, None, None
 
 
 _prob_fwd.register_autograd(_prob_backward, setup_context=_prob_setup)
@@ -599,8 +561,12 @@ def row_partials(
     r"""Stage one on a block of columns: per row ``(m, sumexp, x_y, dsx)`` relative to the row max.
 
     The contract of :func:`labelsmooth.ops.fused.row_partials` (see :mod:`labelsmooth.ops`), one
-    Triton program per row; ``sumexp`` is accumulated in float32 and returned as float64. float64
-    logits run the fused engine's plain-PyTorch passes (no float64 kernel).
+    Triton program per row; ``sumexp`` is accumulated in float32 and returned as float64, so a
+    confident row's excess :math:`\delta` = sumexp − 1 is kept only to float32's step (1.2e-7,
+    where the fused engine's float64 :func:`~labelsmooth.ops._math.sum_exp` keeps it); keeping it
+    would need the ties with the max summed apart per lane and returned apart (more registers
+    in the statistics pass), left as is. float64 logits run the fused engine's plain-PyTorch
+    passes (no float64 kernel).
 
     Examples:
         >>> from labelsmooth.ops import fused
