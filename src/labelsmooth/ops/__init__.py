@@ -34,6 +34,42 @@ a 2-D ``(R, K)`` view.
      is None) into ``out`` (the logits' dtype; may be ``x`` itself: in place) and returns it.
      Rows with no coefficient get exactly 0.
 
+**The optional terms in the block contract** (``confidence_penalty`` β, ``poly`` ε₁,
+``focal_gamma`` γ or ``"flsd-53"``; :class:`~labelsmooth.ops._terms.Terms`). Every formula has
+one home, :mod:`labelsmooth.ops._terms` (merges in :mod:`labelsmooth.ops._math`); an engine provides
+the three block functions below and every caller composes them the same way. Per row, with
+:math:`z_c = x'_c - r`, :math:`e_c = e^{z_c}`, :math:`SE = \sum_c e_c`, :math:`L = \log SE`,
+:math:`p_c = e_c/SE`, the target mass :math:`m_c = ct\,[c=y] + cs\,s_c`:
+
+1. *statistics* — ``row_partials(..., *, terms=terms)`` with ``terms.active`` returns 6 values,
+   ``(m, sumexp, x_y, dsx, sex, ses)``: :math:`sex = \sum_c e_c z_c` (0 where :math:`e_c = 0`;
+   computed only for the penalty, else 0) and :math:`ses = \sum_c s_c e_c` (Poly-1 only, else 0;
+   :math:`s_u\,\mathrm{sumexp}` for uniform shares), both in the accumulation dtype.
+   :func:`~labelsmooth.ops._math.merge_partials` merges 6-tuples; across ranks each rank moves its
+   statistics to the global max with :func:`~labelsmooth.ops._math.rebase_partials`
+   (:math:`\rho = e^{r_1 - r}`: :math:`sex \to \rho(sex + (r_1 - r) SE)`, :math:`ses \to \rho\,ses`)
+   and they join the SUM all-reduce.
+2. *focal stage* (focal only, after the merge) — ``focal_partials(x, lse, gamma, s, s_uniform,
+   softcap, *, ref=None, low=None)`` → ``(Fs, As)`` = :math:`\sum_c s_c (1-p_c)^\gamma (L - z_c)`
+   and :math:`\sum_c s_c a_c` over the block's shares (:func:`~labelsmooth.ops._terms.focal_elems`),
+   ``lse`` relative to ``ref`` as in stage three; ``low`` = :func:`~labelsmooth.ops._terms.flsd_rows`
+   (FLSD-53's per-row γ = 5). Merge: SUM over blocks and ranks. It costs one more pass over the
+   logits (and, in the fused linear loss, one more logits matmul per vocabulary chunk).
+   The loss is then :func:`~labelsmooth.ops._terms.row_terms_loss` and the coefficients
+   ``cp, coefs = ``:func:`~labelsmooth.ops._terms.term_coefs`.
+3. *gradient* — ``grad_rows(..., ref=ref, terms=coefs)`` (``ref`` required) writes
+
+   .. math::
+
+       g\,\big[(cp + cps\,s_j + cpx\,z_j + cpt\,[j=y])\,p_j - (ct\,[j=y] + cs\,s_j)\,h_j\big]\,
+       \partial x'_j/\partial x_j
+
+   with :math:`h_j = 1`, or :math:`h_j = -a_j` with focal (elementwise:
+   :func:`~labelsmooth.ops._terms.grad_elems`; the target column:
+   :func:`~labelsmooth.ops._terms.target_grad`, which keeps a confident row's digits with
+   ``coefs.cpd``). A block without the target passes ``target_mask`` False there; ``cpt`` then
+   counts 0. Rows with no coefficient get exactly 0 (selection).
+
 **Index targets** — ``index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)``
 
 .. math::
@@ -82,9 +118,11 @@ from labelsmooth import _validation as V
 from labelsmooth._plan import IMPLS
 
 _MODULES = {"reference": "reference", "fused": "fused", "triton": "triton_ce"}
-#: Capabilities: whole rows (index_rows/prob_rows), blocks of columns (row_partials/grad_rows).
-ROWS, BLOCKS = "rows", "blocks"
-_FUNCTIONS = {ROWS: ("index_rows", "prob_rows"), BLOCKS: ("row_partials", "grad_rows")}
+#: Capabilities: whole rows (index_rows/prob_rows), blocks of columns (row_partials/grad_rows),
+#: blocks with the optional terms (the focal stage ``focal_partials`` too).
+ROWS, BLOCKS, BLOCK_TERMS = "rows", "blocks", "block_terms"
+_FUNCTIONS = {ROWS: ("index_rows", "prob_rows"), BLOCKS: ("row_partials", "grad_rows"),
+              BLOCK_TERMS: ("row_partials", "grad_rows", "focal_partials")}
 
 
 def _load(name: str) -> ModuleType:

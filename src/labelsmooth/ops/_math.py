@@ -10,8 +10,11 @@ One home for each so that the engines cannot drift apart:
   counted apart (confident rows keep their tiny loss);
 * :func:`shift_sum` — move a share-weighted sum :math:`\sum_c s_c(r - x_c)` to another reference;
 * :func:`merge_max_sumexp` — the online merge of two (max, sum of exponentials) partials;
+* :func:`rebase_partials` — move one block's row statistics to another reference (the rescale
+  every merge, within a device or across ranks before the SUM all-reduce, applies);
 * :func:`merge_partials` — the merge of two blocks' row statistics (stage one of the two-stage
-  contract of :mod:`labelsmooth.ops`) into those of their union;
+  contract of :mod:`labelsmooth.ops`, with the optional terms' ``sex``/``ses``) into those of
+  their union;
 * :func:`row_loss` — :math:`ct(\mathrm{lse}-x_y) + cs(S\,\mathrm{lse}-\sum_c s_c x_c) + cz\,\mathrm{lse}^2`,
   evaluated relative to the row max;
 * :func:`grad_coef` — the coefficient of :math:`p` in the gradient, :math:`ct + cs\,S + 2\,cz\,\mathrm{lse}`.
@@ -30,6 +33,7 @@ __all__ = [
     "grad_coef",
     "merge_max_sumexp",
     "merge_partials",
+    "rebase_partials",
     "row_loss",
     "row_ref",
     "shift_sum",
@@ -136,15 +140,66 @@ def merge_max_sumexp(m1: Tensor, e1: Tensor, m2: Tensor, e2: Tensor) -> tuple[Te
     return m, e
 
 
+def rebase_partials(
+    part: tuple[Tensor, ...], s_part: Tensor | float, new: Tensor
+) -> tuple[Tensor, ...]:
+    r"""One block's statistics moved from the reference of its own max to the reference ``new``.
+
+    ``part`` is ``(m, sumexp, x_y, dsx)`` or, with the optional terms,
+    ``(m, sumexp, x_y, dsx, sex, ses)`` (see :mod:`labelsmooth.ops`), all relative to
+    :math:`r_1` = :func:`row_ref` of its max ``m``; ``s_part`` is the block's share sum. With
+    :math:`ho = e^{r_1 - r}`:
+
+    .. math::
+
+        \mathrm{sumexp} 	o ho\,\mathrm{sumexp}, \quad
+        dsx 	o dsx + S_1 (r - r_1), \quad
+        sex 	o ho\,ig(sex + (r_1 - r)\,\mathrm{sumexp}ig), \quad
+        ses 	o ho\,ses
+
+    (``m`` and ``x_y`` are absolute and stay). A block with ``sumexp == 0`` (all −inf, or empty)
+    keeps exactly 0 in every exponential statistic, so no ``0·inf`` appears. This is the one
+    rescale of every merge: within a device (:func:`merge_partials`) and across ranks, where each
+    rank rebases to the global max before the SUM all-reduce.
+
+    Examples:
+        >>> x = torch.tensor([[0.0, 1.0]])
+        >>> e = (x - 1).exp()
+        >>> part = (x.amax(1), e.sum(1).double(), 0 * x[:, 0], (1 - x).sum(1),
+        ...         (e * (x - 1)).sum(1), (0.5 * e).sum(1))
+        >>> moved = rebase_partials(part, 1.0, torch.tensor([3.0]))
+        >>> e3 = (x - 3).exp()
+        >>> torch.allclose(moved[4], (e3 * (x - 3)).sum(1)), torch.allclose(moved[5], (0.5 * e3).sum(1))
+        (True, True)
+    """
+    old = row_ref(part[0])
+    se = part[1]
+    empty = se == 0
+    rho = torch.exp(old.to(se.dtype) - new.to(se.dtype))
+    zero = torch.zeros_like(se)
+    out = [part[0], torch.where(empty, zero, se * rho), part[2],
+           shift_sum(part[3], s_part, old, new)]
+    if len(part) > 4:
+        sex, ses = part[4], part[5]
+        acc = sex.dtype
+        r = rho.to(acc)
+        zero = torch.zeros_like(sex)
+        moved = r * (sex + ((old - new).to(se.dtype) * se).to(acc))
+        out += [torch.where(empty, zero, moved), torch.where(empty, zero, r * ses)]
+    return tuple(out)
+
+
 def merge_partials(
-    a: tuple[Tensor, Tensor, Tensor, Tensor], s_a: Tensor | float,
-    b: tuple[Tensor, Tensor, Tensor, Tensor], s_b: Tensor | float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""Merge the row statistics ``(m, sumexp, x_y, dsx)`` of two column blocks of the same rows.
+    a: tuple[Tensor, ...], s_a: Tensor | float,
+    b: tuple[Tensor, ...], s_b: Tensor | float,
+) -> tuple[Tensor, ...]:
+    r"""Merge the row statistics ``(m, sumexp, x_y, dsx[, sex, ses])`` of two column blocks.
 
     Each block's statistics are relative to :func:`row_ref` of its own max; ``s_a``/``s_b`` are
     the blocks' share sums :math:`\sum_c s_c`, with which ``dsx`` moves to the union's reference
-    (:func:`shift_sum`). ``x_y`` adds (the target lies in one block; the others hold 0).
+    (:func:`shift_sum`). ``x_y`` adds (the target lies in one block; the others hold 0). With the
+    optional terms' statistics (6-tuples, both blocks alike) ``sex`` and ``ses`` move as
+    :func:`rebase_partials` says and add.
 
     Examples:
         >>> x = torch.tensor([[0.0, 1.0, 2.0, 5.0]])
@@ -155,10 +210,16 @@ def merge_partials(
         >>> round(float(m + se.log()), 4), float(dsx)
         (5.0722, 6.0)
     """
+    if len(a) != len(b):
+        raise ValueError(f"Expected `b` to hold as many statistics as `a` ({len(a)}), "
+                         f"but got {len(b)}.")
     m, se = merge_max_sumexp(a[0], a[1], b[0], b[1])
     new = row_ref(m)
     dsx = shift_sum(a[3], s_a, row_ref(a[0]), new) + shift_sum(b[3], s_b, row_ref(b[0]), new)
-    return m, se, a[2] + b[2], dsx
+    if len(a) == 4:
+        return m, se, a[2] + b[2], dsx
+    ra, rb = rebase_partials(a, s_a, new), rebase_partials(b, s_b, new)
+    return m, se, a[2] + b[2], dsx, ra[4] + rb[4], ra[5] + rb[5]
 
 
 def row_loss(

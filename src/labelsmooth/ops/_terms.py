@@ -1,7 +1,9 @@
 r"""The optional terms of the cross-entropy: confidence penalty, Poly-1 and focal modulation.
 
-One home for their validation and their per-row formulas (the reference engine evaluates them
-with autograd; no other engine implements them yet, see :data:`SUPPORTED_IMPLS`).
+One home for their validation, their dense formula (:func:`term_rows`, the oracle: the reference
+engine's whole-row ops differentiate it with autograd) and the formulas of the block contract of
+:mod:`labelsmooth.ops` that every other engine composes (:func:`row_terms_loss`,
+:func:`term_coefs`, :func:`focal_elems`, :func:`grad_elems`, :func:`target_grad`).
 
 Every term is written on the per-class **target mass** :math:`m_c` the cross-entropy already
 uses, :math:`\ell_{CE} = \sum_c m_c(\mathrm{lse} - x_c)`: for index targets
@@ -20,18 +22,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import torch
+from torch import Tensor
 
 from labelsmooth import _validation as V
+from labelsmooth.ops._math import grad_coef, row_loss
 
 FocalGamma = Union[float, str, None]
 FLSD = "flsd-53"
 #: the implementations that evaluate the terms (``impl="auto"`` picks the first when a term is set)
 SUPPORTED_IMPLS = ("reference",)
 
-__all__ = ["FLSD", "SUPPORTED_IMPLS", "Terms", "check_terms", "term_rows"]
+__all__ = [
+    "FLSD",
+    "SUPPORTED_IMPLS",
+    "TermCoefs",
+    "Terms",
+    "check_terms",
+    "flsd_low",
+    "flsd_rows",
+    "focal_elems",
+    "focal_pow",
+    "grad_elems",
+    "row_terms_loss",
+    "target_grad",
+    "term_coefs",
+    "term_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,21 @@ class Terms:
     @property
     def active(self) -> bool:
         return bool(self.confidence_penalty or self.poly or self.focal_gamma)
+
+    @property
+    def wants_sex(self) -> bool:
+        """Whether stage one must give ``sex`` (the confidence penalty's Σ e (x' − r))."""
+        return bool(self.confidence_penalty)
+
+    @property
+    def wants_ses(self) -> bool:
+        """Whether stage one must give ``ses`` (Poly-1's Σ s e)."""
+        return bool(self.poly)
+
+    @property
+    def focal(self) -> bool:
+        """Whether the focal stage (:func:`focal_partials` of the engines) runs."""
+        return self.focal_gamma is not None
 
     def names(self) -> list[str]:
         """The names of the arguments that are set (for error messages)."""
@@ -157,3 +191,351 @@ def term_rows(
         entropy = -(p * safe).sum(-1)
         extra = extra - terms.confidence_penalty * cp_scale * entropy
     return main, extra
+
+
+# ------------------------------------------------------------------------------------------------
+# The block contract's formulas (see labelsmooth.ops): one home, used by every engine.
+#
+# Notation per row: x' soft-capped logits, r the row reference (row_ref of the max), z = x' − r,
+# e = exp(z), SE = Σ e, L = log SE (lse = r + L), l = z − L = log p, u = 1 − p = −expm1(l).
+# Target mass m_c = ct [c = y] + cs s_c, M = ct + cs S.
+
+#: Integer γ up to this are raised by repeated multiplication (no pow).
+FOCAL_INT_MAX = 16
+
+
+class TermCoefs(NamedTuple):
+    r"""Per-row coefficients of the generalised stage two (:func:`grad_elems`), from :func:`term_coefs`.
+
+    The gradient of a row with respect to :math:`x'_j` is
+
+    .. math::
+
+        (cp + cps\,s_j + cpx\,(x'_j - r) + cpt\,[j = y])\,p_j - (ct\,[j = y] + cs\,s_j)\,h_j
+
+    with :math:`h_j = 1` without focal and :math:`h_j = -a_j` (:func:`focal_elems`) with it.
+    ``cp`` travels apart (the ``coef_p`` argument of ``grad_rows``).
+
+    Attributes:
+        cps: (R,) or None — Poly-1's :math:`-\varepsilon_1 cs` when the shares are a vector (with
+            uniform shares it is folded into ``cp``).
+        cpx: (R,) or None — the confidence penalty's :math:`\beta w`.
+        cpt: (R,) or None — Poly-1's :math:`-\varepsilon_1 ct` (the target column only).
+        cpd: (R,) or None — the target column's :math:`cp + cpt - ct\,\tau` (τ = 1, or
+            :math:`-a_y` with focal) computed without cancellation, for :func:`target_grad`.
+        gamma: focal γ (float), :data:`FLSD`, or None (no focal: :math:`h = 1`).
+        low: (R,) bool or None — for :data:`FLSD`, True where γ = 5 (:func:`flsd_low`).
+    """
+
+    cps: Tensor | None = None
+    cpx: Tensor | None = None
+    cpt: Tensor | None = None
+    cpd: Tensor | None = None
+    gamma: float | str | None = None
+    low: Tensor | None = None
+
+
+def flsd_low(p_y: Tensor) -> Tensor:
+    """FLSD-53's switch (Mukhoti et al. 2020): True (γ = 5) where the target's probability is
+    below 0.2, else γ = 3. ``p_y`` is read as a constant (no gradient flows through γ)."""
+    return p_y.detach() < 0.2
+
+
+def flsd_rows(terms: Terms, ref: Tensor, L: Tensor, x_y: Tensor) -> Tensor | None:
+    """The ``low`` argument of the focal formulas for merged statistics: :func:`flsd_low` of
+    :math:`p_y = e^{(x'_y - r) - L}` under ``focal_gamma="flsd-53"``, None otherwise."""
+    if terms.focal_gamma != FLSD:
+        return None
+    return flsd_low(torch.exp((x_y - ref) - L))
+
+
+def focal_pow(u: Tensor, gamma: float | str, low: Tensor | None = None) -> Tensor:
+    r""":math:`u^\gamma` for :math:`u = 1 - p \in [0, 1]`; integer γ by multiplication, never pow.
+
+    ``gamma=FLSD`` takes γ = 5 where ``low`` (broadcast against ``u``) is True, else 3
+    (:math:`u^3` and :math:`u^5 = u^3 u^2`). Other non-integer γ use :func:`torch.pow` (0 at u = 0).
+
+    Examples:
+        >>> focal_pow(torch.tensor([0.5, 0.0]), 3.0)
+        tensor([0.1250, 0.0000])
+        >>> focal_pow(torch.tensor([[0.5], [0.5]]), FLSD, torch.tensor([[True], [False]]))
+        tensor([[0.0312],
+                [0.1250]])
+    """
+    if gamma == FLSD:
+        u2 = u * u
+        u3 = u2 * u
+        return torch.where(low, u3 * u2, u3)
+    g = float(gamma)
+    if g.is_integer() and 0 < g <= FOCAL_INT_MAX:
+        n = int(g)
+        out, base = None, u
+        while n:  # square and multiply
+            if n & 1:
+                out = base if out is None else out * base
+            n >>= 1
+            if n:
+                base = base * base
+        return out
+    return torch.pow(u, g)
+
+
+def _gamma_value(gamma: float | str, low: Tensor | None) -> Tensor | float:
+    if gamma == FLSD:
+        return torch.where(low, 5.0, 3.0)
+    return float(gamma)
+
+
+def focal_elems(
+    z: Tensor, L: Tensor, gamma: float | str, low: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Elementwise focal quantities ``(p, fg, a)`` of logits ``z`` relative to the row reference.
+
+    .. math::
+
+        l = z - L = \log p, \quad u = -\mathrm{expm1}(l) = 1 - p, \quad
+        fg = u^\gamma\,(-l), \quad
+        a = \frac{d(fg)}{d\log p} = u^\gamma\Big(\gamma\,p\,\frac{l}{u} - 1\Big)
+
+    (:math:`a = \gamma p \log p\,(1-p)^{\gamma-1} - (1-p)^\gamma`, written with :math:`u^\gamma`
+    only: :math:`l/u \to -1` as :math:`p \to 1`, :math:`p\,l/u \to 0` as :math:`p \to 0`, so no
+    :math:`0\cdot\infty` appears; a −inf logit gives ``p = 0``, ``a = −1``, ``fg = inf``). ``L``,
+    ``low`` broadcast against ``z``.
+
+    Examples:
+        >>> p, fg, a = focal_elems(torch.tensor([0.0, 0.0]), torch.tensor(0.6931471805599453), 2.0)
+        >>> fg, a  # p = ½: ¼·log 2 and ¼(2·½·(−log 2)/½ − 1)
+        (tensor([0.1733, 0.1733]), tensor([-0.5966, -0.5966]))
+    """
+    lp = z - L
+    p = torch.exp(lp)
+    u = -torch.expm1(lp)
+    ug = focal_pow(u, gamma, low)
+    ratio = torch.where(u > 0, lp / torch.where(u > 0, u, 1.0), -1.0)
+    pt = torch.where(p > 0, p * ratio, 0.0)
+    a = ug * (_gamma_value(gamma, low) * pt - 1.0)
+    return p, ug * (-lp), a
+
+
+def _target_lp(ref: Tensor, L: Tensor, x_y: Tensor, ct: Tensor) -> Tensor:
+    """log p_y = (x'_y − r) − L, 0 where there is no target term (ct = 0: x_y is a placeholder)."""
+    lp = (x_y - ref) - L
+    return torch.where(ct == 0, torch.zeros_like(lp), lp)
+
+
+def row_terms_loss(
+    ref: Tensor,
+    L: Tensor,
+    x_y: Tensor,
+    dsx: Tensor | None,
+    S: Tensor | float,
+    ct: Tensor,
+    cs: Tensor | None,
+    cz: Tensor | None,
+    terms: Terms,
+    *,
+    w: Tensor | None = None,
+    sex: Tensor | None = None,
+    ses: Tensor | None = None,
+    sumexp: Tensor | None = None,
+    focal: tuple[Tensor, Tensor] | None = None,
+    low: Tensor | None = None,
+) -> Tensor:
+    r"""Per-row loss with the optional terms, from merged statistics (all relative to ``ref``).
+
+    .. math::
+
+        \ell = \underbrace{ct\,(L - z_y) + cs\,(dsx + S L)}_{\text{or focal: } ct\,u_y^\gamma(L - z_y) + cs\,F_s}
+              + cz\,(r + L)^2
+              + \varepsilon_1\big(ct\,u_y + cs\,(S - ses/SE)\big)
+              + \beta\,w\,(sex/SE - L)
+
+    with :math:`z_y = x'_y - r`, :math:`u_y = -\mathrm{expm1}(z_y - L)` (a confident row keeps its
+    tiny :math:`1 - p_y`), :math:`F_s` the merged share sum of the focal stage. Poly-1's term is
+    :math:`\varepsilon_1\sum_c m_c(1 - p_c)`; the penalty's is :math:`-\beta w H(p)` with
+    :math:`H = L - sex/SE`. Target parts are exactly 0 where ``ct == 0``.
+
+    Args:
+        ref, L, x_y, dsx, S, ct, cs, cz: as :func:`~labelsmooth.ops._math.row_loss`.
+        terms: the options; ``w`` (R,) the penalty's row scale (needed with a penalty).
+        sex, ses, sumexp: merged stage-one statistics (``sumexp`` float64) when a penalty or
+            Poly-1 is set.
+        focal: merged ``(Fs, As)`` of the focal stage, with ``low`` for :data:`FLSD`.
+    """
+    acc = L.dtype
+    if terms.focal:
+        lp = _target_lp(ref, L, x_y, ct)
+        fy = focal_pow(-torch.expm1(lp), terms.focal_gamma, low) * (-lp)
+        loss = ct * fy
+        if cs is not None:
+            loss = loss + cs * focal[0]
+        if cz is not None:
+            loss = loss + cz * (ref + L).square()
+    else:
+        loss = row_loss(ref, L, x_y, dsx, S, ct, cs, cz)
+    if terms.poly:
+        uy = -torch.expm1(_target_lp(ref, L, x_y, ct))
+        part = ct * uy
+        if cs is not None:
+            part = part + cs * (S - (ses / sumexp).to(acc))
+        loss = loss + terms.poly * part
+    if terms.confidence_penalty:
+        loss = loss + terms.confidence_penalty * w * ((sex / sumexp).to(acc) - L)
+    return loss
+
+
+def term_coefs(
+    ref: Tensor,
+    L: Tensor,
+    x_y: Tensor,
+    S: Tensor | float,
+    ct: Tensor,
+    cs: Tensor | None,
+    cz: Tensor | None,
+    terms: Terms,
+    *,
+    shares_vector: bool,
+    s_uniform: float = 0.0,
+    w: Tensor | None = None,
+    sex: Tensor | None = None,
+    ses: Tensor | None = None,
+    sumexp: Tensor | None = None,
+    focal: tuple[Tensor, Tensor] | None = None,
+    low: Tensor | None = None,
+) -> tuple[Tensor, TermCoefs]:
+    r"""``(cp, TermCoefs)``: the per-row coefficients of the generalised stage two, one home.
+
+    .. math::
+
+        cp = \begin{cases} ct + cs\,S \\ -A = -(ct\,a_y + cs\,A_s) & \text{focal} \end{cases}
+             + 2\,cz\,\mathrm{lse} + \varepsilon_1 T - \beta w\,\frac{sex}{SE}
+             \;[-\,\varepsilon_1 cs\,s_u], \qquad T = ct\,p_y + cs\,\frac{ses}{SE}
+
+    :math:`cps = -\varepsilon_1 cs` (share vector; folded into ``cp`` with uniform shares),
+    :math:`cpx = \beta w`, :math:`cpt = -\varepsilon_1 ct`. From
+    :math:`\partial_j[\varepsilon_1(M - T)] = -\varepsilon_1 p_j (m_j - T)`,
+    :math:`\partial_j[-\beta w H] = \beta w\,p_j(x'_j - r - sex/SE)` and
+    :math:`\partial_j F = m_j a_j - p_j A`. Arguments as :func:`row_terms_loss`;
+    ``shares_vector`` says whether the shares are a vector (else ``s_uniform``, 0 = none).
+    """
+    acc = L.dtype
+    lp = _target_lp(ref, L, x_y, ct)
+    # ``rest``: every part of cp but the target's (ct) parts, so that the target column's
+    # cp + cpt − ct·τ (cpd) is formed without cancellation (a confident row's p_y → 1)
+    if terms.focal:
+        p_y, _, a_y = focal_elems(lp, torch.zeros((), dtype=acc, device=L.device),
+                                  terms.focal_gamma, low)
+        ct_part = -_times(ct, a_y)
+        rest = torch.zeros_like(L) if cs is None else -_times(cs, focal[1])
+        if cz is not None:
+            rest = rest + _times(2 * cz, ref + L)
+    else:
+        ct_part = ct
+        rest = grad_coef(ref + L, S, torch.zeros_like(ct), cs, cz)
+    cpd = rest
+    cps = cpx = cpt = None
+    if terms.poly:
+        ct_part = ct_part + terms.poly * ct * torch.exp(lp)
+        cpd = cpd + terms.poly * ct * torch.expm1(lp)
+        more = torch.zeros_like(rest)
+        if cs is not None:
+            more = _times(cs, (ses / sumexp).to(acc))
+            if shares_vector:
+                cps = -terms.poly * cs
+            elif s_uniform != 0.0:
+                more = more - s_uniform * cs
+        rest, cpd = rest + terms.poly * more, cpd + terms.poly * more
+        cpt = -terms.poly * ct
+    if terms.confidence_penalty:
+        cpx = terms.confidence_penalty * w
+        pen = _times(cpx, (sex / sumexp).to(acc))
+        rest, cpd = rest - pen, cpd - pen
+    return rest + ct_part, TermCoefs(cps, cpx, cpt, cpd, terms.focal_gamma, low)
+
+
+def _times(c: Tensor, v: Tensor) -> Tensor:
+    """c·v, exactly 0 where c is 0 (a row without the term may hold ±inf/NaN statistics)."""
+    return torch.where(c == 0, torch.zeros_like(v), c * v)
+
+
+def grad_elems(
+    z: Tensor, L: Tensor, cp: Tensor, cs_s: Tensor | float | None, coefs: TermCoefs,
+    s: Tensor | float | None = None,
+) -> Tensor:
+    r"""The generalised stage-two value of the non-target columns, elementwise (one home).
+
+    .. math::
+
+        (cp + cps\,s_j + cpx\,z_j)\,p_j - cs\,s_j\,h_j, \qquad p_j = e^{z_j - L},
+        \quad h_j = 1 \text{ or } -a_j \text{ (focal)}
+
+    ``z`` = :math:`x' - r` (R, B); ``L``, ``cp`` and the coefficients are (R, 1) columns;
+    ``cs_s`` = :math:`cs\,s_j` broadcast to (R, B) (or a column, or None without smoothing);
+    ``s`` = the shares :math:`s_j` (a (1, B) row or the uniform float) where ``cps`` is set.
+    The target column is the caller's (:func:`target_grad`), as is the upstream gradient, the
+    soft-cap's chain rule and the selection of rows without coefficients. A −inf logit gives 0.
+    """
+    if coefs.gamma is not None:
+        p, _, a = focal_elems(z, L, coefs.gamma, coefs.low)
+    else:
+        p = torch.exp(z - L)
+    k = cp if coefs.cps is None else cp + coefs.cps * s
+    g = k * p
+    if coefs.cpx is not None:
+        g = g + coefs.cpx * torch.where(p > 0, z * p, 0.0)
+    if cs_s is not None:
+        g = g + cs_s * a if coefs.gamma is not None else g - cs_s
+    return g
+
+
+def target_grad(
+    ref: Tensor, L: Tensor, x_y: Tensor, cp: Tensor, ct: Tensor, cs_sy: Tensor | float | None,
+    coefs: TermCoefs | None, s_y: Tensor | float | None = None,
+) -> Tensor:
+    r"""The target column's value per row, :math:`P p_y - (ct + cs\,s_y) h_y`, one home.
+
+    :math:`P = cp + cpt + cps\,s_y + cpx\,z_y`, :math:`z_y = x'_y - r`, :math:`l_y = z_y - L`.
+    Where ``ct`` is not 0 it is written so that a confident row (:math:`p_y \to 1`) keeps its
+    digits, with :math:`D` = ``coefs.cpd`` (:math:`cp - ct` without terms) and
+    :math:`X = cps\,s_y + cpx\,z_y`:
+
+    * without focal (:math:`h = 1`): :math:`(ct + D + X)\,\mathrm{expm1}(l_y) + (D + X - cs\,s_y)`;
+    * focal (:math:`h = -a`): :math:`(D + X)\,p_y + ct\,a_y (1 - p_y) + cs\,s_y\,a_y`.
+
+    Where ``ct`` is 0 (an ignored target, or a block without the target: ``y`` is then a
+    placeholder column and the caller passes ``ct`` and ``cpt`` as 0) it is the plain
+    :math:`P p - cs\,s\,h` of that column. ``x_y`` is the soft-capped logit; ``cs_sy`` =
+    :math:`cs\,s_y` (None without smoothing), ``s_y`` the share where ``cps`` is set. Rows (R,);
+    upstream gradient, chain rule and the selection of rows without coefficients are the caller's.
+
+    Examples:
+        >>> z = torch.tensor([0.0])  # x = (0, −inf): p_y = 1, cross-entropy gradient 0
+        >>> one = torch.ones(1)
+        >>> target_grad(z, z, z, one, one, None, None)
+        tensor([0.])
+    """
+    z = x_y - ref
+    lp = z - L
+    extra = torch.zeros_like(cp)
+    focal = coefs is not None and coefs.gamma is not None
+    if coefs is not None:
+        if coefs.cps is not None:
+            extra = extra + coefs.cps * s_y
+        if coefs.cpx is not None:
+            extra = extra + coefs.cpx * z
+    cpd = cp - ct if coefs is None or coefs.cpd is None else coefs.cpd
+    big_p = cp + extra if coefs is None or coefs.cpt is None else cp + coefs.cpt + extra
+    mass = ct if cs_sy is None else ct + cs_sy
+    if focal:
+        p, _, a = focal_elems(lp, torch.zeros((), dtype=L.dtype, device=L.device), coefs.gamma,
+                              coefs.low)
+        plain = big_p * p + mass * a
+        exact = (cpd + extra) * p + ct * a * -torch.expm1(lp)
+        if cs_sy is not None:
+            exact = exact + cs_sy * a
+    else:
+        plain = big_p * torch.exp(lp) - mass
+        exact = (ct + cpd + extra) * torch.expm1(lp) + (cpd + extra)
+        if cs_sy is not None:
+            exact = exact - cs_sy
+    return torch.where(ct != 0, exact, plain)
