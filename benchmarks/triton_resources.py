@@ -38,6 +38,13 @@ os.environ.pop("TRITON_INTERPRET", None)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 F32 = "*fp32"
+# the optional terms' arguments, unused (constexpr flags off) in the plain variants
+PROB_TERM_PTRS = dict(qx_ptr=F32, sex_ptr=F32, qe_ptr=F32, te_ptr=F32)
+NO_PROB_TERMS = dict(TERMS=False, SEX=False, QE=False, TE=False)
+PROB_BWD_TERMS = dict(cp_ptr=F32, cpq_ptr=F32, cpx_ptr=F32, low_ptr="*i8", gamma="fp32",
+                      eps1="fp32")
+NO_PROB_BWD = dict(TERMS=False, HAS_CPQ=False, HAS_CPX=False, POW=1, FOCAL=False, POLY=False)
+NO_BLOCK_TERMS = dict(TERMS=False, HAS_CPS=False, HAS_CPX=False, POW=1, FOCAL=False)
 
 
 def _ptxas() -> str | None:
@@ -86,30 +93,72 @@ def variants(vocab: int = 128256):
                      SOFTCAP=flags, BLOCK=block)
             tag = f"{dt} w=b=z=softcap={int(flags)}"
             out.append((f"prob_fwd {tag}", kern._prob_fwd,
-                        dict(pc, loss_ptr=F32, lse_ptr=F32, qsum_ptr=F32), c,
+                        dict(pc, loss_ptr=F32, lse_ptr=F32, qsum_ptr=F32, **PROB_TERM_PTRS),
+                        dict(c, **NO_PROB_TERMS),
                         ("x_ptr", "stride_xr", "t_ptr", "stride_tr", "K")))
             for need_dt in ((False, True) if flags else (False,)):
                 out.append((f"prob_bwd {tag} dt={int(need_dt)}", kern._prob_bwd,
                             dict(pc, dx_ptr="*" + dt, stride_dr="i32", dt_ptr=F32,
-                                 stride_er="i32", qsum_ptr=F32, g_ptr=F32),
-                            dict(c, stride_dc=1, stride_ec=1, NEED_DT=need_dt),
+                                 stride_er="i32", qsum_ptr=F32, g_ptr=F32, **PROB_BWD_TERMS),
+                            dict(c, stride_dc=1, stride_ec=1, NEED_DT=need_dt, **NO_PROB_BWD),
                             ("x_ptr", "stride_xr", "t_ptr", "stride_tr", "dx_ptr", "stride_dr",
                              "dt_ptr", "stride_er", "K")))
+        if dt == "bf16":
+            # the optional terms (confidence_penalty + poly + focal γ = 2, all on: the worst case)
+            c = dict(stride_xc=1, stride_tc=1, HAS_W=True, HAS_B=False, HAS_Z=True, SOFTCAP=False,
+                     BLOCK=block)
+            tag = f"{dt} w=z=1 terms=penalty+poly+focal2"
+            out.append((f"prob_fwd {tag}", kern._prob_fwd,
+                        dict(pc, loss_ptr=F32, lse_ptr=F32, qsum_ptr=F32, **PROB_TERM_PTRS),
+                        dict(c, TERMS=True, SEX=True, QE=True, TE=False),
+                        ("x_ptr", "stride_xr", "t_ptr", "stride_tr", "K")))
+            out.append((f"prob_focal {tag}", kern._prob_focal,
+                        dict(pc, ref_ptr=F32, lse_ptr=F32, low_ptr="*i8", fs_ptr=F32,
+                             as_ptr=F32, gamma="fp32"),
+                        dict(stride_xc=1, stride_tc=1, HAS_W=True, HAS_B=False, SOFTCAP=False,
+                             POW=2, BLOCK=block),
+                        ("x_ptr", "stride_xr", "t_ptr", "stride_tr", "K")))
+            out.append((f"prob_bwd {tag} dt=0", kern._prob_bwd,
+                        dict(pc, dx_ptr="*" + dt, stride_dr="i32", dt_ptr=F32, stride_er="i32",
+                             qsum_ptr=F32, g_ptr=F32, **PROB_BWD_TERMS),
+                        dict(c, stride_dc=1, stride_ec=1, NEED_DT=False, TERMS=True,
+                             HAS_CPQ=True, HAS_CPX=True, POW=2, FOCAL=True, POLY=True),
+                        ("x_ptr", "stride_xr", "t_ptr", "stride_tr", "dx_ptr", "stride_dr",
+                         "dt_ptr", "stride_er", "K")))
         # the two-stage contract (fused linear and vocabulary-parallel losses): a block's
         # statistics and its gradient, with the target mask of a column block
         bc = dict(x_ptr="*" + dt, stride_xr="i32", y_ptr="*i64", on_ptr="*i8", s_ptr=F32,
                   K="i32", s_uniform="fp32", softcap="fp32")
+        stats = dict(bc, m_ptr=F32, d_ptr=F32, xy_ptr=F32, sx_ptr=F32, sex_ptr=F32, ses_ptr=F32,
+                     n_ptr=F32)
+        grad = dict(bc, dx_ptr="*" + dt, stride_dr="i32", ref_ptr=F32, lse_ptr=F32, cp_ptr=F32,
+                    ct_ptr=F32, cs_ptr=F32, g_ptr=F32, cps_ptr=F32, cpx_ptr=F32, cpd_ptr=F32,
+                    low_ptr="*i8", gamma="fp32")
         for smooth, cap in ((1, False), (2, True)) if dt == "bf16" else ((1, True),):
             c = dict(stride_xc=1, SMOOTH=smooth, SOFTCAP=cap, HAS_MASK=True, BLOCK=block)
             tag = f"{dt} smooth={smooth} softcap={int(cap)} mask=1"
-            out.append((f"block_partials {tag}", kern._block_partials,
-                        dict(bc, m_ptr=F32, d_ptr=F32, xy_ptr=F32, sx_ptr=F32), c,
-                        ("x_ptr", "stride_xr", "K")))
-            out.append((f"block_grad {tag}", kern._block_grad,
-                        dict(bc, dx_ptr="*" + dt, stride_dr="i32", ref_ptr=F32, lse_ptr=F32,
-                             cp_ptr=F32, ct_ptr=F32, cs_ptr=F32, g_ptr=F32),
-                        dict(c, stride_dc=1),
+            out.append((f"block_partials {tag}", kern._block_partials, stats,
+                        dict(c, SEX=False, SES=False, TIES=False), ("x_ptr", "stride_xr", "K")))
+            out.append((f"block_grad {tag}", kern._block_grad, grad,
+                        dict(c, stride_dc=1, **NO_BLOCK_TERMS),
                         ("x_ptr", "stride_xr", "dx_ptr", "stride_dr", "K")))
+        if dt == "bf16":
+            # the optional terms, every flag on (share vector, penalty, Poly-1, focal): the
+            # worst case for registers; and FLSD-53
+            c = dict(stride_xc=1, SMOOTH=2, SOFTCAP=False, HAS_MASK=True, BLOCK=block)
+            tag = f"{dt} smooth=2 mask=1 terms=penalty+poly"
+            out.append((f"block_partials {tag}", kern._block_partials, stats,
+                        dict(c, SEX=True, SES=True, TIES=True), ("x_ptr", "stride_xr", "K")))
+            for pw, name in ((2, "focal2"), (-1, "flsd53")):
+                out.append((f"block_focal {dt} smooth=2 {name}", kern._block_focal,
+                            dict(bc, ref_ptr=F32, lse_ptr=F32, low_ptr="*i8", fs_ptr=F32,
+                                 as_ptr=F32, gamma="fp32"),
+                            dict(stride_xc=1, SMOOTH=2, SOFTCAP=False, POW=pw, BLOCK=block),
+                            ("x_ptr", "stride_xr", "K")))
+                out.append((f"block_grad {tag}+{name}", kern._block_grad, grad,
+                            dict(c, stride_dc=1, TERMS=True, HAS_CPS=True, HAS_CPX=True,
+                                 POW=pw, FOCAL=True),
+                            ("x_ptr", "stride_xr", "dx_ptr", "stride_dr", "K")))
     return out, warps
 
 

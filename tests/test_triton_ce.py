@@ -739,7 +739,7 @@ def test_kernels_compile_for_sm90_with_128bit_accesses_and_no_spills():
         pytest.skip(out.stderr.strip())
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(rows) == 28
+    assert len(rows) == 36
     for r in rows:
         assert r["v4_load"] and r["v4_store"] is not False, r
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r
@@ -1051,3 +1051,207 @@ def test_large_logit_offsets_keep_loss_scale_precision(offset):
             ours[0] - truth[0])
         if "prior" not in kw:
             assert_no_worse_than(ours[1], peer[1], truth[1], GRAD_TOL32, "grad")
+
+
+# --- the optional terms (issue 16 item 1): confidence_penalty, poly, focal_gamma ----------------
+# Whole rows (index_rows / prob_rows with terms=) against the float64 dense oracle: the reference
+# op with terms (autograd through ops._terms.term_rows). The block contract with terms is tested
+# for every engine, Triton included, by tests/test_ops_contract.py (splits, merges, confident rows).
+
+from labelsmooth.ops import _terms  # noqa: E402
+
+TERM_SETS = {
+    "penalty": dict(confidence_penalty=0.5),
+    "poly": dict(poly=0.7),
+    "poly-neg": dict(poly=-0.4),
+    "focal2": dict(focal_gamma=2.0),
+    "focal-frac": dict(focal_gamma=1.5),
+    "flsd": dict(focal_gamma="flsd-53"),
+    "all": dict(confidence_penalty=0.3, poly=0.4, focal_gamma=3.0),
+}
+TERM_VARIANTS = ["plain", "ignore-weights", "zloss-softcap-inplace"]
+
+
+@pytest.fixture
+def tiny_block(monkeypatch):
+    """Three chunks per row at K = 37 (the loops' rescaling and the masked tail)."""
+    monkeypatch.setattr(triton_ce, "MAX_BLOCK", 16)
+
+
+def _index_terms_case(shares, variant, r=6, k=37):
+    torch.manual_seed(1)
+    x = (torch.randn(r, k, dtype=torch.float64) * 3).to(DEV)
+    y = torch.randint(0, k, (r,), device=DEV)
+    y[1] = 7
+    ct, cs = torch.full((r,), 0.8, dtype=torch.float64, device=DEV), torch.ones(r, device=DEV,
+                                                                                  dtype=torch.float64)
+    w = torch.ones(r, dtype=torch.float64, device=DEV)
+    if variant == "ignore-weights":
+        w = torch.rand(r, dtype=torch.float64, device=DEV) + 0.5
+        w[2] = 0.0
+        x[2] = torch.nan  # an ignored row's padding: exactly 0 gradient whatever it holds
+        x[2, :3] = torch.inf
+        ct, cs = 0.8 * w, w.clone()
+    s, su = None, 0.0
+    if shares == "vector":
+        s = torch.softmax(torch.randn(k, dtype=torch.float64), 0).to(DEV) * 0.2
+        s[5] = 0.0
+        x[1, 5] = -torch.inf  # a −inf logit where the mass is 0: finite, like torch
+    elif shares == "uniform":
+        su = 0.2 / k
+    else:
+        cs = torch.zeros_like(cs)
+        x[1, 5] = -torch.inf
+    cz = 1e-2 * w if variant.startswith("zloss") else None
+    softcap = 4.0 if "softcap" in variant else None
+    return x, y, ct, cs, s, su, cz, softcap, w, "inplace" in variant
+
+
+def _run_index_rows(mod, dtype, case, terms, g):
+    x, y, ct, cs, s, su, cz, softcap, w, inplace = case
+    leaf = x.to(dtype).clone().requires_grad_()
+    xi = leaf * 1.0 if inplace else leaf  # an activation: the only kind written in place
+    cv = (lambda v: None if v is None else v.to(dtype)) if dtype == torch.float64 else \
+        (lambda v: None if v is None else v.float())
+    loss, lse = mod.index_rows(xi, y, cv(ct), cv(cs), cv(s), su, cv(cz), softcap, inplace,
+                               terms=terms, row_scale=cv(w))
+    (loss * g.to(loss.dtype)).sum().backward()
+    return loss.detach().double(), leaf.grad.double(), xi
+
+
+@pytest.mark.parametrize("variant", TERM_VARIANTS)
+@pytest.mark.parametrize("shares", ["none", "uniform", "vector"])
+@pytest.mark.parametrize("tname", list(TERM_SETS))
+def test_terms_index_rows_match_the_float64_oracle(tname, shares, variant, tiny_block):
+    """Each term × spreads × weights/ignored NaN rows × z-loss + softcap (+ in place), with
+    MAX_BLOCK = 16 at K = 37 (three chunks per row, a masked tail)."""
+    terms = _terms.check_terms(**TERM_SETS[tname])
+    case = _index_terms_case(shares, variant)
+    g = torch.rand(case[0].shape[0], dtype=torch.float64, device=DEV) + 0.5
+    want, want_dx, _ = _run_index_rows(reference, torch.float64, case, terms, g)
+    loss, dx, xi = _run_index_rows(triton_ce, torch.float32, case, terms, g)
+    live = case[8] != 0
+    torch.testing.assert_close(loss[live], want[live], rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(dx, want_dx, rtol=1e-4, atol=2e-6)
+    if variant == "ignore-weights":
+        assert torch.equal(dx[2], torch.zeros_like(dx[2]))  # selected, never 0·NaN
+    if case[-1]:  # in place: the activation now holds the gradient
+        torch.testing.assert_close(xi.detach().double(), dx, rtol=0, atol=0)
+
+
+def _prob_terms_case(variant, r=5, k=29):
+    torch.manual_seed(2)
+    x = (torch.randn(r, k, dtype=torch.float64) * 3).to(DEV)
+    t = torch.softmax(torch.randn(r, k, dtype=torch.float64) * 2, 1).to(DEV)
+    rs = torch.rand(r, dtype=torch.float64, device=DEV) + 0.5
+    rs[2] = 0.0
+    x[2] = torch.nan  # a row without coefficients: exactly 0 gradient
+    w = b = None
+    bu = 0.1 / k
+    if variant == "weights-prior":
+        w = torch.rand(k, dtype=torch.float64, device=DEV) + 0.3
+        b = torch.softmax(torch.randn(k, dtype=torch.float64), 0).to(DEV) * 0.05
+        bu = 0.0
+    cz = 1e-2 * rs if variant == "zloss-softcap" else None
+    softcap = 4.0 if variant == "zloss-softcap" else None
+    return x, t, w, 0.9, b, bu, rs, cz, softcap
+
+
+@pytest.mark.parametrize("variant", ["plain", "weights-prior", "zloss-softcap"])
+@pytest.mark.parametrize("tname", list(TERM_SETS))
+def test_terms_prob_rows_match_the_float64_oracle(tname, variant, tiny_block):
+    """Probability targets: the terms on the mass rs·q, gradients to the logits and the targets."""
+    terms = _terms.check_terms(**TERM_SETS[tname])
+    x, t, w, a, b, bu, rs, cz, softcap = _prob_terms_case(variant)
+    g = torch.rand(x.shape[0], dtype=torch.float64, device=DEV) + 0.5
+    res = {}
+    for name, mod, dt in (("want", reference, torch.float64), ("got", triton_ce, torch.float32)):
+        xl, tl_ = x.to(dt).clone().requires_grad_(), t.to(dt).clone().requires_grad_()
+        cv = (lambda v: None if v is None else v.to(dt))  # noqa: E731
+        loss, _ = mod.prob_rows(xl, tl_, cv(w), a, cv(b), bu, cv(rs), cv(cz), softcap,
+                                terms=terms)
+        (loss * g.to(dt)).sum().backward()
+        res[name] = (loss.detach().double(), xl.grad.double(), tl_.grad.double())
+    live = rs != 0
+    for i in range(3):
+        got, want = res["got"][i], res["want"][i]
+        torch.testing.assert_close(got[live], want[live], rtol=1e-4, atol=2e-5)
+    assert torch.equal(res["got"][1][2], torch.zeros_like(res["got"][1][2]))
+
+
+def test_terms_confident_rows_keep_their_digits_in_whole_rows():
+    """p_y → 1 at a margin of 20 (1 − p_y ≈ 2e-9, under float32's step at 1): the terms' small
+    values come from the kernel's ties counted apart and expm1, not from 1 − p."""
+    x = torch.zeros(3, 8, device=DEV)
+    x[:, 2] = 20.0
+    x[1] += 1e4
+    y = torch.full((3,), 2, device=DEV)
+    one = torch.ones(3, device=DEV)
+    for kw in (dict(focal_gamma=1.0), dict(poly=1.0), dict(focal_gamma="flsd-53", poly=2.0)):
+        terms = _terms.check_terms(**kw)
+        case = (x.double(), y, one.double(), 0 * one.double(), None, 0.0, None, None,
+                one.double(), False)
+        want, want_dx, _ = _run_index_rows(reference, torch.float64, case, terms, one.double())
+        loss, dx, _ = _run_index_rows(triton_ce, torch.float32, case, terms, one.double())
+        torch.testing.assert_close(loss, want, rtol=1e-5, atol=0)
+        torch.testing.assert_close(dx, want_dx, rtol=1e-4, atol=1e-12)
+
+
+def test_terms_no_term_path_is_unchanged():
+    """A zero-strength term set is no term: the plain ops run (no terms op in the graph)."""
+    case = _index_terms_case("uniform", "plain")
+    g = torch.ones(case[0].shape[0], dtype=torch.float64, device=DEV)
+    plain = _run_index_rows(triton_ce, torch.float32, case, _terms.NO_TERMS, g)
+    zero = _run_index_rows(triton_ce, torch.float32, case, _terms.check_terms(0.0, 0.0, None), g)
+    assert torch.equal(plain[0], zero[0]) and torch.equal(plain[1], zero[1])
+
+
+def test_terms_double_backward_matches_the_reference():
+    x = _logits(3, 9, torch.float64).float().requires_grad_()
+    y = _target(3, 9, ignore=False)
+    one = torch.ones(3, device=DEV)
+    terms = _terms.check_terms(0.3, 0.5, 2.0)
+    grads = []
+    for mod, xx in ((triton_ce, x), (reference, x)):
+        loss, _ = mod.index_rows(xx, y, 0.9 * one, one, None, 0.1 / 9, None, None,
+                                 terms=terms, row_scale=one)
+        (g,) = torch.autograd.grad(loss.sum(), xx, create_graph=True)
+        (gg,) = torch.autograd.grad((g * g).sum(), xx)
+        grads.append((g.detach(), gg))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_terms_compile_fullgraph_op_level(inplace):
+    """The terms ops trace under torch.compile(fullgraph=True): fake impls, autograd formula."""
+    backend = "inductor" if HAS_CUDA else "aot_eager"
+    x, y, ct, cs, _, _, cz, _, _ = _index_args()
+    terms = _terms.check_terms(0.2, 0.3, "flsd-53")
+
+    def fn(x, y, ct, cs, cz):
+        xx = x * 2.0
+        loss, _ = triton_ce.index_rows(xx, y, ct, cs, None, 0.1 / x.shape[1], cz, 4.0, inplace,
+                                       terms=terms, row_scale=ct)
+        return loss.sum() / x.shape[0]
+
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    loss = compiled(x, y, ct, cs, cz)
+    (g,) = torch.autograd.grad(loss, x)
+    loss_e = fn(x, y, ct, cs, cz)
+    (g_e,) = torch.autograd.grad(loss_e, x)
+    torch.testing.assert_close(loss, loss_e)
+    torch.testing.assert_close(g, g_e)
+
+
+def test_opcheck_terms_ops():
+    x, y, ct, cs, s, su, cz, cap, _ = _index_args()
+    torch.library.opcheck(torch.ops.labelsmooth.triton_index_terms_fwd.default,
+                          (x, y, ct, cs, s, su, cz, cap, ct, 0.2, 0.3, None, True, False),
+                          test_utils=OPCHECKS)
+    r, k = 3, 11
+    xp = _logits(r, k, torch.float32).requires_grad_()
+    t = torch.softmax(torch.randn(r, k, device=DEV), 1)
+    torch.library.opcheck(torch.ops.labelsmooth.triton_prob_terms_fwd.default,
+                          (xp, t, None, 0.9, None, 0.1 / k, torch.ones(r, device=DEV), None, 2.0,
+                           0.2, 0.3, 2.0, False, False), test_utils=OPCHECKS)

@@ -82,14 +82,65 @@ def _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP: tl.constex
 
 
 @triton.jit
-def _online_max_step(m, d_vec, xb):
-    # One step of the online softmax: the new running max, and the per-lane Σ e^{x − max}
-    # rescaled to it. Shift by 0 while all logits so far are -inf (a masked vocabulary slice), so
-    # no exp(-inf - -inf); one cross-warp reduction (the max) per chunk, the sum at the end.
+def _online_max_step(m, xb):
+    # One step of the online softmax: the new running max, the shift the chunk's exponentials
+    # are taken against, the factor alpha moving earlier per-lane sums to it, and e = e^{x − shift}
+    # (the caller updates Σexp as d·alpha + e). Shift by 0 while all logits so far are -inf (a
+    # masked vocabulary slice), so no exp(-inf - -inf); one cross-warp reduction (the max) per
+    # chunk, the sums at the end.
     m_new = tl.maximum(m, tl.max(xb, 0))
     shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    d_vec = d_vec * tl.exp(m - shift) + tl.exp(xb - shift)
-    return m_new, d_vec
+    return m_new, shift, tl.exp(m - shift), tl.exp(xb - shift)
+
+
+@triton.jit
+def _sex_step(sex_vec, d_vec, m, shift, alpha, xb, e):
+    # Per-lane Σ e^{x − shift}·(x − shift) (the confidence penalty's statistic), moved from the
+    # old shift s0 to the new one: alpha·(sex + (s0 − shift)·d) (d the per-lane Σexp before this
+    # chunk). A −inf logit adds 0, never 0·(−inf).
+    s0 = tl.where(m == float("-inf"), 0.0, m)
+    return alpha * (sex_vec + (s0 - shift) * d_vec) + tl.where(e > 0.0, e * (xb - shift), 0.0)
+
+
+@triton.jit
+def _expm1(v):
+    # e^v − 1 from tanh (no libdevice under the interpreter): 2t/(1 − t), t = tanh(v/2), with
+    # _tanh's relative precision near 0, where exp(v) − 1 cancels; −1 at v = −inf.
+    t = _tanh(0.5 * v)
+    return 2.0 * t / (1.0 - t)
+
+
+@triton.jit
+def _focal_pow(u, gamma, low, POW: tl.constexpr):
+    # u^γ for u = 1 − p ∈ [0, 1] (ops._terms.focal_pow): POW = n ≥ 1 an integer γ by
+    # multiplication; POW = −1 FLSD-53 (u^5 where `low`, else u^3); POW = 0 any γ > 0 (0 at u ≤ 0).
+    if POW == -1:
+        u3 = u * u * u
+        ug = tl.where(low, u3 * u * u, u3)
+    elif POW == 0:
+        ug = tl.where(u > 0.0, tl.exp(gamma * tl.log(tl.where(u > 0.0, u, 1.0))), 0.0)
+    else:
+        ug = u
+        for _ in tl.static_range(POW - 1):
+            ug = ug * u
+    return ug
+
+
+@triton.jit
+def _focal_elems(lp, gamma, low, POW: tl.constexpr):
+    # (p, fg, a) of log-probabilities lp, as ops._terms.focal_elems: u = −expm1(lp) = 1 − p,
+    # fg = u^γ·(−lp), a = d(fg)/d log p = u^γ·(γ·p·lp/u − 1) (lp/u → −1 as p → 1, p·lp/u → 0 as
+    # p → 0; a −inf logit gives p = 0, a = −1, fg = inf).
+    p = tl.exp(lp)
+    u = -_expm1(lp)
+    ug = _focal_pow(u, gamma, low, POW)
+    ratio = tl.where(u > 0.0, lp / tl.where(u > 0.0, u, 1.0), -1.0)
+    pt = tl.where(p > 0.0, p * ratio, 0.0)
+    if POW == -1:
+        gv = tl.where(low, 5.0, 3.0)
+    else:
+        gv = gamma
+    return p, ug * (-lp), ug * (gv * pt - 1.0)
 
 
 @triton.jit
@@ -116,35 +167,64 @@ def _shares(s_ptr, cols, mask, s_uniform, SMOOTH: tl.constexpr):
 
 @triton.jit
 def _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap,
-               SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
-    # One read of a row: (m, Σ e^{x' − m}, Σ s_c (m − x'_c)), m the row max (the sums taken
-    # relative to 0 while the row is all −inf). The statistics of _index_fwd and _block_partials.
+               SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, SEX: tl.constexpr,
+               SES: tl.constexpr, TIES: tl.constexpr, BLOCK: tl.constexpr):
+    # One read of a row: (m, d, n, Σ s_c (m − x'_c), sex, ses), m the row max (the sums taken
+    # relative to 0 while the row is all −inf); Σ e^{x' − m} = d + n. With TIES the terms at the
+    # max (e^0 = 1) are counted apart in n, so that the caller adds them to d in float64 and a
+    # confident row's sum 1 + δ keeps its δ (float32 would round it to a multiple of 1.2e-7, or
+    # lose it: the optional terms need 1 − p_y); without, n = 0 and d holds everything. With SEX
+    # also sex = Σ e^{x' − m}(x' − m) and with SES (share vector only) ses = Σ s_c e^{x' − m},
+    # else 0. The statistics of _index_fwd and _block_partials.
     m = float("-inf")
     d_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ e^{x - m}, reduced once at the end
+    n_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane count of x = m (TIES)
     acc = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ s_c (m - x_c) ≥ 0
     s_lane = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ s_c of the columns seen so far
+    sex_vec = tl.zeros([BLOCK], dtype=tl.float32)
+    ses_vec = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < K
         xb = _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP)
-        m_new, d_vec = _online_max_step(m, d_vec, xb)
+        m_new, shift, alpha, e = _online_max_step(m, xb)
+        if SEX:
+            sex_vec = _sex_step(sex_vec, d_vec + n_vec, m, shift, alpha, xb, e)
+        if TIES:
+            # the old ties become ordinary terms when the max grows (alpha = 1 otherwise)
+            grew = m_new != m
+            d_vec = d_vec * alpha + tl.where(grew, n_vec * alpha, 0.0)
+            n_vec = tl.where(grew, 0.0, n_vec)
+            tie = (xb == m_new) & (xb != float("-inf"))
+            n_vec += tl.where(tie, 1.0, 0.0)
+            d_vec += tl.where(tie, 0.0, e)
+        else:
+            d_vec = d_vec * alpha + e
         if SMOOTH != 0:
             sv = _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
             acc, s_lane = _share_dist_step(acc, s_lane, m, m_new, xb, sv)
+            if SES:
+                ses_vec = ses_vec * alpha + sv * e
         m = m_new
-    return m, tl.sum(d_vec, 0), tl.sum(acc, 0)
+    return (m, tl.sum(d_vec, 0), tl.sum(n_vec, 0), tl.sum(acc, 0), tl.sum(sex_vec, 0),
+            tl.sum(ses_vec, 0))
 
 
 @triton.jit
 def _grad_row(x_row, stride_xc, dx_row, stride_dc, K, y, ref, L, gcp, gct, gcs,
-              s_ptr, s_uniform, softcap, active, bad,
-              SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
+              s_ptr, s_uniform, softcap, active, bad, gcps, gcpx, gy, gamma, low,
+              SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, TERMS: tl.constexpr,
+              HAS_CPS: tl.constexpr, HAS_CPX: tl.constexpr, POW: tl.constexpr,
+              FOCAL: tl.constexpr, BLOCK: tl.constexpr):
     # dx_j = (gcp·p_j − gct·[j = y] − gcs·s_j)·softcap'(x_j), p_j = e^{(x'_j − ref) − L}: as
     # precise as the per-row statistics allow (no rounded lse in between), so p_y − 1 keeps its
     # digits for confident rows; the target's −gct is subtracted in fp32, before rounding to the
-    # output dtype (Liger-Kernel #1268). An inactive row (no coefficient: an ignored target) loads
-    # nothing (a zero-length load bound) and writes exactly 0; a `bad` row (out-of-range target)
-    # writes NaN. Each element is read before the same lane writes it, so dx may be x (in place).
+    # output dtype (Liger-Kernel #1268). With TERMS the generalised stage two of ops._terms
+    # (grad_elems): (gcp + gcps·s_j + gcpx·z_j)·p_j − gcs·s_j·h_j, z = x' − ref, h = 1, or −a_j
+    # with FOCAL, and the target column's value gy (ops._terms.target_grad, computed per row by
+    # the caller). An inactive row (no coefficient: an ignored target) loads nothing (a zero-length
+    # load bound) and writes exactly 0; a `bad` row (out-of-range target) writes NaN. Each element
+    # is read before the same lane writes it, so dx may be x (in place).
     k_load = tl.where(active, K, 0)
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
@@ -154,10 +234,31 @@ def _grad_row(x_row, stride_xc, dx_row, stride_dc, K, y, ref, L, gcp, gct, gcs,
         if SOFTCAP:
             th = _tanh(xb / softcap)
             xb = softcap * th
-        grad = gcp * tl.exp((xb - ref) - L)
-        grad -= tl.where(cols == y, gct, 0.0)
-        if SMOOTH != 0:
-            grad -= gcs * _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
+        if TERMS:
+            z = xb - ref
+            if FOCAL:
+                p, _, a = _focal_elems(z - L, gamma, low, POW)
+            else:
+                p = tl.exp(z - L)
+            if SMOOTH != 0:
+                sv = _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
+            k = gcp
+            if HAS_CPS:
+                k = k + gcps * sv
+            grad = k * p
+            if HAS_CPX:
+                grad += gcpx * tl.where(p > 0.0, z * p, 0.0)
+            if SMOOTH != 0:
+                if FOCAL:
+                    grad += gcs * sv * a
+                else:
+                    grad -= gcs * sv
+            grad = tl.where(cols == y, gy, grad)
+        else:
+            grad = gcp * tl.exp((xb - ref) - L)
+            grad -= tl.where(cols == y, gct, 0.0)
+            if SMOOTH != 0:
+                grad -= gcs * _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
         if SOFTCAP:
             grad *= 1.0 - th * th
         grad = tl.where(active, tl.where(bad, float("nan"), grad), 0.0)
@@ -168,7 +269,8 @@ def _grad_row(x_row, stride_xc, dx_row, stride_dc, K, y, ref, L, gcp, gct, gcs,
 @triton.jit
 def _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform,
             HAS_W: tl.constexpr, HAS_B: tl.constexpr):
-    # q_c = w_c (a t_c + b_c) of a chunk (0 on padding), and the chunk's class weights (1 without).
+    # q_c = w_c (a t_c + b_c) of a chunk (0 on padding), the chunk's class weights (1 without)
+    # and its targets t_c.
     c64 = cols.to(tl.int64)
     tb = tl.load(t_row + c64 * stride_tc, mask=mask, other=0.0).to(tl.float32)
     if HAS_B:
@@ -180,7 +282,7 @@ def _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform,
         q = q * wb
     else:
         wb = tl.where(mask, 1.0, 0.0)
-    return tl.where(mask, q, 0.0), wb
+    return tl.where(mask, q, 0.0), wb, tb
 
 
 # -------------------------------------------------------------------------------------------------
@@ -205,8 +307,8 @@ def _index_fwd(
     x_y = tl.load(x_row + tl.where(y_ok, y, 0).to(tl.int64) * stride_xc).to(tl.float32)
     if SOFTCAP:
         x_y = softcap * _tanh(x_y / softcap)
-    m, d, sdist = _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap, SMOOTH, SOFTCAP,
-                             BLOCK)
+    m, d, _, sdist, _, _ = _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap, SMOOTH,
+                                      SOFTCAP, False, False, False, BLOCK)
     logd = tl.log(d)
     lse = m + logd
     # lse − x_y as (m − x_y) + log d: exact for a confident row (x_y = m), where rounding lse
@@ -264,7 +366,8 @@ def _index_bwd(
         active = active | (gz != 0.0)
     _grad_row(x_ptr + row * stride_xr, stride_xc, dx_ptr + row * stride_dr, stride_dc, K, y,
               m, logd, coef, gct, gcs, s_ptr, s_uniform, softcap, active, y_ok == 0,
-              SMOOTH, SOFTCAP, BLOCK)
+              0.0, 0.0, 0.0, 0.0, False,
+              SMOOTH, SOFTCAP, False, False, False, 1, False, BLOCK)
 
 
 @triton.jit
@@ -273,10 +376,15 @@ def _prob_fwd(
     t_ptr, stride_tr, stride_tc,
     w_ptr, b_ptr, rs_ptr, cz_ptr,
     loss_ptr, lse_ptr, qsum_ptr, m_ptr, logd_ptr,
+    qx_ptr, sex_ptr, qe_ptr, te_ptr,
     K, a, b_uniform, softcap,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr,
+    TERMS: tl.constexpr, SEX: tl.constexpr, QE: tl.constexpr, TE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    # With TERMS (the optional terms, whose row formulas run outside: ops._terms) also the row's
+    # Σ q_c (m − x'_c), and with SEX / QE / TE: Σ e (x' − m) (penalty), Σ q e (Poly-1), Σ t e
+    # (FLSD-53's p_y = Σ t p), all relative to the row max m, in the same read.
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
     t_row = t_ptr + row * stride_tr
@@ -284,19 +392,31 @@ def _prob_fwd(
     d_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ e^{x - m}, reduced once at the end
     acc_q = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ q_c of the columns seen so far
     acc_qx = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ q_c (m - x_c)
+    sex_vec = tl.zeros([BLOCK], dtype=tl.float32)
+    qe_vec = tl.zeros([BLOCK], dtype=tl.float32)
+    te_vec = tl.zeros([BLOCK], dtype=tl.float32)
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < K
         xb = _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP)
-        m_new, d_vec = _online_max_step(m, d_vec, xb)
-        q, _ = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W, HAS_B)
+        m_new, shift, alpha, e = _online_max_step(m, xb)
+        if SEX:
+            sex_vec = _sex_step(sex_vec, d_vec, m, shift, alpha, xb, e)
+        d_vec = d_vec * alpha + e
+        q, _, tb = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W,
+                           HAS_B)
         # Σ q_c (m − x_c) as the smoothing sum: no cancellation against Q·lse at any offset
         acc_qx, acc_q = _share_dist_step(acc_qx, acc_q, m, m_new, xb, q)
+        if QE:
+            qe_vec = qe_vec * alpha + q * e
+        if TE:
+            te_vec = te_vec * alpha + tl.where(mask, tb, 0.0) * e
         m = m_new
     logd = tl.log(tl.sum(d_vec, 0))
     lse = m + logd
     qsum = tl.sum(acc_q, 0)
-    loss = tl.load(rs_ptr + row) * (qsum * logd + tl.sum(acc_qx, 0))
+    qx = tl.sum(acc_qx, 0)
+    loss = tl.load(rs_ptr + row) * (qsum * logd + qx)
     if HAS_Z:
         loss += tl.load(cz_ptr + row) * lse * lse
     tl.store(loss_ptr + row, loss)
@@ -304,6 +424,48 @@ def _prob_fwd(
     tl.store(qsum_ptr + row, qsum)
     tl.store(m_ptr + row, m)
     tl.store(logd_ptr + row, logd)
+    if TERMS:
+        tl.store(qx_ptr + row, qx)
+    if SEX:
+        tl.store(sex_ptr + row, tl.sum(sex_vec, 0))
+    if QE:
+        tl.store(qe_ptr + row, tl.sum(qe_vec, 0))
+    if TE:
+        tl.store(te_ptr + row, tl.sum(te_vec, 0))
+
+
+@triton.jit
+def _prob_focal(
+    x_ptr, stride_xr, stride_xc,
+    t_ptr, stride_tr, stride_tc,
+    w_ptr, b_ptr, ref_ptr, lse_ptr, low_ptr, fs_ptr, as_ptr,
+    K, a, b_uniform, softcap, gamma,
+    HAS_W: tl.constexpr, HAS_B: tl.constexpr, SOFTCAP: tl.constexpr, POW: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # The focal stage for probability targets: per row Σ q_c fg_c and Σ q_c a_c (_block_focal
+    # with the row's own mass q instead of the shares).
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xr
+    t_row = t_ptr + row * stride_tr
+    ref = tl.load(ref_ptr + row)
+    L = tl.load(lse_ptr + row)
+    if POW == -1:
+        low = tl.load(low_ptr + row) != 0
+    else:
+        low = False
+    fs = tl.zeros([BLOCK], dtype=tl.float32)
+    a_s = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        xb = _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP)
+        q, _, _ = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W, HAS_B)
+        _, fg, ac = _focal_elems((xb - ref) - L, gamma, low, POW)
+        fs += tl.where(q != 0.0, q * fg, 0.0)
+        a_s += tl.where(q != 0.0, q * ac, 0.0)
+    tl.store(fs_ptr + row, tl.sum(fs, 0))
+    tl.store(as_ptr + row, tl.sum(a_s, 0))
 
 
 @triton.jit
@@ -313,11 +475,17 @@ def _prob_bwd(
     dx_ptr, stride_dr, stride_dc,
     dt_ptr, stride_er, stride_ec,
     w_ptr, b_ptr, rs_ptr, cz_ptr, m_ptr, logd_ptr, qsum_ptr, g_ptr,
-    K, a, b_uniform, softcap,
+    cp_ptr, cpq_ptr, cpx_ptr, low_ptr,
+    K, a, b_uniform, softcap, gamma, eps1,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr,
-    NEED_DT: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_DT: tl.constexpr, TERMS: tl.constexpr, HAS_CPQ: tl.constexpr, HAS_CPX: tl.constexpr,
+    POW: tl.constexpr, FOCAL: tl.constexpr, POLY: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # dℓ/dx_j = g·[rs·(Q p_j − q_j) + 2 cz lse p_j]·softcap'(x_j);  dℓ/dt_j = g·rs·a·w_j·(lse − x_j)
+    # dℓ/dx_j = g·[rs·(Q p_j − q_j) + 2 cz lse p_j]·softcap'(x_j);  dℓ/dt_j = g·rs·a·w_j·(lse − x_j).
+    # With TERMS (m_ptr/logd_ptr then hold the reference r and L; cp the row coefficient of
+    # ops._terms.term_coefs on the mass rs·q): dℓ/dx_j = g·[(cp + cpq q_j + cpx z_j)·p_j
+    # − rs q_j h_j]·softcap'(x_j), h = 1 or −a_j (FOCAL), z = x' − r; and
+    # dℓ/dt_j = g·rs·a·w_j·(fg_j or (lse − x'_j), + ε₁(1 − p_j) with POLY).
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
     t_row = t_ptr + row * stride_tr
@@ -327,24 +495,70 @@ def _prob_bwd(
     logd = tl.load(logd_ptr + row)
     lse = m + logd
     grs = g * tl.load(rs_ptr + row)
-    coef = grs * tl.load(qsum_ptr + row)
-    if HAS_Z:
-        coef += 2.0 * g * tl.load(cz_ptr + row) * lse
+    gcpq = 0.0
+    gcpx = 0.0
+    low = False
+    if TERMS:
+        coef = g * tl.load(cp_ptr + row)
+        if HAS_CPQ:
+            gcpq = g * tl.load(cpq_ptr + row)
+        if HAS_CPX:
+            gcpx = g * tl.load(cpx_ptr + row)
+        if POW == -1:
+            low = tl.load(low_ptr + row) != 0
+        # a row without coefficients (rs = cz = 0: ignored) reads nothing and writes zeros
+        active = (coef != 0.0) | (grs != 0.0) | (gcpx != 0.0)
+        k_load = tl.where(active, K, 0)
+    else:
+        coef = grs * tl.load(qsum_ptr + row)
+        if HAS_Z:
+            coef += 2.0 * g * tl.load(cz_ptr + row) * lse
+        k_load = K
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < K
         c64 = cols.to(tl.int64)
-        xb = tl.load(x_row + c64 * stride_xc, mask=mask, other=0.0).to(tl.float32)
+        xb = tl.load(x_row + c64 * stride_xc, mask=cols < k_load, other=0.0).to(tl.float32)
         if SOFTCAP:
             th = _tanh(xb / softcap)
             xb = softcap * th
-        q, wb = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W, HAS_B)
-        grad = coef * tl.exp((xb - m) - logd) - grs * q
+        q, wb, _ = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W,
+                           HAS_B)
+        if TERMS:
+            z = xb - m
+            lp = z - logd
+            if FOCAL:
+                p, fg, ac = _focal_elems(lp, gamma, low, POW)
+            else:
+                p = tl.exp(lp)
+            k = coef
+            if HAS_CPQ:
+                k = k + gcpq * q
+            grad = k * p
+            if HAS_CPX:
+                grad += gcpx * tl.where(p > 0.0, z * p, 0.0)
+            if FOCAL:
+                grad += grs * q * ac
+            else:
+                grad -= grs * q
+        else:
+            grad = coef * tl.exp((xb - m) - logd) - grs * q
         if SOFTCAP:
             grad *= 1.0 - th * th
+        if TERMS:
+            grad = tl.where(active, grad, 0.0)
         tl.store(dx_row + c64 * stride_dc, grad.to(dx_ptr.dtype.element_ty), mask=mask)
         if NEED_DT:
-            dt = grs * a * (lse - xb)
+            if TERMS:
+                if FOCAL:
+                    base = fg
+                else:
+                    base = -lp
+                if POLY:
+                    base += eps1 * (-_expm1(lp))
+                dt = tl.where(active, grs * a * base, 0.0)
+            else:
+                dt = grs * a * (lse - xb)
             if HAS_W:
                 dt = dt * wb
             tl.store(dt_ptr + row * stride_er + c64 * stride_ec, dt.to(dt_ptr.dtype.element_ty),
@@ -361,14 +575,18 @@ def _prob_bwd(
 def _block_partials(
     x_ptr, stride_xr, stride_xc,
     y_ptr, on_ptr, s_ptr,
-    m_ptr, d_ptr, xy_ptr, sx_ptr,
+    m_ptr, d_ptr, xy_ptr, sx_ptr, sex_ptr, ses_ptr, n_ptr,
     K, s_uniform, softcap,
-    SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+    SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_MASK: tl.constexpr, SEX: tl.constexpr,
+    SES: tl.constexpr, TIES: tl.constexpr, BLOCK: tl.constexpr,
 ):
     # Per row: m = max x', d = Σ e^{x' − r}, x'_y (0 where the target is not in this block) and
-    # Σ s_c (r − x'_c), with r = the row max (0 for an all −inf row), as _index_fwd computes them.
+    # Σ s_c (r − x'_c), with r = the row max (0 for an all −inf row), as _index_fwd computes them;
+    # with SEX / SES also the terms' sex = Σ e^{x' − r}(x' − r) and ses = Σ s_c e^{x' − r}.
     # d is summed in float32 (the caller widens it to float64): a confident row's d = 1 + δ keeps
-    # δ only to fp32's step 1.2e-7, where the fused engine's float64 sum_exp keeps it exactly.
+    # δ only to fp32's step 1.2e-7, where the fused engine's float64 sum_exp keeps it exactly;
+    # with TIES (used with the optional terms) the ties with the max are counted apart in n, and
+    # d + n is formed in float64 by the caller, which keeps δ.
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
     y = tl.load(y_ptr + row)
@@ -382,12 +600,51 @@ def _block_partials(
     if SOFTCAP:
         x_y = softcap * _tanh(x_y / softcap)
     x_y = tl.where(on, tl.where(y_ok, x_y, float("nan")), 0.0)
-    m, d, sdist = _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap, SMOOTH, SOFTCAP,
-                             BLOCK)
+    m, d, n, sdist, sex, ses = _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap,
+                                          SMOOTH, SOFTCAP, SEX, SES, TIES, BLOCK)
     tl.store(m_ptr + row, m)
     tl.store(d_ptr + row, d)
+    if TIES:
+        tl.store(n_ptr + row, n)
     tl.store(xy_ptr + row, x_y)
     tl.store(sx_ptr + row, sdist)
+    if SEX:
+        tl.store(sex_ptr + row, sex)
+    if SES:
+        tl.store(ses_ptr + row, ses)
+
+
+@triton.jit
+def _block_focal(
+    x_ptr, stride_xr, stride_xc,
+    s_ptr, ref_ptr, lse_ptr, low_ptr, fs_ptr, as_ptr,
+    K, s_uniform, softcap, gamma,
+    SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, POW: tl.constexpr, BLOCK: tl.constexpr,
+):
+    # Stage 1b (focal only): per row Fs = Σ_c s_c fg_c and As = Σ_c s_c a_c over the block
+    # (_focal_elems with p from the merged L relative to ref); a zero share counts 0 even at a
+    # −inf logit (0·log 0 = 0). One more read of the block. SMOOTH != 0 (the caller returns zeros
+    # without shares).
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xr
+    ref = tl.load(ref_ptr + row)
+    L = tl.load(lse_ptr + row)
+    if POW == -1:
+        low = tl.load(low_ptr + row) != 0
+    else:
+        low = False
+    fs = tl.zeros([BLOCK], dtype=tl.float32)
+    a_s = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, K, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < K
+        xb = _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP)
+        sv = _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
+        _, fg, a = _focal_elems((xb - ref) - L, gamma, low, POW)
+        fs += tl.where(sv != 0.0, sv * fg, 0.0)
+        a_s += tl.where(sv != 0.0, sv * a, 0.0)
+    tl.store(fs_ptr + row, tl.sum(fs, 0))
+    tl.store(as_ptr + row, tl.sum(a_s, 0))
 
 
 @triton.jit
@@ -395,11 +652,16 @@ def _block_grad(
     x_ptr, stride_xr, stride_xc,
     dx_ptr, stride_dr, stride_dc,
     y_ptr, on_ptr, s_ptr, ref_ptr, lse_ptr, cp_ptr, ct_ptr, cs_ptr, g_ptr,
-    K, s_uniform, softcap,
-    SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+    cps_ptr, cpx_ptr, cpd_ptr, low_ptr,
+    K, s_uniform, softcap, gamma,
+    SMOOTH: tl.constexpr, SOFTCAP: tl.constexpr, HAS_MASK: tl.constexpr, TERMS: tl.constexpr,
+    HAS_CPS: tl.constexpr, HAS_CPX: tl.constexpr, POW: tl.constexpr, FOCAL: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    # dx_j = g·(cp·p_j − ct·[j = y] − cs·s_j)·softcap'(x_j), p_j = e^{(x'_j − r) − L} (_grad_row).
+    # dx_j = g·(cp·p_j − ct·[j = y] − cs·s_j)·softcap'(x_j), p_j = e^{(x'_j − r) − L} (_grad_row);
+    # with TERMS the generalised form (TermCoefs of ops._terms: cps, cpx, cpd, focal γ).
     row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xr
     g = tl.load(g_ptr + row)
     y = tl.load(y_ptr + row)
     if HAS_MASK:
@@ -410,10 +672,55 @@ def _block_grad(
     gcp = g * tl.load(cp_ptr + row)
     gct = tl.where(on, g * tl.load(ct_ptr + row), 0.0)
     gcs = g * tl.load(cs_ptr + row)
+    ref = tl.load(ref_ptr + row)
+    L = tl.load(lse_ptr + row)
     active = (gcp != 0.0) | (gct != 0.0)
     if SMOOTH != 0:
         active = active | (gcs != 0.0)
     bad = on & (gct != 0.0) & (y_ok == 0)  # an out-of-range target (value checks off): NaN row
-    _grad_row(x_ptr + row * stride_xr, stride_xc, dx_ptr + row * stride_dr, stride_dc, K, y,
-              tl.load(ref_ptr + row), tl.load(lse_ptr + row), gcp, gct, gcs, s_ptr, s_uniform,
-              softcap, active, bad, SMOOTH, SOFTCAP, BLOCK)
+    gcps = 0.0
+    gcpx = 0.0
+    gy = 0.0
+    low = False
+    if TERMS:
+        if HAS_CPS:
+            gcps = g * tl.load(cps_ptr + row)
+        if HAS_CPX:
+            gcpx = g * tl.load(cpx_ptr + row)
+            active = active | (gcpx != 0.0)
+        if POW == -1:
+            low = tl.load(low_ptr + row) != 0
+        # The target column where it has a target term (ops._terms.target_grad, its exact form
+        # with D = cpd and X = cps s_y + cpx z_y, so a confident row keeps its digits):
+        #   (ct + D + X)·expm1(l_y) + (D + X) − cs s_y                  without focal,
+        #   (D + X)·p_y + ct·a_y·(1 − p_y) + cs s_y a_y                   with focal.
+        # Elsewhere (ct = 0, or the target not in this block) the column takes the elementwise
+        # value, which is target_grad's plain form there.
+        yc = tl.where(y_ok & on, y, 0)
+        z_y = tl.load(x_row + yc.to(tl.int64) * stride_xc, mask=K > 0, other=0.0).to(tl.float32)
+        if SOFTCAP:
+            z_y = softcap * _tanh(z_y / softcap)
+        z_y = z_y - ref
+        lp_y = z_y - L
+        gcpd = g * tl.load(cpd_ptr + row)
+        extra = 0.0
+        gcs_y = 0.0
+        if SMOOTH != 0:
+            if SMOOTH == 1:
+                s_y = s_uniform
+            else:
+                s_y = tl.load(s_ptr + yc).to(tl.float32)
+            gcs_y = gcs * s_y
+            if HAS_CPS:
+                extra += gcps * s_y
+        if HAS_CPX:
+            extra += gcpx * z_y
+        if FOCAL:
+            p_y, _, a_y = _focal_elems(lp_y, gamma, low, POW)
+            gy = (gcpd + extra) * p_y + gct * a_y * (-_expm1(lp_y)) + gcs_y * a_y
+        else:
+            gy = (gct + gcpd + extra) * _expm1(lp_y) + (gcpd + extra) - gcs_y
+        y = tl.where(on & (gct != 0.0), y, -1)  # no column takes gy there
+    _grad_row(x_row, stride_xc, dx_ptr + row * stride_dr, stride_dc, K, y, ref, L, gcp, gct, gcs,
+              s_ptr, s_uniform, softcap, active, bad, gcps, gcpx, gy, gamma, low,
+              SMOOTH, SOFTCAP, TERMS, HAS_CPS, HAS_CPX, POW, FOCAL, BLOCK)

@@ -59,9 +59,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from labelsmooth.ops import reference
+from labelsmooth.ops import _terms, reference
+from labelsmooth.ops._math import row_ref
+from labelsmooth.ops._terms import FLSD, FOCAL_INT_MAX, NO_TERMS, TermCoefs, Terms
 
-__all__ = ["grad_rows", "index_rows", "is_available", "prob_rows", "row_partials"]
+__all__ = ["focal_partials", "grad_rows", "index_rows", "is_available", "prob_rows",
+           "row_partials"]
 
 # Widest chunk of a row one program handles per loop iteration (a power of two), and the values
 # per thread that set num_warps = BLOCK / (32 · ELEMS_PER_THREAD), at most 32. Defaults 4096 and
@@ -285,6 +288,111 @@ def _index_backward(ctx, g_loss, g_lse, g_stats):
 _index_fwd.register_autograd(_index_backward, setup_context=_index_setup)
 
 
+# --- index targets with the optional terms: the block contract over the whole row ---------------
+
+def _terms_args(terms: Terms) -> tuple[float, float, Optional[float], bool]:
+    """(β, ε₁, γ or None, is FLSD-53): the terms as the ops' schemas take them."""
+    flsd = terms.focal_gamma == FLSD
+    gamma = None if terms.focal_gamma is None or flsd else float(terms.focal_gamma)
+    return float(terms.confidence_penalty), float(terms.poly), gamma, flsd
+
+
+def _terms_of(beta: float, eps1: float, gamma: Optional[float], flsd: bool) -> Terms:
+    return Terms(beta, eps1, FLSD if flsd else gamma)
+
+
+def _index_terms_rows(x, y, ct, cs, s, s_uniform, cz, softcap, w, terms):
+    """(loss, lse, saved): the row loss with the terms and the stage-two coefficients, composed
+    from the block contract over the whole row and the row formulas of :mod:`._terms`.
+
+    ``saved`` (7, R) holds ``ref, L, cp, cps, cpx, cpd, low`` (0 where unused). Rows without a
+    coefficient (ignored rows) get loss 0 and every coefficient 0 by selection, so ±inf/NaN
+    padding in them reaches neither the loss nor the gradient."""
+    r, k = x.shape
+    smoothing = s is not None or s_uniform != 0.0
+    m, se, xy, dsx, sex, ses = row_partials(x, y, s, s_uniform, softcap, terms=terms)
+    ref = row_ref(m)
+    L = torch.log(se).to(torch.float32)
+    big_s = s.sum(dtype=torch.float32) if s is not None else s_uniform * k
+    low = _terms.flsd_rows(terms, ref, L, xy)
+    focal = None
+    if terms.focal:
+        focal = focal_partials(x, L, terms.focal_gamma, s, s_uniform, softcap, ref=ref, low=low)
+    csn = cs if smoothing else None
+    stats = dict(w=w, sex=sex, ses=ses, sumexp=se, focal=focal, low=low)
+    loss = _terms.row_terms_loss(ref, L, xy, dsx if smoothing else None, big_s, ct, csn, cz,
+                                 terms, **stats)
+    cp, co = _terms.term_coefs(ref, L, xy, big_s, ct, csn, cz, terms,
+                               shares_vector=s is not None, s_uniform=s_uniform, **stats)
+    live = ct != 0
+    if smoothing:
+        live = live | (cs != 0)
+    if cz is not None:
+        live = live | (cz != 0)
+    if terms.confidence_penalty:
+        live = live | (w != 0)
+    zero = torch.zeros_like(ref)
+
+    def keep(v):
+        return zero if v is None else torch.where(live, v.to(torch.float32), zero)
+
+    saved = torch.stack([ref, L, keep(cp), keep(co.cps), keep(co.cpx), keep(co.cpd),
+                         zero if low is None else low.to(torch.float32)])
+    return keep(loss), ref + L, saved
+
+
+@torch.library.custom_op("labelsmooth::triton_index_terms_fwd", mutates_args=())
+def _index_terms_fwd(
+    x: Tensor, y: Tensor, ct: Tensor, cs: Tensor, s: Optional[Tensor], s_uniform: float,
+    cz: Optional[Tensor], softcap: Optional[float], row_scale: Optional[Tensor], beta: float,
+    eps1: float, gamma: Optional[float], flsd: bool, inplace_backward: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _index_terms_rows(x, y, ct, cs, s, s_uniform, cz, softcap, row_scale,
+                             _terms_of(beta, eps1, gamma, flsd))
+
+
+@_index_terms_fwd.register_fake
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, row_scale, beta, eps1, gamma, flsd,
+      inplace_backward):
+    r = x.shape[0]
+    return (x.new_empty(r, dtype=torch.float32), x.new_empty(r, dtype=torch.float32),
+            x.new_empty((7, r), dtype=torch.float32))
+
+
+def _index_terms_setup(ctx, inputs, output) -> None:
+    (x, y, ct, cs, s, s_uniform, cz, softcap, row_scale, beta, eps1, gamma, flsd,
+     inplace_backward) = inputs
+    ctx.save_for_backward(x, y, ct, cs, s, cz, row_scale, output[2])
+    ctx.s_uniform, ctx.softcap = s_uniform, softcap
+    ctx.terms = _terms_of(beta, eps1, gamma, flsd)
+    ctx.inplace = inplace_backward and _may_write_in_place(x)
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _index_terms_backward(ctx, g_loss, g_lse, g_saved):
+    x, y, ct, cs, s, cz, w, saved = ctx.saved_tensors
+    terms, none = ctx.terms, (None,) * 13
+    if _double_backward():  # a differentiable gradient: autograd through the dense oracle
+        loss, _ = reference.index_rows(x, y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap,
+                                       terms=terms, row_scale=w)
+        (dx,) = torch.autograd.grad(loss, x, g_loss, create_graph=True)
+        return (dx, *none)
+    ref, L, cp, cps, cpx, cpd, low = saved.unbind(0)
+    coefs = TermCoefs(cps=cps if terms.poly and s is not None else None,
+                      cpx=cpx if terms.confidence_penalty else None, cpd=cpd,
+                      gamma=terms.focal_gamma,
+                      low=low != 0 if terms.focal_gamma == FLSD else None)
+    dx = _grad_buffer(x, ctx.inplace)
+    grad_rows(x, y, L, cp, ct, cs, s, ctx.s_uniform, ctx.softcap, g_loss, None, dx, ref=ref,
+              terms=coefs)
+    if ctx.inplace:
+        _mark_consumed(x)
+    return (dx, *none)
+
+
+_index_terms_fwd.register_autograd(_index_terms_backward, setup_context=_index_terms_setup)
+
+
 def index_rows(
     x: Tensor,
     y: Tensor,
@@ -295,6 +403,9 @@ def index_rows(
     cz: Optional[Tensor],
     softcap: Optional[float],
     inplace_backward: bool = False,
+    *,
+    terms: Terms = NO_TERMS,
+    row_scale: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Per-row smoothed cross-entropy for index targets (contract: :mod:`labelsmooth.ops`).
 
@@ -317,6 +428,13 @@ def index_rows(
         cz: (R,) z-loss coefficients or None.
         softcap: c > 0 to replace every logit by ``c·tanh(x/c)`` first, or None.
         inplace_backward: write the gradient over ``x`` in the backward (contiguous ``x`` only).
+        terms: the optional terms (:mod:`labelsmooth.ops._terms`); when active the row is the
+            composition of the block contract over the whole row (:func:`row_partials` with the
+            terms' statistics, :func:`focal_partials` for focal, the row formulas
+            ``_terms.row_terms_loss`` / ``_terms.term_coefs``, :func:`grad_rows` in the
+            backward): one read more than without terms for focal, none more otherwise.
+        row_scale: (R,) the confidence penalty's row scale (the targets' weights, 0 on ignored
+            rows); needed with ``confidence_penalty``.
 
     Returns:
         ``(loss, lse)``, both (R,) float32 (float64 for float64 ``x``); ``loss`` is
@@ -338,7 +456,19 @@ def index_rows(
     """
     _check_not_consumed(x)
     if x.dtype == torch.float64:  # no fp64 kernel (functional.py rejects zero classes)
-        return reference.index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward)
+        tkw = dict(terms=terms, row_scale=row_scale) if terms.active else {}
+        return reference.index_rows(x, y, ct, cs, s, s_uniform, cz, softcap, inplace_backward,
+                                    **tkw)
+    f32 = torch.float32
+    if terms.active:
+        beta, eps1, gamma, flsd = _terms_args(terms)
+        loss, lse, _ = _index_terms_fwd(
+            x, y, ct.to(f32), cs.to(f32), s.to(f32) if s is not None else None,
+            float(s_uniform), cz.to(f32) if cz is not None else None,
+            None if softcap is None else float(softcap),
+            row_scale.to(f32) if row_scale is not None else None, beta, eps1, gamma, flsd,
+            bool(inplace_backward))
+        return loss, lse
     loss, lse, _ = _index_fwd(
         x, y, ct.to(torch.float32), cs.to(torch.float32),
         s.to(torch.float32) if s is not None else None, float(s_uniform),
@@ -351,17 +481,17 @@ def index_rows(
 # Probability targets
 # -------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("labelsmooth::triton_prob_fwd", mutates_args=())
-def _prob_fwd(
-    x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
-    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], inplace_backward: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap, terms: Terms = NO_TERMS):
+    """(loss, lse, stats, extras): the statistics pass. ``stats`` (3, R) = (m, log Σ e^{x−m}, Q);
+    with active ``terms`` ``extras`` = (Σ q (m − x'), sex, Σ q e, Σ t e) ((0,) where unneeded)."""
     r, k = x.shape
-    loss = torch.empty(r, dtype=torch.float32, device=x.device)
-    lse = torch.empty(r, dtype=torch.float32, device=x.device)
-    stats = torch.empty(3, r, dtype=torch.float32, device=x.device)  # m, log Σ e^{x-m}, Σ_c q_c
+    f32 = dict(dtype=torch.float32, device=x.device)
+    loss, lse = torch.empty(r, **f32), torch.empty(r, **f32)
+    stats = torch.empty(3, r, **f32)  # m, log Σ e^{x-m}, Σ_c q_c
+    wants = (terms.active, terms.wants_sex, terms.wants_ses, terms.focal_gamma == FLSD)
+    extras = tuple(torch.empty(r if want else 0, **f32) for want in wants)
     if r == 0:
-        return loss, lse, stats
+        return loss, lse, stats, extras
     block, warps = _launch_cfg(k)
     rs = rs.contiguous()
     with _on_device(x):
@@ -371,10 +501,21 @@ def _prob_fwd(
             w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
             rs, cz.contiguous() if cz is not None else rs,
             loss, lse, stats[2], stats[0], stats[1],
+            *(e if want else loss for e, want in zip(extras, wants)),
             k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
             HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
-            SOFTCAP=softcap is not None, BLOCK=block, num_warps=warps,
+            SOFTCAP=softcap is not None, TERMS=wants[0], SEX=wants[1], QE=wants[2], TE=wants[3],
+            BLOCK=block, num_warps=warps,
         )
+    return loss, lse, stats, extras
+
+
+@torch.library.custom_op("labelsmooth::triton_prob_fwd", mutates_args=())
+def _prob_fwd(
+    x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
+    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], inplace_backward: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    loss, lse, stats, _ = _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap)
     return loss, lse, stats
 
 
@@ -385,7 +526,9 @@ def _(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward):
             x.new_empty((3, r), dtype=torch.float32))
 
 
-def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g) -> None:
+def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g,
+                     cp=None, cpq=None, cpx=None, low=None, gamma=None, flsd=False,
+                     eps1=0.0) -> None:
     r, k = x.shape
     if r == 0:
         return
@@ -393,6 +536,7 @@ def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g
     rs = rs.contiguous()
     out = _staged(dx)
     dt_arg = _staged(dt) if dt is not None else out
+    terms = cp is not None
     with _on_device(x):
         _kernels()._prob_bwd[(r,)](
             x, x.stride(0), x.stride(1),
@@ -402,9 +546,15 @@ def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g
             w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
             rs, cz.contiguous() if cz is not None else rs, stats[0], stats[1], stats[2],
             g.to(torch.float32).contiguous(),
+            *(_f32(v) if v is not None else rs for v in (cp, cpq, cpx)),
+            low.to(torch.int8).contiguous() if low is not None else rs,
             k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
+            float(gamma) if gamma is not None else 0.0, float(eps1),
             HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
-            SOFTCAP=softcap is not None, NEED_DT=dt is not None, BLOCK=block, num_warps=warps,
+            SOFTCAP=softcap is not None, NEED_DT=dt is not None, TERMS=terms,
+            HAS_CPQ=terms and cpq is not None, HAS_CPX=terms and cpx is not None,
+            POW=_pow_mode(FLSD if flsd else gamma), FOCAL=terms and (flsd or gamma is not None),
+            POLY=terms and eps1 != 0.0, BLOCK=block, num_warps=warps,
         )
     _unstage(out, dx)
     if dt is not None:
@@ -415,15 +565,21 @@ def _prob_bwd_launch(dx, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g
 def _prob_bwd_out(
     x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
     rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], stats: Tensor, g: Tensor,
-    out: Tensor, dt: Optional[Tensor],
+    out: Tensor, dt: Optional[Tensor], cp: Optional[Tensor] = None,
+    cpq: Optional[Tensor] = None, cpx: Optional[Tensor] = None, low: Optional[Tensor] = None,
+    gamma: Optional[float] = None, flsd: bool = False, eps1: float = 0.0,
 ) -> None:
     """Destination-passing backward: the logits' gradient into ``out`` (fresh, or ``x`` itself)
-    and, when ``dt`` is given, the targets' gradient into ``dt``."""
-    _prob_bwd_launch(out, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g)
+    and, when ``dt`` is given, the targets' gradient into ``dt``; with ``cp`` given (the optional
+    terms: ``stats`` then holds the reference and L) the generalised form with ``cpq``/``cpx``,
+    focal ``gamma``/``flsd``/``low`` and Poly-1's ``eps1`` (for ``dt``)."""
+    _prob_bwd_launch(out, dt, x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g,
+                     cp, cpq, cpx, low, gamma, flsd, eps1)
 
 
 @_prob_bwd_out.register_fake
-def _(x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g, out, dt):
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, stats, g, out, dt, cp=None, cpq=None,
+      cpx=None, low=None, gamma=None, flsd=False, eps1=0.0):
     return None
 
 
@@ -455,6 +611,112 @@ def _prob_backward(ctx, g_loss, g_lse, g_stats):
 _prob_fwd.register_autograd(_prob_backward, setup_context=_prob_setup)
 
 
+# --- probability targets with the optional terms ------------------------------------------------
+
+def _prob_terms_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, terms):
+    """(loss, lse, saved): the terms on the mass rs·q, by the index formulas of :mod:`._terms`
+    with no target term (ct = 0), shares q (a per-row vector, so cps is q's coefficient),
+    S = Q and cs = the penalty's row scale = rs. ``saved`` (6, R) = ``ref, L, cp, cpq, cpx, low``;
+    rows without a coefficient get loss 0 and every coefficient 0 by selection."""
+    _, _, stats, (qx, sex, qe, te) = _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap,
+                                                       terms)
+    ref = row_ref(stats[0])
+    L, big_q = stats[1], stats[2]
+    se = torch.exp(L.double())
+    zero = torch.zeros_like(ref)
+    low = _terms.flsd_low(te / se.to(te.dtype)) if terms.focal_gamma == FLSD else None
+    focal = None
+    if terms.focal:
+        focal = _prob_focal_launch(x, t, w, a, b, b_uniform, softcap, ref, L, terms.focal_gamma,
+                                   low)
+    kw = dict(w=rs, sex=sex if terms.wants_sex else None, ses=qe if terms.wants_ses else None,
+              sumexp=se, focal=focal, low=low)
+    loss = _terms.row_terms_loss(ref, L, zero, qx, big_q, zero, rs, cz, terms, **kw)
+    cp, co = _terms.term_coefs(ref, L, zero, big_q, zero, rs, cz, terms, shares_vector=True,
+                               **kw)
+    live = rs != 0
+    if cz is not None:
+        live = live | (cz != 0)
+
+    def keep(v):
+        return zero if v is None else torch.where(live, v.to(torch.float32), zero)
+
+    saved = torch.stack([ref, L, keep(cp), keep(co.cps), keep(co.cpx),
+                         zero if low is None else low.to(torch.float32)])
+    return keep(loss), ref + L, saved
+
+
+def _prob_focal_launch(x, t, w, a, b, b_uniform, softcap, ref, L, gamma, low):
+    r, k = x.shape
+    fs, a_s = (torch.zeros(r, dtype=torch.float32, device=x.device) for _ in range(2))
+    if r == 0:
+        return fs, a_s
+    block, warps = _launch_cfg(k)
+    g, _ = _gamma_args(gamma)
+    with _on_device(x):
+        _kernels()._prob_focal[(r,)](
+            x, x.stride(0), x.stride(1), t, t.stride(0), t.stride(1),
+            w.contiguous() if w is not None else fs, b.contiguous() if b is not None else fs,
+            _f32(ref), _f32(L), low.to(torch.int8).contiguous() if low is not None else fs,
+            fs, a_s, k, float(a), float(b_uniform),
+            float(softcap) if softcap is not None else 1.0, g,
+            HAS_W=w is not None, HAS_B=b is not None, SOFTCAP=softcap is not None,
+            POW=_pow_mode(gamma), BLOCK=block, num_warps=warps,
+        )
+    return fs, a_s
+
+
+@torch.library.custom_op("labelsmooth::triton_prob_terms_fwd", mutates_args=())
+def _prob_terms_fwd(
+    x: Tensor, t: Tensor, w: Optional[Tensor], a: float, b: Optional[Tensor], b_uniform: float,
+    rs: Tensor, cz: Optional[Tensor], softcap: Optional[float], beta: float, eps1: float,
+    gamma: Optional[float], flsd: bool, inplace_backward: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _prob_terms_rows(x, t, w, a, b, b_uniform, rs, cz, softcap,
+                            _terms_of(beta, eps1, gamma, flsd))
+
+
+@_prob_terms_fwd.register_fake
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, beta, eps1, gamma, flsd, inplace_backward):
+    r = x.shape[0]
+    return (x.new_empty(r, dtype=torch.float32), x.new_empty(r, dtype=torch.float32),
+            x.new_empty((6, r), dtype=torch.float32))
+
+
+def _prob_terms_setup(ctx, inputs, output) -> None:
+    x, t, w, a, b, b_uniform, rs, cz, softcap, beta, eps1, gamma, flsd, inplace_backward = inputs
+    ctx.save_for_backward(x, t, w, b, rs, cz, output[2])
+    ctx.a, ctx.b_uniform, ctx.softcap = a, b_uniform, softcap
+    ctx.terms = _terms_of(beta, eps1, gamma, flsd)
+    ctx.inplace = inplace_backward and _may_write_in_place(x)
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _prob_terms_backward(ctx, g_loss, g_lse, g_saved):
+    x, t, w, b, rs, cz, saved = ctx.saved_tensors
+    terms, need_dt, none = ctx.terms, ctx.needs_input_grad[1], (None,) * 12
+    if _double_backward():  # a differentiable gradient: autograd through the dense oracle
+        loss, _ = reference.prob_rows(x, t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap,
+                                      terms=terms)
+        grads = torch.autograd.grad(loss, (x, t) if need_dt else (x,), g_loss,
+                                    create_graph=True)
+        return (grads[0], grads[1] if need_dt else None, *none)
+    ref, L, cp, cpq, cpx, low = saved.unbind(0)
+    beta, eps1, gamma, flsd = _terms_args(terms)
+    dx = _grad_buffer(x, ctx.inplace)
+    dt = torch.empty_like(t, memory_format=torch.contiguous_format) if need_dt else None
+    _prob_bwd_out(x, t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap,
+                  torch.stack([ref, L, L]), g_loss, dx, dt, cp,
+                  cpq if terms.poly else None, cpx if terms.confidence_penalty else None,
+                  low if flsd else None, gamma, flsd, eps1)
+    if ctx.inplace:
+        _mark_consumed(x)
+    return (dx, dt, *none)
+
+
+_prob_terms_fwd.register_autograd(_prob_terms_backward, setup_context=_prob_terms_setup)
+
+
 def prob_rows(
     x: Tensor,
     t: Tensor,
@@ -466,6 +728,8 @@ def prob_rows(
     cz: Optional[Tensor],
     softcap: Optional[float],
     inplace_backward: bool = False,
+    *,
+    terms: Terms = NO_TERMS,
 ) -> tuple[Tensor, Tensor]:
     r"""Per-row smoothed cross-entropy for probability targets (contract: :mod:`labelsmooth.ops`).
 
@@ -485,6 +749,11 @@ def prob_rows(
         w: (K,) class weights or None; a: target scale; b: (K,) offsets or None (``b_uniform``).
         rs: (R,) row scales; cz: (R,) z-loss coefficients or None; softcap: c or None.
         inplace_backward: write the gradient over ``x`` in the backward (contiguous ``x`` only).
+        terms: the optional terms on the mass :math:`rs\,q` (:mod:`labelsmooth.ops._terms`; the
+            penalty scaled by ``rs``, FLSD-53 reading :math:`p_y = \sum_c t_c p_c`): the
+            statistics pass gathers their sums too (constexpr flags), focal adds one read, and
+            the row formulas are ``_terms.row_terms_loss`` / ``_terms.term_coefs`` with no target
+            term and the row's own shares q.
 
     Returns:
         ``(loss, lse)``, both (R,) float32 (float64 for float64 ``x``).
@@ -502,8 +771,18 @@ def prob_rows(
     """
     _check_not_consumed(x)
     if x.dtype == torch.float64:
-        return reference.prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward)
+        tkw = dict(terms=terms) if terms.active else {}
+        return reference.prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace_backward,
+                                   **tkw)
     f32 = torch.float32
+    if terms.active:
+        beta, eps1, gamma, flsd = _terms_args(terms)
+        loss, lse, _ = _prob_terms_fwd(
+            x, t, w.to(f32) if w is not None else None, float(a),
+            b.to(f32) if b is not None else None, float(b_uniform), rs.to(f32),
+            cz.to(f32) if cz is not None else None, None if softcap is None else float(softcap),
+            beta, eps1, gamma, flsd, bool(inplace_backward))
+        return loss, lse
     loss, lse, _ = _prob_fwd(
         x, t, w.to(f32) if w is not None else None, float(a), b.to(f32) if b is not None else None,
         float(b_uniform), rs.to(f32), cz.to(f32) if cz is not None else None,
@@ -528,45 +807,60 @@ def _mask_arg(y: Tensor, target_mask: Optional[Tensor]) -> tuple[Tensor, bool]:
 @torch.library.custom_op("labelsmooth::triton_block_partials", mutates_args=())
 def _block_partials(
     x: Tensor, y: Tensor, s: Optional[Tensor], s_uniform: float, softcap: Optional[float],
-    target_mask: Optional[Tensor],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    target_mask: Optional[Tensor], want_sex: bool, want_ses: bool, ties: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Stage one; ``sex``/``ses`` (the terms' statistics) are (0,) tensors unless wanted
+    (``ses`` only with a share vector: uniform shares give ``s_uniform·sumexp``). With
+    ``ties`` the terms at the max are counted apart in ``n`` (Σexp = d + n), else ``n`` is (0,)."""
     r, k = x.shape
+    want_ses = want_ses and s is not None
     m, d, xy, sx = (torch.empty(r, dtype=torch.float32, device=x.device) for _ in range(4))
+    sex, ses, n = (torch.empty(r if want else 0, dtype=torch.float32, device=x.device)
+                   for want in (want_sex, want_ses, ties))
     if r == 0:
-        return m, d, xy, sx
+        return m, d, xy, sx, sex, ses, n
     y = y.to(torch.long).contiguous()
     on, has_mask = _mask_arg(y, target_mask)
     block, warps = _launch_cfg(k)
     with _on_device(x):
         _kernels()._block_partials[(r,)](
             x, x.stride(0), x.stride(1), y, on, _f32(s) if s is not None else y,
-            m, d, xy, sx, k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
+            m, d, xy, sx, sex if want_sex else m, ses if want_ses else m, n if ties else m,
+            k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
             SMOOTH=_smooth_mode(s, s_uniform), SOFTCAP=softcap is not None, HAS_MASK=has_mask,
-            BLOCK=block, num_warps=warps,
+            SEX=want_sex, SES=want_ses, TIES=ties, BLOCK=block, num_warps=warps,
         )
-    return m, d, xy, sx
+    return m, d, xy, sx, sex, ses, n
 
 
 @_block_partials.register_fake
-def _(x, y, s, s_uniform, softcap, target_mask):
+def _(x, y, s, s_uniform, softcap, target_mask, want_sex, want_ses, ties):
     r = x.shape[0]
-    return tuple(x.new_empty(r, dtype=torch.float32) for _ in range(4))
+    want_ses = want_ses and s is not None
+    return tuple(x.new_empty(n, dtype=torch.float32)
+                 for n in (r, r, r, r, r if want_sex else 0, r if want_ses else 0,
+                           r if ties else 0))
 
 
 @torch.no_grad()
 def row_partials(
     x: Tensor, y: Tensor, s: Optional[Tensor], s_uniform: float, softcap: Optional[float],
-    target_mask: Optional[Tensor] = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    target_mask: Optional[Tensor] = None, *, terms: Terms = NO_TERMS,
+) -> tuple[Tensor, ...]:
     r"""Stage one on a block of columns: per row ``(m, sumexp, x_y, dsx)`` relative to the row max.
 
-    The contract of :func:`labelsmooth.ops.fused.row_partials` (see :mod:`labelsmooth.ops`), one
-    Triton program per row; ``sumexp`` is accumulated in float32 and returned as float64, so a
-    confident row's excess :math:`\delta` = sumexp − 1 is kept only to float32's step (1.2e-7,
-    where the fused engine's float64 :func:`~labelsmooth.ops._math.sum_exp` keeps it); keeping it
-    would need the ties with the max summed apart per lane and returned apart (more registers
-    in the statistics pass), left as is. float64 logits run the fused engine's plain-PyTorch
-    passes (no float64 kernel).
+    The contract of :func:`labelsmooth.ops.reference.row_partials` (see :mod:`labelsmooth.ops`),
+    one Triton program per row; with active ``terms`` also ``(sex, ses)`` =
+    :math:`\sum_c e_c (x'_c - r)` (0 unless ``confidence_penalty``) and :math:`\sum_c s_c e_c`
+    (0 unless ``poly``; :math:`s_u\,\mathrm{sumexp}` for uniform shares), accumulated in the same
+    pass (no extra read; constexpr flags, so the plain variant does no extra work).
+    ``sumexp`` is accumulated in float32 and returned as float64. Without terms a confident
+    row's excess :math:`\delta` = sumexp − 1 is kept only to float32's step (1.2e-7, where the
+    fused engine's float64 :func:`~labelsmooth.ops._math.sum_exp` keeps it). With active terms
+    (which need :math:`1 - p_y` of confident rows) the terms at the max are counted apart in the
+    kernel and added in float64, as ``sum_exp`` does: δ is kept (one more per-lane register
+    vector, so the plain variant does not pay it). float64 logits run the fused engine's
+    plain-PyTorch passes (no float64 kernel; the reference's with terms).
 
     Examples:
         >>> from labelsmooth.ops import fused
@@ -577,13 +871,101 @@ def row_partials(
         (tensor([2., 3.]), tensor([2., 3.]), tensor([1.5000, 0.0000]))
     """
     if x.dtype == torch.float64:
+        if terms.active:
+            return reference.row_partials(x, y, s, s_uniform, softcap, target_mask, terms=terms)
         from labelsmooth.ops import _fused_chunks
 
         return _fused_chunks.row_partials(x, y, s, s_uniform, softcap, target_mask,
                                           chunk_elems=_fused_chunks.CHUNK_ELEMS)
-    m, d, xy, sx = _block_partials(x, y, s, float(s_uniform),
-                                   None if softcap is None else float(softcap), target_mask)
-    return m, d.double(), xy, sx
+    m, d, xy, sx, sex, ses, n = _block_partials(
+        x, y, s, float(s_uniform), None if softcap is None else float(softcap), target_mask,
+        terms.wants_sex, terms.wants_ses, terms.active)
+    if not terms.active:
+        return m, d.double(), xy, sx
+    se = n.double() + d.double()  # the ties with the max apart: a confident row keeps 1 − p_y
+    zero = torch.zeros_like(m)
+    if not terms.wants_sex:
+        sex = zero
+    if not terms.wants_ses:
+        ses = zero
+    elif s is None:  # uniform shares: Σ s_u e = s_u·sumexp (nothing more read)
+        ses = (float(s_uniform) * se).to(torch.float32) if s_uniform != 0.0 else zero
+    return m, se, xy, sx, sex, ses
+
+
+def _pow_mode(gamma: float | str | None) -> int:
+    """The kernels' POW constexpr for focal γ: −1 FLSD-53, n an integer γ ≤ FOCAL_INT_MAX
+    (raised by multiplication), 0 any other γ (exp/log)."""
+    if gamma == FLSD:
+        return -1
+    g = float(gamma) if gamma is not None else 1.0
+    return int(g) if g.is_integer() and 0 < g <= FOCAL_INT_MAX else 0
+
+
+def _gamma_args(gamma: float | str | None) -> tuple[float, bool]:
+    """(γ as a float, is FLSD-53) for the ops' schemas (γ unused for FLSD-53)."""
+    if gamma == FLSD:
+        return 0.0, True
+    return (0.0 if gamma is None else float(gamma)), False
+
+
+def _gamma_of(gamma: float, flsd: bool) -> float | str:
+    return FLSD if flsd else gamma
+
+
+@torch.library.custom_op("labelsmooth::triton_block_focal", mutates_args=())
+def _block_focal(
+    x: Tensor, lse: Tensor, gamma: float, flsd: bool, s: Optional[Tensor], s_uniform: float,
+    softcap: Optional[float], ref: Tensor, low: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    r, k = x.shape
+    fs, a_s = (torch.zeros(r, dtype=torch.float32, device=x.device) for _ in range(2))
+    if r == 0 or _smooth_mode(s, s_uniform) == 0:
+        return fs, a_s  # no shares: the focal stage has nothing to sum
+    block, warps = _launch_cfg(k)
+    low_arg = low.to(torch.int8).contiguous() if low is not None else fs
+    with _on_device(x):
+        _kernels()._block_focal[(r,)](
+            x, x.stride(0), x.stride(1), _f32(s) if s is not None else fs, _f32(ref), _f32(lse),
+            low_arg, fs, a_s, k, float(s_uniform),
+            float(softcap) if softcap is not None else 1.0, float(gamma),
+            SMOOTH=_smooth_mode(s, s_uniform), SOFTCAP=softcap is not None,
+            POW=_pow_mode(_gamma_of(gamma, flsd)), BLOCK=block, num_warps=warps,
+        )
+    return fs, a_s
+
+
+@_block_focal.register_fake
+def _(x, lse, gamma, flsd, s, s_uniform, softcap, ref, low):
+    r = x.shape[0]
+    return x.new_empty(r, dtype=torch.float32), x.new_empty(r, dtype=torch.float32)
+
+
+@torch.no_grad()
+def focal_partials(
+    x: Tensor, lse: Tensor, gamma: float | str, s: Optional[Tensor], s_uniform: float,
+    softcap: Optional[float], *, ref: Optional[Tensor] = None, low: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor]:
+    r"""Stage 1b (focal only) on a block of columns: per row ``(Fs, As)`` over the block's shares.
+
+    The contract of :func:`labelsmooth.ops.reference.focal_partials`: one more read of the block
+    (the elementwise focal quantities need the merged ``lse``), one Triton program per row,
+    float32. Merge: SUM. float64 logits run the reference's dense pass.
+
+    Examples:
+        >>> from labelsmooth.ops import reference
+        >>> x = torch.zeros(1, 2)
+        >>> focal = focal_partials if is_available(x.device) else reference.focal_partials
+        >>> fs, a_s = focal(x, torch.logsumexp(x, 1), 2.0, None, 0.5, None)
+        >>> fs, a_s  # two classes at p = ½, share ½ each: ¼·log 2 and ¼(−log 2 − 1)
+        (tensor([0.1733]), tensor([-0.5966]))
+    """
+    if x.dtype == torch.float64:
+        return reference.focal_partials(x, lse, gamma, s, s_uniform, softcap, ref=ref, low=low)
+    g, flsd = _gamma_args(gamma)
+    return _block_focal(x, lse, g, flsd, s, float(s_uniform),
+                        None if softcap is None else float(softcap),
+                        torch.zeros_like(lse) if ref is None else ref, low)
 
 
 @torch.library.custom_op("labelsmooth::triton_block_grad_out", mutates_args=("out",))
@@ -591,8 +973,12 @@ def _block_grad_out(
     x: Tensor, y: Tensor, lse: Tensor, coef_p: Tensor, ct: Tensor, cs: Tensor,
     s: Optional[Tensor], s_uniform: float, softcap: Optional[float], grad: Tensor,
     target_mask: Optional[Tensor], ref: Tensor, out: Tensor,
+    cps: Optional[Tensor] = None, cpx: Optional[Tensor] = None, cpd: Optional[Tensor] = None,
+    gamma: Optional[float] = None, flsd: bool = False, low: Optional[Tensor] = None,
 ) -> None:
-    """Destination-passing stage two: writes the block's gradient into ``out`` (may alias ``x``)."""
+    """Destination-passing stage two: writes the block's gradient into ``out`` (may alias ``x``);
+    with the terms' coefficients (``cps``/``cpx``/``cpd``, focal ``gamma``/``flsd``/``low``) the
+    generalised form of :class:`~labelsmooth.ops._terms.TermCoefs` (``cpd`` given: terms on)."""
     r, k = x.shape
     if r == 0:
         return
@@ -600,13 +986,21 @@ def _block_grad_out(
     y = y.to(torch.long).contiguous()
     on, has_mask = _mask_arg(y, target_mask)
     block, warps = _launch_cfg(k)
+    focal = flsd or gamma is not None
+    terms = cpd is not None
+    lse = _f32(lse)
     with _on_device(x):
         _kernels()._block_grad[(r,)](
             x, x.stride(0), x.stride(1), dst, dst.stride(0), dst.stride(1),
-            y, on, _f32(s) if s is not None else y, _f32(ref), _f32(lse), _f32(coef_p),
+            y, on, _f32(s) if s is not None else y, _f32(ref), lse, _f32(coef_p),
             _f32(ct), _f32(cs), _f32(grad),
+            *(_f32(v) if v is not None else lse for v in (cps, cpx, cpd)),
+            low.to(torch.int8).contiguous() if low is not None else y,
             k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
+            float(gamma) if gamma is not None else 0.0,
             SMOOTH=_smooth_mode(s, s_uniform), SOFTCAP=softcap is not None, HAS_MASK=has_mask,
+            TERMS=terms, HAS_CPS=terms and cps is not None, HAS_CPX=terms and cpx is not None,
+            POW=_pow_mode(FLSD if flsd else gamma), FOCAL=terms and focal,
             BLOCK=block, num_warps=warps,
         )
     _unstage(dst, out)
@@ -617,13 +1011,15 @@ def grad_rows(
     x: Tensor, y: Tensor, lse: Tensor, coef_p: Tensor, ct: Tensor, cs: Tensor,
     s: Optional[Tensor], s_uniform: float, softcap: Optional[float], grad: Tensor,
     target_mask: Optional[Tensor] = None, out: Optional[Tensor] = None, *,
-    ref: Optional[Tensor] = None,
+    ref: Optional[Tensor] = None, terms: Optional[TermCoefs] = None,
 ) -> Tensor:
     r"""Stage two on a block of columns: its gradient given the merged row statistics, into ``out``.
 
-    The contract of :func:`labelsmooth.ops.fused.grad_rows` (``out`` may be ``x``: in place),
-    through the destination-passing op ``labelsmooth::triton_block_grad_out``. float64 logits run
-    the fused engine's plain-PyTorch passes.
+    The contract of :func:`labelsmooth.ops.reference.grad_rows` (``out`` may be ``x``: in place),
+    through the destination-passing op ``labelsmooth::triton_block_grad_out``; with ``terms``
+    (:class:`~labelsmooth.ops._terms.TermCoefs`, needs ``ref``) the generalised form, each term's
+    part behind a constexpr flag of the kernel. float64 logits run the fused engine's
+    plain-PyTorch passes (the reference's with terms).
 
     Examples:
         >>> from labelsmooth.ops import fused
@@ -633,7 +1029,12 @@ def grad_rows(
         >>> grads(x, torch.tensor([2]), lse, one, one, 0 * one, None, 0.0, None, one)
         tensor([[ 0.0900,  0.2447, -0.3348]])
     """
+    if terms is not None and ref is None:
+        raise ValueError("Expected `ref` (the reference of `lse`) with `terms`, but got None.")
     if x.dtype == torch.float64:
+        if terms is not None:
+            return reference.grad_rows(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad,
+                                       target_mask, out, ref=ref, terms=terms)
         from labelsmooth.ops import _fused_chunks
 
         return _fused_chunks.grad_rows(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad,
@@ -641,7 +1042,15 @@ def grad_rows(
                                        ref=ref)
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    kw = {}
+    if terms is not None:
+        gamma, flsd = _gamma_args(terms.gamma)
+        # the target column's D (TermCoefs.cpd); target_grad's own default without it
+        cpd = terms.cpd if terms.cpd is not None else coef_p - ct
+        kw = dict(cps=terms.cps, cpx=terms.cpx, cpd=cpd,
+                  gamma=None if terms.gamma is None or flsd else gamma, flsd=flsd,
+                  low=terms.low if flsd else None)
     _block_grad_out(x, y, lse, coef_p, ct, cs, s, float(s_uniform),
                     None if softcap is None else float(softcap), grad, target_mask,
-                    torch.zeros_like(lse) if ref is None else ref, out)
+                    torch.zeros_like(lse) if ref is None else ref, out, **kw)
     return out
