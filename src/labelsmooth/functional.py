@@ -129,8 +129,9 @@ def cross_entropy(
     PyTorch equivalent without weights (index targets, ``q = smooth_targets(y, K, ε)``,
     ``logp = x.log_softmax(-1)``, ``p = logp.exp()``):
     ``(-(q * (1 - p)**γ * logp).sum(-1) + ε₁ * (1 - (q * p).sum(-1)) + β * (p * logp).sum(-1)).mean()``.
-    Only ``impl="reference"`` evaluates these terms (autograd through the formula above);
-    ``impl="auto"`` picks it when a term is set, and ``"fused"``/``"triton"`` raise a ValueError.
+    ``impl="reference"`` (autograd through the formula above) and ``impl="triton"`` (the block
+    contract's kernels) evaluate these terms; ``impl="auto"`` picks the reference when a term is
+    set, and ``"fused"`` raises a ValueError.
 
     Args:
         input: logits of shape (C), (N, C) or (N, C, d1, ..., dk); any floating dtype.

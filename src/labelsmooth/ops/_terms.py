@@ -33,7 +33,7 @@ from labelsmooth.ops._math import grad_coef, row_loss
 FocalGamma = Union[float, str, None]
 FLSD = "flsd-53"
 #: the implementations that evaluate the terms (``impl="auto"`` picks the first when a term is set)
-SUPPORTED_IMPLS = ("reference",)
+SUPPORTED_IMPLS = ("reference", "triton")
 
 __all__ = [
     "FLSD",
@@ -137,7 +137,7 @@ def check_impl_supports(impl: str, terms: Terms) -> str:
         return SUPPORTED_IMPLS[0]
     if impl not in SUPPORTED_IMPLS:
         raise V.fail("impl", f"one of {('auto',) + SUPPORTED_IMPLS} when "
-                     f"{', '.join(terms.names())} is set (the fused and Triton engines do not "
+                     f"{', '.join(terms.names())} is set (the fused engine does not "
                      "implement these terms yet)", impl)
     return impl
 
