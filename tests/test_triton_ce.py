@@ -1255,3 +1255,36 @@ def test_opcheck_terms_ops():
     torch.library.opcheck(torch.ops.labelsmooth.triton_prob_terms_fwd.default,
                           (xp, t, None, 0.9, None, 0.1 / k, torch.ones(r, device=DEV), None, 2.0,
                            0.2, 0.3, 2.0, False, False), test_utils=OPCHECKS)
+
+
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+@pytest.mark.parametrize("tname", ["penalty", "poly", "flsd", "all"])
+def test_terms_through_the_public_api(tname, target_kind):
+    """cross_entropy(impl="triton", <term>) with weights, ignore_index (±inf/NaN padding in the
+    ignored rows) and label smoothing equals impl="reference" in float64; ignored rows get
+    exactly 0 gradient."""
+    assert "triton" in _terms.SUPPORTED_IMPLS
+    torch.manual_seed(3)
+    n, k = 8, 13
+    x = _logits(n, k, torch.float64)
+    w = (torch.rand(k, dtype=torch.float64) + 0.5).to(DEV)
+    kw = dict(label_smoothing=0.1, **TERM_SETS[tname])
+    if target_kind == "index":
+        target = _target(n, k)  # rows 1 and 5 ignored (-100)
+        x[1] = torch.nan
+        x[5, :4] = -torch.inf
+        kw.update(weight=w)
+    else:
+        target = torch.softmax(torch.randn(n, k, dtype=torch.float64) * 2, 1).to(DEV)
+    res = {}
+    for impl, dt in (("reference", torch.float64), ("triton", torch.float32)):
+        xl = x.to(dt).clone().requires_grad_()
+        tt = target.to(dt) if target.is_floating_point() else target
+        kk = {a: (v.to(dt) if isinstance(v, torch.Tensor) else v) for a, v in kw.items()}
+        loss = ls.cross_entropy(xl, tt, impl=impl, **kk)
+        loss.backward()
+        res[impl] = (loss.detach().double(), xl.grad.double())
+    torch.testing.assert_close(res["triton"][0], res["reference"][0], rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(res["triton"][1], res["reference"][1], rtol=1e-4, atol=1e-6)
+    if target_kind == "index":
+        assert torch.equal(res["triton"][1][1::4], torch.zeros_like(res["triton"][1][1::4]))
