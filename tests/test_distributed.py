@@ -315,15 +315,15 @@ def _check_parity(world: int, cases: list[dict], results: list[list[dict]]) -> N
             assert 1 <= len(ar) <= 3, f"{name}: {len(ar)} all-reduces"
             # MAX: the N row maxima; when nothing was exchanged (vocab_start/vocab_size given)
             # and values are checked (CPU), + [v, -v], v = 2 target checksums, 1 range flag and
-            # the 14 fingerprint items
-            assert ar[0] == rows + (2 * (3 + 14) if c["explicit"] else 0), (
+            # the 17 fingerprint items
+            assert ar[0] == rows + (2 * (3 + 17) if c["explicit"] else 0), (
                 f"{name}: MAX all-reduce size {ar[0]}, N={rows}")
             assert all(n <= 4 * rows + 2 for n in ar[1:]), (
                 f"{name}: all-reduce sizes {ar}, N={rows}")
-            # one all_gather of the 21-entry fingerprint (status, width, layout, target summary,
-            # 14 items), which carries the shard widths; none when vocab_start and vocab_size
+            # one all_gather of the 24-entry fingerprint (status, width, layout, target summary,
+            # 17 items), which carries the shard widths; none when vocab_start and vocab_size
             # are given
-            assert ag == ([] if c["explicit"] else [21]), f"{name}: all_gathers {ag}"
+            assert ag == ([] if c["explicit"] else [24]), f"{name}: all_gathers {ag}"
             assert p["bwd"] == [], f"{name}: backward communicated {p['bwd']}"
 
 
@@ -509,9 +509,9 @@ def test_linear_dtensor_and_layout() -> None:
             _close(p["gh"], h.grad, dtype, f"{name}: grad hidden, rank {r}")
             ar = [n for nm, n, _ in p["fwd"] if nm == "all_reduce"]
             assert len(ar) <= 3 and all(n <= 4 * c["y"].numel() + 2 for n in ar), (name, p["fwd"])
-            # the 23-integer fingerprint (7 head entries, 16 items) carries the shard widths
+            # the 26-integer fingerprint (7 head entries, 19 items) carries the shard widths
             ag = [n for nm, n, _ in p["fwd"] if nm == "all_gather"]
-            assert ag == [23], f"{name}: all_gathers {ag}"
+            assert ag == [26], f"{name}: all_gathers {ag}"
             bwd_ar = [n for nm, n, _ in p["bwd"] if nm == "all_reduce"]
             assert bwd_ar == [h.numel()], f"{name}: backward all-reduces {bwd_ar} (d(hidden) only)"
         _close(res[0]["linear"][i]["loss"], ref.detach(), dtype, f"{name}: loss")
@@ -1146,3 +1146,142 @@ def test_masked_vocabulary_single_process_and_errors() -> None:
         vocab_parallel_cross_entropy(x, y, class_mask=mask[:3])
     with pytest.raises(TypeError, match="`class_mask`"):
         vocab_parallel_cross_entropy(x, y, class_mask=mask.long())
+
+
+# --------------------------------------------------------------------------------------------
+# The optional terms (confidence_penalty, poly, focal_gamma) across ranks
+# --------------------------------------------------------------------------------------------
+
+TERM_SETS = [
+    dict(confidence_penalty=0.7),
+    dict(poly=1.5),
+    dict(focal_gamma=2.0),
+    dict(focal_gamma="flsd-53"),
+    dict(confidence_penalty=0.3, poly=-0.5, focal_gamma=0.5),
+]
+
+
+def _term_cases() -> list[dict]:
+    """Each term set with a rotating option set, both losses, both engines, two layouts."""
+    g = torch.Generator().manual_seed(77)
+    w = torch.rand(K, generator=g, dtype=torch.float64) * 2 + 0.1
+    prior = torch.distributions.Dirichlet(torch.ones(K, dtype=torch.float64)).sample()
+    options = [
+        dict(label_smoothing=0.1),
+        dict(label_smoothing=0.2, weight=w, prior=prior, ignore=True),
+        dict(label_smoothing=0.3, spread="others", weight=w, weight_mode="target",
+             z_loss=1e-2, reduction="none", ignore=True),
+        dict(label_smoothing=0.1, softcap=2.0, reduction="sum", weight=w),
+        dict(),
+    ]
+    cases = []
+    for i, term in enumerate(TERM_SETS):
+        for j in range(2):
+            opt = dict(options[(i + j) % len(options)])
+            ignore = opt.pop("ignore", False)
+            x = torch.randn(N, K, generator=g, dtype=torch.float64) * 2.5
+            h = torch.randn(N, H, generator=g, dtype=torch.float64)
+            W = torch.randn(K, H, generator=g, dtype=torch.float64)
+            b = torch.randn(K, generator=g, dtype=torch.float64) * 0.1
+            y = torch.randint(0, K, (N,), generator=g)
+            if ignore:
+                y[::3] = -100
+            red_shape = (N,) if opt.get("reduction") == "none" else ()
+            grad_out = torch.rand(red_shape, generator=g, dtype=torch.float64) + 0.5
+            for impl in ("auto", "reference"):
+                cases.append(dict(name=f"{impl}/{term}/{list(opt)}", x=x, h=h, W=W, b=b, y=y,
+                                  opt=opt, term=term, impl=impl, grad_out=grad_out,
+                                  widths=[7, 4] if j == 0 else [3, 8], explicit=(i + j) % 3 == 0))
+    return cases
+
+
+def _job_terms(rank: int, world: int, cases: list[dict]) -> list[dict]:
+    counter = _Counter()
+    out = []
+    for c in cases:
+        widths = c["widths"]
+        start = sum(widths[:rank])
+        sl = slice(start, start + widths[rank])
+        opt = dict(c["opt"])
+        for key in ("weight", "prior"):
+            if key in opt:
+                opt[key] = opt[key][sl]
+        if c["explicit"]:
+            opt.update(vocab_start=start, vocab_size=sum(widths))
+        x = c["x"][:, sl].clone().requires_grad_()
+        counter.take()
+        loss = vocab_parallel_cross_entropy(x, c["y"], impl=c["impl"], **opt, **c["term"])
+        fwd = counter.take()
+        loss.backward(c["grad_out"])
+        res = dict(loss=loss.detach(), grad=x.grad, fwd=fwd, bwd=counter.take())
+        # the fused linear variant (hidden replicated, projection rows sharded), chunks of 3 rows
+        h = c["h"].clone().requires_grad_()
+        W = c["W"][sl].clone().requires_grad_()
+        b = c["b"][sl].clone().requires_grad_()
+        if "weight" in opt:
+            opt["class_weight"] = opt.pop("weight")
+        counter.take()
+        lin = vocab_parallel_linear_cross_entropy(h, W, c["y"], b, impl=c["impl"], chunk_size=3,
+                                                  **opt, **c["term"])
+        lin_fwd = counter.take()
+        lin.backward(c["grad_out"])
+        res.update(lin_loss=lin.detach(), gh=h.grad, gW=W.grad, gb=b.grad, lin_fwd=lin_fwd,
+                   lin_bwd=counter.take())
+        out.append(res)
+    return out
+
+
+JOBS["terms"] = _job_terms
+
+
+def _single_terms(c: dict, linear: bool) -> tuple[torch.Tensor, ...]:
+    """cross_entropy's reference engine (autograd through the term formulas) in one process."""
+    leaves = ([c["h"].clone().requires_grad_(), c["W"].clone().requires_grad_(),
+               c["b"].clone().requires_grad_()] if linear else [c["x"].clone().requires_grad_()])
+    logits = leaves[0] @ leaves[1].T + leaves[2] if linear else leaves[0]
+    loss = ls.cross_entropy(logits, c["y"], impl="reference", **c["opt"], **c["term"])
+    grads = torch.autograd.grad(loss, leaves, c["grad_out"])
+    return (loss.detach(), *grads)
+
+
+def test_terms_across_two_ranks() -> None:
+    """The terms on 2 gloo ranks: loss identical on every rank and equal to cross_entropy's
+    reference engine on the full logits, each rank's gradient its slice (logits; hidden, weight,
+    bias for the linear variant), float64, fused and reference engines, with and without the
+    fingerprint exchange. Collectives: the term partials ride in the existing SUM all-reduce;
+    focal with smoothing adds one SUM all-reduce of 2 numbers per row; the backward
+    communicates nothing (the linear variant: its d(hidden) all-reduce only)."""
+    world, cases = 2, _term_cases()
+    res = _spawn(world, "terms", cases)
+    for i, c in enumerate(cases):
+        name = c["name"]
+        per = [res[r][i] for r in range(world)]
+        loss, gx = _single_terms(c, linear=False)
+        lloss, gh, gW, gb = _single_terms(c, linear=True)
+        for r in range(world):
+            assert torch.equal(per[r]["loss"], per[0]["loss"]), f"{name}: rank {r} loss"
+            assert torch.equal(per[r]["lin_loss"], per[0]["lin_loss"]), f"{name}: rank {r} linear"
+            _close(per[r]["gh"], gh, torch.float64, f"{name}: linear grad hidden, rank {r}")
+        _close(per[0]["loss"], loss, torch.float64, f"{name}: loss")
+        _close(torch.cat([p["grad"] for p in per], 1), gx, torch.float64, f"{name}: grad")
+        _close(per[0]["lin_loss"], lloss, torch.float64, f"{name}: linear loss")
+        _close(torch.cat([p["gW"] for p in per]), gW, torch.float64, f"{name}: linear grad W")
+        _close(torch.cat([p["gb"] for p in per]), gb, torch.float64, f"{name}: linear grad b")
+        # focal's stage 1b sums over the smoothing shares: none without smoothing
+        focal = c["term"].get("focal_gamma") is not None and c["opt"].get("label_smoothing", 0) > 0
+        rows = c["y"].numel()
+        for p in per:
+            for key, bwd_expected in (("fwd", []), ("lin_fwd", None)):
+                ar = [n for nm, n, _ in p[key] if nm == "all_reduce"]
+                ag = [n for nm, n, _ in p[key] if nm == "all_gather"]
+                # MAX + SUM (+ the focal SUM); never an (N, K) transfer
+                assert len(ar) == 2 + focal, f"{name} {key}: all-reduces {ar}"
+                assert all(n <= 6 * rows + 2 for n in ar[1:]), f"{name} {key}: sizes {ar}"
+                if focal:
+                    assert ar[2] == 2 * rows, f"{name} {key}: focal all-reduce {ar}"
+                fp = 24 if key == "fwd" else 26  # 7 head entries + 17 (19) items
+                assert ag == ([] if c["explicit"] else [fp]), f"{name} {key}: all_gathers {ag}"
+            assert p["bwd"] == [], f"{name}: backward communicated {p['bwd']}"
+            bwd_ar = [n for nm, n, _ in p["lin_bwd"] if nm == "all_reduce"]
+            assert bwd_ar == [rows * H], f"{name}: linear backward all-reduces {bwd_ar}"
+

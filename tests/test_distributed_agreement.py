@@ -130,6 +130,16 @@ CASES = [
     ("bad_class_mask", _set(class_mask=torch.ones(2, dtype=torch.int64)),
      lambda fn: ["`class_mask`", "rejected"], None, {}),
     ("hidden_requires_grad", _no_grad_hidden, lambda fn: ["`hidden`", "grad"], "linear", {}),
+    ("confidence_penalty", _set(confidence_penalty=0.5),
+     lambda fn: ["`confidence_penalty`", "0.5"], None, {}),
+    ("poly", _set(poly=-1.0), lambda fn: ["`poly`", "-1.0"], None, {}),
+    ("focal_gamma", _set(focal_gamma="flsd-53"), lambda fn: ["`focal_gamma`", "'flsd-53'"],
+     None, {}),
+    ("bad_focal_gamma", _set(focal_gamma=-2.0), lambda fn: ["`focal_gamma`", "rejected"], None,
+     {}),
+    ("bad_poly_type", _set(poly="1"), lambda fn: ["`poly`", "rejected"], None, {}),
+    ("fixed_focal_gamma", _set(focal_gamma=2.0), lambda fn: ["`focal_gamma`"], None,
+     dict(fixed=True)),
     ("bad_value", _set(label_smoothing=1.5), lambda fn: ["`label_smoothing`", "rejected"], None,
      {}),
     ("bad_type", _set(label_smoothing="0.1"), lambda fn: ["`label_smoothing`", "rejected"],
@@ -152,7 +162,8 @@ CASES = [
      dict(fixed=True, validate=True)),
 ]
 # the rank named in the message: the odd one (rank world-1), except where the MAX cannot tell
-NO_RANK = {"fixed_label_smoothing", "fixed_prior_on_one_rank", "fixed_class_mask_on_one_rank"}
+NO_RANK = {"fixed_label_smoothing", "fixed_prior_on_one_rank", "fixed_class_mask_on_one_rank",
+           "fixed_focal_gamma"}
 
 
 def _cases(fns=FNS) -> list[tuple[str, str]]:

@@ -575,3 +575,196 @@ def test_class_mask_over_vocabulary_blocks(impl, softcap):
         torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-6, msg=what)
     assert torch.equal(ours[2][~mask], torch.zeros_like(ours[2][~mask]))
     assert torch.equal(ours[3][~mask], torch.zeros_like(ours[3][~mask]))
+
+
+# ----------------------------------------------------------------------------------------------
+# The optional terms (confidence_penalty, poly, focal_gamma): the same loss as cross_entropy's
+# reference engine on the materialised logits, in both chunk modes and with every option.
+# ----------------------------------------------------------------------------------------------
+
+TERMS = {
+    "cp": dict(confidence_penalty=0.7),
+    "poly": dict(poly=1.5),
+    "poly-neg": dict(poly=-0.5),
+    "focal": dict(focal_gamma=2.0),
+    "focal-frac": dict(focal_gamma=0.5),
+    "flsd": dict(focal_gamma="flsd-53"),
+    "all": dict(confidence_penalty=0.3, poly=0.5, focal_gamma=1.0),
+}
+TERM_OPTIONS = {
+    "plain": {},
+    "ls": {"label_smoothing": 0.1},
+    "others-w-target": {"label_smoothing": 0.2, "spread": "others", "class_weight": True,
+                        "weight_mode": "target"},
+    "prior-w": {"label_smoothing": 0.25, "prior": True, "class_weight": True},
+    "zloss-softcap-w": {"label_smoothing": 0.1, "softcap": 2.0, "z_loss": 1e-2,
+                        "class_weight": True},
+}
+TERM_CHUNKING = {
+    "tokens": {"chunk_size": 8},
+    "vocab": {"chunk_size": 6, "memory_budget": 6 * 16 * 8},  # 16-wide blocks: 50 = 3·16 + 2
+    "reference": {"impl": "reference", "chunk_size": 10},
+    "reference-vocab": {"impl": "reference", "chunk_size": 6, "memory_budget": 6 * 16 * 20},
+    "recompute": {"chunk_size": 8, "grad_in_forward": False},
+    "recompute-vocab": {"chunk_size": 6, "memory_budget": 6 * 16 * 8, "grad_in_forward": False},
+}
+
+
+def _term_cases():
+    out = []
+    chunkings = list(TERM_CHUNKING)
+    reductions = ("mean", "sum", "none")
+    for i, tname in enumerate(TERMS):
+        for j, oname in enumerate(TERM_OPTIONS):
+            ch = chunkings[(i + 2 * j) % len(chunkings)]
+            red = reductions[(i + j) % 3]
+            out.append(pytest.param(tname, oname, ch, red, id=f"{tname}-{oname}-{ch}-{red}"))
+    # every chunking for the richest combination
+    for ch in chunkings:
+        out.append(pytest.param("all", "zloss-softcap-w", ch, "mean", id=f"all-rich-{ch}"))
+        out.append(pytest.param("flsd", "prior-w", ch, "none", id=f"flsd-prior-{ch}"))
+    return out
+
+
+def _term_kwargs(oname, cw, prior):
+    kw = dict(TERM_OPTIONS[oname])
+    cwv = cw if kw.pop("class_weight", False) else None
+    kw["prior"] = prior if kw.pop("prior", False) else None
+    return kw, cwv
+
+
+@pytest.mark.parametrize("tname, oname, chunking, reduction", _term_cases())
+def test_terms_equal_cross_entropy_on_the_logits(tname, oname, chunking, reduction):
+    """Loss and gradients w.r.t. hidden, weight and bias equal labelsmooth.cross_entropy's
+    reference engine (autograd through the term formulas) on the materialised logits, float64."""
+    hid, w, b, y, cw, prior = _inputs()
+    kw, cwv = _term_kwargs(oname, cw, prior)
+    kw["reduction"] = reduction
+    term = TERMS[tname]
+
+    def unfused(h_, w_, b_):
+        return ls.cross_entropy(h_ @ w_.T + b_, y, cwv, impl="reference", **kw, **term)
+
+    def fused(h_, w_, b_):
+        return _linear_cross_entropy(h_, w_, y, b_, class_weight=cwv, **kw, **term,
+                                     **TERM_CHUNKING[chunking])
+
+    ref = _loss_and_grads(unfused, hid, w, b)
+    ours = _loss_and_grads(fused, hid, w, b)
+    for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
+        torch.testing.assert_close(o, r, rtol=1e-9, atol=1e-11, msg=what)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("softcap", [None, 2.0])
+@pytest.mark.parametrize("tname", ["all", "flsd"])
+def test_terms_over_a_masked_and_padded_vocabulary(impl, softcap, tname):
+    """class_mask (with a fully masked vocabulary block) and num_classes compose with the terms:
+    the same as cross_entropy on the logits with the same options."""
+    hid, w, b, y, cw, prior = _inputs()
+    mask = torch.ones(V, dtype=torch.bool)
+    mask[16:32] = False  # the whole second block of 16 columns
+    mask[3] = False
+    y = torch.where(mask[y.clamp(min=0)] | (y < 0), y, torch.full_like(y, 5))
+    kw = dict(label_smoothing=0.2, prior=prior, class_weight=cw, softcap=softcap, z_loss=1e-3)
+    for vocab_kw in (dict(class_mask=mask), dict(num_classes=45), dict(class_mask=mask,
+                                                                       num_classes=45)):
+        yv = torch.where(y >= 45, torch.full_like(y, 7), y) if "num_classes" in vocab_kw else y
+        cwv = kw["class_weight"]
+        okw = {k: v for k, v in kw.items() if k != "class_weight"}
+        ref = _loss_and_grads(lambda h_, w_, b_: ls.cross_entropy(
+            h_ @ w_.T + b_, yv, cwv, impl="reference", **okw, **vocab_kw, **TERMS[tname]),
+            hid, w, b)
+        for chunking in (dict(chunk_size=8), dict(chunk_size=8, memory_budget=8 * 16 * 8)):
+            ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(
+                h_, w_, yv, b_, impl=impl, **kw, **vocab_kw, **TERMS[tname], **chunking),
+                hid, w, b)
+            for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
+                torch.testing.assert_close(o, r, rtol=1e-9, atol=1e-11,
+                                           msg=f"{what} {vocab_kw.keys()} {chunking}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunking", [dict(chunk_size=8), dict(chunk_size=6,
+                                                               memory_budget=6 * 16 * 2)])
+def test_terms_low_precision_no_worse_than_the_reference(dtype, chunking):
+    """In float32/bfloat16 the fused linear loss with every term is no further from the float64
+    truth than cross_entropy's reference engine in the same dtype (plus the usual slack)."""
+    hid, w, b, y, cw, _ = _inputs(torch.float64)
+    term = dict(confidence_penalty=0.3, poly=0.5, focal_gamma="flsd-53")
+    kw = dict(label_smoothing=0.1, class_weight=cw.to(dtype), reduction="sum")
+    truth = _loss_and_grads(lambda h_, w_, b_: ls.cross_entropy(
+        h_ @ w_.T + b_, y, cw, impl="reference", label_smoothing=0.1, reduction="sum", **term),
+        hid, w, b)
+    lo = [t.to(dtype) for t in (hid, w, b)]
+    ref = _loss_and_grads(lambda h_, w_, b_: ls.cross_entropy(
+        (h_ @ w_.T + b_), y, cw.to(dtype), impl="reference", label_smoothing=0.1,
+        reduction="sum", **term), *lo)
+    ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(h_, w_, y, b_, **kw, **term,
+                                                                   **chunking), *lo)
+    for what, o, r, t in zip(("loss", "dh", "dW", "db"), ours, ref, truth):
+        assert_no_worse_than(o, r, t, TOL[dtype], what)
+
+
+@pytest.mark.parametrize("chunking", [dict(chunk_size=8), dict(chunk_size=6,
+                                                               memory_budget=6 * 16 * 8)])
+def test_terms_gradcheck_float64(chunking):
+    hid, w, b, y, cw, _ = _inputs(n=9, v=20)
+    leaves = [t.clone().requires_grad_() for t in (hid, w, b)]
+    term = dict(confidence_penalty=0.4, poly=0.7, focal_gamma=1.5)
+    fn = lambda h_, w_, b_: linear_cross_entropy(  # noqa: E731
+        h_, w_, y, b_, label_smoothing=0.1, class_weight=cw[:20], reduction="sum", **term,
+        **chunking)
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_terms_hand_computed_value():
+    """Uniform logits over 2 classes (h ⟂ W): p = (½, ½). Focal γ=1 halves the CE: ½·log 2;
+    Poly-1 adds ε₁/2; the confidence penalty subtracts β·log 2 (cross_entropy's doctest values)."""
+    hid = torch.tensor([[1.0, 0.0]])
+    w = torch.tensor([[0.0, 1.0], [0.0, -1.0]])
+    y = torch.tensor([0])
+    half_log2 = 0.5 * math.log(2)
+    assert abs(linear_cross_entropy(hid, w, y, focal_gamma=1.0).item() - half_log2) < 1e-6
+    assert abs(linear_cross_entropy(hid, w, y, poly=1.0).item() - (math.log(2) + 0.5)) < 1e-6
+    assert abs(linear_cross_entropy(hid, w, y, confidence_penalty=0.5).item() - half_log2) < 1e-6
+
+
+def test_terms_zero_strength_is_the_plain_loss_bitwise():
+    """A zero strength is no term: the same bits as the call without it (no extra work)."""
+    hid, w, b, y, cw, _ = _inputs(torch.float32)
+    kw = dict(label_smoothing=0.1, class_weight=cw, chunk_size=8)
+    plain = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(h_, w_, y, b_, **kw),
+                            hid, w, b)
+    zero = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(
+        h_, w_, y, b_, confidence_penalty=0.0, poly=0, focal_gamma=0.0, **kw), hid, w, b)
+    for o, r in zip(zero, plain):
+        assert torch.equal(o, r)
+
+
+def test_terms_module_matches_function_and_shows_them():
+    hid, w, b, y, cw, _ = _inputs()
+    term = dict(confidence_penalty=0.2, poly=1.0, focal_gamma="flsd-53")
+    mod = LinearCrossEntropyLoss(cw, label_smoothing=0.1, chunk_size=8, **term)
+    got = mod(hid, w, y, b)
+    want = linear_cross_entropy(hid, w, y, b, class_weight=cw, label_smoothing=0.1, chunk_size=8,
+                                **term)
+    assert torch.equal(got, want)
+    text = repr(mod)
+    assert "confidence_penalty=0.2" in text and "focal_gamma='flsd-53'" in text
+
+
+@pytest.mark.parametrize("bad, err, name", [
+    (dict(focal_gamma=-1.0), ValueError, "focal_gamma"),
+    (dict(focal_gamma="flsd"), ValueError, "focal_gamma"),
+    (dict(focal_gamma=[2.0]), TypeError, "focal_gamma"),
+    (dict(confidence_penalty=-0.1), ValueError, "confidence_penalty"),
+    (dict(poly=float("nan")), ValueError, "poly"),
+    (dict(poly="1"), TypeError, "poly"),
+])
+def test_term_errors_name_the_argument(bad, err, name):
+    hid, w, _, y, _, _ = _inputs()
+    with pytest.raises(err, match=f"`{name}`"):
+        linear_cross_entropy(hid, w, y, **bad)
+    with pytest.raises(err, match=f"`{name}`"):
+        LinearCrossEntropyLoss(**bad)

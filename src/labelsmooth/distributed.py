@@ -67,9 +67,19 @@ from labelsmooth._plan import (
     plan_index,
 )
 from labelsmooth.ops import linear_ce
+from labelsmooth.ops._terms import (
+    FLSD,
+    NO_TERMS,
+    Terms,
+    check_terms,
+    flsd_low,
+    row_terms_loss,
+    term_coefs,
+)
 from labelsmooth.ops._math import (
     acc_dtype,
     grad_coef,
+    rebase_partials,
     row_loss,
     row_ref,
     shift_sum,
@@ -213,6 +223,7 @@ class _Call:
     target_sum: int = 0                      # their two checksums as c1·2**21 + c2 (checked only)
     num_classes: int = -1              # padded vocabulary: the global V (-1: not given)
     class_mask: bool = False           # a class-mask shard given
+    terms: Terms = NO_TERMS            # confidence_penalty, poly, focal_gamma
 
     def items(self) -> list[tuple[str, str, str, Any]]:
         """(argument, expectation, kind, value) of every entry the ranks must agree on."""
@@ -240,6 +251,9 @@ class _Call:
                 ("num_classes", _SAME, "int", self.num_classes),
                 ("class_mask", "to be given on every rank of the group or on none", "given",
                  self.class_mask),
+                ("confidence_penalty", _SAME, "float", self.terms.confidence_penalty),
+                ("poly", _SAME, "float", self.terms.poly),
+                ("focal_gamma", _SAME, "focal", _focal_code(self.terms.focal_gamma)),
                 ("validate", "to select value checks on every rank of the group or on none "
                  "(validate=None checks on CPU only)", "checks", self.check_values)]
         if self.rows_arg == "hidden":
@@ -255,7 +269,7 @@ class _Call:
                 -1 if self.vocab_start is None else self.vocab_start,
                 -1 if self.vocab_size is None else self.vocab_size,
                 *self.target_range, self.target_sum]
-        vals = [_f2i(v) if kind in ("float", "softcap") else int(v)
+        vals = [_f2i(v) if kind in _FLOAT_KINDS else int(v)
                 for _, _, kind, v in self.items()]
         return [min(max(v, _INT64[0]), _INT64[1]) for v in head + vals]
 
@@ -264,7 +278,17 @@ class _Call:
         return [float(v) for _, _, _, v in self.items()]
 
 
+_FLOAT_KINDS = ("float", "softcap", "focal")  # travel as the bits of a float64
+
+
+def _focal_code(gamma: float | str | None) -> float:
+    """``focal_gamma`` as one float: None → 0 (no term), ``"flsd-53"`` → −1, else γ > 0."""
+    return 0.0 if gamma is None else -1.0 if gamma == FLSD else float(gamma)
+
+
 def _show(kind: str, v: Any) -> str:
+    if kind == "focal":
+        return "None" if float(v) == 0.0 else repr(FLSD) if float(v) == -1.0 else repr(float(v))
     if kind == "rows":
         return f"{int(v)} rows"
     if kind == "dtype":
@@ -371,7 +395,7 @@ def _agree(call: _Call, err: BaseException | None, group: Any, world: int, rank:
         odd = _odd_one(vals)
         if odd is not None:
             r, r0 = odd
-            show = (lambda v: _show(kind, _i2f(v))) if kind in ("float", "softcap") else (
+            show = (lambda v: _show(kind, _i2f(v))) if kind in _FLOAT_KINDS else (
                 lambda v: _show(kind, v))
             raise ValueError(f"Expected `{arg}` {expected}, but rank {r} has {show(vals[r])} "
                              f"where rank {r0} has {show(vals[r0])}.")
@@ -475,11 +499,12 @@ def _replicated_local(t: Any, arg: str) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _engine(impl: str, device: torch.device):
+def _engine(impl: str, device: torch.device, terms: Terms = NO_TERMS):
     """The implementation module serving this shard through the two-stage contract of
-    :mod:`labelsmooth.ops` (``row_partials``/``grad_rows``), chosen by the one dispatcher.
+    :mod:`labelsmooth.ops` (``row_partials``/``grad_rows``), chosen by the one dispatcher (with a
+    term set, one whose contract evaluates it: :func:`labelsmooth.ops.linear_ce.block_engine`).
     The reference runs instead with autograd through the collectives (the oracle)."""
-    return ops.resolve(impl, device, ops.BLOCKS)
+    return linear_ce.block_engine(impl, device, terms)
 
 
 def _is_reference(engine) -> bool:
@@ -502,8 +527,9 @@ class _Shard:
         return self.s is not None or self.s_uniform != 0.0
 
 
-def _partials(engine, x: torch.Tensor, sh: _Shard) -> list[torch.Tensor]:
-    """Per-row [max, Σ exp(x − ref), x_y share, Σ s·(ref − x) share] of one shard.
+def _partials(engine, x: torch.Tensor, sh: _Shard, terms: Terms = NO_TERMS) -> list[torch.Tensor]:
+    """Per-row [max, Σ exp(x − ref), x_y share, Σ s·(ref − x) share] of one shard (with active
+    ``terms`` also [Σ e·(x − ref), Σ s·e], the contract's ``sex``/``ses``).
 
     In the accumulation dtype, relative to the shard's reference ``ref`` = ``row_ref(max)`` (the
     max; 0 for an all −inf row), as the fused engine's ``row_partials``.
@@ -511,8 +537,11 @@ def _partials(engine, x: torch.Tensor, sh: _Shard) -> list[torch.Tensor]:
     acc = acc_dtype(x.dtype)
     if x.shape[1] == 0:  # an empty shard contributes nothing
         z = torch.zeros(x.shape[0], dtype=acc, device=x.device)
-        return [torch.full_like(z, -math.inf), z.double(), z.clone(), z.clone()]
-    parts = engine.row_partials(x, sh.y, sh.s, sh.s_uniform, sh.softcap, target_mask=sh.in_shard)
+        out = [torch.full_like(z, -math.inf), z.double(), z.clone(), z.clone()]
+        return out + [z.clone(), z.clone()] if terms.active else out
+    tkw = {"terms": terms} if terms.active else {}
+    parts = engine.row_partials(x, sh.y, sh.s, sh.s_uniform, sh.softcap, target_mask=sh.in_shard,
+                                **tkw)
     # the sum of exponentials stays float64 (a confident row's 1 + 1e-7 needs it)
     return [t if i == 1 else t.to(acc) for i, t in enumerate(parts)]
 
@@ -543,8 +572,7 @@ class _SumAcrossRanks(torch.autograd.Function):
 def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
              scalars: list[torch.Tensor], group: Any, world: int, differentiable: bool = False,
              maxed: torch.Tensor | None = None, on_max: Any = None, shifts: list | None = None,
-             ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor],
-                        torch.Tensor | None]:
+             extras: list[torch.Tensor] | None = None) -> tuple:
     r"""Global (ref, lse − ref) and summed rows/scalars: one MAX and one SUM all-reduce.
 
     ``m_r``/``se_r``: this shard's row max and sum of exponentials relative to ``row_ref(m_r)``.
@@ -558,13 +586,21 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
     dtype, with :math:`\mathrm{lse} = M + \log \sum_r e_r e^{m_r - M}` formed in that dtype
     exactly as a single process forms :math:`m + \log \mathrm{sumexp}` (float32 lse values then
     agree with the single process's to the bit on almost every row).
+
+    ``extras`` (the optional terms' ``[sex, ses]`` of this shard) are moved to the global
+    reference by :func:`~labelsmooth.ops._math.rebase_partials` (the one rescale of every merge)
+    and join the same SUM; then a sixth result ``(sex, ses, sumexp)`` comes back (the sum of
+    exponentials in float64, as the contract's).
     """
     acc, f64 = m_r.dtype, torch.float64
     m_r, se_r = m_r.detach().to(f64), se_r.to(f64)
     rows, scalars = [t.to(f64) for t in rows], [t.to(f64) for t in scalars]
+    if extras is not None:
+        extras = [t.to(f64) for t in extras]
     if world == 1:
-        return (row_ref(m_r).to(acc), torch.log(se_r).to(acc), [t.to(acc) for t in rows],
-                [t.to(acc) for t in scalars], maxed)
+        out = (row_ref(m_r).to(acc), torch.log(se_r).to(acc), [t.to(acc) for t in rows],
+               [t.to(acc) for t in scalars], maxed)
+        return out if extras is None else out + ((*[t.to(acc) for t in extras], se_r),)
     n = m_r.shape[0]
     m = m_r.clone() if maxed is None else torch.cat([m_r, maxed.to(m_r.dtype)])
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
@@ -579,6 +615,10 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
         rows = [r if sh_ is None else shift_sum(r, sh_.to(f64) if torch.is_tensor(sh_) else sh_,
                                                 row_ref(m_r), m)
                 for r, sh_ in zip(rows, shifts)]
+    if extras is not None:  # sex, ses to the global reference: the contract's one rescale
+        zero = torch.zeros_like(se_r)
+        moved = rebase_partials((m_r, se_r, zero, zero, *extras), 0.0, m)
+        rows = rows + [moved[4], moved[5]]
     flat = torch.cat([torch.stack([share, *rows]).reshape(-1),
                       *[t.reshape(1).to(m_r.dtype) for t in scalars]])
     if differentiable:
@@ -587,8 +627,10 @@ def _combine(m_r: torch.Tensor, se_r: torch.Tensor, rows: list[torch.Tensor],
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     k = 1 + len(rows)
     stacked = flat[: k * n].reshape(k, n)
-    return (m.to(acc), torch.log(stacked[0]).to(acc), list(stacked[1:].to(acc)),
-            [t.to(acc) for t in flat[k * n:]], maxed)
+    summed = list(stacked[1:].to(acc))
+    out = (m.to(acc), torch.log(stacked[0]).to(acc), summed[:k - 1 - (2 if extras else 0)],
+           [t.to(acc) for t in flat[k * n:]], maxed)
+    return out if extras is None else out + ((*summed[-2:], stacked[0]),)
 
 
 def _target_checksums(target: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -658,29 +700,73 @@ def _coef_p(sh: _Shard, ref, lse_rel, S, ct, cs, cz):
     return grad_coef(ref + lse_rel, S, ct, cs if sh.smooths else None, cz)
 
 
-def _grad_shard(engine, x, sh: _Shard, ref, lse_rel, coef_p, ct, cs, g) -> torch.Tensor:
+def _grad_shard(engine, x, sh: _Shard, ref, lse_rel, coef_p, ct, cs, g,
+                coefs=None) -> torch.Tensor:
     if x.shape[1] == 0:
         return torch.zeros_like(x)
+    tkw = {} if coefs is None else {"terms": coefs}
     return engine.grad_rows(x, sh.y, lse_rel, coef_p, ct, cs, sh.s, sh.s_uniform, sh.softcap, g,
-                            target_mask=sh.in_shard, ref=ref)
+                            target_mask=sh.in_shard, ref=ref, **tkw)
+
+
+def _term_rows(st: _Setup, ref, lse_rel, x_y, sx, S, plan, tstats, focal_local):
+    """``(row loss, cp, TermCoefs)`` with the optional terms, from the global statistics.
+
+    The loss and the generalised stage two's coefficients are the contract's
+    (:func:`~labelsmooth.ops._terms.row_terms_loss`, :func:`~labelsmooth.ops._terms.term_coefs`).
+    Focal needs its per-row sums over the global shares once the global lse is known:
+    ``focal_local(low)`` gives this shard's ``(Fs, As)`` (the engine's ``focal_partials``), and
+    one more SUM all-reduce of those 2 numbers per row makes them global (skipped, on every rank
+    alike, without smoothing shares, where they are 0).
+    """
+    terms, sh = st.call.terms, st.sh
+    acc = lse_rel.dtype
+    sex, ses, se = tstats
+    cs = plan.cs if sh.smooths else None
+    low = None
+    if terms.focal_gamma == FLSD:  # γ per row from the target's probability (a constant)
+        low = flsd_low(torch.exp((x_y - ref) - lse_rel))
+    focal = None
+    if terms.focal and sh.smooths:
+        fs, fa = focal_local(low)
+        both = torch.stack([fs, fa]).to(torch.float64)  # summed in float64, as the stage-one SUM
+        if st.world > 1:
+            dist.all_reduce(both, op=dist.ReduceOp.SUM, group=st.group)
+        focal = (both[0].to(acc), both[1].to(acc))
+    kw = dict(w=plan.w_y, sex=sex, ses=ses, sumexp=se, focal=focal, low=low)
+    loss = row_terms_loss(ref, lse_rel, x_y, sx if sh.smooths else None, S, plan.ct, cs, plan.cz,
+                          terms, **kw)
+    cp, coefs = term_coefs(ref, lse_rel, x_y, S, plan.ct, cs, plan.cz, terms,
+                           shares_vector=sh.s is not None, s_uniform=sh.s_uniform, **kw)
+    return loss, cp, coefs
 
 
 class _RowsFromStats(torch.autograd.Function):
-    """Per-row loss from the global statistics; the backward writes this shard's gradient."""
+    """Per-row loss from the global statistics; the backward writes this shard's gradient.
+
+    With the optional terms the loss and coefficients come precomputed (``term_state`` =
+    ``(loss, cp, TermCoefs)`` of :func:`_term_rows`)."""
 
     @staticmethod
     def forward(ctx, x, engine, sh, ref, lse_rel, x_y, sx, S, ct, cs,  # type: ignore[override]
-                cz):
+                cz, term_state=None):
         ctx.engine, ctx.sh = engine, sh
-        coef_p = _coef_p(sh, ref, lse_rel, S, ct, cs, cz)
+        ctx.coefs = None
+        if term_state is not None:
+            loss, coef_p, ctx.coefs = term_state
+        else:
+            coef_p = _coef_p(sh, ref, lse_rel, S, ct, cs, cz)
         ctx.save_for_backward(x, ref, lse_rel, coef_p, ct, cs)
+        if term_state is not None:
+            return loss
         return _row_loss(sh, ref, lse_rel, x_y, sx, S, ct, cs, cz)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         x, ref, lse_rel, coef_p, ct, cs = ctx.saved_tensors
-        dx = _grad_shard(ctx.engine, x, ctx.sh, ref, lse_rel, coef_p, ct, cs, g.contiguous())
-        return (dx,) + (None,) * 10
+        dx = _grad_shard(ctx.engine, x, ctx.sh, ref, lse_rel, coef_p, ct, cs, g.contiguous(),
+                         ctx.coefs)
+        return (dx,) + (None,) * 11
 
 
 # --------------------------------------------------------------------------------------------
@@ -887,18 +973,24 @@ def _mask_scale(st: _Setup, tot: list[torch.Tensor]):
     return k, (a if isinstance(a, torch.Tensor) else None)
 
 
-def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
-    """All-reduce the shard partials; return (ref, lse − ref, x_y, Σ s·(ref − x), S, final plan).
+def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, sex_r=None, ses_r=None,
+             differentiable: bool = False):
+    """All-reduce the shard partials; return (ref, lse − ref, x_y, Σ s·(ref − x), S, final plan,
+    term statistics).
 
-    ``ref`` is the global row reference (the max): every row quantity stays relative to it.
+    ``ref`` is the global row reference (the max): every row quantity stays relative to it. With
+    the optional terms' partials ``sex_r``/``ses_r`` (:func:`_partials`) they join the same SUM
+    and the last result is their global ``(sex, ses, sumexp)``; else it is None.
     """
     rows = [xy_r, sx_r] + ([st.w_share] if st.w_share is not None else [])
     sh = st.sh
     s_local = sh.s.sum() if sh.s is not None else sh.s_uniform * st.width
-    ref, lse_rel, summed, tot, _ = _combine(m_r, se_r, rows, st.scalars, st.group, st.world,
-                                            differentiable, st.agree,
-                                            on_max=lambda maxed: _check_agreement(st, maxed),
-                                            shifts=[None, s_local] + [None] * (len(rows) - 2))
+    extras = None if sex_r is None else [sex_r, ses_r]
+    ref, lse_rel, summed, tot, _, *tstats = _combine(
+        m_r, se_r, rows, st.scalars, st.group, st.world, differentiable, st.agree,
+        on_max=lambda maxed: _check_agreement(st, maxed),
+        shifts=[None, s_local] + [None] * (len(rows) - 2), extras=extras)
+    tstats = tstats[0] if tstats else None
     S = tot[0] if st.sh.s is not None else st.sh.s_uniform * st.size
     if st.prior_at is not None:
         # the single-process tolerance rule, over the global vocabulary
@@ -910,13 +1002,43 @@ def _globals(st: _Setup, m_r, se_r, xy_r, sx_r, differentiable: bool = False):
             k = k.to(S.dtype)
             sx, S = k * sx, k * S
             sh.s = k.to(sh.s.dtype) * sh.s
+            if tstats is not None:  # Σ u·e as well
+                tstats = (tstats[0], k.to(tstats[1].dtype) * tstats[1], tstats[2])
     plan = st.plan
     if st.weight is not None:
         plan = plan_index(st.target, st.size, st.plan_opts, st.weight, device=ref.device,
                           acc=st.acc, check_values=False, w_y=summed[2])
     if a_mask is not None:
         plan = _with_target_coef(plan, a_mask)
-    return ref, lse_rel, summed[0], sx, S, plan
+    return ref, lse_rel, summed[0], sx, S, plan, tstats
+
+
+def _explicit_rows(engine, x: torch.Tensor, st: _Setup):
+    """Per-row loss of this shard's logits ``x`` through the two-stage contract of ``engine``: the
+    statistics all-reduced, the gradient written by the engine's ``grad_rows`` in backward (no
+    communication). With the optional terms every engine takes this path (the reference's focal
+    stage is not differentiable): their extra statistics ride in the same SUM, focal adds one.
+    Returns ``(loss rows, lse, final plan)``."""
+    terms = st.call.terms
+    with torch.no_grad():
+        xd = x.detach()
+        ref, lse_rel, x_y, sx, S, plan, tstats = _globals(st, *_partials(engine, xd, st.sh,
+                                                                         terms))
+        term_state = None
+        if terms.active:
+            sh = st.sh
+
+            def focal_local(low):
+                if xd.shape[1] == 0:
+                    z = torch.zeros_like(lse_rel)
+                    return z, z
+                return engine.focal_partials(xd, lse_rel, terms.focal_gamma, sh.s, sh.s_uniform,
+                                             sh.softcap, ref=ref, low=low)
+
+            term_state = _term_rows(st, ref, lse_rel, x_y, sx, S, plan, tstats, focal_local)
+    loss_rows = _RowsFromStats.apply(x, engine, st.sh, ref, lse_rel, x_y, sx, S, plan.ct,
+                                     plan.cs, plan.cz, term_state)
+    return loss_rows, ref + lse_rel, plan
 
 
 def _reference_rows(x: torch.Tensor, st: _Setup):
@@ -925,7 +1047,7 @@ def _reference_rows(x: torch.Tensor, st: _Setup):
     # the reference's stage one is differentiable (plain PyTorch)
     m_r, se_r, xy_r, sx_r = ops.reference.row_partials(x, sh.y, sh.s, sh.s_uniform, sh.softcap,
                                                        sh.in_shard)
-    ref, lse_rel, x_y, sx, S, plan = _globals(st, m_r, se_r, xy_r, sx_r, differentiable=True)
+    ref, lse_rel, x_y, sx, S, plan, _ = _globals(st, m_r, se_r, xy_r, sx_r, differentiable=True)
     loss = _row_loss(sh, ref, lse_rel, x_y, sx, S, plan.ct, plan.cs, plan.cz)
     return loss, (ref + lse_rel).detach(), plan
 
@@ -950,6 +1072,9 @@ def vocab_parallel_cross_entropy(
     validate: bool | None = None,
     num_classes: int | None = None,
     class_mask: torch.Tensor | None = None,
+    confidence_penalty: float = 0.0,
+    poly: float = 0.0,
+    focal_gamma: float | str | None = None,
 ) -> torch.Tensor:
     r"""Label-smoothed cross-entropy of logits sharded over the classes across a process group.
 
@@ -967,7 +1092,7 @@ def vocab_parallel_cross_entropy(
 
     (``weight_mode="torch"``; see :func:`labelsmooth.cross_entropy` for ``"target"``). The forward
     pass does one ``MAX`` and one ``SUM`` all-reduce of per-row vectors (O(N) bytes, never O(N·K)),
-    plus one ``all_gather`` of a 21-integer fingerprint of the call (it carries the shard widths)
+    plus one ``all_gather`` of a 24-integer fingerprint of the call (it carries the shard widths)
     unless ``vocab_start`` and ``vocab_size`` are given; the backward pass communicates nothing.
 
     Every rank must make the same call (rows, dtype, options, a prior/weight on all ranks or none,
@@ -1065,6 +1190,7 @@ def vocab_parallel_cross_entropy(
                          "(N, K_r, d1, ..., dk)", tuple(x_in.shape))
         opts = check_options(ignore_index, reduction, label_smoothing, spread, None, weight_mode,
                              z_loss, softcap, "auto", False, validate)
+        terms = check_terms(confidence_penalty, poly, focal_gamma)
         width = x_in.shape[1] if x_in.dim() >= 2 else x_in.shape[0]
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise V.fail("target", "an integer tensor of class indices", target.dtype, TypeError)
@@ -1074,7 +1200,7 @@ def vocab_parallel_cross_entropy(
                          f"{tuple(x_in.shape)}", tuple(target.shape))
         weight = _check_class_shard("weight", weight, width)
         prior = _check_class_shard("prior", prior, width)
-        engine = _engine(impl, x_in.device)
+        engine = _engine(impl, x_in.device, terms)
         _check_layout_args(vocab_start, vocab_size)
         check_values = V.should_check_values(validate, x_in, target)
         _check_prior_shard(prior, opts, check_values)
@@ -1083,7 +1209,7 @@ def vocab_parallel_cross_entropy(
                                    opts=opts, prior=prior is not None, weight=weight is not None,
                                    check_values=check_values,
                                    num_classes=-1 if nc_opt is None else nc_opt,
-                                   class_mask=class_mask is not None)
+                                   class_mask=class_mask is not None, terms=terms)
         if check_values and _exchanges(world, vocab_start, vocab_size, validate):
             call.target_range, call.target_sum = _target_summary(target, opts.ignore_index)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by _agree
@@ -1101,14 +1227,10 @@ def vocab_parallel_cross_entropy(
         row_opts = dataclasses.replace(row_opts, class_mask=None)
     st = _setup(target.reshape(-1), width, start, size, weight, prior, row_opts, x.device,
                 acc_dtype(x.dtype), check_values, group, world, rank, call, exchanged, mask)
-    if _is_reference(engine):
+    if _is_reference(engine) and not terms.active:
         loss_rows, lse, plan = _reference_rows(x, st)
     else:
-        with torch.no_grad():
-            ref, lse_rel, x_y, sx, S, plan = _globals(st, *_partials(engine, x.detach(), st.sh))
-        loss_rows = _RowsFromStats.apply(x, engine, st.sh, ref, lse_rel, x_y, sx, S, plan.ct,
-                                         plan.cs, plan.cz)
-        lse = ref + lse_rel
+        loss_rows, lse, plan = _explicit_rows(engine, x, st)
     return finish_index(loss_rows, lse, None, plan, opts, tuple(target.shape), x_in.dtype,
                         False).loss
 
@@ -1172,13 +1294,19 @@ class _LinearRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, w, b, engine, sh, ref, lse_rel, x_y, sx, S, ct, cs,  # type: ignore[override]
-                cz, chunk, group, world, mask=None):
+                cz, chunk, group, world, mask=None, term_state=None):
         ctx.engine, ctx.sh, ctx.chunk, ctx.group, ctx.world = engine, sh, chunk, group, world
         ctx.mask = mask
         ctx.has_bias = b is not None
-        coef_p = _coef_p(sh, ref, lse_rel, S, ct, cs, cz)
+        ctx.coefs = None
+        if term_state is not None:  # the optional terms: loss and coefficients of _term_rows
+            loss, coef_p, ctx.coefs = term_state
+        else:
+            coef_p = _coef_p(sh, ref, lse_rel, S, ct, cs, cz)
         ctx.save_for_backward(h, w, b if b is not None else h.new_empty(0), ref, lse_rel, coef_p,
                               ct, cs)
+        if term_state is not None:
+            return loss
         return _row_loss(sh, ref, lse_rel, x_y, sx, S, ct, cs, cz)
 
     @staticmethod
@@ -1202,7 +1330,7 @@ class _LinearRows(torch.autograd.Function):
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
             logits = _masked_logits(linear_ce.logits(h[r0:r1], w, b), ctx.mask)
             gl = _grad_shard(ctx.engine, logits, part, ref[r0:r1], lse[r0:r1], coef_p[r0:r1],
-                             ct[r0:r1], cs[r0:r1], g[r0:r1])
+                             ct[r0:r1], cs[r0:r1], g[r0:r1], _rows_of(ctx.coefs, r0, r1))
             if ctx.mask is not None:  # exactly 0 on masked classes, whatever their logits
                 gl = torch.where(ctx.mask, gl, torch.zeros((), dtype=gl.dtype, device=gl.device))
             if need_h:
@@ -1211,7 +1339,15 @@ class _LinearRows(torch.autograd.Function):
         if need_h and ctx.world > 1:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=ctx.group)
         return (dh.to(h.dtype) if need_h else None, dw.to(w.dtype) if need_w else None,
-                db.to(b.dtype) if need_b else None) + (None,) * 14
+                db.to(b.dtype) if need_b else None) + (None,) * 15
+
+
+def _rows_of(coefs: Any, r0: int, r1: int) -> Any:
+    """Rows ``[r0, r1)`` of the terms' per-row coefficients (a TermCoefs), or None."""
+    if coefs is None:
+        return None
+    return coefs._replace(**{k: v[r0:r1] for k, v in coefs._asdict().items()
+                             if isinstance(v, torch.Tensor)})
 
 
 def _masked_logits(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -1245,6 +1381,9 @@ def vocab_parallel_linear_cross_entropy(
     memory_budget: int | None = None,
     num_classes: int | None = None,
     class_mask: torch.Tensor | None = None,
+    confidence_penalty: float = 0.0,
+    poly: float = 0.0,
+    focal_gamma: float | str | None = None,
 ) -> torch.Tensor:
     r"""Vocabulary-parallel output projection fused with the label-smoothed loss.
 
@@ -1292,7 +1431,7 @@ def vocab_parallel_linear_cross_entropy(
         TypeError, ValueError: as :func:`vocab_parallel_cross_entropy`, whose agreement check
             (one fingerprint exchange, the same error on every rank) also covers the hidden size
             and whether ``hidden`` requires grad (its gradient is all-reduced in backward). The
-            fingerprint has 23 integers here.
+            fingerprint has 26 integers here.
 
     Examples:
         >>> h = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
@@ -1332,11 +1471,12 @@ def vocab_parallel_linear_cross_entropy(
                          f"{tuple(hidden.shape)}", tuple(target.shape))
         opts = check_options(ignore_index, reduction, label_smoothing, spread, None, weight_mode,
                              z_loss, softcap, "auto", False, validate)
+        terms = check_terms(confidence_penalty, poly, focal_gamma)
         width = w.shape[0]
         chunk = _chunk_rows(chunk_size, memory_budget, width, hidden.dtype, hidden.device)
         class_weight = _check_class_shard("class_weight", class_weight, width)
         prior = _check_class_shard("prior", prior, width)
-        engine = _engine(impl, hidden.device)
+        engine = _engine(impl, hidden.device, terms)
         _check_layout_args(vocab_start, vocab_size)
         check_values = V.should_check_values(validate, hidden, target)
         _check_prior_shard(prior, opts, check_values)
@@ -1346,7 +1486,8 @@ def vocab_parallel_linear_cross_entropy(
             prior=prior is not None, weight=class_weight is not None, check_values=check_values,
             hidden_size=hidden.shape[-1],
             hidden_grad=torch.is_grad_enabled() and hidden.requires_grad,
-            num_classes=-1 if nc_opt is None else nc_opt, class_mask=class_mask is not None)
+            num_classes=-1 if nc_opt is None else nc_opt, class_mask=class_mask is not None,
+            terms=terms)
         if check_values and _exchanges(world, vocab_start, vocab_size, validate):
             call.target_range, call.target_sum = _target_summary(target, opts.ignore_index)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by _agree
@@ -1369,21 +1510,44 @@ def vocab_parallel_linear_cross_entropy(
         x = linear_ce.logits(copy_to_vocab_parallel(h, group), w, bias)
         if mask is not None:
             x, _ = _vocab.mask_rows(x, dataclasses.replace(opts, class_mask=mask))
-        loss_rows, lse, plan = _reference_rows(x, st)
+        # with the terms: the contract's explicit gradient of the logits, autograd for the GEMM
+        loss_rows, lse, plan = (_reference_rows(x, st) if not terms.active
+                                else _explicit_rows(engine, x, st))
         return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss
 
     rows_n, sh = h.shape[0], st.sh
+    # stage one's rows: m, -, x_y, Σ s(ref−x) (+ the terms' Σ e(x−ref), Σ s·e)
+    k = 6 if terms.active else 4
     with torch.no_grad():  # statistics chunk by chunk: the local logits are never held in full
-        parts = torch.empty(4, rows_n, dtype=st.acc, device=h.device)  # m, -, x_y, Σ s(ref−x)
+        parts = torch.empty(k, rows_n, dtype=st.acc, device=h.device)
         se = torch.empty(rows_n, dtype=torch.float64, device=h.device)  # Σ exp: float64
         for r0 in range(0, rows_n, chunk):
             r1 = min(rows_n, r0 + chunk)
             part = _Shard(sh.y[r0:r1], sh.in_shard[r0:r1], sh.s, sh.s_uniform, sh.softcap)
             xc = _masked_logits(linear_ce.logits(h[r0:r1], w, bias), mask)
-            pm, se[r0:r1], pxy, psx = _partials(engine, xc, part)
-            parts[0, r0:r1], parts[2, r0:r1], parts[3, r0:r1] = pm, pxy, psx
-        ref, lse_rel, x_y, sx, S, plan = _globals(st, parts[0], se, parts[2], parts[3])
+            pm, se[r0:r1], *rest = _partials(engine, xc, part, terms)
+            parts[0, r0:r1] = pm
+            for j, t in enumerate(rest, start=2):
+                parts[j, r0:r1] = t
+        ref, lse_rel, x_y, sx, S, plan, tstats = _globals(st, parts[0], se, *parts[2:])
+        term_state = None
+        if terms.active:
+
+            def focal_local(low):  # the chunks' logits again: one more matmul per chunk
+                fs = torch.zeros(2, rows_n, dtype=st.acc, device=h.device)
+                if w.shape[0] == 0:
+                    return fs[0], fs[1]
+                for r0 in range(0, rows_n, chunk):
+                    r1 = min(rows_n, r0 + chunk)
+                    xc = _masked_logits(linear_ce.logits(h[r0:r1], w, bias), mask)
+                    f = engine.focal_partials(xc, lse_rel[r0:r1], terms.focal_gamma, sh.s,
+                                              sh.s_uniform, sh.softcap, ref=ref[r0:r1],
+                                              low=None if low is None else low[r0:r1])
+                    fs[0, r0:r1], fs[1, r0:r1] = f
+                return fs[0], fs[1]
+
+            term_state = _term_rows(st, ref, lse_rel, x_y, sx, S, plan, tstats, focal_local)
     loss_rows = _LinearRows.apply(h, w, bias, engine, sh, ref, lse_rel, x_y, sx, S, plan.ct,
-                                  plan.cs, plan.cz, chunk, group, world, mask)
+                                  plan.cs, plan.cz, chunk, group, world, mask, term_state)
     lse = ref + lse_rel
     return finish_index(loss_rows, lse, None, plan, opts, out_shape, hidden.dtype, False).loss

@@ -21,6 +21,7 @@ from labelsmooth._plan import (
 )
 from labelsmooth.ops import linear_ce
 from labelsmooth.ops._math import acc_dtype
+from labelsmooth.ops._terms import check_impl_supports, check_terms
 from labelsmooth.targets import Spread
 
 __all__ = ["LinearCrossEntropyLoss", "linear_cross_entropy"]
@@ -47,6 +48,9 @@ def linear_cross_entropy(
     memory_budget: int | None = None,
     num_classes: int | None = None,
     class_mask: torch.Tensor | None = None,
+    confidence_penalty: float = 0.0,
+    poly: float = 0.0,
+    focal_gamma: float | str | None = None,
 ) -> torch.Tensor:
     r"""Label-smoothed cross-entropy of a linear projection, computed chunk by chunk.
 
@@ -65,6 +69,16 @@ def linear_cross_entropy(
     (``weight_mode="torch"``; ``"target"`` scales the whole row by :math:`w_{y_n}` instead), and
     ``mean`` divides by :math:`\sum_n w_{y_n}` over non-ignored tokens (all ignored: NaN loss and
     zero gradients, as in PyTorch).
+
+    The optional terms of :func:`labelsmooth.cross_entropy` — ``confidence_penalty=β``
+    (:math:`-\beta\,w_y H(p)`), ``poly=ε₁`` (:math:`\varepsilon_1\sum_c m_c(1-p_c)`) and
+    ``focal_gamma=γ`` or ``"flsd-53"`` (:math:`\sum_c m_c(1-p_c)^\gamma(\mathrm{lse}-x_c)` in
+    place of the cross-entropy), on the target mass :math:`m_c` of the loss above — have the same
+    formulas, gradients and composition rules as there, on the logits :math:`x_n = W h_n + b`.
+    The penalty and Poly-1 add one or two per-row statistics to each block's pass
+    (:math:`\sum_c e^{x_c-r}(x_c-r)`, :math:`\sum_c s_c e^{x_c-r}`); focal needs the lse first,
+    so it costs one more pass over each chunk of logits and, when the vocabulary is split into
+    blocks, one more logits matmul per block (the block is recomputed). No term set: no extra work.
 
     PyTorch equivalent (without ``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``):
     ``F.cross_entropy(F.linear(hidden, weight, bias).flatten(0, -2), target.flatten(),
@@ -96,6 +110,10 @@ def linear_cross_entropy(
             columns 0; padding past ``num_classes`` is never read at all). Both options follow
             :func:`labelsmooth.cross_entropy`'s rules (shares over the valid classes, prior
             renormalised there, targets at masked classes refused when values are checked).
+        confidence_penalty, poly, focal_gamma: the optional terms, as in
+            :func:`labelsmooth.cross_entropy` (β ≥ 0; ε₁ finite; γ ≥ 0, ``"flsd-53"`` or None; a
+            zero strength is no term). They need an ``impl`` whose two-stage contract evaluates
+            them (``"auto"`` picks one; others raise a ValueError naming the argument).
 
     Returns:
         The loss in ``hidden``'s dtype: a scalar for ``mean``/``sum``, else ``target``'s shape.
@@ -118,7 +136,8 @@ def linear_cross_entropy(
         reduction=reduction, label_smoothing=label_smoothing, spread=spread, prior=prior,
         weight_mode=weight_mode, z_loss=z_loss, softcap=softcap, impl=impl, validate=validate,
         chunk_size=chunk_size, memory_budget=memory_budget, num_classes=num_classes,
-        class_mask=class_mask,
+        class_mask=class_mask, confidence_penalty=confidence_penalty, poly=poly,
+        focal_gamma=focal_gamma,
     )
 
 
@@ -126,7 +145,7 @@ def _linear_cross_entropy(
     hidden, weight, target, bias=None, *, class_weight=None, ignore_index=-100, reduction="mean",
     label_smoothing=0.0, spread="all", prior=None, weight_mode="torch", z_loss=0.0, softcap=None,
     impl="auto", validate=None, chunk_size=None, memory_budget=None, grad_in_forward=True,
-    num_classes=None, class_mask=None,
+    num_classes=None, class_mask=None, confidence_penalty=0.0, poly=0.0, focal_gamma=None,
 ) -> torch.Tensor:
     # ``grad_in_forward=False`` always recomputes the logits in backward (measured in the benchmark).
     hidden = V.check_floating("hidden", V.check_tensor("hidden", hidden))
@@ -151,6 +170,7 @@ def _linear_cross_entropy(
                      "dimensions)", tuple(target.shape))
     opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                          z_loss, softcap, impl, False, validate, num_classes, class_mask)
+    terms = check_terms(confidence_penalty, poly, focal_gamma)
     linear_ce.check_chunking(chunk_size, memory_budget)
     if opts.num_classes is not None or opts.class_mask is not None:
         # padded / masked vocabulary: the projection narrowed to its first V rows (views)
@@ -172,7 +192,7 @@ def _linear_cross_entropy(
     h = hidden.reshape(-1, hidden.shape[-1])
     return linear_ce.linear_index_loss(
         h, weight, bias, plan, opts, tuple(target.shape), chunk_size=chunk_size,
-        memory_budget=memory_budget, grad_in_forward=grad_in_forward,
+        memory_budget=memory_budget, grad_in_forward=grad_in_forward, terms=terms,
     )
 
 
@@ -212,11 +232,16 @@ class LinearCrossEntropyLoss(nn.Module):
         memory_budget: int | None = None,
         num_classes: int | None = None,
         class_mask: torch.Tensor | None = None,
+        confidence_penalty: float = 0.0,
+        poly: float = 0.0,
+        focal_gamma: float | str | None = None,
     ) -> None:
         super().__init__()
         # Fail where the configuration is written, not at the first forward.
         opts = check_options(ignore_index, reduction, label_smoothing, spread, prior, weight_mode,
                              z_loss, softcap, impl, False, validate, num_classes, class_mask)
+        terms = check_terms(confidence_penalty, poly, focal_gamma)
+        check_impl_supports(opts.impl, terms)
         linear_ce.check_chunking(chunk_size, memory_budget)
         class_weight = check_at_construction(class_weight, prior, opts, weight_arg="class_weight")
         self.ignore_index = opts.ignore_index
@@ -231,6 +256,9 @@ class LinearCrossEntropyLoss(nn.Module):
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
         self.num_classes = opts.num_classes
+        self.confidence_penalty = terms.confidence_penalty
+        self.poly = terms.poly
+        self.focal_gamma = terms.focal_gamma
         self.register_buffer("class_weight", class_weight)
         self.register_buffer("prior", prior)
         self.register_buffer("class_mask", opts.class_mask)
@@ -244,6 +272,8 @@ class LinearCrossEntropyLoss(nn.Module):
             weight_mode=self.weight_mode, z_loss=self.z_loss, softcap=self.softcap, impl=self.impl,
             validate=self.validate, chunk_size=self.chunk_size, memory_budget=self.memory_budget,
             num_classes=self.num_classes, class_mask=self.class_mask,
+            confidence_penalty=self.confidence_penalty, poly=self.poly,
+            focal_gamma=self.focal_gamma,
         )
 
     def extra_repr(self) -> str:
@@ -252,4 +282,7 @@ class LinearCrossEntropyLoss(nn.Module):
                 f"impl={self.impl!r}, chunk_size={self.chunk_size}, "
                 f"memory_budget={self.memory_budget}"
                 + (f", num_classes={self.num_classes}" if self.num_classes is not None else "")
-                + (", class_mask=<set>" if self.class_mask is not None else ""))
+                + (", class_mask=<set>" if self.class_mask is not None else "")
+                + "".join(f", {name}={getattr(self, name)!r}"
+                          for name in ("confidence_penalty", "poly", "focal_gamma")
+                          if getattr(self, name)))

@@ -70,6 +70,16 @@ import torch
 from labelsmooth import _validation as V
 from labelsmooth import ops
 from labelsmooth._plan import IndexPlan, LossOptions, finish_index, reduction_scale
+from labelsmooth.ops._terms import (
+    FLSD,
+    NO_TERMS,
+    SUPPORTED_IMPLS,
+    Terms,
+    check_impl_supports,
+    flsd_low,
+    row_terms_loss,
+    term_coefs,
+)
 from labelsmooth.ops._math import (
     acc_dtype,
     apply_softcap,
@@ -266,9 +276,10 @@ def run_chunks(
     *,
     row_scale: torch.Tensor | None = None,
     grads: Grads | None = None,
-    lse_known: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Walk the logits chunk by chunk; return the per-row ``(loss, ref, lse_rel)``.
+    lse_known: tuple | None = None,
+    terms: Terms = NO_TERMS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list | None]:
+    """Walk the logits chunk by chunk; return the per-row ``(loss, ref, lse_rel, coefs)``.
 
     ``engine`` is an implementation module of :mod:`labelsmooth.ops` used through its two-stage
     contract (``row_partials``, ``grad_rows``): statistics of each vocabulary block, merged with
@@ -278,22 +289,33 @@ def run_chunks(
     (:func:`~labelsmooth.ops._math.row_ref`), kept apart so that float32 keeps its digits at large
     logits.
 
+    With active ``terms`` stage one also gives ``sex``/``ses``; focal adds stage 1b (the
+    engine's ``focal_partials`` over every block once the lse is known: the chunk's logits are
+    still in the buffer when the vocabulary is not split, else each block is recomputed, one
+    more matmul per block; skipped without smoothing shares, where it sums nothing); the row
+    loss and the generalised stage two's coefficients come from
+    :func:`~labelsmooth.ops._terms.row_terms_loss` and :func:`~labelsmooth.ops._terms.term_coefs`.
+    ``coefs`` is then the per-row-chunk list of ``(cp, TermCoefs)`` (None without terms), which a
+    recomputing backward passes back in ``lse_known`` as ``(ref, lse_rel, coefs)``.
+
     With ``grads`` given, also write :math:`\\mathrm{row\\_scale}_n\\,\\partial\\ell_n/\\partial x`
     through the three matmuls into ``grads``. With ``lse_known`` (a recomputing backward) the
     statistics pass is skipped and the returned loss is meaningless; it is the ``(ref, lse_rel)``
-    pair a forward returned.
+    pair (``(ref, lse_rel, coefs)`` with terms) a forward returned.
     """
     n, _ = h.shape
     vocab = w.shape[0]
     acc = acc_dtype(h.dtype)
     loss = torch.zeros(n, dtype=acc, device=h.device)
+    saved = [] if terms.active and lse_known is None else None
     if lse_known is None:
         ref = torch.zeros(n, dtype=acc, device=h.device)
         lse = torch.empty(n, dtype=acc, device=h.device)
     else:
-        ref, lse = lse_known
+        ref, lse = lse_known[0], lse_known[1]
+        saved = lse_known[2] if terms.active else None
     if n == 0:
-        return loss, ref, lse
+        return loss, ref, lse, saved
     big_s = plan.s.sum() if plan.s is not None else plan.s_uniform * vocab
     smoothing = plan.s is not None or plan.s_uniform != 0.0
     rows, cols = chunks.rows, chunks.cols
@@ -306,7 +328,10 @@ def run_chunks(
     split = cols < vocab
     blocks = [(c0, min(vocab, c0 + cols)) for c0 in range(0, vocab, cols)]
     dw_cols = dw_block_cols(rows)
-    for r0 in range(0, n, rows):
+    # stage one's extra statistics, and stage 1b (focal) only where it sums something
+    tkw = {"terms": terms} if terms.active else {}
+    focal_stage = terms.active and terms.focal and smoothing
+    for i, r0 in enumerate(range(0, n, rows)):
         r1 = min(n, r0 + rows)
         rsl = slice(r0, r1)
         hc = h[rsl]
@@ -334,37 +359,49 @@ def run_chunks(
                 return xe, x, y, s_blk, None
             return xe, x, y - c0, s_blk, (y >= c0) & (y < c1)
 
+        coefs = None
         if lse_known is None:
             stats = None
             for c0, c1 in blocks:
                 blk = block(c0, c1)
                 xe, _, yb, s_blk, mask = blk
-                part = engine.row_partials(xe, yb, s_blk, plan.s_uniform, cap, mask)
+                part = engine.row_partials(xe, yb, s_blk, plan.s_uniform, cap, mask, **tkw)
                 # the block's share sum: its Σ s_c (ref − x_c) moves with the reference
                 s_b = s_blk.sum() if s_blk is not None else plan.s_uniform * (c1 - c0)
                 if stats is None:
                     stats, s_seen = part, s_b
                 else:
                     stats, s_seen = merge_partials(stats, s_seen, part, s_b), s_seen + s_b
-            m, se, xy, sx = stats
+            m, se, xy, sx = stats[:4]
             ref_c = row_ref(m.to(acc))
             lse_c = torch.log(se).to(acc)  # se is float64 (the contract)
-            loss[rsl] = row_loss(ref_c, lse_c, xy.to(acc), sx.to(acc) if smoothing else None,
-                                 big_s, ct, cs, cz)
+            if terms.active:
+                loss[rsl], coefs = _term_rows(engine, block, blocks, blk, split, stats, ref_c,
+                                              lse_c, big_s, plan, rsl, ct, cs, cz, terms,
+                                              smoothing, focal_stage, cap)
+                saved.append(coefs)
+            else:
+                loss[rsl] = row_loss(ref_c, lse_c, xy.to(acc), sx.to(acc) if smoothing else None,
+                                     big_s, ct, cs, cz)
             ref[rsl], lse[rsl] = ref_c, lse_c
             keep = not split  # the single block's logits are still in the buffer
         else:
             ref_c, lse_c, keep = ref[rsl], lse[rsl], False
+            if terms.active:
+                coefs = saved[i]
         if grads is None:
             continue
-        coef_p = grad_coef(ref_c + lse_c, big_s, ct, cs if smoothing else None, cz)
+        if coefs is None:
+            coef_p, gkw = grad_coef(ref_c + lse_c, big_s, ct, cs if smoothing else None, cz), {}
+        else:
+            coef_p, gkw = coefs[0], {"terms": coefs[1]}
         dh_acc = torch.zeros(r1 - r0, h.shape[1], dtype=acc, device=h.device) \
             if split and grads.dh is not None else None
         for c0, c1 in blocks:
             # one block: its logits are still in the buffer (and the engine's view of them)
             xe, x, yb, s_blk, mask = blk if keep else block(c0, c1)
             g = engine.grad_rows(xe, yb, lse_c, coef_p, ct, cs, s_blk, plan.s_uniform, cap,
-                                 row_scale[rsl], mask, out=xe, ref=ref_c)
+                                 row_scale[rsl], mask, out=xe, ref=ref_c, **gkw)
             if g is not x:  # soft-capped masked block: d/dx of c·tanh(x/c), masked columns 0
                 t = torch.tanh(x.to(acc) / opts.softcap)
                 g = torch.where(cmask[c0:c1], g * (1 - t * t), 0.0)
@@ -372,7 +409,35 @@ def run_chunks(
             accumulate(g, hc, w, grads, rsl, slice(c0, c1), dh_acc, dw_cols)
         if dh_acc is not None:
             grads.dh[rsl] = dh_acc
-    return loss, ref, lse
+    return loss, ref, lse, saved
+
+
+def _term_rows(engine, block, blocks, blk, split, stats, ref_c, lse_c, big_s, plan, rsl, ct, cs,
+               cz, terms, smoothing, focal_stage, cap):
+    """(row loss, (cp, TermCoefs)) of one row chunk with the optional terms, from its merged
+    stage-one statistics (and stage 1b, focal, run here over the chunk's blocks)."""
+    acc = lse_c.dtype
+    _, se, xy, sx, sex, ses = stats
+    xy = xy.to(acc)
+    cs_t = cs if smoothing else None
+    low = None
+    if terms.focal_gamma == FLSD:  # γ per row from the target's probability (a constant)
+        low = flsd_low(torch.exp((xy - ref_c) - lse_c))
+    focal = None
+    if focal_stage:
+        fs = fa = None
+        for c0, c1 in blocks:
+            xe, _, _, s_blk, _ = blk if not split else block(c0, c1)  # split: one more matmul
+            f0, f1 = engine.focal_partials(xe, lse_c, terms.focal_gamma, s_blk, plan.s_uniform,
+                                           cap, ref=ref_c, low=low)
+            fs, fa = (f0, f1) if fs is None else (fs + f0, fa + f1)
+        focal = (fs.to(acc), fa.to(acc))
+    kw = dict(w=plan.w_y[rsl], sex=sex.to(acc), ses=ses.to(acc), sumexp=se, focal=focal, low=low)
+    loss = row_terms_loss(ref_c, lse_c, xy, sx.to(acc) if smoothing else None, big_s, ct, cs_t, cz,
+                          terms, **kw)
+    cp, coefs = term_coefs(ref_c, lse_c, xy, big_s, ct, cs_t, cz, terms,
+                           shares_vector=plan.s is not None, s_uniform=plan.s_uniform, **kw)
+    return loss, (cp, coefs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,10 +450,11 @@ def _reduced(loss_rows, lse, plan, opts, out_shape, out_dtype):
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, w, b, engine, plan, opts, chunks, out_shape, out_dtype, grad_in_forward):
+    def forward(ctx, h, w, b, engine, plan, opts, chunks, out_shape, out_dtype, grad_in_forward,
+                terms):
         needs = ctx.needs_input_grad[:3]
         acc = acc_dtype(h.dtype)
-        ctx.engine, ctx.plan, ctx.opts, ctx.chunks = engine, plan, opts, chunks
+        ctx.engine, ctx.plan, ctx.opts, ctx.chunks, ctx.terms = engine, plan, opts, chunks, terms
         ctx.out_shape, ctx.acc = out_shape, acc
         ctx.grads = None
         if grad_in_forward and opts.reduction != "none":
@@ -398,11 +464,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(w.shape, dtype=acc, device=w.device) if needs[1] else None,
                 torch.zeros(w.shape[0], dtype=acc, device=w.device) if needs[2] else None,
             )
-            loss_rows, ref, lse = run_chunks(engine, h, w, b, plan, opts, chunks,
-                                             row_scale=scale, grads=grads)
+            loss_rows, ref, lse, coefs = run_chunks(engine, h, w, b, plan, opts, chunks,
+                                                    row_scale=scale, grads=grads, terms=terms)
             ctx.grads = grads
         else:
-            loss_rows, ref, lse = run_chunks(engine, h, w, b, plan, opts, chunks)
+            loss_rows, ref, lse, coefs = run_chunks(engine, h, w, b, plan, opts, chunks,
+                                                    terms=terms)
+        ctx.coefs = coefs  # the terms' per-row coefficients, for a recomputing backward
         ctx.save_for_backward(h, w, b, ref, lse)
         return _reduced(loss_rows, ref + lse, plan, opts, out_shape, out_dtype)
 
@@ -424,9 +492,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(w.shape, dtype=ctx.acc, device=w.device) if needs[1] else None,
                 torch.zeros(w.shape[0], dtype=ctx.acc, device=w.device) if needs[2] else None,
             )
-            known = (ref, lse)
+            known = (ref, lse, ctx.coefs)
             run_chunks(ctx.engine, h, w, b, ctx.plan, ctx.opts, ctx.chunks, row_scale=scale,
-                       grads=grads, lse_known=known)
+                       grads=grads, lse_known=known, terms=ctx.terms)
         else:
             # Gradients were computed in forward for a unit upstream gradient: scale in place.
             g = grad_out.reshape(())
@@ -436,7 +504,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dh = grads.dh
         dw = grads.dw.to(w.dtype) if grads.dw is not None else None
         db = grads.db.to(b.dtype) if grads.db is not None else None
-        return dh, dw, db, None, None, None, None, None, None, None
+        return dh, dw, db, None, None, None, None, None, None, None, None
 
 
 def linear_index_loss(
@@ -450,23 +518,50 @@ def linear_index_loss(
     chunk_size: int | None = None,
     memory_budget: int | None = None,
     grad_in_forward: bool = True,
+    terms: Terms = NO_TERMS,
 ) -> torch.Tensor:
     """The reduced loss of ``cross_entropy(h @ w.T + b, …)`` for a validated plan (2-D ``h``).
 
     Differentiable with respect to ``h``, ``w`` and ``b``; see the module docstring for the
-    chunking and for ``grad_in_forward``.
+    chunking, for ``grad_in_forward`` and for the optional ``terms``.
     """
-    engine = ops.resolve(opts.impl, h.device, ops.BLOCKS)
+    engine = block_engine(opts.impl, h.device, terms)
     name = engine.__name__.rsplit(".", 1)[-1]
     chunks = plan_chunks(h.shape[0], w.shape[0], h.dtype, h.device, chunk_size=chunk_size,
                          memory_budget=memory_budget, engine=name)
     tensors = [t for t in (h, w, b) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _LinearCrossEntropy.apply(h, w, b, engine, plan, opts, chunks, out_shape, h.dtype,
-                                         grad_in_forward)
-    loss_rows, ref, lse = run_chunks(engine, h.detach(), w.detach(),
-                                     b.detach() if b is not None else None, plan, opts, chunks)
+                                         grad_in_forward, terms)
+    loss_rows, ref, lse, _ = run_chunks(engine, h.detach(), w.detach(),
+                                        b.detach() if b is not None else None, plan, opts, chunks,
+                                        terms=terms)
     return _reduced(loss_rows, ref + lse, plan, opts, out_shape, h.dtype)
+
+
+def block_engine(impl: str, device: torch.device, terms: Terms = NO_TERMS) -> ModuleType:
+    """The implementation serving a composition of the two-stage contract (the fused linear and
+    vocabulary-parallel losses), by the one dispatcher :func:`labelsmooth.ops.resolve`.
+
+    With a term set (``confidence_penalty``, ``poly``, ``focal_gamma``) only an implementation whose
+    contract evaluates the terms (:data:`labelsmooth.ops._terms.SUPPORTED_IMPLS`) serves: ``"auto"``
+    keeps the dispatcher's choice when it does, else takes the first that does; an explicit
+    ``impl`` without them raises the ValueError of
+    :func:`~labelsmooth.ops._terms.check_impl_supports` (the one rule of every entry point).
+    """
+    if not terms.active:
+        return ops.resolve(impl, device, ops.BLOCKS)
+    name = check_impl_supports(impl, terms)
+    if impl == "auto":
+        chosen = ops.resolve("auto", device, ops.BLOCKS)
+        if chosen.__name__.rsplit(".", 1)[-1] in _term_modules():
+            return chosen
+    return ops.resolve(name, device, ops.BLOCKS)
+
+
+def _term_modules() -> tuple[str, ...]:
+    # module names of the implementations that evaluate the terms ("triton" lives in triton_ce)
+    return tuple("triton_ce" if n == "triton" else n for n in SUPPORTED_IMPLS)
 
 
 def check_chunking(chunk_size: object, memory_budget: object) -> None:
