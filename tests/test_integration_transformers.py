@@ -288,3 +288,28 @@ def test_padded_vocabulary_passes_through(build, kind):
     fhead = fused.get_output_embeddings().weight
     assert torch.equal(fhead.grad[real:], torch.zeros_like(fhead.grad[real:]))
     torch.testing.assert_close(fhead.grad, head.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_terms_pass_through_both_entry_points():
+    """confidence_penalty / poly / focal_gamma reach cross_entropy (loss_func) and
+    linear_cross_entropy (use_fused_loss): the fused head equals loss_func on the logits with the
+    same terms, loss and gradients; a bad term fails at the call like the losses' own."""
+    batch = torch.utils.data.default_collate(dataset(4))
+    terms = dict(confidence_penalty=0.2, poly=0.5, focal_gamma="flsd-53")
+    plain = gpt2()
+    logits = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    want = loss_func(0.1, **terms)(logits, batch["labels"], num_items_in_batch=25)
+    direct = ls.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), batch["labels"][:, 1:].reshape(-1),
+                              label_smoothing=0.1, reduction="sum", **terms) / 25
+    torch.testing.assert_close(want, direct)
+    plain_loss = loss_func(0.1)(logits, batch["labels"], 25)
+    assert abs(float(want.detach()) - float(plain_loss.detach())) > 1e-3  # the terms count
+    want.backward()
+    fused = use_fused_loss(gpt2(), 0.1, **terms)
+    out = fused(**batch, num_items_in_batch=25)
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    out.loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="focal_gamma"):
+        use_fused_loss(gpt2(), 0.1, focal_gamma=-1.0)(**batch)

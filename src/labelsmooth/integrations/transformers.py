@@ -7,7 +7,8 @@ Two entry points, both importable without ``transformers`` (it is only needed to
   summed loss by the Trainer's ``num_items_in_batch`` (the non-ignored tokens over all
   gradient-accumulation steps), so accumulated gradients equal the un-accumulated ones. Every
   :func:`labelsmooth.cross_entropy` option passes through (``spread``, ``prior``, ``weight``,
-  ``weight_mode``, ``z_loss``, ``softcap``, ``impl``, ...).
+  ``weight_mode``, ``z_loss``, ``softcap``, ``impl``, the terms ``confidence_penalty``, ``poly``,
+  ``focal_gamma``, ...).
 * :func:`use_fused_loss` makes a causal LM compute its loss from the last hidden states and the
   output layer's weight with :func:`labelsmooth.linear_cross_entropy`, so the (tokens × vocabulary)
   logits never exist. It replaces the instance's ``forward`` (the class, ``save_pretrained``,
@@ -190,8 +191,9 @@ def loss_func(
             ``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``, ``impl``,
             ``validate``, ``num_classes`` / ``class_mask`` (a vocabulary padded past the
             tokenizer, e.g. ``num_classes=len(tokenizer)``: the padding leaves the softmax and
-            the smoothing mass), ... (``reduction`` is fixed by the normalisation above). Tensors
-            move to the logits' device.
+            the smoothing mass), the terms ``confidence_penalty``, ``poly``, ``focal_gamma``, ...
+            (``reduction`` is fixed by the normalisation above). Tensors move to the logits'
+            device.
 
     Returns:
         A picklable callable.
@@ -364,7 +366,8 @@ def use_fused_loss(
             ``class_weight``, ``spread``, ``prior``, ``weight_mode``, ``z_loss``, ``softcap``,
             ``impl``, ``chunk_size``, ``memory_budget``, ``num_classes`` (an output layer padded
             past the tokenizer: ``num_classes=len(tokenizer)`` narrows it to the real rows, at no
-            cost), ``class_mask``, ...
+            cost), ``class_mask``, the terms ``confidence_penalty``, ``poly``, ``focal_gamma``
+            (the same loss as :func:`loss_func` with them), ...
 
     Returns:
         The same model (patched in place). Calling it again replaces the options.
