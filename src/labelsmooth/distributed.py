@@ -37,6 +37,17 @@ each rank writes the gradient of its own slice. Every global quantity — includ
 *global* vocabulary — is reduced across ranks, which is where Megatron-LM's vocab-parallel loss
 (local K and local mean; Megatron-LM #737, #7464) and Transformer Engine's reported loss go wrong.
 
+**Optional terms** (``confidence_penalty``, ``poly``, ``focal_gamma``, as in
+:func:`labelsmooth.cross_entropy`) are compositions of the same contract: each shard's stage one
+also gives :math:`\sum_c e^{x_c - m_r}(x_c - m_r)` (penalty) and :math:`\sum_c s_c e^{x_c - m_r}`
+(Poly-1), rebased to :math:`M` (:func:`labelsmooth.ops._math.rebase_partials`) and summed in the
+same ``SUM`` all-reduce (1 or 2 more numbers per row). Focal needs the global lse first, so each
+shard then computes its share-weighted focal sums (the engine's ``focal_partials``, one more pass
+over the shard: one more logits matmul per chunk in the linear variant) and one more ``SUM``
+all-reduce of 2 numbers per row makes them global (none without smoothing shares). The backward
+still communicates nothing: every rank holds the per-row coefficients of the generalised stage
+two (:func:`labelsmooth.ops._terms.term_coefs`).
+
 Call the loss on every rank of the group with the same target, and back-propagate the same
 upstream gradient on every rank (``loss.backward()`` everywhere does this).
 """
@@ -1148,6 +1159,12 @@ def vocab_parallel_cross_entropy(
             The global counts ride in the forward's ``SUM`` all-reduce (three more numbers, no
             collective added; no host sync unless values are checked, and then a target at a
             masked class raises the same error on every rank).
+        confidence_penalty, poly, focal_gamma: the optional terms of
+            :func:`labelsmooth.cross_entropy` (same formulas on the global softmax; see the
+            module docstring for their collectives). Part of the fingerprint: a rank with another
+            value, or a bad one, raises the same error on every rank. With a term set every
+            ``impl`` runs the two-stage contract with its explicit gradient (``"reference"``
+            too: its focal stage is not differentiable).
 
     Returns:
         The loss in ``local_logits``' dtype, identical on every rank: a scalar for ``mean``/``sum``,
@@ -1423,6 +1440,8 @@ def vocab_parallel_linear_cross_entropy(
             and bias gradients; they must hold finite values (they enter ∂hidden with a zero
             coefficient). With a ``softcap`` too, the local logits are held in full (the
             reference path).
+        confidence_penalty, poly, focal_gamma: as in :func:`vocab_parallel_cross_entropy`
+            (focal recomputes each chunk's logits once more: one more matmul per chunk).
 
     Returns:
         The loss, identical on every rank, in ``hidden``'s dtype.

@@ -23,6 +23,18 @@ block's masked columns to −inf by selection before the engine sees them (exact
 there); with a soft-cap as well, the engine gets the capped block in the accumulation dtype (one
 more block-sized temporary), since the cap of −inf would be −c.
 
+**Optional terms** (``confidence_penalty``, ``poly``, ``focal_gamma``): stage one also gives the
+contract's ``sex``/``ses`` of each block (merged by the same
+:func:`~labelsmooth.ops._math.merge_partials`), the row loss is
+:func:`~labelsmooth.ops._terms.row_terms_loss` and the gradient the engine's generalised
+``grad_rows`` with :func:`~labelsmooth.ops._terms.term_coefs`. Focal needs the lse before its
+per-row sums, so the engine's ``focal_partials`` runs over the chunk once more after stage one:
+on the logits still in the buffer when the vocabulary is not split, else on each block recomputed
+(one more logits matmul per vocabulary block: 5 matmuls instead of 4 with gradients in forward,
+6 instead of 5 when the backward recomputes). Without smoothing shares it sums nothing and is
+skipped. The per-row coefficients are kept for a recomputing backward (O(N)). No term set: the
+path is the one above, unchanged.
+
 **When the gradient is computed.** With ``reduction="mean"`` or ``"sum"`` the upstream gradient is
 a scalar, so the gradients are computed during the forward (3 matmuls in all) and the backward
 only scales them by ``grad_output`` — in place, no sync, no extra memory. With
