@@ -30,9 +30,9 @@ contract's ``sex``/``ses`` of each block (merged by the same
 ``grad_rows`` with :func:`~labelsmooth.ops._terms.term_coefs`. Focal needs the lse before its
 per-row sums, so the engine's ``focal_partials`` runs over the chunk once more after stage one:
 on the logits still in the buffer when the vocabulary is not split, else on each block recomputed
-(one more logits matmul per vocabulary block: 5 matmuls instead of 4 with gradients in forward,
-6 instead of 5 when the backward recomputes). Without smoothing shares it sums nothing and is
-skipped. The per-row coefficients are kept for a recomputing backward (O(N)). No term set: the
+(one more logits matmul per vocabulary block: 5 matmuls instead of 4, whether the gradient is
+computed in forward or recomputed in backward, which reuses the saved focal coefficients).
+Without smoothing shares it sums nothing and is skipped. The per-row coefficients are kept for a recomputing backward (O(N)). No term set: the
 path is the one above, unchanged.
 
 **When the gradient is computed.** With ``reduction="mean"`` or ``"sum"`` the upstream gradient is
