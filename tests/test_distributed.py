@@ -1285,3 +1285,39 @@ def test_terms_across_two_ranks() -> None:
             bwd_ar = [n for nm, n, _ in p["lin_bwd"] if nm == "all_reduce"]
             assert bwd_ar == [rows * H], f"{name}: linear backward all-reduces {bwd_ar}"
 
+
+
+def test_terms_triton_on_two_gloo_ranks_under_the_interpreter() -> None:
+    """The terms with impl="triton" on 2 gloo ranks (interpreter, CPU tensors, float32): both
+    losses against cross_entropy's reference engine on the full logits."""
+    pytest.importorskip("triton")
+    from labelsmooth.ops import triton_ce
+    from labelsmooth.ops._terms import SUPPORTED_IMPLS
+
+    if not triton_ce.is_available(torch.device("cpu")):
+        pytest.skip("Triton interpreter not enabled")
+    if "triton" not in SUPPORTED_IMPLS:
+        pytest.skip("the Triton engine does not evaluate the terms yet")
+    cases = []
+    for c in _term_cases():
+        if c["impl"] != "auto":
+            continue
+        f32 = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+               for k, v in c.items()}
+        f32["opt"] = {k: (v.float() if torch.is_tensor(v) else v) for k, v in c["opt"].items()}
+        cases.append(dict(f32, impl="triton"))
+    res = _spawn(2, "terms", cases)
+    tol = dict(rtol=1e-5, atol=1e-6)
+    for i, c in enumerate(cases):
+        loss, gx = _single_terms(c, linear=False)
+        lloss, gh, gW, gb = _single_terms(c, linear=True)
+        per = [res[r][i] for r in range(2)]
+        assert torch.equal(per[0]["loss"], per[1]["loss"]), c["name"]
+        torch.testing.assert_close(per[0]["loss"], loss, **tol, msg=c["name"])
+        torch.testing.assert_close(torch.cat([p["grad"] for p in per], 1), gx, **tol,
+                                   msg=c["name"])
+        torch.testing.assert_close(per[0]["lin_loss"], lloss, **tol, msg=c["name"])
+        for p in per:
+            torch.testing.assert_close(p["gh"], gh, **tol, msg=c["name"])
+        torch.testing.assert_close(torch.cat([p["gW"] for p in per]), gW, **tol, msg=c["name"])
+        torch.testing.assert_close(torch.cat([p["gb"] for p in per]), gb, **tol, msg=c["name"])

@@ -768,3 +768,34 @@ def test_term_errors_name_the_argument(bad, err, name):
         linear_cross_entropy(hid, w, y, **bad)
     with pytest.raises(err, match=f"`{name}`"):
         LinearCrossEntropyLoss(**bad)
+
+
+def _need_triton_terms():
+    pytest.importorskip("triton")
+    from labelsmooth.ops import triton_ce
+    from labelsmooth.ops._terms import SUPPORTED_IMPLS
+
+    if not triton_ce.is_available(torch.device("cpu")):
+        pytest.skip("Triton interpreter not enabled")
+    if "triton" not in SUPPORTED_IMPLS:
+        pytest.skip("the Triton engine does not evaluate the terms yet")
+
+
+@pytest.mark.parametrize("chunking", [{"chunk_size": 8},
+                                      {"chunk_size": 8, "memory_budget": 8 * 16 * 4},
+                                      {"chunk_size": 8, "grad_in_forward": False}],
+                         ids=["tokens", "vocab-blocks", "recompute"])
+@pytest.mark.parametrize("tname", ["all", "flsd", "focal-frac"])
+def test_terms_triton_engine_per_chunk(chunking, tname):
+    """impl="triton" with the terms through the two-stage contract (interpreter on CPU), float32,
+    against cross_entropy's reference engine on the logits."""
+    _need_triton_terms()
+    hid, w, b, y, cw, prior = _inputs(torch.float32, n=20, v=40)
+    kw = {"label_smoothing": 0.1, "z_loss": 1e-3, "prior": prior[:40] / prior[:40].sum()}
+    ref = _loss_and_grads(lambda h_, w_, b_: ls.cross_entropy(
+        h_ @ w_.T + b_, y, cw[:40], impl="reference", **kw, **TERMS[tname]), hid, w[:40], b[:40])
+    ours = _loss_and_grads(lambda h_, w_, b_: _linear_cross_entropy(
+        h_, w_, y, b_, class_weight=cw[:40], impl="triton", **kw, **TERMS[tname], **chunking),
+        hid, w[:40], b[:40])
+    for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-6, msg=what)
