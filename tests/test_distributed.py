@@ -1321,3 +1321,41 @@ def test_terms_triton_on_two_gloo_ranks_under_the_interpreter() -> None:
             torch.testing.assert_close(p["gh"], gh, **tol, msg=c["name"])
         torch.testing.assert_close(torch.cat([p["gW"] for p in per]), gW, **tol, msg=c["name"])
         torch.testing.assert_close(torch.cat([p["gb"] for p in per]), gb, **tol, msg=c["name"])
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_terms_single_process_errors_and_zero_strength(impl: str) -> None:
+    """Without a group: the terms equal cross_entropy's reference engine (spatial input, a
+    masked vocabulary); a zero strength is no term (the same bits); bad values raise the
+    single-process errors naming the argument."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, K, 2, generator=g, dtype=torch.float64)
+    y = torch.randint(0, K, (3, 2), generator=g)
+    mask = torch.ones(K, dtype=torch.bool)
+    mask[[2, 9]] = False
+    y[y == 2], y[y == 9] = 0, 1
+    term = dict(confidence_penalty=0.4, poly=0.6, focal_gamma="flsd-53")
+    kw = dict(label_smoothing=0.2, z_loss=1e-3, class_mask=mask, reduction="none")
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = vocab_parallel_cross_entropy(xa, y, impl=impl, **kw, **term)
+    ref = ls.cross_entropy(xb, y, impl="reference", **kw, **term)
+    _close(ours.detach(), ref.detach(), torch.float64, "loss")
+    (ours * torch.arange(6.0, dtype=torch.float64).reshape(3, 2)).sum().backward()
+    (ref * torch.arange(6.0, dtype=torch.float64).reshape(3, 2)).sum().backward()
+    _close(xa.grad, xb.grad, torch.float64, "grad")
+    h = torch.randn(3, 2, H, generator=g, dtype=torch.float64)
+    W = torch.randn(K, H, generator=g, dtype=torch.float64)
+    lin = vocab_parallel_linear_cross_entropy(h, W, y, impl=impl, chunk_size=2, **kw, **term)
+    _close(lin, ls.cross_entropy((h @ W.T).movedim(-1, 1), y, impl="reference", **kw, **term),
+           torch.float64, "linear loss")
+    plain = vocab_parallel_cross_entropy(x, y, impl=impl, label_smoothing=0.1)
+    zero = vocab_parallel_cross_entropy(x, y, impl=impl, label_smoothing=0.1,
+                                        confidence_penalty=0.0, poly=0, focal_gamma=0.0)
+    assert torch.equal(plain, zero)
+    for bad, err in ((dict(focal_gamma=-1.0), ValueError), (dict(poly="x"), TypeError),
+                     (dict(confidence_penalty=-1.0), ValueError)):
+        name = next(iter(bad))
+        with pytest.raises(err, match=f"`{name}`"):
+            vocab_parallel_cross_entropy(x, y, impl=impl, **bad)
+        with pytest.raises(err, match=f"`{name}`"):
+            vocab_parallel_linear_cross_entropy(h, W, y, impl=impl, **bad)
