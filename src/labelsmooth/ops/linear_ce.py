@@ -564,11 +564,17 @@ def block_engine(impl: str, device: torch.device, terms: Terms = NO_TERMS) -> Mo
     if not terms.active:
         return ops.resolve(impl, device, ops.BLOCKS)
     name = check_impl_supports(impl, terms)
-    if impl == "auto":
-        chosen = ops.resolve("auto", device, ops.BLOCKS)
-        if chosen.__name__.rsplit(".", 1)[-1] in _term_modules():
-            return chosen
-    return ops.resolve(name, device, ops.BLOCKS)
+    if impl != "auto":
+        return ops.resolve(name, device, ops.BLOCKS)
+    chosen = ops.resolve("auto", device, ops.BLOCKS)
+    if chosen.__name__.rsplit(".", 1)[-1] in _term_modules():
+        return chosen
+    for name in SUPPORTED_IMPLS:  # the first that evaluates the terms and runs on this device
+        try:
+            return ops.resolve(name, device, ops.BLOCKS)
+        except ValueError:
+            continue
+    return ops.resolve("reference", device, ops.BLOCKS)
 
 
 def _term_modules() -> tuple[str, ...]:
