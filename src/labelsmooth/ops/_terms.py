@@ -522,7 +522,9 @@ def target_grad(
         if coefs.cps is not None:
             extra = extra + coefs.cps * s_y
         if coefs.cpx is not None:
-            extra = extra + coefs.cpx * z
+            # the penalty's cpx·z multiplies p, which is 0 at a −inf logit (a masked column
+            # standing in for a target held by another block or rank): 0 there, not −inf·0
+            extra = extra + coefs.cpx * torch.where(torch.isneginf(z), torch.zeros_like(z), z)
     cpd = cp - ct if coefs is None or coefs.cpd is None else coefs.cpd
     big_p = cp + extra if coefs is None or coefs.cpt is None else cp + coefs.cpt + extra
     mass = ct if cs_sy is None else ct + cs_sy
