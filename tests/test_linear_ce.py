@@ -661,6 +661,10 @@ def test_terms_equal_cross_entropy_on_the_logits(tname, oname, chunking, reducti
 def test_terms_over_a_masked_and_padded_vocabulary(impl, softcap, tname):
     """class_mask (with a fully masked vocabulary block) and num_classes compose with the terms:
     the same as cross_entropy on the logits with the same options."""
+    from labelsmooth.ops._terms import SUPPORTED_IMPLS
+
+    if impl not in SUPPORTED_IMPLS:
+        pytest.skip(f"the {impl} engine does not evaluate the terms yet")
     hid, w, b, y, cw, prior = _inputs()
     mask = torch.ones(V, dtype=torch.bool)
     mask[16:32] = False  # the whole second block of 16 columns
