@@ -222,6 +222,55 @@ def test_a_signal_to_the_cli_with_workers_leaves_no_process(tmp_path, sig):
     assert saved, "the finished run was not kept"
 
 
+def _runs(settings, seeds, cost=None):
+    return [RunTask(f"eps{e}_seed{s}", e, s, cost=(cost or {}).get(e)) for s in seeds for e in settings]
+
+
+def test_dispatch_is_longest_first_within_each_seed():
+    from labelsmooth.experiments.executor import DispatchOrder
+
+    eps = (0.0, 0.05, 0.1, 0.2, 0.5)
+    order = DispatchOrder(_runs(eps, (0, 1, 2)))
+    first = [order.pop() for _ in range(5)]
+    assert [t.key for t in first] == [f"eps{e}_seed0" for e in eps]  # nothing known: as given
+    # measured (the shape of the default sweep: ε = 0 stops early, ε = 0.1 runs longest)
+    took = {0.0: 3.0, 0.05: 5.0, 0.1: 6.5, 0.2: 6.0, 0.5: 4.5}
+    for t in first:
+        order.finished(t, took[t.setting])
+    second = [order.pop() for _ in range(5)]
+    assert [t.setting for t in second] == [0.1, 0.2, 0.05, 0.5, 0.0]
+    assert {t.seed for t in second} == {1}  # seed by seed: an interruption keeps whole seeds
+    order.finished(second[0], 10.5)  # ε = 0.1 now averages 8.5 s
+    order.finished(second[-1], 1.0)
+    assert [order.pop().setting for _ in range(5)] == [0.1, 0.2, 0.05, 0.5, 0.0]
+    assert len(order) == 0
+
+
+def test_dispatch_uses_known_costs_and_starts_unknown_runs_first():
+    from labelsmooth.experiments.executor import DispatchOrder
+
+    order = DispatchOrder(_runs((0.0, 0.1, 0.2, 0.3), (0,), cost={0.0: 2.0, 0.1: 9.0, 0.3: 4.0}))
+    assert [order.pop().setting for _ in range(4)] == [0.2, 0.1, 0.3, 0.0]
+
+
+def test_parallel_workers_start_the_longest_runs_first():
+    """What the pool is handed, in order: with the costs known, longest first (numbers unchanged:
+    see test_two_workers_give_the_serial_numbers_and_resume)."""
+    from labelsmooth.experiments.executor import RunJob
+    from labelsmooth.experiments.sweep import BuiltinModel
+    from labelsmooth.experiments.train import TrainSettings, train_run
+
+    data = make_splits(*_toy(90))
+    job = RunJob(train_run, BuiltinModel("mlp", (6,), 3), data, TrainSettings(**FAST))
+    tasks = _runs((0.0, 0.1, 0.2, 0.3), (0,), cost={0.0: 1.0, 0.1: 5.0, 0.2: 3.0, 0.3: 2.0})
+    started, done = [], []
+    ProcessExecutor(2).run(job, tasks, lambda t: started.append(t.setting),
+                           lambda t, r, a: done.append(r["smoothing"]))
+    assert started == [0.1, 0.2, 0.3, 0.0]
+    assert sorted(done) == [0.0, 0.1, 0.2, 0.3]
+    assert _children_alive() == []
+
+
 # --------------------------------------------------------------------------------------------
 # progress
 # --------------------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ are written by one process only, atomically, and resume works the same whatever 
 * :class:`RayExecutor` runs them as Ray tasks (one CPU, one torch thread each) on a local Ray
   instance it starts, or on a cluster it connects to (``address``); results come back here.
 
+With several runs in flight, the pool and Ray hand out the runs in :class:`DispatchOrder`:
+seed by seed, and within a seed the longest expected run first, so the workers finish together.
+
 Another engine implements :class:`RunExecutor`: run every task, call the two callbacks in the
 calling process, stop everything and re-raise on the first error or on ``KeyboardInterrupt``.
 
@@ -25,11 +28,14 @@ any process (the timings aside).
 from __future__ import annotations
 
 import abc
+import dataclasses
+import math
 import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -39,6 +45,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "DispatchOrder",
     "ProcessExecutor",
     "RayExecutor",
     "RunExecutor",
@@ -47,9 +54,13 @@ __all__ = [
     "RunTask",
     "SerialExecutor",
     "check_device",
+    "check_executor",
     "default_workers",
     "make_executor",
+    "make_runner",
     "require_ray",
+    "run_seconds",
+    "with_costs",
 ]
 
 OnStart = Callable[["RunTask"], None]
@@ -58,11 +69,23 @@ OnDone = Callable[["RunTask", dict[str, Any], dict[str, np.ndarray]], None]
 
 @dataclass(frozen=True)
 class RunTask:
-    """One run of the sweep: its file stem, smoothing factor and seed."""
+    """One run of a sweep: its file stem, its setting and its seed.
+
+    Attributes:
+        key: the file stem of the run (``eps0.1_seed2``).
+        setting: what varies between the runs besides the seed, handed to the job's
+            ``train_fn``: the smoothing factor ε (a float) in the sweep, a
+            :class:`~labelsmooth.experiments.methods.Method` in the method comparison. Hashable:
+            runs of the same setting share a measured time (:class:`DispatchOrder`).
+        seed: the training seed.
+        cost: the run's expected seconds when known beforehand (runs of the same setting in the
+            output directory), else None; it only orders the dispatch.
+    """
 
     key: str
-    smoothing: float
+    setting: Any
     seed: int
+    cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +112,7 @@ class RunJob:
         self, task: RunTask, progress: Any = None
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return self.train_fn(
-            self.build, self.splits, task.smoothing, task.seed, self.settings, progress=progress
+            self.build, self.splits, task.setting, task.seed, self.settings, progress=progress
         )
 
 
@@ -146,6 +169,158 @@ class SerialExecutor(RunExecutor):
             on_done(task, record, arrays)
 
 
+class DispatchOrder:
+    """The order in which parallel workers take the runs: seed by seed, longest expected first.
+
+    The runs come in waves, one per seed in the order given (the sweeps list seeds outer), and
+    a worker that frees up takes a run of the earliest wave with runs left, so an interrupted
+    sweep still holds whole seeds. Within a wave it takes the run expected to take longest
+    (longest processing time first, Graham 1969): the short runs of the last wave go last, so
+    the workers finish within about one short run of each other instead of one idling while
+    the other trains a long last run. Runs of the same setting (ε, or method and strength)
+    take about as long as each other (early stopping ends some settings sooner), so a run's
+    expected time is the mean measured time of the finished runs of its setting
+    (:meth:`finished`), else its ``cost`` (known beforehand, e.g. from the output directory),
+    else unknown; unknown runs go first within their wave (their time is learned early) and
+    ties keep the given order.
+
+    The order changes no run's numbers (each run seeds itself) and no output's order (results
+    are assembled sorted by setting and seed).
+
+    Example:
+        >>> tasks = [RunTask(f"eps{e}_seed{s}", e, s) for s in (0, 1) for e in (0.0, 0.1, 0.5)]
+        >>> order = DispatchOrder(tasks)
+        >>> [order.pop().key for _ in range(3)]  # seed 0: nothing measured yet, the given order
+        ['eps0.0_seed0', 'eps0.1_seed0', 'eps0.5_seed0']
+        >>> for t, sec in zip(tasks[:3], (4.0, 6.0, 5.0)):
+        ...     order.finished(t, sec)
+        >>> [order.pop().key for _ in range(3)]  # seed 1: longest measured first
+        ['eps0.1_seed1', 'eps0.5_seed1', 'eps0.0_seed1']
+    """
+
+    def __init__(self, tasks: Sequence[RunTask]) -> None:
+        waves: dict[int, int] = {}
+        for t in tasks:
+            waves.setdefault(t.seed, len(waves))
+        self._wave = waves
+        self._queue = list(tasks)
+        self._seconds: dict[Any, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def expected(self, task: RunTask) -> float | None:
+        """The expected seconds of ``task``: its setting's measured mean, else its cost."""
+        measured = self._seconds.get(task.setting)
+        if measured:
+            return sum(measured) / len(measured)
+        return task.cost
+
+    def pop(self) -> RunTask:
+        """Remove and return the run to start next."""
+        wave = min(self._wave[t.seed] for t in self._queue)
+
+        def rank(i: int) -> tuple[float, int]:
+            e = self.expected(self._queue[i])
+            return (-math.inf if e is None else -e, i)  # unknown first, then longest
+
+        i = min((i for i, t in enumerate(self._queue) if self._wave[t.seed] == wave), key=rank)
+        return self._queue.pop(i)
+
+    def finished(self, task: RunTask, seconds: float) -> None:
+        """Record that ``task`` took ``seconds``."""
+        self._seconds.setdefault(task.setting, []).append(float(seconds))
+
+
+def run_seconds(record: Mapping[str, Any]) -> float | None:
+    """The seconds a finished run took by its record: training plus evaluation (plus its
+    distilled student's training), or None when the record does not say.
+
+    Example:
+        >>> run_seconds({"train_seconds": 4.0, "eval_seconds": 0.5}), run_seconds({})
+        (4.5, None)
+    """
+    if not isinstance(record.get("train_seconds"), (int, float)):
+        return None
+    seconds = float(record["train_seconds"]) + float(record.get("eval_seconds") or 0.0)
+    student = record.get("student")
+    if isinstance(student, Mapping) and isinstance(student.get("train_seconds"), (int, float)):
+        seconds += float(student["train_seconds"])
+    return seconds
+
+
+def with_costs(tasks: Sequence[RunTask], records: Iterable[Mapping[str, Any]]) -> list[RunTask]:
+    """``tasks`` with their ``cost``: the mean :func:`run_seconds` of the finished ``records``
+    of the same setting (other seeds found in the output directory), else left None.
+
+    Settings are matched by run key without its seed (``eps0.1`` of ``eps0.1_seed2``).
+
+    Example:
+        >>> done = [{"key": "eps0.1_seed0", "train_seconds": 6.0, "eval_seconds": 0.0}]
+        >>> [t.cost for t in with_costs([RunTask("eps0.1_seed1", 0.1, 1),
+        ...                              RunTask("eps0_seed1", 0.0, 1)], done)]
+        [6.0, None]
+    """
+    seconds: dict[str, list[float]] = {}
+    for r in records:
+        sec = run_seconds(r)
+        if isinstance(r.get("key"), str) and sec is not None:
+            seconds.setdefault(_setting_key(r["key"]), []).append(sec)
+    out = []
+    for t in tasks:
+        known = seconds.get(_setting_key(t.key))
+        out.append(dataclasses.replace(t, cost=sum(known) / len(known)) if known else t)
+    return out
+
+
+def _setting_key(key: str) -> str:
+    return key.rsplit("_seed", 1)[0]
+
+
+def _dispatch(
+    tasks: Sequence[RunTask],
+    limit: int,
+    inflight: dict[Any, RunTask],
+    submit: Callable[[RunTask], Any],
+    wait_some: Callable[[list[Any]], Any],
+    result: Callable[[Any], tuple[dict[str, Any], dict[str, np.ndarray], float]],
+    on_start: OnStart,
+    on_done: OnDone,
+) -> None:
+    """Keep ``limit`` runs in flight, in :class:`DispatchOrder`, until every task is done.
+
+    ``submit(task)`` starts a run and returns its handle (kept in ``inflight``, which the
+    caller cancels on an error); ``wait_some(handles)`` blocks until at least one has finished
+    and returns the finished ones; ``result(handle)`` gives ``(record, arrays, seconds)`` or
+    raises the run's error. Runs that finish together are reported in the given task order.
+    """
+    order = DispatchOrder(tasks)
+    position = {t.key: i for i, t in enumerate(tasks)}
+
+    def submit_next() -> None:
+        if order:
+            task = order.pop()
+            inflight[submit(task)] = task
+            on_start(task)
+
+    for _ in range(limit):
+        submit_next()
+    while inflight:
+        for handle in sorted(wait_some(list(inflight)), key=lambda h: position[inflight[h].key]):
+            task = inflight.pop(handle)
+            record, arrays, seconds = result(handle)
+            order.finished(task, seconds)
+            on_done(task, record, arrays)
+            submit_next()
+
+
+def _timed(job: RunJob, task: RunTask) -> tuple[dict[str, Any], dict[str, np.ndarray], float]:
+    """Run ``task`` and return its record, arrays and wall seconds (for :class:`DispatchOrder`)."""
+    t0 = time.perf_counter()
+    record, arrays = job(task)
+    return record, arrays, time.perf_counter() - t0
+
+
 # --- worker side ------------------------------------------------------------------------------
 _WORKER_JOB: RunJob | None = None
 
@@ -175,9 +350,9 @@ def _init_worker(payload: bytes, threads: int, parent: int) -> None:
     _WORKER_JOB = pickle.loads(payload)
 
 
-def _run_in_worker(task: RunTask) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _run_in_worker(task: RunTask) -> tuple[dict[str, Any], dict[str, np.ndarray], float]:
     assert _WORKER_JOB is not None, "worker used without _init_worker"  # internal invariant
-    return _WORKER_JOB(task)
+    return _timed(_WORKER_JOB, task)
 
 
 def _unpicklable_reason(job: RunJob) -> str | None:
@@ -253,35 +428,30 @@ class ProcessExecutor(RunExecutor):
             initializer=_init_worker,
             initargs=(payload, self.threads, os.getpid()),
         )
-        queue = list(tasks)
         inflight: dict[Future[Any], RunTask] = {}
 
-        def submit_next() -> None:
-            if queue:
-                task = queue.pop(0)
-                inflight[pool.submit(_run_in_worker, task)] = task
-                on_start(task)
+        def result(fut: Future[Any]) -> tuple[dict[str, Any], dict[str, np.ndarray], float]:
+            try:
+                return fut.result()
+            except BrokenProcessPool as e:
+                raise RuntimeError(
+                    "a worker process died or could not start (out of memory, killed, or the "
+                    "model function cannot be imported in a fresh process; a script that calls "
+                    "sweep() at import time needs an `if __name__ == '__main__':` guard); re-run "
+                    f"with workers=1 (--workers 1) to run in this process ({e})"
+                ) from e
 
         try:
-            for _ in range(self.workers):
-                submit_next()
-            while inflight:
-                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                # report in task order when several finish together (stable output)
-                for fut in sorted(done, key=lambda f: tasks.index(inflight[f])):
-                    task = inflight.pop(fut)
-                    try:
-                        record, arrays = fut.result()
-                    except BrokenProcessPool as e:
-                        raise RuntimeError(
-                            "a worker process died or could not start (out of memory, killed, "
-                            "or the model function cannot be imported in a fresh process; a "
-                            "script that calls sweep() at import time needs an "
-                            "`if __name__ == '__main__':` guard); re-run with workers=1 "
-                            f"(--workers 1) to run in this process ({e})"
-                        ) from e
-                    on_done(task, record, arrays)
-                    submit_next()
+            _dispatch(
+                tasks,
+                self.workers,
+                inflight,
+                lambda task: pool.submit(_run_in_worker, task),
+                lambda handles: wait(handles, return_when=FIRST_COMPLETED)[0],
+                result,
+                on_start,
+                on_done,
+            )
         except BaseException:
             _stop_pool(pool)
             raise
@@ -302,10 +472,12 @@ def require_ray() -> None:
         raise ImportError(RAY_MISSING)
 
 
-def _ray_run(job: RunJob, task: RunTask, threads: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _ray_run(
+    job: RunJob, task: RunTask, threads: int
+) -> tuple[dict[str, Any], dict[str, Any], float]:
     """The body of one Ray task: a run with ``threads`` torch threads, its result returned."""
     torch.set_num_threads(threads)
-    return job(task)
+    return _timed(job, task)
 
 
 class RayExecutor(RunExecutor):
@@ -391,35 +563,35 @@ class RayExecutor(RunExecutor):
             self.workers = limit
             remote = ray.remote(num_cpus=1, max_retries=0)(_ray_run)
             job_ref = ray.put(job)
-            queue = list(tasks)
             inflight: dict[Any, RunTask] = {}
 
-            def submit_next() -> None:
-                if queue:
-                    task = queue.pop(0)
-                    inflight[remote.remote(job_ref, task, self.threads)] = task
-                    on_start(task)
+            def wait_some(refs: list[Any]) -> set[Any]:
+                done, _ = ray.wait(refs, num_returns=1)
+                # also take whatever else has finished by now
+                more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                return set(done) | set(more)
+
+            def result(ref: Any) -> tuple[dict[str, Any], dict[str, Any], float]:
+                try:
+                    return ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    # the run's own exception, raised here as itself when Ray can
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, BaseException):
+                        raise cause from e
+                    raise
 
             try:
-                for _ in range(limit):
-                    submit_next()
-                while inflight:
-                    done, _ = ray.wait(list(inflight), num_returns=1)
-                    # also take whatever else has finished by now, reported in task order
-                    more, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
-                    ready = set(done) | set(more)
-                    for ref in sorted(ready, key=lambda r: tasks.index(inflight[r])):
-                        task = inflight.pop(ref)
-                        try:
-                            record, arrays = ray.get(ref)
-                        except ray.exceptions.RayTaskError as e:
-                            # the run's own exception, raised here as itself when Ray can
-                            cause = getattr(e, "cause", None)
-                            if isinstance(cause, BaseException):
-                                raise cause from e
-                            raise
-                        on_done(task, record, arrays)
-                        submit_next()
+                _dispatch(
+                    tasks,
+                    limit,
+                    inflight,
+                    lambda task: remote.remote(job_ref, task, self.threads),
+                    wait_some,
+                    result,
+                    on_start,
+                    on_done,
+                )
             except BaseException:
                 for ref in inflight:
                     try:
@@ -476,6 +648,44 @@ def make_executor(
             )
         return SerialExecutor()
     return ProcessExecutor(workers, threads=threads or 1)
+
+
+def check_executor(executor: str, ray_address: str | None, device: str) -> None:
+    """Check the executor arguments of a sweep before any data is loaded or model trained.
+
+    Raises:
+        ValueError: ``executor`` is not ``"local"`` or ``"ray"``, ``ray_address`` without Ray,
+            or Ray on an accelerator.
+        ImportError: ``executor="ray"`` without the ray package.
+    """
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if ray_address is not None and executor != "ray":
+        raise ValueError(f"ray_address={ray_address!r} needs executor='ray', got {executor!r}")
+    if executor == "ray":
+        require_ray()
+        if torch.device(device).type != "cpu":
+            raise ValueError(
+                f"executor='ray' trains on CPU (each run one Ray task with one CPU), got "
+                f"device={device!r}; use executor='local' on an accelerator"
+            )
+
+
+def make_runner(
+    executor: str,
+    workers: int | None,
+    job: RunJob,
+    n_tasks: int,
+    *,
+    threads: int | None = None,
+    ray_address: str | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> RunExecutor:
+    """The executor a sweep asked for: :class:`RayExecutor` for ``executor="ray"`` (at most
+    ``workers`` runs in flight, None: the cluster's CPUs), else :func:`make_executor`."""
+    if executor == "ray":
+        return RayExecutor(ray_address, workers=workers, threads=threads or 1)
+    return make_executor(workers, job, n_tasks, threads=threads, warn=warn)
 
 
 def check_device(device: str) -> torch.device:

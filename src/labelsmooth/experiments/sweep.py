@@ -37,14 +37,13 @@ from torch import nn
 
 from labelsmooth.experiments.data import Splits, as_splits
 from labelsmooth.experiments.executor import (
-    RayExecutor,
-    RunExecutor,
     RunJob,
     RunProgress,
     RunTask,
     check_device,
-    make_executor,
-    require_ray,
+    check_executor,
+    make_runner,
+    with_costs,
 )
 from labelsmooth.experiments.models import build_model
 from labelsmooth.experiments.rundir import (
@@ -536,18 +535,11 @@ def sweep(
         isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
     ):
         raise ValueError(f"workers must be a positive int or None (one per core), got {workers!r}")
-    if executor not in ("local", "ray"):
-        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
-    if ray_address is not None and executor != "ray":
-        raise ValueError(f"ray_address={ray_address!r} needs executor='ray', got {executor!r}")
-    if executor == "ray":
-        require_ray()
-        device = settings.device if settings is not None else settings_kwargs.get("device", "cpu")
-        if torch.device(device).type != "cpu":
-            raise ValueError(
-                f"executor='ray' trains on CPU (each run one Ray task with one CPU), got "
-                f"device={device!r}; use executor='local' on an accelerator"
-            )
+    check_executor(
+        executor,
+        ray_address,
+        settings.device if settings is not None else settings_kwargs.get("device", "cpu"),
+    )
     if report and out is not None:
         require_report_dependencies()
     splits = as_splits(data, split_seed=split_seed)
@@ -571,8 +563,6 @@ def sweep(
     build, model_name = _resolve_model_fn(model_fn, model, splits, settings.dropout)
     train_fn: Callable[..., Any] = train_run
     if smoothing_schedule != "constant":
-        if distill is not None:
-            raise ValueError("smoothing_schedule needs the plain sweep, not distill")
         train_fn = functools.partial(train_run, smoothing_schedule=smoothing_schedule)
     distill_cfg = None
     if distill is not None:
@@ -580,7 +570,9 @@ def sweep(
 
         if model_fn is not None:
             raise ValueError("distill needs a built-in model (model=...), not model_fn")
-        train_fn, distill_cfg = distill_train_fn(distill, model, splits)
+        train_fn, distill_cfg = distill_train_fn(
+            distill, model, splits, smoothing_schedule=smoothing_schedule
+        )
     config: dict[str, Any] = {
         "dataset": splits.name,
         "model": model_name,
@@ -783,15 +775,20 @@ def _sweep_locked(
         _note(message, notes)
     reused = len(records)
 
+    todo = with_costs(todo, records.values())  # reused runs say how long their settings take
     job = RunJob(train_fn=train_fn, build=build, splits=splits, settings=settings)
+    runner = make_runner(
+        executor,
+        workers,
+        job,
+        len(todo),
+        threads=threads,
+        ray_address=ray_address,
+        warn=lambda m: _note(m, notes),
+    )
     if executor == "ray":
-        runner: RunExecutor = RayExecutor(ray_address, workers=workers, threads=threads or 1)
         config["executor"] = "ray"
         config["ray_address"] = ray_address
-    else:
-        runner = make_executor(
-            workers, job, len(todo), threads=threads, warn=lambda m: _note(m, notes)
-        )
     config["workers"] = runner.workers if runner.workers else workers
     if runs_dir is not None:
         write_json(os.path.join(out_dir, "config.json"), config)
