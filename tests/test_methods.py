@@ -206,10 +206,41 @@ def test_compare_methods_runs_resumes_and_writes(tmp_path):
     assert again.reused == 6
     assert again.comparison["methods"][0]["vs_baseline"]["nll"]["mean"] == pytest.approx(
         res.comparison["methods"][0]["vs_baseline"]["nll"]["mean"])
-    # another configuration in the same directory is refused
+    # another configuration in the same directory is refused: other settings, or other data
     with pytest.raises(ValueError, match="another configuration"):
         compare_methods(_data(), ["focal"], out=tmp_path, **{**kw, "epochs": 2,
                                                                "grids": {"focal": [2.0]}})
+    x, y = _data()
+    with pytest.raises(ValueError, match="another configuration"):
+        compare_methods((x + 1e-3, y), ["focal", "ls"], out=tmp_path, **kw)
+
+
+def test_compare_methods_has_the_test_bootstrap_and_its_wall_time(tmp_path):
+    kw = dict(grids={"focal": [2.0]}, seeds=2, epochs=2, progress=False, workers=1)
+    res = compare_methods(_data(), ["focal"], out=tmp_path, n_bootstrap=200, **kw)
+    (focal,) = res.comparison["methods"]
+    for ref in ("vs_baseline", "vs_baseline_ts"):
+        d = focal[ref]["nll"]
+        assert d["boot_low"] <= d["mean"] <= d["boot_high"] and d["boot_low"] < d["boot_high"]
+    assert focal["vs_baseline"]["accuracy"]["boot_low"] is not None
+    assert "Paired test-set bootstrap" in res.text and "| focal γ=2 | " in res.text
+    assert res.config["wall_seconds"] > 0 and "wall time: " in res.text
+    saved = json.loads((tmp_path / "methods.json").read_text())
+    assert saved["config"]["wall_seconds"] == res.config["wall_seconds"]
+    # the interval is the ε sweep's bootstrap, computed on the method's and baseline's runs
+    from labelsmooth.experiments.sweep import load_runs
+    from labelsmooth.experiments.verdict import bootstrap_intervals
+
+    recs, arrays = load_runs(str(tmp_path))
+    want = bootstrap_intervals(
+        [dict(r, smoothing=1.0 if r["method"]["method"] == "focal" else 0.0) for r in recs],
+        arrays, n_resamples=200)
+    assert (focal["vs_baseline"]["nll"]["boot_low"], focal["vs_baseline"]["nll"]["boot_high"]) \
+        == pytest.approx(want[("baseline", "nll", 1.0)])
+    # without resamples, none
+    off = compare_methods(_data(), ["focal"], n_bootstrap=0, **kw)
+    assert off.comparison["methods"][0]["vs_baseline"]["nll"]["boot_low"] is None
+    assert "Paired test-set bootstrap" not in off.text
 
 
 def test_compare_methods_rejects_bad_arguments():
@@ -219,6 +250,10 @@ def test_compare_methods_rejects_bad_arguments():
         compare_methods(_data(), ["focal"], grids={"poly": [1.0]}, seeds=1, epochs=1)
     with pytest.raises(ValueError, match="smoothing_schedule"):
         compare_methods(_data(), ["ls"], smoothing_schedule="warm", seeds=1, epochs=1)
+    with pytest.raises(ValueError, match="executor must be 'local' or 'ray'"):
+        compare_methods(_data(), ["ls"], executor="dask", seeds=1, epochs=1)
+    with pytest.raises(ValueError, match="needs executor='ray'"):
+        compare_methods(_data(), ["ls"], ray_address="auto", seeds=1, epochs=1)
 
 
 def test_sweep_smoothing_schedule_is_recorded_and_checked():

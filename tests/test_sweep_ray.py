@@ -127,3 +127,37 @@ def test_cli_ray_address_needs_ray_executor(capsys, tmp_path):
     with pytest.raises(SystemExit):
         cli.main(["sweep", "--ray-address", "auto", "--out", str(tmp_path)])
     assert "--ray-address needs --executor ray" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ray_starts_the_longest_runs_first(local_ray):
+    """Ray goes through the same dispatch order as the worker pool: longest expected first."""
+    from labelsmooth.experiments.executor import RunJob, RunTask
+
+    def quick(build, splits, setting, seed, settings, progress=None):
+        return {"setting": setting}, {}
+
+    job = RunJob(train_fn=quick, build=object, splits=None, settings=None)
+    costs = {"a": 1.0, "b": 5.0, "c": 3.0, "d": 2.0}
+    tasks = [RunTask(f"{k}_seed0", k, 0, cost=c) for k, c in costs.items()]
+    started: list[str] = []
+    done: list[str] = []
+    RayExecutor(workers=2).run(job, tasks, lambda t: started.append(t.setting),
+                               lambda t, r, a: done.append(r["setting"]))
+    assert started == ["b", "c", "d", "a"]
+    assert sorted(done) == ["a", "b", "c", "d"]
+
+
+@pytest.mark.slow
+def test_ray_method_comparison_equals_serial_and_resumes(local_ray, tmp_path):
+    """`sweep --method ... --executor ray`: the comparison's runs as Ray tasks, same numbers."""
+    from labelsmooth.experiments.methods import compare_methods
+
+    kw = dict(grids={"focal": [2.0]}, seeds=2, epochs=2, n_bootstrap=0, progress=False,
+              threads=1)
+    res = compare_methods(_data(), ["focal"], executor="ray", out=tmp_path, **kw)
+    assert res.config["executor"] == "ray" and len(res.rows) == 4 and res.reused == 0
+    serial = compare_methods(_data(), ["focal"], workers=1, **kw)
+    assert [_strip(r) for r in res.rows] == [_strip(r) for r in serial.rows]
+    again = compare_methods(_data(), ["focal"], executor="ray", out=tmp_path, **kw)
+    assert again.reused == 4 and [_strip(r) for r in again.rows] == [_strip(r) for r in res.rows]

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,8 +217,8 @@ def train_method_run(
     progress: Any = None,
     smoothing_schedule: str = "constant",
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One run of ``method`` (the executor's ``train_fn``; the task's ``smoothing`` slot carries
-    the :class:`Method`). ``ls`` and the baseline train through the sweep's own smoothed loss
+    """One run of ``method`` (the executor's ``train_fn``; the task's ``setting`` is the
+    :class:`Method`). ``ls`` and the baseline train through the sweep's own smoothed loss
     (with ``smoothing_schedule`` for ``ls``); every other method replaces it."""
     from labelsmooth.experiments.train import train_run
 
@@ -345,6 +346,48 @@ def compare(rows: Sequence[dict[str, Any]], alpha: float = 0.05) -> dict[str, An
     }
 
 
+def _run_group(record: Mapping[str, Any]) -> tuple[str, str]:
+    return (record["method"]["method"], str(record["method"]["strength"]))
+
+
+def attach_bootstrap(
+    comp: dict[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    arrays: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    n_resamples: int = 1000,
+    n_bins: int = 15,
+) -> None:
+    """Add the paired test-set bootstrap (as the ε sweep has it) to :func:`compare`'s result.
+
+    For each method at its chosen strength, against the baseline as trained and after
+    temperature scaling: the percentile 95% interval of the seed-mean difference over resampled
+    test examples (:func:`labelsmooth.experiments.verdict.bootstrap_intervals`, from the saved
+    test logits), as ``boot_low``/``boot_high`` of each difference. The seed-level interval
+    says how much the result depends on the seed; this one, on which test examples were drawn.
+    ``n_resamples=0`` adds nothing.
+    """
+    from labelsmooth.experiments.verdict import bootstrap_intervals
+
+    if n_resamples <= 0:
+        return
+    chosen = {(e["method"], str(e["strength"])) for e in comp["methods"]}
+    runs = [r for r in records if "method" in r
+            and (r["method"]["method"] == "baseline" or _run_group(r) in chosen)]
+    base = next((_run_group(r) for r in runs if r["method"]["method"] == "baseline"), None)
+    if base is None:
+        return
+    boot = bootstrap_intervals(runs, arrays, n_resamples=n_resamples, n_bins=n_bins,
+                               baseline=base, group=_run_group)
+    for e in comp["methods"]:
+        g = (e["method"], str(e["strength"]))
+        for ref, kind in (("vs_baseline", "baseline"), ("vs_baseline_ts", "baseline_ts")):
+            for m, d in e[ref].items():
+                ci = boot.get((kind, m, g))
+                if ci is not None:
+                    d["boot_low"], d["boot_high"] = ci
+
+
 def _fmt_diff(d: dict[str, Any] | None) -> str:
     if not d:
         return "—"
@@ -352,6 +395,12 @@ def _fmt_diff(d: dict[str, Any] | None) -> str:
     if math.isnan(lo):
         return f"{d['mean']:+.4f} ({d['status']})"
     return f"{d['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] {d['status']}"
+
+
+def _fmt_boot(d: dict[str, Any] | None) -> str:
+    if not d or d.get("boot_low") is None:
+        return "—"
+    return f"{d['mean']:+.4f} [{d['boot_low']:+.4f}, {d['boot_high']:+.4f}]"
 
 
 def render_comparison(comp: dict[str, Any], scope: Mapping[str, Any] | None = None) -> str:
@@ -409,6 +458,21 @@ def render_comparison(comp: dict[str, Any], scope: Mapping[str, Any] | None = No
             cells.append(f"**{cell}**" if str(g["strength"]) == str(e["strength"]) else cell)
         lines.append(f"- {e['method']}: " + "; ".join(cells))
     lines.append("")
+    if any(d.get("boot_low") is not None for e in comp["methods"]
+           for ref in ("vs_baseline", "vs_baseline_ts") for d in e[ref].values()):
+        lines += [
+            "Paired test-set bootstrap (95% percentile interval of the seed-mean difference over "
+            "resampled test examples, the same draw for every model and seed; not Holm-adjusted):",
+            "", "| method | Δ NLL vs baseline | Δ NLL vs baseline+TS | Δ ECE vs baseline | "
+            "Δ ECE vs baseline+TS | Δ Brier vs baseline | Δ acc vs baseline |",
+            "|---|---|---|---|---|---|---|"]
+        for e in comp["methods"]:
+            cells = [_fmt_boot(e[ref].get(m)) for ref, m in (
+                ("vs_baseline", "nll"), ("vs_baseline_ts", "nll"), ("vs_baseline", "ece"),
+                ("vs_baseline_ts", "ece"), ("vs_baseline", "brier"), ("vs_baseline", "accuracy"))]
+            lines.append(f"| {Method(e['method'], e['strength']).label} | " + " | ".join(cells)
+                         + " |")
+        lines.append("")
     for e in comp["methods"]:
         label = Method(e["method"], e["strength"]).label
         st = {k: v["status"] for k, v in e["vs_baseline"].items()}
@@ -468,6 +532,8 @@ def compare_methods(
     split_seed: int = 0,
     threads: int | None = None,
     workers: int | None = 1,
+    executor: str = "local",
+    ray_address: str | None = None,
     progress: bool = True,
     extra_config: dict[str, Any] | None = None,
     **settings_kwargs: Any,
@@ -475,8 +541,8 @@ def compare_methods(
     """Train the baseline and every method × strength × seed on one testbed and compare them.
 
     Args:
-        data, model, model_fn, split_seed, threads, workers, progress: as
-            :func:`labelsmooth.experiments.sweep`.
+        data, model, model_fn, split_seed, threads, workers, executor, ray_address, progress:
+            as :func:`labelsmooth.experiments.sweep` (``executor="ray"``: every run a Ray task).
         methods: names from :data:`METHODS` (the baseline is always trained).
         grids: strengths per method, overriding :data:`DEFAULT_GRIDS` (a mapping, or the CLI's
             ``["focal=1,2", ...]``).
@@ -489,6 +555,11 @@ def compare_methods(
             configuration reuses them), and ``methods.json``, ``methods.csv`` and ``methods.md``
             are written.
 
+    Beside the seed-level intervals, each chosen method gets the paired test-set bootstrap of
+    the sweep (``settings.n_bootstrap`` resamples of the test examples, 0 turns it off): the
+    ``boot_low``/``boot_high`` of its differences. ``config["wall_seconds"]`` is the wall time
+    of this call.
+
     Example:
         >>> data = (torch.randn(120, 6), torch.arange(120) % 3)
         >>> res = compare_methods(data, ["focal", "poly"], grids={"focal": [2.0], "poly": [1.0]},
@@ -497,7 +568,14 @@ def compare_methods(
         (['focal', 'poly'], 6)
     """
     from labelsmooth.experiments.data import as_splits
-    from labelsmooth.experiments.executor import RunJob, RunProgress, RunTask, make_executor
+    from labelsmooth.experiments.executor import (
+        RunJob,
+        RunProgress,
+        RunTask,
+        check_executor,
+        make_runner,
+        with_costs,
+    )
     from labelsmooth.experiments.rundir import (
         DamagedRunError,
         DirectoryLock,
@@ -507,7 +585,12 @@ def compare_methods(
         write_json,
         write_npz,
     )
-    from labelsmooth.experiments.sweep import _resolve_model_fn, _seed_list, flatten_run
+    from labelsmooth.experiments.sweep import (
+        _data_fingerprint,
+        _resolve_model_fn,
+        _seed_list,
+        flatten_run,
+    )
     from labelsmooth.experiments.train import TrainSettings, recipe_for
     from labelsmooth.schedules import NAMES
 
@@ -521,6 +604,9 @@ def compare_methods(
         raise ValueError(f"smoothing_schedule must be one of {NAMES}, got {smoothing_schedule!r}")
     if settings is not None and settings_kwargs:
         raise TypeError(f"pass either settings or keywords, not both ({sorted(settings_kwargs)})")
+    check_executor(executor, ray_address,
+                   settings.device if settings is not None else settings_kwargs.get("device", "cpu"))
+    t_start = time.perf_counter()
     user = parse_grid(grids)
     unused = sorted(set(user) - set(methods))
     if unused:
@@ -535,8 +621,10 @@ def compare_methods(
     build, model_name = _resolve_model_fn(model_fn, model, splits, settings.dropout)
     specs = [Method("baseline", 0.0, spread=settings.spread)] + [
         Method(m, s, spread=settings.spread) for m in methods for s in grid[m]]
+    # as the sweep's run identity: the data's own bytes too, so edited data never reuses runs
     identity = {"dataset": splits.name, "model": model_name, "split_seed": split_seed,
                 "splits": splits.sizes(), "num_classes": splits.num_classes,
+                "data_fingerprint": _data_fingerprint(splits),
                 "smoothing_schedule": smoothing_schedule, **settings.as_dict()}
     fingerprint = hashlib.sha256(
         json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -549,7 +637,8 @@ def compare_methods(
     runs_dir = prepare_out_dir(out_dir) if out_dir is not None else None
     lock = DirectoryLock(out_dir) if out_dir is not None else None
     records: dict[str, dict[str, Any]] = {}
-    todo: list[Any] = []
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    todo: list[RunTask] = []
     if lock is not None:
         lock.acquire()
     try:
@@ -560,24 +649,29 @@ def compare_methods(
                 if path and os.path.exists(path):
                     try:
                         rec = read_record(path)
-                        read_arrays(path[:-5] + ".npz")
+                        arr = read_arrays(path[:-5] + ".npz")
                     except DamagedRunError:
-                        todo.append(RunTask(key, spec, seed))  # type: ignore[arg-type]
+                        todo.append(RunTask(key, spec, seed))
                         continue
                     if rec.get("fingerprint") != fingerprint:
                         raise ValueError(
                             f"{out_dir} holds run {key} of another configuration; choose "
                             "another output directory or delete its runs/ folder")
                     records[key] = rec
+                    arrays[key] = arr
                 else:
-                    todo.append(RunTask(key, spec, seed))  # type: ignore[arg-type]
+                    todo.append(RunTask(key, spec, seed))
         reused = len(records)
+        todo = with_costs(todo, records.values())  # reused runs say how long their settings take
         train_fn = (train_method_run if smoothing_schedule == "constant" else
                     functools.partial(train_method_run, smoothing_schedule=smoothing_schedule))
         job = RunJob(train_fn=train_fn, build=build, splits=splits, settings=settings)
-        runner = make_executor(workers, job, len(todo), threads=threads,
-                               warn=lambda msg: print(f"note: {msg}", file=sys.stderr))
-        config["workers"] = runner.workers
+        runner = make_runner(executor, workers, job, len(todo), threads=threads,
+                             ray_address=ray_address,
+                             warn=lambda msg: print(f"note: {msg}", file=sys.stderr))
+        if executor == "ray":
+            config["executor"], config["ray_address"] = "ray", ray_address
+        config["workers"] = runner.workers if runner.workers else workers
         if out_dir is not None:
             write_json(os.path.join(out_dir, "config.json"), config)
         old_threads = torch.get_num_threads()
@@ -592,6 +686,7 @@ def compare_methods(
                 write_npz(os.path.join(runs_dir, task.key + ".npz"), arr)
                 write_json(os.path.join(runs_dir, task.key + ".json"), rec)
             records[task.key] = rec
+            arrays[task.key] = arr
             display.finished(task)
 
         complete = True
@@ -612,8 +707,16 @@ def compare_methods(
             order = {s.key: i for i, s in enumerate(specs)}
             rows.sort(key=lambda r: (order.get(Method(r["method"], r["strength"]).key, 0), r["seed"]))
             comp = compare(rows) if any(r["method"] == "baseline" for r in rows) else None
+            if comp is not None:
+                attach_bootstrap(comp, list(records.values()), arrays,
+                                 n_resamples=settings.n_bootstrap, n_bins=settings.n_bins)
+            config["complete"] = complete
+            config["wall_seconds"] = time.perf_counter() - t_start
             scope = {"testbed": f"{splits.name} / {model_name}", "seeds": len(seed_list),
-                     "epochs (max)": settings.epochs, "ls schedule": smoothing_schedule}
+                     "epochs (max)": settings.epochs, "ls schedule": smoothing_schedule,
+                     "runs": f"{len(rows)} ({len(rows) - reused} trained, {reused} reused)",
+                     "workers": f"{runner.workers or config['workers']} ({runner.name})",
+                     "wall time": f"{config['wall_seconds']:.0f} s"}
             text = render_comparison(comp, scope) if comp is not None else ""
             result = MethodComparison(config, rows, comp, text, reused=reused, complete=complete)
             if out_dir is not None and rows:

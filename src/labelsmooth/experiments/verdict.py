@@ -47,7 +47,7 @@ that file gets the same statuses:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -634,6 +634,10 @@ def _distill_claim(by, cs, eps, spec, base_ok) -> Claim:
     return Claim(DISTILL_CLAIM, _status(d, -1), info)
 
 
+def _factor_of(run: Mapping[str, Any]) -> float:
+    return float(run["smoothing"])
+
+
 def bootstrap_intervals(
     runs: Sequence[Mapping[str, Any]],
     arrays: Mapping[str, Mapping[str, np.ndarray]],
@@ -641,18 +645,23 @@ def bootstrap_intervals(
     n_resamples: int = 1000,
     seed: int = 0,
     n_bins: int = 15,
-    baseline: float = 0.0,
-) -> dict[tuple[str, str, float], tuple[float, float]]:
+    baseline: Any = 0.0,
+    group: Callable[[Mapping[str, Any]], Any] | None = None,
+) -> dict[tuple[str, str, Any], tuple[float, float]]:
     """Paired test-set bootstrap of every factor against the baseline (and its TS version).
 
     Uses each run's saved test logits (``arrays[run["key"]]["test_logits"]``) and temperature;
     seeds missing on either side are left out. Keys are ``(reference_kind, metric, factor)`` as
-    in :func:`comparisons`.
+    in :func:`comparisons`. ``group(run)`` says which arm a run belongs to (default: its
+    smoothing factor; the method comparison passes its method and strength), and ``baseline``
+    is the baseline's arm.
     """
-    out: dict[tuple[str, str, float], tuple[float, float]] = {}
+    if group is None:
+        group = _factor_of
+    out: dict[tuple[str, str, Any], tuple[float, float]] = {}
     if n_resamples <= 0:
         return out
-    per: dict[float, dict[int, tuple[dict[str, Any], dict[str, Any]]]] = {}
+    per: dict[Any, dict[int, tuple[dict[str, Any], dict[str, Any]]]] = {}
     counts = None
     for r in runs:
         arr = arrays.get(r.get("key", ""))
@@ -665,7 +674,7 @@ def bootstrap_intervals(
         if counts.shape[1] != y.size:
             continue  # a run from another test set cannot be paired
         t = float(r.get("temperature", 1.0) or 1.0)
-        per.setdefault(float(r["smoothing"]), {})[int(r["seed"])] = (
+        per.setdefault(group(r), {})[int(r["seed"])] = (
             stats.resampled(stats.per_sample_metrics(z, y, n_bins), counts),
             stats.resampled(stats.per_sample_metrics(z / t, y, n_bins), counts),
         )
