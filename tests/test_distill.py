@@ -82,6 +82,19 @@ def test_distill_sweep_end_to_end(tmp_path):
         distill_sweep(_splits(), smoothing=[0.1], seeds=1)
 
 
+def test_teachers_follow_the_smoothing_schedule_students_do_not(tmp_path):
+    res = distill_sweep(
+        _splits(), smoothing=[0.0, 0.2], seeds=1, student="mlp-small", smoothing_schedule="step",
+        settings=TrainSettings(epochs=4, batch_size=32, n_bootstrap=0), out=str(tmp_path),
+    )
+    run = next(r for r in res["result"].runs if r["smoothing"] == 0.2)
+    floors = [h["entropy_floor"] for h in run["history"]]
+    assert floors[:2] == [floors[0]] * 2 and floors[0] > 0 and floors[2:] == [0.0, 0.0]
+    assert run["smoothing_schedule"] == "step" and "student" in run
+    assert res["config"]["smoothing_schedule"] == "step"
+    assert res["result"].config["smoothing_schedule"] == "step"
+
+
 def test_cli_flags():
     from labelsmooth.cli import build_parser, resolve_sweep_config
 

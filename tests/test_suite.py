@@ -87,6 +87,28 @@ def test_suite_cli_passes_only_typed_factors(monkeypatch, tmp_path):
     assert main(["sweep", "--suite", "default", "--no-report", "--seeds", "2",
                  "--smoothing", "0", "0.2", "--out", str(tmp_path)]) == 0
     assert seen["seeds"] == 2 and seen["smoothing"] == [0.0, 0.2]
+    assert seen["smoothing_schedule"] == "constant"
+    assert main(["sweep", "--suite", "default", "--no-report", "--smoothing-schedule", "cosine",
+                 "--out", str(tmp_path)]) == 0
+    assert seen["smoothing_schedule"] == "cosine"
+
+
+def test_run_suite_passes_the_smoothing_schedule_to_every_testbed(monkeypatch, tmp_path):
+    import importlib
+
+    sweep_mod = importlib.import_module("labelsmooth.experiments.sweep")
+    seen = []
+
+    def fake(**kw):
+        seen.append(kw.get("smoothing_schedule"))
+        raise ValueError("not trained in this test")  # the suite skips the testbed
+
+    monkeypatch.setattr(sweep_mod, "sweep", fake)
+    beds = (Testbed("a", "digits", "mlp"), Testbed("b", "mnist1d", "mlp"))
+    s = run_suite("tiny", out=str(tmp_path), testbeds=beds, progress=False,
+                  smoothing_schedule="step")
+    assert seen == ["step", "step"] and s["smoothing_schedule"] == "step"
+    assert "(schedule step: the starting ε of each run)" in (tmp_path / "suite.md").read_text()
 
 
 def _summary_with_verdicts():

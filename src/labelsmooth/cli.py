@@ -784,13 +784,8 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
         modes.append("--method")
     if len(modes) > 1:
         parser.error(f"{' and '.join(modes)} cannot be combined; run them one at a time")
-    if cfg["smoothing_schedule"] != "constant" and (cfg["distill"] or cfg["suite"]):
-        parser.error("--smoothing-schedule works with the plain sweep, --label-noise and "
-                     "--method; not yet --distill or --suite")
     if cfg["method_grid"] and cfg["method"] is None:
         parser.error("--method-grid needs --method")
-    if cfg["method"] is not None and cfg["executor"] != "local":
-        parser.error("--method runs with --executor local (use --workers)")
     if cfg["suite"]:
         return _cmd_suite(cfg)
     from labelsmooth.experiments import load_dataset, sweep
@@ -859,20 +854,11 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
             data=data,
             smoothing=cfg["smoothing"],
             seeds=cfg["seeds"],
-            model=cfg["model"],
-            settings=settings,
             select_on=("nll", "ece") if cfg["select_ece"] else ("nll",),
             **({"smoothing_schedule": cfg["smoothing_schedule"]}
                if cfg["smoothing_schedule"] != "constant" else {}),
-            out=cfg["out"],
-            split_seed=cfg["split_seed"],
-            threads=cfg["threads"],
-            workers=cfg["workers"],
-            executor=cfg["executor"],
-            ray_address=cfg["ray_address"],
-            progress=cfg["progress"],
             report=cfg["report"],
-            extra_config=extra,
+            **_run_kwargs(cfg, settings, extra),
         )
     except KeyboardInterrupt:
         print(
@@ -917,6 +903,23 @@ def _cmd_sweep(args: argparse.Namespace, parser: argparse.ArgumentParser, comman
     return 0
 
 
+def _run_kwargs(cfg: dict[str, Any], settings: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """What every kind of sweep takes from the command line the same way: the testbed and its
+    settings, where the runs go and how they run."""
+    return {
+        "model": cfg["model"],
+        "settings": settings,
+        "split_seed": cfg["split_seed"],
+        "threads": cfg["threads"],
+        "out": cfg["out"],
+        "workers": cfg["workers"],
+        "executor": cfg["executor"],
+        "ray_address": cfg["ray_address"],
+        "progress": cfg["progress"],
+        "extra_config": extra,
+    }
+
+
 def _cmd_methods(cfg: dict[str, Any], data: Any, settings: Any, extra: dict[str, Any],
                  t0: float) -> int:
     """``sweep --method ...``: the method comparison (experiments/methods.py)."""
@@ -929,15 +932,8 @@ def _cmd_methods(cfg: dict[str, Any], data: Any, settings: Any, extra: dict[str,
             grids=cfg["method_grid"],
             # the comparison's own default (3 seeds, to fit 10 minutes), unless given
             seeds=cfg["seeds"] if cfg["sources"].get("seeds") in ("flag", "config") else None,
-            model=cfg["model"],
-            settings=settings,
             smoothing_schedule=cfg["smoothing_schedule"],
-            out=cfg["out"],
-            split_seed=cfg["split_seed"],
-            threads=cfg["threads"],
-            workers=cfg["workers"],
-            progress=cfg["progress"],
-            extra_config=extra,
+            **_run_kwargs(cfg, settings, extra),
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are kept in {os.path.join(cfg['out'], 'runs')}; "
@@ -946,6 +942,9 @@ def _cmd_methods(cfg: dict[str, Any], data: Any, settings: Any, extra: dict[str,
     except ValueError as e:
         print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
         return 2
+    except (RuntimeError, OSError, ImportError) as e:  # a worker or Ray failed, a full disk
+        print(f"labelsmooth sweep: error: {e}", file=sys.stderr)
+        return 1
     elapsed = time.perf_counter() - t0
     trained = len(res.rows) - res.reused
     print(f"{len(res.rows)} runs in {cfg['out']} ({res.reused} reused, {trained} trained; "
@@ -975,6 +974,7 @@ def _cmd_suite(cfg: dict[str, Any]) -> int:
             report=cfg["report"],
             executor=cfg["executor"],
             ray_address=cfg["ray_address"],
+            smoothing_schedule=cfg["smoothing_schedule"],
         )
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are kept; re-run the same command to resume",
@@ -1012,19 +1012,11 @@ def _cmd_distill(cfg: dict[str, Any], data: Any, settings: Any, extra: dict[str,
             data,
             smoothing=cfg["smoothing"],
             seeds=cfg["seeds"],
-            model=cfg["model"],
             student=cfg["student"],
             temperature=cfg["distill_temperature"],
-            settings=settings,
-            split_seed=cfg["split_seed"],
-            threads=cfg["threads"],
-            out=cfg["out"],
-            workers=cfg["workers"],
-            executor=cfg["executor"],
-            ray_address=cfg["ray_address"],
-            progress=cfg["progress"],
+            smoothing_schedule=cfg["smoothing_schedule"],
             report=cfg["report"],
-            extra_config=extra,
+            **_run_kwargs(cfg, settings, extra),
         )
     except KeyboardInterrupt:
         print(

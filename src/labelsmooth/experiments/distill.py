@@ -81,9 +81,12 @@ class DistillRun:
     plain sweep: ``workers`` processes or Ray tasks, with resume and one progress display.
     """
 
-    def __init__(self, student_build: StudentBuilder, temperature: float) -> None:
+    def __init__(
+        self, student_build: StudentBuilder, temperature: float, smoothing_schedule: str = "constant"
+    ) -> None:
         self.student_build = student_build
         self.temperature = float(temperature)
+        self.smoothing_schedule = smoothing_schedule  # the teacher's ε schedule
 
     def __call__(
         self, build: Any, splits: Any, smoothing: float, seed: int, settings: Any,
@@ -97,7 +100,8 @@ class DistillRun:
             holder["m"] = build()
             return holder["m"]
 
-        rec, arrays = train_run(keep, splits, smoothing, seed, settings, progress=progress)
+        rec, arrays = train_run(keep, splits, smoothing, seed, settings, progress=progress,
+                                smoothing_schedule=self.smoothing_schedule)
         teacher = holder["m"]  # train_run restores the kept checkpoint in place
         teacher.eval()
         with torch.no_grad():
@@ -116,9 +120,11 @@ class DistillRun:
 
 
 def distill_train_fn(
-    spec: Mapping[str, Any], model: str, splits: Any
+    spec: Mapping[str, Any], model: str, splits: Any, smoothing_schedule: str = "constant"
 ) -> tuple[DistillRun, dict[str, Any]]:
-    """``(train_fn, config)`` for :func:`~labelsmooth.experiments.sweep.sweep`'s ``distill``.
+    """``(train_fn, config)`` for :func:`~labelsmooth.experiments.sweep.sweep`'s ``distill``;
+    the teachers train with ``smoothing_schedule`` (:func:`labelsmooth.schedules.named`), the
+    students without smoothing.
 
     Example:
         >>> from labelsmooth.experiments.data import make_splits
@@ -139,7 +145,8 @@ def distill_train_fn(
     t = spec.get("temperature", DEFAULT_TEMPERATURE)
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
         raise ValueError(f"temperature must be a positive number, got {t!r}")
-    fn = DistillRun(StudentBuilder(student, model, splits.feature_shape, splits.num_classes), t)
+    fn = DistillRun(StudentBuilder(student, model, splits.feature_shape, splits.num_classes), t,
+                    smoothing_schedule)
     return fn, {"student": student, "temperature": float(t)}
 
 
@@ -251,8 +258,12 @@ def distill_sweep(
     progress: bool = False,
     report: bool = False,
     extra_config: dict[str, Any] | None = None,
+    smoothing_schedule: str = "constant",
 ) -> dict[str, Any]:
     """Train a teacher per (ε, seed), distil a student from it, and judge the claim.
+
+    ``smoothing_schedule`` moves each teacher's ε over its epochs as in the plain sweep
+    (:func:`labelsmooth.schedules.named`); the students train without smoothing.
 
     The runs are a :func:`~labelsmooth.experiments.sweep.sweep` whose every run is a teacher
     followed by its student (:class:`DistillRun`): the same executors (``workers`` processes,
@@ -281,6 +292,7 @@ def distill_sweep(
         split_seed=split_seed, threads=threads, workers=workers, executor=executor,
         ray_address=ray_address, out=out, progress=progress, report=report,
         extra_config=extra_config, distill={"student": student, "temperature": temperature},
+        smoothing_schedule=smoothing_schedule,
     )
     rows = [_pair_row(r) for r in res.rows]
     claims = [res.verdict.claim(DISTILL_CLAIM).as_dict()] if res.verdict is not None else []
@@ -293,6 +305,7 @@ def distill_sweep(
         "seeds": res.config.get("seeds"),
         "split_seed": split_seed,
         **settings.as_dict(),
+        **({"smoothing_schedule": smoothing_schedule} if smoothing_schedule != "constant" else {}),
     }
     paths: dict[str, str] = dict(res.paths)
     if out is not None:

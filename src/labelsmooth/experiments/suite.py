@@ -269,7 +269,10 @@ def render_suite(summary: Mapping[str, Any]) -> str:
     lines = [
         f"# Suite `{summary['suite']}`",
         "",
-        f"Smoothing factors {summary['smoothing']}, seeds {summary['seeds']}; each testbed's full "
+        f"Smoothing factors {summary['smoothing']}"
+        + (f" (schedule {summary['smoothing_schedule']}: the starting ε of each run)"
+           if summary.get("smoothing_schedule") else "")
+        + f", seeds {summary['seeds']}; each testbed's full "
         "report is in its own directory. Every claim is judged per testbed from paired, "
         "seed-level intervals (Holm over the factors), with ε chosen on the validation split.",
         "",
@@ -309,8 +312,12 @@ def run_suite(
     testbeds: Sequence[Testbed] | None = None,
     executor: str = "local",
     ray_address: str | None = None,
+    smoothing_schedule: str = "constant",
 ) -> dict[str, Any]:
     """Run every testbed of suite ``name`` (or the ``testbeds`` given) and write the suite report.
+
+    ``smoothing_schedule`` moves ε over each run's epochs in every testbed, as in the plain
+    sweep (:func:`labelsmooth.schedules.named`).
 
     Returns the summary written to ``<out>/suite.json`` (testbeds with baseline accuracy, wall
     time and claims; ``claims``: claim → testbed → status) plus ``paths``.
@@ -347,7 +354,7 @@ def run_suite(
             res = sweep(data=tb.dataset, model=tb.model, smoothing=smoothing, seeds=seeds,
                         out=os.path.join(out, tb.name), workers=workers, threads=threads,
                         progress=progress, report=report, executor=executor,
-                        ray_address=ray_address, **kw)
+                        ray_address=ray_address, smoothing_schedule=smoothing_schedule, **kw)
         except (ValueError, ImportError) as e:  # data or package missing: skip, say why
             entry["error"] = f"skipped: {e}"
             entry["seconds"] = time.perf_counter() - t0
@@ -371,6 +378,7 @@ def run_suite(
         "suite": name,
         "smoothing": smoothing,
         "seeds": seeds if isinstance(seeds, int) else list(seeds),
+        **({"smoothing_schedule": smoothing_schedule} if smoothing_schedule != "constant" else {}),
         "testbeds": done,
         "claims": suite_claims(per),
         "seconds": time.perf_counter() - t_all,
