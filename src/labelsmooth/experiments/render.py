@@ -230,6 +230,12 @@ def headline(v: Any) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+def _with_debiased(sentence: str, c: Mapping[str, Any]) -> str:
+    """``sentence`` and, when the claim carries it, its debiased calibration error interval."""
+    deb = c.get("debiased")
+    return f"{sentence}; debiased calibration error (L2) {_interval(deb)}" if deb else sentence
+
+
 def claim_sentence(c: Any) -> str:
     """The claim as a sentence with the numbers behind its status (no status word)."""
     c = _d(c) if not isinstance(c, Mapping) else dict(c)
@@ -248,24 +254,18 @@ def claim_sentence(c: Any) -> str:
         )
     if name.startswith("lower_") and name.endswith("_than_baseline"):
         m = name[len("lower_") : -len("_than_baseline")]
-        s = (
+        return _with_debiased(
             f"{chosen} gives a lower {_METRIC_WORDS[m]} than the unsmoothed model: "
-            f"{_interval(c)}{holm}"
+            f"{_interval(c)}{holm}",
+            c,
         )
-        deb = c.get("debiased")
-        if deb:
-            s += f"; debiased calibration error (L2) {_interval(deb)}"
-        return s
     if name.startswith("lower_") and name.endswith("_than_baseline_ts"):
         m = name[len("lower_") : -len("_than_baseline_ts")]
-        s = (
+        return _with_debiased(
             f"{chosen}, as trained, gives a lower {_METRIC_WORDS[m]} than the unsmoothed model "
-            f"after temperature scaling: {_interval(c)}{holm}"
+            f"after temperature scaling: {_interval(c)}{holm}",
+            c,
         )
-        deb = c.get("debiased")
-        if deb:
-            s += f"; debiased calibration error (L2) {_interval(deb)}"
-        return s
     if name == "better_refinement_than_baseline":
         return (
             f"{chosen} has a lower refinement loss (test NLL after temperature scaling) than the "
