@@ -861,3 +861,222 @@ def test_row_loss_and_grad_coef_by_hand():
     assert zero_t.tolist() == [0.0]
     cp = grad_coef(lse, 2.0, ct, cs, cz)
     assert torch.allclose(cp[0], torch.tensor(4.9)) and cp[1] == 0.0  # not 0·inf = nan
+
+
+# ------------------------------------------------------------------------------------------------
+# The optional terms (issue 16 item 1): chunked and compiled passes, in place, compile, edges.
+
+from labelsmooth.ops import _terms as T  # noqa: E402
+from labelsmooth.ops import reference  # noqa: E402
+from labelsmooth.ops._math import row_ref  # noqa: E402
+
+TERM_SETS = {
+    "cp": dict(confidence_penalty=0.7),
+    "poly": dict(poly=1.5),
+    "focal2": dict(focal_gamma=2.0),
+    "focal-frac": dict(focal_gamma=0.5),
+    "flsd": dict(focal_gamma="flsd-53"),
+    "all": dict(confidence_penalty=0.3, poly=0.5, focal_gamma=1.0),
+}
+
+
+def _term_block_case(dtype, shares, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows, k = 11, 37
+    x = (torch.randn(rows, k, generator=g, dtype=torch.float64) * 4).to(dtype)
+    y = torch.randint(0, k, (rows,), generator=g)
+    mask = torch.rand(rows, generator=g) > 0.3
+    s = torch.rand(k, generator=g, dtype=torch.float64) * 0.01 if shares == "vector" else None
+    if s is not None:
+        s[4] = 0.0
+    su = 0.01 if shares == "uniform" else 0.0
+    return x, y, mask, s, su
+
+
+@pytest.mark.parametrize("tname", list(TERM_SETS))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shares", ["uniform", "vector"])
+@pytest.mark.parametrize("softcap", [None, 2.5])
+@pytest.mark.parametrize("blocks", ["rows", "columns"])
+def test_term_primitives_match_the_reference_in_chunks(monkeypatch, tname, dtype, shares,
+                                                       softcap, blocks):
+    """row_partials(terms) / focal_partials / grad_rows(terms) over several row and column
+    blocks equal the dense reference primitives in float64 (the contract's oracle)."""
+    terms = T.check_terms(**TERM_SETS[tname])
+    x, y, mask, s, su = _term_block_case(dtype, shares)
+    if blocks == "columns":
+        monkeypatch.setattr(chunks, "MAX_COLS", 8)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    tol = {"rtol": 1e-12, "atol": 1e-12} if acc == torch.float64 else {"rtol": 2e-6, "atol": 2e-5}
+    got = fused.row_partials(x, y, s, su, softcap, target_mask=mask, chunk_elems=24, terms=terms)
+    want = reference.row_partials(x.double(), y, s, su, softcap, mask, terms=terms)
+    assert len(got) == 6 and got[1].dtype == torch.float64 and got[4].dtype == acc
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, **tol)
+    ref = row_ref(want[0])
+    lse = torch.log(want[1])
+    low = T.flsd_rows(terms, ref, lse, want[2])
+    if terms.focal:
+        fs = fused.focal_partials(x, lse.to(acc), terms.focal_gamma, s, su, softcap,
+                                  ref=ref.to(acc), low=low, chunk_elems=24)
+        fs_ref = reference.focal_partials(x.double(), lse, terms.focal_gamma, s, su, softcap,
+                                          ref=ref, low=low)
+        for a, b in zip(fs, fs_ref):
+            torch.testing.assert_close(a.double(), b, **tol)
+    # stage two with coefficients of both signs, in place and fresh
+    gen = torch.Generator().manual_seed(5)
+    ct, cs, w, gr = (torch.rand(x.shape[0], generator=gen, dtype=torch.float64) for _ in range(4))
+    gr = gr - 0.5
+    coefs = T.TermCoefs(cps=-0.5 * cs if s is not None else None, cpx=w if terms.wants_sex else None,
+                        cpt=-0.5 * ct if terms.poly else None, cpd=ct - 0.3,
+                        gamma=terms.focal_gamma, low=low)
+    cp = ct + 0.7
+    want_g = reference.grad_rows(x.double(), y, lse, cp, ct, cs, s, su, softcap, gr, mask, ref=ref,
+                                 terms=coefs)
+    cast = lambda v: None if v is None or v.dtype == torch.bool else v.to(acc)  # noqa: E731
+    coefs_a = T.TermCoefs(cast(coefs.cps), cast(coefs.cpx), cast(coefs.cpt), cast(coefs.cpd),
+                          coefs.gamma, coefs.low)
+    for inplace in (False, True):
+        xx = x.clone()
+        got_g = fused.grad_rows(xx, y, lse.to(acc), cp.to(acc), ct.to(acc), cs.to(acc), s, su,
+                                softcap, gr.to(acc), target_mask=mask, out=xx if inplace else None,
+                                chunk_elems=24, ref=ref.to(acc), terms=coefs_a)
+        assert got_g.dtype == dtype and (got_g.data_ptr() == xx.data_ptr()) == inplace
+        bound = {torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]
+        err = (got_g.double() - want_g).abs().max().item()
+        assert err <= bound * max(1.0, want_g.abs().max().item()), err
+
+
+def test_term_primitives_do_not_read_values_on_the_host():
+    rows, k = 6, 10
+    x = torch.empty(rows, k, device="meta")
+    y = torch.empty(rows, dtype=torch.long, device="meta")
+    mask = torch.empty(rows, dtype=torch.bool, device="meta")
+    v = torch.empty(rows, device="meta")
+    s = torch.empty(k, device="meta")
+    terms = T.check_terms(0.1, 0.2, "flsd-53")
+    out = fused.row_partials(x, y, s, 0.0, 2.0, target_mask=mask, chunk_elems=20, terms=terms)
+    assert len(out) == 6 and all(t.shape == (rows,) for t in out)
+    fs, a_s = fused.focal_partials(x, v, "flsd-53", s, 0.0, 2.0, ref=v, low=mask, chunk_elems=20)
+    assert fs.shape == a_s.shape == (rows,)
+    coefs = T.TermCoefs(v, v, v, v, "flsd-53", mask)
+    g = fused.grad_rows(x, y, v, v, v, v, s, 0.0, 2.0, v, target_mask=mask, chunk_elems=20,
+                        ref=v, terms=coefs)
+    assert g.shape == (rows, k)
+
+
+def _terms_loss_grad(x, y, g, **kw):
+    leaf = x.detach().clone().requires_grad_()
+    act = leaf * 1.0  # an activation: in-place backward may write it
+    loss = ls.cross_entropy(act, y, impl="fused", reduction="none", **kw)
+    (gx,) = torch.autograd.grad(loss, act, g)
+    return torch.cat([loss.detach().flatten(), gx.flatten()])
+
+
+@pytest.mark.parametrize("tname", ["all", "flsd"])
+def test_inductor_term_kernels_match_eager(monkeypatch, tname):
+    """The compiled stats/focal/gradient kernels with terms agree with the chunked path."""
+    x = torch.randn(16, 50) * 3
+    y = torch.randint(0, 50, (16,))
+    y[0] = 3
+    g = torch.randn(16)
+    kw = dict(weight=torch.rand(50) + 0.5, label_smoothing=0.2, z_loss=1e-2, ignore_index=3,
+              inplace_backward=True, **TERM_SETS[tname])
+    eager = _terms_loss_grad(x, y, g, **kw)
+    monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
+    if ind._STATE["broken"]:
+        pytest.skip("compiled kernels unavailable in this process")
+    compiled = _terms_loss_grad(x, y, g, **kw)
+    assert not ind._STATE["broken"]
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernels", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("tname", list(TERM_SETS))
+@pytest.mark.parametrize("bad", [-math.inf, math.inf, math.nan])
+def test_terms_ignored_rows_get_exactly_zero_gradient(monkeypatch, kernels, tname, bad):
+    monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", kernels)
+    x = torch.tensor([[1.0, 2.0, 0.5], [bad, bad, bad], [0.0, bad, 1.0]], requires_grad=True)
+    y = torch.tensor([0, -100, -100])
+    for opts in (dict(label_smoothing=0.1, z_loss=1e-2), dict(softcap=5.0)):
+        x.grad = None
+        loss = ls.cross_entropy(x, y, impl="fused", **opts, **TERM_SETS[tname])
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert torch.equal(x.grad[1:], torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("tname", list(TERM_SETS))
+def test_terms_inplace_backward_writes_the_logits(tname):
+    x = torch.randn(6, 9, dtype=torch.float64)
+    y = torch.randint(0, 9, (6,))
+    kw = dict(label_smoothing=0.1, **TERM_SETS[tname])
+    want = _loss_grad(ls.cross_entropy, x, y, torch.tensor(1.0), impl="reference", **kw)
+    h = x.clone().requires_grad_()
+    act = h * 1.0
+    loss = ls.cross_entropy(act, y, impl="fused", inplace_backward=True, **kw)
+    (g,) = torch.autograd.grad(loss, act)
+    assert g.data_ptr() == act.data_ptr()
+    torch.testing.assert_close((loss.detach(), g), want)
+    with pytest.raises(RuntimeError, match="overwritten"):
+        ls.cross_entropy(act, y, impl="fused", **kw)
+
+
+@pytest.mark.parametrize("tname", ["all", "flsd"])
+def test_terms_probability_targets_inplace_and_target_gradient(tname):
+    x = torch.randn(5, 7, dtype=torch.float64)
+    t = torch.rand(5, 7, dtype=torch.float64).softmax(1)
+    kw = dict(label_smoothing=0.1, **TERM_SETS[tname])
+    leaf, tl = x.clone().requires_grad_(), t.clone().requires_grad_()
+    ref = ls.cross_entropy(leaf, tl, impl="reference", **kw)
+    gx_ref, gt_ref = torch.autograd.grad(ref, (leaf, tl))
+    h = x.clone().requires_grad_()
+    act, tf = h * 1.0, t.clone().requires_grad_()
+    loss = ls.cross_entropy(act, tf, impl="fused", inplace_backward=True, **kw)
+    gx, gt = torch.autograd.grad(loss, (act, tf))
+    assert gx.data_ptr() == act.data_ptr()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(gx, gx_ref)
+    torch.testing.assert_close(gt, gt_ref)
+
+
+def test_compile_fullgraph_with_terms():
+    """Linear → cross_entropy with every term under torch.compile(fullgraph=True)."""
+    torch._dynamo.reset()
+    lin = torch.nn.Linear(8, 13)
+    h = torch.randn(10, 8)
+    y = torch.randint(0, 13, (10,))
+    t = torch.rand(10, 13).softmax(1)
+
+    def model(h, target, inplace: bool):
+        return ls.cross_entropy(lin(h), target, label_smoothing=0.1, z_loss=1e-3, impl="fused",
+                                inplace_backward=inplace, confidence_penalty=0.2, poly=0.5,
+                                focal_gamma="flsd-53")
+
+    compiled = torch.compile(model, fullgraph=True)
+    for target in (y, t):
+        for inplace in (False, True):
+            loss_c = compiled(h, target, inplace)
+            (gw_c,) = torch.autograd.grad(loss_c, lin.weight)
+            loss_e = model(h, target, inplace)
+            (gw_e,) = torch.autograd.grad(loss_e, lin.weight)
+            torch.testing.assert_close(loss_c, loss_e)
+            torch.testing.assert_close(gw_c, gw_e)
+
+
+def test_focal_integer_gamma_uses_no_pow(monkeypatch):
+    """Integer γ and FLSD-53 raise 1 − p by multiplication (torch.pow is never called)."""
+    calls = []
+    real = torch.pow
+    monkeypatch.setattr(torch, "pow", lambda *a, **k: calls.append(a) or real(*a, **k))
+    u = torch.tensor([0.5, 0.25, 0.0])
+    for gamma in (1.0, 2.0, 3.0, 5.0, 7.0):
+        torch.testing.assert_close(T.focal_pow(u, gamma), real(u, gamma))
+    torch.testing.assert_close(T.focal_pow(u, "flsd-53", torch.tensor([True, False, True])),
+                               torch.stack([u[0] ** 5, u[1] ** 3, u[2] ** 5]))
+    x = torch.randn(4, 6)
+    ls.cross_entropy(x, torch.tensor([0, 1, 2, 3]), impl="fused", focal_gamma=2.0,
+                     label_smoothing=0.1)
+    assert calls == []
+    T.focal_pow(u, 0.5)
+    assert len(calls) == 1

@@ -129,9 +129,12 @@ def cross_entropy(
     PyTorch equivalent without weights (index targets, ``q = smooth_targets(y, K, ε)``,
     ``logp = x.log_softmax(-1)``, ``p = logp.exp()``):
     ``(-(q * (1 - p)**γ * logp).sum(-1) + ε₁ * (1 - (q * p).sum(-1)) + β * (p * logp).sum(-1)).mean()``.
-    ``impl="reference"`` (autograd through the formula above) and ``impl="triton"`` (the block
-    contract's kernels) evaluate these terms; ``impl="auto"`` picks the reference when a term is
-    set, and ``"fused"`` raises a ValueError.
+    Every engine evaluates them: the fused engine in its passes (the two-stage contract of
+    :mod:`labelsmooth.ops`: one statistics pass with two more row sums, one more pass for focal,
+    one gradient pass; the compiled CPU kernels for large inputs), Triton in its kernels, and
+    ``impl="reference"`` differentiates the formula above with autograd; ``impl="auto"`` picks as
+    without terms (Triton on CUDA, fused on CPU). An engine without the terms (see
+    ``labelsmooth.ops._terms.SUPPORTED_IMPLS``) would raise a ValueError.
 
     Args:
         input: logits of shape (C), (N, C) or (N, C, d1, ..., dk); any floating dtype.
@@ -449,7 +452,7 @@ def _cross_entropy(
             raise V.fail("weight.requires_grad", "False (no gradient flows to class weights; "
                          "pass weight.detach())", True)
     check_values = V.should_check_values(validate, input, target)
-    # the optional terms live in the reference engine only: "auto" picks it, others raise
+    # the optional terms: "auto" picks an engine that has them, an engine without them raises
     op = ops.resolve(check_impl_supports(opts.impl, terms), input.device)
     tkw = dict(terms=terms) if terms.active else {}
     if not torch.compiler.is_compiling():

@@ -43,8 +43,9 @@ the three block functions below and every caller composes them the same way. Per
 
 1. *statistics* — ``row_partials(..., *, terms=terms)`` with ``terms.active`` returns 6 values,
    ``(m, sumexp, x_y, dsx, sex, ses)``: :math:`sex = \sum_c e_c z_c` (0 where :math:`e_c = 0`;
-   computed only for the penalty, else 0) and :math:`ses = \sum_c s_c e_c` (Poly-1 only, else 0;
-   :math:`s_u\,\mathrm{sumexp}` for uniform shares), both in the accumulation dtype.
+   computed only for the penalty) and :math:`ses = \sum_c s_c e_c` (Poly-1 only;
+   :math:`s_u\,\mathrm{sumexp}` for uniform shares), both in the accumulation dtype. A statistic
+   whose term is off is returned as 0 and carries no meaning (a merge may move it off 0).
    :func:`~labelsmooth.ops._math.merge_partials` merges 6-tuples; across ranks each rank moves its
    statistics to the global max with :func:`~labelsmooth.ops._math.rebase_partials`
    (:math:`\rho = e^{r_1 - r}`: :math:`sex \to \rho(sex + (r_1 - r) SE)`, :math:`ses \to \rho\,ses`)

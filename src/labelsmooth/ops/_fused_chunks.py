@@ -20,7 +20,22 @@ import os
 import torch
 
 from labelsmooth.ops import _fused_inductor as _ind
-from labelsmooth.ops._math import acc_dtype, apply_softcap, merge_max_sumexp, row_ref, shift_sum
+from labelsmooth.ops._math import (
+    acc_dtype,
+    apply_softcap,
+    merge_max_sumexp,
+    rebase_partials,
+    row_ref,
+    shift_sum,
+)
+from labelsmooth.ops._terms import (
+    NO_TERMS,
+    TermCoefs,
+    Terms,
+    focal_elems,
+    grad_elems,
+    target_grad,
+)
 
 #: Elements per block (rows × columns): 4 MiB of float32, cache-resident on the reference machine.
 CHUNK_ELEMS = 1 << 20
@@ -97,7 +112,8 @@ def row_partials(
     target_mask: torch.Tensor | None = None,
     *,
     chunk_elems: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    terms: Terms = NO_TERMS,
+) -> tuple[torch.Tensor, ...]:
     r"""Per-row statistics of the (soft-capped) logits in chunked passes, relative to the row max.
 
     For each row :math:`n` of ``x`` (R, K), with :math:`x'` the soft-capped logits
@@ -125,9 +141,13 @@ def row_partials(
         softcap: soft-capping constant c, or None.
         target_mask: (R,) bool, None meaning all True; rows where False get ``x_y = 0``.
         chunk_elems: elements per block (default :data:`CHUNK_ELEMS`).
+        terms: the optional terms; when active, two more statistics (see :mod:`labelsmooth.ops`):
+            :math:`sex_n = \sum_c e^{x'_{n,c} - r_n}(x'_{n,c} - r_n)` (confidence penalty, else 0)
+            and :math:`ses_n = \sum_c s_c e^{x'_{n,c} - r_n}` (Poly-1, else 0), in the same pass.
 
     Returns:
-        ``(m, sumexp, x_y, dsx)``, each (R,) in the accumulation dtype but ``sumexp`` (float64).
+        ``(m, sumexp, x_y, dsx)``, each (R,) in the accumulation dtype but ``sumexp`` (float64);
+        ``(m, sumexp, x_y, dsx, sex, ses)`` with active ``terms``.
 
     Examples:
         >>> x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 3.0, 3.0]])
@@ -148,8 +168,12 @@ def row_partials(
     sumexp = torch.empty(rows, dtype=torch.float64, device=dev)
     want_sx = s is not None or s_uniform != 0.0
     sx = torch.zeros(rows, dtype=acc, device=dev)
+    extras = terms.active
+    want_sex, want_ses = terms.wants_sex, terms.wants_ses and s is not None
+    sex = torch.zeros(rows, dtype=acc, device=dev) if extras else None
+    ses = torch.zeros(rows, dtype=acc, device=dev) if extras else None
     if rows == 0:
-        return m, sumexp, x_y, sx
+        return (m, sumexp, x_y, sx, sex, ses) if extras else (m, sumexp, x_y, sx)
     share_on = None
     if s is not None:
         s = s.to(device=dev, dtype=acc)
@@ -157,17 +181,30 @@ def row_partials(
         if dev.type != "cpu" or bool((s == 0).any()):
             share_on = s != 0
     if chunk_elems is None and _ind.use_inductor(x):
-        ok, res = _ind.stats(x, ys, s, share_on, target_mask, softcap, want_sx)
+        if extras and (want_sex or want_ses):
+            ok, res = _ind.stats_terms(x, ys, s, share_on, target_mask, softcap, want_sx,
+                                       want_sex, want_ses)
+        else:
+            ok, res = _ind.stats(x, ys, s, share_on, target_mask, softcap, want_sx)
+            res = res if not ok or not extras else res + (sex, ses)
         if ok:
-            m, sumexp, x_y, sx = res
+            m, sumexp, x_y, sx = res[:4]
             if s is None and want_sx:
                 sx = sx * s_uniform
-            return m, sumexp, x_y, sx
+            if not extras:
+                return m, sumexp, x_y, sx
+            sex, ses = res[4], res[5]
+            if terms.wants_ses and s is None:
+                ses = (s_uniform * sumexp).to(acc)
+            return m, sumexp, x_y, sx, sex, ses
     br, bc = block_shape(rows, cols, chunk_elems)
     need_copy = softcap is not None or x.dtype != acc
     ws_x = torch.empty(br, bc, dtype=acc, device=dev) if need_copy else None
     ws_e = torch.empty(br, bc, dtype=acc, device=dev)
     ws_tie = torch.empty(br, bc, dtype=torch.bool, device=dev)
+    want_t = want_sex or want_ses
+    ws_t = torch.empty(br, bc, dtype=acc, device=dev) if want_t else None
+    lowest = torch.finfo(acc).min
     for r0 in range(0, rows, br):
         r1 = min(rows, r0 + br)
         ref = None
@@ -194,7 +231,22 @@ def row_partials(
             # the terms at the block max (e^0 = 1) apart, summed in float64 (see sum_exp)
             tie = torch.eq(e, 0, out=ws_tie[: r1 - r0, : c1 - c0])
             ties = tie.sum(1).to(torch.float64)
-            seb = e.exp_().masked_fill_(tie, 0).sum(1).to(torch.float64) + ties
+            sexb = sesb = None
+            if want_t:
+                # the terms' partials from the same exponentials: e·z with z clamped to the
+                # lowest finite value, so a −inf logit (e = 0) counts 0 and NaN stays NaN
+                tb = torch.exp(e, out=ws_t[: r1 - r0, : c1 - c0])
+                if want_ses:
+                    sesb = tb @ s[c0:c1]
+                if want_sex:
+                    sexb = e.clamp_min_(lowest).mul_(tb).sum(1)
+                seb = tb.masked_fill_(tie, 0).sum(1).to(torch.float64) + ties
+            else:
+                seb = e.exp_().masked_fill_(tie, 0).sum(1).to(torch.float64) + ties
+            if extras:
+                zero = torch.zeros(r1 - r0, dtype=acc, device=dev)
+                sexb = zero if sexb is None else sexb
+                sesb = zero if sesb is None else sesb
             if c0 == 0:
                 m[r0:r1] = mb
                 sumexp[r0:r1] = seb
@@ -202,7 +254,20 @@ def row_partials(
                 if sxb is not None:
                     sx[r0:r1] = sxb
                     big_s = (c1 - c0) if s is None else s[c0:c1].sum()
+                if extras:
+                    sex[r0:r1], ses[r0:r1] = sexb, sesb
             else:
+                if extras:
+                    # the terms' partials move to the union's reference (one formula: _math)
+                    new_ref = row_ref(torch.maximum(m[r0:r1], mb))
+                    zero = torch.zeros_like(sexb)
+                    old = rebase_partials((m[r0:r1], sumexp[r0:r1], zero, zero, sex[r0:r1],
+                                           ses[r0:r1]), 0.0, new_ref)
+                    blk = rebase_partials((mb, seb, zero, zero, sexb, sesb), 0.0, new_ref)
+                    if want_sex:
+                        sex[r0:r1] = old[4] + blk[4]
+                    if want_ses:
+                        ses[r0:r1] = old[5] + blk[5]
                 # online merge: each sum is relative to the reference of its own max
                 m[r0:r1], sumexp[r0:r1] = merge_max_sumexp(m[r0:r1], sumexp[r0:r1], mb, seb)
                 new_ref = row_ref(m[r0:r1])
@@ -215,7 +280,11 @@ def row_partials(
                 ref = new_ref
     if s is None and want_sx:
         sx.mul_(s_uniform)
-    return m, sumexp, x_y, sx
+    if not extras:
+        return m, sumexp, x_y, sx
+    if terms.wants_ses and s is None:
+        ses = (s_uniform * sumexp).to(acc)
+    return m, sumexp, x_y, sx, sex, ses
 
 
 @torch.no_grad()
@@ -235,6 +304,7 @@ def grad_rows(
     *,
     chunk_elems: int | None = None,
     ref: torch.Tensor | None = None,
+    terms: TermCoefs | None = None,
 ) -> torch.Tensor:
     r"""Write :math:`\partial \mathrm{loss}/\partial x` row block by row block.
 
@@ -259,6 +329,8 @@ def grad_rows(
         y, s, s_uniform, softcap, target_mask: as in :func:`row_partials`.
         out: destination (R, K) in ``x.dtype``; allocated when None; may be ``x`` itself.
         ref: (R,) reference of ``lse`` (see above), or None for an absolute ``lse``.
+        terms: the optional terms' coefficients (:func:`labelsmooth.ops._terms.term_coefs`;
+            ``ref`` required): the generalised stage two of :mod:`labelsmooth.ops`.
 
     Returns:
         ``out``.
@@ -280,6 +352,9 @@ def grad_rows(
         out = empty_grad(rows, cols, x.dtype, dev)
     if rows == 0:
         return out
+    if terms is not None:
+        return _grad_rows_terms(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad,
+                                target_mask, out, chunk_elems, ref, terms)
     ys = _safe_index(y, target_mask)
     lse, coef_p, ct, cs, grad = (v.to(acc) for v in (lse, coef_p, ct, cs, grad))
     # p = exp(x' − ref) · exp(−L): the shift by the row's own reference is exact, and 1/sumexp
@@ -365,3 +440,139 @@ def grad_rows(
                 ob.copy_(w)
     out.scatter_(1, ys[:, None], gy.to(out.dtype)[:, None])
     return out
+
+
+def _grad_rows_terms(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad, target_mask, out,
+                     chunk_elems, ref, terms: TermCoefs):
+    """:func:`grad_rows` with the optional terms: every column by ``_terms.grad_elems`` (compiled,
+    or block by block), then the target column by ``_terms.target_grad``."""
+    if ref is None:
+        raise ValueError("Expected `ref` (the reference of `lse`) with `terms`, but got None.")
+    rows, cols = x.shape
+    acc = acc_dtype(x.dtype)
+    dev = x.device
+    ys = _safe_index(y, target_mask)
+    lse, coef_p, ct, cs, grad, ref = (v.to(acc) for v in (lse, coef_p, ct, cs, grad, ref))
+    tgt = ct if target_mask is None else torch.where(target_mask, ct, torch.zeros_like(ct))
+    if target_mask is not None and terms.cpt is not None:
+        terms = terms._replace(cpt=torch.where(target_mask, terms.cpt, 0.0))
+    if s is not None:
+        s = s.to(device=dev, dtype=acc)
+    smoothing = s is not None or s_uniform != 0.0
+    # the target column from the original logit (read before ``out`` may overwrite it)
+    xy = x.gather(1, ys[:, None])[:, 0].to(acc)
+    dy = None
+    if softcap is not None:
+        th = torch.tanh(xy / softcap)
+        xy, dy = softcap * th, 1 - th * th
+    s_y = s[ys] if s is not None else s_uniform
+    cs_sy = cs * s_y if smoothing else None
+    gy = target_grad(ref, lse, xy, coef_p, tgt, cs_sy, terms, s_y) * grad
+    if dy is not None:
+        gy = gy * dy
+    live = (grad * coef_p != 0) | (grad * tgt != 0) | ((grad * cs != 0) & smoothing)
+    if terms.cpx is not None:
+        live = live | (grad * terms.cpx != 0)
+    gy = torch.where(live, gy, torch.zeros_like(gy))
+    cps = terms.cps.to(acc) if terms.cps is not None else None
+    cpx = terms.cpx.to(acc) if terms.cpx is not None else None
+    if chunk_elems is None and _ind.use_inductor(x):
+        csk = cs if s is not None else (cs * s_uniform if smoothing else None)
+        if _ind.grad_terms(x, ref, lse, grad, coef_p, csk, s, cps, cpx, terms.low, live,
+                           out, terms.gamma, softcap):
+            out.scatter_(1, ys[:, None], gy.to(out.dtype)[:, None])
+            return out
+    br, bc = block_shape(rows, cols, chunk_elems)
+    zero = torch.zeros((), dtype=acc, device=dev)
+    for r0 in range(0, rows, br):
+        r1 = min(rows, r0 + br)
+        col = lambda v: None if v is None else v[r0:r1, None]  # noqa: E731, B023
+        coefs = TermCoefs(cps=col(cps), cpx=col(cpx), gamma=terms.gamma, low=col(terms.low))
+        for c0 in range(0, cols, bc):
+            c1 = min(cols, c0 + bc)
+            xf = x[r0:r1, c0:c1].to(acc)
+            d = None
+            if softcap is not None:
+                th = torch.tanh(xf / softcap)
+                xf, d = softcap * th, 1 - th * th
+            if s is not None:
+                cs_s, s_row = cs[r0:r1, None] * s[None, c0:c1], s[None, c0:c1]
+            elif smoothing:
+                cs_s, s_row = (cs[r0:r1] * s_uniform)[:, None], s_uniform
+            else:
+                cs_s, s_row = None, 0.0
+            g = grad_elems(xf - ref[r0:r1, None], lse[r0:r1, None], coef_p[r0:r1, None], cs_s,
+                           coefs, s_row) * grad[r0:r1, None]
+            if d is not None:
+                g = g * d
+            out[r0:r1, c0:c1] = torch.where(live[r0:r1, None], g, zero)
+    out.scatter_(1, ys[:, None], gy.to(out.dtype)[:, None])
+    return out
+
+
+@torch.no_grad()
+def focal_partials(
+    x: torch.Tensor,
+    lse: torch.Tensor,
+    gamma: float | str,
+    s: torch.Tensor | None,
+    s_uniform: float,
+    softcap: float | None,
+    *,
+    ref: torch.Tensor | None = None,
+    low: torch.Tensor | None = None,
+    chunk_elems: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The focal stage on a block of columns: per row :math:`(\sum_c s_c f_c g_c, \sum_c s_c a_c)`.
+
+    :math:`f_c g_c = (1 - p_c)^\gamma(L - z_c)` and :math:`a_c` as
+    :func:`labelsmooth.ops._terms.focal_elems`, with :math:`z = x' - r` (``ref``; 0 when None) and
+    ``lse`` = :math:`L` relative to it; shares only (the target's part is per-row math). A zero
+    share counts 0 even at a −inf logit. One pass over the logits, compiled for large CPU inputs
+    (see :mod:`._fused_inductor`), else chunked; integer γ and FLSD-53 (``low``: True where
+    γ = 5) by multiplication.
+
+    Examples:
+        >>> x = torch.zeros(1, 2)
+        >>> focal_partials(x, torch.logsumexp(x, 1), 2.0, None, 0.5, None)
+        (tensor([0.1733]), tensor([-0.5966]))
+    """
+    rows, cols = x.shape
+    acc = acc_dtype(x.dtype)
+    dev = x.device
+    fs = torch.zeros(rows, dtype=acc, device=dev)
+    a_s = torch.zeros(rows, dtype=acc, device=dev)
+    if rows == 0 or cols == 0 or (s is None and s_uniform == 0.0):
+        return fs, a_s
+    lse = lse.to(acc)
+    ref = torch.zeros_like(lse) if ref is None else ref.to(acc)
+    share_on = None
+    if s is not None:
+        s = s.to(device=dev, dtype=acc)
+        if dev.type != "cpu" or bool((s == 0).any()):
+            share_on = s != 0
+    if chunk_elems is None and _ind.use_inductor(x):
+        ok, res = _ind.focal(x, ref, lse, s, share_on, low, gamma, softcap)
+        if ok:
+            fs, a_s = res
+            return (fs * s_uniform, a_s * s_uniform) if s is None else (fs, a_s)
+    br, bc = block_shape(rows, cols, chunk_elems)
+    zero = torch.zeros((), dtype=acc, device=dev)
+    for r0 in range(0, rows, br):
+        r1 = min(rows, r0 + br)
+        lo = None if low is None else low[r0:r1, None]
+        for c0 in range(0, cols, bc):
+            c1 = min(cols, c0 + bc)
+            xf = apply_softcap(x[r0:r1, c0:c1].to(acc), softcap)
+            _, fg, a = focal_elems(xf - ref[r0:r1, None], lse[r0:r1, None], gamma, lo)
+            if s is not None:
+                fg, a = fg * s[None, c0:c1], a * s[None, c0:c1]
+                if share_on is not None:
+                    fg = torch.where(share_on[None, c0:c1], fg, zero)
+                    a = torch.where(share_on[None, c0:c1], a, zero)
+            fs[r0:r1] += fg.sum(1)
+            a_s[r0:r1] += a.sum(1)
+    if s is None:
+        fs.mul_(s_uniform)
+        a_s.mul_(s_uniform)
+    return fs, a_s

@@ -37,6 +37,7 @@ import warnings
 import torch
 
 from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref
+from labelsmooth.ops._terms import TermCoefs, focal_elems, grad_elems
 
 #: Smallest logits (elements) for which the compiled kernels are used under "auto": 4 Mi elements.
 MIN_NUMEL = 1 << 22
@@ -124,6 +125,67 @@ def _grad_inplace(x, y, ref, a, bt, b, s, bu, live, softcap: float | None):
     x.copy_(_grad_value(x, y, ref, a, bt, b, s, bu, live, softcap))
 
 
+def _stats_terms(x, y, s, share_on, mask, softcap: float | None, want_sx: bool, want_sex: bool,
+                 want_ses: bool):
+    """:func:`_stats` plus the terms' Σ e·(x' − r) and Σ s·e, in the same loop nest."""
+    m, sumexp, x_y, sx = _stats(x, y, s, share_on, mask, softcap, want_sx)
+    xf = apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
+    z = xf - row_ref(m)[:, None]
+    e = torch.exp(z)
+    zero = torch.zeros((), dtype=e.dtype)
+    sex = torch.where(e > 0, e * z, zero).sum(1) if want_sex else torch.zeros_like(m)
+    ses = (e * s[None, :]).sum(1) if want_ses else torch.zeros_like(m)
+    return m, sumexp, x_y, sx, sex, ses
+
+
+def _focal(x, ref, lse, s, share_on, low, gamma, softcap: float | None):
+    """Per row (Σ s fg, Σ s a) of the focal stage; ``s`` None: the plain sums (the caller scales)."""
+    xf = apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
+    _, fg, a = focal_elems(xf - ref[:, None], lse[:, None], gamma,
+                           None if low is None else low[:, None])
+    if s is None:
+        return fg.sum(1), a.sum(1)
+    zero = torch.zeros((), dtype=fg.dtype)
+    fg, a = fg * s[None, :], a * s[None, :]
+    if share_on is not None:  # a zero share counts 0 even at a −inf logit (0·inf)
+        fg = torch.where(share_on[None, :], fg, zero)
+        a = torch.where(share_on[None, :], a, zero)
+    return fg.sum(1), a.sum(1)
+
+
+def _grad_terms_value(x, ref, lse, g, cp, cs, s, cps, cpx, low, live, gamma,
+                      softcap: float | None):
+    """The generalised stage two of every column (target column fixed by the caller), × g,
+    chain rule, rows without coefficients 0 — the one formula of _terms.grad_elems, compiled."""
+    xf = x.to(acc_dtype(x.dtype))
+    if softcap is not None:
+        t = torch.tanh(xf / softcap)
+        xf = softcap * t
+    col = lambda v: None if v is None else v[:, None]  # noqa: E731
+    coefs = TermCoefs(cps=col(cps), cpx=col(cpx), gamma=gamma, low=col(low))
+    if s is not None:
+        cs_s, s_row = cs[:, None] * s[None, :], s[None, :]
+    else:  # uniform shares: cs·s_u per row (a tensor: a float argument would recompile per value)
+        cs_s, s_row = (None if cs is None else cs[:, None]), 0.0
+    out = grad_elems(xf - ref[:, None], lse[:, None], cp[:, None], cs_s, coefs, s_row) * g[:, None]
+    if softcap is not None:
+        out = out * (1 - t * t)
+    out = torch.where(live[:, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return out.to(x.dtype)
+
+
+def _grad_terms_into(x, ref, lse, g, cp, cs, s, cps, cpx, low, live, out, gamma,
+                     softcap: float | None):
+    out.copy_(_grad_terms_value(x, ref, lse, g, cp, cs, s, cps, cpx, low, live, gamma,
+                                softcap))
+
+
+def _grad_terms_inplace(x, ref, lse, g, cp, cs, s, cps, cpx, low, live, gamma,
+                        softcap: float | None):
+    x.copy_(_grad_terms_value(x, ref, lse, g, cp, cs, s, cps, cpx, low, live, gamma,
+                              softcap))
+
+
 def _compiled(name: str, fn):
     f = _CACHE.get(name)
     if f is None:
@@ -189,4 +251,31 @@ def grad(x, y, ref, a, bt, b, s, bu, softcap, out, live):
         ok, _ = _run("grad_inplace", _grad_inplace, x, y, ref, a, bt, b, s, bu, live, softcap)
     else:
         ok, _ = _run("grad_into", _grad_into, x, y, ref, a, bt, b, s, bu, live, out, softcap)
+    return ok
+
+
+def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses):
+    """(ok, (m, sumexp, x_y, dsx_unscaled, sex, ses)) — :func:`stats` with the terms' partials."""
+    return _run("stats_terms", _stats_terms, x, y, s, share_on, mask, softcap, want_sx, want_sex,
+                want_ses)
+
+
+def focal(x, ref, lse, s, share_on, low, gamma, softcap):
+    """(ok, (Fs, As)) of the focal stage; with ``s`` None the unscaled sums (× s_uniform).
+
+    γ is a compile-time constant (integer γ unrolls into multiplications): each distinct γ
+    compiles its own variant."""
+    return _run("focal", _focal, x, ref, lse, s, share_on, low, gamma, softcap)
+
+
+def grad_terms(x, ref, lse, g, cp, cs, s, cps, cpx, low, live, out, gamma, softcap):
+    """ok — the generalised stage two into ``out`` (which may be ``x``); see
+    :func:`labelsmooth.ops._terms.grad_elems`. ``cs``: with ``s`` the (R,) smoothing coefficient,
+    without it the (R,) products cs·s_uniform, or None (no smoothing)."""
+    if out is x:
+        ok, _ = _run("grad_terms_inplace", _grad_terms_inplace, x, ref, lse, g, cp, cs, s,
+                     cps, cpx, low, live, gamma, softcap)
+    else:
+        ok, _ = _run("grad_terms", _grad_terms_into, x, ref, lse, g, cp, cs, s, cps,
+                     cpx, low, live, out, gamma, softcap)
     return ok

@@ -32,8 +32,9 @@ from labelsmooth.ops._math import grad_coef, row_loss
 
 FocalGamma = Union[float, str, None]
 FLSD = "flsd-53"
-#: the implementations that evaluate the terms (``impl="auto"`` picks the first when a term is set)
-SUPPORTED_IMPLS = ("reference", "triton")
+#: the implementations that evaluate the terms, whole rows and blocks (``impl="auto"`` takes its
+#: usual pick when it is in here for every device, else the first)
+SUPPORTED_IMPLS = ("fused", "reference", "triton")
 
 __all__ = [
     "FLSD",
@@ -46,6 +47,7 @@ __all__ = [
     "focal_elems",
     "focal_pow",
     "grad_elems",
+    "prob_terms",
     "row_terms_loss",
     "target_grad",
     "term_coefs",
@@ -129,16 +131,18 @@ def check_terms(confidence_penalty: Any = 0.0, poly: Any = 0.0, focal_gamma: Any
 
 
 def check_impl_supports(impl: str, terms: Terms) -> str:
-    """``impl`` resolved for a call with ``terms``: "auto" → the reference; an engine without the
-    terms raises a ValueError naming them and the implementations that have them."""
+    """``impl`` resolved for a call with ``terms``: "auto" stays "auto" when every engine it may
+    pick (Triton on CUDA, fused) has the terms, else it becomes the first of
+    :data:`SUPPORTED_IMPLS`; an engine without the terms raises a ValueError naming them and the
+    implementations that have them."""
     if not terms.active:
         return impl
     if impl == "auto":
-        return SUPPORTED_IMPLS[0]
+        return "auto" if all(e in SUPPORTED_IMPLS for e in ("triton", "fused")) else SUPPORTED_IMPLS[0]
     if impl not in SUPPORTED_IMPLS:
         raise V.fail("impl", f"one of {('auto',) + SUPPORTED_IMPLS} when "
-                     f"{', '.join(terms.names())} is set (the fused engine does not "
-                     "implement these terms yet)", impl)
+                     f"{', '.join(terms.names())} is set (the other engines do not implement "
+                     "these terms yet)", impl)
     return impl
 
 
@@ -541,3 +545,43 @@ def target_grad(
         if cs_sy is not None:
             exact = exact - cs_sy
     return torch.where(ct != 0, exact, plain)
+
+
+def prob_terms(
+    sums: dict[str, Tensor], ref: Tensor, L: Tensor, rs: Tensor, cz: Tensor | None, terms: Terms,
+) -> tuple[Tensor, Tensor, TermCoefs]:
+    r"""``(loss, cp, TermCoefs)`` of a probability-target row with the terms (mass :math:`rs\,q`).
+
+    ``sums`` holds the row sums of one pass over the logits after the merge (:math:`p`, :math:`z`
+    as in :func:`focal_elems`; :math:`q = w(a t + b)`): ``Q`` = :math:`\sum q`, ``QD`` =
+    :math:`\sum q (r - x')`, ``QU`` = :math:`\sum q (1 - p)` (Poly-1, via expm1), ``QP`` =
+    :math:`\sum q p` (Poly-1), ``PZ`` = :math:`\sum p z` (penalty), ``FQ``/``AQ`` =
+    :math:`\sum q\,fg`, :math:`\sum q\,a` (focal). Then
+
+    .. math::
+
+        \ell = rs\,(QD + Q L)\ [\text{focal: } rs\,FQ] + cz (r + L)^2
+               + \varepsilon_1 rs\,QU + \beta\,rs\,(PZ - L)
+
+    and the gradient is :func:`grad_elems` with the mass :math:`rs\,q_j` in place of
+    :math:`cs\,s_j`: :math:`cp = rs\,Q\ [-rs\,AQ] + 2 cz\,\mathrm{lse} + \varepsilon_1 rs\,QP -
+    \beta rs\,PZ`, :math:`cps = -\varepsilon_1 rs` (times :math:`q_j`), :math:`cpx = \beta rs`.
+    """
+    lse = ref + L
+    if terms.focal:
+        loss, cp = rs * sums["FQ"], -_times(rs, sums["AQ"])
+    else:
+        loss, cp = rs * (sums["QD"] + sums["Q"] * L), rs * sums["Q"]
+    if cz is not None:
+        loss = loss + cz * lse.square()
+        cp = cp + _times(2 * cz, lse)
+    cps = cpx = None
+    if terms.poly:
+        loss = loss + terms.poly * rs * sums["QU"]
+        cp = cp + terms.poly * rs * sums["QP"]
+        cps = -terms.poly * rs
+    if terms.confidence_penalty:
+        cpx = terms.confidence_penalty * rs
+        loss = loss + cpx * (sums["PZ"] - L)
+        cp = cp - _times(cpx, sums["PZ"])
+    return loss, cp, TermCoefs(cps=cps, cpx=cpx, gamma=terms.focal_gamma, low=sums.get("low"))

@@ -62,12 +62,28 @@ from labelsmooth.ops._fused_chunks import (  # noqa: F401  (re-exported primitiv
     MAX_COLS,
     acc_dtype,
     block_shape,
+    empty_grad,
+    focal_partials,
     grad_rows,
     row_partials,
 )
 from labelsmooth.ops._math import apply_softcap, grad_coef, row_loss, row_ref
+from labelsmooth.ops._terms import (
+    FLSD,
+    NO_TERMS,
+    TermCoefs,
+    Terms,
+    flsd_low,
+    flsd_rows,
+    focal_elems,
+    focal_pow,
+    grad_elems,
+    prob_terms,
+    row_terms_loss,
+    term_coefs,
+)
 
-__all__ = ["grad_rows", "index_rows", "is_available", "prob_rows", "row_partials"]
+__all__ = ["focal_partials", "grad_rows", "index_rows", "is_available", "prob_rows", "row_partials"]
 
 
 def is_available(device: torch.device) -> bool:
@@ -238,6 +254,9 @@ def index_rows(
     cz: Tensor | None,
     softcap: float | None,
     inplace_backward: bool = False,
+    *,
+    terms: Terms = NO_TERMS,
+    row_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Per-row smoothed cross-entropy for index targets (contract: :mod:`labelsmooth.ops`).
 
@@ -250,6 +269,13 @@ def index_rows(
     PyTorch equivalent (``ct = 1-ε``, ``cs = 1``, ``s_uniform = ε/K``):
     ``F.cross_entropy(x, y, label_smoothing=ε, reduction="none")``.
 
+    With active ``terms`` (confidence penalty scaled by ``row_scale``, Poly-1, focal) the loss is
+    :func:`labelsmooth.ops._terms.row_terms_loss` of the block contract's statistics over the
+    whole row: one statistics pass (with ``sex``/``ses``), a focal pass when focal is set, and
+    one gradient pass (:func:`grad_rows` with the coefficients of
+    :func:`labelsmooth.ops._terms.term_coefs`), through the ops
+    ``labelsmooth::fused_index_terms_fwd`` / ``fused_index_terms_bwd_out``.
+
     Examples:
         >>> x = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
         >>> y, one = torch.tensor([0, 1]), torch.ones(2)
@@ -261,6 +287,12 @@ def index_rows(
     """
     if not torch.compiler.is_compiling():
         _check_not_consumed(x)
+    if terms.active:
+        loss, ref, lse_rel, _ = _index_terms_fwd(
+            x, y, ct, cs, s, float(s_uniform), cz, softcap, row_scale, *_term_args(terms),
+            bool(inplace_backward),
+        )
+        return loss, ref + lse_rel
     loss, ref, lse_rel = _index_fwd(
         x, y, ct, cs, s, float(s_uniform), cz, softcap, bool(inplace_backward)
     )
@@ -527,6 +559,8 @@ def prob_rows(
     cz: Tensor | None,
     softcap: float | None,
     inplace_backward: bool = False,
+    *,
+    terms: Terms = NO_TERMS,
 ) -> tuple[Tensor, Tensor]:
     r"""Per-row smoothed cross-entropy for probability targets (contract: :mod:`labelsmooth.ops`).
 
@@ -539,6 +573,10 @@ def prob_rows(
     PyTorch equivalent (``a = 1-ε``, ``b_uniform = ε/K``, ``rs = 1``):
     ``F.cross_entropy(x, t, label_smoothing=ε, reduction="none")``.
 
+    With active ``terms``: on the mass :math:`rs\,q` (:func:`labelsmooth.ops._terms.prob_terms`),
+    the penalty scaled by ``rs``, FLSD-53 switching on :math:`p_y = \sum_c t_c p_c`; ops
+    ``labelsmooth::fused_prob_terms_fwd`` / ``fused_prob_terms_bwd_out`` (chunked passes).
+
     Examples:
         >>> x = torch.tensor([[2.0, 0.0, -1.0]])
         >>> t = torch.tensor([[0.7, 0.3, 0.0]])
@@ -549,7 +587,387 @@ def prob_rows(
     """
     if not torch.compiler.is_compiling():
         _check_not_consumed(x)
+    if terms.active:
+        loss, ref, lse_rel, _ = _prob_terms_fwd(
+            x, t, w, float(a), b, float(b_uniform), rs, cz, softcap, *_term_args(terms),
+            bool(inplace_backward),
+        )
+        return loss, ref + lse_rel
     loss, ref, lse_rel, _ = _prob_fwd(
         x, t, w, float(a), b, float(b_uniform), rs, cz, softcap, bool(inplace_backward)
     )
     return loss, ref + lse_rel
+
+
+
+# --------------------------------------------------------------------------------------------
+# The optional terms (confidence_penalty, poly, focal_gamma): their own ops, so that the path
+# without terms (the hot path) is untouched. Terms cross the op boundary as plain scalars.
+
+
+def _term_args(terms: Terms) -> tuple[float, float, Optional[float], bool]:
+    gamma = terms.focal_gamma
+    flsd = gamma == FLSD
+    return (float(terms.confidence_penalty), float(terms.poly),
+            None if gamma is None or flsd else float(gamma), flsd)
+
+
+def _terms_of(beta: float, eps1: float, gamma: Optional[float], flsd: bool) -> Terms:
+    return Terms(beta, eps1, FLSD if flsd else gamma)
+
+
+#: rows of the coefficient stack saved by the forward: cp, cps, cpx, cpt, cpd, low (flsd)
+_NCOEF = 6
+
+
+def _stack_coefs(cp: Tensor, c: TermCoefs) -> Tensor:
+    zero = torch.zeros_like(cp)
+    parts = [cp] + [zero if v is None else v.to(cp.dtype) for v in (c.cps, c.cpx, c.cpt, c.cpd)]
+    parts.append(zero if c.low is None else c.low.to(cp.dtype))
+    return torch.stack(parts)
+
+
+def _unstack_coefs(stack: Tensor, terms: Terms, vector_shares: bool) -> tuple[Tensor, TermCoefs]:
+    cp, cps, cpx, cpt, cpd, low = stack.unbind(0)
+    return cp, TermCoefs(
+        cps=cps if terms.poly and vector_shares else None,
+        cpx=cpx if terms.confidence_penalty else None,
+        cpt=cpt if terms.poly else None,
+        cpd=cpd,
+        gamma=terms.focal_gamma,
+        low=(low != 0) if terms.focal_gamma == FLSD else None,
+    )
+
+
+@torch.library.custom_op("labelsmooth::fused_index_terms_fwd", mutates_args=())
+def _index_terms_fwd(
+    x: Tensor,
+    y: Tensor,
+    ct: Tensor,
+    cs: Tensor,
+    s: Optional[Tensor],
+    s_uniform: float,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
+    w: Optional[Tensor],
+    beta: float,
+    eps1: float,
+    gamma: Optional[float],
+    flsd: bool,
+    inplace: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, ref, lse_rel, coefficient stack (6, R)) — the block contract over whole rows."""
+    terms = _terms_of(beta, eps1, gamma, flsd)
+    acc = acc_dtype(x.dtype)
+    m, sumexp, x_y, dsx, sex, ses = row_partials(x, y, s, s_uniform, softcap, terms=terms)
+    ref, lse_rel = row_ref(m), sumexp.log().to(acc)
+    smoothing = s is not None or s_uniform != 0.0
+    big_s = _shares_sum(s, s_uniform, x.shape[1], acc)
+    csn = cs if smoothing else None
+    low = flsd_rows(terms, ref, lse_rel, x_y)
+    focal = None
+    if terms.focal and smoothing:
+        focal = focal_partials(x, lse_rel, terms.focal_gamma, s, s_uniform, softcap, ref=ref,
+                               low=low)
+    wv = w.to(acc) if w is not None else torch.zeros_like(lse_rel)
+    kw = dict(w=wv, sex=sex, ses=ses, sumexp=sumexp, focal=focal, low=low)
+    loss = row_terms_loss(ref, lse_rel, x_y, dsx if smoothing else None, big_s, ct, csn, cz,
+                          terms, **kw)
+    cp, coefs = term_coefs(ref, lse_rel, x_y, big_s, ct, csn, cz, terms,
+                           shares_vector=s is not None, s_uniform=s_uniform, **kw)
+    return loss, ref, lse_rel, _stack_coefs(cp, coefs)
+
+
+@_index_terms_fwd.register_fake
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, w, beta, eps1, gamma, flsd, inplace):
+    acc = acc_dtype(x.dtype)
+    rows = x.shape[:1]
+    return (*(x.new_empty(rows, dtype=acc) for _ in range(3)),
+            x.new_empty((_NCOEF, *rows), dtype=acc))
+
+
+@torch.library.custom_op("labelsmooth::fused_index_terms_bwd_out", mutates_args=("out",))
+def _index_terms_bwd_out(
+    grad: Tensor,
+    x: Tensor,
+    y: Tensor,
+    ref: Tensor,
+    lse: Tensor,
+    coefs: Tensor,
+    ct: Tensor,
+    cs: Tensor,
+    s: Optional[Tensor],
+    s_uniform: float,
+    softcap: Optional[float],
+    beta: float,
+    eps1: float,
+    gamma: Optional[float],
+    flsd: bool,
+    out: Tensor,
+) -> None:
+    """Destination-passing backward with the terms: the gradient into ``out`` (fresh, or ``x``)."""
+    terms = _terms_of(beta, eps1, gamma, flsd)
+    cp, tc = _unstack_coefs(coefs, terms, s is not None)
+    grad_rows(x, y, lse, cp, ct, cs, s, s_uniform, softcap, grad.to(cp.dtype), out=out, ref=ref,
+              terms=tc)
+
+
+@_index_terms_bwd_out.register_fake
+def _(grad, x, y, ref, lse, coefs, ct, cs, s, s_uniform, softcap, beta, eps1, gamma, flsd, out):
+    return None
+
+
+def _index_terms_setup(ctx, inputs, output):
+    x, y, ct, cs, s, s_uniform, cz, softcap, w, beta, eps1, gamma, flsd, inplace = inputs
+    _, ref, lse_rel, coefs = output
+    ctx.mark_non_differentiable(ref, lse_rel, coefs)
+    ctx.save_for_backward(x, y, ref, lse_rel, coefs, ct, cs, s, cz, w)
+    ctx.args = (s_uniform, softcap, beta, eps1, gamma, flsd)
+    ctx.inplace = inplace and may_write_in_place(x)
+
+
+def _index_terms_backward(ctx, grad_loss, grad_ref, grad_lse, grad_coefs):
+    x, y, ref, lse, coefs, ct, cs, s, cz, w = ctx.saved_tensors
+    s_uniform, softcap, beta, eps1, gamma, flsd = ctx.args
+    none = (None,) * 13
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        # create_graph=True: differentiate the dense formula (the reference's), never in place
+        from labelsmooth.ops import reference
+
+        loss, _ = reference.index_rows(x, y, ct, cs, s, s_uniform, cz, softcap,
+                                       terms=_terms_of(beta, eps1, gamma, flsd), row_scale=w)
+        (gx,) = torch.autograd.grad(loss, x, grad_loss.to(loss.dtype), create_graph=True)
+        return (gx, *none)
+    out = x if ctx.inplace else empty_grad(x.shape[0], x.shape[1], x.dtype, x.device)
+    torch.ops.labelsmooth.fused_index_terms_bwd_out(
+        grad_loss, x, y, ref, lse, coefs, ct, cs, s, s_uniform, softcap, beta, eps1, gamma, flsd,
+        out,
+    )
+    if ctx.inplace and not torch.compiler.is_compiling():
+        _mark_consumed(x)
+    return (out, *none)
+
+
+_index_terms_fwd.register_autograd(_index_terms_backward, setup_context=_index_terms_setup)
+
+
+def _prob_terms_sums(x, t, w, a, b, b_uniform, softcap, ref, lse, terms: Terms):
+    """The row sums of :func:`labelsmooth.ops._terms.prob_terms`, one chunked pass after lse."""
+    rows, cols = x.shape
+    acc = acc_dtype(x.dtype)
+    names = ["Q", "QD"]
+    if terms.poly:
+        names += ["QU", "QP"]
+    if terms.confidence_penalty:
+        names.append("PZ")
+    flsd = terms.focal_gamma == FLSD
+    if terms.focal:
+        names += ["FQ", "AQ"] + (["FQ5", "AQ5", "TP"] if flsd else [])
+    sums = {n: torch.zeros(rows, dtype=acc, device=x.device) for n in names}
+    wv = w.to(acc) if w is not None else None
+    bv = b.to(acc) if b is not None else None
+    zero = torch.zeros((), dtype=acc, device=x.device)
+    br, bc = block_shape(rows, cols)
+    for r0 in range(0, rows, br):
+        r1 = min(rows, r0 + br)
+        L = lse[r0:r1, None]
+        for c0 in range(0, cols, bc):
+            c1 = min(cols, c0 + bc)
+            tb = t[r0:r1, c0:c1].to(acc)
+            q = tb * a + (bv[c0:c1] if bv is not None else b_uniform)
+            if wv is not None:
+                q = q * wv[c0:c1]
+            z = apply_softcap(x[r0:r1, c0:c1].to(acc), softcap) - ref[r0:r1, None]
+            on = q != 0  # 0·log 0 = 0 where the mass is 0
+            acc_sum = lambda n, v: sums[n][r0:r1].add_(torch.where(on, q * v, zero).sum(1))  # noqa: E731, B023
+            sums["Q"][r0:r1] += q.sum(1)
+            acc_sum("QD", -z)
+            lp = z - L
+            p = torch.exp(lp)
+            if terms.poly:
+                acc_sum("QU", -torch.expm1(lp))
+                sums["QP"][r0:r1] += (q * p).sum(1)
+            if terms.confidence_penalty:
+                sums["PZ"][r0:r1] += torch.where(p > 0, p * z, zero).sum(1)
+            if terms.focal:
+                if flsd:  # γ per row depends on p_y = Σ t p, a sum of this pass: both γ, select
+                    sums["TP"][r0:r1] += (tb * p).sum(1)
+                    for g, sfx in ((3.0, ""), (5.0, "5")):
+                        _, fg, av = focal_elems(z, L, g)
+                        acc_sum("FQ" + sfx, fg)
+                        acc_sum("AQ" + sfx, av)
+                else:
+                    _, fg, av = focal_elems(z, L, terms.focal_gamma)
+                    acc_sum("FQ", fg)
+                    acc_sum("AQ", av)
+    if flsd:
+        low = flsd_low(sums["TP"])
+        sums["low"] = low
+        sums["FQ"] = torch.where(low, sums["FQ5"], sums["FQ"])
+        sums["AQ"] = torch.where(low, sums["AQ5"], sums["AQ"])
+    return sums
+
+
+@torch.library.custom_op("labelsmooth::fused_prob_terms_fwd", mutates_args=())
+def _prob_terms_fwd(
+    x: Tensor,
+    t: Tensor,
+    w: Optional[Tensor],
+    a: float,
+    b: Optional[Tensor],
+    b_uniform: float,
+    rs: Tensor,
+    cz: Optional[Tensor],
+    softcap: Optional[float],
+    beta: float,
+    eps1: float,
+    gamma: Optional[float],
+    flsd: bool,
+    inplace: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, ref, lse_rel, coefficient stack (6, R)) for probability targets with terms."""
+    terms = _terms_of(beta, eps1, gamma, flsd)
+    m, sumexp, _, _ = row_partials(
+        x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), None, 0.0, softcap
+    )
+    ref, lse_rel = row_ref(m), sumexp.log().to(acc_dtype(x.dtype))
+    sums = _prob_terms_sums(x, t, w, a, b, b_uniform, softcap, ref, lse_rel, terms)
+    loss, cp, coefs = prob_terms(sums, ref, lse_rel, rs, cz, terms)
+    return loss, ref, lse_rel, _stack_coefs(cp, coefs)
+
+
+@_prob_terms_fwd.register_fake
+def _(x, t, w, a, b, b_uniform, rs, cz, softcap, beta, eps1, gamma, flsd, inplace):
+    acc = acc_dtype(x.dtype)
+    rows = x.shape[:1]
+    return (*(x.new_empty(rows, dtype=acc) for _ in range(3)),
+            x.new_empty((_NCOEF, *rows), dtype=acc))
+
+
+def _prob_terms_grad(grad, x, t, ref, lse, coefs, w, a, b, b_uniform, rs, softcap, terms,
+                     out, dt):
+    """Write dx (``out``, may be ``x``; None to skip) and dt (``dt`` or None) block by block.
+
+    dx = g[(cp + cps q + cpx z) p − rs q h] x'′ (:func:`~labelsmooth.ops._terms.grad_elems` with
+    the mass rs·q); dt = g rs a w (φ + ε₁ (1 − p)), φ = (1 − p)^γ (L − z) or L − z. dt is
+    written first in each block, from the logits before ``out`` may overwrite them.
+    """
+    rows, cols = x.shape
+    acc = acc_dtype(x.dtype)
+    grad = grad.to(acc)
+    cp, tc = _unstack_coefs(coefs, terms, True)
+    wv = w.to(acc) if w is not None else None
+    bv = b.to(acc) if b is not None else None
+    live = (grad * cp != 0) | (grad * rs != 0)
+    zero = torch.zeros((), dtype=acc, device=x.device)
+    br, bc = block_shape(rows, cols)
+    for r0 in range(0, rows, br):
+        r1 = min(rows, r0 + br)
+        col = lambda v: None if v is None else v[r0:r1, None]  # noqa: E731, B023
+        cb = TermCoefs(cps=col(tc.cps), cpx=col(tc.cpx), gamma=tc.gamma, low=col(tc.low))
+        gr, rr, L = grad[r0:r1, None], rs[r0:r1, None], lse[r0:r1, None]
+        for c0 in range(0, cols, bc):
+            c1 = min(cols, c0 + bc)
+            xf = x[r0:r1, c0:c1].to(acc)
+            d = None
+            if softcap is not None:
+                th = torch.tanh(xf / softcap)
+                xf, d = softcap * th, 1 - th * th
+            z = xf - ref[r0:r1, None]
+            if dt is not None:
+                lp = z - L
+                if terms.focal:
+                    phi = focal_pow(-torch.expm1(lp), tc.gamma, cb.low) * (-lp)
+                else:
+                    phi = -lp
+                if terms.poly:
+                    phi = phi + terms.poly * -torch.expm1(lp)
+                dtb = gr * rr * a * phi
+                if wv is not None:
+                    dtb = dtb * wv[c0:c1]
+                dt[r0:r1, c0:c1] = dtb
+            if out is None:
+                continue
+            q = t[r0:r1, c0:c1].to(acc) * a + (bv[c0:c1] if bv is not None else b_uniform)
+            if wv is not None:
+                q = q * wv[c0:c1]
+            g = grad_elems(z, L, cp[r0:r1, None], rr * q, cb, q) * gr
+            if d is not None:
+                g = g * d
+            out[r0:r1, c0:c1] = torch.where(live[r0:r1, None], g, zero)
+
+
+@torch.library.custom_op("labelsmooth::fused_prob_terms_bwd_out", mutates_args=("out", "dt"))
+def _prob_terms_bwd_out(
+    grad: Tensor,
+    x: Tensor,
+    t: Tensor,
+    ref: Tensor,
+    lse: Tensor,
+    coefs: Tensor,
+    w: Optional[Tensor],
+    a: float,
+    b: Optional[Tensor],
+    b_uniform: float,
+    rs: Tensor,
+    softcap: Optional[float],
+    beta: float,
+    eps1: float,
+    gamma: Optional[float],
+    flsd: bool,
+    want_dx: bool,
+    out: Tensor,
+    dt: Tensor,
+) -> None:
+    """Destination-passing backward with the terms: dx into ``out`` (fresh, or ``x``; skipped
+    unless ``want_dx``), dt into ``dt`` (skipped when empty)."""
+    terms = _terms_of(beta, eps1, gamma, flsd)
+    _prob_terms_grad(grad, x, t, ref, lse, coefs, w, a, b, b_uniform, rs, softcap, terms,
+                     out if want_dx else None, dt if dt.numel() else None)
+
+
+@_prob_terms_bwd_out.register_fake
+def _(grad, x, t, ref, lse, coefs, w, a, b, b_uniform, rs, softcap, beta, eps1, gamma, flsd,
+      want_dx, out, dt):
+    return None
+
+
+def _prob_terms_setup(ctx, inputs, output):
+    x, t, w, a, b, b_uniform, rs, cz, softcap, beta, eps1, gamma, flsd, inplace = inputs
+    _, ref, lse, coefs = output
+    ctx.mark_non_differentiable(ref, lse, coefs)
+    ctx.save_for_backward(x, t, ref, lse, coefs, w, b, rs, cz)
+    ctx.args = (a, b_uniform, softcap, beta, eps1, gamma, flsd)
+    ctx.inplace = inplace and may_write_in_place(x)
+
+
+def _prob_terms_backward(ctx, grad_loss, grad_ref, grad_lse, grad_coefs):
+    x, t, ref, lse, coefs, w, b, rs, cz = ctx.saved_tensors
+    a, b_uniform, softcap, beta, eps1, gamma, flsd = ctx.args
+    need_x, need_t = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    none = (None,) * 12
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        from labelsmooth.ops import reference
+
+        loss, _ = reference.prob_rows(x, t, w, a, b, b_uniform, rs, cz, softcap,
+                                      terms=_terms_of(beta, eps1, gamma, flsd))
+        wrt = [v for v, need in ((x, need_x), (t, need_t)) if need]
+        got = list(torch.autograd.grad(loss, wrt, grad_loss.to(loss.dtype), create_graph=True))
+        dx = got.pop(0) if need_x else None
+        dt = got.pop(0) if need_t else None
+        return (dx, dt, *none)
+    if need_x:
+        out = x if ctx.inplace else empty_grad(x.shape[0], x.shape[1], x.dtype, x.device)
+    else:
+        out = x.new_empty(0)
+    dt = torch.empty(t.shape, dtype=t.dtype, device=t.device) if need_t else t.new_empty(0)
+    torch.ops.labelsmooth.fused_prob_terms_bwd_out(
+        grad_loss, x, t, ref, lse, coefs, w, a, b, b_uniform, rs, softcap, beta, eps1, gamma,
+        flsd, need_x, out, dt,
+    )
+    if need_x and ctx.inplace and not torch.compiler.is_compiling():
+        _mark_consumed(x)
+    return (out if need_x else None, dt if need_t else None, *none)
+
+
+_prob_terms_fwd.register_autograd(_prob_terms_backward, setup_context=_prob_terms_setup)

@@ -1,0 +1,143 @@
+"""The optional terms' cost on the fused CPU loss (issue 16 item 5): forward + backward with and
+without each term, ratios measured in one run.
+
+Configurations (``--configs``), all ``labelsmooth.cross_entropy(x, y, label_smoothing=ε,
+impl="fused")`` on float32 logits with random class targets:
+
+* ``none``               — no term (the hot path; the baseline of every ratio);
+* ``confidence_penalty`` — ``confidence_penalty=0.1`` (one more row sum, Σ e·(x − r), in the
+  statistics pass);
+* ``poly``               — ``poly=1.0`` (with uniform smoothing no extra pass: Σ s·e = s·Σe);
+* ``focal2``             — ``focal_gamma=2`` (one more pass over the logits after the merge, the
+  focal stage; (1 − p)² by multiplication; the gradient pass computes expm1 and a too);
+* ``flsd53``             — ``focal_gamma="flsd-53"`` (γ = 5 or 3 per row, by multiplication).
+
+Goal (issue 16): each term adds at most 15 % to the ``none`` time.
+
+Method (conventions of ``benchmarks/_common.py``): one process, so every ratio comes from the same
+run; the logits are non-leaf (``x = src * 1.0`` from a leaf, untimed, before every call, as a model
+produces them); ``--warmup`` untimed calls per configuration (the first compiles the Inductor
+kernels, or loads them from Inductor's on-disk cache), then ``--repeat`` rounds in which every
+configuration is timed once, interleaved, so that a change of machine load hits all alike. Reported:
+the median time per configuration, its ratio to ``none`` (the median of the per-round ratios), and
+the peak resident memory beyond the logits of one call (``VmHWM`` reset around the call, in this
+process: approximate, freed heap may be reused unseen; ``bench_cross_entropy.py`` measures memory in
+fresh processes). The gradient is produced out of place (pass ``--inplace`` for
+``inplace_backward=True``).
+
+Usage (about 2 minutes on 2 idle cores once the kernels are cached; the first run in a new
+``TORCHINDUCTOR_CACHE_DIR`` compiles for longer)::
+
+    python benchmarks/bench_terms.py                       # 8192x32000, float32, 2 threads
+    python benchmarks/bench_terms.py --shape 2048x32000 --repeat 3
+
+Writes a CSV (``--csv``; default ``benchmarks/results/terms_cpu.csv``) with the environment in
+``#`` comment lines. Not collected by pytest (no ``test_`` prefix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _common as C  # noqa: E402
+import torch  # noqa: E402
+
+CONFIGS = {
+    "none": {},
+    "confidence_penalty": {"confidence_penalty": 0.1},
+    "poly": {"poly": 1.0},
+    "focal2": {"focal_gamma": 2},
+    "flsd53": {"focal_gamma": "flsd-53"},
+}
+GOAL = 1.15
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        rows, vocab = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxVOCAB such as 8192x32000, got {text!r}")
+    return rows, vocab
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shape", type=_shape, default=(8192, 32000))
+    p.add_argument("--configs", default=",".join(CONFIGS),
+                   help=f"comma-separated, from {', '.join(CONFIGS)}")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--smoothing", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--inplace", action="store_true", help="inplace_backward=True")
+    p.add_argument("--csv", default=str(HERE / "results" / "terms_cpu.csv"))
+    args = p.parse_args(argv)
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown or "none" not in names:
+        p.error(f"--configs must include 'none' and name only {tuple(CONFIGS)}; got {names}")
+
+    import labelsmooth as ls
+
+    torch.set_num_threads(args.threads)
+    rows, vocab = args.shape
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randn(rows, vocab, generator=gen).mul_(3).requires_grad_()
+    y = torch.randint(0, vocab, (rows,), generator=gen)
+    state: dict[str, torch.Tensor] = {}
+
+    def setup() -> None:
+        state.pop("x", None)
+        state["x"] = src * 1.0  # non-leaf logits, untimed
+
+    def run(cfg: dict) -> None:
+        x = state["x"]
+        loss = ls.cross_entropy(x, y, label_smoothing=args.smoothing, impl="fused",
+                                inplace_backward=args.inplace, **cfg)
+        torch.autograd.grad(loss, x)
+
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:  # compile (or load from the cache) and warm up each configuration
+        C.time_cpu(lambda n=n: run(CONFIGS[n]), warmup=args.warmup, repeat=0, setup=setup)
+    for _ in range(args.repeat):
+        for n in names:
+            times[n] += C.time_cpu(lambda n=n: run(CONFIGS[n]), warmup=0, repeat=1, setup=setup)
+    peaks = {}
+    logits_bytes = rows * vocab * 4
+    for n in names:
+        try:
+            peaks[n] = C.peak_rss_beyond(lambda n=n: run(CONFIGS[n]), setup=setup) / logits_bytes
+        except RuntimeError:
+            peaks[n] = float("nan")
+
+    out = []
+    for n in names:
+        ratios = [t / b for t, b in zip(times[n], times["none"])]
+        ratio = statistics.median(ratios)
+        out.append({
+            "config": n,
+            "median_s": C.median(times[n]),
+            "x_none": ratio,
+            "goal_met": "yes" if n == "none" or ratio <= GOAL else "no",
+            "peak_x_logits": peaks[n],
+            "shape": f"{rows}x{vocab}",
+            "dtype": "float32",
+            "inplace": args.inplace,
+            "times_s": " ".join(f"{t:.3f}" for t in times[n]),
+        })
+    env = C.environment(args.threads)
+    print(C.format_table(out, ["config", "median_s", "x_none", "goal_met", "peak_x_logits"]))
+    print(f"load average: {env['load_average_1_5_15']}  (ratios are medians of per-round ratios)")
+    path = C.write_csv(args.csv, out, env)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
