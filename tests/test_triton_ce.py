@@ -270,7 +270,8 @@ def test_ops_are_registered_apart_from_the_fused_engine():
     """One destination-passing backward op per kind (issue 15 item 5): `out` is declared written,
     so an in-place backward (out = the logits) bumps their version counter."""
     names = ["triton_index_fwd", "triton_index_bwd_out", "triton_prob_fwd", "triton_prob_bwd_out",
-             "triton_block_partials", "triton_block_grad_out"]
+             "triton_block_partials", "triton_block_grad_out", "triton_block_partials_terms",
+             "triton_block_focal", "triton_index_terms_fwd", "triton_prob_terms_fwd"]
     for n in names:
         assert hasattr(torch.ops.labelsmooth, n), n
     for n in ("triton_index_bwd", "triton_index_bwd_inplace", "triton_prob_bwd",

@@ -489,7 +489,9 @@ def _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap, terms: Terms = N
     loss, lse = torch.empty(r, **f32), torch.empty(r, **f32)
     stats = torch.empty(3, r, **f32)  # m, log Σ e^{x-m}, Σ_c q_c
     wants = (terms.active, terms.wants_sex, terms.wants_ses, terms.focal_gamma == FLSD)
-    extras = tuple(torch.empty(r if want else 0, **f32) for want in wants)
+    # no allocation at all without terms (the kernel's pointers are then unused placeholders)
+    extras = tuple(torch.empty(r if want else 0, **f32) for want in wants) if wants[0] else \
+        (None,) * 4
     if r == 0:
         return loss, lse, stats, extras
     block, warps = _launch_cfg(k)
@@ -501,7 +503,7 @@ def _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap, terms: Terms = N
             w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
             rs, cz.contiguous() if cz is not None else rs,
             loss, lse, stats[2], stats[0], stats[1],
-            *(e if want else loss for e, want in zip(extras, wants)),
+            *(e if want else loss for e, want in zip(extras, wants)),  # noqa: B020
             k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
             HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
             SOFTCAP=softcap is not None, TERMS=wants[0], SEX=wants[1], QE=wants[2], TE=wants[3],
@@ -804,42 +806,66 @@ def _mask_arg(y: Tensor, target_mask: Optional[Tensor]) -> tuple[Tensor, bool]:
     return target_mask.to(torch.int8).contiguous(), True
 
 
-@torch.library.custom_op("labelsmooth::triton_block_partials", mutates_args=())
-def _block_partials(
-    x: Tensor, y: Tensor, s: Optional[Tensor], s_uniform: float, softcap: Optional[float],
-    target_mask: Optional[Tensor], want_sex: bool, want_ses: bool, ties: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Stage one; ``sex``/``ses`` (the terms' statistics) are (0,) tensors unless wanted
-    (``ses`` only with a share vector: uniform shares give ``s_uniform·sumexp``). With
-    ``ties`` the terms at the max are counted apart in ``n`` (Σexp = d + n), else ``n`` is (0,)."""
+def _block_partials_launch(x, y, s, s_uniform, softcap, target_mask, want_sex=False,
+                           want_ses=False, ties=False):
+    """Stage one: (m, d, x_y, dsx) and, when asked, sex / ses (``ses`` only with a share vector:
+    uniform shares give ``s_uniform·sumexp``) and n, the ties with the max counted apart
+    (Σexp = d + n); what is not asked is neither allocated nor computed (constexpr flags)."""
     r, k = x.shape
-    want_ses = want_ses and s is not None
     m, d, xy, sx = (torch.empty(r, dtype=torch.float32, device=x.device) for _ in range(4))
-    sex, ses, n = (torch.empty(r if want else 0, dtype=torch.float32, device=x.device)
-                   for want in (want_sex, want_ses, ties))
+    extra = [torch.empty(r, dtype=torch.float32, device=x.device) if want else None
+             for want in (want_sex, want_ses, ties)]
     if r == 0:
-        return m, d, xy, sx, sex, ses, n
+        return m, d, xy, sx, *extra
     y = y.to(torch.long).contiguous()
     on, has_mask = _mask_arg(y, target_mask)
     block, warps = _launch_cfg(k)
     with _on_device(x):
         _kernels()._block_partials[(r,)](
             x, x.stride(0), x.stride(1), y, on, _f32(s) if s is not None else y,
-            m, d, xy, sx, sex if want_sex else m, ses if want_ses else m, n if ties else m,
+            m, d, xy, sx, *(e if e is not None else m for e in extra),
             k, float(s_uniform), float(softcap) if softcap is not None else 1.0,
             SMOOTH=_smooth_mode(s, s_uniform), SOFTCAP=softcap is not None, HAS_MASK=has_mask,
             SEX=want_sex, SES=want_ses, TIES=ties, BLOCK=block, num_warps=warps,
         )
-    return m, d, xy, sx, sex, ses, n
+    return m, d, xy, sx, *extra
+
+
+@torch.library.custom_op("labelsmooth::triton_block_partials", mutates_args=())
+def _block_partials(
+    x: Tensor, y: Tensor, s: Optional[Tensor], s_uniform: float, softcap: Optional[float],
+    target_mask: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _block_partials_launch(x, y, s, s_uniform, softcap, target_mask)[:4]
 
 
 @_block_partials.register_fake
-def _(x, y, s, s_uniform, softcap, target_mask, want_sex, want_ses, ties):
+def _(x, y, s, s_uniform, softcap, target_mask):
     r = x.shape[0]
+    return tuple(x.new_empty(r, dtype=torch.float32) for _ in range(4))
+
+
+@torch.library.custom_op("labelsmooth::triton_block_partials_terms", mutates_args=())
+def _block_partials_terms(
+    x: Tensor, y: Tensor, s: Optional[Tensor], s_uniform: float, softcap: Optional[float],
+    target_mask: Optional[Tensor], want_sex: bool, want_ses: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Stage one with the terms: ``(m, d, n, x_y, dsx, [sex; ses])`` with Σexp = d + n (the ties
+    with the max apart, added in float64 by :func:`row_partials`); ``sex``/``ses`` 0 where not
+    wanted."""
     want_ses = want_ses and s is not None
-    return tuple(x.new_empty(n, dtype=torch.float32)
-                 for n in (r, r, r, r, r if want_sex else 0, r if want_ses else 0,
-                           r if ties else 0))
+    m, d, xy, sx, sex, ses, n = _block_partials_launch(x, y, s, s_uniform, softcap, target_mask,
+                                                       want_sex, want_ses, True)
+    zero = torch.zeros_like(m)
+    return (m, d, n, xy, sx, torch.stack([sex if sex is not None else zero,
+                                          ses if ses is not None else zero]))
+
+
+@_block_partials_terms.register_fake
+def _(x, y, s, s_uniform, softcap, target_mask, want_sex, want_ses):
+    r = x.shape[0]
+    return (*(x.new_empty(r, dtype=torch.float32) for _ in range(5)),
+            x.new_empty((2, r), dtype=torch.float32))
 
 
 @torch.no_grad()
@@ -877,19 +903,16 @@ def row_partials(
 
         return _fused_chunks.row_partials(x, y, s, s_uniform, softcap, target_mask,
                                           chunk_elems=_fused_chunks.CHUNK_ELEMS)
-    m, d, xy, sx, sex, ses, n = _block_partials(
-        x, y, s, float(s_uniform), None if softcap is None else float(softcap), target_mask,
-        terms.wants_sex, terms.wants_ses, terms.active)
+    cap = None if softcap is None else float(softcap)
     if not terms.active:
+        m, d, xy, sx = _block_partials(x, y, s, float(s_uniform), cap, target_mask)
         return m, d.double(), xy, sx
+    m, d, n, xy, sx, extra = _block_partials_terms(x, y, s, float(s_uniform), cap, target_mask,
+                                                   terms.wants_sex, terms.wants_ses)
     se = n.double() + d.double()  # the ties with the max apart: a confident row keeps 1 − p_y
-    zero = torch.zeros_like(m)
-    if not terms.wants_sex:
-        sex = zero
-    if not terms.wants_ses:
-        ses = zero
-    elif s is None:  # uniform shares: Σ s_u e = s_u·sumexp (nothing more read)
-        ses = (float(s_uniform) * se).to(torch.float32) if s_uniform != 0.0 else zero
+    sex, ses = extra[0], extra[1]
+    if terms.wants_ses and s is None and s_uniform != 0.0:
+        ses = (float(s_uniform) * se).to(torch.float32)  # uniform: Σ s_u e = s_u·sumexp
     return m, se, xy, sx, sex, ses
 
 
