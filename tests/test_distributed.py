@@ -1287,17 +1287,7 @@ def test_terms_across_two_ranks() -> None:
 
 
 
-def test_terms_triton_on_two_gloo_ranks_under_the_interpreter() -> None:
-    """The terms with impl="triton" on 2 gloo ranks (interpreter, CPU tensors, float32): both
-    losses against cross_entropy's reference engine on the full logits."""
-    pytest.importorskip("triton")
-    from labelsmooth.ops import triton_ce
-    from labelsmooth.ops._terms import SUPPORTED_IMPLS
-
-    if not triton_ce.is_available(torch.device("cpu")):
-        pytest.skip("Triton interpreter not enabled")
-    if "triton" not in SUPPORTED_IMPLS:
-        pytest.skip("the Triton engine does not evaluate the terms yet")
+def _float32_term_cases(impl: str) -> list[dict]:
     cases = []
     for c in _term_cases():
         if c["impl"] != "auto":
@@ -1305,8 +1295,11 @@ def test_terms_triton_on_two_gloo_ranks_under_the_interpreter() -> None:
         f32 = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
                for k, v in c.items()}
         f32["opt"] = {k: (v.float() if torch.is_tensor(v) else v) for k, v in c["opt"].items()}
-        cases.append(dict(f32, impl="triton"))
-    res = _spawn(2, "terms", cases)
+        cases.append(dict(f32, impl=impl))
+    return cases
+
+
+def _check_float32_terms(cases: list[dict], res: list) -> None:
     tol = dict(rtol=1e-5, atol=1e-6)
     for i, c in enumerate(cases):
         loss, gx = _single_terms(c, linear=False)
@@ -1321,6 +1314,28 @@ def test_terms_triton_on_two_gloo_ranks_under_the_interpreter() -> None:
             torch.testing.assert_close(p["gh"], gh, **tol, msg=c["name"])
         torch.testing.assert_close(torch.cat([p["gW"] for p in per]), gW, **tol, msg=c["name"])
         torch.testing.assert_close(torch.cat([p["gb"] for p in per]), gb, **tol, msg=c["name"])
+
+
+def test_terms_float32_across_two_ranks() -> None:
+    """The terms in float32 with the default engine per shard (fused on the CPU): both losses
+    within float32 rounding of cross_entropy's reference engine on the full logits."""
+    cases = _float32_term_cases("auto")
+    _check_float32_terms(cases, _spawn(2, "terms", cases))
+
+
+def test_terms_triton_on_two_gloo_ranks_under_the_interpreter() -> None:
+    """The terms with impl="triton" on 2 gloo ranks (interpreter, CPU tensors, float32): both
+    losses against cross_entropy's reference engine on the full logits."""
+    pytest.importorskip("triton")
+    from labelsmooth.ops import triton_ce
+    from labelsmooth.ops._terms import SUPPORTED_IMPLS
+
+    if not triton_ce.is_available(torch.device("cpu")):
+        pytest.skip("Triton interpreter not enabled")
+    if "triton" not in SUPPORTED_IMPLS:
+        pytest.skip("the Triton engine does not evaluate the terms yet")
+    cases = _float32_term_cases("triton")
+    _check_float32_terms(cases, _spawn(2, "terms", cases))
 
 
 @pytest.mark.parametrize("impl", ["auto", "reference"])
