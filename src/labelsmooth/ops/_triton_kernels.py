@@ -234,14 +234,16 @@ def _grad_row(x_row, stride_xc, dx_row, stride_dc, K, y, ref, L, gcp, gct, gcs,
         if SOFTCAP:
             th = _tanh(xb / softcap)
             xb = softcap * th
+        if SMOOTH == 1:
+            sv = s_uniform  # a scalar: the padding lanes are never stored
+        elif SMOOTH == 2:
+            sv = tl.load(s_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         if TERMS:
             z = xb - ref
             if FOCAL:
                 p, _, a = _focal_elems(z - L, gamma, low, POW)
             else:
                 p = tl.exp(z - L)
-            if SMOOTH != 0:
-                sv = _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
             k = gcp
             if HAS_CPS:
                 k = k + gcps * sv
@@ -258,7 +260,7 @@ def _grad_row(x_row, stride_xc, dx_row, stride_dc, K, y, ref, L, gcp, gct, gcs,
             grad = gcp * tl.exp((xb - ref) - L)
             grad -= tl.where(cols == y, gct, 0.0)
             if SMOOTH != 0:
-                grad -= gcs * _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
+                grad -= gcs * sv
         if SOFTCAP:
             grad *= 1.0 - th * th
         grad = tl.where(active, tl.where(bad, float("nan"), grad), 0.0)
@@ -269,8 +271,8 @@ def _grad_row(x_row, stride_xc, dx_row, stride_dc, K, y, ref, L, gcp, gct, gcs,
 @triton.jit
 def _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform,
             HAS_W: tl.constexpr, HAS_B: tl.constexpr):
-    # q_c = w_c (a t_c + b_c) of a chunk (0 on padding), the chunk's class weights (1 without)
-    # and its targets t_c.
+    # q_c = w_c (a t_c + b_c) of a chunk, the chunk's class weights (1 without) and its targets
+    # t_c. On padding lanes q = b_uniform: the sums select it away (the gradient never stores it).
     c64 = cols.to(tl.int64)
     tb = tl.load(t_row + c64 * stride_tc, mask=mask, other=0.0).to(tl.float32)
     if HAS_B:
@@ -282,7 +284,7 @@ def _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform,
         q = q * wb
     else:
         wb = tl.where(mask, 1.0, 0.0)
-    return tl.where(mask, q, 0.0), wb, tb
+    return q, wb, tb
 
 
 # -------------------------------------------------------------------------------------------------
@@ -405,6 +407,7 @@ def _prob_fwd(
         d_vec = d_vec * alpha + e
         q, _, tb = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W,
                            HAS_B)
+        q = tl.where(mask, q, 0.0)
         # Σ q_c (m − x_c) as the smoothing sum: no cancellation against Q·lse at any offset
         acc_qx, acc_q = _share_dist_step(acc_qx, acc_q, m, m_new, xb, q)
         if QE:
@@ -461,6 +464,7 @@ def _prob_focal(
         mask = cols < K
         xb = _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP)
         q, _, _ = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W, HAS_B)
+        q = tl.where(mask, q, 0.0)
         _, fg, ac = _focal_elems((xb - ref) - L, gamma, low, POW)
         fs += tl.where(q != 0.0, q * fg, 0.0)
         a_s += tl.where(q != 0.0, q * ac, 0.0)
@@ -513,12 +517,15 @@ def _prob_bwd(
         coef = grs * tl.load(qsum_ptr + row)
         if HAS_Z:
             coef += 2.0 * g * tl.load(cz_ptr + row) * lse
-        k_load = K
     for start in range(0, K, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < K
         c64 = cols.to(tl.int64)
-        xb = tl.load(x_row + c64 * stride_xc, mask=cols < k_load, other=0.0).to(tl.float32)
+        if TERMS:
+            ld_mask = cols < k_load
+        else:
+            ld_mask = mask
+        xb = tl.load(x_row + c64 * stride_xc, mask=ld_mask, other=0.0).to(tl.float32)
         if SOFTCAP:
             th = _tanh(xb / softcap)
             xb = softcap * th
