@@ -1084,8 +1084,8 @@ def _index_terms_case(shares, variant, r=6, k=37):
     x = (torch.randn(r, k, dtype=torch.float64) * 3).to(DEV)
     y = torch.randint(0, k, (r,), device=DEV)
     y[1] = 7
-    ct, cs = torch.full((r,), 0.8, dtype=torch.float64, device=DEV), torch.ones(r, device=DEV,
-                                                                                  dtype=torch.float64)
+    f64 = dict(dtype=torch.float64, device=DEV)
+    ct, cs = torch.full((r,), 0.8, **f64), torch.ones(r, **f64)
     w = torch.ones(r, dtype=torch.float64, device=DEV)
     if variant == "ignore-weights":
         w = torch.rand(r, dtype=torch.float64, device=DEV) + 0.5

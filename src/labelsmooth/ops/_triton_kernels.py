@@ -485,7 +485,8 @@ def _prob_bwd(
     NEED_DT: tl.constexpr, TERMS: tl.constexpr, HAS_CPQ: tl.constexpr, HAS_CPX: tl.constexpr,
     POW: tl.constexpr, FOCAL: tl.constexpr, POLY: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # dℓ/dx_j = g·[rs·(Q p_j − q_j) + 2 cz lse p_j]·softcap'(x_j);  dℓ/dt_j = g·rs·a·w_j·(lse − x_j).
+    # dℓ/dx_j = g·[rs·(Q p_j − q_j) + 2 cz lse p_j]·softcap'(x_j);
+    # dℓ/dt_j = g·rs·a·w_j·(lse − x_j).
     # With TERMS (m_ptr/logd_ptr then hold the reference r and L; cp the row coefficient of
     # ops._terms.term_coefs on the mass rs·q): dℓ/dx_j = g·[(cp + cpq q_j + cpx z_j)·p_j
     # − rs q_j h_j]·softcap'(x_j), h = 1 or −a_j (FOCAL), z = x' − r; and

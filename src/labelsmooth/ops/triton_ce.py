@@ -40,7 +40,11 @@ and, for the backward, one destination-passing op each (as quack does),
 ``labelsmooth::triton_index_bwd_out`` / ``labelsmooth::triton_prob_bwd_out``, declared as mutating
 their ``out`` argument: a fresh buffer, or the logits themselves for the in-place backward (the
 declared mutation is what bumps their version counter); the blocks' stage two is
-``labelsmooth::triton_block_grad_out`` in the same form. With fake (meta) implementations and
+``labelsmooth::triton_block_grad_out`` in the same form. The optional terms
+(``confidence_penalty``, ``poly``, ``focal_gamma``) add ``triton_block_partials_terms`` and
+``triton_block_focal`` (the block contract) and ``triton_index_terms_fwd`` /
+``triton_prob_terms_fwd`` (whole rows, whose backward writes through the ``_out`` ops above); the
+plain ops are untouched by them (constexpr flags: the plain kernels compile as before). With fake (meta) implementations and
 autograd formulas, so ``torch.compile(fullgraph=True)`` traces through
 them and, with no host synchronisation anywhere, CUDA graphs can capture them. Triton itself is
 imported only when a kernel is launched; this module imports without it.
@@ -503,7 +507,7 @@ def _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap, terms: Terms = N
             w.contiguous() if w is not None else rs, b.contiguous() if b is not None else rs,
             rs, cz.contiguous() if cz is not None else rs,
             loss, lse, stats[2], stats[0], stats[1],
-            *(e if want else loss for e, want in zip(extras, wants)),  # noqa: B020
+            *(e if want else loss for e, want in zip(extras, wants)),
             k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
             HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
             SOFTCAP=softcap is not None, TERMS=wants[0], SEX=wants[1], QE=wants[2], TE=wants[3],
