@@ -288,3 +288,25 @@ def test_cli_method_flags(tmp_path, capsys):
         main(["sweep", "--method-grid", "focal=2", "--out", str(out)])
     with pytest.raises(SystemExit):
         main(["sweep", "--method", "focal", "--smoothing-schedule", "warm"])
+
+
+def test_cli_method_passes_the_executor_and_schedule_on(tmp_path, monkeypatch, capsys):
+    import labelsmooth.experiments.methods as methods_mod
+    from labelsmooth.cli import main
+
+    seen = {}
+
+    def fake(data, methods, **kw):
+        seen.update(kw, methods=methods)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(methods_mod, "compare_methods", fake)
+    data = tmp_path / "d.npz"
+    x, y = _data()
+    np.savez(data, x=x.numpy(), y=y.numpy())
+    rc = main(["sweep", "--dataset", str(data), "--method", "ls", "--executor", "ray",
+               "--workers", "3", "--smoothing-schedule", "cosine", "--out", str(tmp_path / "o"),
+               "--no-progress"])
+    assert rc == 2 and "stop here" in capsys.readouterr().err
+    assert (seen["executor"], seen["workers"], seen["smoothing_schedule"]) == ("ray", 3, "cosine")
+    assert seen["methods"] == ["ls"] and seen["seeds"] is None  # the comparison's own 3 seeds

@@ -175,11 +175,12 @@ class DispatchOrder:
     The runs come in waves, one per seed in the order given (the sweeps list seeds outer), and
     a worker that frees up takes a run of the earliest wave with runs left, so an interrupted
     sweep still holds whole seeds. Within a wave it takes the run expected to take longest
-    (longest processing time first, Graham 1969): the short runs of the last wave go last, so
-    the workers finish within about one short run of each other instead of one idling while
+    (longest processing time first, Graham 1969): the runs expected to be short go last, so
+    the workers finish within about one short run of each other rather than one idling while
     the other trains a long last run. Runs of the same setting (ε, or method and strength)
-    take about as long as each other (early stopping ends some settings sooner), so a run's
-    expected time is the mean measured time of the finished runs of its setting
+    take roughly as long as each other (early stopping ends some settings sooner; the seed
+    moves a run's length by up to ~25%), so a run's expected time is the mean measured time of
+    the finished runs of its setting
     (:meth:`finished`), else its ``cost`` (known beforehand, e.g. from the output directory),
     else unknown; unknown runs go first within their wave (their time is learned early) and
     ties keep the given order.
