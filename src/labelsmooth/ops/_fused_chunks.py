@@ -576,3 +576,41 @@ def focal_partials(
         fs.mul_(s_uniform)
         a_s.mul_(s_uniform)
     return fs, a_s
+
+
+@torch.no_grad()
+def row_partials_focal(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    s: torch.Tensor | None,
+    s_uniform: float,
+    softcap: float | None,
+    terms: Terms,
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
+    """Whole rows with focal and smoothing: ``(row_partials(terms=), focal sums, low)`` in one
+    compiled kernel for large CPU inputs (the focal sums need the row's lse: the row is walked a
+    third time inside the kernel, no separate pass), else :func:`row_partials` then
+    :func:`focal_partials` (two chunked passes). ``low`` is FLSD-53's per-row switch (or None)."""
+    from labelsmooth.ops._terms import FLSD, flsd_rows
+
+    acc = acc_dtype(x.dtype)
+    flsd = terms.focal_gamma == FLSD
+    if x.shape[0] and _ind.use_inductor(x):
+        sv = s.to(device=x.device, dtype=acc) if s is not None else None
+        share_on = None if sv is None or not bool((sv == 0).any()) else sv != 0
+        want_sx = s is not None or s_uniform != 0.0
+        ok, res = _ind.stats_terms(x, _safe_index(y, None), sv, share_on, None, softcap, want_sx,
+                                   terms.wants_sex, terms.wants_ses and s is not None,
+                                   terms.focal_gamma, flsd)
+        if ok:
+            m, sumexp, x_y, sx, sex, ses, fs, a_s, low = res
+            if s is None:
+                sx, fs, a_s = sx * s_uniform, fs * s_uniform, a_s * s_uniform
+                if terms.wants_ses:
+                    ses = (s_uniform * sumexp).to(acc)
+            return (m, sumexp, x_y, sx, sex, ses), (fs, a_s), (low if flsd else None)
+    parts = row_partials(x, y, s, s_uniform, softcap, terms=terms)
+    ref, lse = row_ref(parts[0]), parts[1].log().to(acc)
+    low = flsd_rows(terms, ref, lse, parts[2])
+    return parts, focal_partials(x, lse, terms.focal_gamma, s, s_uniform, softcap, ref=ref,
+                                 low=low), low

@@ -126,23 +126,53 @@ def _grad_inplace(x, y, ref, a, bt, b, s, bu, live, softcap: float | None):
 
 
 def _stats_terms(x, y, s, share_on, mask, softcap: float | None, want_sx: bool, want_sex: bool,
-                 want_ses: bool):
-    """:func:`_stats` plus the terms' Σ e·(x' − r) and Σ s·e, in the same loop nest."""
-    m, sumexp, x_y, sx = _stats(x, y, s, share_on, mask, softcap, want_sx)
-    xf = apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
-    z = xf - row_ref(m)[:, None]
+                 want_ses: bool, gamma=None, flsd_rows: bool = False):
+    """:func:`_stats` plus the terms' Σ e·(x' − r) and Σ s·e from the same exponentials and, with
+    ``gamma`` (whole rows only: the lse is the row's own), the focal stage's (Σ s fg, Σ s a) — one
+    compiled kernel, one exponential and one expm1 per element for focal (``one_exp="u"``)."""
+    acc = acc_dtype(x.dtype)
+    xf = apply_softcap(x.to(acc), softcap)
+    m = xf.amax(1)
+    ref = row_ref(m)
+    z = xf - ref[:, None]
+    zero = torch.zeros((), dtype=acc)
+    tie = z == 0
     e = torch.exp(z)
-    zero = torch.zeros((), dtype=e.dtype)
+    sumexp = torch.where(tie, zero, e).sum(1).to(torch.float64) + tie.sum(1).to(torch.float64)
+    x_y = xf.gather(1, y[:, None])[:, 0]
+    if mask is not None:
+        x_y = torch.where(mask, x_y, torch.zeros_like(x_y))
+    d = -z
+    if not want_sx:
+        sx = torch.zeros_like(m)
+    elif s is None:
+        sx = d.sum(1)
+    elif share_on is None:
+        sx = (d * s[None, :]).sum(1)
+    else:
+        sx = torch.where(share_on[None, :], d * s[None, :], zero).sum(1)
     sex = torch.where(e > 0, e * z, zero).sum(1) if want_sex else torch.zeros_like(m)
     ses = (e * s[None, :]).sum(1) if want_ses else torch.zeros_like(m)
-    return m, sumexp, x_y, sx, sex, ses
+    if gamma is None:
+        return m, sumexp, x_y, sx, sex, ses
+    lse = sumexp.log().to(acc)
+    low = torch.exp((x_y - ref) - lse) < 0.2 if flsd_rows else None
+    _, fg, a = focal_elems(z, lse[:, None], gamma, None if low is None else low[:, None],
+                           one_exp="u")
+    if s is not None:
+        fg, a = fg * s[None, :], a * s[None, :]
+        if share_on is not None:  # a zero share counts 0 even at a −inf logit (0·inf)
+            fg = torch.where(share_on[None, :], fg, zero)
+            a = torch.where(share_on[None, :], a, zero)
+    low = low if low is not None else torch.zeros_like(m, dtype=torch.bool)
+    return m, sumexp, x_y, sx, sex, ses, fg.sum(1), a.sum(1), low
 
 
 def _focal(x, ref, lse, s, share_on, low, gamma, softcap: float | None):
     """Per row (Σ s fg, Σ s a) of the focal stage; ``s`` None: the plain sums (the caller scales)."""
     xf = apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
     _, fg, a = focal_elems(xf - ref[:, None], lse[:, None], gamma,
-                           None if low is None else low[:, None])
+                           None if low is None else low[:, None], one_exp="u")
     if s is None:
         return fg.sum(1), a.sum(1)
     zero = torch.zeros((), dtype=fg.dtype)
@@ -167,7 +197,8 @@ def _grad_terms_value(x, ref, lse, g, cp, cs, s, cps, cpx, low, live, gamma,
         cs_s, s_row = cs[:, None] * s[None, :], s[None, :]
     else:  # uniform shares: cs·s_u per row (a tensor: a float argument would recompile per value)
         cs_s, s_row = (None if cs is None else cs[:, None]), 0.0
-    out = grad_elems(xf - ref[:, None], lse[:, None], cp[:, None], cs_s, coefs, s_row) * g[:, None]
+    out = grad_elems(xf - ref[:, None], lse[:, None], cp[:, None], cs_s, coefs, s_row,
+                     one_exp="p") * g[:, None]
     if softcap is not None:
         out = out * (1 - t * t)
     out = torch.where(live[:, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
@@ -254,10 +285,13 @@ def grad(x, y, ref, a, bt, b, s, bu, softcap, out, live):
     return ok
 
 
-def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses):
-    """(ok, (m, sumexp, x_y, dsx_unscaled, sex, ses)) — :func:`stats` with the terms' partials."""
+def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses, gamma=None,
+                flsd_rows=False):
+    """(ok, (m, sumexp, x_y, dsx_unscaled, sex, ses[, Fs, As, low])) — :func:`stats` with the
+    terms' partials; with ``gamma`` also the focal sums over the shares (unscaled when ``s`` is None),
+    FLSD-53's per-row γ from the row's own p_y when ``flsd_rows``. γ is a compile-time constant."""
     return _run("stats_terms", _stats_terms, x, y, s, share_on, mask, softcap, want_sx, want_sex,
-                want_ses)
+                want_ses, gamma, flsd_rows)
 
 
 def focal(x, ref, lse, s, share_on, low, gamma, softcap):

@@ -290,8 +290,17 @@ def _gamma_value(gamma: float | str, low: Tensor | None) -> Tensor | float:
     return float(gamma)
 
 
+def _int_gamma(gamma: float | str) -> bool:
+    """Whether γ is raised by multiplication (integer γ ≥ 1, or FLSD-53's 3 and 5)."""
+    if gamma == FLSD:
+        return True
+    g = float(gamma)
+    return g.is_integer() and 1 <= g <= FOCAL_INT_MAX
+
+
 def focal_elems(
-    z: Tensor, L: Tensor, gamma: float | str, low: Tensor | None = None
+    z: Tensor, L: Tensor, gamma: float | str, low: Tensor | None = None, *,
+    one_exp: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     r"""Elementwise focal quantities ``(p, fg, a)`` of logits ``z`` relative to the row reference.
 
@@ -299,21 +308,45 @@ def focal_elems(
 
         l = z - L = \log p, \quad u = -\mathrm{expm1}(l) = 1 - p, \quad
         fg = u^\gamma\,(-l), \quad
-        a = \frac{d(fg)}{d\log p} = u^\gamma\Big(\gamma\,p\,\frac{l}{u} - 1\Big)
+        a = \frac{d(fg)}{d\log p} = \gamma p \log p\,(1-p)^{\gamma-1} - (1-p)^\gamma
 
-    (:math:`a = \gamma p \log p\,(1-p)^{\gamma-1} - (1-p)^\gamma`, written with :math:`u^\gamma`
-    only: :math:`l/u \to -1` as :math:`p \to 1`, :math:`p\,l/u \to 0` as :math:`p \to 0`, so no
-    :math:`0\cdot\infty` appears; a −inf logit gives ``p = 0``, ``a = −1``, ``fg = inf``). ``L``,
-    ``low`` broadcast against ``z``.
+    For integer γ (and FLSD-53) :math:`a = u^{\gamma-1}(\gamma\,p\,l - u)`, all by
+    multiplication; for other γ :math:`a = u^\gamma(\gamma\,p\,l/u - 1)` (:math:`l/u \to -1` as
+    :math:`p \to 1`), so no :math:`0\cdot\infty` appears; a −inf logit gives ``p = 0``,
+    ``a = −u^γ = −1``, ``fg = inf``. ``L``, ``low`` broadcast against ``z``.
+
+    ``one_exp`` trades one of the two exponentials for a subtraction where the lost relative
+    precision cannot show: ``"u"`` takes :math:`p = 1 - u` (the focal stage's row sums, where
+    :math:`p\,l` is a small correction beside the row's other terms), ``"p"`` takes
+    :math:`u = 1 - p` for integer γ only (the gradient pass: its absolute error, 2⁻²⁴, moves
+    :math:`a` by at most γ·2⁻²⁴ where :math:`cp\,p_j` keeps its relative precision; the target
+    column and the per-row target terms always use expm1). None: both exact.
 
     Examples:
         >>> p, fg, a = focal_elems(torch.tensor([0.0, 0.0]), torch.tensor(0.6931471805599453), 2.0)
-        >>> fg, a  # p = ½: ¼·log 2 and ¼(2·½·(−log 2)/½ − 1)
+        >>> fg, a  # p = ½: ¼·log 2 and ½(2·½·(−log 2) − ½)
         (tensor([0.1733, 0.1733]), tensor([-0.5966, -0.5966]))
     """
     lp = z - L
-    p = torch.exp(lp)
-    u = -torch.expm1(lp)
+    integer = _int_gamma(gamma)
+    if one_exp == "u":
+        u = -torch.expm1(lp)
+        p = 1.0 - u
+    elif one_exp == "p" and integer:
+        p = torch.exp(lp)
+        u = 1.0 - p
+    else:
+        p = torch.exp(lp)
+        u = -torch.expm1(lp)
+    pl = torch.where(p > 0, p * lp, 0.0)  # p log p → 0 (a −inf logit: 0, not 0·(−inf))
+    if integer:
+        if gamma == FLSD:
+            u2 = u * u
+            um1 = torch.where(low, u2 * u2, u2)
+        else:
+            um1 = focal_pow(u, float(gamma) - 1.0) if float(gamma) > 1 else torch.ones_like(u)
+        a = um1 * (_gamma_value(gamma, low) * pl - u)
+        return p, um1 * u * (-lp), a
     ug = focal_pow(u, gamma, low)
     ratio = torch.where(u > 0, lp / torch.where(u > 0, u, 1.0), -1.0)
     pt = torch.where(p > 0, p * ratio, 0.0)
@@ -464,7 +497,7 @@ def _times(c: Tensor, v: Tensor) -> Tensor:
 
 def grad_elems(
     z: Tensor, L: Tensor, cp: Tensor, cs_s: Tensor | float | None, coefs: TermCoefs,
-    s: Tensor | float | None = None,
+    s: Tensor | float | None = None, *, one_exp: str | None = None,
 ) -> Tensor:
     r"""The generalised stage-two value of the non-target columns, elementwise (one home).
 
@@ -478,9 +511,10 @@ def grad_elems(
     ``s`` = the shares :math:`s_j` (a (1, B) row or the uniform float) where ``cps`` is set.
     The target column is the caller's (:func:`target_grad`), as is the upstream gradient, the
     soft-cap's chain rule and the selection of rows without coefficients. A −inf logit gives 0.
+    ``one_exp="p"`` (the compiled pass): see :func:`focal_elems`.
     """
     if coefs.gamma is not None:
-        p, _, a = focal_elems(z, L, coefs.gamma, coefs.low)
+        p, _, a = focal_elems(z, L, coefs.gamma, coefs.low, one_exp=one_exp)
     else:
         p = torch.exp(z - L)
     k = cp if coefs.cps is None else cp + coefs.cps * s

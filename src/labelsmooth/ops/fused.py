@@ -66,6 +66,7 @@ from labelsmooth.ops._fused_chunks import (  # noqa: F401  (re-exported primitiv
     focal_partials,
     grad_rows,
     row_partials,
+    row_partials_focal,
 )
 from labelsmooth.ops._math import apply_softcap, grad_coef, row_loss, row_ref
 from labelsmooth.ops._terms import (
@@ -659,16 +660,18 @@ def _index_terms_fwd(
     """(loss, ref, lse_rel, coefficient stack (6, R)) — the block contract over whole rows."""
     terms = _terms_of(beta, eps1, gamma, flsd)
     acc = acc_dtype(x.dtype)
-    m, sumexp, x_y, dsx, sex, ses = row_partials(x, y, s, s_uniform, softcap, terms=terms)
-    ref, lse_rel = row_ref(m), sumexp.log().to(acc)
     smoothing = s is not None or s_uniform != 0.0
+    focal = low = None
+    if terms.focal and smoothing:  # statistics and focal sums together (one compiled kernel)
+        parts, focal, low = row_partials_focal(x, y, s, s_uniform, softcap, terms)
+    else:
+        parts = row_partials(x, y, s, s_uniform, softcap, terms=terms)
+    m, sumexp, x_y, dsx, sex, ses = parts
+    ref, lse_rel = row_ref(m), sumexp.log().to(acc)
     big_s = _shares_sum(s, s_uniform, x.shape[1], acc)
     csn = cs if smoothing else None
-    low = flsd_rows(terms, ref, lse_rel, x_y)
-    focal = None
-    if terms.focal and smoothing:
-        focal = focal_partials(x, lse_rel, terms.focal_gamma, s, s_uniform, softcap, ref=ref,
-                               low=low)
+    if focal is None:
+        low = flsd_rows(terms, ref, lse_rel, x_y)
     wv = w.to(acc) if w is not None else torch.zeros_like(lse_rel)
     kw = dict(w=wv, sex=sex, ses=ses, sumexp=sumexp, focal=focal, low=low)
     loss = row_terms_loss(ref, lse_rel, x_y, dsx if smoothing else None, big_s, ct, csn, cz,
