@@ -243,6 +243,21 @@ def test_compare_methods_has_the_test_bootstrap_and_its_wall_time(tmp_path):
     assert "Paired test-set bootstrap" not in off.text
 
 
+def test_compare_methods_names_a_damaged_run_and_trains_it_again(tmp_path, capsys):
+    kw = dict(grids={"poly": [1.0]}, seeds=1, epochs=2, n_bootstrap=0, progress=False)
+    first = compare_methods(_data(), ["poly"], out=tmp_path, **kw)
+    path = tmp_path / "runs" / "poly1_seed0.json"
+    rec = json.loads(path.read_text())
+    del rec["test"]  # a record cut short: its metrics are missing
+    path.write_text(json.dumps(rec))
+    capsys.readouterr()
+    again = compare_methods(_data(), ["poly"], out=tmp_path, **kw)
+    err = capsys.readouterr().err
+    assert "poly1_seed0.json is damaged" in err and "training run poly1_seed0 again" in err
+    assert again.reused == 1 and len(again.rows) == 2
+    assert [r["test_nll"] for r in again.rows] == [r["test_nll"] for r in first.rows]
+
+
 def test_compare_methods_rejects_bad_arguments():
     with pytest.raises(ValueError, match="unknown method"):
         compare_methods(_data(), ["nope"], seeds=1, epochs=1)

@@ -346,6 +346,15 @@ def compare(rows: Sequence[dict[str, Any]], alpha: float = 0.05) -> dict[str, An
     }
 
 
+def _method_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The flat row of ``methods.csv`` for one run record: its method, strength and the sweep's
+    row (:func:`~labelsmooth.experiments.sweep.flatten_run`)."""
+    from labelsmooth.experiments.sweep import flatten_run
+
+    return {"method": record["method"]["method"], "strength": record["method"]["strength"],
+            **flatten_run(record)}
+
+
 def _run_group(record: Mapping[str, Any]) -> tuple[str, str]:
     return (record["method"]["method"], str(record["method"]["strength"]))
 
@@ -579,6 +588,7 @@ def compare_methods(
     from labelsmooth.experiments.rundir import (
         DamagedRunError,
         DirectoryLock,
+        check_record,
         prepare_out_dir,
         read_arrays,
         read_record,
@@ -589,7 +599,6 @@ def compare_methods(
         _data_fingerprint,
         _resolve_model_fn,
         _seed_list,
-        flatten_run,
     )
     from labelsmooth.experiments.train import TrainSettings, recipe_for
     from labelsmooth.schedules import NAMES
@@ -649,14 +658,18 @@ def compare_methods(
                 if path and os.path.exists(path):
                     try:
                         rec = read_record(path)
+                        # another configuration's run is an error, not damage: never overwrite
+                        if rec.get("fingerprint") != fingerprint:
+                            raise ValueError(
+                                f"{out_dir} holds run {key} of another configuration; choose "
+                                "another output directory or delete its runs/ folder")
+                        check_record(path, rec, _method_row)
                         arr = read_arrays(path[:-5] + ".npz")
-                    except DamagedRunError:
+                    except DamagedRunError as e:  # named, and trained again (as the sweep does)
+                        print(f"note: {e.path} is damaged ({e.reason}); training run {key} again",
+                              file=sys.stderr)
                         todo.append(RunTask(key, spec, seed))
                         continue
-                    if rec.get("fingerprint") != fingerprint:
-                        raise ValueError(
-                            f"{out_dir} holds run {key} of another configuration; choose "
-                            "another output directory or delete its runs/ folder")
                     records[key] = rec
                     arrays[key] = arr
                 else:
@@ -699,11 +712,7 @@ def compare_methods(
         finally:
             display.close()
             torch.set_num_threads(old_threads)
-            rows = []
-            for rec in records.values():
-                row = {"method": rec["method"]["method"], "strength": rec["method"]["strength"],
-                       **flatten_run(rec)}
-                rows.append(row)
+            rows = [_method_row(rec) for rec in records.values()]
             order = {s.key: i for i, s in enumerate(specs)}
             rows.sort(key=lambda r: (order.get(Method(r["method"], r["strength"]).key, 0), r["seed"]))
             comp = compare(rows) if any(r["method"] == "baseline" for r in rows) else None
