@@ -39,7 +39,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 F32 = "*fp32"
 # the optional terms' arguments, unused (constexpr flags off) in the plain variants
-PROB_TERM_PTRS = dict(qx_ptr=F32, sex_ptr=F32, qe_ptr=F32, te_ptr=F32)
+PROB_TERM_PTRS = dict(qx_ptr=F32, sex_ptr=F32, qe_ptr=F32, te_ptr=F32, dn_ptr=F32)
 NO_PROB_TERMS = dict(TERMS=False, SEX=False, QE=False, TE=False)
 PROB_BWD_TERMS = dict(cp_ptr=F32, cpq_ptr=F32, cpx_ptr=F32, low_ptr="*i8", gamma="fp32",
                       eps1="fp32")

@@ -1314,3 +1314,29 @@ def test_gpu_terms_large_vocab(dtype, tname):
     err = (ours[1].double() - truth[1]).abs()
     bound = RTOL[dtype] * truth[1].abs() + 1e-6 * truth[1].abs().max()
     assert bool((err <= bound).all()), float((err - bound).max())
+
+
+def test_terms_confident_rows_keep_their_digits_with_probability_targets():
+    """The same confident rows as one-hot probability targets: all the mass is in the row's own
+    shares, so Poly-1's Q − Σ q p (≈ 1.4e-8) needs the ties counted apart and the row formulas
+    in float64 (float32 gave 0, half the loss). The gradient's p_j − q_j at the confident column
+    is, as in torch and the plain probability kernel, float32's difference of two numbers near 1
+    (an absolute error up to its step there, 6e-8)."""
+    x = torch.zeros(3, 8, device=DEV)
+    x[:, 2] = 20.0
+    x[1] += 1e4
+    t = torch.zeros(3, 8, device=DEV)
+    t[:, 2] = 1.0
+    rs = torch.ones(3, device=DEV)
+    for kw in (dict(focal_gamma=1.0), dict(poly=1.0), dict(focal_gamma="flsd-53", poly=2.0),
+               dict(confidence_penalty=1.0)):
+        terms = _terms.check_terms(**kw)
+        res = []
+        for mod, dt in ((reference, torch.float64), (triton_ce, torch.float32)):
+            xl = x.to(dt).clone().requires_grad_()
+            loss, _ = mod.prob_rows(xl, t.to(dt), None, 1.0, None, 0.0, rs.to(dt), None, None,
+                                    terms=terms)
+            loss.sum().backward()
+            res.append((loss.detach().double(), xl.grad.double()))
+        torch.testing.assert_close(res[1][0], res[0][0], rtol=1e-5, atol=0)
+        torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-4, atol=2.0 ** -24)

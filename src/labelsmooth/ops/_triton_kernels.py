@@ -94,6 +94,24 @@ def _online_max_step(m, xb):
 
 
 @triton.jit
+def _sum_exp_step(d_vec, n_vec, m, m_new, alpha, xb, e, TIES: tl.constexpr):
+    # The per-lane Σ e^{x − max} after a chunk: d·alpha + e. With TIES the terms at the running
+    # max (e^0 = 1) are counted apart in n (the caller adds n + d in float64, so a confident
+    # row's sum 1 + δ keeps its δ, which float32 rounds to a multiple of 1.2e-7 or loses); the
+    # old ties become ordinary terms when the max grows (alpha = 1 otherwise).
+    if TIES:
+        grew = m_new != m
+        d_vec = d_vec * alpha + tl.where(grew, n_vec * alpha, 0.0)
+        n_vec = tl.where(grew, 0.0, n_vec)
+        tie = (xb == m_new) & (xb != float("-inf"))
+        n_vec += tl.where(tie, 1.0, 0.0)
+        d_vec += tl.where(tie, 0.0, e)
+    else:
+        d_vec = d_vec * alpha + e
+    return d_vec, n_vec
+
+
+@triton.jit
 def _sex_step(sex_vec, d_vec, m, shift, alpha, xb, e):
     # Per-lane Σ e^{x − shift}·(x − shift) (the confidence penalty's statistic), moved from the
     # old shift s0 to the new one: alpha·(sex + (s0 − shift)·d) (d the per-lane Σexp before this
@@ -171,9 +189,8 @@ def _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap,
                SES: tl.constexpr, TIES: tl.constexpr, BLOCK: tl.constexpr):
     # One read of a row: (m, d, n, Σ s_c (m − x'_c), sex, ses), m the row max (the sums taken
     # relative to 0 while the row is all −inf); Σ e^{x' − m} = d + n. With TIES the terms at the
-    # max (e^0 = 1) are counted apart in n, so that the caller adds them to d in float64 and a
-    # confident row's sum 1 + δ keeps its δ (float32 would round it to a multiple of 1.2e-7, or
-    # lose it: the optional terms need 1 − p_y); without, n = 0 and d holds everything. With SEX
+    # max are counted apart in n (_sum_exp_step: the optional terms need a confident row's
+    # 1 − p_y); without, n = 0 and d holds everything. With SEX
     # also sex = Σ e^{x' − m}(x' − m) and with SES (share vector only) ses = Σ s_c e^{x' − m},
     # else 0. The statistics of _index_fwd and _block_partials.
     m = float("-inf")
@@ -190,16 +207,7 @@ def _row_stats(x_row, stride_xc, K, s_ptr, s_uniform, softcap,
         m_new, shift, alpha, e = _online_max_step(m, xb)
         if SEX:
             sex_vec = _sex_step(sex_vec, d_vec + n_vec, m, shift, alpha, xb, e)
-        if TIES:
-            # the old ties become ordinary terms when the max grows (alpha = 1 otherwise)
-            grew = m_new != m
-            d_vec = d_vec * alpha + tl.where(grew, n_vec * alpha, 0.0)
-            n_vec = tl.where(grew, 0.0, n_vec)
-            tie = (xb == m_new) & (xb != float("-inf"))
-            n_vec += tl.where(tie, 1.0, 0.0)
-            d_vec += tl.where(tie, 0.0, e)
-        else:
-            d_vec = d_vec * alpha + e
+        d_vec, n_vec = _sum_exp_step(d_vec, n_vec, m, m_new, alpha, xb, e, TIES)
         if SMOOTH != 0:
             sv = _shares(s_ptr, cols, mask, s_uniform, SMOOTH)
             acc, s_lane = _share_dist_step(acc, s_lane, m, m_new, xb, sv)
@@ -378,20 +386,22 @@ def _prob_fwd(
     t_ptr, stride_tr, stride_tc,
     w_ptr, b_ptr, rs_ptr, cz_ptr,
     loss_ptr, lse_ptr, qsum_ptr, m_ptr, logd_ptr,
-    qx_ptr, sex_ptr, qe_ptr, te_ptr,
+    qx_ptr, sex_ptr, qe_ptr, te_ptr, dn_ptr,
     K, a, b_uniform, softcap,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_Z: tl.constexpr, SOFTCAP: tl.constexpr,
     TERMS: tl.constexpr, SEX: tl.constexpr, QE: tl.constexpr, TE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     # With TERMS (the optional terms, whose row formulas run outside: ops._terms) also the row's
-    # Σ q_c (m − x'_c), and with SEX / QE / TE: Σ e (x' − m) (penalty), Σ q e (Poly-1), Σ t e
-    # (FLSD-53's p_y = Σ t p), all relative to the row max m, in the same read.
+    # Σ q_c (m − x'_c) and Σ e^{x' − m} as (d, n), the ties with the max apart (_sum_exp_step),
+    # and with SEX / QE / TE: Σ e (x' − m) (penalty), Σ q e (Poly-1), Σ t e (FLSD-53's
+    # p_y = Σ t p), all relative to the row max m, in the same read.
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xr
     t_row = t_ptr + row * stride_tr
     m = float("-inf")
     d_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ e^{x - m}, reduced once at the end
+    n_vec = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane ties with the max (TERMS)
     acc_q = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ q_c of the columns seen so far
     acc_qx = tl.zeros([BLOCK], dtype=tl.float32)  # per-lane Σ q_c (m - x_c)
     sex_vec = tl.zeros([BLOCK], dtype=tl.float32)
@@ -403,8 +413,8 @@ def _prob_fwd(
         xb = _load_stats_chunk(x_row, stride_xc, cols, mask, softcap, SOFTCAP)
         m_new, shift, alpha, e = _online_max_step(m, xb)
         if SEX:
-            sex_vec = _sex_step(sex_vec, d_vec, m, shift, alpha, xb, e)
-        d_vec = d_vec * alpha + e
+            sex_vec = _sex_step(sex_vec, d_vec + n_vec, m, shift, alpha, xb, e)
+        d_vec, n_vec = _sum_exp_step(d_vec, n_vec, m, m_new, alpha, xb, e, TERMS)
         q, _, tb = _prob_q(t_row, stride_tc, w_ptr, b_ptr, cols, mask, a, b_uniform, HAS_W,
                            HAS_B)
         q = tl.where(mask, q, 0.0)
@@ -415,7 +425,13 @@ def _prob_fwd(
         if TE:
             te_vec = te_vec * alpha + tl.where(mask, tb, 0.0) * e
         m = m_new
-    logd = tl.log(tl.sum(d_vec, 0))
+    d = tl.sum(d_vec, 0)
+    if TERMS:
+        n = tl.sum(n_vec, 0)
+        tl.store(dn_ptr + row, d)
+        tl.store(dn_ptr + row + tl.num_programs(0), n)
+        d = d + n
+    logd = tl.log(d)
     lse = m + logd
     qsum = tl.sum(acc_q, 0)
     qx = tl.sum(acc_qx, 0)

@@ -79,7 +79,10 @@ __all__ = ["focal_partials", "grad_rows", "index_rows", "is_available", "prob_ro
 # spill); registers allow 64 resident warps per SM for the index backward and the
 # unsmoothed index forward, 32 for the smoothed index forward and the plain probability forward,
 # and 16 (one CTA) for the probability forward with weights, prior, z-loss and softcap
-# (72-75 registers). Untuned: no GPU was available. A GPU session can sweep both without editing
+# (72-75 registers). The optional terms' variants (every flag on) need up to 105 registers (the
+# probability forward with the penalty's and Poly-1's sums and the ties counted apart; 99 for the
+# block statistics): 16 resident warps, no spills; their focal and gradient passes 40-64
+# (32-48 warps). Untuned: no GPU was available. A GPU session can sweep both without editing
 # code through LABELSMOOTH_TRITON_MAX_BLOCK and LABELSMOOTH_TRITON_ELEMS_PER_THREAD (read once,
 # at import). Tests lower MAX_BLOCK to exercise the loop and the masked tail on small rows.
 MAX_BLOCK = int(os.environ.get("LABELSMOOTH_TRITON_MAX_BLOCK", "4096"))
@@ -487,7 +490,8 @@ def index_rows(
 
 def _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap, terms: Terms = NO_TERMS):
     """(loss, lse, stats, extras): the statistics pass. ``stats`` (3, R) = (m, log Σ e^{x−m}, Q);
-    with active ``terms`` ``extras`` = (Σ q (m − x'), sex, Σ q e, Σ t e) ((0,) where unneeded)."""
+    with active ``terms`` ``extras`` = (Σ q (m − x'), sex, Σ q e, Σ t e, (d, n)) ((0,) where
+    unneeded; Σ e^{x−m} = d + n with the ties with the max counted apart in n)."""
     r, k = x.shape
     f32 = dict(dtype=torch.float32, device=x.device)
     loss, lse = torch.empty(r, **f32), torch.empty(r, **f32)
@@ -496,8 +500,9 @@ def _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap, terms: Terms = N
     # no allocation at all without terms (the kernel's pointers are then unused placeholders)
     extras = tuple(torch.empty(r if want else 0, **f32) for want in wants) if wants[0] else \
         (None,) * 4
+    dn = torch.empty(2, r, **f32) if wants[0] else None  # Σexp = d + n, the ties apart
     if r == 0:
-        return loss, lse, stats, extras
+        return loss, lse, stats, extras + (dn,)
     block, warps = _launch_cfg(k)
     rs = rs.contiguous()
     with _on_device(x):
@@ -508,12 +513,13 @@ def _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap, terms: Terms = N
             rs, cz.contiguous() if cz is not None else rs,
             loss, lse, stats[2], stats[0], stats[1],
             *(e if want else loss for e, want in zip(extras, wants)),
+            dn if dn is not None else loss,
             k, float(a), float(b_uniform), float(softcap) if softcap is not None else 1.0,
             HAS_W=w is not None, HAS_B=b is not None, HAS_Z=cz is not None,
             SOFTCAP=softcap is not None, TERMS=wants[0], SEX=wants[1], QE=wants[2], TE=wants[3],
             BLOCK=block, num_warps=warps,
         )
-    return loss, lse, stats, extras
+    return loss, lse, stats, extras + (dn,)
 
 
 @torch.library.custom_op("labelsmooth::triton_prob_fwd", mutates_args=())
@@ -623,33 +629,43 @@ def _prob_terms_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, terms):
     """(loss, lse, saved): the terms on the mass rs·q, by the index formulas of :mod:`._terms`
     with no target term (ct = 0), shares q (a per-row vector, so cps is q's coefficient),
     S = Q and cs = the penalty's row scale = rs. ``saved`` (6, R) = ``ref, L, cp, cpq, cpx, low``;
-    rows without a coefficient get loss 0 and every coefficient 0 by selection."""
-    _, _, stats, (qx, sex, qe, te) = _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz, softcap,
-                                                       terms)
+    rows without a coefficient get loss 0 and every coefficient 0 by selection.
+
+    The row formulas run in float64 on (R,) vectors: with all the mass in the shares, Poly-1's
+    :math:`Q - \sum_c q_c p_c` of a confident row (1 − p_y ≈ 1e-8) cancels in float32."""
+    _, _, stats, (qx, sex, qe, te, dn) = _prob_fwd_launch(x, t, w, a, b, b_uniform, rs, cz,
+                                                           softcap, terms)
+    d64 = torch.float64
     ref = row_ref(stats[0])
-    L, big_q = stats[1], stats[2]
-    se = torch.exp(L.double())
-    zero = torch.zeros_like(ref)
-    low = _terms.flsd_low(te / se.to(te.dtype)) if terms.focal_gamma == FLSD else None
+    se = dn[1].to(d64) + dn[0].to(d64)  # the ties apart: a confident row keeps 1 − p_y
+    L = torch.log(se)
+    low = _terms.flsd_low(te.to(d64) / se) if terms.focal_gamma == FLSD else None
     focal = None
     if terms.focal:
-        focal = _prob_focal_launch(x, t, w, a, b, b_uniform, softcap, ref, L, terms.focal_gamma,
-                                   low)
-    kw = dict(w=rs, sex=sex if terms.wants_sex else None, ses=qe if terms.wants_ses else None,
-              sumexp=se, focal=focal, low=low)
-    loss = _terms.row_terms_loss(ref, L, zero, qx, big_q, zero, rs, cz, terms, **kw)
-    cp, co = _terms.term_coefs(ref, L, zero, big_q, zero, rs, cz, terms, shares_vector=True,
-                               **kw)
+        fs, a_s = _prob_focal_launch(x, t, w, a, b, b_uniform, softcap, ref, L, terms.focal_gamma,
+                                     low)
+        focal = (fs.to(d64), a_s.to(d64))
+    ref64, zero64, rs64 = ref.to(d64), torch.zeros_like(se), rs.to(d64)
+    cz64 = cz.to(d64) if cz is not None else None
+    kw = dict(w=rs64, sex=sex.to(d64) if terms.wants_sex else None,
+              ses=qe.to(d64) if terms.wants_ses else None, sumexp=se, focal=focal, low=low)
+    big_q = stats[2].to(d64)
+    loss = _terms.row_terms_loss(ref64, L, zero64, qx.to(d64), big_q, zero64, rs64, cz64, terms,
+                                 **kw)
+    cp, co = _terms.term_coefs(ref64, L, zero64, big_q, zero64, rs64, cz64, terms,
+                               shares_vector=True, **kw)
     live = rs != 0
     if cz is not None:
         live = live | (cz != 0)
+    zero = torch.zeros_like(ref)
 
     def keep(v):
         return zero if v is None else torch.where(live, v.to(torch.float32), zero)
 
-    saved = torch.stack([ref, L, keep(cp), keep(co.cps), keep(co.cpx),
+    L32 = L.to(torch.float32)
+    saved = torch.stack([ref, L32, keep(cp), keep(co.cps), keep(co.cpx),
                          zero if low is None else low.to(torch.float32)])
-    return keep(loss), ref + L, saved
+    return keep(loss), ref + L32, saved
 
 
 def _prob_focal_launch(x, t, w, a, b, b_uniform, softcap, ref, L, gamma, low):
