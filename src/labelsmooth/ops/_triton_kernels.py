@@ -130,35 +130,43 @@ def _expm1(v):
 
 @triton.jit
 def _focal_pow(u, gamma, low, POW: tl.constexpr):
-    # u^γ for u = 1 − p ∈ [0, 1] (ops._terms.focal_pow): POW = n ≥ 1 an integer γ by
-    # multiplication; POW = −1 FLSD-53 (u^5 where `low`, else u^3); POW = 0 any γ > 0 (0 at u ≤ 0).
-    if POW == -1:
-        u3 = u * u * u
-        ug = tl.where(low, u3 * u * u, u3)
-    elif POW == 0:
-        ug = tl.where(u > 0.0, tl.exp(gamma * tl.log(tl.where(u > 0.0, u, 1.0))), 0.0)
-    else:
-        ug = u
-        for _ in tl.static_range(POW - 1):
-            ug = ug * u
-    return ug
+    # u^γ for u = 1 − p ∈ [0, 1] (ops._terms.focal_pow), POW = 0: any γ > 0 by exp/log (0 at
+    # u ≤ 0); the integer γ (POW = n ≥ 1) and FLSD-53 (POW = −1) go through _focal_elems' u^(γ−1).
+    return tl.where(u > 0.0, tl.exp(gamma * tl.log(tl.where(u > 0.0, u, 1.0))), 0.0)
 
 
 @triton.jit
 def _focal_elems(lp, gamma, low, POW: tl.constexpr):
     # (p, fg, a) of log-probabilities lp, as ops._terms.focal_elems: u = −expm1(lp) = 1 − p,
-    # fg = u^γ·(−lp), a = d(fg)/d log p = u^γ·(γ·p·lp/u − 1) (lp/u → −1 as p → 1, p·lp/u → 0 as
-    # p → 0; a −inf logit gives p = 0, a = −1, fg = inf).
+    # fg = u^γ·(−lp), a = d(fg)/d log p = γ p log p (1 − p)^(γ−1) − (1 − p)^γ. Integer γ
+    # (POW = n ≥ 1) and FLSD-53 (POW = −1: γ = 5 where `low`, else 3) by multiplication,
+    # a = u^(γ−1)·(γ·p·lp − u), no division; other γ (POW = 0) a = u^γ·(γ·p·lp/u − 1)
+    # (lp/u → −1 as p → 1). p·lp → 0 as p → 0: a −inf logit gives p = 0, a = −1, fg = inf.
     p = tl.exp(lp)
     u = -_expm1(lp)
-    ug = _focal_pow(u, gamma, low, POW)
-    ratio = tl.where(u > 0.0, lp / tl.where(u > 0.0, u, 1.0), -1.0)
-    pt = tl.where(p > 0.0, p * ratio, 0.0)
-    if POW == -1:
-        gv = tl.where(low, 5.0, 3.0)
+    pl = tl.where(p > 0.0, p * lp, 0.0)
+    if POW == 0:
+        ug = _focal_pow(u, gamma, low, POW)
+        ratio = tl.where(u > 0.0, lp / tl.where(u > 0.0, u, 1.0), -1.0)
+        pt = tl.where(p > 0.0, p * ratio, 0.0)
+        fg = ug * (-lp)
+        a = ug * (gamma * pt - 1.0)
     else:
-        gv = gamma
-    return p, ug * (-lp), ug * (gv * pt - 1.0)
+        if POW == -1:
+            u2 = u * u
+            um1 = tl.where(low, u2 * u2, u2)
+            gv = tl.where(low, 5.0, 3.0)
+        else:
+            if POW == 1:
+                um1 = 1.0
+            else:
+                um1 = u
+                for _ in tl.static_range(POW - 2):
+                    um1 = um1 * u
+            gv = gamma
+        fg = um1 * u * (-lp)
+        a = um1 * (gv * pl - u)
+    return p, fg, a
 
 
 @triton.jit
