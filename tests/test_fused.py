@@ -448,16 +448,40 @@ def test_opcheck_registrations():
     y = torch.randint(0, 7, (5,))
     ct, cs, cz = torch.rand(5), torch.rand(5), torch.rand(5)
     torch.library.opcheck(
-        torch.ops.labelsmooth.fused_index_fwd.default,
+        torch.ops.labelsmooth.fused_index_rows.default,
         (x, y, ct, cs, torch.rand(7), 0.0, cz, 2.0, False),
     )
     torch.library.opcheck(
-        torch.ops.labelsmooth.fused_index_fwd.default, (x, y, ct, cs, None, 0.1, None, None, False)
+        torch.ops.labelsmooth.fused_index_rows.default, (x, y, ct, cs, None, 0.1, None, None, False)
     )
     t = torch.rand(5, 7, requires_grad=True)
     torch.library.opcheck(
-        torch.ops.labelsmooth.fused_prob_fwd.default,
+        torch.ops.labelsmooth.fused_prob_rows.default,
         (x, t, torch.rand(7), 0.9, None, 0.01, torch.rand(5), cz, None, False),
+    )
+    # the terms' forward ops (flsd-53 and a fractional γ) and the destination-passing backwards
+    for gamma, flsd in ((None, True), (0.5, False)):
+        torch.library.opcheck(
+            torch.ops.labelsmooth.fused_index_terms_fwd.default,
+            (x, y, ct, cs, torch.rand(7), 0.0, cz, 2.0, torch.rand(5), 0.3, 0.5, gamma, flsd, False),
+        )
+        torch.library.opcheck(
+            torch.ops.labelsmooth.fused_prob_terms_fwd.default,
+            (x, t, None, 0.9, None, 0.01, torch.rand(5), None, None, 0.3, 0.5, gamma, flsd, False),
+        )
+    xd = x.detach()
+    loss, ref, lse = fused._index_fwd(xd, y, ct, cs, None, 0.1, None, None, False)
+    g = torch.rand(5)
+    torch.library.opcheck(
+        torch.ops.labelsmooth.fused_index_bwd_out.default,
+        (g, xd, y, ref, lse, ct, cs, None, 0.1, None, None, torch.empty_like(xd)),
+    )
+    _, ref, lse, big_q = fused._prob_fwd(xd, t.detach(), None, 0.9, None, 0.01, ct, cz, None,
+                                         False)
+    torch.library.opcheck(
+        torch.ops.labelsmooth.fused_prob_bwd_out.default,
+        (g, xd, t.detach(), ref, lse, big_q, None, 0.9, None, 0.01, ct, cz, None, True,
+         torch.empty_like(xd), torch.empty_like(xd)),
     )
 
 
@@ -660,17 +684,16 @@ def test_inductor_kernels_match_eager(monkeypatch):
     y[0] = 3
     eager = _loss_grad(ls.cross_entropy, x, y, g, impl="fused", inplace_backward=True, **kw)
     monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
-    if ind._STATE["broken"]:
+    if ind.STATE.broken:
         pytest.skip("compiled kernels unavailable in this process")
     compiled = _loss_grad(ls.cross_entropy, x, y, g, impl="fused", inplace_backward=True, **kw)
-    assert not ind._STATE["broken"]
+    assert not ind.STATE.broken
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
 def test_compiler_failure_falls_back_to_eager(monkeypatch):
     monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
-    monkeypatch.setattr(ind, "_STATE", {"broken": False})
-    monkeypatch.setattr(ind, "_CACHE", {})
+    monkeypatch.setattr(ind, "STATE", ind.KernelState())
 
     def no_compiler(*a, **k):
         raise RuntimeError("no C compiler")
@@ -682,7 +705,7 @@ def test_compiler_failure_falls_back_to_eager(monkeypatch):
         a = _loss_grad(ls.cross_entropy, x, y, torch.tensor(1.0), label_smoothing=0.1, impl="fused")
     b = _loss_grad(F.cross_entropy, x, y, torch.tensor(1.0), label_smoothing=0.1)
     torch.testing.assert_close(a, b)
-    assert ind._STATE["broken"]
+    assert ind.STATE.broken
 
 
 def test_kernel_setting_is_validated(monkeypatch):
@@ -691,8 +714,10 @@ def test_kernel_setting_is_validated(monkeypatch):
         ind.mode()
 
 
-def test_compile_fullgraph_linear_model():
-    """Linear → labelsmooth.cross_entropy under torch.compile(fullgraph=True), in place or not."""
+def test_compile_fullgraph_linear_model(monkeypatch):
+    """Linear → labelsmooth.cross_entropy under torch.compile(fullgraph=True), in place or not
+    (every fresh gradient counts as large: the eager huge-page buffer must not be traced)."""
+    monkeypatch.setattr(chunks, "HUGEPAGE_MIN_BYTES", 0)
     torch._dynamo.reset()
     lin = torch.nn.Linear(8, 13)
     h = torch.randn(10, 8)
@@ -811,8 +836,7 @@ def test_prob_backward_uses_the_saved_target_mass(monkeypatch):
 
 
 def test_compiled_kernel_failures_switch_off_only_for_compile_errors(monkeypatch):
-    monkeypatch.setattr(ind, "_STATE", {"broken": False})
-    monkeypatch.setattr(ind, "_WORKED", set())
+    monkeypatch.setattr(ind, "STATE", ind.KernelState())
 
     def boom(exc):
         def f(*args):
@@ -822,15 +846,15 @@ def test_compiled_kernel_failures_switch_off_only_for_compile_errors(monkeypatch
     monkeypatch.setattr(ind, "_compiled", lambda name, fn: boom(MemoryError("oom")))
     with pytest.raises(MemoryError):
         ind._run("k", None)
-    assert not ind._STATE["broken"]
-    ind._WORKED.add("k")  # a kernel that already ran: its errors are real errors
+    assert not ind.STATE.broken
+    ind.STATE.worked.add("k")  # a kernel that already ran: its errors are real errors
     monkeypatch.setattr(ind, "_compiled", lambda name, fn: boom(RuntimeError("bad input")))
     with pytest.raises(RuntimeError, match="bad input"):
         ind._run("k", None)
-    assert not ind._STATE["broken"]
+    assert not ind.STATE.broken
     with pytest.warns(RuntimeWarning, match="unavailable"):
         assert ind._run("fresh", None) == (False, None)  # a first-call failure: fall back
-    assert ind._STATE["broken"]
+    assert ind.STATE.broken
 
 
 def test_merge_max_sumexp_guards_infinite_and_empty_parts():
@@ -973,21 +997,29 @@ def _terms_loss_grad(x, y, g, **kw):
     return torch.cat([loss.detach().flatten(), gx.flatten()])
 
 
-@pytest.mark.parametrize("tname", ["all", "flsd"])
+@pytest.mark.parametrize("tname", ["all", "flsd",
+                                   pytest.param("prior-frac", marks=pytest.mark.slow)])
 def test_inductor_term_kernels_match_eager(monkeypatch, tname):
-    """The compiled stats/focal/gradient kernels with terms agree with the chunked path."""
+    """The compiled stats(+focal)/gradient kernels with terms agree with the chunked path (the
+    compiled ones take one exponential per element where it cannot show: see focal_elems)."""
     x = torch.randn(16, 50) * 3
     y = torch.randint(0, 50, (16,))
     y[0] = 3
     g = torch.randn(16)
+    if tname == "prior-frac":  # share vector with a zero share, fractional γ, every term
+        prior = torch.rand(50) + 0.1
+        prior[7] = 0.0
+        terms = dict(prior=prior / prior.sum(), confidence_penalty=0.3, poly=0.5, focal_gamma=0.5)
+    else:
+        terms = TERM_SETS[tname]
     kw = dict(weight=torch.rand(50) + 0.5, label_smoothing=0.2, z_loss=1e-2, ignore_index=3,
-              inplace_backward=True, **TERM_SETS[tname])
+              inplace_backward=True, **terms)
     eager = _terms_loss_grad(x, y, g, **kw)
     monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
-    if ind._STATE["broken"]:
+    if ind.STATE.broken:
         pytest.skip("compiled kernels unavailable in this process")
     compiled = _terms_loss_grad(x, y, g, **kw)
-    assert not ind._STATE["broken"]
+    assert not ind.STATE.broken
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
@@ -1040,8 +1072,10 @@ def test_terms_probability_targets_inplace_and_target_gradient(tname):
     torch.testing.assert_close(gt, gt_ref)
 
 
-def test_compile_fullgraph_with_terms():
-    """Linear → cross_entropy with every term under torch.compile(fullgraph=True)."""
+def test_compile_fullgraph_with_terms(monkeypatch):
+    """Linear → cross_entropy with every term under torch.compile(fullgraph=True); every fresh
+    gradient counts as large (the eager huge-page buffer must not be traced)."""
+    monkeypatch.setattr(chunks, "HUGEPAGE_MIN_BYTES", 0)
     torch._dynamo.reset()
     lin = torch.nn.Linear(8, 13)
     h = torch.randn(10, 8)

@@ -36,7 +36,7 @@ import warnings
 
 import torch
 
-from labelsmooth.ops._math import acc_dtype, apply_softcap, row_ref
+from labelsmooth.ops._math import acc_dtype, apply_softcap, index_grad_dense, row_ref
 from labelsmooth.ops._terms import TermCoefs, focal_elems, grad_elems
 
 #: Smallest logits (elements) for which the compiled kernels are used under "auto": 4 Mi elements.
@@ -45,10 +45,25 @@ MIN_NUMEL = 1 << 22
 #: Compiled variants allowed per kernel (dtypes × softcap × option flags), above dynamo's 8.
 _RECOMPILE_LIMIT = 64
 
-_STATE = {"broken": False}
-_CACHE: dict[str, object] = {}
-#: Kernels that compiled and ran at least once in this process.
-_WORKED: set[str] = set()
+class KernelState:
+    """The compiled kernels' process-wide state, in one place (tests replace it whole).
+
+    Attributes:
+        broken: set by the first compiler failure: the chunked eager path then takes over for the
+            rest of the process (see :func:`_run`).
+        compiled: kernel name → its ``torch.compile``-d function, built on first use.
+        worked: names of the kernels that compiled and ran at least once in this process: their
+            later errors are real errors (re-raised), not compiler failures.
+    """
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.compiled: dict[str, object] = {}
+        self.worked: set[str] = set()
+
+
+#: The one instance (module-level, as torch.compile's own caches are).
+STATE = KernelState()
 
 
 def mode() -> str:
@@ -64,7 +79,7 @@ def mode() -> str:
 
 def use_inductor(x: torch.Tensor) -> bool:
     """Whether the compiled kernels should process ``x`` (shape, device, setting, health)."""
-    if _STATE["broken"] or x.device.type != "cpu" or torch.compiler.is_compiling():
+    if STATE.broken or x.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     m = mode()
     if m == "eager":
@@ -99,22 +114,7 @@ def _stats(x, y, s, share_on, mask, softcap: float | None, want_sx: bool):
 
 
 def _grad_value(x, y, ref, a, bt, b, s, bu, live, softcap: float | None):
-    xf = x.to(acc_dtype(x.dtype))
-    if softcap is not None:
-        t = torch.tanh(xf / softcap)
-        xf = softcap * t
-    g = torch.exp(xf - ref[:, None]) * a[:, None]
-    if s is not None:
-        g = g - b[:, None] * s[None, :]
-    elif bu is not None:
-        g = g - bu[:, None]
-    col = torch.arange(x.shape[1], device=x.device)
-    g = torch.where(col[None, :] == y[:, None], g - bt[:, None], g)
-    if softcap is not None:
-        g = g * (1 - t * t)
-    # rows without coefficients are 0 by selection, whatever their logits (0·inf would be nan)
-    g = torch.where(live[:, None], g, torch.zeros((), dtype=g.dtype, device=g.device))
-    return g.to(x.dtype)
+    return index_grad_dense(x, y, ref, a, bt, b, s, bu, live, softcap)  # the one dense formula
 
 
 def _grad_into(x, y, ref, a, bt, b, s, bu, live, out, softcap: float | None):
@@ -218,11 +218,11 @@ def _grad_terms_inplace(x, ref, lse, g, cp, cs, s, cps, cpx, low, live, gamma,
 
 
 def _compiled(name: str, fn):
-    f = _CACHE.get(name)
+    f = STATE.compiled.get(name)
     if f is None:
-        _WORKED.discard(name)  # a new compiled function: its first call compiles
+        STATE.worked.discard(name)  # a new compiled function: its first call compiles
         f = torch.compile(fn, dynamic=True, fullgraph=True)
-        _CACHE[name] = f
+        STATE.compiled[name] = f
     return f
 
 
@@ -250,9 +250,9 @@ def _run(name: str, fn, *args):
     except (MemoryError, torch.OutOfMemoryError):
         raise
     except Exception as exc:  # a compiler / backend failure falls back to eager (see above)
-        if name in _WORKED and not _is_compile_error(exc):
+        if name in STATE.worked and not _is_compile_error(exc):
             raise
-        _STATE["broken"] = True
+        STATE.broken = True
         warnings.warn(
             f"labelsmooth: the compiled fused kernels are unavailable ({type(exc).__name__}: "
             f"{str(exc)[:200]}); using the chunked eager path.",
@@ -260,7 +260,7 @@ def _run(name: str, fn, *args):
             stacklevel=3,
         )
         return False, None
-    _WORKED.add(name)
+    STATE.worked.add(name)
     return True, out
 
 

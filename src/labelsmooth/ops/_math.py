@@ -17,7 +17,9 @@ One home for each so that the engines cannot drift apart:
   their union;
 * :func:`row_loss` — :math:`ct(\mathrm{lse}-x_y) + cs(S\,\mathrm{lse}-\sum_c s_c x_c) + cz\,\mathrm{lse}^2`,
   evaluated relative to the row max;
-* :func:`grad_coef` — the coefficient of :math:`p` in the gradient, :math:`ct + cs\,S + 2\,cz\,\mathrm{lse}`.
+* :func:`grad_coef` — the coefficient of :math:`p` in the gradient, :math:`ct + cs\,S + 2\,cz\,\mathrm{lse}`;
+* :func:`index_grad_dense` — the dense gradient of index-target rows (the compiled CPU kernel
+  and the differentiable double-backward both evaluate it).
 
 All are plain differentiable tensor expressions with no host-device sync.
 """
@@ -31,6 +33,7 @@ __all__ = [
     "acc_dtype",
     "apply_softcap",
     "grad_coef",
+    "index_grad_dense",
     "merge_max_sumexp",
     "merge_partials",
     "rebase_partials",
@@ -148,14 +151,18 @@ def rebase_partials(
     ``part`` is ``(m, sumexp, x_y, dsx)`` or, with the optional terms,
     ``(m, sumexp, x_y, dsx, sex, ses)`` (see :mod:`labelsmooth.ops`), all relative to
     :math:`r_1` = :func:`row_ref` of its max ``m``; ``s_part`` is the block's share sum. With
-    :math:`ho = e^{r_1 - r}`:
+    :math:`
+ho = e^{r_1 - r}`:
 
     .. math::
 
-        \mathrm{sumexp} 	o ho\,\mathrm{sumexp}, \quad
+        \mathrm{sumexp} 	o 
+ho\,\mathrm{sumexp}, \quad
         dsx 	o dsx + S_1 (r - r_1), \quad
-        sex 	o ho\,ig(sex + (r_1 - r)\,\mathrm{sumexp}ig), \quad
-        ses 	o ho\,ses
+        sex 	o 
+ho\,ig(sex + (r_1 - r)\,\mathrm{sumexp}ig), \quad
+        ses 	o 
+ho\,ses
 
     (``m`` and ``x_y`` are absolute and stay). A block with ``sumexp == 0`` (all −inf, or empty)
     keeps exactly 0 in every exponential statistic, so no ``0·inf`` appears. This is the one
@@ -285,3 +292,56 @@ def grad_coef(
         # select: an ignored row has cz = 0 and may have lse = ±inf (0·inf would be nan)
         coef = coef + torch.where(cz == 0, torch.zeros_like(lse), 2 * cz * lse)
     return coef
+
+
+def index_grad_dense(
+    x: Tensor,
+    y: Tensor,
+    ref: Tensor,
+    a: Tensor,
+    bt: Tensor,
+    b: Tensor | None,
+    s: Tensor | None,
+    bu: Tensor | None,
+    live: Tensor | None,
+    softcap: float | None,
+) -> Tensor:
+    r"""The gradient of index-target rows as one dense expression, in ``x``'s dtype.
+
+    .. math::
+
+        g_{n,j} = \big(a_n e^{x'_{n,j} - r_n} - b_n s_j - bu_n - bt_n [j = y_n]\big)\,
+                  \frac{\partial x'_{n,j}}{\partial x_{n,j}}
+
+    with the per-row factors already multiplied by the upstream gradient :math:`g_n`:
+    :math:`a = g\,cp\,e^{-L}` (``ref`` = :math:`r`, the row reference; :math:`L` the log of the
+    sum of exponentials relative to it), :math:`bt = g\,ct`, :math:`b = g\,cs` with a share
+    vector ``s`` (else None) or :math:`bu = g\,cs\,s_u` with uniform shares (else None). Rows
+    where ``live`` is False are exactly 0 by selection (None: every row). Differentiable: the
+    compiled CPU kernel (:mod:`labelsmooth.ops._fused_inductor`) and the double backward of the
+    fused and Triton engines evaluate this one formula.
+
+    Examples:
+        >>> x = torch.tensor([[0.0, 0.0]])
+        >>> one = torch.ones(1)  # p = (½, ½), target 0: (½ − 1, ½)
+        >>> index_grad_dense(x, torch.tensor([0]), torch.zeros(1), 0.5 * one, one, None, None,
+        ...                  None, None, None)
+        tensor([[-0.5000,  0.5000]])
+    """
+    xf = x.to(acc_dtype(x.dtype))
+    if softcap is not None:
+        t = torch.tanh(xf / softcap)
+        xf = softcap * t
+    g = torch.exp(xf - ref[:, None]) * a[:, None]
+    if s is not None:
+        g = g - b[:, None] * s[None, :]
+    elif bu is not None:
+        g = g - bu[:, None]
+    col = torch.arange(x.shape[1], device=x.device)
+    g = torch.where(col[None, :] == y[:, None], g - bt[:, None], g)
+    if softcap is not None:
+        g = g * (1 - t * t)
+    if live is not None:
+        # rows without coefficients are 0 by selection, whatever their logits (0·inf is nan)
+        g = torch.where(live[:, None], g, torch.zeros((), dtype=g.dtype, device=g.device))
+    return g.to(x.dtype)

@@ -21,9 +21,14 @@ elements when a C++ compiler works — see :mod:`._fused_inductor` for the rule 
 allocated in transparent huge pages where Linux allows it (``LABELSMOOTH_HUGEPAGES=0`` turns that
 off), because first-touch page faults otherwise dominate the time of a multi-GiB gradient.
 
-The ops are registered with :mod:`torch.library` (``labelsmooth::fused_index_fwd`` …) with fake
-implementations and autograd formulas, so ``torch.compile(fullgraph=True)`` traces a model calling
-the loss without graph breaks. Nothing here reads a tensor value on the host.
+The ops are registered with :mod:`torch.library` with fake implementations and autograd formulas,
+so ``torch.compile(fullgraph=True)`` traces a model calling the loss without graph breaks: per
+target kind one forward (``labelsmooth::fused_index_rows``, ``fused_prob_rows``; with the optional
+terms ``fused_index_terms_fwd``, ``fused_prob_terms_fwd``) and one destination-passing backward
+(``fused_index_bwd_out`` …, mutating ``out``: the logits themselves for the in-place backward, else
+a fresh buffer). The forward ops were renamed with that change: AOTAutograd's on-disk cache keys a
+graph by its forward, so a graph cached under the old forward name would replay the old backward
+ops. Nothing here reads a tensor value on the host.
 
 In-place safety. Overwriting the logits is safe for autograd because the write goes through a
 custom op that declares the mutation, which bumps the logits' version counter: any other autograd
@@ -68,7 +73,7 @@ from labelsmooth.ops._fused_chunks import (  # noqa: F401  (re-exported primitiv
     row_partials,
     row_partials_focal,
 )
-from labelsmooth.ops._math import apply_softcap, grad_coef, row_loss, row_ref
+from labelsmooth.ops._math import apply_softcap, grad_coef, index_grad_dense, row_loss, row_ref
 from labelsmooth.ops._terms import (
     FLSD,
     NO_TERMS,
@@ -104,7 +109,7 @@ def _shares_sum(s: Optional[Tensor], s_uniform: float, k: int, acc: torch.dtype)
     return s.to(acc).sum() if s is not None else s_uniform * k
 
 
-@torch.library.custom_op("labelsmooth::fused_index_fwd", mutates_args=())
+@torch.library.custom_op("labelsmooth::fused_index_rows", mutates_args=())
 def _index_fwd(
     x: Tensor,
     y: Tensor,
@@ -138,8 +143,8 @@ def _index_grad(grad, x, y, ref, lse_rel, ct, cs, s, s_uniform, cz, softcap, out
                      ref=ref)
 
 
-@torch.library.custom_op("labelsmooth::fused_index_bwd", mutates_args=())
-def _index_bwd(
+@torch.library.custom_op("labelsmooth::fused_index_bwd_out", mutates_args=("out",))
+def _index_bwd_out(
     grad: Tensor,
     x: Tensor,
     y: Tensor,
@@ -151,35 +156,27 @@ def _index_bwd(
     s_uniform: float,
     cz: Optional[Tensor],
     softcap: Optional[float],
-) -> Tensor:
-    return _index_grad(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap, None)
-
-
-@_index_bwd.register_fake
-def _(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap):
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("labelsmooth::fused_index_bwd_", mutates_args=("x",))
-def _index_bwd_inplace(
-    grad: Tensor,
-    x: Tensor,
-    y: Tensor,
-    ref: Tensor,
-    lse: Tensor,
-    ct: Tensor,
-    cs: Tensor,
-    s: Optional[Tensor],
-    s_uniform: float,
-    cz: Optional[Tensor],
-    softcap: Optional[float],
+    out: Tensor,
 ) -> None:
-    _index_grad(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap, x)
+    """Destination-passing backward: the gradient into ``out`` — a fresh buffer, or ``x`` itself
+    for the in-place backward (the declared mutation bumps its version counter)."""
+    _index_grad(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap, out)
 
 
-@_index_bwd_inplace.register_fake
-def _(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap):
+@_index_bwd_out.register_fake
+def _(grad, x, y, ref, lse, ct, cs, s, s_uniform, cz, softcap, out):
     return None
+
+
+def _grad_buffer(x: Tensor, inplace: bool) -> Tensor:
+    """Where a backward writes the logits' gradient: ``x`` itself in place, else fresh memory
+    (transparent huge pages for a large eager buffer, :func:`._fused_chunks.empty_grad`; a plain
+    empty tensor while torch.compile traces)."""
+    if inplace:
+        return x
+    if torch.compiler.is_compiling():
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return empty_grad(x.shape[0], x.shape[1], x.dtype, x.device)
 
 
 def _index_setup(ctx, inputs, output):
@@ -203,23 +200,20 @@ def _capped(x: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
 def _index_grad_differentiable(grad, x, y, ct, cs, s, s_uniform, cz, softcap):
     """The gradient as a differentiable expression of x, for double backward (create_graph=True).
 
-    Materialises (R, K) temporaries like the reference: higher-order derivatives are a rare,
-    small-scale use (gradient penalties, gradcheck), so only the first order is fused.
+    The dense formula :func:`~labelsmooth.ops._math.index_grad_dense` (the compiled kernel's),
+    with the lse and its coefficient recomputed differentiably. Materialises (R, K) temporaries
+    like the reference: higher-order derivatives are a rare, small-scale use (gradient
+    penalties, gradcheck), so only the first order is fused.
     """
-    xf, d = _capped(x, softcap)
+    xf, _ = _capped(x, softcap)
     ref = row_ref(xf.detach().amax(1))
-    z = xf - ref[:, None]
-    lse_rel = torch.logsumexp(z, 1)
+    lse_rel = torch.logsumexp(xf - ref[:, None], 1)
     coef = grad_coef(ref + lse_rel, _shares_sum(s, s_uniform, x.shape[1], xf.dtype), ct, cs, cz)
-    g = coef[:, None] * torch.exp(z - lse_rel[:, None])
-    if s is not None:
-        g = g - cs[:, None] * s.to(xf.dtype)[None, :]
-    elif s_uniform != 0.0:
-        g = g - (cs * s_uniform)[:, None]
-    g = g - torch.zeros_like(g).scatter(1, y[:, None], ct[:, None])
-    if d is not None:
-        g = g * d
-    return (grad.to(xf.dtype)[:, None] * g).to(x.dtype)
+    g = grad.to(xf.dtype)
+    sv = s.to(xf.dtype) if s is not None else None
+    bu = g * cs * s_uniform if s is None and s_uniform != 0.0 else None
+    return index_grad_dense(x, y, ref, g * coef * torch.exp(-lse_rel), g * ct,
+                            g * cs if sv is not None else None, sv, bu, None, softcap)
 
 
 def _index_backward(ctx, grad_loss, grad_ref, grad_lse):
@@ -228,17 +222,12 @@ def _index_backward(ctx, grad_loss, grad_ref, grad_lse):
         # create_graph=True: a differentiable (unfused, never in-place) gradient
         gx = _index_grad_differentiable(grad_loss, x, y, ct, cs, s, ctx.s_uniform, cz, ctx.softcap)
         return gx, None, None, None, None, None, None, None, None
-    if ctx.inplace:
-        torch.ops.labelsmooth.fused_index_bwd_(
-            grad_loss, x, y, ref, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap
-        )
-        if not torch.compiler.is_compiling():
-            _mark_consumed(x)
-        gx = x
-    else:
-        gx = torch.ops.labelsmooth.fused_index_bwd(
-            grad_loss, x, y, ref, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap
-        )
+    gx = _grad_buffer(x, ctx.inplace)
+    torch.ops.labelsmooth.fused_index_bwd_out(
+        grad_loss, x, y, ref, lse, ct, cs, s, ctx.s_uniform, cz, ctx.softcap, gx
+    )
+    if ctx.inplace and not torch.compiler.is_compiling():
+        _mark_consumed(x)
     return gx, None, None, None, None, None, None, None, None
 
 
@@ -331,7 +320,7 @@ def _prob_sums(x, t, w, a, b, b_uniform, softcap, ref):
     return big_q, qx
 
 
-@torch.library.custom_op("labelsmooth::fused_prob_fwd", mutates_args=())
+@torch.library.custom_op("labelsmooth::fused_prob_rows", mutates_args=())
 def _prob_fwd(
     x: Tensor,
     t: Tensor,
@@ -362,12 +351,12 @@ def _(x, t, w, a, b, b_uniform, rs, cz, softcap, inplace):
     return tuple(x.new_empty(x.shape[:1], dtype=acc) for _ in range(4))
 
 
-def _prob_grad(
-    grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t, out, want_dx=True
-):
-    """(dx, dt): dx = g (cp p − rs q) x'′, cp = rs Q + 2 cz lse; dt = g rs a w (lse − x').
+def _prob_grad(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, out, dt):
+    """Write dx = g (cp p − rs q) x'′ into ``out`` and dt = g rs a w (lse − x') into ``dt``
+    (either None to skip), cp = rs Q + 2 cz lse; return ``(out, dt)``.
 
-    ``lse`` is relative to ``ref`` (the row max): p = exp((x' − ref) − lse).
+    ``lse`` is relative to ``ref`` (the row max): p = exp((x' − ref) − lse). ``out`` may be ``x``:
+    each block's dt is computed from the block's logits before dx overwrites them.
     """
     rows, cols = x.shape
     acc = acc_dtype(x.dtype)
@@ -375,9 +364,6 @@ def _prob_grad(
     coef = grad_coef(ref + lse, 1.0, torch.zeros_like(lse), rs * big_q, cz)
     gp = (grad * coef)[:, None]
     gq = (grad * rs)[:, None]
-    if out is None and want_dx:
-        out = torch.empty((rows, cols), dtype=x.dtype, device=x.device)
-    dt = torch.empty(t.shape, dtype=t.dtype, device=t.device) if need_t else None
     wv = w.to(acc) if w is not None else None
     bv = b.to(acc) if b is not None else None
     br, bc = block_shape(rows, cols)
@@ -409,8 +395,8 @@ def _prob_grad(
     return out, dt
 
 
-@torch.library.custom_op("labelsmooth::fused_prob_bwd", mutates_args=())
-def _prob_bwd(
+@torch.library.custom_op("labelsmooth::fused_prob_bwd_out", mutates_args=("out", "dt"))
+def _prob_bwd_out(
     grad: Tensor,
     x: Tensor,
     t: Tensor,
@@ -424,51 +410,19 @@ def _prob_bwd(
     rs: Tensor,
     cz: Optional[Tensor],
     softcap: Optional[float],
-    need_t: bool,
-) -> tuple[Tensor, Tensor]:
-    dx, dt = _prob_grad(
-        grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t, None
-    )
-    return dx, (dt if dt is not None else t.new_empty(0))
+    want_dx: bool,
+    out: Tensor,
+    dt: Tensor,
+) -> None:
+    """Destination-passing backward: dx into ``out`` (fresh, or ``x`` itself for in place;
+    skipped unless ``want_dx``), dt into ``dt`` (skipped when empty), in one pass."""
+    _prob_grad(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap,
+               out if want_dx else None, dt if dt.numel() else None)
 
 
-@_prob_bwd.register_fake
-def _(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t):
-    dt = torch.empty_like(t, memory_format=torch.contiguous_format) if need_t else t.new_empty(0)
-    return torch.empty_like(x, memory_format=torch.contiguous_format), dt
-
-
-@torch.library.custom_op("labelsmooth::fused_prob_bwd_", mutates_args=("x",))
-def _prob_bwd_inplace(
-    grad: Tensor,
-    x: Tensor,
-    t: Tensor,
-    ref: Tensor,
-    lse: Tensor,
-    big_q: Tensor,
-    w: Optional[Tensor],
-    a: float,
-    b: Optional[Tensor],
-    b_uniform: float,
-    rs: Tensor,
-    cz: Optional[Tensor],
-    softcap: Optional[float],
-    need_t: bool,
-) -> Tensor:
-    # the target gradient needs the original logits: compute it first, then overwrite x
-    dt = None
-    if need_t:
-        _, dt = _prob_grad(
-            grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, True, None,
-            want_dx=False,
-        )
-    _prob_grad(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, False, x)
-    return dt if dt is not None else t.new_empty(0)
-
-
-@_prob_bwd_inplace.register_fake
-def _(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, need_t):
-    return torch.empty_like(t, memory_format=torch.contiguous_format) if need_t else t.new_empty(0)
+@_prob_bwd_out.register_fake
+def _(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap, want_dx, out, dt):
+    return None
 
 
 def _prob_setup(ctx, inputs, output):
@@ -505,45 +459,24 @@ def _prob_grad_differentiable(grad, x, t, w, a, b, b_uniform, rs, cz, softcap, n
 
 def _prob_backward(ctx, grad_loss, grad_ref, grad_lse, grad_q):
     x, t, ref, lse, big_q, w, b, rs, cz = ctx.saved_tensors
-    need_t = bool(ctx.needs_input_grad[1])
-    if not ctx.needs_input_grad[0] and not torch.compiler.is_compiling():
-        # only the targets need a gradient: never touch (let alone overwrite) the logits
-        with torch.no_grad():
-            _, dt = _prob_grad(
-                grad_loss,
-                x,
-                t,
-                ref,
-                lse,
-                big_q,
-                w,
-                ctx.a,
-                b,
-                ctx.b_uniform,
-                rs,
-                cz,
-                ctx.softcap,
-                True,
-                None,
-                want_dx=False,
-            )
-        return None, dt, None, None, None, None, None, None, None, None
+    need_x, need_t = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         dx, dt = _prob_grad_differentiable(
             grad_loss, x, t, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t
         )
-        return dx, dt, None, None, None, None, None, None, None, None
-    args = (
-        grad_loss, x, t, ref, lse, big_q, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap, need_t
+        return (dx if need_x else None), dt, None, None, None, None, None, None, None, None
+    # only the targets need a gradient: never touch (let alone overwrite) the logits
+    inplace = ctx.inplace and need_x
+    dx = _grad_buffer(x, inplace) if need_x else x.new_empty(0)
+    dt = torch.empty(t.shape, dtype=t.dtype, device=t.device) if need_t else t.new_empty(0)
+    torch.ops.labelsmooth.fused_prob_bwd_out(
+        grad_loss, x, t, ref, lse, big_q, w, ctx.a, b, ctx.b_uniform, rs, cz, ctx.softcap,
+        need_x, dx, dt,
     )
-    if ctx.inplace:
-        dt = torch.ops.labelsmooth.fused_prob_bwd_(*args)
-        if not torch.compiler.is_compiling():
-            _mark_consumed(x)
-        dx = x
-    else:
-        dx, dt = torch.ops.labelsmooth.fused_prob_bwd(*args)
-    return dx, (dt if need_t else None), None, None, None, None, None, None, None, None
+    if inplace and not torch.compiler.is_compiling():
+        _mark_consumed(x)
+    return (dx if need_x else None), (dt if need_t else None), None, None, None, None, None, None, \
+        None, None
 
 
 _prob_fwd.register_autograd(_prob_backward, setup_context=_prob_setup)
@@ -741,7 +674,7 @@ def _index_terms_backward(ctx, grad_loss, grad_ref, grad_lse, grad_coefs):
                                        terms=_terms_of(beta, eps1, gamma, flsd), row_scale=w)
         (gx,) = torch.autograd.grad(loss, x, grad_loss.to(loss.dtype), create_graph=True)
         return (gx, *none)
-    out = x if ctx.inplace else empty_grad(x.shape[0], x.shape[1], x.dtype, x.device)
+    out = _grad_buffer(x, ctx.inplace)
     torch.ops.labelsmooth.fused_index_terms_bwd_out(
         grad_loss, x, y, ref, lse, coefs, ct, cs, s, s_uniform, softcap, beta, eps1, gamma, flsd,
         out,
@@ -960,7 +893,7 @@ def _prob_terms_backward(ctx, grad_loss, grad_ref, grad_lse, grad_coefs):
         dt = got.pop(0) if need_t else None
         return (dx, dt, *none)
     if need_x:
-        out = x if ctx.inplace else empty_grad(x.shape[0], x.shape[1], x.dtype, x.device)
+        out = _grad_buffer(x, ctx.inplace)
     else:
         out = x.new_empty(0)
     dt = torch.empty(t.shape, dtype=t.dtype, device=t.device) if need_t else t.new_empty(0)
