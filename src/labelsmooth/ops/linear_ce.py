@@ -85,7 +85,6 @@ from labelsmooth._plan import IndexPlan, LossOptions, finish_index, reduction_sc
 from labelsmooth.ops._terms import (
     FLSD,
     NO_TERMS,
-    SUPPORTED_IMPLS,
     Terms,
     check_impl_supports,
     flsd_low,
@@ -555,31 +554,20 @@ def block_engine(impl: str, device: torch.device, terms: Terms = NO_TERMS) -> Mo
     """The implementation serving a composition of the two-stage contract (the fused linear and
     vocabulary-parallel losses), by the one dispatcher :func:`labelsmooth.ops.resolve`.
 
-    With a term set (``confidence_penalty``, ``poly``, ``focal_gamma``) only an implementation whose
-    contract evaluates the terms (:data:`labelsmooth.ops._terms.SUPPORTED_IMPLS`) serves: ``"auto"``
-    keeps the dispatcher's choice when it does, else takes the first that does; an explicit
-    ``impl`` without them raises the ValueError of
+    With a term set (``confidence_penalty``, ``poly``, ``focal_gamma``) the capability asked for is
+    :data:`labelsmooth.ops.BLOCK_TERMS` (the contract with ``focal_partials`` and the terms'
+    statistics), and an explicit ``impl`` without the terms raises the ValueError of
     :func:`~labelsmooth.ops._terms.check_impl_supports` (the one rule of every entry point).
+
+    Examples:
+        >>> from labelsmooth.ops._terms import check_terms
+        >>> block_engine("auto", torch.device("cpu"), check_terms(poly=1.0)).__name__
+        'labelsmooth.ops.fused'
     """
     if not terms.active:
         return ops.resolve(impl, device, ops.BLOCKS)
-    name = check_impl_supports(impl, terms)
-    if impl != "auto":
-        return ops.resolve(name, device, ops.BLOCKS)
-    chosen = ops.resolve("auto", device, ops.BLOCKS)
-    if chosen.__name__.rsplit(".", 1)[-1] in _term_modules():
-        return chosen
-    for name in SUPPORTED_IMPLS:  # the first that evaluates the terms and runs on this device
-        try:
-            return ops.resolve(name, device, ops.BLOCKS)
-        except ValueError:
-            continue
-    return ops.resolve("reference", device, ops.BLOCKS)
-
-
-def _term_modules() -> tuple[str, ...]:
-    # module names of the implementations that evaluate the terms ("triton" lives in triton_ce)
-    return tuple("triton_ce" if n == "triton" else n for n in SUPPORTED_IMPLS)
+    check_impl_supports(impl, terms)
+    return ops.resolve(impl, device, ops.BLOCK_TERMS)
 
 
 def check_chunking(chunk_size: object, memory_budget: object) -> None:
