@@ -1173,25 +1173,33 @@ def _term_cases() -> list[dict]:
              z_loss=1e-2, reduction="none", ignore=True),
         dict(label_smoothing=0.1, softcap=2.0, reduction="sum", weight=w),
         dict(),
+        # masked classes at the first column of both layouts' second shard (7 and 3) and at 0:
+        # a shard whose placeholder target column is −inf while the target lives elsewhere
+        dict(label_smoothing=0.2, weight=w, z_loss=1e-3, reduction="none", ignore=True,
+             class_mask=torch.tensor([c not in (0, 3, 7) for c in range(K)])),
     ]
     cases = []
-    for i, term in enumerate(TERM_SETS):
-        for j in range(2):
-            opt = dict(options[(i + j) % len(options)])
-            ignore = opt.pop("ignore", False)
-            x = torch.randn(N, K, generator=g, dtype=torch.float64) * 2.5
-            h = torch.randn(N, H, generator=g, dtype=torch.float64)
-            W = torch.randn(K, H, generator=g, dtype=torch.float64)
-            b = torch.randn(K, generator=g, dtype=torch.float64) * 0.1
-            y = torch.randint(0, K, (N,), generator=g)
-            if ignore:
-                y[::3] = -100
-            red_shape = (N,) if opt.get("reduction") == "none" else ()
-            grad_out = torch.rand(red_shape, generator=g, dtype=torch.float64) + 0.5
-            for impl in ("auto", "reference"):
-                cases.append(dict(name=f"{impl}/{term}/{list(opt)}", x=x, h=h, W=W, b=b, y=y,
-                                  opt=opt, term=term, impl=impl, grad_out=grad_out,
-                                  widths=[7, 4] if j == 0 else [3, 8], explicit=(i + j) % 3 == 0))
+    pairs = [(i, j, (i + j) % (len(options) - 1)) for i in range(len(TERM_SETS)) for j in range(2)]
+    pairs += [(i, i % 2, len(options) - 1) for i in range(len(TERM_SETS))]  # every term masked
+    for i, j, o in pairs:
+        term = TERM_SETS[i]
+        opt = dict(options[o])
+        ignore = opt.pop("ignore", False)
+        x = torch.randn(N, K, generator=g, dtype=torch.float64) * 2.5
+        h = torch.randn(N, H, generator=g, dtype=torch.float64)
+        W = torch.randn(K, H, generator=g, dtype=torch.float64)
+        b = torch.randn(K, generator=g, dtype=torch.float64) * 0.1
+        y = torch.randint(0, K, (N,), generator=g)
+        if "class_mask" in opt:  # targets at valid classes
+            y = torch.where(opt["class_mask"][y], y, torch.full_like(y, 5))
+        if ignore:
+            y[::3] = -100
+        red_shape = (N,) if opt.get("reduction") == "none" else ()
+        grad_out = torch.rand(red_shape, generator=g, dtype=torch.float64) + 0.5
+        for impl in ("auto", "reference"):
+            cases.append(dict(name=f"{impl}/{term}/{list(opt)}", x=x, h=h, W=W, b=b, y=y,
+                              opt=opt, term=term, impl=impl, grad_out=grad_out,
+                              widths=[7, 4] if j == 0 else [3, 8], explicit=(i + j) % 3 == 0))
     return cases
 
 
@@ -1203,7 +1211,7 @@ def _job_terms(rank: int, world: int, cases: list[dict]) -> list[dict]:
         start = sum(widths[:rank])
         sl = slice(start, start + widths[rank])
         opt = dict(c["opt"])
-        for key in ("weight", "prior"):
+        for key in ("weight", "prior", "class_mask"):
             if key in opt:
                 opt[key] = opt[key][sl]
         if c["explicit"]:
@@ -1276,7 +1284,8 @@ def test_terms_across_two_ranks() -> None:
                 ag = [n for nm, n, _ in p[key] if nm == "all_gather"]
                 # MAX + SUM (+ the focal SUM); never an (N, K) transfer
                 assert len(ar) == 2 + focal, f"{name} {key}: all-reduces {ar}"
-                assert all(n <= 6 * rows + 2 for n in ar[1:]), f"{name} {key}: sizes {ar}"
+                # SUM: ≤ 6 rows (share, x_y, Σs(M−x), w_y, Σe(x−M), Σs·e) + ≤ 5 scalars
+                assert all(n <= 6 * rows + 5 for n in ar[1:]), f"{name} {key}: sizes {ar}"
                 if focal:
                     assert ar[2] == 2 * rows, f"{name} {key}: focal all-reduce {ar}"
                 fp = 24 if key == "fwd" else 26  # 7 head entries + 17 (19) items
@@ -1294,7 +1303,8 @@ def _float32_term_cases(impl: str) -> list[dict]:
             continue
         f32 = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
                for k, v in c.items()}
-        f32["opt"] = {k: (v.float() if torch.is_tensor(v) else v) for k, v in c["opt"].items()}
+        f32["opt"] = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v)
+                      for k, v in c["opt"].items()}
         cases.append(dict(f32, impl=impl))
     return cases
 
