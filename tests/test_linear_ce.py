@@ -803,3 +803,24 @@ def test_terms_triton_engine_per_chunk(chunking, tname):
         hid, w[:40], b[:40])
     for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
         torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-6, msg=what)
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_terms_triton_over_a_masked_vocabulary(softcap):
+    """impl="triton" (interpreter) with every term over vocabulary blocks of 16 with a class mask
+    that empties one block and masks column 0 of another, float32, prior and class weights."""
+    _need_triton_terms()
+    hid, w, b, y, cw, prior = _inputs(torch.float32)
+    mask = torch.ones(V, dtype=torch.bool)
+    mask[16:32] = False
+    mask[3] = False
+    y = torch.where(mask[y.clamp(min=0)] | (y < 0), y, torch.full_like(y, 5))
+    term = dict(confidence_penalty=0.3, poly=0.5, focal_gamma="flsd-53")
+    kw = dict(label_smoothing=0.2, class_mask=mask, softcap=softcap, prior=prior)
+    ref = _loss_and_grads(lambda h_, w_, b_: ls.cross_entropy(
+        h_ @ w_.T + b_, y, cw, impl="reference", **kw, **term), hid, w, b)
+    ours = _loss_and_grads(lambda h_, w_, b_: linear_cross_entropy(
+        h_, w_, y, b_, class_weight=cw, impl="triton", chunk_size=8, memory_budget=8 * 16 * 4,
+        **kw, **term), hid, w, b)
+    for what, o, r in zip(("loss", "dh", "dW", "db"), ours, ref):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-6, msg=what)
