@@ -33,6 +33,30 @@ Usage (about 2 minutes on 2 idle cores once the kernels are cached; the first ru
     python benchmarks/bench_terms.py                       # 8192x32000, float32, 2 threads
     python benchmarks/bench_terms.py --shape 2048x32000 --repeat 3
 
+Measured (git ``9b2159e``, 2026-12-02 10:11 UTC, 8192x32000 float32, ε = 0.1, out of place,
+2 threads, medians of 5 interleaved rounds) on the shared 2-core machine at load average 2.4–3.1:
+**loaded** — the lead re-takes it on a quiet machine.
+
+=================== ======== ====== ===== ========== ================
+config              median s × none  cpu s cpu × none peak beyond x
+=================== ======== ====== ===== ========== ================
+none                0.392    1.00   0.935 1.00       1.00 ×
+confidence_penalty  0.442    1.18   0.964 1.02       1.00 ×
+poly                0.396    1.00   0.979 1.00       1.00 ×
+focal2              0.601    1.53   1.20  1.24       1.00 ×
+flsd53              0.569    1.57   1.12  1.20       1.00 ×
+=================== ======== ====== ===== ========== ================
+
+Under heavier load (7.3) the same command gave wall ratios 1.14 / 1.12 / 1.21 / 1.74 and CPU
+ratios 1.11 / 1.06 / 1.16 / 1.44, the single calls ranging 0.7–3.1 s: only the CPU-time ratios are
+stable enough to read. The penalty and Poly-1 stay near the 15 % goal (Poly-1 with uniform smoothing
+adds no pass work at all; the penalty one multiply-add per element). Focal does not meet it: its
+row sums need the row's lse, so the compiled statistics kernel walks the logits a third time (each
+of Inductor's row reductions is its own loop over all rows: a third read of the logits from
+memory, not from cache), and its gradient adds about eight flops per element; one exponential per
+element is saved in each pass (see ``labelsmooth.ops._terms.focal_elems``). ``--threads`` sets
+torch's intra-op threads; the Inductor kernels keep the thread count they were compiled with.
+
 Writes a CSV (``--csv``; default ``benchmarks/results/terms_cpu.csv``) with the environment in
 ``#`` comment lines. Not collected by pytest (no ``test_`` prefix).
 """

@@ -463,7 +463,8 @@ def test_opcheck_registrations():
     for gamma, flsd in ((None, True), (0.5, False)):
         torch.library.opcheck(
             torch.ops.labelsmooth.fused_index_terms_fwd.default,
-            (x, y, ct, cs, torch.rand(7), 0.0, cz, 2.0, torch.rand(5), 0.3, 0.5, gamma, flsd, False),
+            (x, y, ct, cs, torch.rand(7), 0.0, cz, 2.0, torch.rand(5), 0.3, 0.5, gamma, flsd,
+             False),
         )
         torch.library.opcheck(
             torch.ops.labelsmooth.fused_prob_terms_fwd.default,
@@ -951,7 +952,8 @@ def test_term_primitives_match_the_reference_in_chunks(monkeypatch, tname, dtype
     gen = torch.Generator().manual_seed(5)
     ct, cs, w, gr = (torch.rand(x.shape[0], generator=gen, dtype=torch.float64) for _ in range(4))
     gr = gr - 0.5
-    coefs = T.TermCoefs(cps=-0.5 * cs if s is not None else None, cpx=w if terms.wants_sex else None,
+    coefs = T.TermCoefs(cps=-0.5 * cs if s is not None else None,
+                        cpx=w if terms.wants_sex else None,
                         cpt=-0.5 * ct if terms.poly else None, cpd=ct - 0.3,
                         gamma=terms.focal_gamma, low=low)
     cp = ct + 0.7

@@ -99,7 +99,7 @@ def test_resolve_is_the_one_dispatcher():
     assert not ops._available("triton", torch.device("meta"), ops.BLOCKS)
 
 
-# --- the optional terms in the contract (issue 16 item 1) ------------------------------------------
+# --- the optional terms in the contract (issue 16 item 1) -----------------------------------------
 
 from labelsmooth.ops import _terms as T  # noqa: E402
 
@@ -183,7 +183,9 @@ def _term_case(seed, shares, weights, ignore, zloss, offset=0.0, dtype=torch.flo
         x[4, :5] = torch.nan  # padding of an ignored row: its gradient must still be exactly 0
         x[4, 7] = torch.inf
     acc = torch.float64 if dtype == torch.float64 else torch.float32
-    wy = (torch.rand(R, generator=g, dtype=torch.float64) + 0.5) if weights else torch.ones(R, dtype=torch.float64)
+    wy = torch.ones(R, dtype=torch.float64)
+    if weights:
+        wy = torch.rand(R, generator=g, dtype=torch.float64) + 0.5
     wy = torch.where(valid, wy, 0.0)
     eps = 0.2
     ct, cs = ((1 - eps) * wy).to(acc), wy.to(acc)

@@ -53,7 +53,8 @@ the three block functions below and every caller composes them the same way. Per
 2. *focal stage* (focal only, after the merge) — ``focal_partials(x, lse, gamma, s, s_uniform,
    softcap, *, ref=None, low=None)`` → ``(Fs, As)`` = :math:`\sum_c s_c (1-p_c)^\gamma (L - z_c)`
    and :math:`\sum_c s_c a_c` over the block's shares (:func:`~labelsmooth.ops._terms.focal_elems`),
-   ``lse`` relative to ``ref`` as in stage three; ``low`` = :func:`~labelsmooth.ops._terms.flsd_rows`
+   ``lse`` relative to ``ref`` as in stage three;
+   ``low`` = :func:`~labelsmooth.ops._terms.flsd_rows`
    (FLSD-53's per-row γ = 5). Merge: SUM over blocks and ranks. It costs one more pass over the
    logits (and, in the fused linear loss, one more logits matmul per vocabulary chunk).
    The loss is then :func:`~labelsmooth.ops._terms.row_terms_loss` and the coefficients

@@ -169,7 +169,8 @@ def _stats_terms(x, y, s, share_on, mask, softcap: float | None, want_sx: bool, 
 
 
 def _focal(x, ref, lse, s, share_on, low, gamma, softcap: float | None):
-    """Per row (Σ s fg, Σ s a) of the focal stage; ``s`` None: the plain sums (the caller scales)."""
+    """Per row (Σ s fg, Σ s a) of the focal stage; ``s`` None: the plain sums (the caller
+    scales)."""
     xf = apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
     _, fg, a = focal_elems(xf - ref[:, None], lse[:, None], gamma,
                            None if low is None else low[:, None], one_exp="u")
@@ -288,7 +289,8 @@ def grad(x, y, ref, a, bt, b, s, bu, softcap, out, live):
 def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses, gamma=None,
                 flsd_rows=False):
     """(ok, (m, sumexp, x_y, dsx_unscaled, sex, ses[, Fs, As, low])) — :func:`stats` with the
-    terms' partials; with ``gamma`` also the focal sums over the shares (unscaled when ``s`` is None),
+    terms' partials; with ``gamma`` also the focal sums over the shares (unscaled when ``s`` is
+    None),
     FLSD-53's per-row γ from the row's own p_y when ``flsd_rows``. γ is a compile-time constant."""
     return _run("stats_terms", _stats_terms, x, y, s, share_on, mask, softcap, want_sx, want_sex,
                 want_ses, gamma, flsd_rows)

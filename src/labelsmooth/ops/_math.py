@@ -17,7 +17,8 @@ One home for each so that the engines cannot drift apart:
   their union;
 * :func:`row_loss` — :math:`ct(\mathrm{lse}-x_y) + cs(S\,\mathrm{lse}-\sum_c s_c x_c) + cz\,\mathrm{lse}^2`,
   evaluated relative to the row max;
-* :func:`grad_coef` — the coefficient of :math:`p` in the gradient, :math:`ct + cs\,S + 2\,cz\,\mathrm{lse}`;
+* :func:`grad_coef` — the coefficient of :math:`p` in the gradient,
+  :math:`ct + cs\,S + 2\,cz\,\mathrm{lse}`;
 * :func:`index_grad_dense` — the dense gradient of index-target rows (the compiled CPU kernel
   and the differentiable double-backward both evaluate it).
 
@@ -176,7 +177,8 @@ ho\,ses
         ...         (e * (x - 1)).sum(1), (0.5 * e).sum(1))
         >>> moved = rebase_partials(part, 1.0, torch.tensor([3.0]))
         >>> e3 = (x - 3).exp()
-        >>> torch.allclose(moved[4], (e3 * (x - 3)).sum(1)), torch.allclose(moved[5], (0.5 * e3).sum(1))
+        >>> (torch.allclose(moved[4], (e3 * (x - 3)).sum(1)),
+        ...  torch.allclose(moved[5], (0.5 * e3).sum(1)))
         (True, True)
     """
     old = row_ref(part[0])

@@ -138,7 +138,8 @@ def check_impl_supports(impl: str, terms: Terms) -> str:
     if not terms.active:
         return impl
     if impl == "auto":
-        return "auto" if all(e in SUPPORTED_IMPLS for e in ("triton", "fused")) else SUPPORTED_IMPLS[0]
+        every = all(e in SUPPORTED_IMPLS for e in ("triton", "fused"))
+        return "auto" if every else SUPPORTED_IMPLS[0]
     if impl not in SUPPORTED_IMPLS:
         raise V.fail("impl", f"one of {('auto',) + SUPPORTED_IMPLS} when "
                      f"{', '.join(terms.names())} is set (the other engines do not implement "
@@ -209,7 +210,9 @@ FOCAL_INT_MAX = 16
 
 
 class TermCoefs(NamedTuple):
-    r"""Per-row coefficients of the generalised stage two (:func:`grad_elems`), from :func:`term_coefs`.
+    r"""Per-row coefficients of the generalised stage two (:func:`grad_elems`).
+
+    Computed by :func:`term_coefs`.
 
     The gradient of a row with respect to :math:`x'_j` is
 
@@ -382,7 +385,8 @@ def row_terms_loss(
 
     .. math::
 
-        \ell = \underbrace{ct\,(L - z_y) + cs\,(dsx + S L)}_{\text{or focal: } ct\,u_y^\gamma(L - z_y) + cs\,F_s}
+        \ell = \underbrace{ct\,(L - z_y) + cs\,(dsx + S L)}
+                 _{\text{or focal: } ct\,u_y^\gamma(L - z_y) + cs\,F_s}
               + cz\,(r + L)^2
               + \varepsilon_1\big(ct\,u_y + cs\,(S - ses/SE)\big)
               + \beta\,w\,(sex/SE - L)

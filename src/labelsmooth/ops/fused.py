@@ -715,7 +715,8 @@ def _prob_terms_sums(x, t, w, a, b, b_uniform, softcap, ref, lse, terms: Terms):
                 q = q * wv[c0:c1]
             z = apply_softcap(x[r0:r1, c0:c1].to(acc), softcap) - ref[r0:r1, None]
             on = q != 0  # 0·log 0 = 0 where the mass is 0
-            acc_sum = lambda n, v: sums[n][r0:r1].add_(torch.where(on, q * v, zero).sum(1))  # noqa: E731, B023
+            def acc_sum(n, v, on=on, q=q, r0=r0, r1=r1):
+                sums[n][r0:r1].add_(torch.where(on, q * v, zero).sum(1))
             sums["Q"][r0:r1] += q.sum(1)
             acc_sum("QD", -z)
             lp = z - L
