@@ -93,6 +93,10 @@ the three block functions below and every caller composes them the same way. Per
 * ``inplace_backward=True`` lets the backward write the gradient into ``x``'s storage (only when
   ``x`` is a contiguous activation: never a leaf such as an ``nn.Parameter`` or a view of one);
   the implementation must then make any later use of ``x`` by autograd fail loudly.
+* keyword-only ``terms`` (:class:`~labelsmooth.ops._terms.Terms`) and ``row_scale`` (R,) (the
+  confidence penalty's row scale, the rows' :math:`w_y`, 0 on ignored rows): the optional terms of
+  :func:`~labelsmooth.ops._terms.row_terms_loss`, provided by every engine in
+  :data:`~labelsmooth.ops._terms.SUPPORTED_IMPLS`; without active terms the call is the plain one.
 * a row whose coefficients are all zero (an ignored row) must get a gradient of exactly 0,
   whatever its logits hold (±inf or NaN padding): implementations select, never multiply by 0.
   Its loss entry may be NaN; the caller discards it by selection (``_plan.finish_index``).
@@ -106,6 +110,9 @@ the three block functions below and every caller composes them the same way. Per
 
 * ``t`` (R, K) targets; ``w`` (K,) or None (all ones); ``a`` float; ``b`` (K,) or None (then
   ``b_uniform``); ``rs`` (R,) row scales; gradients flow to ``x`` and, if it requires grad, ``t``.
+* keyword-only ``terms``: the optional terms on the mass :math:`rs\,q`
+  (:func:`~labelsmooth.ops._terms.prob_terms`), the penalty scaled by ``rs``, FLSD-53 switching
+  on :math:`p_y = \sum_c t_c p_c`.
 """
 
 from __future__ import annotations
