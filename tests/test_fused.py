@@ -1116,3 +1116,31 @@ def test_focal_integer_gamma_uses_no_pow(monkeypatch):
     assert calls == []
     T.focal_pow(u, 0.5)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("kernels", ["eager", "inductor"])
+@pytest.mark.parametrize("kw", [dict(focal_gamma=2.0), dict(focal_gamma="flsd-53", poly=1.0),
+                                dict(focal_gamma=1.0, confidence_penalty=0.5)], ids=str)
+def test_terms_confident_rows_with_smoothing_compiled(monkeypatch, kernels, kw):
+    """p_y → 1 with smoothing (the focal sums run; the compiled kernels take p = 1 − u in the
+    statistics kernel and u = 1 − p in the gradient for integer γ): loss and gradient still
+    match float64 truth per element, relative (focal_elems' precision argument)."""
+    monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", kernels)
+    if kernels == "inductor" and ind.STATE.broken:
+        pytest.skip("compiled kernels unavailable in this process")
+    x = torch.zeros(4, 12)
+    x[torch.arange(4), torch.tensor([2, 5, 7, 0])] = torch.tensor([20.0, 16.0, 3.0, 25.0])
+    x[1] += 1e4  # and a large offset
+    y = torch.tensor([2, 5, 1, 0])  # row 2: the confident class is not the target
+    opts = dict(label_smoothing=0.1, reduction="sum", **kw)
+    truth_x = x.double().requires_grad_()
+    from tests.test_terms import dense_terms
+
+    truth = dense_terms(truth_x, y, **opts)
+    (truth_g,) = torch.autograd.grad(truth, truth_x)
+    leaf = x.clone().requires_grad_()
+    loss = ls.cross_entropy(leaf, y, impl="fused", **opts)
+    loss.backward()
+    assert not ind.STATE.broken
+    torch.testing.assert_close(loss.double(), truth, rtol=2e-6, atol=0)
+    torch.testing.assert_close(leaf.grad.double(), truth_g, rtol=2e-4, atol=1e-12)
