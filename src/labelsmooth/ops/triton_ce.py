@@ -626,7 +626,7 @@ _prob_fwd.register_autograd(_prob_backward, setup_context=_prob_setup)
 # --- probability targets with the optional terms ------------------------------------------------
 
 def _prob_terms_rows(x, t, w, a, b, b_uniform, rs, cz, softcap, terms):
-    """(loss, lse, saved): the terms on the mass rs·q, by the index formulas of :mod:`._terms`
+    r"""(loss, lse, saved): the terms on the mass rs·q, by the index formulas of :mod:`._terms`
     with no target term (ct = 0), shares q (a per-row vector, so cps is q's coefficient),
     S = Q and cs = the penalty's row scale = rs. ``saved`` (6, R) = ``ref, L, cp, cpq, cpx, low``;
     rows without a coefficient get loss 0 and every coefficient 0 by selection.
