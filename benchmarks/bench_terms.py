@@ -33,19 +33,23 @@ Usage (about 2 minutes on 2 idle cores once the kernels are cached; the first ru
     python benchmarks/bench_terms.py                       # 8192x32000, float32, 2 threads
     python benchmarks/bench_terms.py --shape 2048x32000 --repeat 3
 
-Measured (git ``9b2159e``, 2026-12-02 10:11 UTC, 8192x32000 float32, ε = 0.1, out of place,
-2 threads, medians of 5 interleaved rounds) on the shared 2-core machine at load average 2.4–3.1:
-**loaded** — the lead re-takes it on a quiet machine.
+Measured on a quiet machine (git ``63db71d``, 2026-12-02 10:34 UTC, 8192x32000 float32, ε = 0.1,
+out of place, 2 threads, medians of the interleaved rounds, load average 1.5–1.6, no other job):
 
-=================== ======== ====== ===== ========== ================
-config              median s × none  cpu s cpu × none peak beyond x
-=================== ======== ====== ===== ========== ================
-none                0.392    1.00   0.935 1.00       1.00 ×
-confidence_penalty  0.442    1.18   0.964 1.02       1.00 ×
-poly                0.396    1.00   0.979 1.00       1.00 ×
-focal2              0.601    1.53   1.20  1.24       1.00 ×
-flsd53              0.569    1.57   1.12  1.20       1.00 ×
-=================== ======== ====== ===== ========== ================
+=================== ======== ====== ===== ==========
+config              median s × none  cpu s cpu × none
+=================== ======== ====== ===== ==========
+none                0.184    1.00   0.898 1.00
+confidence_penalty  0.242    0.97   0.982 0.99
+poly                0.201    0.92   0.907 0.95
+focal2              0.358    1.38   1.16  1.20
+flsd53              0.307    1.44   1.12  1.14
+=================== ======== ====== ===== ==========
+
+(The wall medians of single configurations are bimodal on this machine: a fresh 1 GiB gradient
+buffer sometimes gets transparent huge pages and sometimes not, +250 ms; the per-round ratios are
+steadier.) Earlier, loaded (load 2.4–3.1, git ``9b2159e``): wall ratios 1.18 / 1.00 / 1.53 / 1.57,
+CPU ratios 1.02 / 1.00 / 1.24 / 1.20.
 
 Under heavier load (7.3) the same command gave wall ratios 1.14 / 1.12 / 1.21 / 1.74 and CPU
 ratios 1.11 / 1.06 / 1.16 / 1.44, the single calls ranging 0.7–3.1 s: only the CPU-time ratios are
