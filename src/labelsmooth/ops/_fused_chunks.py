@@ -23,6 +23,7 @@ from labelsmooth.ops import _fused_inductor as _ind
 from labelsmooth.ops._math import (
     acc_dtype,
     apply_softcap,
+    softcap_with_grad,
     merge_max_sumexp,
     rebase_partials,
     row_ref,
@@ -368,10 +369,7 @@ def grad_rows(
     smoothing = s is not None or s_uniform != 0.0
     # The target column, from the original logit (read before ``out`` may overwrite it).
     xy = x.gather(1, ys[:, None])[:, 0].to(acc)
-    dy = None
-    if softcap is not None:
-        t = torch.tanh(xy / softcap)
-        xy, dy = softcap * t, 1 - t * t
+    xy, dy = softcap_with_grad(xy, softcap)
     tgt = ct if target_mask is None else torch.where(target_mask, ct, torch.zeros_like(ct))
     z = xy - ref if inv is None else (xy - ref) - lse
     # cp·e^z − tgt as cp·(e^z − 1) + (cp − tgt): a confident row (p_y → 1) keeps its digits
@@ -461,10 +459,7 @@ def _grad_rows_terms(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad, tar
     smoothing = s is not None or s_uniform != 0.0
     # the target column from the original logit (read before ``out`` may overwrite it)
     xy = x.gather(1, ys[:, None])[:, 0].to(acc)
-    dy = None
-    if softcap is not None:
-        th = torch.tanh(xy / softcap)
-        xy, dy = softcap * th, 1 - th * th
+    xy, dy = softcap_with_grad(xy, softcap)
     s_y = s[ys] if s is not None else s_uniform
     cs_sy = cs * s_y if smoothing else None
     gy = target_grad(ref, lse, xy, coef_p, tgt, cs_sy, terms, s_y) * grad
@@ -490,11 +485,7 @@ def _grad_rows_terms(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad, tar
         coefs = TermCoefs(cps=col(cps), cpx=col(cpx), gamma=terms.gamma, low=col(terms.low))
         for c0 in range(0, cols, bc):
             c1 = min(cols, c0 + bc)
-            xf = x[r0:r1, c0:c1].to(acc)
-            d = None
-            if softcap is not None:
-                th = torch.tanh(xf / softcap)
-                xf, d = softcap * th, 1 - th * th
+            xf, d = softcap_with_grad(x[r0:r1, c0:c1].to(acc), softcap)
             if s is not None:
                 cs_s, s_row = cs[r0:r1, None] * s[None, c0:c1], s[None, c0:c1]
             elif smoothing:

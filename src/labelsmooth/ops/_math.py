@@ -41,6 +41,7 @@ __all__ = [
     "row_loss",
     "row_ref",
     "shift_sum",
+    "softcap_with_grad",
     "sum_exp",
 ]
 
@@ -63,6 +64,20 @@ def apply_softcap(x: Tensor, c: float | None) -> Tensor:
         tensor([0., 2.])
     """
     return x if c is None else c * torch.tanh(x / c)
+
+
+def softcap_with_grad(x: Tensor, c: float | None) -> tuple[Tensor, Tensor | None]:
+    r"""(:math:`c\tanh(x/c)`, its derivative :math:`1 - \tanh^2(x/c)`) sharing one tanh; ``(x, None)``
+    when ``c`` is None (the chain-rule factor of every engine's soft-capped gradient).
+
+    Examples:
+        >>> softcap_with_grad(torch.tensor([0.0, 100.0]), 2.0)
+        (tensor([0., 2.]), tensor([1., 0.]))
+    """
+    if c is None:
+        return x, None
+    t = torch.tanh(x / c)
+    return c * t, 1 - t * t
 
 
 def row_ref(m: Tensor) -> Tensor:

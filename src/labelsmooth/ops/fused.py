@@ -73,7 +73,14 @@ from labelsmooth.ops._fused_chunks import (  # noqa: F401  (re-exported primitiv
     row_partials,
     row_partials_focal,
 )
-from labelsmooth.ops._math import apply_softcap, grad_coef, index_grad_dense, row_loss, row_ref
+from labelsmooth.ops._math import (
+    apply_softcap,
+    grad_coef,
+    index_grad_dense,
+    row_loss,
+    row_ref,
+    softcap_with_grad,
+)
 from labelsmooth.ops._terms import (
     FLSD,
     NO_TERMS,
@@ -190,11 +197,7 @@ def _index_setup(ctx, inputs, output):
 
 def _capped(x: Tensor, softcap: float | None) -> tuple[Tensor, Tensor | None]:
     """(x' in the accumulation dtype, dx'/dx or None), differentiable."""
-    xf = x.to(acc_dtype(x.dtype))
-    if softcap is None:
-        return xf, None
-    t = torch.tanh(xf / softcap)
-    return softcap * t, 1 - t * t  # x' and its derivative share the tanh
+    return softcap_with_grad(x.to(acc_dtype(x.dtype)), softcap)
 
 
 def _index_grad_differentiable(grad, x, y, ct, cs, s, s_uniform, cz, softcap):
@@ -371,11 +374,7 @@ def _prob_grad(grad, x, t, ref, lse, big_q, w, a, b, b_uniform, rs, cz, softcap,
         r1 = min(rows, r0 + br)
         for c0 in range(0, cols, bc):
             c1 = min(cols, c0 + bc)
-            xf = x[r0:r1, c0:c1].to(acc)
-            d = None
-            if softcap is not None:
-                th = torch.tanh(xf / softcap)
-                xf, d = softcap * th, 1 - th * th
+            xf, d = softcap_with_grad(x[r0:r1, c0:c1].to(acc), softcap)
             tq = t[r0:r1, c0:c1].to(acc) * a
             q = tq + (bv[c0:c1] if bv is not None else b_uniform)
             if wv is not None:
@@ -614,12 +613,17 @@ def _index_terms_fwd(
     return loss, ref, lse_rel, _stack_coefs(cp, coefs)
 
 
-@_index_terms_fwd.register_fake
-def _(x, y, ct, cs, s, s_uniform, cz, softcap, w, beta, eps1, gamma, flsd, inplace):
+def _terms_fwd_fake(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The shapes of a terms forward: (loss, ref, lse_rel) (R,) and the coefficient stack."""
     acc = acc_dtype(x.dtype)
     rows = x.shape[:1]
     return (*(x.new_empty(rows, dtype=acc) for _ in range(3)),
             x.new_empty((_NCOEF, *rows), dtype=acc))
+
+
+@_index_terms_fwd.register_fake
+def _(x, y, ct, cs, s, s_uniform, cz, softcap, w, beta, eps1, gamma, flsd, inplace):
+    return _terms_fwd_fake(x)
 
 
 @torch.library.custom_op("labelsmooth::fused_index_terms_bwd_out", mutates_args=("out",))
@@ -775,10 +779,7 @@ def _prob_terms_fwd(
 
 @_prob_terms_fwd.register_fake
 def _(x, t, w, a, b, b_uniform, rs, cz, softcap, beta, eps1, gamma, flsd, inplace):
-    acc = acc_dtype(x.dtype)
-    rows = x.shape[:1]
-    return (*(x.new_empty(rows, dtype=acc) for _ in range(3)),
-            x.new_empty((_NCOEF, *rows), dtype=acc))
+    return _terms_fwd_fake(x)
 
 
 def _prob_terms_grad(grad, x, t, ref, lse, coefs, w, a, b, b_uniform, rs, softcap, terms,
@@ -805,11 +806,7 @@ def _prob_terms_grad(grad, x, t, ref, lse, coefs, w, a, b, b_uniform, rs, softca
         gr, rr, L = grad[r0:r1, None], rs[r0:r1, None], lse[r0:r1, None]
         for c0 in range(0, cols, bc):
             c1 = min(cols, c0 + bc)
-            xf = x[r0:r1, c0:c1].to(acc)
-            d = None
-            if softcap is not None:
-                th = torch.tanh(xf / softcap)
-                xf, d = softcap * th, 1 - th * th
+            xf, d = softcap_with_grad(x[r0:r1, c0:c1].to(acc), softcap)
             z = xf - ref[r0:r1, None]
             if dt is not None:
                 lp = z - L
