@@ -16,6 +16,18 @@ from labelsmooth import ops
 # Absolute slack added to torch's own error, per dtype (float64: exactness up to rounding).
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
+#: the optional terms' settings every parity test runs (each alone, a negative Poly-1, a fractional
+#: and the sample-dependent focal γ, and all three at once)
+TERMS = {
+    "cp": dict(confidence_penalty=0.7),
+    "poly": dict(poly=1.5),
+    "poly-neg": dict(poly=-0.5),
+    "focal": dict(focal_gamma=2.0),
+    "focal-frac": dict(focal_gamma=0.5),
+    "flsd": dict(focal_gamma="flsd-53"),
+    "all": dict(confidence_penalty=0.3, poly=0.5, focal_gamma=1.0),
+}
+
 
 def dense_reference(
     input: torch.Tensor,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TOL, assert_no_worse_than, dense_reference
+from helpers import TERMS, TOL, assert_no_worse_than, dense_reference
 
 import labelsmooth as ls
 from labelsmooth.linear import LinearCrossEntropyLoss, _linear_cross_entropy, linear_cross_entropy
@@ -582,15 +582,6 @@ def test_class_mask_over_vocabulary_blocks(impl, softcap):
 # reference engine on the materialised logits, in both chunk modes and with every option.
 # ----------------------------------------------------------------------------------------------
 
-TERMS = {
-    "cp": dict(confidence_penalty=0.7),
-    "poly": dict(poly=1.5),
-    "poly-neg": dict(poly=-0.5),
-    "focal": dict(focal_gamma=2.0),
-    "focal-frac": dict(focal_gamma=0.5),
-    "flsd": dict(focal_gamma="flsd-53"),
-    "all": dict(confidence_penalty=0.3, poly=0.5, focal_gamma=1.0),
-}
 TERM_OPTIONS = {
     "plain": {},
     "ls": {"label_smoothing": 0.1},

@@ -15,21 +15,12 @@ import torch
 
 import labelsmooth as ls
 from labelsmooth.ops._terms import SUPPORTED_IMPLS
-from tests.helpers import TOL, assert_no_worse_than, need_impl, torch_loss_and_grad
+from tests.helpers import TERMS, TOL, assert_no_worse_than, need_impl, torch_loss_and_grad
 
 C = 5
 #: the CPU engines that evaluate the terms (Triton's parity under TRITON_INTERPRET=1, with the
 #: same oracle, is in test_triton_ce.py: the interpreter is too slow for this whole matrix)
 IMPLS = [i for i in SUPPORTED_IMPLS if i != "triton"]
-TERMS = {
-    "cp": dict(confidence_penalty=0.7),
-    "poly": dict(poly=1.5),
-    "poly-neg": dict(poly=-0.5),
-    "focal": dict(focal_gamma=2.0),
-    "focal-frac": dict(focal_gamma=0.5),
-    "flsd": dict(focal_gamma="flsd-53"),
-    "all": dict(confidence_penalty=0.3, poly=0.5, focal_gamma=1.0),
-}
 OPTIONS = {
     "plain": dict(),
     "ls": dict(label_smoothing=0.1),
