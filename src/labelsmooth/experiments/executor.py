@@ -379,6 +379,7 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         terminate()
         return
     procs = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         if p.is_alive():
@@ -388,6 +389,11 @@ def _stop_pool(pool: ProcessPoolExecutor) -> None:
         if p.is_alive():  # pragma: no cover - a worker that ignores SIGTERM
             p.kill()
             p.join(timeout=5)
+    # The pool's manager thread reaps the same workers concurrently: a worker it reaped first
+    # still reads as alive here (waitpid fails in this thread, so no exit code is recorded)
+    # until that thread is done. The workers are gone, so this wait is short.
+    if manager is not None:
+        manager.join(timeout=10)
 
 
 class ProcessExecutor(RunExecutor):
