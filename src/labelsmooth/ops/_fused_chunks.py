@@ -578,10 +578,13 @@ def row_partials_focal(
     softcap: float | None,
     terms: Terms,
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
-    """Whole rows with focal and smoothing: ``(row_partials(terms=), focal sums, low)`` in one
-    compiled kernel for large CPU inputs (the focal sums need the row's lse: the row is walked a
-    third time inside the kernel, no separate pass), else :func:`row_partials` then
-    :func:`focal_partials` (two chunked passes). ``low`` is FLSD-53's per-row switch (or None)."""
+    """Whole rows with focal and smoothing: ``(row_partials(terms=), focal sums, low)``.
+
+    Large CPU inputs take the compiled kernels (:func:`._fused_inductor.stats_terms`): integer
+    γ ≤ :data:`~labelsmooth.ops._terms.FOCAL_MOMENTS_MAX` in the statistics pass itself (power
+    sums, :func:`~labelsmooth.ops._terms.focal_from_moments`), other γ in one more compiled pass
+    once the lse is known. Otherwise :func:`row_partials` then :func:`focal_partials` (two chunked
+    passes). ``low`` is FLSD-53's per-row switch (or None)."""
     from labelsmooth.ops._terms import FLSD, flsd_rows
 
     acc = acc_dtype(x.dtype)

@@ -1,17 +1,24 @@
 r"""Inductor-generated kernels for the fused engine's two passes, used where a C++ compiler exists.
 
-:func:`torch.compile` turns each pass into one vectorised C++ kernel: the statistics pass reads
-the logits twice (max, then sum of exponentials, target logit and share-weighted sum — Inductor
-gives each dependent row reduction its own loop over all rows, so the second read comes from
-memory, not from cache, once the logits outgrow it; checked in the generated C++ of torch 2.13;
-the focal sums of whole rows are a third such loop), the gradient pass reads them once and writes
-them once, with the target
-column handled by a select inside the same loop, in float32 before the single rounding. No
-temporary of the logits' size is ever created. Measured on the reference machine (one thread,
-CPU time, 2048 × 32000 float32): statistics 32 ms and in-place gradient 25 ms, against 72–75 ms
-and 61–63 ms for the chunked eager path (2.4× in all) and 46 ms for one ``torch.exp(out=)`` pass.
-With two threads on a shared machine the eager path suffers more (many short parallel regions);
+:func:`torch.compile` turns each pass into one vectorised C++ kernel. The statistics pass is
+plain row reductions with every per-row combination (float64 sum, masks, focal sums) left to the
+caller: Inductor then runs one loop over rows that reads each row from memory once (its max) and
+again from cache (the sum of exponentials, target logit, share-weighted sums), instead of one loop
+over all rows per dependent reduction, which it does as soon as any per-row operation sits between
+two reductions (the second read then comes from memory once the logits outgrow the cache; checked
+in the generated C++ of torch 2.13). The gradient pass reads the logits once and writes them once,
+with the target column handled by a select inside the same loop, in float32 before the single
+rounding. No temporary of the logits' size is ever created. Measured on the reference machine
+(2 threads, 8192 × 32000 float32, medians, 2026-12-02): statistics 104–133 ms, against 149–158 ms
+with the per-row operations inside the kernel (two loops over all rows). Earlier (one thread,
+2048 × 32000): statistics 32 ms and in-place gradient 25 ms, against 72–75 ms and 61–63 ms for
+the chunked eager path (2.4× in all) and 46 ms for one ``torch.exp(out=)`` pass. With two threads
+on a shared machine the eager path suffers more (many short parallel regions);
 ``benchmarks/bench_cross_entropy.py`` measures both (``fused`` vs ``fused-eager``).
+
+Focal sums of whole rows: integer γ ≤ :data:`~labelsmooth.ops._terms.FOCAL_MOMENTS_MAX` take them
+from power sums in the same statistics pass (:func:`~labelsmooth.ops._terms.focal_from_moments`);
+other γ (and FLSD-53) run the :func:`focal` kernel after the lse, one more read of the logits.
 
 When it is used (see :func:`use_inductor`): CPU tensors of at least :data:`MIN_NUMEL` elements,
 ``LABELSMOOTH_FUSED_KERNELS`` unset or ``"auto"`` (``"eager"`` disables it, ``"inductor"``
@@ -40,7 +47,14 @@ import warnings
 import torch
 
 from labelsmooth.ops._math import acc_dtype, apply_softcap, index_grad_dense, row_ref
-from labelsmooth.ops._terms import TermCoefs, focal_elems, grad_elems
+from labelsmooth.ops._terms import (
+    TermCoefs,
+    flsd_low,
+    focal_elems,
+    focal_from_moments,
+    focal_moments_order,
+    grad_elems,
+)
 
 #: Smallest logits (elements) for which the compiled kernels are used under "auto": 4 Mi elements.
 MIN_NUMEL = 1 << 22
@@ -90,30 +104,80 @@ def use_inductor(x: torch.Tensor) -> bool:
     return m == "inductor" or x.numel() >= MIN_NUMEL
 
 
-def _stats(x, y, s, share_on, mask, softcap: float | None, want_sx: bool):
-    xf = apply_softcap(x.to(acc_dtype(x.dtype)), softcap)
-    m = xf.amax(1)
+#: Below this many columns the tie count is a float32 sum (exact up to 2^24; cheaper than int64).
+_FLOAT_COUNT_MAX = 1 << 24
+
+
+def _row_sums(x, y, s, share_on, softcap: float | None, want_sx: bool, want_sex: bool,
+              want_ses: bool, order: int):
+    """The statistics pass: plain row reductions only, every per-row combination left to the
+    caller — a per-row operation between two reductions makes Inductor give each its own loop over
+    all rows, while plain reductions share one loop over rows that walks each row from memory once
+    (its max) and again from cache (outer-loop fusion, checked in the generated C++).
+
+    Returns ``(m, s1, t, x_y, sx, sex, ses, st, *moments)``: the max, the sum of exponentials
+    relative to the reference without the ties (columns at the max: their count ``t``, their share
+    sum ``st`` for focal with a share vector), the target logit, Σ s (r − x'), Σ e (x' − r),
+    Σ s e (None where not wanted), and for ``order`` k > 0 the focal power sums
+    ``E_1, Z_1, …, E_k, Z_k`` of :func:`labelsmooth.ops._terms.focal_from_moments` (``E_1`` None
+    for uniform shares: it is ``s1``)."""
+    acc = acc_dtype(x.dtype)
+    xf = apply_softcap(x.to(acc), softcap)
+    m = xf.amax(1, keepdim=True)
     # everything relative to the row's reference (its max; 0 for an all −inf row, whose sumexp
     # is then 0 and lse −inf as torch.logsumexp's): float32 keeps its digits at large offsets
-    ref = row_ref(m)
-    d = ref[:, None] - xf
-    # the terms at the max (e^0 = 1) apart, then float64: a confident row keeps its tiny excess
-    tie = d == 0
-    sumexp = torch.where(tie, torch.zeros((), dtype=d.dtype), torch.exp(-d)).sum(1).to(
-        torch.float64
-    ) + tie.sum(1).to(torch.float64)
+    z = xf - row_ref(m)
+    zero = torch.zeros((), dtype=acc)
+    # the terms at the max (e^0 = 1) apart: a confident row keeps its tiny excess (float64 later)
+    tie = z == 0
+    e = torch.exp(z)
+    en = torch.where(tie, zero, e)
+    t = tie.to(acc).sum(1) if x.shape[1] < _FLOAT_COUNT_MAX else tie.sum(1)
     x_y = xf.gather(1, y[:, None])[:, 0]
-    if mask is not None:
-        x_y = torch.where(mask, x_y, torch.zeros_like(x_y))
-    if not want_sx:
-        sx = torch.zeros_like(m)
-    elif s is None:
-        sx = d.sum(1)
-    elif share_on is None:
-        sx = (d * s[None, :]).sum(1)
-    else:  # a zero share counts 0 even at a −inf logit (0·log 0 = 0)
-        sx = torch.where(share_on[None, :], d * s[None, :], torch.zeros((), dtype=d.dtype)).sum(1)
-    return m, sumexp, x_y, sx
+    sx = sex = ses = st = None
+    if want_sx:
+        if s is None:
+            sx = (-z).sum(1)
+        elif share_on is None:
+            sx = (-z * s[None, :]).sum(1)
+        else:  # a zero share counts 0 even at a −inf logit (0·log 0 = 0)
+            sx = torch.where(share_on[None, :], -z * s[None, :], zero).sum(1)
+    if want_sex:
+        sex = torch.where(e > 0, e * z, zero).sum(1)
+    if want_ses:
+        ses = (e * s[None, :]).sum(1)
+    moments = []
+    if order:
+        zc = torch.where(en > 0, z, zero)  # 0 where e is 0 (a −inf logit, a tie)
+        w = en if s is None else en * s[None, :]
+        if s is not None:
+            st = torch.where(tie, s[None, :], zero).sum(1)
+        for k in range(1, order + 1):
+            if k > 1:
+                w = w * en
+            moments.append(w.sum(1) if k > 1 or s is not None else None)
+            moments.append((w * zc).sum(1))
+    return (m[:, 0], en.sum(1), t, x_y, sx, sex, ses, st, *moments)
+
+
+def _stats(x, y, s, share_on, softcap: float | None, want_sx: bool):
+    return _row_sums(x, y, s, share_on, softcap, want_sx, False, False, 0)
+
+
+def _stats_terms(x, y, s, share_on, softcap: float | None, want_sx: bool, want_sex: bool,
+                 want_ses: bool, order: int):
+    """:func:`_stats` with the terms' partials (its own compiled function: its variants count
+    against their own recompile limit)."""
+    return _row_sums(x, y, s, share_on, softcap, want_sx, want_sex, want_ses, order)
+
+
+def _sumexp(s1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Σ e^(x' − r) in float64, the ties (each exactly 1) added to the float32 rest."""
+    return s1.to(torch.float64) + t.to(torch.float64)
+
+
+def _masked(x_y: torch.Tensor, mask) -> torch.Tensor:
+    return x_y if mask is None else torch.where(mask, x_y, torch.zeros_like(x_y))
 
 
 def _grad_value(x, y, ref, a, bt, b, s, bu, live, softcap: float | None):
@@ -126,49 +190,6 @@ def _grad_into(x, y, ref, a, bt, b, s, bu, live, out, softcap: float | None):
 
 def _grad_inplace(x, y, ref, a, bt, b, s, bu, live, softcap: float | None):
     x.copy_(_grad_value(x, y, ref, a, bt, b, s, bu, live, softcap))
-
-
-def _stats_terms(x, y, s, share_on, mask, softcap: float | None, want_sx: bool, want_sex: bool,
-                 want_ses: bool, gamma=None, flsd_rows: bool = False):
-    """:func:`_stats` plus the terms' Σ e·(x' − r) and Σ s·e from the same exponentials and, with
-    ``gamma`` (whole rows only: the lse is the row's own), the focal stage's (Σ s fg, Σ s a) — one
-    compiled kernel, one exponential and one expm1 per element for focal (``one_exp="u"``)."""
-    acc = acc_dtype(x.dtype)
-    xf = apply_softcap(x.to(acc), softcap)
-    m = xf.amax(1)
-    ref = row_ref(m)
-    z = xf - ref[:, None]
-    zero = torch.zeros((), dtype=acc)
-    tie = z == 0
-    e = torch.exp(z)
-    sumexp = torch.where(tie, zero, e).sum(1).to(torch.float64) + tie.sum(1).to(torch.float64)
-    x_y = xf.gather(1, y[:, None])[:, 0]
-    if mask is not None:
-        x_y = torch.where(mask, x_y, torch.zeros_like(x_y))
-    d = -z
-    if not want_sx:
-        sx = torch.zeros_like(m)
-    elif s is None:
-        sx = d.sum(1)
-    elif share_on is None:
-        sx = (d * s[None, :]).sum(1)
-    else:
-        sx = torch.where(share_on[None, :], d * s[None, :], zero).sum(1)
-    sex = torch.where(e > 0, e * z, zero).sum(1) if want_sex else torch.zeros_like(m)
-    ses = (e * s[None, :]).sum(1) if want_ses else torch.zeros_like(m)
-    if gamma is None:
-        return m, sumexp, x_y, sx, sex, ses
-    lse = sumexp.log().to(acc)
-    low = torch.exp((x_y - ref) - lse) < 0.2 if flsd_rows else None
-    _, fg, a = focal_elems(z, lse[:, None], gamma, None if low is None else low[:, None],
-                           one_exp="u")
-    if s is not None:
-        fg, a = fg * s[None, :], a * s[None, :]
-        if share_on is not None:  # a zero share counts 0 even at a −inf logit (0·inf)
-            fg = torch.where(share_on[None, :], fg, zero)
-            a = torch.where(share_on[None, :], a, zero)
-    low = low if low is not None else torch.zeros_like(m, dtype=torch.bool)
-    return m, sumexp, x_y, sx, sex, ses, fg.sum(1), a.sum(1), low
 
 
 def _focal(x, ref, lse, s, share_on, low, gamma, softcap: float | None):
@@ -273,7 +294,11 @@ def stats(x, y, s, share_on, mask, softcap, want_sx):
 
     ``share_on``: (K,) bool, False where the share is 0 (None when no share is 0).
     """
-    return _run("stats", _stats, x, y, s, share_on, mask, softcap, want_sx)
+    ok, res = _run("stats", _stats, x, y, s, share_on, softcap, want_sx)
+    if not ok:
+        return False, None
+    m, s1, t, x_y, sx = res[:5]
+    return True, (m, _sumexp(s1, t), _masked(x_y, mask), torch.zeros_like(m) if sx is None else sx)
 
 
 def grad(x, y, ref, a, bt, b, s, bu, softcap, out, live):
@@ -292,11 +317,45 @@ def grad(x, y, ref, a, bt, b, s, bu, softcap, out, live):
 def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses, gamma=None,
                 flsd_rows=False):
     """(ok, (m, sumexp, x_y, dsx_unscaled, sex, ses[, Fs, As, low])) — :func:`stats` with the
-    terms' partials; with ``gamma`` also the focal sums over the shares (unscaled when ``s`` is
-    None),
-    FLSD-53's per-row γ from the row's own p_y when ``flsd_rows``. γ is a compile-time constant."""
-    return _run("stats_terms", _stats_terms, x, y, s, share_on, mask, softcap, want_sx, want_sex,
-                want_ses, gamma, flsd_rows)
+    terms' partials; with ``gamma`` (whole rows only: the lse is the row's own) also the focal
+    sums over the shares (unscaled when ``s`` is None) and FLSD-53's per-row switch ``low``
+    (from the row's own p_y when ``flsd_rows``).
+
+    Integer γ ≤ :data:`~labelsmooth.ops._terms.FOCAL_MOMENTS_MAX` and FLSD-53 take the focal sums
+    from power sums of the same pass (:func:`~labelsmooth.ops._terms.focal_from_moments`); other
+    γ run the :func:`focal` kernel once the lse is known (one more read of the logits).
+    """
+    order = focal_moments_order(gamma)
+    want_sx = want_sx or bool(order)  # the focal sums' k = 0 term is −dsx
+    ok, res = _run("stats_terms", _stats_terms, x, y, s, share_on, softcap, want_sx, want_sex,
+                   want_ses, order)
+    if not ok:
+        return False, None
+    m, s1, t, x_y, sx, sex, ses, st = res[:8]
+    zeros = torch.zeros_like(m)
+    sumexp = _sumexp(s1, t)
+    base = (m, sumexp, _masked(x_y, mask), zeros if sx is None else sx,
+            zeros if sex is None else sex, zeros if ses is None else ses)
+    if gamma is None:
+        return True, base
+    ref, lse = row_ref(m), sumexp.log().to(m.dtype)
+    low = flsd_low(torch.exp((x_y - ref) - lse)) if flsd_rows else None
+    if order:
+        moments = res[8:]
+        if s is None:
+            st, e0 = t, x.shape[1] - t.to(torch.float64)
+        else:
+            e0 = s.to(torch.float64).sum() - st.to(torch.float64)
+        E = [e0] + [s1 if v is None else v for v in moments[0::2]]
+        Z = [-sx] + list(moments[1::2])
+        fs, a_s = focal_from_moments(gamma, low, s1, t, st, E, Z)
+        fs, a_s = fs.to(m.dtype), a_s.to(m.dtype)
+    else:
+        ok, res = focal(x, ref, lse, s, share_on, low, gamma, softcap)
+        if not ok:
+            return False, None
+        fs, a_s = res
+    return True, (*base, fs, a_s, torch.zeros_like(m, dtype=torch.bool) if low is None else low)
 
 
 def focal(x, ref, lse, s, share_on, low, gamma, softcap):
