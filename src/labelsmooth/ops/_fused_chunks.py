@@ -388,10 +388,8 @@ def grad_rows(
     if chunk_elems is None and _ind.use_inductor(x):
         ok = _ind.grad(
             x,
-            ys,
             ref,
             ap[:, 0],
-            grad * tgt,
             b if s is not None else None,
             s,
             bu[:, 0] if bu is not None else None,
@@ -400,7 +398,8 @@ def grad_rows(
             live,
         )
         if ok:
-            # the target column again, from the expm1 form computed above (p_y → 1 keeps digits)
+            # the target column, from the expm1 form computed above (p_y → 1 keeps digits;
+            # the kernel leaves it without its target term)
             out.scatter_(1, ys[:, None], gy.to(out.dtype)[:, None])
             return out
 

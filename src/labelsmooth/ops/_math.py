@@ -313,7 +313,7 @@ def grad_coef(
 
 def index_grad_dense(
     x: Tensor,
-    y: Tensor,
+    y: Tensor | None,
     ref: Tensor,
     a: Tensor,
     bt: Tensor,
@@ -334,7 +334,9 @@ def index_grad_dense(
     :math:`a = g\,cp\,e^{-L}` (``ref`` = :math:`r`, the row reference; :math:`L` the log of the
     sum of exponentials relative to it), :math:`bt = g\,ct`, :math:`b = g\,cs` with a share
     vector ``s`` (else None) or :math:`bu = g\,cs\,s_u` with uniform shares (else None). Rows
-    where ``live`` is False are exactly 0 by selection (None: every row). Differentiable: the
+    where ``live`` is False are exactly 0 by selection (None: every row). ``y`` None leaves out
+    the target term (:math:`bt`) for a caller that writes the target column itself: the compiled
+    CPU kernel, where the per-element column test costs about as much as the rest. Differentiable: the
     compiled CPU kernel (:mod:`labelsmooth.ops._fused_inductor`) and the double backward of the
     fused and Triton engines evaluate this one formula.
 
@@ -354,8 +356,9 @@ def index_grad_dense(
         g = g - b[:, None] * s[None, :]
     elif bu is not None:
         g = g - bu[:, None]
-    col = torch.arange(x.shape[1], device=x.device)
-    g = torch.where(col[None, :] == y[:, None], g - bt[:, None], g)
+    if y is not None:
+        col = torch.arange(x.shape[1], device=x.device)
+        g = torch.where(col[None, :] == y[:, None], g - bt[:, None], g)
     if softcap is not None:
         g = g * (1 - t * t)
     if live is not None:
