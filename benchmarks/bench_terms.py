@@ -8,9 +8,9 @@ impl="fused")`` on float32 logits with random class targets:
 * ``confidence_penalty`` — ``confidence_penalty=0.1`` (one more row sum, Σ e·(x − r), in the
   statistics pass);
 * ``poly``               — ``poly=1.0`` (with uniform smoothing no extra pass: Σ s·e = s·Σe);
-* ``focal2``             — ``focal_gamma=2`` (one more pass over the logits after the merge, the
-  focal stage; (1 − p)² by multiplication; the gradient pass computes expm1 and a too);
-* ``flsd53``             — ``focal_gamma="flsd-53"`` (γ = 5 or 3 per row, by multiplication).
+* ``focal2``             — ``focal_gamma=2`` (large inputs: power sums in the statistics pass;
+  the gradient pass computes a too);
+* ``flsd53``             — ``focal_gamma="flsd-53"`` (γ = 5 or 3 per row: one more pass after the lse).
 
 Goal (issue 16): each term adds at most 15 % to the ``none`` time.
 
@@ -33,33 +33,38 @@ Usage (about 2 minutes on 2 idle cores once the kernels are cached; the first ru
     python benchmarks/bench_terms.py                       # 8192x32000, float32, 2 threads
     python benchmarks/bench_terms.py --shape 2048x32000 --repeat 3
 
-Measured on a quiet machine (git ``63db71d``, 2026-12-02 10:34 UTC, 8192x32000 float32, ε = 0.1,
-out of place, 2 threads, medians of the interleaved rounds, load average 1.5–1.6, no other job):
+Measured on an otherwise idle machine, 2026-12-02, 8192x32000 float32, ε = 0.1, 2 threads,
+``--inplace --repeat 9`` (in place: the timed call allocates no 1 GiB gradient, see below), medians
+of the interleaved rounds. Before: git ``a56fe34`` (``--repeat 7``, load 0.3–1.2); after: git
+``5d99ad4`` (load 1.0–1.5):
 
-=================== ======== ====== ===== ==========
-config              median s × none  cpu s cpu × none
-=================== ======== ====== ===== ==========
-none                0.184    1.00   0.898 1.00
-confidence_penalty  0.242    0.97   0.982 0.99
-poly                0.201    0.92   0.907 0.95
-focal2              0.358    1.38   1.16  1.20
-flsd53              0.307    1.44   1.12  1.14
-=================== ======== ====== ===== ==========
+=================== ========== ========== ====== ======== ==========
+config              before s   after s    × none cpu × none goal ≤ 1.15
+=================== ========== ========== ====== ======== ==========
+none                0.288      0.194      1.00   1.00     —
+confidence_penalty  0.298      0.244      1.26   1.05     not met
+poly                0.246      0.211      1.09   0.99     met
+focal2              0.402      0.311      1.67   1.19     not met
+flsd53              0.427      0.366      1.99   1.31     not met
+=================== ========== ========== ====== ======== ==========
 
-(The wall medians of single configurations are bimodal on this machine: a fresh 1 GiB gradient
-buffer sometimes gets transparent huge pages and sometimes not, +250 ms; the per-round ratios are
-steadier.) Earlier, loaded (load 2.4–3.1, git ``9b2159e``): wall ratios 1.18 / 1.00 / 1.53 / 1.57,
-CPU ratios 1.02 / 1.00 / 1.24 / 1.20.
+Every configuration got faster; the plain loss got faster by more (its statistics pass now reads
+each row from memory once, and its gradient pass lost a per-element column test), so the ratios
+grew: before, they were 1.04 / 0.87 / 1.45 / 1.49. What each term costs now, on this 2-core
+AVX-512 machine where the passes are bound by vector arithmetic once a row is in cache: the
+penalty one more row sum in the statistics pass and three operations per element in the gradient;
+focal with integer γ ≤ 3 two row sums per power of (1 − p) in the statistics pass
+(:func:`labelsmooth.ops._terms.focal_from_moments`), each about 25–35 ms here (the accumulators of
+Inductor's loop are spilled around its out-of-line ``exp`` call), plus about eight operations per
+element in the gradient; FLSD-53 (and γ = 5) one more compiled read of the logits after the lse,
+where the fifth power measured 1.6 times slower.
 
-Under heavier load (7.3) the same command gave wall ratios 1.14 / 1.12 / 1.21 / 1.74 and CPU
-ratios 1.11 / 1.06 / 1.16 / 1.44, the single calls ranging 0.7–3.1 s: only the CPU-time ratios are
-stable enough to read. The penalty and Poly-1 stay near the 15 % goal (Poly-1 with uniform smoothing
-adds no pass work at all; the penalty one multiply-add per element). Focal does not meet it: its
-row sums need the row's lse, so the compiled statistics kernel walks the logits a third time (each
-of Inductor's row reductions is its own loop over all rows: a third read of the logits from
-memory, not from cache), and its gradient adds about eight flops per element; one exponential per
-element is saved in each pass (see ``labelsmooth.ops._terms.focal_elems``). ``--threads`` sets
-torch's intra-op threads; the Inductor kernels keep the thread count they were compiled with.
+Out of place (the default), the same run's medians were 0.274 / 0.348 / 0.495 / 0.521 / 0.640 s,
+but single calls spread from 0.26 to 2.2 s: a fresh 1 GiB gradient buffer sometimes gets
+transparent huge pages and sometimes not (page faults inside the timed call), so those ratios
+measure the allocator; ``LABELSMOOTH_HUGEPAGES=0`` makes every call fault 4 KiB pages
+(0.5–2.8 s). ``--threads`` sets torch's intra-op threads, which the compiled kernels follow
+(``cpp.dynamic_threads``).
 
 Writes a CSV (``--csv``; default ``benchmarks/results/terms_cpu.csv``) with the environment in
 ``#`` comment lines. Not collected by pytest (no ``test_`` prefix).
