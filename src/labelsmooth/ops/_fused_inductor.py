@@ -336,9 +336,9 @@ def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses, g
     sums over the shares (unscaled when ``s`` is None) and FLSD-53's per-row switch ``low``
     (from the row's own p_y when ``flsd_rows``).
 
-    Integer γ ≤ :data:`~labelsmooth.ops._terms.FOCAL_MOMENTS_MAX` and FLSD-53 take the focal sums
-    from power sums of the same pass (:func:`~labelsmooth.ops._terms.focal_from_moments`); other
-    γ run the :func:`focal` kernel once the lse is known (one more read of the logits).
+    Integer γ ≤ :data:`~labelsmooth.ops._terms.FOCAL_MOMENTS_MAX` take the focal sums from power
+    sums of the same pass (:func:`~labelsmooth.ops._terms.focal_from_moments`); other γ and
+    FLSD-53 run the :func:`focal` kernel once the lse is known (one more read of the logits).
     """
     order = focal_moments_order(gamma)
     want_sx = want_sx or bool(order)  # the focal sums' k = 0 term is −dsx
