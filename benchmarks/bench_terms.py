@@ -10,7 +10,8 @@ impl="fused")`` on float32 logits with random class targets:
 * ``poly``               — ``poly=1.0`` (with uniform smoothing no extra pass: Σ s·e = s·Σe);
 * ``focal2``             — ``focal_gamma=2`` (large inputs: power sums in the statistics pass;
   the gradient pass computes a too);
-* ``flsd53``             — ``focal_gamma="flsd-53"`` (γ = 5 or 3 per row: one more pass after the lse).
+* ``flsd53``             — ``focal_gamma="flsd-53"`` (γ = 5 or 3 per row: one more pass after
+  the lse).
 
 Goal (issue 16): each term adds at most 15 % to the ``none`` time.
 

@@ -336,9 +336,9 @@ def index_grad_dense(
     vector ``s`` (else None) or :math:`bu = g\,cs\,s_u` with uniform shares (else None). Rows
     where ``live`` is False are exactly 0 by selection (None: every row). ``y`` None leaves out
     the target term (:math:`bt`) for a caller that writes the target column itself: the compiled
-    CPU kernel, where the per-element column test costs about as much as the rest. Differentiable: the
-    compiled CPU kernel (:mod:`labelsmooth.ops._fused_inductor`) and the double backward of the
-    fused and Triton engines evaluate this one formula.
+    CPU kernel, where the per-element column test costs about as much as the rest.
+    Differentiable: the compiled CPU kernel (:mod:`labelsmooth.ops._fused_inductor`) and the
+    double backward of the fused and Triton engines evaluate this one formula.
 
     Examples:
         >>> x = torch.tensor([[0.0, 0.0]])
