@@ -1196,6 +1196,18 @@ def test_focal_from_moments_is_the_focal_sum(gamma):
     torch.testing.assert_close(A, Ad, rtol=1e-12, atol=1e-14)
 
 
+def _compiled_with_focal_spy(monkeypatch) -> list:
+    """Force the compiled kernels (skip where they are unavailable) and record every call of the
+    separate focal pass (``_fused_inductor.focal``) into the returned list."""
+    monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
+    if ind.STATE.broken:
+        pytest.skip("compiled kernels unavailable in this process")
+    called = []
+    real_focal = ind.focal
+    monkeypatch.setattr(ind, "focal", lambda *a: called.append(1) or real_focal(*a))
+    return called
+
+
 def _focal_rows_truth(x, y, eps, shares, gamma):
     """Per-row smoothed focal loss in float64 with the log-softmax taken as z − log1p(Σ_{c≠max}
     e^z): exact for confident rows too, where z − logsumexp loses the tiny 1 − p of the max class
@@ -1219,12 +1231,7 @@ def test_compiled_focal_moments_precision(monkeypatch, gamma, k, prior):
     row sums ~4e-7 (γ = 3, K = 2); the bound is 3^γ·2^-24 times 8. Absolute 1e-15: a confident
     row's loss (down to 1e-56 here) is taken relative to the shared float64 ``sumexp`` = 1 + 1e-14,
     whose rounding (2^-53) limits every engine's target term, not the power sums."""
-    monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
-    if ind.STATE.broken:
-        pytest.skip("compiled kernels unavailable in this process")
-    called = []
-    real_focal = ind.focal
-    monkeypatch.setattr(ind, "focal", lambda *a: called.append(1) or real_focal(*a))
+    called = _compiled_with_focal_spy(monkeypatch)
     torch.manual_seed(k)
     rows = 64
     x = torch.randn(rows, k) * 3
@@ -1260,12 +1267,7 @@ def test_compiled_focal_other_gamma_takes_the_focal_pass(monkeypatch, gamma):
     y = torch.randint(0, 50, (16,))
     opts = dict(label_smoothing=0.1, reduction="none", focal_gamma=gamma)
     eager = ls.cross_entropy(x, y, impl="fused", **opts)
-    monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
-    if ind.STATE.broken:
-        pytest.skip("compiled kernels unavailable in this process")
-    called = []
-    real_focal = ind.focal
-    monkeypatch.setattr(ind, "focal", lambda *a: called.append(1) or real_focal(*a))
+    called = _compiled_with_focal_spy(monkeypatch)
     compiled = ls.cross_entropy(x, y, impl="fused", **opts)
     assert called == [1]
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
