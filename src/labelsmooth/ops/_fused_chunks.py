@@ -20,6 +20,7 @@ import os
 import torch
 
 from labelsmooth.ops import _fused_inductor as _ind
+from labelsmooth.ops import _fused_native as _nat
 from labelsmooth.ops._math import (
     acc_dtype,
     apply_softcap,
@@ -80,6 +81,19 @@ def block_shape(rows: int, cols: int, chunk_elems: int | None = None) -> tuple[i
     bc = min(max(cols, 1), MAX_COLS)
     br = max(1, min(max(rows, 1), budget // bc))
     return br, bc
+
+
+def fast_kernels(x: torch.Tensor, softcap: float | None = None, gamma=None) -> list:
+    """The kernel modules that may process ``x``, in order of preference: the hand-written
+    native kernels (:mod:`._fused_native`), then the Inductor ones (:mod:`._fused_inductor`);
+    empty for the chunked eager path. Each module's functions answer ok = False when they
+    cannot run (a failed build or compile), and the caller tries the next."""
+    kernels = []
+    if _nat.use_native(x, softcap, gamma):
+        kernels.append(_nat)
+    if _ind.use_inductor(x):
+        kernels.append(_ind)
+    return kernels
 
 
 def _safe_index(y: torch.Tensor, target_mask: torch.Tensor | None) -> torch.Tensor:
@@ -181,12 +195,12 @@ def row_partials(
         # zero shares must count 0 at a −inf logit; on the CPU, look once whether there are any
         if dev.type != "cpu" or bool((s == 0).any()):
             share_on = s != 0
-    if chunk_elems is None and _ind.use_inductor(x):
+    for kern in fast_kernels(x, softcap) if chunk_elems is None else ():
         if extras and (want_sex or want_ses):
-            ok, res = _ind.stats_terms(x, ys, s, share_on, target_mask, softcap, want_sx,
+            ok, res = kern.stats_terms(x, ys, s, share_on, target_mask, softcap, want_sx,
                                        want_sex, want_ses)
         else:
-            ok, res = _ind.stats(x, ys, s, share_on, target_mask, softcap, want_sx)
+            ok, res = kern.stats(x, ys, s, share_on, target_mask, softcap, want_sx)
             res = res if not ok or not extras else res + (sex, ses)
         if ok:
             m, sumexp, x_y, sx = res[:4]
@@ -385,8 +399,8 @@ def grad_rows(
     live = (a[:, 0] != 0) | (b != 0) | (tgt * grad != 0)
     gy = torch.where(live, gy, torch.zeros_like(gy))
     ap = a if inv is None else a * inv[:, None]
-    if chunk_elems is None and _ind.use_inductor(x):
-        ok = _ind.grad(
+    for kern in fast_kernels(x, softcap) if chunk_elems is None else ():
+        ok = kern.grad(
             x,
             ref,
             ap[:, 0],
@@ -470,9 +484,9 @@ def _grad_rows_terms(x, y, lse, coef_p, ct, cs, s, s_uniform, softcap, grad, tar
     gy = torch.where(live, gy, torch.zeros_like(gy))
     cps = terms.cps.to(acc) if terms.cps is not None else None
     cpx = terms.cpx.to(acc) if terms.cpx is not None else None
-    if chunk_elems is None and _ind.use_inductor(x):
-        csk = cs if s is not None else (cs * s_uniform if smoothing else None)
-        if _ind.grad_terms(x, ref, lse, grad, coef_p, csk, s, cps, cpx, terms.low, live,
+    csk = cs if s is not None else (cs * s_uniform if smoothing else None)
+    for kern in fast_kernels(x, softcap, terms.gamma) if chunk_elems is None else ():
+        if kern.grad_terms(x, ref, lse, grad, coef_p, csk, s, cps, cpx, terms.low, live,
                            out, terms.gamma, softcap):
             out.scatter_(1, ys[:, None], gy.to(out.dtype)[:, None])
             return out
@@ -588,11 +602,11 @@ def row_partials_focal(
 
     acc = acc_dtype(x.dtype)
     flsd = terms.focal_gamma == FLSD
-    if x.shape[0] and _ind.use_inductor(x):
+    for kern in fast_kernels(x, softcap, terms.focal_gamma) if x.shape[0] else ():
         sv = s.to(device=x.device, dtype=acc) if s is not None else None
         share_on = None if sv is None or not bool((sv == 0).any()) else sv != 0
         want_sx = s is not None or s_uniform != 0.0
-        ok, res = _ind.stats_terms(x, _safe_index(y, None), sv, share_on, None, softcap, want_sx,
+        ok, res = kern.stats_terms(x, _safe_index(y, None), sv, share_on, None, softcap, want_sx,
                                    terms.wants_sex, terms.wants_ses and s is not None,
                                    terms.focal_gamma, flsd)
         if ok:

@@ -21,9 +21,11 @@ Focal sums of whole rows: integer γ ≤ :data:`~labelsmooth.ops._terms.FOCAL_MO
 from power sums in the same statistics pass (:func:`~labelsmooth.ops._terms.focal_from_moments`);
 other γ (and FLSD-53) run the :func:`focal` kernel after the lse, one more read of the logits.
 
-When it is used (see :func:`use_inductor`): CPU tensors of at least :data:`MIN_NUMEL` elements,
-``LABELSMOOTH_FUSED_KERNELS`` unset or ``"auto"`` (``"eager"`` disables it, ``"inductor"``
-forces it at every size), and only while compiling works: the first failure (no compiler, an
+When it is used (see :func:`use_inductor`): CPU tensors of at least :data:`MIN_NUMEL` elements
+that the hand-written kernels of :mod:`._fused_native` do not take (they run first: float32
+without soft-cap, integer focal γ; see :func:`._fused_chunks.fast_kernels`),
+``LABELSMOOTH_FUSED_KERNELS`` unset or ``"auto"`` (``"eager"`` and ``"native"`` disable it,
+``"inductor"`` forces it at every size), and only while compiling works: the first failure (no compiler, an
 unsupported platform) switches it off for the process with a warning, and the chunked eager path
 takes over. The first call per (dtype, option set) compiles; small inputs — tests, toy
 models — never pay it.
@@ -93,13 +95,18 @@ class KernelState:
 STATE = KernelState()
 
 
+#: The values of ``LABELSMOOTH_FUSED_KERNELS``: ``"native"`` forces the hand-written kernels of
+#: :mod:`._fused_native` at every size (the chunked eager path where they do not apply),
+#: ``"inductor"`` these compiled ones, ``"eager"`` neither.
+MODES = ("auto", "eager", "inductor", "native")
+
+
 def mode() -> str:
-    """The ``LABELSMOOTH_FUSED_KERNELS`` setting: ``"auto"`` (default), ``"eager"``, ``"inductor"``."""
+    """The ``LABELSMOOTH_FUSED_KERNELS`` setting, one of :data:`MODES` (default ``"auto"``)."""
     value = os.environ.get("LABELSMOOTH_FUSED_KERNELS", "auto").strip().lower()
-    if value not in ("auto", "eager", "inductor"):
+    if value not in MODES:
         raise ValueError(
-            f"Expected `LABELSMOOTH_FUSED_KERNELS` to be one of ('auto', 'eager', 'inductor'), "
-            f"but got {value!r}."
+            f"Expected `LABELSMOOTH_FUSED_KERNELS` to be one of {MODES}, but got {value!r}."
         )
     return value
 
@@ -109,7 +116,7 @@ def use_inductor(x: torch.Tensor) -> bool:
     if STATE.broken or x.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     m = mode()
-    if m == "eager":
+    if m in ("eager", "native"):
         return False
     return m == "inductor" or x.numel() >= MIN_NUMEL
 

@@ -1,0 +1,450 @@
+// Hand-written CPU kernels of the fused engine's two passes (float32, row-major rows).
+//
+// Built at first use by labelsmooth/ops/_fused_native.py with the system C++ compiler
+// (-O3 -march=native -fopenmp) and called through ctypes: no torch headers, so the build takes
+// under a second. The arithmetic is GCC/Clang vector extensions (16 floats), which the compiler
+// lowers to the widest registers the machine has (one AVX-512 register, two AVX2 ones, ...).
+//
+// Why by hand: Inductor's generated loops call an out-of-line vector exp, so every running sum
+// around it is spilled to memory and reloaded each iteration; here exp is inline and every sum
+// lives in a register, and each row is walked while it sits in cache: once from memory for its
+// max, then again from cache for all its sums and, with focal, a third time for the focal sums
+// once the row's lse is known (no second read of the logits from memory).
+//
+// Semantics are those of the Inductor kernels in _fused_inductor.py (the oracle in the tests):
+// statistics relative to the row reference r (the max; 0 for an all -inf row), the terms at the
+// max (e^0 = 1) counted apart, a zero share counting 0 even at a -inf logit, NaN propagated.
+
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+enum { W = 16 };
+
+static inline vf splat(float a) { return a - (vf){}; }
+static inline vf load(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float* p, vf v) { memcpy(p, &v, sizeof v); }
+// the first n (< W) lanes from p, the rest `fill`
+static inline vf load_tail(const float* p, long n, float fill) {
+    float buf[W];
+    for (int i = 0; i < W; i++) buf[i] = fill;
+    memcpy(buf, p, n * sizeof(float));
+    return load(buf);
+}
+static inline void store_tail(float* p, vf v, long n) {
+    float buf[W];
+    store(buf, v);
+    memcpy(p, buf, n * sizeof(float));
+}
+// the first n (<= W) lanes of v to p
+static inline void store_n(float* p, vf v, long n) {
+    if (n == W) store(p, v);
+    else store_tail(p, v, n);
+}
+
+static inline vi tail_mask(long n) {
+    vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return lane < (int32_t)n;
+}
+static inline vf sel(vi m, vf a, vf b) { return m ? a : b; }
+static inline float hsum(vf v) {
+    // pairwise, as a tree: the lanes of a long row hold sums of similar size
+    float b[W];
+    store(b, v);
+    for (int w = W / 2; w > 0; w /= 2)
+        for (int i = 0; i < w; i++) b[i] += b[i + w];
+    return b[0];
+}
+
+static const float LOWEST = -3.4028234663852886e38f;
+// at or below this e^x is exactly 0 in float32 (2^-159 rounds to 0; the smallest subnormal is
+// e^-103.28); clamping there keeps the reduction finite at -inf
+static const float EXP_MIN = -110.0f;
+// the kernels' exponents are <= 0 (logits minus their row max); the portable path clamps here
+// so that its integer exponent stays defined (e^x then saturates near FLT_MAX, not inf)
+static const float EXP_MAX = 88.7f;
+
+// e^x for x <= 0 (NaN stays NaN, -inf and anything below -110 give exactly 0), and with want_u
+// also u = -expm1(x) = 1 - e^x to full relative precision (the form focal needs as p -> 1).
+// Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, e^r = 1 + r q(r) with q the Taylor series
+// to r^6 (truncation 5e-9 relative), then times 2^n: one vscalefps on AVX-512 (exact, subnormals
+// included), else in two halves built from the exponent bits (subnormals come out right too).
+template <bool want_u>
+static inline vf vexp(vf x, vf* u) {
+    vf xc = x < splat(EXP_MIN) ? splat(EXP_MIN) : x;  // one max; a NaN stays NaN
+    vf n = (xc * splat(1.44269504088896341f) + splat(12582912.0f)) - splat(12582912.0f);
+    vf r = xc - n * splat(0.693145751953125f);
+    r = r - n * splat(1.428606765330187045e-06f);
+    vf q = splat(1.0f / 5040);
+    q = q * r + splat(1.0f / 720);
+    q = q * r + splat(1.0f / 120);
+    q = q * r + splat(1.0f / 24);
+    q = q * r + splat(1.0f / 6);
+    q = q * r + splat(0.5f);
+    q = q * r + splat(1.0f);
+    vf rq = r * q;  // e^r - 1
+#ifdef __AVX512F__
+    __m512 pe = (__m512)(rq + splat(1.0f));
+    vf e = (vf)_mm512_mask_scalef_ps(pe, (__mmask16)0xFFFF, pe, (__m512)n);
+#else
+    n = n > splat(EXP_MAX) ? splat(EXP_MAX) : n;
+    vi ni = __builtin_convertvector(n, vi);
+    vi h = ni >> 1;
+    vi b1 = (h + 127) << 23, b2 = ((ni - h) + 127) << 23;
+    vf s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    vf e = ((rq + splat(1.0f)) * s1) * s2;
+#endif
+    if (want_u) {
+        // n = 0 (|x| <= ln2/2): u = -(e^r - 1), the series itself; else 1 - e^x, which has
+        // no cancellation there (e^x <= 0.71); below -110 e = 0 and u = 1
+        *u = n == splat(0.0f) ? -rq : splat(1.0f) - e;
+    }
+    return e;
+}
+
+// The row's max, the number of columns at it (ties) and the index of one of them, in one read
+// from memory (bound by memory bandwidth: the counting is free). NaN is skipped here
+// (torch.amax would return it): the sums of the next pass turn NaN, and the caller then makes the
+// max NaN too. An all -inf row has no ties (its exponentials are all 0).
+static inline float row_max(const float* row, long K, float* ties, long* at) {
+    vf mv = splat(-INFINITY), cv = splat(0.0f);
+    vi iv = {}, kv = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    auto step = [&](vf v, vi ok) {
+        vi gt = v > mv, eq = (v == mv) & ok;
+        cv = gt ? splat(1.0f) : (eq ? cv + splat(1.0f) : cv);
+        mv = gt ? v : mv;
+        iv = gt ? kv : iv;
+        kv += (int32_t)W;
+    };
+    vi all = splat(0.0f) == splat(0.0f);
+    long k = 0;
+    for (; k + W <= K; k += W) step(load(row + k), all);
+    if (k < K) step(load_tail(row + k, K - k, -INFINITY), tail_mask(K - k));
+    float m = mv[0];
+    for (int i = 1; i < W; i++) m = mv[i] > m ? mv[i] : m;
+    float t = 0.0f;
+    *at = 0;
+    for (int i = 0; i < W; i++)
+        if (mv[i] == m) {
+            t += cv[i];
+            *at = iv[i];
+        }
+    *ties = isfinite(m) ? t : 0.0f;
+    return m;
+}
+
+// u^k for a compile-time k >= 0 (K < 0: the runtime k), by multiplication
+template <int KP>
+static inline vf vpow(vf u, int k) {
+    vf out = splat(1.0f);
+    if (KP >= 0) {
+        for (int i = 0; i < KP; i++) out = out * u;
+    } else {
+        for (int i = 0; i < k; i++) out = out * u;
+    }
+    return out;
+}
+
+static inline vf clamp_lowest(vf z) { return z < splat(LOWEST) ? splat(LOWEST) : z; }
+
+// Calls f(v, sv, ok) for each vector of a row: v the logits (tail lanes -inf), sv the shares
+// (tail lanes 0; zeros without shares), ok the valid lanes; f is inlined into both loops.
+template <bool SV, class F>
+static inline void for_row(const float* row, const float* s, long K, F f) {
+    vi all = splat(0.0f) == splat(0.0f);
+    long k = 0;
+    for (; k + W <= K; k += W) f(k, load(row + k), SV ? load(s + k) : splat(0.0f), all, W);
+    if (k < K) {
+        long n = K - k;
+        f(k, load_tail(row + k, n, -INFINITY), SV ? load_tail(s + k, n, 0.0f) : splat(0.0f),
+          tail_mask(n), n);
+    }
+}
+
+struct Row {
+    float s1, sx, sex, ses;
+};
+
+// Pass 2 of a row from cache: the sums of ls_stats; e^z kept in ebuf for the focal pass.
+template <bool SV, bool SX, bool SEX, bool SES, bool KEEP>
+static inline Row stats_row(const float* row, const float* s, long K, float ref, float* ebuf) {
+    vf rv = splat(ref);
+    vf a_se = splat(0), a_sx = splat(0), a_sex = splat(0), a_ses = splat(0);
+    for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi ok, long n) {
+        vf z = v - rv;
+        vf e = vexp<false>(z, nullptr);
+        if (KEEP) {
+            store_n(ebuf + k, e, n);
+        }
+        // the ties (z = 0, counted by row_max) apart: one masked add
+        a_se = z == splat(0.0f) ? a_se : a_se + e;
+        if (SX) {
+            if (SV) a_sx += sel(sv == splat(0.0f), splat(0.0f), z * sv);
+            else a_sx += sel(ok, z, splat(0.0f));
+        }
+        if (SEX) a_sex += e * clamp_lowest(z);
+        if (SES) a_ses += e * sv;
+    });
+    Row r;
+    r.s1 = hsum(a_se);
+    r.sx = SX ? 0.0f - hsum(a_sx) : 0.0f;
+    r.sex = SEX ? hsum(a_sex) : 0.0f;
+    r.ses = SES ? hsum(a_ses) : 0.0f;
+    return r;
+}
+
+// Pass 3 (focal) of a row from cache, with l = z - L and p = e^l = e_buf / S: u = 1 - p, but
+// -expm1(l) (exact) in the one vector that can hold p > 1/2, where 1 - p would lose u's digits.
+// Pass 3 (focal) of a row from cache, with l = z - L and p = e^l = e_buf / S, u = 1 - p (the
+// one column that can have p > 1/2, the row's unique max, is corrected by the caller).
+template <bool SV, int G>
+static inline void focal_row(const float* row, const float* s, long K, float ref, float L,
+                             float inv_s, int g, const float* ebuf, float* fs, float* fa) {
+    vf rv = splat(ref), Lv = splat(L), iv = splat(inv_s), gv = splat((float)(G > 0 ? G : g));
+    vf a_fs = splat(0), a_fa = splat(0);
+    for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi ok, long n) {
+        vf l = (v - rv) - Lv;
+        vf p = (n == W ? load(ebuf + k) : load_tail(ebuf + k, n, 0.0f)) * iv;
+        vf u = splat(1.0f) - p;
+        vf um1 = vpow<G < 0 ? -1 : G - 1>(u, g - 1);
+        vf fg = um1 * u * -l;
+        vf a = um1 * (gv * (p * clamp_lowest(l)) - u);
+        if (SV) {
+            vi on = sv != splat(0.0f);
+            a_fs += sel(on, fg * sv, splat(0.0f));
+            a_fa += sel(on, a * sv, splat(0.0f));
+        } else {
+            a_fs += sel(ok, fg, splat(0.0f));
+            a_fa += sel(ok, a, splat(0.0f));
+        }
+    });
+    *fs = hsum(a_fs);
+    *fa = hsum(a_fa);
+}
+
+// (fg, a) of one column from its u, p and l (double).
+static inline void focal_one(double u, double p, double l, int g, double* fg, double* a) {
+    double um1 = 1.0;
+    for (int i = 0; i < g - 1; i++) um1 *= u;
+    *fg = um1 * u * -l;
+    *a = um1 * (g * p * l - u);
+}
+
+template <bool SV>
+static inline void focal_dispatch(int g, const float* row, const float* s, long K, float ref,
+                                  float L, float inv_s, const float* ebuf, float* fs, float* fa) {
+    switch (g) {
+        case 1: focal_row<SV, 1>(row, s, K, ref, L, inv_s, g, ebuf, fs, fa); break;
+        case 2: focal_row<SV, 2>(row, s, K, ref, L, inv_s, g, ebuf, fs, fa); break;
+        case 3: focal_row<SV, 3>(row, s, K, ref, L, inv_s, g, ebuf, fs, fa); break;
+        case 5: focal_row<SV, 5>(row, s, K, ref, L, inv_s, g, ebuf, fs, fa); break;
+        default: focal_row<SV, -1>(row, s, K, ref, L, inv_s, g, ebuf, fs, fa); break;
+    }
+}
+
+template <bool SV, bool SX, bool SEX, bool SES>
+static void stats_all(const float* x, long R, long K, long ldx, const float* s, const float* xy,
+                      int gamma, float* m, float* s1, float* t, float* sx, float* sex, float* ses,
+                      float* fs, float* fa, uint8_t* low, int nthreads) {
+#pragma omp parallel num_threads(nthreads)
+    {
+        float* ebuf = gamma ? new float[K > 0 ? K : 1] : nullptr;
+#pragma omp for schedule(static)
+        for (long rI = 0; rI < R; rI++) {
+            const float* row = x + rI * ldx;
+            float ties;
+            long at;
+            float mx = row_max(row, K, &ties, &at);
+            float ref = (mx == -INFINITY) ? 0.0f : mx;
+            Row r = gamma ? stats_row<SV, SX, SEX, SES, true>(row, s, K, ref, ebuf)
+                          : stats_row<SV, SX, SEX, SES, false>(row, s, K, ref, ebuf);
+            m[rI] = isnan(r.s1) && mx != INFINITY ? NAN : mx;  // a NaN in the row (see row_max)
+            s1[rI] = r.s1;
+            t[rI] = ties;
+            if (SX) sx[rI] = r.sx;
+            if (SEX) sex[rI] = r.sex;
+            if (SES) ses[rI] = r.ses;
+            if (!gamma) continue;
+            double S = (double)r.s1 + (double)ties;
+            float L = (float)log(S);
+            int g = gamma;
+            if (gamma < 0) {
+                float py = expf((xy[rI] - ref) - L);
+                low[rI] = py < 0.2f;
+                g = low[rI] ? 5 : 3;
+            }
+            float inv_s = (float)(1.0 / S);
+            focal_dispatch<SV>(g, row, s, K, ref, L, inv_s, ebuf, fs + rI, fa + rI);
+            float share = SV ? s[at] : 1.0f;
+            if (ties == 1.0f && S < 2.0 && share != 0.0f) {
+                // the max column has p = 1/S > 1/2, where 1 - p loses u's digits: swap its
+                // float terms for exact ones, u = (S - 1)/S = s1/S (a confident row's loss)
+                double fe, ae, ff, af;
+                focal_one((double)r.s1 / S, 1.0 / S, -(double)L, g, &fe, &ae);
+                focal_one((double)(1.0f - inv_s), (double)inv_s, -(double)L, g, &ff, &af);
+                fs[rI] = (float)((double)fs[rI] + share * (fe - ff));
+                fa[rI] = (float)((double)fa[rI] + share * (ae - af));
+            }
+        }
+        delete[] ebuf;
+    }
+}
+
+typedef void (*stats_fn)(const float*, long, long, long, const float*, const float*, int, float*,
+                         float*, float*, float*, float*, float*, float*, float*, uint8_t*, int);
+
+#define STATS_V(SV, SX, SEX, SES) &stats_all<SV, SX, SEX, SES>
+static const stats_fn STATS_TABLE[16] = {
+    STATS_V(0, 0, 0, 0), STATS_V(0, 0, 0, 1), STATS_V(0, 0, 1, 0), STATS_V(0, 0, 1, 1),
+    STATS_V(0, 1, 0, 0), STATS_V(0, 1, 0, 1), STATS_V(0, 1, 1, 0), STATS_V(0, 1, 1, 1),
+    STATS_V(1, 0, 0, 0), STATS_V(1, 0, 0, 1), STATS_V(1, 0, 1, 0), STATS_V(1, 0, 1, 1),
+    STATS_V(1, 1, 0, 0), STATS_V(1, 1, 0, 1), STATS_V(1, 1, 1, 0), STATS_V(1, 1, 1, 1),
+};
+
+// The gradient passes' row loop: rows where live is 0 get exactly 0 (their logits may be
+// +-inf or NaN: 0 by selection, not by multiplication); f(rI, row, orow) writes the others.
+template <class F>
+static void for_live_rows(const float* x, long R, long K, long ldx, const uint8_t* live,
+                          float* out, long ldo, int nthreads, F f) {
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (long rI = 0; rI < R; rI++) {
+        float* orow = out + rI * ldo;
+        if (live[rI]) f(rI, x + rI * ldx, orow);
+        else memset(orow, 0, K * sizeof(float));
+    }
+}
+
+template <bool SV, bool BU>
+static void grad_all(const float* x, long R, long K, long ldx, const float* ref, const float* a,
+                     const float* b, const float* s, const float* bu, const uint8_t* live,
+                     float* out, long ldo, int nthreads) {
+    for_live_rows(x, R, K, ldx, live, out, ldo, nthreads, [&](long rI, const float* row,
+                                                               float* orow) {
+        vf rv = splat(ref[rI]), av = splat(a[rI]);
+        vf bv = splat(SV ? b[rI] : 0.0f), buv = splat(BU ? bu[rI] : 0.0f);
+        for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi, long n) {
+            vf gr = av * vexp<false>(v - rv, nullptr);
+            if (SV) gr = gr - bv * sv;
+            if (BU) gr = gr - buv;
+            store_n(orow + k, gr, n);
+        });
+    });
+}
+
+// The gradient with terms for one row; G = 0 without focal elements (no focal, or no smoothing:
+// a_j only multiplies cs), G < 0 the runtime g.
+template <bool SV, bool CPX, int G>
+static inline void grad_terms_row(const float* row, const float* s, long K, float* orow,
+                                  float ref, float L, float g, float cp, float cs, float cps,
+                                  float cpx, int gm) {
+    // the row's factors folded into per-row constants: g into every coefficient, and without
+    // focal elements also e^-L into those of p = e^z e^-L (one exponential of z per element)
+    float eL = G == 0 ? (float)exp(-(double)L) : 1.0f;
+    vf rv = splat(ref), Lv = splat(L), iS = splat((float)exp(-(double)L));
+    vf cpv = splat(cp * g * eL), cpsv = splat(cps * g * eL), cpxv = splat(cpx * g * eL);
+    vf csv = splat(cs * g), gamv = splat((float)gm);
+    for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi, long n) {
+        vf z = v - rv;
+        vf e = vexp<false>(z, nullptr);
+        vf kk = SV ? cpv + cpsv * sv : cpv;
+        if (CPX) kk = kk + cpxv * clamp_lowest(z);  // z p is 0 at a -inf logit (p = 0)
+        vf cj = SV ? csv * sv : csv;
+        vf gr;
+        if (G != 0) {
+            // u = 1 - p: its absolute error (2^-24) moves a_j by at most g 2^-24, next to a
+            // cp p_j that keeps its relative precision (as _terms.focal_elems(one_exp="p"))
+            vf p = e * iS;
+            vf u = splat(1.0f) - p;
+            vf a = vpow<G < 0 ? -1 : G - 1>(u, gm - 1) * (gamv * (p * clamp_lowest(z - Lv)) - u);
+            gr = kk * p + cj * a;
+        } else {
+            gr = kk * e - cj;
+        }
+        store_n(orow + k, gr, n);
+    });
+}
+
+template <bool SV, bool CPX>
+static void grad_terms_all(const float* x, long R, long K, long ldx, const float* ref,
+                           const float* L, const float* g, const float* cp, const float* cs,
+                           const float* s, const float* cps, const float* cpx, const uint8_t* low,
+                           int gamma, const uint8_t* live, float* out, long ldo, int nthreads) {
+    for_live_rows(x, R, K, ldx, live, out, ldo, nthreads, [&](long rI, const float* row,
+                                                               float* orow) {
+        int gm = !cs ? 0 : gamma < 0 ? (low[rI] ? 5 : 3) : gamma;
+        float a1 = ref[rI], a2 = L[rI], a3 = g[rI], a4 = cp[rI], a5 = cs ? cs[rI] : 0.0f;
+        float a6 = cps ? cps[rI] : 0.0f, a7 = CPX ? cpx[rI] : 0.0f;
+#define GT(GG) grad_terms_row<SV, CPX, GG>(row, s, K, orow, a1, a2, a3, a4, a5, a6, a7, gm)
+        switch (gm) {
+            case 0: GT(0); break;
+            case 1: GT(1); break;
+            case 2: GT(2); break;
+            case 3: GT(3); break;
+            case 5: GT(5); break;
+            default: GT(-1); break;
+        }
+#undef GT
+    });
+}
+
+extern "C" {
+
+// The statistics pass of rows [0, R) of x (row stride ldx); outputs (R,) each, null when unwanted.
+//   m:  row max;  s1: sum of e^(x - r) without the ties (x = r), whose count goes to t;
+//   sx: sum s (r - x) (s = 1 when `s` is null; a zero share counts 0);
+//   sex: sum e (x - r) (x - r clamped to the lowest float: 0 at a -inf logit);
+//   ses: sum s e (shares only);
+//   focal (gamma > 0: that integer gamma; gamma = -1: FLSD-53, 5 where p_y < 0.2 else 3):
+//     with S = s1 + t and L = log S (in double, L rounded to float), l = x - r - L, p = e^l,
+//     u = 1 - p:  fs = sum s u^g (-l),  fa = sum s u^(g-1) (g p l - u) (l clamped to the
+//     lowest float), low = FLSD-53's switch from p_y = e^(xy - r - L) (xy: the target logits).
+void ls_stats(const float* x, long R, long K, long ldx, const float* s, const float* xy,
+              int gamma, float* m, float* s1, float* t, float* sx, float* sex, float* ses,
+              float* fs, float* fa, uint8_t* low, int nthreads) {
+    int idx = (s ? 8 : 0) | (sx ? 4 : 0) | (sex ? 2 : 0) | (ses && s ? 1 : 0);
+    STATS_TABLE[idx](x, R, K, ldx, s, xy, gamma, m, s1, t, sx, sex, ses, fs, fa, low, nthreads);
+}
+
+// The gradient pass without terms (target column left to the caller), out may be x:
+//   out = live ? a e^(x - ref) - b s_j - bu : 0    (b, s null: no share-vector term; bu null: 0)
+void ls_grad(const float* x, long R, long K, long ldx, const float* ref, const float* a,
+             const float* b, const float* s, const float* bu, const uint8_t* live, float* out,
+             long ldo, int nthreads) {
+    if (s && b)
+        grad_all<true, false>(x, R, K, ldx, ref, a, b, s, bu, live, out, ldo, nthreads);
+    else if (bu)
+        grad_all<false, true>(x, R, K, ldx, ref, a, b, s, bu, live, out, ldo, nthreads);
+    else
+        grad_all<false, false>(x, R, K, ldx, ref, a, b, s, bu, live, out, ldo, nthreads);
+}
+
+// The gradient pass with terms (the formula of _terms.grad_elems; target column left to the
+// caller), times g, rows where live is 0 get 0; out may be x. With z = x - ref, l = z - L,
+// p = e^l:  (cp + cps s_j + cpx z) p + cs_j h_j,  h = -1, or a (focal, as in ls_stats), with
+// cs_j = cs s_j (share vector s) or cs (uniform shares, already times the share), null: none.
+// cps applies with a share vector only; gamma as in ls_stats, FLSD-53 per row from low.
+void ls_grad_terms(const float* x, long R, long K, long ldx, const float* ref, const float* L,
+                   const float* g, const float* cp, const float* cs, const float* s,
+                   const float* cps, const float* cpx, const uint8_t* low, int gamma,
+                   const uint8_t* live, float* out, long ldo, int nthreads) {
+#define GTA(SV, CPX) \
+    grad_terms_all<SV, CPX>(x, R, K, ldx, ref, L, g, cp, cs, s, cps, cpx, low, gamma, live, out, \
+                            ldo, nthreads)
+    if (s) {
+        if (cpx) GTA(true, true);
+        else GTA(true, false);
+    } else {
+        if (cpx) GTA(false, true);
+        else GTA(false, false);
+    }
+#undef GTA
+}
+
+}  // extern "C"
