@@ -665,14 +665,16 @@ def test_weight_that_requires_grad_is_refused():
 # --- issue 13: large logits, confident rows, non-finite values, mixed dtypes ---------------------
 #
 # "fused-inductor" is the fused engine with its compiled kernels forced at every size
-# (LABELSMOOTH_FUSED_KERNELS=inductor); "triton" runs under the CPU interpreter when installed.
+# (LABELSMOOTH_FUSED_KERNELS=inductor), "fused-native" with its hand-written float32 kernels
+# (=native; other dtypes take the chunked path there); "triton" runs under the CPU interpreter
+# when installed.
 
-PREC_IMPLS = ["reference", "fused", "fused-inductor", "triton"]
+PREC_IMPLS = ["reference", "fused", "fused-inductor", "fused-native", "triton"]
 
 
 def _impl(impl, monkeypatch):
-    if impl == "fused-inductor":
-        monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
+    if impl in ("fused-inductor", "fused-native"):
+        monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", impl.split("-")[1])
         return "fused"
     monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "eager")
     need_impl(impl)
@@ -772,7 +774,7 @@ def _nonfinite_cases():
     return cases
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused", "fused-inductor", "triton"])
+@pytest.mark.parametrize("impl", PREC_IMPLS)
 @pytest.mark.parametrize("case", _nonfinite_cases(), ids=lambda c: c[0])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
@@ -789,7 +791,7 @@ def test_nonfinite_values_follow_torch(impl, case, eps, reduction, monkeypatch):
     torch.testing.assert_close(ours[1], ref[1], equal_nan=True)
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused", "fused-inductor", "triton"])
+@pytest.mark.parametrize("impl", PREC_IMPLS)
 @pytest.mark.parametrize("kind", ["prior", "weight", "prob"])
 def test_zero_mass_at_minus_inf_logit_is_finite(impl, kind, monkeypatch):
     """A masked (−inf) column whose smoothing mass is 0 contributes 0·log 0 = 0: finite loss and
@@ -886,7 +888,7 @@ def test_torch_positional_size_average_reduce_slots_are_refused(args):
         ls.CrossEntropyLoss(*args)
 
 
-@pytest.mark.parametrize("impl", ["reference", "fused", "fused-inductor"])
+@pytest.mark.parametrize("impl", ["reference", "fused", "fused-inductor", "fused-native"])
 @pytest.mark.parametrize("k", [10, 1000])
 def test_confident_rows_keep_their_tiny_loss(impl, k, monkeypatch):
     """Beyond torch: a row whose target logit is 20 above the rest has a loss of ~1e-8..1e-7,

@@ -607,7 +607,8 @@ def test_confident_logits_target_gradient_bf16(eps, p_target):
 # --- 64-bit indexing ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kernels", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kernels", ["eager", pytest.param("inductor", marks=pytest.mark.slow),
+                                     "native"])
 def test_more_than_2_to_31_elements_forward(monkeypatch, kernels):
     """N·K > 2³¹ through an expanded (stride-0) bfloat16 view: no memory, every row the same."""
     monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", kernels)
@@ -644,7 +645,7 @@ def _mem_available_gib() -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernels", ["eager", "inductor"])
+@pytest.mark.parametrize("kernels", ["eager", "inductor", "native"])
 def test_more_than_2_to_31_elements_backward_inplace(monkeypatch, kernels):
     """Forward + in-place backward over 2³¹ + 2¹⁵ bfloat16 elements (4 GiB)."""
     monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", kernels)
@@ -795,7 +796,7 @@ def test_consumed_check_only_refuses_the_written_region():
     ls.cross_entropy(logits, torch.zeros(4, dtype=torch.long), impl="fused")
 
 
-@pytest.mark.parametrize("kernels", ["eager", "inductor"])
+@pytest.mark.parametrize("kernels", ["eager", "inductor", "native"])
 @pytest.mark.parametrize("bad", [-math.inf, math.inf, math.nan])
 def test_ignored_rows_get_zero_gradient_whatever_their_logits(monkeypatch, kernels, bad):
     monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", kernels)
@@ -1025,7 +1026,8 @@ def test_inductor_term_kernels_match_eager(monkeypatch, tname):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kernels", ["eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kernels", ["eager", pytest.param("inductor", marks=pytest.mark.slow),
+                                     "native"])
 @pytest.mark.parametrize("tname", list(TERM_SETS))
 @pytest.mark.parametrize("bad", [-math.inf, math.inf, math.nan])
 def test_terms_ignored_rows_get_exactly_zero_gradient(monkeypatch, kernels, tname, bad):
@@ -1118,7 +1120,7 @@ def test_focal_integer_gamma_uses_no_pow(monkeypatch):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("kernels", ["eager", "inductor"])
+@pytest.mark.parametrize("kernels", ["eager", "inductor", "native"])
 @pytest.mark.parametrize("kw", [dict(focal_gamma=2.0), dict(focal_gamma="flsd-53", poly=1.0),
                                 dict(focal_gamma=1.0, confidence_penalty=0.5)], ids=str)
 def test_terms_confident_rows_with_smoothing_compiled(monkeypatch, kernels, kw):

@@ -22,8 +22,8 @@ NC = 8  # num_classes: the first 8 columns are classes
 
 
 def _impl(impl, monkeypatch):
-    if impl == "fused-inductor":
-        monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "inductor")
+    if impl in ("fused-inductor", "fused-native"):
+        monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", impl.split("-")[1])
         return "fused"
     monkeypatch.setenv("LABELSMOOTH_FUSED_KERNELS", "eager")
     need_impl(impl)
