@@ -13,10 +13,13 @@ one-hot or smoothed targets:
 * **in place** (``inplace_backward=True``) — the backward writes the gradient into the logits'
   own storage: forward + backward need no memory of the logits' size.
 
-Kernels. Each pass exists twice with the same semantics: a chunked pure-PyTorch version (blocks
-of ~1 Mi elements in a reused workspace; works everywhere, no compiler) and an Inductor-compiled
-version (one vectorised loop nest per pass, no temporaries) used for CPU logits of at least 4 Mi
-elements when a C++ compiler works — see :mod:`._fused_inductor` for the rule and the
+Kernels. Each pass exists three times with the same semantics: a chunked pure-PyTorch version
+(blocks of ~1 Mi elements in a reused workspace; works everywhere, no compiler), hand-written C++
+kernels for float32 whole rows (:mod:`._fused_native`: inline exponential, every running sum in
+a register, each row walked while it is in cache) and an Inductor-compiled version (one
+vectorised loop nest per pass, no temporaries) for the other dtypes and options. The compiled
+ones run on CPU logits of at least 4 Mi elements when a C++ compiler works —
+:func:`._fused_chunks.fast_kernels` picks, :mod:`._fused_inductor` has the rule and the
 ``LABELSMOOTH_FUSED_KERNELS`` switch. A fresh (not in-place) gradient of at least 32 MiB is
 allocated in transparent huge pages where Linux allows it (``LABELSMOOTH_HUGEPAGES=0`` turns that
 off), because first-touch page faults otherwise dominate the time of a multi-GiB gradient.
