@@ -165,13 +165,16 @@ def test_native_exp_accuracy():
     assert got[-4:-1].tolist() == [0.0, 0.0, 0.0] and math.isnan(got[-1])
 
 
-@pytest.mark.parametrize("gamma", [1, 2, 3, 5, 7, "flsd-53"])
+@pytest.mark.parametrize("gamma, path", [(1, "walk"), (2, "walk"), (3, "walk"), (5, "walk"),
+                                         (7, "walk"), ("flsd-53", "walk"), (1, "moments"),
+                                         (2, "moments"), (3, "moments")])
 @pytest.mark.parametrize("shares", ["uniform", "max-only", "prior"])
-def test_native_focal_sums_against_float64(gamma, shares):
-    """Σ s fg and Σ s a of the kernel's focal walk against float64: a confident row whose max
-    has p = 1 − 1e-5 (1 − p in float32 would keep one digit of u there: the kernel swaps in
-    u = s1/S), a row with ties, an ordinary row; with the shares on the max column only, that
-    column is the whole sum."""
+def test_native_focal_sums_against_float64(gamma, path, shares):
+    """Σ s fg and Σ s a of the kernel against float64, from its focal walk after the lse and
+    (integer γ ≤ 3, what stats_terms takes) from its power sums: a confident row whose max has
+    p = 1 − 1e-5 (1 − p in float32 would keep one digit of u there: the walk swaps in u = s1/S,
+    the power sums keep the ties apart), a row with ties, an ordinary row; with the shares on the
+    max column only, that column is the whole sum."""
     _native_or_skip()
     torch.manual_seed(2)
     k = 40
@@ -183,8 +186,14 @@ def test_native_focal_sums_against_float64(gamma, shares):
     y = torch.tensor([17, 0, 5])
     s = {"uniform": None, "prior": _prior(k, zero_at=4),
          "max-only": torch.nn.functional.one_hot(torch.tensor(17), k).float()}[shares]
-    res = nat._stats_raw(x, y, s, True, False, False, gamma)
-    fs, fa, low = res[7], res[8], res[9]
+    if path == "walk":
+        res = nat._stats_raw(x, y, s, True, False, False, gamma)
+        fs, fa, low = res[7], res[8], res[9]
+    else:
+        before = _calls()
+        ok, res = nat.stats_terms(x, y, s, None, None, None, True, False, False, gamma)
+        assert ok and _ran(before, "stats")
+        fs, fa, low = res[6], res[7], None
     z = x.double() - x.double().amax(1, keepdim=True)
     top = torch.nn.functional.one_hot(z.argmax(1), k).bool()
     L = torch.log1p(torch.where(top, torch.zeros_like(z), z.exp()).sum(1, keepdim=True))
@@ -317,5 +326,6 @@ def test_native_portable_path(monkeypatch, tmp_path):
     monkeypatch.setattr(nat, "STATE", nat.NativeState())
     test_native_exp_accuracy()
     test_native_edge_rows_match_eager("all-prior", monkeypatch)
-    test_native_focal_sums_against_float64("flsd-53", "max-only")
+    test_native_focal_sums_against_float64("flsd-53", "walk", "max-only")
+    test_native_focal_sums_against_float64(2, "moments", "max-only")
     assert not nat.STATE.broken

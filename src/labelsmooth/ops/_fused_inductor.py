@@ -364,21 +364,28 @@ def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses, g
     ref, lse = row_ref(m), sumexp.log().to(m.dtype)
     low = flsd_low(torch.exp((x_y - ref) - lse)) if flsd_rows else None
     if order:
-        moments = res[8:]
-        if s is None:
-            st, e0 = t, x.shape[1] - t.to(torch.float64)
-        else:
-            e0 = s.to(torch.float64).sum() - st.to(torch.float64)
-        E = [e0] + [s1 if v is None else v for v in moments[0::2]]
-        Z = [-sx] + list(moments[1::2])
-        fs, a_s = focal_from_moments(gamma, low, s1, t, st, E, Z)
-        fs, a_s = fs.to(m.dtype), a_s.to(m.dtype)
+        fs, a_s = focal_sums(gamma, low, x.shape[1], s, s1, t, st, sx, res[8:], m.dtype)
     else:
         ok, res = focal(x, ref, lse, s, share_on, low, gamma, softcap)
         if not ok:
             return False, None
         fs, a_s = res
     return True, (*base, fs, a_s, torch.zeros_like(m, dtype=torch.bool) if low is None else low)
+
+
+def focal_sums(gamma, low, cols: int, s, s1, t, st, sx, moments, dtype):
+    """(Fs, As) in ``dtype`` from a statistics pass's power sums (``moments`` = E_1, Z_1, E_2, …,
+    E_1 None without a share vector: it is ``s1``): the k = 0 sums from the tie count (or the
+    shares at the ties, ``st``) and ``sx``, then :func:`~labelsmooth.ops._terms.focal_from_moments`.
+    Shared by these kernels and the native ones."""
+    if s is None:
+        st, e0 = t, cols - t.to(torch.float64)
+    else:
+        e0 = s.to(torch.float64).sum() - st.to(torch.float64)
+    E = [e0] + [s1 if v is None else v for v in moments[0::2]]
+    Z = [-sx] + list(moments[1::2])
+    fs, a_s = focal_from_moments(gamma, low, s1, t, st, E, Z)
+    return fs.to(dtype), a_s.to(dtype)
 
 
 def focal(x, ref, lse, s, share_on, low, gamma, softcap):

@@ -2,14 +2,16 @@
 //
 // Built at first use by labelsmooth/ops/_fused_native.py with the system C++ compiler
 // (-O3 -march=native -fopenmp) and called through ctypes: no torch headers, so the build takes
-// under a second. The arithmetic is GCC/Clang vector extensions (16 floats), which the compiler
-// lowers to the widest registers the machine has (one AVX-512 register, two AVX2 ones, ...).
+// seconds. The arithmetic is GCC/Clang vector extensions (16 floats), which the compiler lowers
+// to the widest registers the machine has (one AVX-512 register, two AVX2 ones, ...).
 //
 // Why by hand: Inductor's generated loops call an out-of-line vector exp, so every running sum
 // around it is spilled to memory and reloaded each iteration; here exp is inline and every sum
 // lives in a register, and each row is walked while it sits in cache: once from memory for its
-// max, then again from cache for all its sums and, with focal, a third time for the focal sums
-// once the row's lse is known (no second read of the logits from memory).
+// max, then again from cache for all its sums (focal: power sums for integer gamma <= 3) and, for
+// FLSD-53 and larger gamma, a third time for the focal sums once the row's lse is known (no
+// second read of the logits from memory). Every pass is bound by vector arithmetic on the
+// reference machine, so operations per element are what the comments count.
 //
 // Semantics are those of the Inductor kernels in _fused_inductor.py (the oracle in the tests):
 // statistics relative to the row reference r (the max; 0 for an all -inf row), the terms at the
@@ -47,6 +49,16 @@ static inline void store_n(float* p, vf v, long n) {
     else store_tail(p, v, n);
 }
 
+// max(v, c) that keeps a NaN of v: one vmaxps on AVX-512 (its second operand wins on NaN),
+// where GCC turns the portable select into a compare and a blend
+static inline vf max_keep_nan(vf v, float c) {
+#ifdef __AVX512F__
+    __m512 cv = (__m512)splat(c);  // (the masked form: GCC 12 warns on the plain one's header)
+    return (vf)_mm512_mask_max_ps(cv, (__mmask16)0xFFFF, cv, (__m512)v);
+#else
+    return v < splat(c) ? splat(c) : v;
+#endif
+}
 static inline vi tail_mask(long n) {
     vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     return lane < (int32_t)n;
@@ -61,7 +73,6 @@ static inline float hsum(vf v) {
     return b[0];
 }
 
-static const float LOWEST = -3.4028234663852886e38f;
 // at or below this e^x is exactly 0 in float32 (2^-159 rounds to 0; the smallest subnormal is
 // e^-103.28); clamping there keeps the reduction finite at -inf
 static const float EXP_MIN = -110.0f;
@@ -74,9 +85,13 @@ static const float EXP_MAX = 88.7f;
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, e^r = 1 + r q(r) with q the Taylor series
 // to r^6 (truncation 5e-9 relative), then times 2^n: one vscalefps on AVX-512 (exact, subnormals
 // included), else in two halves built from the exponent bits (subnormals come out right too).
+//
+// xcl, when given, receives x clamped to -110 (finite at -inf, NaN kept): the callers' factor
+// of z in e z and p l, which is then 0 at a -inf logit (e = 0) without another select.
 template <bool want_u>
-static inline vf vexp(vf x, vf* u) {
-    vf xc = x < splat(EXP_MIN) ? splat(EXP_MIN) : x;  // one max; a NaN stays NaN
+static inline vf vexp(vf x, vf* u, vf* xcl = nullptr) {
+    vf xc = max_keep_nan(x, EXP_MIN);
+    if (xcl) *xcl = xc;
     vf n = (xc * splat(1.44269504088896341f) + splat(12582912.0f)) - splat(12582912.0f);
     vf r = xc - n * splat(0.693145751953125f);
     r = r - n * splat(1.428606765330187045e-06f);
@@ -152,7 +167,6 @@ static inline vf vpow(vf u, int k) {
     return out;
 }
 
-static inline vf clamp_lowest(vf z) { return z < splat(LOWEST) ? splat(LOWEST) : z; }
 
 // Calls f(v, sv, ok) for each vector of a row: v the logits (tail lanes -inf), sv the shares
 // (tail lanes 0; zeros without shares), ok the valid lanes; f is inlined into both loops.
@@ -169,59 +183,78 @@ static inline void for_row(const float* row, const float* s, long K, F f) {
 }
 
 struct Row {
-    float s1, sx, sex, ses;
+    float s1, sx, sex, ses, st;
+    float E[3], Z[3];  // the focal power sums (ORD of them), see stats_row
 };
 
-// Pass 2 of a row from cache: the sums of ls_stats; e^z kept in ebuf for the focal pass.
-template <bool SV, bool SX, bool SEX, bool SES, bool KEEP>
+// Pass 2 of a row from cache: the sums of ls_stats; e^z kept in ebuf for the focal pass (KEEP),
+// or the focal power sums up to order ORD (<= 3) over the non-tie columns, w = s e:
+// E_k = sum w e^(k-1) (E_1 only with shares: without, it is s1), Z_k = sum w e^(k-1) z, and st,
+// the shares at the ties (_terms.focal_from_moments combines them once the lse is known).
+template <bool SV, bool SX, bool SEX, bool SES, bool KEEP, int ORD>
 static inline Row stats_row(const float* row, const float* s, long K, float ref, float* ebuf) {
     vf rv = splat(ref);
-    vf a_se = splat(0), a_sx = splat(0), a_sex = splat(0), a_ses = splat(0);
+    vf a_se = splat(0), a_sx = splat(0), a_sex = splat(0), a_ses = splat(0), a_st = splat(0);
+    vf aE[3] = {splat(0), splat(0), splat(0)}, aZ[3] = {splat(0), splat(0), splat(0)};
     for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi ok, long n) {
-        vf z = v - rv;
-        vf e = vexp<false>(z, nullptr);
-        if (KEEP) {
-            store_n(ebuf + k, e, n);
-        }
+        vf z = v - rv, zc;
+        vf e = vexp<false>(z, nullptr, &zc);
+        if (KEEP) store_n(ebuf + k, e, n);
+        vi tie = z == splat(0.0f);
         // the ties (z = 0, counted by row_max) apart: one masked add
-        a_se = z == splat(0.0f) ? a_se : a_se + e;
+        a_se = tie ? a_se : a_se + e;
         if (SX) {
             if (SV) a_sx += sel(sv == splat(0.0f), splat(0.0f), z * sv);
             else a_sx += sel(ok, z, splat(0.0f));
         }
-        if (SEX) a_sex += e * clamp_lowest(z);
+        if (SEX) a_sex += e * zc;
         if (SES) a_ses += e * sv;
+        if (ORD > 0) {
+            vf w = SV ? e * sv : e;
+            if (SV) a_st += sel(tie, sv, splat(0.0f));
+            for (int j = 0; j < ORD; j++) {
+                if (j > 0) w = w * e;
+                if (SV || j > 0) aE[j] = tie ? aE[j] : aE[j] + w;
+                aZ[j] += w * zc;  // 0 at the ties (z = 0) and at -inf (w = 0, zc finite)
+            }
+        }
     });
     Row r;
     r.s1 = hsum(a_se);
     r.sx = SX ? 0.0f - hsum(a_sx) : 0.0f;
     r.sex = SEX ? hsum(a_sex) : 0.0f;
     r.ses = SES ? hsum(a_ses) : 0.0f;
+    r.st = SV && ORD > 0 ? hsum(a_st) : 0.0f;
+    for (int j = 0; j < ORD; j++) {
+        r.E[j] = hsum(aE[j]);
+        r.Z[j] = hsum(aZ[j]);
+    }
     return r;
 }
 
-// Pass 3 (focal) of a row from cache, with l = z - L and p = e^l = e_buf / S: u = 1 - p, but
-// -expm1(l) (exact) in the one vector that can hold p > 1/2, where 1 - p would lose u's digits.
 // Pass 3 (focal) of a row from cache, with l = z - L and p = e^l = e_buf / S, u = 1 - p (the
 // one column that can have p > 1/2, the row's unique max, is corrected by the caller).
 template <bool SV, int G>
 static inline void focal_row(const float* row, const float* s, long K, float ref, float L,
                              float inv_s, int g, const float* ebuf, float* fs, float* fa) {
-    vf rv = splat(ref), Lv = splat(L), iv = splat(inv_s), gv = splat((float)(G > 0 ? G : g));
+    const int gg = G > 0 ? G : g;
+    vf rv = splat(ref), Lv = splat(L), iv = splat(inv_s), giv = splat((float)gg * inv_s);
     vf a_fs = splat(0), a_fa = splat(0);
     for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi ok, long n) {
-        vf l = (v - rv) - Lv;
-        vf p = (n == W ? load(ebuf + k) : load_tail(ebuf + k, n, 0.0f)) * iv;
-        vf u = splat(1.0f) - p;
-        vf um1 = vpow<G < 0 ? -1 : G - 1>(u, g - 1);
-        vf fg = um1 * u * -l;
-        vf a = um1 * (gv * (p * clamp_lowest(l)) - u);
+        vf z = v - rv;
+        vf l = z - Lv;  // fg keeps -l = inf at a -inf logit (with its share, an infinite loss)
+        vf lc = max_keep_nan(z, EXP_MIN) - Lv;  // p l = 0 there (p = 0)
+        vf e = n == W ? load(ebuf + k) : load_tail(ebuf + k, n, 0.0f);
+        vf u = splat(1.0f) - e * iv;
+        vf um1 = vpow<G < 0 ? -1 : G - 1>(u, gg - 1);
+        vf a = um1 * (giv * (e * lc) - u);  // u^(g-1) (g p l - u)
+        vf w = um1 * u;                     // fg = -w l
         if (SV) {
             vi on = sv != splat(0.0f);
-            a_fs += sel(on, fg * sv, splat(0.0f));
+            a_fs -= sel(on, w * l * sv, splat(0.0f));
             a_fa += sel(on, a * sv, splat(0.0f));
         } else {
-            a_fs += sel(ok, fg, splat(0.0f));
+            a_fs -= sel(ok, w * l, splat(0.0f));
             a_fa += sel(ok, a, splat(0.0f));
         }
     });
@@ -249,10 +282,10 @@ static inline void focal_dispatch(int g, const float* row, const float* s, long 
     }
 }
 
-template <bool SV, bool SX, bool SEX, bool SES>
+template <bool SV, bool SX, bool SEX, bool SES, int ORD>
 static void stats_all(const float* x, long R, long K, long ldx, const float* s, const float* xy,
                       int gamma, float* m, float* s1, float* t, float* sx, float* sex, float* ses,
-                      float* fs, float* fa, uint8_t* low, int nthreads) {
+                      float* fs, float* fa, uint8_t* low, float* mom, float* st, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
     {
         float* ebuf = gamma ? new float[K > 0 ? K : 1] : nullptr;
@@ -263,14 +296,21 @@ static void stats_all(const float* x, long R, long K, long ldx, const float* s, 
             long at;
             float mx = row_max(row, K, &ties, &at);
             float ref = (mx == -INFINITY) ? 0.0f : mx;
-            Row r = gamma ? stats_row<SV, SX, SEX, SES, true>(row, s, K, ref, ebuf)
-                          : stats_row<SV, SX, SEX, SES, false>(row, s, K, ref, ebuf);
+            Row r = gamma ? stats_row<SV, SX, SEX, SES, true, ORD>(row, s, K, ref, ebuf)
+                          : stats_row<SV, SX, SEX, SES, false, ORD>(row, s, K, ref, ebuf);
             m[rI] = isnan(r.s1) && mx != INFINITY ? NAN : mx;  // a NaN in the row (see row_max)
             s1[rI] = r.s1;
             t[rI] = ties;
             if (SX) sx[rI] = r.sx;
             if (SEX) sex[rI] = r.sex;
             if (SES) ses[rI] = r.ses;
+            if (ORD > 0) {
+                if (SV) st[rI] = r.st;
+                for (int j = 0; j < ORD; j++) {
+                    mom[(2 * j) * R + rI] = r.E[j];
+                    mom[(2 * j + 1) * R + rI] = r.Z[j];
+                }
+            }
             if (!gamma) continue;
             double S = (double)r.s1 + (double)ties;
             float L = (float)log(S);
@@ -298,15 +338,16 @@ static void stats_all(const float* x, long R, long K, long ldx, const float* s, 
 }
 
 typedef void (*stats_fn)(const float*, long, long, long, const float*, const float*, int, float*,
-                         float*, float*, float*, float*, float*, float*, float*, uint8_t*, int);
+                         float*, float*, float*, float*, float*, float*, float*, uint8_t*, float*,
+                         float*, int);
 
-#define STATS_V(SV, SX, SEX, SES) &stats_all<SV, SX, SEX, SES>
-static const stats_fn STATS_TABLE[16] = {
-    STATS_V(0, 0, 0, 0), STATS_V(0, 0, 0, 1), STATS_V(0, 0, 1, 0), STATS_V(0, 0, 1, 1),
-    STATS_V(0, 1, 0, 0), STATS_V(0, 1, 0, 1), STATS_V(0, 1, 1, 0), STATS_V(0, 1, 1, 1),
-    STATS_V(1, 0, 0, 0), STATS_V(1, 0, 0, 1), STATS_V(1, 0, 1, 0), STATS_V(1, 0, 1, 1),
-    STATS_V(1, 1, 0, 0), STATS_V(1, 1, 0, 1), STATS_V(1, 1, 1, 0), STATS_V(1, 1, 1, 1),
-};
+// [sv][sx][sex][ses] without power sums; [order - 1][sv][sex][ses] with them (sx always)
+#define SV4(SX, ORD) &stats_all<0, SX, 0, 0, ORD>, &stats_all<0, SX, 0, 1, ORD>, \
+    &stats_all<0, SX, 1, 0, ORD>, &stats_all<0, SX, 1, 1, ORD>, &stats_all<1, SX, 0, 0, ORD>, \
+    &stats_all<1, SX, 0, 1, ORD>, &stats_all<1, SX, 1, 0, ORD>, &stats_all<1, SX, 1, 1, ORD>
+static const stats_fn STATS_PLAIN[2][8] = {{SV4(0, 0)}, {SV4(1, 0)}};
+static const stats_fn STATS_MOMENTS[3][8] = {{SV4(1, 1)}, {SV4(1, 2)}, {SV4(1, 3)}};
+#undef SV4
 
 // The gradient passes' row loop: rows where live is 0 get exactly 0 (their logits may be
 // +-inf or NaN: 0 by selection, not by multiplication); f(rI, row, orow) writes the others.
@@ -339,31 +380,29 @@ static void grad_all(const float* x, long R, long K, long ldx, const float* ref,
 }
 
 // The gradient with terms for one row; G = 0 without focal elements (no focal, or no smoothing:
-// a_j only multiplies cs), G < 0 the runtime g.
+// a_j only multiplies cs), G < 0 the runtime g. p = e^z / S with 1/S = e^-L folded into the
+// per-row coefficients of p, and g into every coefficient: one exponential per element.
 template <bool SV, bool CPX, int G>
 static inline void grad_terms_row(const float* row, const float* s, long K, float* orow,
                                   float ref, float L, float g, float cp, float cs, float cps,
                                   float cpx, int gm) {
-    // the row's factors folded into per-row constants: g into every coefficient, and without
-    // focal elements also e^-L into those of p = e^z e^-L (one exponential of z per element)
-    float eL = G == 0 ? (float)exp(-(double)L) : 1.0f;
-    vf rv = splat(ref), Lv = splat(L), iS = splat((float)exp(-(double)L));
-    vf cpv = splat(cp * g * eL), cpsv = splat(cps * g * eL), cpxv = splat(cpx * g * eL);
-    vf csv = splat(cs * g), gamv = splat((float)gm);
+    float iS = (float)exp(-(double)L);
+    vf rv = splat(ref), Lv = splat(L), iv = splat(iS), giv = splat((float)gm * iS);
+    vf cpv = splat(cp * g * iS), cpsv = splat(cps * g * iS), cpxv = splat(cpx * g * iS);
+    vf csv = splat(cs * g);
     for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi, long n) {
-        vf z = v - rv;
-        vf e = vexp<false>(z, nullptr);
+        vf zc;
+        vf e = vexp<false>(v - rv, nullptr, &zc);
         vf kk = SV ? cpv + cpsv * sv : cpv;
-        if (CPX) kk = kk + cpxv * clamp_lowest(z);  // z p is 0 at a -inf logit (p = 0)
+        if (CPX) kk = kk + cpxv * zc;  // z p is 0 at a -inf logit (p = 0, z clamped)
         vf cj = SV ? csv * sv : csv;
         vf gr;
         if (G != 0) {
             // u = 1 - p: its absolute error (2^-24) moves a_j by at most g 2^-24, next to a
             // cp p_j that keeps its relative precision (as _terms.focal_elems(one_exp="p"))
-            vf p = e * iS;
-            vf u = splat(1.0f) - p;
-            vf a = vpow<G < 0 ? -1 : G - 1>(u, gm - 1) * (gamv * (p * clamp_lowest(z - Lv)) - u);
-            gr = kk * p + cj * a;
+            vf u = splat(1.0f) - e * iv;
+            vf a = vpow<G < 0 ? -1 : G - 1>(u, gm - 1) * (giv * (e * (zc - Lv)) - u);
+            gr = kk * e + cj * a;
         } else {
             gr = kk * e - cj;
         }
@@ -399,17 +438,20 @@ extern "C" {
 // The statistics pass of rows [0, R) of x (row stride ldx); outputs (R,) each, null when unwanted.
 //   m:  row max;  s1: sum of e^(x - r) without the ties (x = r), whose count goes to t;
 //   sx: sum s (r - x) (s = 1 when `s` is null; a zero share counts 0);
-//   sex: sum e (x - r) (x - r clamped to the lowest float: 0 at a -inf logit);
-//   ses: sum s e (shares only);
+//   sex: sum e (x - r) (x - r clamped: 0 at a -inf logit);  ses: sum s e (shares only);
+//   order 1..3 (sx required): the focal power sums of stats_row into mom (2 order rows of R:
+//     E_1, Z_1, E_2, ...; E_1 left alone without shares) and st (with shares);
 //   focal (gamma > 0: that integer gamma; gamma = -1: FLSD-53, 5 where p_y < 0.2 else 3):
 //     with S = s1 + t and L = log S (in double, L rounded to float), l = x - r - L, p = e^l,
-//     u = 1 - p:  fs = sum s u^g (-l),  fa = sum s u^(g-1) (g p l - u) (l clamped to the
-//     lowest float), low = FLSD-53's switch from p_y = e^(xy - r - L) (xy: the target logits).
+//     u = 1 - p:  fs = sum s u^g (-l),  fa = sum s u^(g-1) (g p l - u) (l clamped for p l),
+//     low = FLSD-53's switch from p_y = e^(xy - r - L) (xy: the target logits).
 void ls_stats(const float* x, long R, long K, long ldx, const float* s, const float* xy,
-              int gamma, float* m, float* s1, float* t, float* sx, float* sex, float* ses,
-              float* fs, float* fa, uint8_t* low, int nthreads) {
-    int idx = (s ? 8 : 0) | (sx ? 4 : 0) | (sex ? 2 : 0) | (ses && s ? 1 : 0);
-    STATS_TABLE[idx](x, R, K, ldx, s, xy, gamma, m, s1, t, sx, sex, ses, fs, fa, low, nthreads);
+              int gamma, int order, float* m, float* s1, float* t, float* sx, float* sex,
+              float* ses, float* fs, float* fa, uint8_t* low, float* mom, float* st,
+              int nthreads) {
+    int idx = (s ? 4 : 0) | (sex ? 2 : 0) | (ses && s ? 1 : 0);
+    stats_fn f = order > 0 ? STATS_MOMENTS[order - 1][idx] : STATS_PLAIN[sx ? 1 : 0][idx];
+    f(x, R, K, ldx, s, xy, gamma, m, s1, t, sx, sex, ses, fs, fa, low, mom, st, nthreads);
 }
 
 // The gradient pass without terms (target column left to the caller), out may be x:

@@ -1,20 +1,23 @@
 r"""Hand-written CPU kernels for the fused engine's two passes (float32), built at first use.
 
-``_fused_native.cpp`` holds three kernels — the statistics pass (with the terms' row sums and,
-for integer focal γ and FLSD-53, the focal sums), the plain gradient pass and the gradient pass
-with terms — written with GCC/Clang vector extensions and compiled once per machine with the
-system C++ compiler (``-O3 -march=native -fopenmp``, under a second: no torch headers), then
+``_fused_native.cpp`` holds three kernels — the statistics pass (with the terms' row sums and
+the focal sums), the plain gradient pass and the gradient pass with terms — written with GCC/Clang
+vector extensions and compiled once per machine with the system C++ compiler (``-O3
+-march=native -fopenmp``; about 9 s for its template variants, no torch headers), then
 called through :mod:`ctypes` with the tensors' data pointers (the GIL is released, OpenMP runs
 the rows on ``torch.get_num_threads()`` threads).
 
 Why they exist next to the Inductor kernels (:mod:`._fused_inductor`): Inductor's loops call an
 out-of-line vector ``exp``, so each running sum around it is spilled and reloaded per iteration
 — every extra row statistic of a term cost 25–35 ms at 8192 × 32000 on the 2-core reference
-machine. Here ``exp`` is inline (Cody–Waite reduction and a degree-7 polynomial, ≤ 2 ulp; the
-same polynomial gives :math:`1 - p` to full relative precision for focal), every sum stays in a
-register, and each row is walked while it sits in cache: once from memory for its max, then from
-cache for all its sums and, with focal, once more for the focal sums after its lse (the Inductor
-path needs power sums or a second read of the logits from memory for those).
+machine. Here ``exp`` is inline (Cody–Waite reduction and a degree-7 polynomial, ≤ 2 ulp), every
+sum stays in a register, and each row is walked while it sits in cache: once from memory for its
+max (and tie count), then from cache for all its sums. Focal with integer γ ≤
+:data:`~labelsmooth.ops._terms.FOCAL_MOMENTS_MAX` takes its sums from power sums of that same
+walk (:func:`~labelsmooth.ops._terms.focal_from_moments`); FLSD-53 and larger γ walk the row a
+third time, from cache, once its lse is known (the Inductor path reads the logits from memory
+again for those). Measured with ``benchmarks/bench_terms.py`` (see there): the plain loss 1.6–1.7×
+faster than with the Inductor kernels.
 
 Semantics are those of the Inductor kernels (the tests check both against the chunked eager
 path): statistics relative to the row reference, the terms at the max counted apart, a zero share
@@ -51,7 +54,7 @@ from pathlib import Path
 import torch
 
 from labelsmooth.ops import _fused_inductor as _ind
-from labelsmooth.ops._terms import FLSD, FOCAL_INT_MAX
+from labelsmooth.ops._terms import FLSD, FOCAL_INT_MAX, focal_moments_order
 
 _SOURCE = Path(__file__).with_name("_fused_native.cpp")
 
@@ -150,7 +153,7 @@ def _build() -> ctypes.CDLL:
         lib = ctypes.CDLL(str(path))
         for name in ("ls_stats", "ls_grad", "ls_grad_terms"):
             getattr(lib, name).restype = None
-        lib.ls_stats.argtypes = [_F, _L, _L, _L, _F, _F, _I] + [_F] * 9 + [_I]
+        lib.ls_stats.argtypes = [_F, _L, _L, _L, _F, _F, _I, _I] + [_F] * 11 + [_I]
         lib.ls_grad.argtypes = [_F, _L, _L, _L] + [_F] * 7 + [_L, _I]
         lib.ls_grad_terms.argtypes = [_F, _L, _L, _L] + [_F] * 9 + [_I, _F, _F, _L, _I]
         return lib
@@ -236,32 +239,40 @@ def _count(name: str) -> None:
     STATE.calls[name] = STATE.calls.get(name, 0) + 1
 
 
-def _stats_raw(x, y, s, want_sx, want_sex, want_ses, gamma):
-    """(m, s1, t, x_y, sx, sex, ses, fs, fa, low) or None when the library is unavailable."""
+def _stats_raw(x, y, s, want_sx, want_sex=False, want_ses=False, gamma=None, order: int = 0):
+    """(m, s1, t, x_y, sx, sex, ses, fs, fa, low, moments, st) or None when the library is
+    unavailable. ``gamma``: the focal walk after the lse; ``order`` > 0 instead: the focal power
+    sums up to it (E_1, Z_1, …; E_1 None without shares) and ``st``."""
     lib = _lib()
     if lib is None:
         return None
     rows, cols = x.shape
     new = lambda: torch.empty(rows, dtype=torch.float32)  # noqa: E731
     m, s1, t = new(), new(), new()
-    sx, sex = (new() if want_sx else None), (new() if want_sex else None)
-    ses = new() if want_ses else None
-    code = native_gamma(gamma)
+    sx = new() if want_sx or order else None
+    sex, ses = (new() if want_sex else None), (new() if want_ses else None)
+    code = 0 if order else native_gamma(gamma)
     x_y = x.gather(1, y[:, None].to(torch.long))[:, 0]  # out-of-range targets raise here
     fs, fa = (new(), new()) if code else (None, None)
     low = torch.zeros(rows, dtype=torch.uint8) if code == -1 else None
+    mom = torch.empty(2 * order, rows, dtype=torch.float32) if order else None
+    st = new() if order and s is not None else None
     sv = _vec(s)
     if rows:
         lib.ls_stats(x.data_ptr(), rows, cols, x.stride(0) if rows > 1 else cols, _p(sv),
-                     x_y.data_ptr(), code, m.data_ptr(), s1.data_ptr(), t.data_ptr(), _p(sx),
-                     _p(sex), _p(ses), _p(fs), _p(fa), _p(low), torch.get_num_threads())
+                     x_y.data_ptr(), code, order, m.data_ptr(), s1.data_ptr(), t.data_ptr(),
+                     _p(sx), _p(sex), _p(ses), _p(fs), _p(fa), _p(low), _p(mom), _p(st),
+                     torch.get_num_threads())
     _count("stats")
-    return m, s1, t, x_y, sx, sex, ses, fs, fa, low
+    moments = []
+    for k in range(order):
+        moments += [mom[2 * k] if k or s is not None else None, mom[2 * k + 1]]
+    return m, s1, t, x_y, sx, sex, ses, fs, fa, low, moments, st
 
 
 def stats(x, y, s, share_on, mask, softcap, want_sx):
     """(ok, (m, sumexp, x_y, dsx_unscaled)) — as :func:`._fused_inductor.stats`."""
-    res = _stats_raw(x, y, s, want_sx, False, False, None)
+    res = _stats_raw(x, y, s, want_sx)
     if res is None:
         return False, None
     m, s1, t, x_y, sx = res[:5]
@@ -271,17 +282,23 @@ def stats(x, y, s, share_on, mask, softcap, want_sx):
 
 def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses, gamma=None,
                 flsd_rows=False):
-    """As :func:`._fused_inductor.stats_terms` (integer γ and FLSD-53 only): the focal sums
-    from a third walk over each row while it is in cache, with the row's own lse."""
-    res = _stats_raw(x, y, s, want_sx, want_sex, want_ses, gamma)
+    """As :func:`._fused_inductor.stats_terms` (integer γ and FLSD-53 only). Integer γ ≤
+    :data:`~labelsmooth.ops._terms.FOCAL_MOMENTS_MAX` take the focal sums from power sums of the
+    same walk (:func:`._fused_inductor.focal_sums`, about four operations per element more);
+    FLSD-53 and larger γ from a third walk over each row while it is in cache, with the row's
+    own lse (where only the row's unique max can have p > ½: its terms are redone exactly)."""
+    order = focal_moments_order(gamma)
+    res = _stats_raw(x, y, s, want_sx, want_sex, want_ses, gamma, order)
     if res is None:
         return False, None
-    m, s1, t, x_y, sx, sex, ses, fs, fa, low = res
+    m, s1, t, x_y, sx, sex, ses, fs, fa, low, moments, st = res
     zeros = torch.zeros_like(m)
     base = (m, _ind._sumexp(s1, t), _ind._masked(x_y, mask), zeros if sx is None else sx,
             zeros if sex is None else sex, zeros if ses is None else ses)
     if gamma is None:
         return True, base
+    if order:
+        fs, fa = _ind.focal_sums(gamma, None, x.shape[1], s, s1, t, st, sx, moments, m.dtype)
     low = low.to(torch.bool) if low is not None else torch.zeros_like(m, dtype=torch.bool)
     return True, (*base, fs, fa, low)
 
