@@ -32,19 +32,19 @@ static inline vf splat(float a) { return a - (vf){}; }
 static inline vf load(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float* p, vf v) { memcpy(p, &v, sizeof v); }
 // the first n (< W) lanes from p, the rest `fill`
-static inline vf load_tail(const float* p, long n, float fill) {
+static inline vf load_tail(const float* p, int64_t n, float fill) {
     float buf[W];
     for (int i = 0; i < W; i++) buf[i] = fill;
     memcpy(buf, p, n * sizeof(float));
     return load(buf);
 }
-static inline void store_tail(float* p, vf v, long n) {
+static inline void store_tail(float* p, vf v, int64_t n) {
     float buf[W];
     store(buf, v);
     memcpy(p, buf, n * sizeof(float));
 }
 // the first n (<= W) lanes of v to p
-static inline void store_n(float* p, vf v, long n) {
+static inline void store_n(float* p, vf v, int64_t n) {
     if (n == W) store(p, v);
     else store_tail(p, v, n);
 }
@@ -59,7 +59,7 @@ static inline vf max_keep_nan(vf v, float c) {
     return v < splat(c) ? splat(c) : v;
 #endif
 }
-static inline vi tail_mask(long n) {
+static inline vi tail_mask(int64_t n) {
     vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     return lane < (int32_t)n;
 }
@@ -128,7 +128,7 @@ static inline vf vexp(vf x, vf* u, vf* xcl = nullptr) {
 // from memory (bound by memory bandwidth: the counting is free). NaN is skipped here
 // (torch.amax would return it): the sums of the next pass turn NaN, and the caller then makes the
 // max NaN too. An all -inf row has no ties (its exponentials are all 0).
-static inline float row_max(const float* row, long K, float* ties, long* at) {
+static inline float row_max(const float* row, int64_t K, float* ties, int64_t* at) {
     vf mv = splat(-INFINITY), cv = splat(0.0f);
     vi iv = {}, kv = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
     auto step = [&](vf v, vi ok) {
@@ -139,7 +139,7 @@ static inline float row_max(const float* row, long K, float* ties, long* at) {
         kv += (int32_t)W;
     };
     vi all = splat(0.0f) == splat(0.0f);
-    long k = 0;
+    int64_t k = 0;
     for (; k + W <= K; k += W) step(load(row + k), all);
     if (k < K) step(load_tail(row + k, K - k, -INFINITY), tail_mask(K - k));
     float m = mv[0];
@@ -155,28 +155,31 @@ static inline float row_max(const float* row, long K, float* ties, long* at) {
     return m;
 }
 
-// u^k for a compile-time k >= 0 (K < 0: the runtime k), by multiplication
+// u^k for k >= 0 by multiplication: a compile-time KP by squaring (u^4 in two products), KP < 0
+// the runtime k one factor at a time
 template <int KP>
 static inline vf vpow(vf u, int k) {
-    vf out = splat(1.0f);
-    if (KP >= 0) {
-        for (int i = 0; i < KP; i++) out = out * u;
-    } else {
+    if (KP < 0) {
+        vf out = splat(1.0f);
         for (int i = 0; i < k; i++) out = out * u;
+        return out;
     }
-    return out;
+    if (KP == 0) return splat(1.0f);
+    if (KP == 1) return u;
+    vf h = vpow<(KP > 1 ? KP / 2 : 0)>(u, 0);
+    return KP % 2 ? h * h * u : h * h;
 }
 
 
 // Calls f(v, sv, ok) for each vector of a row: v the logits (tail lanes -inf), sv the shares
 // (tail lanes 0; zeros without shares), ok the valid lanes; f is inlined into both loops.
 template <bool SV, class F>
-static inline void for_row(const float* row, const float* s, long K, F f) {
+static inline void for_row(const float* row, const float* s, int64_t K, F f) {
     vi all = splat(0.0f) == splat(0.0f);
-    long k = 0;
+    int64_t k = 0;
     for (; k + W <= K; k += W) f(k, load(row + k), SV ? load(s + k) : splat(0.0f), all, W);
     if (k < K) {
-        long n = K - k;
+        int64_t n = K - k;
         f(k, load_tail(row + k, n, -INFINITY), SV ? load_tail(s + k, n, 0.0f) : splat(0.0f),
           tail_mask(n), n);
     }
@@ -192,11 +195,11 @@ struct Row {
 // E_k = sum w e^(k-1) (E_1 only with shares: without, it is s1), Z_k = sum w e^(k-1) z, and st,
 // the shares at the ties (_terms.focal_from_moments combines them once the lse is known).
 template <bool SV, bool SX, bool SEX, bool SES, bool KEEP, int ORD>
-static inline Row stats_row(const float* row, const float* s, long K, float ref, float* ebuf) {
+static inline Row stats_row(const float* row, const float* s, int64_t K, float ref, float* ebuf) {
     vf rv = splat(ref);
     vf a_se = splat(0), a_sx = splat(0), a_sex = splat(0), a_ses = splat(0), a_st = splat(0);
     vf aE[3] = {splat(0), splat(0), splat(0)}, aZ[3] = {splat(0), splat(0), splat(0)};
-    for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi ok, long n) {
+    for_row<SV>(row, s, K, [&](int64_t k, vf v, vf sv, vi ok, int64_t n) {
         vf z = v - rv, zc;
         vf e = vexp<false>(z, nullptr, &zc);
         if (KEEP) store_n(ebuf + k, e, n);
@@ -235,12 +238,12 @@ static inline Row stats_row(const float* row, const float* s, long K, float ref,
 // Pass 3 (focal) of a row from cache, with l = z - L and p = e^l = e_buf / S, u = 1 - p (the
 // one column that can have p > 1/2, the row's unique max, is corrected by the caller).
 template <bool SV, int G>
-static inline void focal_row(const float* row, const float* s, long K, float ref, float L,
+static inline void focal_row(const float* row, const float* s, int64_t K, float ref, float L,
                              float inv_s, int g, const float* ebuf, float* fs, float* fa) {
     const int gg = G > 0 ? G : g;
     vf rv = splat(ref), Lv = splat(L), iv = splat(inv_s), giv = splat((float)gg * inv_s);
     vf a_fs = splat(0), a_fa = splat(0);
-    for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi ok, long n) {
+    for_row<SV>(row, s, K, [&](int64_t k, vf v, vf sv, vi ok, int64_t n) {
         vf z = v - rv;
         vf l = z - Lv;  // fg keeps -l = inf at a -inf logit (with its share, an infinite loss)
         vf lc = max_keep_nan(z, EXP_MIN) - Lv;  // p l = 0 there (p = 0)
@@ -271,7 +274,7 @@ static inline void focal_one(double u, double p, double l, int g, double* fg, do
 }
 
 template <bool SV>
-static inline void focal_dispatch(int g, const float* row, const float* s, long K, float ref,
+static inline void focal_dispatch(int g, const float* row, const float* s, int64_t K, float ref,
                                   float L, float inv_s, const float* ebuf, float* fs, float* fa) {
     switch (g) {
         case 1: focal_row<SV, 1>(row, s, K, ref, L, inv_s, g, ebuf, fs, fa); break;
@@ -283,17 +286,17 @@ static inline void focal_dispatch(int g, const float* row, const float* s, long 
 }
 
 template <bool SV, bool SX, bool SEX, bool SES, int ORD>
-static void stats_all(const float* x, long R, long K, long ldx, const float* s, const float* xy,
+static void stats_all(const float* x, int64_t R, int64_t K, int64_t ldx, const float* s, const float* xy,
                       int gamma, float* m, float* s1, float* t, float* sx, float* sex, float* ses,
                       float* fs, float* fa, uint8_t* low, float* mom, float* st, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
     {
         float* ebuf = gamma ? new float[K > 0 ? K : 1] : nullptr;
 #pragma omp for schedule(static)
-        for (long rI = 0; rI < R; rI++) {
+        for (int64_t rI = 0; rI < R; rI++) {
             const float* row = x + rI * ldx;
             float ties;
-            long at;
+            int64_t at;
             float mx = row_max(row, K, &ties, &at);
             float ref = (mx == -INFINITY) ? 0.0f : mx;
             Row r = gamma ? stats_row<SV, SX, SEX, SES, true, ORD>(row, s, K, ref, ebuf)
@@ -337,7 +340,7 @@ static void stats_all(const float* x, long R, long K, long ldx, const float* s, 
     }
 }
 
-typedef void (*stats_fn)(const float*, long, long, long, const float*, const float*, int, float*,
+typedef void (*stats_fn)(const float*, int64_t, int64_t, int64_t, const float*, const float*, int, float*,
                          float*, float*, float*, float*, float*, float*, float*, uint8_t*, float*,
                          float*, int);
 
@@ -352,10 +355,10 @@ static const stats_fn STATS_MOMENTS[3][8] = {{SV4(1, 1)}, {SV4(1, 2)}, {SV4(1, 3
 // The gradient passes' row loop: rows where live is 0 get exactly 0 (their logits may be
 // +-inf or NaN: 0 by selection, not by multiplication); f(rI, row, orow) writes the others.
 template <class F>
-static void for_live_rows(const float* x, long R, long K, long ldx, const uint8_t* live,
-                          float* out, long ldo, int nthreads, F f) {
+static void for_live_rows(const float* x, int64_t R, int64_t K, int64_t ldx, const uint8_t* live,
+                          float* out, int64_t ldo, int nthreads, F f) {
 #pragma omp parallel for schedule(static) num_threads(nthreads)
-    for (long rI = 0; rI < R; rI++) {
+    for (int64_t rI = 0; rI < R; rI++) {
         float* orow = out + rI * ldo;
         if (live[rI]) f(rI, x + rI * ldx, orow);
         else memset(orow, 0, K * sizeof(float));
@@ -363,14 +366,14 @@ static void for_live_rows(const float* x, long R, long K, long ldx, const uint8_
 }
 
 template <bool SV, bool BU>
-static void grad_all(const float* x, long R, long K, long ldx, const float* ref, const float* a,
+static void grad_all(const float* x, int64_t R, int64_t K, int64_t ldx, const float* ref, const float* a,
                      const float* b, const float* s, const float* bu, const uint8_t* live,
-                     float* out, long ldo, int nthreads) {
-    for_live_rows(x, R, K, ldx, live, out, ldo, nthreads, [&](long rI, const float* row,
+                     float* out, int64_t ldo, int nthreads) {
+    for_live_rows(x, R, K, ldx, live, out, ldo, nthreads, [&](int64_t rI, const float* row,
                                                                float* orow) {
         vf rv = splat(ref[rI]), av = splat(a[rI]);
         vf bv = splat(SV ? b[rI] : 0.0f), buv = splat(BU ? bu[rI] : 0.0f);
-        for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi, long n) {
+        for_row<SV>(row, s, K, [&](int64_t k, vf v, vf sv, vi, int64_t n) {
             vf gr = av * vexp<false>(v - rv, nullptr);
             if (SV) gr = gr - bv * sv;
             if (BU) gr = gr - buv;
@@ -383,14 +386,14 @@ static void grad_all(const float* x, long R, long K, long ldx, const float* ref,
 // a_j only multiplies cs), G < 0 the runtime g. p = e^z / S with 1/S = e^-L folded into the
 // per-row coefficients of p, and g into every coefficient: one exponential per element.
 template <bool SV, bool CPX, int G>
-static inline void grad_terms_row(const float* row, const float* s, long K, float* orow,
+static inline void grad_terms_row(const float* row, const float* s, int64_t K, float* orow,
                                   float ref, float L, float g, float cp, float cs, float cps,
                                   float cpx, int gm) {
     float iS = (float)exp(-(double)L);
     vf rv = splat(ref), Lv = splat(L), iv = splat(iS), giv = splat((float)gm * iS);
     vf cpv = splat(cp * g * iS), cpsv = splat(cps * g * iS), cpxv = splat(cpx * g * iS);
     vf csv = splat(cs * g);
-    for_row<SV>(row, s, K, [&](long k, vf v, vf sv, vi, long n) {
+    for_row<SV>(row, s, K, [&](int64_t k, vf v, vf sv, vi, int64_t n) {
         vf zc;
         vf e = vexp<false>(v - rv, nullptr, &zc);
         vf kk = SV ? cpv + cpsv * sv : cpv;
@@ -411,11 +414,11 @@ static inline void grad_terms_row(const float* row, const float* s, long K, floa
 }
 
 template <bool SV, bool CPX>
-static void grad_terms_all(const float* x, long R, long K, long ldx, const float* ref,
+static void grad_terms_all(const float* x, int64_t R, int64_t K, int64_t ldx, const float* ref,
                            const float* L, const float* g, const float* cp, const float* cs,
                            const float* s, const float* cps, const float* cpx, const uint8_t* low,
-                           int gamma, const uint8_t* live, float* out, long ldo, int nthreads) {
-    for_live_rows(x, R, K, ldx, live, out, ldo, nthreads, [&](long rI, const float* row,
+                           int gamma, const uint8_t* live, float* out, int64_t ldo, int nthreads) {
+    for_live_rows(x, R, K, ldx, live, out, ldo, nthreads, [&](int64_t rI, const float* row,
                                                                float* orow) {
         int gm = !cs ? 0 : gamma < 0 ? (low[rI] ? 5 : 3) : gamma;
         float a1 = ref[rI], a2 = L[rI], a3 = g[rI], a4 = cp[rI], a5 = cs ? cs[rI] : 0.0f;
@@ -445,7 +448,7 @@ extern "C" {
 //     with S = s1 + t and L = log S (in double, L rounded to float), l = x - r - L, p = e^l,
 //     u = 1 - p:  fs = sum s u^g (-l),  fa = sum s u^(g-1) (g p l - u) (l clamped for p l),
 //     low = FLSD-53's switch from p_y = e^(xy - r - L) (xy: the target logits).
-void ls_stats(const float* x, long R, long K, long ldx, const float* s, const float* xy,
+void ls_stats(const float* x, int64_t R, int64_t K, int64_t ldx, const float* s, const float* xy,
               int gamma, int order, float* m, float* s1, float* t, float* sx, float* sex,
               float* ses, float* fs, float* fa, uint8_t* low, float* mom, float* st,
               int nthreads) {
@@ -456,9 +459,9 @@ void ls_stats(const float* x, long R, long K, long ldx, const float* s, const fl
 
 // The gradient pass without terms (target column left to the caller), out may be x:
 //   out = live ? a e^(x - ref) - b s_j - bu : 0    (b, s null: no share-vector term; bu null: 0)
-void ls_grad(const float* x, long R, long K, long ldx, const float* ref, const float* a,
+void ls_grad(const float* x, int64_t R, int64_t K, int64_t ldx, const float* ref, const float* a,
              const float* b, const float* s, const float* bu, const uint8_t* live, float* out,
-             long ldo, int nthreads) {
+             int64_t ldo, int nthreads) {
     if (s && b)
         grad_all<true, false>(x, R, K, ldx, ref, a, b, s, bu, live, out, ldo, nthreads);
     else if (bu)
@@ -472,10 +475,10 @@ void ls_grad(const float* x, long R, long K, long ldx, const float* ref, const f
 // p = e^l:  (cp + cps s_j + cpx z) p + cs_j h_j,  h = -1, or a (focal, as in ls_stats), with
 // cs_j = cs s_j (share vector s) or cs (uniform shares, already times the share), null: none.
 // cps applies with a share vector only; gamma as in ls_stats, FLSD-53 per row from low.
-void ls_grad_terms(const float* x, long R, long K, long ldx, const float* ref, const float* L,
+void ls_grad_terms(const float* x, int64_t R, int64_t K, int64_t ldx, const float* ref, const float* L,
                    const float* g, const float* cp, const float* cs, const float* s,
                    const float* cps, const float* cpx, const uint8_t* low, int gamma,
-                   const uint8_t* live, float* out, long ldo, int nthreads) {
+                   const uint8_t* live, float* out, int64_t ldo, int nthreads) {
 #define GTA(SV, CPX) \
     grad_terms_all<SV, CPX>(x, R, K, ldx, ref, L, g, cp, cs, s, cps, cpx, low, gamma, live, out, \
                             ldo, nthreads)

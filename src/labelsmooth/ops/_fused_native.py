@@ -66,7 +66,7 @@ _FLAG_SETS = (
 )
 
 _F = ctypes.c_void_p  # every pointer argument (null: None)
-_L, _I = ctypes.c_long, ctypes.c_int
+_L, _I = ctypes.c_int64, ctypes.c_int
 
 
 class NativeState:
