@@ -389,13 +389,17 @@ template <bool SV, bool CPX, int G>
 static inline void grad_terms_row(const float* row, const float* s, int64_t K, float* orow,
                                   float ref, float L, float g, float cp, float cs, float cps,
                                   float cpx, int gm) {
-    float iS = (float)exp(-(double)L);
-    vf rv = splat(ref), Lv = splat(L), iv = splat(iS), giv = splat((float)gm * iS);
+    // without focal, p = e^z / S with 1/S folded into the coefficients of p (one exponential of
+    // z); with focal, p = e^l of l = z - L itself: its clamped l is then the finite factor of
+    // p l, and u = 1 - p is an addition, not one more product (the passes are bound by products)
+    float iS = G != 0 ? 1.0f : (float)exp(-(double)L);
+    vf rv = splat(ref), Lv = splat(L), gamv = splat((float)gm);
     vf cpv = splat(cp * g * iS), cpsv = splat(cps * g * iS), cpxv = splat(cpx * g * iS);
     vf csv = splat(cs * g);
     for_row<SV>(row, s, K, [&](int64_t k, vf v, vf sv, vi, int64_t n) {
-        vf zc;
-        vf e = vexp<false>(v - rv, nullptr, &zc);
+        vf z = v - rv, zc, lc;
+        vf e = G != 0 ? vexp<false>(z - Lv, nullptr, &lc) : vexp<false>(z, nullptr, &zc);
+        if (CPX && G != 0) zc = max_keep_nan(z, EXP_MIN);
         vf kk = SV ? cpv + cpsv * sv : cpv;
         if (CPX) kk = kk + cpxv * zc;  // z p is 0 at a -inf logit (p = 0, z clamped)
         vf cj = SV ? csv * sv : csv;
@@ -403,8 +407,8 @@ static inline void grad_terms_row(const float* row, const float* s, int64_t K, f
         if (G != 0) {
             // u = 1 - p: its absolute error (2^-24) moves a_j by at most g 2^-24, next to a
             // cp p_j that keeps its relative precision (as _terms.focal_elems(one_exp="p"))
-            vf u = splat(1.0f) - e * iv;
-            vf a = vpow<G < 0 ? -1 : G - 1>(u, gm - 1) * (giv * (e * (zc - Lv)) - u);
+            vf u = splat(1.0f) - e;
+            vf a = vpow<G < 0 ? -1 : G - 1>(u, gm - 1) * (gamv * (e * lc) - u);
             gr = kk * e + cj * a;
         } else {
             gr = kk * e - cj;
