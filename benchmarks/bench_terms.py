@@ -10,8 +10,8 @@ impl="fused")`` on float32 logits with random class targets:
 * ``poly``               — ``poly=1.0`` (with uniform smoothing no extra pass: Σ s·e = s·Σe);
 * ``focal2``             — ``focal_gamma=2`` (large inputs: power sums in the statistics pass;
   the gradient pass computes a too);
-* ``flsd53``             — ``focal_gamma="flsd-53"`` (γ = 5 or 3 per row: one more pass after
-  the lse).
+* ``flsd53``             — ``focal_gamma="flsd-53"`` (γ = 5 or 3 per row: one more walk over
+  each row after its lse — from cache in the native kernels, from memory in the Inductor ones).
 
 Goal (issue 16): each term adds at most 15 % to the ``none`` time.
 
@@ -34,38 +34,47 @@ Usage (about 2 minutes on 2 idle cores once the kernels are cached; the first ru
     python benchmarks/bench_terms.py                       # 8192x32000, float32, 2 threads
     python benchmarks/bench_terms.py --shape 2048x32000 --repeat 3
 
-Measured on an otherwise idle machine, 2026-12-02, 8192x32000 float32, ε = 0.1, 2 threads,
-``--inplace --repeat 9`` (in place: the timed call allocates no 1 GiB gradient, see below), medians
-of the interleaved rounds. Before: git ``a56fe34`` (``--repeat 7``, load 0.3–1.2); after: git
-``5d99ad4`` (load 1.0–1.5):
+Measured 2026-12-02, 8192x32000 float32, ε = 0.1, 2 threads, ``--inplace --repeat 15 --kernels
+auto,inductor`` at git ``ab4b5e1`` (load 1.0–1.7; ``benchmarks/results/terms_cpu.csv``; in place:
+the timed call allocates no 1 GiB gradient, see below), medians of the interleaved rounds. "auto"
+runs the hand-written kernels of ``labelsmooth/ops/_fused_native.cpp`` for this input, "inductor"
+the torch.compile-generated ones (what auto ran before them; the earlier table, at ``5d99ad4``,
+measured 0.194 s and 1.26 / 1.09 / 1.67 / 1.99):
 
-=================== ========== ========== ====== ======== ==========
-config              before s   after s    × none cpu × none goal ≤ 1.15
-=================== ========== ========== ====== ======== ==========
-none                0.288      0.194      1.00   1.00     —
-confidence_penalty  0.298      0.244      1.26   1.05     not met
-poly                0.246      0.211      1.09   0.99     met
-focal2              0.402      0.311      1.67   1.19     not met
-flsd53              0.427      0.366      1.99   1.31     not met
-=================== ========== ========== ====== ======== ==========
+=================== ======== ====== ======== ============ =========== ==========
+config              auto s   × none cpu × none inductor s  × none      goal ≤ 1.15
+=================== ======== ====== ======== ============ =========== ==========
+none                0.110    1.00   1.00     0.174        1.00        —
+confidence_penalty  0.110    1.03   1.01     0.207        1.25        met
+poly                0.122    1.05   1.09     0.180        1.04        met
+focal2              0.127    1.17   1.11     0.257        1.54        not met
+flsd53              0.139    1.28   1.13     0.340        1.77        not met
+=================== ======== ====== ======== ============ =========== ==========
 
-Every configuration got faster; the plain loss got faster by more (its statistics pass now reads
-each row from memory once, and its gradient pass lost a per-element column test), so the ratios
-grew: before, they were 1.04 / 0.87 / 1.45 / 1.49. What each term costs now, on this 2-core
-AVX-512 machine where the passes are bound by vector arithmetic once a row is in cache: the
-penalty one more row sum in the statistics pass and three operations per element in the gradient;
-focal with integer γ ≤ 3 two row sums per power of (1 − p) in the statistics pass
-(:func:`labelsmooth.ops._terms.focal_from_moments`), each about 25–35 ms here (the accumulators of
-Inductor's loop are spilled around its out-of-line ``exp`` call), plus about eight operations per
-element in the gradient; FLSD-53 (and γ = 5) one more compiled read of the logits after the lse,
-where the fifth power measured 1.6 times slower.
+The plain loss runs 1.6× faster than with the Inductor kernels (0.110 against 0.174 s) and every
+term faster still (focal 2.0×, FLSD-53 2.4×). Single rounds spread widely on this shared
+machine: in a separate run of ``--configs none,focal2 --repeat 31`` the per-round focal2/none
+ratios had quartiles 1.07 / 1.20 / 1.25 (an earlier 15-round run gave a median of 1.11), so
+focal γ = 2 sits at the goal's edge and is not counted as met; FLSD-53 misses it. What each
+term costs, on this 2-core AVX-512 machine where every pass is bound by its vector products
+(about one 16-lane fused multiply-add per cycle per core; the plain walk does about 13 per 16
+logits, the exponential 11 of them): the penalty one product per element in the statistics
+walk and two in the gradient; Poly-1 with uniform smoothing nothing per element; focal γ = 2
+four products per element in the statistics walk (the power sums of
+:func:`labelsmooth.ops._terms.focal_from_moments`) and four products and two additions in the
+gradient; FLSD-53 (γ = 5 for rows with p_y < 0.2, here all) a third walk over each row after its
+lse (storing its exponentials in the second, about 12 operations per element) and six products
+in the gradient. These are the terms' own arithmetic, not overhead: the loop bodies hold nothing
+else (checked in the generated assembly).
 
-Out of place (the default), the same run's medians were 0.274 / 0.348 / 0.495 / 0.521 / 0.640 s,
-but single calls spread from 0.26 to 2.2 s: a fresh 1 GiB gradient buffer sometimes gets
+Out of place (the default), the Inductor-era run's medians were 0.274 / 0.348 / 0.495 / 0.521 /
+0.640 s, but single calls spread from 0.26 to 2.2 s: a fresh 1 GiB gradient buffer sometimes gets
 transparent huge pages and sometimes not (page faults inside the timed call), so those ratios
 measure the allocator; ``LABELSMOOTH_HUGEPAGES=0`` makes every call fault 4 KiB pages
 (0.5–2.8 s). ``--threads`` sets torch's intra-op threads, which the compiled kernels follow
-(``cpp.dynamic_threads``).
+(the native ones take ``torch.get_num_threads()``, the Inductor ones ``cpp.dynamic_threads``).
+``--kernels`` runs every configuration under each ``LABELSMOOTH_FUSED_KERNELS`` setting named,
+in the same rounds.
 
 Writes a CSV (``--csv``; default ``benchmarks/results/terms_cpu.csv``) with the environment in
 ``#`` comment lines. Not collected by pytest (no ``test_`` prefix).
