@@ -6,8 +6,11 @@ CPU
 * ``torch``            — eager ``F.cross_entropy(x, y, label_smoothing=ε)``;
 * ``torch.compile``    — ``torch.compile`` of the same function;
 * ``fused``            — ``labelsmooth.cross_entropy(..., impl="fused")`` (kernels as chosen by
-  ``auto``: Inductor-compiled above 4 Mi elements when a compiler works, else chunked eager);
+  ``auto``: above 4 Mi elements the hand-written native ones for float32, else Inductor-compiled
+  when a compiler works, else chunked eager);
 * ``fused-inplace``    — the same with ``inplace_backward=True``;
+* ``fused-inductor`` / ``fused-inductor-inplace`` — the Inductor-compiled kernels
+  (``LABELSMOOTH_FUSED_KERNELS=inductor``): what float32 ran before the native kernels;
 * ``fused-eager`` / ``fused-eager-inplace`` — forced chunked pure-PyTorch path
   (``LABELSMOOTH_FUSED_KERNELS=eager``): what runs without a C compiler;
 * ``fused-4k-pages``   — ``fused`` with ``LABELSMOOTH_HUGEPAGES=0`` (gradient buffer in ordinary
@@ -80,6 +83,8 @@ CPU_PROVIDERS = (
     "torch.compile",
     "fused",
     "fused-inplace",
+    "fused-inductor",
+    "fused-inductor-inplace",
     "fused-eager",
     "fused-eager-inplace",
     "fused-4k-pages",
@@ -89,12 +94,15 @@ CPU_PROVIDERS = (
 CUDA_PROVIDERS = ("torch", "torch.compile", "liger", "triton", "triton-inplace", "copy")
 #: Environment of a provider's worker process (both the timing and the memory process).
 PROVIDER_ENV = {
+    "fused-inductor": {"LABELSMOOTH_FUSED_KERNELS": "inductor"},
+    "fused-inductor-inplace": {"LABELSMOOTH_FUSED_KERNELS": "inductor"},
     "fused-eager": {"LABELSMOOTH_FUSED_KERNELS": "eager"},
     "fused-eager-inplace": {"LABELSMOOTH_FUSED_KERNELS": "eager"},
     "fused-4k-pages": {"LABELSMOOTH_HUGEPAGES": "0"},
 }
 #: Providers that must write the gradient over the logits: the worker checks that they did.
-INPLACE = {"fused-inplace", "fused-eager-inplace", "triton-inplace", "liger"}
+INPLACE = {"fused-inplace", "fused-inductor-inplace", "fused-eager-inplace", "triton-inplace",
+           "liger"}
 FLOORS = {"clone", "exp", "copy"}
 
 GOAL_SHAPE = (8192, 32000)
