@@ -41,26 +41,32 @@ Usage::
     python benchmarks/bench_cross_entropy.py --shapes 8192x32000 --providers torch,fused
     python benchmarks/bench_cross_entropy.py --device cuda   # GPU table, bf16 and fp32
 
-Re-taken with non-leaf logits (git ``3a91022``, 2026-12-02, ``--shapes 8192x32000``, float32,
-ε=0.1, 2 threads) on a machine shared with other jobs — load average 13 → 18 on 2 cores during the
-run, so every time is inflated several-fold (torch eager took 3.9 s in an earlier, quieter run)
-and the ratios are noisy (``fused`` and ``fused-4k-pages`` differ only in page size, yet 21.3 s
-against 6.1 s). Medians of 5, ratios from this one run; the worker confirmed that exactly the
-in-place providers wrote in place:
+Re-taken 2026-12-02 (git ``d0ba29c`` plus the ``fused-inductor`` providers of ``2f89335``,
+``--shapes 8192x32000 --repeat 7``, float32, ε=0.1, 2 threads, load 0.4 → 1.5). Medians of 7 in
+fresh processes, ratios from this one run; the worker confirmed that exactly the in-place
+providers wrote in place:
 
-=================== ======== ========== ============== ==================
-provider            median s × torch    × torch.compile peak beyond logits
-=================== ======== ========== ============== ==================
-torch               33.3     1.00       0.40           3.00 ×
-torch.compile       13.3     2.51       1.00           1.00 ×
-fused               21.3     1.56       0.62           1.00 ×
-fused-inplace       6.49     5.13       2.05           0.00006 ×
-fused-eager         99.5     0.33       0.13           1.00 ×
-fused-eager-inplace 44.5     0.75       0.30           0.004 ×
-fused-4k-pages      6.10     5.46       2.18           1.00 ×
-clone               3.87     8.60       3.43           1.00 ×
-exp (floor)         1.53     21.8       8.69
-=================== ======== ========== ============== ==================
+====================== ======== ======== ======== =============== ==================
+provider               median s min s    × torch  × torch.compile peak beyond logits
+====================== ======== ======== ======== =============== ==================
+torch                  2.21     1.60     1.00     0.26            3.00 ×
+torch.compile          0.568    0.547    3.90     1.00            1.00 ×
+fused                  0.535    0.214    4.14     1.06            1.00 ×
+fused-inplace          0.124    0.105    17.9     4.58            0.0001 ×
+fused-inductor         0.343    0.276    6.45     1.66            1.00 ×
+fused-inductor-inplace 0.194    0.155    11.4     2.92            0.0001 ×
+fused-eager            1.56     0.981    1.42     0.36            1.00 ×
+fused-eager-inplace    0.946    0.749    2.34     0.60            0.013 ×
+fused-4k-pages         0.414    0.377    5.36     1.37            1.00 ×
+clone                  0.443    0.423    5.00     1.28            1.00 ×
+exp (floor)            0.150    0.148    14.8     3.80
+====================== ======== ======== ======== =============== ==================
+
+In place, the native kernels (``fused-inplace``) take 0.124 s against 0.194 s for the Inductor
+ones: 1.6×, as ``bench_terms.py`` measures. Out of place, every provider is dominated by the
+fresh 1 GiB gradient: ``clone`` alone (allocate and write it) takes 0.44 s here, and the
+``fused`` calls spread from 0.21 to over 0.5 s with whether the buffer got transparent huge
+pages (``fused-inductor``'s median landing below ``fused``'s is that spread, not its kernels).
 
 Writes a CSV (``--csv``; default ``benchmarks/results/cross_entropy_<device>.csv``) with the
 environment in ``#`` comment lines. Not collected by pytest (no ``test_`` prefix).
