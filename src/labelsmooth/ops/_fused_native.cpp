@@ -286,9 +286,10 @@ static inline void focal_dispatch(int g, const float* row, const float* s, int64
 }
 
 template <bool SV, bool SX, bool SEX, bool SES, int ORD>
-static void stats_all(const float* x, int64_t R, int64_t K, int64_t ldx, const float* s, const float* xy,
-                      int gamma, float* m, float* s1, float* t, float* sx, float* sex, float* ses,
-                      float* fs, float* fa, uint8_t* low, float* mom, float* st, int nthreads) {
+static void stats_all(const float* x, int64_t R, int64_t K, int64_t ldx, const float* s,
+                      const float* xy, int gamma, float* m, float* s1, float* t, float* sx,
+                      float* sex, float* ses, float* fs, float* fa, uint8_t* low, float* mom,
+                      float* st, int nthreads) {
 #pragma omp parallel num_threads(nthreads)
     {
         float* ebuf = gamma ? new float[K > 0 ? K : 1] : nullptr;
@@ -340,9 +341,9 @@ static void stats_all(const float* x, int64_t R, int64_t K, int64_t ldx, const f
     }
 }
 
-typedef void (*stats_fn)(const float*, int64_t, int64_t, int64_t, const float*, const float*, int, float*,
-                         float*, float*, float*, float*, float*, float*, float*, uint8_t*, float*,
-                         float*, int);
+typedef void (*stats_fn)(const float*, int64_t, int64_t, int64_t, const float*, const float*, int,
+                         float*, float*, float*, float*, float*, float*, float*, float*,
+                         uint8_t*, float*, float*, int);
 
 // [sv][sx][sex][ses] without power sums; [order - 1][sv][sex][ses] with them (sx always)
 #define SV4(SX, ORD) &stats_all<0, SX, 0, 0, ORD>, &stats_all<0, SX, 0, 1, ORD>, \
@@ -366,9 +367,9 @@ static void for_live_rows(const float* x, int64_t R, int64_t K, int64_t ldx, con
 }
 
 template <bool SV, bool BU>
-static void grad_all(const float* x, int64_t R, int64_t K, int64_t ldx, const float* ref, const float* a,
-                     const float* b, const float* s, const float* bu, const uint8_t* live,
-                     float* out, int64_t ldo, int nthreads) {
+static void grad_all(const float* x, int64_t R, int64_t K, int64_t ldx, const float* ref,
+                     const float* a, const float* b, const float* s, const float* bu,
+                     const uint8_t* live, float* out, int64_t ldo, int nthreads) {
     for_live_rows(x, R, K, ldx, live, out, ldo, nthreads, [&](int64_t rI, const float* row,
                                                                float* orow) {
         vf rv = splat(ref[rI]), av = splat(a[rI]);
@@ -479,8 +480,8 @@ void ls_grad(const float* x, int64_t R, int64_t K, int64_t ldx, const float* ref
 // p = e^l:  (cp + cps s_j + cpx z) p + cs_j h_j,  h = -1, or a (focal, as in ls_stats), with
 // cs_j = cs s_j (share vector s) or cs (uniform shares, already times the share), null: none.
 // cps applies with a share vector only; gamma as in ls_stats, FLSD-53 per row from low.
-void ls_grad_terms(const float* x, int64_t R, int64_t K, int64_t ldx, const float* ref, const float* L,
-                   const float* g, const float* cp, const float* cs, const float* s,
+void ls_grad_terms(const float* x, int64_t R, int64_t K, int64_t ldx, const float* ref,
+                   const float* L, const float* g, const float* cp, const float* cs, const float* s,
                    const float* cps, const float* cpx, const uint8_t* low, int gamma,
                    const uint8_t* live, float* out, int64_t ldo, int nthreads) {
 #define GTA(SV, CPX) \

@@ -16,7 +16,7 @@ max (and tie count), then from cache for all its sums. Focal with integer γ ≤
 :data:`~labelsmooth.ops._terms.FOCAL_MOMENTS_MAX` takes its sums from power sums of that same
 walk (:func:`~labelsmooth.ops._terms.focal_from_moments`); FLSD-53 and larger γ walk the row a
 third time, from cache, once its lse is known (the Inductor path reads the logits from memory
-again for those). Measured with ``benchmarks/bench_terms.py`` (see there): the plain loss 1.6–1.7×
+again for those). Measured with ``benchmarks/bench_terms.py`` (see there): the plain loss 1.6×
 faster than with the Inductor kernels.
 
 Semantics are those of the Inductor kernels (the tests check both against the chunked eager
