@@ -25,9 +25,9 @@ When it is used (see :func:`use_inductor`): CPU tensors of at least :data:`MIN_N
 that the hand-written kernels of :mod:`._fused_native` do not take (they run first: float32
 without soft-cap, integer focal γ; see :func:`._fused_chunks.fast_kernels`),
 ``LABELSMOOTH_FUSED_KERNELS`` unset or ``"auto"`` (``"eager"`` and ``"native"`` disable it,
-``"inductor"`` forces it at every size), and only while compiling works: the first failure (no compiler, an
-unsupported platform) switches it off for the process with a warning, and the chunked eager path
-takes over. The first call per (dtype, option set) compiles; small inputs — tests, toy
+``"inductor"`` forces it at every size), and only while compiling works: the first failure (no
+compiler, an unsupported platform) switches it off for the process with a warning, and the
+chunked eager path takes over. The first call per (dtype, option set) compiles; small inputs — tests, toy
 models — never pay it.
 
 First-call cost and the cache. The compiled kernels are stored by Inductor's FX graph cache and
