@@ -199,6 +199,14 @@ def _masked(x_y: torch.Tensor, mask) -> torch.Tensor:
     return x_y if mask is None else torch.where(mask, x_y, torch.zeros_like(x_y))
 
 
+def row_stats(m, s1, t, x_y, mask, *sums) -> tuple:
+    """``(m, sumexp, x_y, *sums)`` as the statistics functions return them, from a kernel's raw
+    row sums: the float64 sum of exponentials, the masked target logit, unwanted sums (None) as 0.
+    Shared by these kernels and the native ones."""
+    zeros = torch.zeros_like(m)
+    return (m, _sumexp(s1, t), _masked(x_y, mask), *(zeros if v is None else v for v in sums))
+
+
 def _grad_value(x, ref, a, b, s, bu, live, softcap: float | None):
     # the one dense formula, without the target term (the caller writes that column)
     return index_grad_dense(x, None, ref, a, None, b, s, bu, live, softcap)
@@ -319,7 +327,7 @@ def stats(x, y, s, share_on, mask, softcap, want_sx):
     if not ok:
         return False, None
     m, s1, t, x_y, sx = res[:5]
-    return True, (m, _sumexp(s1, t), _masked(x_y, mask), torch.zeros_like(m) if sx is None else sx)
+    return True, row_stats(m, s1, t, x_y, mask, sx)
 
 
 def grad(x, ref, a, b, s, bu, softcap, out, live):
@@ -355,13 +363,10 @@ def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses, g
     if not ok:
         return False, None
     m, s1, t, x_y, sx, sex, ses, st = res[:8]
-    zeros = torch.zeros_like(m)
-    sumexp = _sumexp(s1, t)
-    base = (m, sumexp, _masked(x_y, mask), zeros if sx is None else sx,
-            zeros if sex is None else sex, zeros if ses is None else ses)
+    base = row_stats(m, s1, t, x_y, mask, sx, sex, ses)
     if gamma is None:
         return True, base
-    ref, lse = row_ref(m), sumexp.log().to(m.dtype)
+    ref, lse = row_ref(m), base[1].log().to(m.dtype)
     low = flsd_low(torch.exp((x_y - ref) - lse)) if flsd_rows else None
     if order:
         fs, a_s = focal_sums(gamma, low, x.shape[1], s, s1, t, st, sx, res[8:], m.dtype)

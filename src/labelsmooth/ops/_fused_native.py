@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 from labelsmooth.ops import _fused_inductor as _ind
-from labelsmooth.ops._terms import FLSD, FOCAL_INT_MAX, focal_moments_order
+from labelsmooth.ops._terms import FLSD, _int_gamma, focal_moments_order
 
 _SOURCE = Path(__file__).with_name("_fused_native.cpp")
 
@@ -189,12 +189,9 @@ def native_gamma(gamma) -> int | None:
     """
     if gamma is None:
         return 0
-    if gamma == FLSD:
-        return -1
-    g = float(gamma)
-    if g.is_integer() and 1 <= g <= FOCAL_INT_MAX:
-        return int(g)
-    return None
+    if not _int_gamma(gamma):  # the one rule of which γ are raised by multiplication
+        return None
+    return -1 if gamma == FLSD else int(float(gamma))
 
 
 def use_native(x: torch.Tensor, softcap: float | None = None, gamma=None) -> bool:
@@ -276,8 +273,7 @@ def stats(x, y, s, share_on, mask, softcap, want_sx):
     if res is None:
         return False, None
     m, s1, t, x_y, sx = res[:5]
-    return True, (m, _ind._sumexp(s1, t), _ind._masked(x_y, mask),
-                  torch.zeros_like(m) if sx is None else sx)
+    return True, _ind.row_stats(m, s1, t, x_y, mask, sx)
 
 
 def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses, gamma=None,
@@ -292,9 +288,7 @@ def stats_terms(x, y, s, share_on, mask, softcap, want_sx, want_sex, want_ses, g
     if res is None:
         return False, None
     m, s1, t, x_y, sx, sex, ses, fs, fa, low, moments, st = res
-    zeros = torch.zeros_like(m)
-    base = (m, _ind._sumexp(s1, t), _ind._masked(x_y, mask), zeros if sx is None else sx,
-            zeros if sex is None else sex, zeros if ses is None else ses)
+    base = _ind.row_stats(m, s1, t, x_y, mask, sx, sex, ses)
     if gamma is None:
         return True, base
     if order:
